@@ -1,0 +1,202 @@
+"""Live (provisional) desaturation burden, O(1) per sample.
+
+Same definitions as :mod:`collector.analysis.report` (zero-order hold on an
+integer-millisecond grid, usable-sample rule, exact threshold comparison).  A
+sample's hold is only known when the next sample arrives, so until then the
+latest sample holds 0 s, exactly like the last sample of a finished night.
+Consequence: after any prefix of samples and interrupts, the snapshot equals
+``night_report`` of that prefix, bit for bit.
+
+Order contract (what makes live == final): samples and interrupts are given in
+host-time order, and an interrupt at time ``b`` is given before any sample later
+than ``b``.  A sample or interrupt earlier than the latest sample raises
+:class:`OutOfOrderError` instead of silently diverging from the final report.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+from .report import (
+    AnalysisConfig,
+    AnalysisInputError,
+    NightData,
+    exceeds,
+    pct,
+    spo2_usable,
+    to_ms,
+)
+
+EVENT_T90_EXCEEDED = "t90_threshold_exceeded"
+ALERT_MIN_ANALYSED_MS = 3_600_000  # the alert needs >= 1 h analysed
+
+
+class OutOfOrderError(AnalysisInputError):
+    """A sample/interrupt older than the latest sample reached the live engine."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    kind: str
+    t_s: float  # host time of the sample that triggered it
+    t90_pct: float
+    analysed_s: float
+    threshold_pct: float
+
+
+@dataclass(frozen=True, slots=True)
+class LiveSnapshot:
+    """Provisional figures; equal to the final report for the same samples."""
+
+    numerator_ms: int
+    numerator_inclusive_ms: int
+    analysed_ms: int
+    recording_ms: int
+    t90_pct: float | None
+    t90_pct_inclusive: float | None
+    current_spo2: float | None  # latest sample if usable, else None
+    nadir_spo2: float | None
+    n_samples: int
+    above_threshold: bool  # alert currently raised (re-arms when back <= threshold)
+    provisional: bool = True
+
+    @property
+    def numerator_s(self) -> float:
+        return self.numerator_ms / 1000.0
+
+    @property
+    def analysed_s(self) -> float:
+        return self.analysed_ms / 1000.0
+
+    @property
+    def recording_s(self) -> float:
+        return self.recording_ms / 1000.0
+
+
+class LiveBurden:
+    """Running T90 numerator/denominator with the threshold alert."""
+
+    __slots__ = (
+        "_cfg", "_max_hold", "_thr", "_first", "_last", "_last_usable", "_last_below",
+        "_last_below_incl", "_last_spo2", "_num", "_num_incl", "_analysed", "_nadir",
+        "_n", "_cuts", "_alerted",
+    )
+
+    def __init__(self, config: AnalysisConfig = AnalysisConfig()) -> None:
+        self._cfg = config
+        self._max_hold = config.max_hold_ms
+        self._thr = config.threshold
+        self._first: int | None = None
+        self._last: int | None = None
+        self._last_usable = False
+        self._last_below = False
+        self._last_below_incl = False
+        self._last_spo2: float | None = None
+        self._num = 0
+        self._num_incl = 0
+        self._analysed = 0
+        self._nadir: float | None = None
+        self._n = 0
+        self._cuts: list[int] = []  # pending break starts >= latest sample time (sorted)
+        self._alerted = False
+
+    def interrupt(self, t_s: float, cause: str = "interrupted") -> None:
+        """A break starts at ``t_s``: the latest sample's hold ends there at the latest."""
+        b = to_ms(t_s)
+        if self._last is not None and b < self._last:
+            raise OutOfOrderError(
+                f"interrupt at {t_s} is earlier than the latest sample; pass breaks in time order"
+            )
+        bisect.insort(self._cuts, b)
+
+    def add(self, t_s: float, spo2: float | None, valid: bool) -> list[Event]:
+        """Account one sample; returns the alert events it caused (usually none)."""
+        t = to_ms(t_s)
+        last = self._last
+        if last is None:
+            self._first = t
+        else:
+            if t < last:
+                raise OutOfOrderError(
+                    f"sample at {t_s} is earlier than the latest sample; feed samples in time order"
+                )
+            end = min(t, last + self._max_hold)
+            if self._cuts:
+                end = min(end, self._cuts[0])  # all pending cuts are >= last
+            if self._last_usable:
+                hold = end - last
+                self._analysed += hold
+                if self._last_below:
+                    self._num += hold
+                if self._last_below_incl:
+                    self._num_incl += hold
+        cuts = self._cuts
+        while cuts and cuts[0] < t:  # amortised O(1): each break is dropped once
+            cuts.pop(0)
+        usable = spo2_usable(spo2, valid)
+        self._last = t
+        self._n += 1
+        self._last_usable = usable
+        if usable:
+            v = float(spo2)  # type: ignore[arg-type]
+            self._last_spo2 = v
+            self._last_below = v < 90.0
+            self._last_below_incl = v <= 90.0
+            if self._nadir is None or v < self._nadir:
+                self._nadir = v
+        else:
+            self._last_spo2 = None
+            self._last_below = self._last_below_incl = False
+        return self._check(t_s)
+
+    def _check(self, t_s: float) -> list[Event]:
+        a = self._analysed
+        if a <= 0:
+            return []
+        over = exceeds(self._num, a, self._thr)
+        if not over:
+            self._alerted = False
+            return []
+        if self._alerted or a < ALERT_MIN_ANALYSED_MS:
+            return []
+        self._alerted = True
+        return [Event(EVENT_T90_EXCEEDED, float(t_s), pct(self._num, a) or 0.0, a / 1000.0, self._cfg.threshold_pct)]
+
+    @property
+    def snapshot(self) -> LiveSnapshot:
+        rec = 0 if self._first is None else self._last - self._first  # type: ignore[operator]
+        return LiveSnapshot(
+            numerator_ms=self._num,
+            numerator_inclusive_ms=self._num_incl,
+            analysed_ms=self._analysed,
+            recording_ms=rec,
+            t90_pct=pct(self._num, self._analysed),
+            t90_pct_inclusive=pct(self._num_incl, self._analysed),
+            current_spo2=self._last_spo2,
+            nadir_spo2=self._nadir,
+            n_samples=self._n,
+            above_threshold=self._alerted,
+        )
+
+    @classmethod
+    def replay(cls, data: NightData, config: AnalysisConfig = AnalysisConfig()) -> tuple["LiveBurden", list[Event]]:
+        """Rebuild the live state from stored samples and breaks (e.g. after a daemon restart).
+
+        Breaks are delivered before samples at the same millisecond, which gives the
+        same holds as :func:`~collector.analysis.report.night_report`.
+        """
+        live = cls(config)
+        events: list[Event] = []
+        starts = sorted(to_ms(b[0]) for b in data.breaks)
+        k = 0
+        for t, s, v in zip(data.t_s.tolist(), data.spo2.tolist(), data.valid.tolist()):
+            tm = to_ms(t)
+            while k < len(starts) and starts[k] <= tm:
+                if live._last is None or starts[k] >= live._last:
+                    live._cuts.append(starts[k])  # already sorted
+                k += 1
+            events += live.add(t, s, v)
+        for b in starts[k:]:
+            live._cuts.append(b)
+        return live, events

@@ -1,0 +1,134 @@
+"""Local control API: HTTP + JSON over 127.0.0.1, bearer-token authenticated.
+
+The CLI uses it today and the technician's web page will use the same routes.
+Every error is ``{"error": "<one line saying what is wrong and what to do>"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import stat
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from collector import __version__
+from collector.errors import CollectorError, Conflict, DeviceError, InvalidInput, NotFound
+
+STATUS_FOR = {InvalidInput: 422, NotFound: 404, Conflict: 409, DeviceError: 503}
+
+
+# -- runtime files next to the database -------------------------------------------------------
+def token_path(db_path: Path) -> Path:
+    return db_path.with_name(db_path.name + ".token")
+
+
+def runtime_path(db_path: Path) -> Path:
+    return db_path.with_name(db_path.name + ".daemon.json")
+
+
+def load_or_create_token(db_path: Path) -> str:
+    """A random token in a file only this user can read (0600); kept across restarts."""
+    path = token_path(db_path)
+    if path.exists():
+        return path.read_text(encoding="ascii").strip()
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
+    with os.fdopen(fd, "w", encoding="ascii") as fh:
+        fh.write(token + "\n")
+    return token
+
+
+def write_runtime(db_path: Path, *, host: str, port: int, pid: int) -> None:
+    path = runtime_path(db_path)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"host": host, "port": port, "pid": pid, "version": __version__}), encoding="utf-8")
+    tmp.replace(path)
+
+
+def remove_runtime(db_path: Path) -> None:
+    try:
+        runtime_path(db_path).unlink()
+    except FileNotFoundError:
+        pass
+
+
+# -- request bodies -----------------------------------------------------------------------------
+class SubjectIn(BaseModel):
+    id: str = Field(min_length=1, max_length=64, description="pseudonymous screening ID")
+    by: str | None = Field(default=None, max_length=100)
+
+
+class SessionIn(BaseModel):
+    subject_id: str = Field(min_length=1, max_length=64)
+    kind: Literal["night"] = "night"
+    oximeter: str = Field(min_length=1, max_length=200, description="BLE address, macOS UUID or advertised name")
+    protocol: Literal["plx", "nonin", "berrymed"] | None = None
+    by: str | None = Field(default=None, max_length=100)
+
+
+class StopIn(BaseModel):
+    by: str | None = Field(default=None, max_length=100)
+    reason: str | None = Field(default=None, max_length=500)
+
+
+def create_app(daemon: Any, token: str) -> FastAPI:
+    app = FastAPI(title="ALS screening collector", version=__version__, description=__doc__)
+    bearer = HTTPBearer(auto_error=False)
+
+    def auth(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if creds is None or not secrets.compare_digest(creds.credentials.encode(), token.encode()):
+            raise HTTPException(status_code=401, detail="missing or wrong token; the CLI reads it from the token file next to the database")
+
+    @app.exception_handler(CollectorError)
+    async def collector_error(_: Request, exc: CollectorError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=STATUS_FOR.get(type(exc), 400))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return JSONResponse({"error": f"invalid request: {where or 'body'}: {first.get('msg', 'malformed')}"}, status_code=422)
+
+    @app.get("/api/v1/health")
+    async def health() -> dict[str, Any]:
+        return {"ok": True, "version": __version__}
+
+    @app.get("/api/v1/status", dependencies=[Depends(auth)])
+    async def status() -> dict[str, Any]:
+        return daemon.status()
+
+    @app.post("/api/v1/subjects", status_code=201, dependencies=[Depends(auth)])
+    async def add_subject(body: SubjectIn) -> dict[str, Any]:
+        return await daemon.add_subject(body.id, by=body.by)
+
+    @app.get("/api/v1/scan", dependencies=[Depends(auth)])
+    async def scan(timeout_s: float = 5.0) -> list[dict[str, Any]]:
+        if not (0.5 <= timeout_s <= 60):
+            raise InvalidInput("timeout_s must be between 0.5 and 60 seconds")
+        return await daemon.scan(timeout_s)
+
+    @app.post("/api/v1/sessions", status_code=201, dependencies=[Depends(auth)])
+    async def start_session(body: SessionIn) -> dict[str, Any]:
+        return await daemon.start_night(body.subject_id, body.oximeter, protocol=body.protocol, by=body.by)
+
+    @app.get("/api/v1/sessions/{session_id}", dependencies=[Depends(auth)])
+    async def get_session(session_id: int) -> dict[str, Any]:
+        return daemon.session_info(session_id)
+
+    @app.post("/api/v1/sessions/{session_id}/stop", dependencies=[Depends(auth)])
+    async def stop_session(session_id: int, body: StopIn) -> dict[str, Any]:
+        return await daemon.stop_session(session_id, by=body.by, reason=body.reason)
+
+    return app

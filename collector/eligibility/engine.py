@@ -1,0 +1,745 @@
+"""Eligibility decision: recorded facts + device results -> a state per criterion -> a decision.
+
+Pure functions, no I/O except :func:`load_thresholds`.  Every boundary is inclusive as
+the protocol says; where a boundary depends on a definition (29 February birthdays,
+month ends, the reference equation, an oximetry variant) the primary definition decides
+and the criterion is ``needs_review`` when a defensible alternative would reverse it.
+The definitions used are written into every decision (``rules``) so a decision can be
+audited later even if the code changes.
+"""
+
+from __future__ import annotations
+
+import calendar
+import math
+import tomllib
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
+from fractions import Fraction
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Literal, Mapping, Sequence
+
+from collector.eligibility.facts import (
+    WFN_CATEGORIES,
+    ContraceptionAnswer,
+    RecordedFact,
+    display_value,
+)
+
+__all__ = [
+    "CRITERIA",
+    "EQUATIONS",
+    "RULES",
+    "CriterionResult",
+    "Decision",
+    "EligibilityConfigError",
+    "NightResult",
+    "SpirometryResult",
+    "Thresholds",
+    "add_months",
+    "age_on",
+    "completed_months",
+    "evaluate",
+    "load_thresholds",
+]
+
+State = Literal["met", "not_met", "pending", "needs_review"]
+DecisionValue = Literal["eligible", "ineligible", "incomplete"]
+
+CRITERIA = (
+    "consent",
+    "age",
+    "als_diagnosis",
+    "prior_treatment",
+    "fvc",
+    "nocturnal_spo2",
+    "bmi",
+    "contraception",
+    "cooperation",
+)
+EQUATIONS = ("gli-global-2022", "gli-2012")
+
+# Definitions chosen where the protocol text leaves room; recorded with every decision.
+RULES: dict[str, str] = {
+    "consent": "ICF date on or before the earliest of the first screening session date and the "
+    "screening date (the ICF date has no time, so the same day counts as before)",
+    "age": "completed years on the screening date; the birthday counts on the day itself; a 29 February "
+    "birthday turns over on 1 March in non-leap years (needs_review if 28 February would change the result)",
+    "als_diagnosis": "diagnosis_date + diagnosis_months_min <= screening_date <= diagnosis_date + "
+    "diagnosis_months_max, adding calendar months and clamping to the month end (31 Aug + 6 months = 28/29 Feb); "
+    "needs_review if counting back from the screening date, or counting completed months (24 months and some "
+    "days = 24), would change the result",
+    "prior_treatment": "prior_treatment_failed = yes and the prior treatments listed (prior_treatments)",
+    "fvc": "largest FVC % predicted over valid (acceptable, repeatable) FVC sessions with the configured equation; "
+    ">= fvc_pct_min passes; needs_review if the other equation's best falls on the other side",
+    "nocturnal_spo2": "every valid night T90 (SpO2 < 90 %, % of analysed time) <= t90_pct_max; any valid night "
+    "above fails; invalid nights do not count; a borderline valid night needs review unless another valid night "
+    "already fails; no valid night -> pending",
+    "bmi": "weight_kg / (height_cm / 100)^2 computed exactly from the typed decimals, >= bmi_min, and "
+    "nutrition_good = yes",
+    "contraception": "yes, or not_applicable with a reason",
+    "cooperation": "yes",
+}
+
+
+class EligibilityConfigError(ValueError):
+    """The eligibility configuration file is missing a value or holds an impossible one."""
+
+
+# --------------------------------------------------------------------------- thresholds
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Limits and settings a decision was made with (all inclusive)."""
+
+    fvc_pct_min: float = 50.0
+    t90_pct_max: float = 2.0
+    bmi_min: Decimal = Decimal("18.5")
+    age_min: int = 18
+    age_max: int = 60
+    diagnosis_months_min: int = 6
+    diagnosis_months_max: int = 24
+    accepted_wfn_categories: tuple[str, ...] = WFN_CATEGORIES
+    equation: str = "gli-global-2022"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "fvc_pct_min": self.fvc_pct_min,
+            "t90_pct_max": self.t90_pct_max,
+            "bmi_min": float(self.bmi_min),
+            "age_min": self.age_min,
+            "age_max": self.age_max,
+            "diagnosis_months_min": self.diagnosis_months_min,
+            "diagnosis_months_max": self.diagnosis_months_max,
+            "accepted_wfn_categories": list(self.accepted_wfn_categories),
+            "equation": self.equation,
+        }
+
+
+def _cfg_number(table: Mapping[str, Any], key: str, default: Any, kind: type) -> Any:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise EligibilityConfigError(f"eligibility config: {key} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise EligibilityConfigError(f"eligibility config: {key} must be finite, got {value!r}")
+    if kind is int and value != int(value):
+        raise EligibilityConfigError(f"eligibility config: {key} must be a whole number, got {value!r}")
+    return kind(value)
+
+
+def thresholds_from_mapping(data: Mapping[str, Any]) -> Thresholds:
+    """Thresholds from a parsed TOML document (``[thresholds]`` and ``[spirometry]`` tables)."""
+    base = Thresholds()
+    t = data.get("thresholds", {})
+    sp = data.get("spirometry", {})
+    unknown = set(t) - set(base.as_dict())
+    if unknown:
+        raise EligibilityConfigError(f"eligibility config: unknown setting(s) {sorted(unknown)} in [thresholds]")
+    cats = t.get("accepted_wfn_categories", list(base.accepted_wfn_categories))
+    if not isinstance(cats, list) or not cats or any(c not in WFN_CATEGORIES for c in cats):
+        raise EligibilityConfigError(
+            f"eligibility config: accepted_wfn_categories must be a non-empty list of {', '.join(WFN_CATEGORIES)}"
+        )
+    equation = sp.get("equation", t.get("equation", base.equation))
+    if equation not in EQUATIONS:
+        raise EligibilityConfigError(f"eligibility config: equation {equation!r} unknown; use one of {EQUATIONS}")
+    bmi = _cfg_number(t, "bmi_min", 18.5, float)
+    th = Thresholds(
+        fvc_pct_min=_cfg_number(t, "fvc_pct_min", base.fvc_pct_min, float),
+        t90_pct_max=_cfg_number(t, "t90_pct_max", base.t90_pct_max, float),
+        bmi_min=Decimal(repr(bmi)),
+        age_min=_cfg_number(t, "age_min", base.age_min, int),
+        age_max=_cfg_number(t, "age_max", base.age_max, int),
+        diagnosis_months_min=_cfg_number(t, "diagnosis_months_min", base.diagnosis_months_min, int),
+        diagnosis_months_max=_cfg_number(t, "diagnosis_months_max", base.diagnosis_months_max, int),
+        accepted_wfn_categories=tuple(c for c in WFN_CATEGORIES if c in cats),
+        equation=equation,
+    )
+    if not 0 <= th.age_min <= th.age_max:
+        raise EligibilityConfigError("eligibility config: need 0 <= age_min <= age_max")
+    if not 0 <= th.diagnosis_months_min <= th.diagnosis_months_max:
+        raise EligibilityConfigError("eligibility config: need 0 <= diagnosis_months_min <= diagnosis_months_max")
+    if not (0 < th.fvc_pct_min < 200 and 0 <= th.t90_pct_max <= 100 and 0 < th.bmi_min < 100):
+        raise EligibilityConfigError("eligibility config: fvc_pct_min, t90_pct_max or bmi_min out of range")
+    return th
+
+
+def load_thresholds(path: str | Path | None = None) -> Thresholds:
+    """Read ``config/eligibility.toml`` (the packaged default when ``path`` is None)."""
+    try:
+        if path is None:
+            text = resources.files("config").joinpath("eligibility.toml").read_text(encoding="utf-8")
+        else:
+            text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise EligibilityConfigError(f"eligibility config: cannot read {path or 'config/eligibility.toml'}: {exc}")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise EligibilityConfigError(f"eligibility config: not valid TOML ({exc}); fix the file") from None
+    return thresholds_from_mapping(data)
+
+
+# --------------------------------------------------------------------------- device results
+
+
+@dataclass(frozen=True)
+class SpirometryResult:
+    """One spirometry session as the analysis module reports it.
+
+    ``valid`` means the session has a reportable FVC (acceptable manoeuvres meeting the
+    ATS/ERS 2019 repeatability rule, see spirometry.md); ``fvc_pct_predicted`` is the best
+    FVC of the session as % of predicted by ``equation``.  ``sex`` and ``height_cm`` are
+    the inputs the prediction used, so a later correction of those facts is noticed.
+    """
+
+    session_id: str
+    valid: bool
+    fvc_pct_predicted: float | None
+    equation: str
+    other_equation: str | None = None
+    other_fvc_pct_predicted: float | None = None
+    fvc_l: float | None = None
+    grade: str | None = None
+    manoeuvre: str = "FVC"
+    sex: str | None = None
+    height_cm: float | None = None
+    analysed_at: str | None = None
+    note: str = ""  # why the session is not valid, if it is not
+
+    def pct_for(self, equation: str) -> float | None:
+        if self.equation == equation:
+            return self.fvc_pct_predicted
+        if self.other_equation == equation:
+            return self.other_fvc_pct_predicted
+        return None
+
+
+@dataclass(frozen=True)
+class NightResult:
+    """One overnight oximetry session's final report (oximetry.md).
+
+    ``t90_pct`` is the primary T90 (SpO2 < 90 %, % of analysed time); ``borderline``
+    means a reported variant falls on the other side of the threshold.
+    """
+
+    session_id: str
+    t90_pct: float | None
+    night_valid: bool
+    borderline: bool = False
+    analysed_at: str | None = None
+    note: str = ""  # why invalid / which variant is on the other side
+
+
+# --------------------------------------------------------------------------- output types
+
+
+@dataclass
+class CriterionResult:
+    id: str
+    state: State
+    reason: str
+    value: Any = None
+    source: str | None = None
+    recorded_by: str | None = None
+    recorded_at: str | None = None
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "state": self.state,
+            "reason": self.reason,
+            "value": self.value,
+            "source": self.source,
+            "recorded_by": self.recorded_by,
+            "recorded_at": self.recorded_at,
+            "inputs": self.inputs,
+        }
+
+
+@dataclass
+class Decision:
+    decision: DecisionValue
+    criteria: list[CriterionResult]
+    thresholds: Thresholds
+    evaluated_at: str
+    screening_date: date | None
+    summary: list[str]
+
+    def criterion(self, cid: str) -> CriterionResult:
+        return next(c for c in self.criteria if c.id == cid)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The shape of ``collector eligibility --json`` (no identifying values)."""
+        return {
+            "decision": self.decision,
+            "summary": self.summary,
+            "criteria": [c.as_dict() for c in self.criteria],
+            "thresholds": self.thresholds.as_dict(),
+            "rules": dict(RULES),
+            "screening_date": self.screening_date.isoformat() if self.screening_date else None,
+            "evaluated_at": self.evaluated_at,
+        }
+
+
+# --------------------------------------------------------------------------- calendar helpers
+
+
+def add_months(d: date, months: int) -> date:
+    """``d`` plus calendar months, the day clamped to the month end (31 Aug + 6 = 28/29 Feb)."""
+    index = d.year * 12 + (d.month - 1) + months
+    year, month0 = divmod(index, 12)
+    day = min(d.day, calendar.monthrange(year, month0 + 1)[1])
+    return date(year, month0 + 1, day)
+
+
+def completed_months(start: date, end: date) -> int:
+    """Whole calendar months from ``start`` to ``end`` (largest n with add_months(start, n) <= end)."""
+    if end < start:
+        raise ValueError(f"completed_months: end {end} is before start {start}")
+    n = (end.year - start.year) * 12 + end.month - start.month
+    while n > 0 and add_months(start, n) > end:
+        n -= 1
+    return n
+
+
+def age_on(birth: date, on: date, feb29: Literal["mar1", "feb28"] = "mar1") -> int:
+    """Age in completed years on ``on``; a 29 Feb birthday turns over on ``feb29`` in non-leap years."""
+    anniversary = (birth.month, birth.day)
+    if anniversary == (2, 29) and not calendar.isleap(on.year):
+        anniversary = (3, 1) if feb29 == "mar1" else (2, 28)
+    return on.year - birth.year - (1 if (on.month, on.day) < anniversary else 0)
+
+
+# --------------------------------------------------------------------------- evaluation helpers
+
+
+def _input(fact: str, rec: RecordedFact | None) -> dict[str, Any]:
+    if rec is None:
+        return {"fact": fact, "value": None, "source": None, "recorded_by": None, "recorded_at": None}
+    return {
+        "fact": fact,
+        "value": display_value(fact, rec.value),
+        "source": rec.source,
+        "recorded_by": rec.recorded_by,
+        "recorded_at": rec.recorded_at,
+    }
+
+
+def _result(cid: str, state: State, reason: str, value: Any, inputs: list[dict[str, Any]]) -> CriterionResult:
+    """Top-level provenance is the most recently recorded input: the one that last changed the state."""
+    recorded = [i for i in inputs if i.get("recorded_at") or i.get("source")]
+    latest = max(recorded, key=lambda i: i.get("recorded_at") or "", default=None)
+    return CriterionResult(
+        id=cid,
+        state=state,
+        reason=reason,
+        value=value,
+        source=latest["source"] if latest else None,
+        recorded_by=latest["recorded_by"] if latest else None,
+        recorded_at=latest["recorded_at"] if latest else None,
+        inputs=inputs,
+    )
+
+
+_PRIORITY: dict[State, int] = {"not_met": 3, "needs_review": 2, "pending": 1, "met": 0}
+
+
+def _combine(parts: Sequence[tuple[State, str]]) -> tuple[State, str]:
+    """Worst state wins; the reason lists every part that is not met (or all parts when met)."""
+    worst = max((s for s, _ in parts), key=_PRIORITY.__getitem__)
+    if worst == "met":
+        return "met", "; ".join(r for _, r in parts)
+    if worst == "not_met":
+        return "not_met", "; ".join(r for s, r in parts if s == "not_met")
+    return worst, "; ".join(r for s, r in sorted(parts, key=lambda p: -_PRIORITY[p[0]]) if s != "met")
+
+
+def _yes_no(
+    cid: str, fact: str, facts: Mapping[str, RecordedFact], what: str
+) -> tuple[State, str, Any, dict[str, Any]]:
+    rec = facts.get(fact)
+    if rec is None or rec.value is None:
+        return "pending", f"{fact} not recorded ({what})", None, _input(fact, None)
+    if rec.value == "yes":
+        return "met", f"{what}: yes", "yes", _input(fact, rec)
+    return "not_met", f"{what}: no", rec.value, _input(fact, rec)
+
+
+def _val(facts: Mapping[str, RecordedFact], name: str) -> Any:
+    rec = facts.get(name)
+    return None if rec is None else rec.value
+
+
+def _fmt_pct(x: float) -> str:
+    return f"{x:.2f} %"
+
+
+# --------------------------------------------------------------------------- criteria
+
+
+def _consent(facts: Mapping[str, RecordedFact], first_session_on: date | None) -> CriterionResult:
+    rec = facts.get("consent_signed_on")
+    inputs = [_input("consent_signed_on", rec)]
+    if rec is None or rec.value is None:
+        return _result("consent", "pending", "consent_signed_on not recorded", None, inputs)
+    if rec.value == "no":
+        return _result("consent", "not_met", "ICF not signed", "no", inputs)
+    signed: date = rec.value
+    planned = _val(facts, "screening_date")
+    candidates = [d for d in (first_session_on, planned) if isinstance(d, date)]
+    value = {"signed_on": signed.isoformat()}
+    if not candidates:
+        return _result("consent", "met", f"ICF signed on {signed}; no screening measurement yet", value, inputs)
+    first = min(candidates)
+    value["first_screening_on"] = first.isoformat()
+    if signed < first:
+        return _result("consent", "met", f"ICF signed on {signed}, before screening on {first}", value, inputs)
+    if signed == first:
+        return _result(
+            "consent", "met",
+            f"ICF signed on {signed}, the day screening started (date only: counted as before)", value, inputs,
+        )
+    return _result(
+        "consent", "not_met",
+        f"ICF signed on {signed}, after screening started on {first}: consent must precede any screening "
+        "measurement",
+        value, inputs,
+    )
+
+
+def _screening_date(facts: Mapping[str, RecordedFact], first_session_on: date | None) -> tuple[date | None, dict]:
+    rec = facts.get("screening_date")
+    if rec is not None and rec.value is not None:
+        return rec.value, _input("screening_date", rec)
+    if first_session_on is not None:
+        return first_session_on, {
+            "fact": "screening_date", "value": first_session_on.isoformat(),
+            "source": "first screening session", "recorded_by": None, "recorded_at": None,
+        }
+    return None, _input("screening_date", None)
+
+
+def _age(facts: Mapping[str, RecordedFact], screening: date | None, s_input: dict, th: Thresholds) -> CriterionResult:
+    rec = facts.get("birth_date")
+    inputs = [_input("birth_date", rec), s_input]
+    missing = [n for n, v in (("birth_date", rec and rec.value), ("screening_date", screening)) if v is None]
+    if missing:
+        return _result("age", "pending", f"{' and '.join(missing)} not recorded", None, inputs)
+    assert rec is not None and screening is not None
+    birth: date = rec.value
+    if birth >= screening:
+        return _result("age", "needs_review", "birth date is not before the screening date: check both", None, inputs)
+    age = age_on(birth, screening, "mar1")
+    ok = th.age_min <= age <= th.age_max
+    value = {"age_years": age, "screening_date": screening.isoformat()}
+    limits = f"{th.age_min}-{th.age_max}"
+    if (birth.month, birth.day) == (2, 29) and not calendar.isleap(screening.year):
+        alt = age_on(birth, screening, "feb28")
+        if (th.age_min <= alt <= th.age_max) != ok:
+            value["age_years_feb28_rule"] = alt
+            return _result(
+                "age", "needs_review",
+                f"29 February birthday: age {age} on {screening} (turns over on 1 March) but {alt} if it turns "
+                f"over on 28 February: the two rules disagree on the {limits} range, review",
+                value, inputs,
+            )
+    if ok:
+        return _result("age", "met", f"age {age} on {screening}, within {limits}", value, inputs)
+    return _result("age", "not_met", f"age {age} on {screening}, outside {limits}", value, inputs)
+
+
+def _window_primary(diag: date, s: date, lo: int, hi: int) -> bool:
+    return add_months(diag, lo) <= s <= add_months(diag, hi)
+
+
+def _window_backward(diag: date, s: date, lo: int, hi: int) -> bool:
+    return add_months(s, -hi) <= diag <= add_months(s, -lo)
+
+
+def _window_completed(diag: date, s: date, lo: int, hi: int) -> bool:
+    return diag <= s and lo <= completed_months(diag, s) <= hi
+
+
+def _diagnosis(
+    facts: Mapping[str, RecordedFact], screening: date | None, s_input: dict, th: Thresholds
+) -> CriterionResult:
+    cat_rec, diag_rec = facts.get("wfn_category"), facts.get("diagnosis_date")
+    inputs = [_input("wfn_category", cat_rec), _input("diagnosis_date", diag_rec), s_input]
+    parts: list[tuple[State, str]] = []
+    value: dict[str, Any] = {"accepted_wfn_categories": list(th.accepted_wfn_categories)}
+    category = cat_rec.value if cat_rec else None
+    if category is None:
+        parts.append(("pending", "wfn_category not recorded"))
+    else:
+        value["wfn_category"] = category
+        if category in th.accepted_wfn_categories:
+            parts.append(("met", f"WFN category {category} accepted"))
+        else:
+            parts.append(("not_met", f"WFN category {category} not accepted "
+                                     f"(accepted: {', '.join(th.accepted_wfn_categories)})"))
+    diag = diag_rec.value if diag_rec else None
+    lo, hi = th.diagnosis_months_min, th.diagnosis_months_max
+    if diag is None or screening is None:
+        missing = [n for n, v in (("diagnosis_date", diag), ("screening_date", screening)) if v is None]
+        parts.append(("pending", f"{' and '.join(missing)} not recorded"))
+    elif diag > screening:
+        parts.append(("not_met", f"diagnosis date {diag} is after the screening date {screening}"))
+    else:
+        months = completed_months(diag, screening)
+        value.update(
+            diagnosis_date=diag.isoformat(),
+            months_before_screening=months,
+            window=[add_months(diag, lo).isoformat(), add_months(diag, hi).isoformat()],
+        )
+        ok = _window_primary(diag, screening, lo, hi)
+        window = f"screening between {add_months(diag, lo)} and {add_months(diag, hi)}"
+        alternatives = {
+            "counting back from the screening date": _window_backward(diag, screening, lo, hi),
+            "counting completed months": _window_completed(diag, screening, lo, hi),
+        }
+        disagree = [name for name, alt_ok in alternatives.items() if alt_ok != ok]
+        head = f"diagnosed {diag}, {months} completed months before screening on {screening} ({window})"
+        if disagree:
+            parts.append(("needs_review",
+                          f"{head}: {'passes' if ok else 'fails'} {lo}-{hi} months by calendar months from the "
+                          f"diagnosis but {'fails' if ok else 'passes'} {' and '.join(disagree)}"))
+        elif ok:
+            parts.append(("met", f"{head}, within {lo}-{hi} months"))
+        else:
+            parts.append(("not_met", f"{head}, outside {lo}-{hi} months"))
+    state, reason = _combine(parts)
+    return _result("als_diagnosis", state, reason, value, inputs)
+
+
+def _prior_treatment(facts: Mapping[str, RecordedFact]) -> CriterionResult:
+    state, reason, value, inp = _yes_no(
+        "prior_treatment", "prior_treatment_failed", facts, "prior standard treatment failed or disease progressed"
+    )
+    text_rec = facts.get("prior_treatments")
+    inputs = [inp, _input("prior_treatments", text_rec)]
+    text = text_rec.value if text_rec else None
+    if state == "met" and not text:
+        state, reason = "pending", "prior treatments not listed (record prior_treatments)"
+    return _result("prior_treatment", state, reason, {"failed": value, "treatments": text}, inputs)
+
+
+def _session_input(session_id: str, analysed_at: str | None, value: Any) -> dict[str, Any]:
+    return {"fact": "session", "value": value, "source": f"session:{session_id}",
+            "recorded_by": "device", "recorded_at": analysed_at}
+
+
+def _fvc(facts: Mapping[str, RecordedFact], sessions: Sequence[SpirometryResult], th: Thresholds) -> CriterionResult:
+    eq = th.equation
+    listed: list[str] = []
+    usable: list[SpirometryResult] = []
+    wrong_eq: list[SpirometryResult] = []
+    for s in sessions:
+        if s.manoeuvre.upper() != "FVC":
+            listed.append(f"session {s.session_id}: {s.manoeuvre} manoeuvre, the protocol asks for FVC")
+        elif not s.valid:
+            listed.append(f"session {s.session_id}: not valid{(' (' + s.note + ')') if s.note else ''}")
+        elif s.pct_for(eq) is None:
+            wrong_eq.append(s)
+        elif not math.isfinite(s.pct_for(eq)):  # type: ignore[arg-type]
+            listed.append(f"session {s.session_id}: % predicted is not a number")
+        else:
+            usable.append(s)
+    inputs = [_session_input(s.session_id, s.analysed_at, {
+        "valid": s.valid, "manoeuvre": s.manoeuvre, "fvc_l": s.fvc_l, "grade": s.grade,
+        s.equation: s.fvc_pct_predicted, **({s.other_equation: s.other_fvc_pct_predicted} if s.other_equation else {}),
+    }) for s in sessions]
+    if not usable:
+        if wrong_eq:
+            ids = ", ".join(s.session_id for s in wrong_eq)
+            return _result("fvc", "needs_review",
+                           f"valid session(s) {ids} have no % predicted by the configured equation {eq}: recompute",
+                           {"equation": eq}, inputs)
+        why = "; ".join(listed) if listed else "no spirometry session yet"
+        return _result("fvc", "pending", f"no valid FVC session ({why})", {"equation": eq}, inputs)
+    best = max(usable, key=lambda s: s.pct_for(eq))  # type: ignore[arg-type,return-value]
+    pct = best.pct_for(eq)
+    assert pct is not None
+    ok = pct >= th.fvc_pct_min
+    other_eq = next(e for e in EQUATIONS if e != eq)
+    others = [(p, s) for s in usable if (p := s.pct_for(other_eq)) is not None and math.isfinite(p)]
+    other_pct = max((p for p, _ in others), default=None)  # type: ignore[type-var]
+    value = {"fvc_pct_predicted": pct, "equation": eq, "session_id": best.session_id, "fvc_l": best.fvc_l,
+             "grade": best.grade, "other_equation": other_eq, "other_fvc_pct_predicted": other_pct}
+    inputs.sort(key=lambda i: i["source"] != f"session:{best.session_id}")  # deciding session first
+    head = f"best FVC {pct:.1f} % predicted ({eq}, session {best.session_id})"
+    review: list[str] = []
+    if other_pct is not None and (other_pct >= th.fvc_pct_min) != ok:
+        review.append(f"{other_eq} gives {other_pct:.1f} %, on the other side of {th.fvc_pct_min:g} %")
+    sex, height = _val(facts, "sex"), _val(facts, "height_cm")
+    if best.sex is not None and sex is not None and best.sex != sex:
+        review.append(f"prediction used sex {best.sex} but sex is recorded as {sex}: recompute")
+    if best.height_cm is not None and height is not None and abs(float(height) - best.height_cm) > 0.5:
+        review.append(f"prediction used height {best.height_cm:g} cm but height_cm is {float(height):g}: recompute")
+    res_inputs = inputs + [_input("sex", facts.get("sex")), _input("height_cm", facts.get("height_cm"))]
+    if review:
+        r = _result("fvc", "needs_review", f"{head}: " + "; ".join(review), value, res_inputs)
+    elif ok:
+        r = _result("fvc", "met", f"{head} >= {th.fvc_pct_min:g} %", value, res_inputs)
+    else:
+        r = _result("fvc", "not_met", f"{head} < {th.fvc_pct_min:g} %", value, res_inputs)
+    # The deciding session is the provenance of a device criterion.
+    r.source, r.recorded_by, r.recorded_at = f"session:{best.session_id}", "device", best.analysed_at
+    return r
+
+
+def _nocturnal(nights: Sequence[NightResult], th: Thresholds) -> CriterionResult:
+    limit = th.t90_pct_max
+    valid = [n for n in nights if n.night_valid]
+    invalid = [n for n in nights if not n.night_valid]
+    unknown = [n for n in valid if n.t90_pct is None or not math.isfinite(n.t90_pct)]
+    clear_fail = [n for n in valid if n not in unknown and not n.borderline and n.t90_pct > limit]  # type: ignore
+    border = [n for n in valid if n not in unknown and n.borderline]
+    inputs = [_session_input(n.session_id, n.analysed_at, {
+        "t90_pct": n.t90_pct, "night_valid": n.night_valid, "borderline": n.borderline, "note": n.note or None,
+    }) for n in nights]
+    value = {
+        "nights": [{"session_id": n.session_id, "t90_pct": n.t90_pct, "night_valid": n.night_valid,
+                    "borderline": n.borderline} for n in nights],
+        "t90_pct_max": limit,
+        "valid_nights": len(valid),
+        "worst_valid_t90_pct": max((n.t90_pct for n in valid if n not in unknown), default=None),  # type: ignore
+    }
+    inv = (f"; invalid night(s) not counted: {', '.join(n.session_id for n in invalid)}" if invalid else "")
+
+    def desc(ns: Iterable[NightResult]) -> str:
+        return ", ".join(f"{n.session_id} T90 {_fmt_pct(n.t90_pct)}" for n in ns)  # type: ignore[arg-type]
+
+    def with_source(r: CriterionResult, deciding: Sequence[NightResult]) -> CriterionResult:
+        if deciding:
+            d = deciding[0]
+            r.source, r.recorded_by, r.recorded_at = f"session:{d.session_id}", "device", d.analysed_at
+        return r
+
+    if clear_fail:
+        return with_source(_result("nocturnal_spo2", "not_met",
+                                   f"T90 above {limit:g} % on valid night(s): {desc(clear_fail)}{inv}",
+                                   value, inputs), clear_fail)
+    if unknown or border:
+        reasons = []
+        if border:
+            reasons.append(f"borderline night(s) for review: {desc(border)} (primary T90 "
+                           f"{'above' if any(n.t90_pct > limit for n in border) else 'within'} {limit:g} %, "  # type: ignore
+                           "a reported variant on the other side)")
+        if unknown:
+            reasons.append(f"valid night(s) without a T90 figure: {', '.join(n.session_id for n in unknown)}")
+        return with_source(_result("nocturnal_spo2", "needs_review", "; ".join(reasons) + inv, value, inputs),
+                           border or unknown)
+    if not valid:
+        why = f"no valid night yet{inv}" if invalid else "no screening night recorded yet"
+        return _result("nocturnal_spo2", "pending", why, value, inputs)
+    worst = max(valid, key=lambda n: n.t90_pct)  # type: ignore[arg-type,return-value]
+    return with_source(_result("nocturnal_spo2", "met",
+                               f"every valid night T90 <= {limit:g} % ({desc(valid)}){inv}", value, inputs), [worst])
+
+
+def bmi_exact(height_cm: Decimal, weight_kg: Decimal) -> Fraction:
+    """BMI as an exact fraction of the typed decimals: 18.5 exactly is 18.5, not 18.499999."""
+    h = Fraction(height_cm) / 100
+    return Fraction(weight_kg) / (h * h)
+
+
+def _floor2(x: Fraction) -> str:
+    """Two decimals rounded down, so a displayed 18.50 never hides a failing 18.4999."""
+    return f"{math.floor(x * 100) / 100:.2f}"
+
+
+def _bmi(facts: Mapping[str, RecordedFact], th: Thresholds) -> CriterionResult:
+    h_rec, w_rec = facts.get("height_cm"), facts.get("weight_kg")
+    n_state, n_reason, n_value, n_input = _yes_no("bmi", "nutrition_good", facts, "investigator judges nutrition good")
+    inputs = [_input("height_cm", h_rec), _input("weight_kg", w_rec), n_input]
+    parts: list[tuple[State, str]] = []
+    value: dict[str, Any] = {"bmi": None, "nutrition_good": n_value}
+    h = h_rec.value if h_rec else None
+    w = w_rec.value if w_rec else None
+    if h is None or w is None:
+        missing = [n for n, v in (("height_cm", h), ("weight_kg", w)) if v is None]
+        parts.append(("pending", f"{' and '.join(missing)} not recorded"))
+    else:
+        bmi = bmi_exact(Decimal(h), Decimal(w))
+        value.update(bmi=round(float(bmi), 4), height_cm=float(h), weight_kg=float(w))
+        text = f"BMI {_floor2(bmi)} kg/m2 ({float(w):g} kg, {float(h):g} cm)"
+        if bmi >= Fraction(th.bmi_min):
+            parts.append(("met", f"{text} >= {th.bmi_min}"))
+        else:
+            parts.append(("not_met", f"{text} < {th.bmi_min}"))
+    parts.append((n_state, n_reason))
+    state, reason = _combine(parts)
+    return _result("bmi", state, reason, value, inputs)
+
+
+def _contraception(facts: Mapping[str, RecordedFact]) -> CriterionResult:
+    rec = facts.get("contraception")
+    inputs = [_input("contraception", rec)]
+    ans = rec.value if rec else None
+    if ans is None:
+        return _result("contraception", "pending", "contraception not recorded", None, inputs)
+    assert isinstance(ans, ContraceptionAnswer)
+    value = display_value("contraception", ans)
+    if ans.answer == "yes":
+        return _result("contraception", "met", "contraception agreed", value, inputs)
+    if ans.answer == "not_applicable":
+        if ans.reason:
+            return _result("contraception", "met", f"not applicable: {ans.reason}", value, inputs)
+        return _result("contraception", "pending", "not_applicable recorded without a reason", value, inputs)
+    return _result("contraception", "not_met", "contraception not agreed", value, inputs)
+
+
+def _simple(cid: str, fact: str, facts: Mapping[str, RecordedFact], what: str) -> CriterionResult:
+    state, reason, value, inp = _yes_no(cid, fact, facts, what)
+    return _result(cid, state, reason, value, [inp])
+
+
+# --------------------------------------------------------------------------- decision
+
+
+def evaluate(
+    facts: Mapping[str, RecordedFact],
+    *,
+    spirometry: Sequence[SpirometryResult] = (),
+    nights: Sequence[NightResult] = (),
+    first_session_on: date | None = None,
+    thresholds: Thresholds | None = None,
+    evaluated_at: str,
+) -> Decision:
+    """Decide eligibility from the current facts and the device results.
+
+    ``facts`` maps fact name -> current :class:`RecordedFact` (``store.current_facts``);
+    ``first_session_on`` is the local date of the subject's first screening session: it is
+    the screening date when no ``screening_date`` fact is recorded, and consent must not
+    be later than it.  ``evaluated_at`` is a UTC ISO time from the caller's clock.
+    """
+    th = thresholds or Thresholds()
+    screening, s_input = _screening_date(facts, first_session_on)
+    criteria = [
+        _consent(facts, first_session_on),
+        _age(facts, screening, s_input, th),
+        _diagnosis(facts, screening, s_input, th),
+        _prior_treatment(facts),
+        _fvc(facts, spirometry, th),
+        _nocturnal(nights, th),
+        _bmi(facts, th),
+        _contraception(facts),
+        _simple("cooperation", "cooperation", facts, "able to cooperate with history collection and visits"),
+    ]
+    failed = [c for c in criteria if c.state == "not_met"]
+    open_ = [c for c in criteria if c.state in ("pending", "needs_review")]
+    if failed:
+        decision: DecisionValue = "ineligible"
+        summary = [f"{c.id}: {c.reason}" for c in failed]
+    elif open_:
+        decision = "incomplete"
+        summary = [f"{c.id} ({c.state}): {c.reason}" for c in open_]
+    else:
+        decision = "eligible"
+        summary = ["all criteria met"]
+    return Decision(decision, criteria, th, evaluated_at, screening, summary)

@@ -1,0 +1,127 @@
+"""Bytes of one device -> stored samples and live figures.
+
+The same pipeline serves a live BLE session and a replayed capture, so a replay
+reproduces exactly the rows the live session stored.  It is synchronous and
+cheap per frame: decode, (reduce), build a row tuple, queue it for the writer,
+update the O(1) live figures.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from collector.storage import repo
+from collector.storage.writer import SampleRow, Writer
+from drivers.protocols.common import OximeterReading
+from drivers.protocols.registry import make_parser
+
+log = logging.getLogger(__name__)
+
+# Gap causes that end a sample's hold (the recording was interrupted).  Lost
+# packets are recorded as gaps too, but within max_hold_s they are held over by
+# the zero-order-hold definition, so they do not break it.
+BREAKING_CAUSES = frozenset({"device_disconnected", "watchdog_silence", "daemon_down", "session_paused"})
+
+
+def to_row(session_id: int, t: float, r: OximeterReading) -> SampleRow:
+    return (
+        session_id,
+        int(round(t * 1000)),
+        r.device_time,
+        r.spo2_pct,
+        r.pulse_bpm,
+        r.pai_pct,
+        int(r.valid),
+        int(r.pulse_valid),
+        int(r.flags),
+        r.status_raw,
+        r.counter,
+    )
+
+
+class ReadingPipeline:
+    """Decode -> reduce -> store -> live, for one session and one device."""
+
+    def __init__(
+        self,
+        session_id: int,
+        protocol: str,
+        writer: Writer,
+        *,
+        live: Any = None,
+        on_event: Callable[[float, str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.session_id = session_id
+        self.protocol = protocol
+        self.writer = writer
+        self.parser = make_parser(protocol)
+        self.live = live
+        self.on_event = on_event
+        self.samples = 0
+        self.last_sample_t: float | None = None
+        self.last_reading: OximeterReading | None = None
+        self._reducer = None
+        if protocol == "berrymed":
+            from drivers.protocols.berrymed import OneHzReducer
+
+            self._reducer = OneHzReducer()
+
+    # -- input -----------------------------------------------------------------------------
+    def feed(self, t: float, characteristic: str, data: bytes) -> int:
+        """Decode one notification; returns the number of frames decoded (the watchdog's signal)."""
+        lost_before = self.parser.stats.lost_packets
+        frames_before = self.parser.stats.frames
+        readings = self.parser.feed(characteristic, data)
+        if self.parser.stats.lost_packets > lost_before and self.last_sample_t is not None:
+            missed = self.parser.stats.lost_packets - lost_before
+            start_ms, end_ms = int(round(self.last_sample_t * 1000)), int(round(t * 1000))
+            self._submit(lambda c: repo.add_gap(c, self.session_id, start_ms=start_ms, end_ms=end_ms, cause="lost_packets", detail=f"{missed} packets"))
+        if readings:
+            stamped = [(t, r) for r in readings]
+            if self._reducer is not None:
+                stamped = [out for t_r in stamped for out in self._reducer.push(*t_r)]
+            self._store(stamped)
+        return self.parser.stats.frames - frames_before
+
+    def interrupt(self, t: float, cause: str) -> None:
+        """The recording stops here (link lost, daemon stopping): end the hold of the last sample."""
+        if self._reducer is not None:
+            self._store(self._reducer.flush())
+        if self.live is not None and cause in BREAKING_CAUSES:
+            try:
+                self.live.interrupt(t, cause)
+            except Exception:
+                log.exception("session %s: live figures failed at an interruption", self.session_id)
+
+    def close(self, t: float) -> None:
+        self.interrupt(t, "session_stopped")
+
+    # -- output ----------------------------------------------------------------------------
+    def _store(self, stamped: list[tuple[float, OximeterReading]]) -> None:
+        if not stamped:
+            return
+        rows = [to_row(self.session_id, t, r) for t, r in stamped]
+        self.writer.add_samples(rows)
+        self.samples += len(rows)
+        self.last_sample_t, self.last_reading = stamped[-1]
+        if self.live is not None:
+            try:
+                for t, r in stamped:
+                    for event in self.live.add(t, r.spo2_pct, r.valid) or ():
+                        self._emit(event)
+            except Exception:  # the stored samples are what counts; live figures are provisional
+                log.exception("session %s: live figures failed; samples are still stored", self.session_id)
+
+    def _emit(self, event: Any) -> None:
+        kind = getattr(event, "kind", None) or event.get("kind")
+        t = getattr(event, "t_s", None) or event.get("t_s")
+        detail = event.__dict__ if hasattr(event, "__dict__") else dict(event)
+        detail = {k: v for k, v in detail.items() if k not in ("kind", "t_s")}
+        self._submit(lambda c: repo.add_event(c, self.session_id, t_ms=int(round(t * 1000)), kind=kind, detail=detail))
+        if self.on_event is not None:
+            self.on_event(t, kind, detail)
+
+    def _submit(self, fn: Callable[[Any], Any]) -> None:
+        fut = self.writer.submit(fn)
+        fut.add_done_callback(lambda f: f.exception() and log.error("session %s: write failed: %s", self.session_id, f.exception()))

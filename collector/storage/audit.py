@@ -1,0 +1,90 @@
+"""Append-only, hash-chained audit trail.
+
+Each row stores the SHA-256 of the previous row's hash plus its own canonical
+content, so an edited, deleted or inserted row breaks the chain from that row
+on; SQLite triggers refuse UPDATE and DELETE through the normal path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+from collector.clock import utc_iso
+
+GENESIS = "0" * 64
+CONTENT_FIELDS = ("at_utc", "actor", "action", "subject_id", "session_id", "old_value", "new_value", "reason")
+
+
+def _as_text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def row_hash(prev_hash: str, content: dict[str, Any]) -> str:
+    canonical = json.dumps([prev_hash] + [content.get(f) for f in CONTENT_FIELDS], separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+def append(
+    conn: sqlite3.Connection,
+    *,
+    at: float,
+    actor: str,
+    action: str,
+    subject_id: str | None = None,
+    session_id: int | None = None,
+    old: Any = None,
+    new: Any = None,
+    reason: str | None = None,
+) -> str:
+    """Append one row; the caller owns the transaction (it must hold the write lock)."""
+    last = conn.execute("SELECT row_hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+    prev = last[0] if last else GENESIS
+    content = {
+        "at_utc": utc_iso(at),
+        "actor": actor,
+        "action": action,
+        "subject_id": subject_id,
+        "session_id": session_id,
+        "old_value": _as_text(old),
+        "new_value": _as_text(new),
+        "reason": reason,
+    }
+    digest = row_hash(prev, content)
+    conn.execute(
+        "INSERT INTO audit (at_utc, actor, action, subject_id, session_id, old_value, new_value, reason, prev_hash, row_hash)"
+        " VALUES (:at_utc, :actor, :action, :subject_id, :session_id, :old_value, :new_value, :reason, :prev, :hash)",
+        {**content, "prev": prev, "hash": digest},
+    )
+    return digest
+
+
+@dataclass(frozen=True)
+class ChainCheck:
+    ok: bool
+    rows: int
+    first_bad_id: int | None = None
+    problem: str | None = None
+
+
+def verify_rows(rows: list[dict[str, Any]]) -> ChainCheck:
+    """Check a chain given as dicts in id order (used on the database and on exported extracts)."""
+    prev = GENESIS
+    for row in rows:
+        if row["prev_hash"] != prev:
+            return ChainCheck(False, len(rows), row["id"], "prev_hash does not match the previous row (row inserted or deleted before it)")
+        if row_hash(prev, row) != row["row_hash"]:
+            return ChainCheck(False, len(rows), row["id"], "content does not match its hash (row edited)")
+        prev = row["row_hash"]
+    return ChainCheck(True, len(rows))
+
+
+def verify(conn: sqlite3.Connection) -> ChainCheck:
+    cur = conn.execute("SELECT * FROM audit ORDER BY id")
+    names = [d[0] for d in cur.description]
+    return verify_rows([dict(zip(names, r)) for r in cur.fetchall()])

@@ -1,0 +1,105 @@
+"""Opening the database: location, pragmas and migrations.
+
+WAL lets the daemon write while the CLI reads; ``synchronous=FULL`` makes each
+committed batch survive power loss, not just a killed process (the writer
+commits about twice a second, so the fsync cost is small).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+
+import platformdirs
+import sqlite_utils
+
+from collector.errors import StorageError
+from collector.storage.schema import migrations
+
+APP_NAME = "als-screening-collector"
+ENV_DB = "COLLECTOR_DB"
+
+
+def default_db_path() -> Path:
+    """``$COLLECTOR_DB`` if set, else one file in the user's data directory."""
+    env = os.environ.get(ENV_DB)
+    if env:
+        return Path(env).expanduser()
+    return Path(platformdirs.user_data_dir(APP_NAME)) / "collector.sqlite"
+
+
+def connect(path: Path | str, *, check_same_thread: bool = True) -> sqlite3.Connection:
+    """A raw connection with the project's pragmas (used by the writer thread)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(path), timeout=30.0, check_same_thread=check_same_thread, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=30000")
+    except (sqlite3.Error, OSError) as exc:
+        raise StorageError(
+            f"cannot open database {path}: {exc}; check the path exists and is writable, or choose another with --db"
+        ) from exc
+    return conn
+
+
+def open_db(path: Path | str | None = None, *, check_same_thread: bool = True) -> sqlite_utils.Database:
+    """Open (creating if needed) and migrate the database at ``path``."""
+    path = Path(path) if path is not None else default_db_path()
+    conn = connect(path, check_same_thread=check_same_thread)
+    db = sqlite_utils.Database(conn)
+    try:
+        migrate(db)
+    except sqlite3.DatabaseError as exc:
+        raise StorageError(f"database {path} is not usable ({exc}); restore it from backup or choose another with --db") from exc
+    return db
+
+
+def migrate(db: sqlite_utils.Database) -> list[int]:
+    """Apply pending migrations, each in its own transaction; return the versions applied."""
+    conn = db.conn
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_utc TEXT NOT NULL)"
+    )
+    done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+    applied = []
+    for version, name, sql in migrations():
+        if version in done:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Re-check under the write lock: another process may have migrated meanwhile.
+            if conn.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (version,)).fetchone():
+                conn.execute("COMMIT")
+                continue
+            for statement in _split_sql(sql):
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name, applied_utc) VALUES (?, ?, ?)",
+                (version, name, datetime.now(timezone.utc).isoformat(timespec="seconds")),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        applied.append(version)
+    return applied
+
+
+def _split_sql(sql: str) -> list[str]:
+    """Split a script into statements (``executescript`` would commit our transaction)."""
+    statements, current = [], []
+    for line in sql.splitlines():
+        current.append(line)
+        candidate = "\n".join(current).strip()
+        if candidate and sqlite3.complete_statement(candidate):
+            statements.append(candidate)
+            current = []
+    rest = "\n".join(current).strip()
+    if rest and not all(l.strip().startswith("--") or not l.strip() for l in current):
+        statements.append(rest)
+    return statements

@@ -1,0 +1,209 @@
+"""Record-level operations shared by the daemon (through the writer) and the CLI.
+
+Every function takes a connection that is already inside a write transaction
+(``Writer.submit`` provides one) and writes the matching audit row in the same
+transaction, so a state change and its audit entry land together or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from typing import Any
+
+from collector.clock import utc_iso
+from collector.errors import Conflict, InvalidInput, NotFound
+from collector.storage import audit
+
+SUBJECT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{2,31}$")
+
+
+def validate_subject_id(subject_id: str) -> str:
+    """Pseudonymous IDs only: 3-32 letters/digits/-/_ with at least one digit (a bare name is refused)."""
+    if not SUBJECT_ID_RE.match(subject_id or "") or not any(c.isdigit() for c in subject_id):
+        raise InvalidInput(
+            f"invalid subject ID {subject_id!r}: use the pseudonymous screening ID (3-32 letters, digits, '-' or '_', "
+            "with at least one digit, e.g. SCR-0042), never a name"
+        )
+    return subject_id
+
+
+def _rows(conn: sqlite3.Connection, sql: str, params: Any = ()) -> list[dict[str, Any]]:
+    cur = conn.execute(sql, params)
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+def _row(conn: sqlite3.Connection, sql: str, params: Any = ()) -> dict[str, Any] | None:
+    rows = _rows(conn, sql, params)
+    return rows[0] if rows else None
+
+
+# -- subjects ---------------------------------------------------------------------------
+def add_subject(conn: sqlite3.Connection, subject_id: str, *, by: str, at: float) -> dict[str, Any]:
+    validate_subject_id(subject_id)
+    if _row(conn, "SELECT id FROM subjects WHERE id = ?", (subject_id,)):
+        raise Conflict(f"subject {subject_id} already exists; use it as it is (collector session list --subject {subject_id})")
+    conn.execute("INSERT INTO subjects (id, created_utc, created_by) VALUES (?, ?, ?)", (subject_id, utc_iso(at), by))
+    audit.append(conn, at=at, actor=by, action="subject_created", subject_id=subject_id, new={"id": subject_id})
+    return get_subject(conn, subject_id)
+
+
+def get_subject(conn: sqlite3.Connection, subject_id: str) -> dict[str, Any]:
+    row = _row(conn, "SELECT * FROM subjects WHERE id = ?", (subject_id,))
+    if row is None:
+        raise NotFound(f"unknown subject {subject_id!r}; add it first with: collector subject add {subject_id}")
+    return row
+
+
+def list_subjects(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    return _rows(conn, "SELECT * FROM subjects ORDER BY id")
+
+
+# -- devices ----------------------------------------------------------------------------
+def upsert_device(
+    conn: sqlite3.Connection, *, kind: str, protocol: str, address: str, at: float, name: str | None = None, **info: Any
+) -> int:
+    """Find or create the device row; fill model/serial/firmware when the device reports them."""
+    row = _row(conn, "SELECT * FROM devices WHERE kind = ? AND address = ?", (kind, address))
+    if row is None:
+        cur = conn.execute(
+            "INSERT INTO devices (kind, protocol, address, name, first_seen_utc, last_seen_utc) VALUES (?, ?, ?, ?, ?, ?)",
+            (kind, protocol, address, name, utc_iso(at), utc_iso(at)),
+        )
+        return int(cur.lastrowid)
+    updates = {k: v for k, v in info.items() if k in ("model", "serial_number", "firmware") and v and v != row[k]}
+    updates["last_seen_utc"] = utc_iso(at)
+    if name and name != row["name"]:
+        updates["name"] = name
+    if protocol != row["protocol"]:
+        updates["protocol"] = protocol
+    conn.execute(
+        f"UPDATE devices SET {', '.join(f'{k} = ?' for k in updates)} WHERE id = ?", (*updates.values(), row["id"])
+    )
+    return int(row["id"])
+
+
+# -- sessions ---------------------------------------------------------------------------
+def open_session(
+    conn: sqlite3.Connection,
+    *,
+    subject_id: str,
+    kind: str,
+    device_id: int | None,
+    by: str,
+    at: float,
+    origin: str = "live",
+    settings: dict[str, Any] | None = None,
+) -> int:
+    get_subject(conn, subject_id)
+    busy = _row(conn, "SELECT id FROM sessions WHERE subject_id = ? AND kind = ? AND state = 'open'", (subject_id, kind))
+    if busy:
+        raise Conflict(
+            f"subject {subject_id} already has an open {kind} session ({busy['id']}); stop it first: collector session stop {busy['id']}"
+        )
+    if device_id is not None:
+        busy = _row(conn, "SELECT id, subject_id FROM sessions WHERE device_id = ? AND state = 'open'", (device_id,))
+        if busy:
+            raise Conflict(
+                f"that device is already recording session {busy['id']} (subject {busy['subject_id']}); "
+                f"stop it first (collector session stop {busy['id']}) or choose another device"
+            )
+    cur = conn.execute(
+        "INSERT INTO sessions (subject_id, kind, state, origin, device_id, started_utc, started_by, settings_json)"
+        " VALUES (?, ?, 'open', ?, ?, ?, ?, ?)",
+        (subject_id, kind, origin, device_id, utc_iso(at), by, json.dumps(settings or {}, sort_keys=True)),
+    )
+    session_id = int(cur.lastrowid)
+    audit.append(
+        conn, at=at, actor=by, action="session_started", subject_id=subject_id, session_id=session_id,
+        new={"kind": kind, "origin": origin, "device_id": device_id},
+    )
+    return session_id
+
+
+def get_session(conn: sqlite3.Connection, session_id: int) -> dict[str, Any]:
+    row = _row(conn, "SELECT * FROM sessions WHERE id = ?", (session_id,))
+    if row is None:
+        raise NotFound(f"unknown session {session_id}; list sessions with: collector session list")
+    return row
+
+
+def close_session(conn: sqlite3.Connection, session_id: int, *, state: str, by: str, at: float, reason: str | None = None) -> dict[str, Any]:
+    """Move an open session to ``stopped`` or ``interrupted``."""
+    row = get_session(conn, session_id)
+    if row["state"] != "open":
+        raise Conflict(f"session {session_id} is not open (it is {row['state']}); nothing to stop")
+    conn.execute("UPDATE sessions SET state = ?, stopped_utc = ?, stopped_by = ? WHERE id = ?", (state, utc_iso(at), by, session_id))
+    audit.append(
+        conn, at=at, actor=by, action=f"session_{state}", subject_id=row["subject_id"], session_id=session_id,
+        old={"state": "open"}, new={"state": state}, reason=reason,
+    )
+    return get_session(conn, session_id)
+
+
+def resume_session(conn: sqlite3.Connection, session_id: int, *, by: str, at: float) -> None:
+    """An interrupted session continues recording in the same session (the downtime becomes a gap)."""
+    row = get_session(conn, session_id)
+    conn.execute("UPDATE sessions SET state = 'open', stopped_utc = NULL, stopped_by = NULL WHERE id = ?", (session_id,))
+    audit.append(
+        conn, at=at, actor=by, action="session_resumed", subject_id=row["subject_id"], session_id=session_id,
+        old={"state": row["state"]}, new={"state": "open"},
+    )
+
+
+def list_sessions(conn: sqlite3.Connection, subject_id: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
+    sql = (
+        "SELECT s.*, d.protocol AS device_protocol, d.address AS device_address, d.name AS device_name,"
+        " (SELECT COUNT(*) FROM spo2_samples x WHERE x.session_id = s.id) AS samples"
+        " FROM sessions s LEFT JOIN devices d ON d.id = s.device_id WHERE 1=1"
+    )
+    params: list[Any] = []
+    if subject_id:
+        sql += " AND s.subject_id = ?"
+        params.append(subject_id)
+    if state:
+        sql += " AND s.state = ?"
+        params.append(state)
+    return _rows(conn, sql + " ORDER BY s.id", params)
+
+
+# -- gaps and events --------------------------------------------------------------------
+def open_gap(conn: sqlite3.Connection, session_id: int, *, start_ms: int, cause: str, detail: str | None = None) -> int:
+    cur = conn.execute(
+        "INSERT INTO gaps (session_id, start_utc_ms, cause, detail) VALUES (?, ?, ?, ?)", (session_id, start_ms, cause, detail)
+    )
+    return int(cur.lastrowid)
+
+
+def close_gap(conn: sqlite3.Connection, gap_id: int, *, end_ms: int) -> None:
+    conn.execute("UPDATE gaps SET end_utc_ms = MAX(start_utc_ms, ?) WHERE id = ? AND end_utc_ms IS NULL", (end_ms, gap_id))
+
+
+def add_gap(conn: sqlite3.Connection, session_id: int, *, start_ms: int, end_ms: int, cause: str, detail: str | None = None) -> int:
+    cur = conn.execute(
+        "INSERT INTO gaps (session_id, start_utc_ms, end_utc_ms, cause, detail) VALUES (?, ?, ?, ?, ?)",
+        (session_id, start_ms, max(start_ms, end_ms), cause, detail),
+    )
+    return int(cur.lastrowid)
+
+
+def add_event(conn: sqlite3.Connection, session_id: int | None, *, t_ms: int, kind: str, detail: dict[str, Any] | None = None) -> int:
+    cur = conn.execute(
+        "INSERT INTO events (session_id, t_utc_ms, kind, detail_json) VALUES (?, ?, ?, ?)",
+        (session_id, t_ms, kind, json.dumps(detail or {}, sort_keys=True)),
+    )
+    return int(cur.lastrowid)
+
+
+def session_gaps(conn: sqlite3.Connection, session_id: int) -> list[dict[str, Any]]:
+    return _rows(conn, "SELECT * FROM gaps WHERE session_id = ? ORDER BY start_utc_ms, id", (session_id,))
+
+
+def session_events(conn: sqlite3.Connection, session_id: int) -> list[dict[str, Any]]:
+    return _rows(conn, "SELECT * FROM events WHERE session_id = ? ORDER BY t_utc_ms, id", (session_id,))
+
+
+def session_samples(conn: sqlite3.Connection, session_id: int) -> list[dict[str, Any]]:
+    return _rows(conn, "SELECT * FROM spo2_samples WHERE session_id = ? ORDER BY host_utc_ms, rowid", (session_id,))

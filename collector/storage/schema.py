@@ -1,0 +1,107 @@
+"""Database schema as ordered migrations.
+
+Each migration runs once, inside a transaction, and is recorded in
+``schema_migrations``.  Numbers keep their unit in the column name
+(``spo2_pct``, ``pulse_bpm``, ``host_utc_ms``); times are UTC, either ISO-8601
+text (``*_utc``) or integer epoch milliseconds (``*_utc_ms``), never local time.
+"""
+
+from __future__ import annotations
+
+CORE_SQL = """
+CREATE TABLE subjects (
+    id TEXT PRIMARY KEY,                 -- pseudonymous screening ID, never a name
+    created_utc TEXT NOT NULL,
+    created_by TEXT NOT NULL
+);
+
+CREATE TABLE devices (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('oximeter', 'spirometer')),
+    protocol TEXT NOT NULL,
+    address TEXT NOT NULL,               -- BLE address / serial URL; local only, never exported
+    name TEXT,
+    model TEXT,
+    serial_number TEXT,
+    firmware TEXT,
+    first_seen_utc TEXT NOT NULL,
+    last_seen_utc TEXT,
+    UNIQUE (kind, address)
+);
+
+CREATE TABLE sessions (
+    id INTEGER PRIMARY KEY,
+    subject_id TEXT NOT NULL REFERENCES subjects(id),
+    kind TEXT NOT NULL CHECK (kind IN ('night', 'spirometry')),
+    state TEXT NOT NULL CHECK (state IN ('open', 'stopped', 'interrupted')),
+    origin TEXT NOT NULL DEFAULT 'live' CHECK (origin IN ('live', 'replay', 'import', 'simulated')),
+    device_id INTEGER REFERENCES devices(id),
+    started_utc TEXT NOT NULL,
+    stopped_utc TEXT,
+    started_by TEXT NOT NULL,
+    stopped_by TEXT,
+    settings_json TEXT NOT NULL DEFAULT '{}'
+);
+-- A subject has at most one open session of a kind; a device serves one open session.
+CREATE UNIQUE INDEX sessions_one_open_per_subject_kind ON sessions(subject_id, kind) WHERE state = 'open';
+CREATE UNIQUE INDEX sessions_one_open_per_device ON sessions(device_id) WHERE state = 'open';
+
+CREATE TABLE spo2_samples (
+    session_id INTEGER NOT NULL REFERENCES sessions(id),
+    host_utc_ms INTEGER NOT NULL,        -- host receipt time, UTC epoch milliseconds
+    device_time TEXT,                    -- the device's own clock when it reports one (device local, as sent)
+    spo2_pct REAL,                       -- NULL when the device sent its missing code
+    pulse_bpm REAL,
+    pai_pct REAL,                        -- perfusion / pulse amplitude index, %
+    valid INTEGER NOT NULL,              -- 1: this SpO2 may count toward T90
+    pulse_valid INTEGER NOT NULL,
+    flags INTEGER NOT NULL,              -- drivers.protocols.common.Flag bits
+    status_raw INTEGER,                  -- the device's own status bits, verbatim
+    counter INTEGER                      -- device packet counter when it has one
+);
+CREATE INDEX spo2_samples_session_time ON spo2_samples(session_id, host_utc_ms);
+
+CREATE TABLE gaps (
+    id INTEGER PRIMARY KEY,
+    session_id INTEGER NOT NULL REFERENCES sessions(id),
+    start_utc_ms INTEGER NOT NULL,
+    end_utc_ms INTEGER,                  -- NULL while the gap is still open
+    cause TEXT NOT NULL,                 -- device_disconnected, watchdog_silence, daemon_down, lost_packets, ...
+    detail TEXT
+);
+CREATE INDEX gaps_session ON gaps(session_id, start_utc_ms);
+
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY,
+    session_id INTEGER REFERENCES sessions(id),
+    t_utc_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    detail_json TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX events_session ON events(session_id, t_utc_ms);
+
+CREATE TABLE audit (
+    id INTEGER PRIMARY KEY,
+    at_utc TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    subject_id TEXT,
+    session_id INTEGER,
+    old_value TEXT,
+    new_value TEXT,
+    reason TEXT,
+    prev_hash TEXT NOT NULL,
+    row_hash TEXT NOT NULL
+);
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'audit rows are append-only'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'audit rows are append-only'); END;
+"""
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, name, SQL) in order.  Feature modules contribute their own tables here."""
+    return [
+        (1, "core capture tables", CORE_SQL),
+    ]

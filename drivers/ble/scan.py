@@ -1,0 +1,50 @@
+"""Discovery: what oximeters are in range, and which protocol each speaks."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict, dataclass
+
+from bleak import BleakScanner
+from bleak.backends.scanner import BaseBleakScanner
+
+from drivers.ble.link import LinkTarget
+from drivers.protocols.registry import guess_protocol
+
+
+@dataclass(frozen=True)
+class FoundDevice:
+    address: str
+    name: str | None
+    rssi: int | None
+    service_uuids: tuple[str, ...]
+    protocol: str | None  # None: advertises no service we know
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+async def scan(timeout_s: float = 5.0, *, backend: type[BaseBleakScanner] | None = None, oximeters_only: bool = True) -> list[FoundDevice]:
+    found = await BleakScanner.discover(timeout=timeout_s, return_adv=True, backend=backend)
+    out = []
+    for device, adv in found.values():
+        proto = guess_protocol(adv.service_uuids)
+        if oximeters_only and proto is None:
+            continue
+        out.append(FoundDevice(device.address, device.name or adv.local_name, adv.rssi, tuple(adv.service_uuids), proto))
+    return sorted(out, key=lambda d: -(d.rssi or -999))
+
+
+async def find(target: LinkTarget, timeout_s: float, *, backend: type[BaseBleakScanner] | None = None) -> FoundDevice | None:
+    """The first advertisement matching ``target`` within ``timeout_s`` (real seconds: radio time)."""
+    async with BleakScanner(backend=backend) as scanner:
+        try:
+            async with asyncio.timeout(timeout_s):
+                async for device, adv in scanner.advertisement_data():
+                    if target.matches(device, adv):
+                        return FoundDevice(
+                            device.address, device.name or adv.local_name, adv.rssi, tuple(adv.service_uuids), guess_protocol(adv.service_uuids)
+                        )
+        except TimeoutError:
+            return None
+    return None

@@ -1,0 +1,137 @@
+"""Types shared by every oximeter codec.
+
+A codec turns the bytes of one device into :class:`OximeterReading` objects and
+never raises on bad input: it counts the error in :class:`ParserStats` and
+resynchronises.  The normalised ``flags`` bitmask lets storage and analysis treat
+all devices alike, while ``status_raw`` keeps the device's own bits verbatim.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Protocol
+
+# Physiological plausibility limits (oximetry.md, "What counts as a valid sample").
+SPO2_MIN_PCT = 50.0
+SPO2_MAX_PCT = 100.0
+PULSE_MIN_BPM = 20.0
+PULSE_MAX_BPM = 250.0
+
+
+class Flag(enum.IntFlag):
+    """Normalised reading flags, stored as an integer column (bit meanings are stable)."""
+
+    NONE = 0
+    FINGER_OUT = 1 << 0  # sensor not on the finger / unconnected to user
+    SEARCHING = 1 << 1  # searching for pulse, signal analysis ongoing
+    PROBE_UNPLUGGED = 1 << 2  # sensor disconnected from the device
+    SPO2_MISSING = 1 << 3  # no SpO2 value (missing code, NaN, NRes, 0)
+    PULSE_MISSING = 1 << 4  # no pulse value
+    SPO2_OUT_OF_RANGE = 1 << 5  # value outside 50..100
+    PULSE_OUT_OF_RANGE = 1 << 6  # value outside 20..250 (invalidates the pulse only)
+    WEAK_SIGNAL = 1 << 7  # weak / poor / inadequate signal, low perfusion
+    QUESTIONABLE = 1 << 8  # device says questionable measurement (counted, flagged)
+    DEVICE_INVALID = 1 << 9  # device says invalid / unavailable / malfunction
+    DEMO_OR_TEST = 1 << 10  # demonstration or testing data: never counts for a subject
+    FROM_STORAGE = 1 << 11  # back-filled from device memory
+    LOW_BATTERY = 1 << 12
+    SENSOR_DISPLACED = 1 << 13
+    DEVICE_CLOCK_NOT_SET = 1 << 14
+
+
+# Flags that make a sample unusable for SpO2 analysis (T90 numerator and denominator).
+INVALIDATING = (
+    Flag.FINGER_OUT
+    | Flag.SEARCHING
+    | Flag.PROBE_UNPLUGGED
+    | Flag.SPO2_MISSING
+    | Flag.SPO2_OUT_OF_RANGE
+    | Flag.DEVICE_INVALID
+    | Flag.DEMO_OR_TEST
+    | Flag.SENSOR_DISPLACED
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OximeterReading:
+    """One decoded SpO2/pulse reading, before it gets a host timestamp.
+
+    ``spo2_pct``/``pulse_bpm`` are ``None`` when the device sent its "missing"
+    code.  ``valid`` is the single answer analysis needs: may this SpO2 value
+    count toward T90?  Pulse validity is separate (``pulse_valid``).
+    """
+
+    spo2_pct: float | None
+    pulse_bpm: float | None
+    flags: Flag = Flag.NONE
+    status_raw: int | None = None  # the device's own status bits, verbatim
+    pai_pct: float | None = None  # perfusion / pulse amplitude index, %
+    device_time: str | None = None  # device clock as ISO-8601 without zone (device local)
+    counter: int | None = None  # device packet counter, when it has one
+    kind: str = "continuous"  # "continuous" or "spot_check"
+
+    @property
+    def valid(self) -> bool:
+        return self.spo2_pct is not None and not (self.flags & INVALIDATING)
+
+    @property
+    def pulse_valid(self) -> bool:
+        return (
+            self.pulse_bpm is not None
+            and not (self.flags & (Flag.PULSE_MISSING | Flag.PULSE_OUT_OF_RANGE | Flag.FINGER_OUT | Flag.PROBE_UNPLUGGED | Flag.DEVICE_INVALID | Flag.DEMO_OR_TEST))
+        )
+
+
+def apply_range_rules(spo2: float | None, pulse: float | None, flags: Flag) -> Flag:
+    """Add the project's plausibility flags (shared by every codec).
+
+    SpO2 == 0 is a dropout (missing), never a desaturation.
+    """
+    if spo2 is None or spo2 == 0:
+        flags |= Flag.SPO2_MISSING
+    elif not (SPO2_MIN_PCT <= spo2 <= SPO2_MAX_PCT):
+        flags |= Flag.SPO2_OUT_OF_RANGE
+    if pulse is None or pulse == 0:
+        flags |= Flag.PULSE_MISSING
+    elif not (PULSE_MIN_BPM <= pulse <= PULSE_MAX_BPM):
+        flags |= Flag.PULSE_OUT_OF_RANGE
+    return flags
+
+
+@dataclass(slots=True)
+class ParserStats:
+    """Counters every codec keeps; exposed in status and the closing report."""
+
+    frames: int = 0  # well-formed frames decoded
+    errors: int = 0  # malformed frames / bytes skipped while resyncing
+    bytes_skipped: int = 0
+    lost_packets: int = 0  # counter jumps (devices with a packet counter)
+    last_error: str | None = None
+
+    def error(self, why: str, skipped: int = 0) -> None:
+        self.errors += 1
+        self.bytes_skipped += skipped
+        self.last_error = why
+
+
+class OximeterParser(Protocol):
+    """What the BLE driver needs from a codec: bytes of one characteristic in, readings out."""
+
+    stats: ParserStats
+
+    def feed(self, characteristic: str, data: bytes) -> list[OximeterReading]:
+        """Decode one notification (or stream chunk); never raises."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceProfile:
+    """How to talk to one family of oximeters over GATT (used by the BLE transport)."""
+
+    protocol: str  # "plx" | "nonin" | "berrymed"
+    service_uuid: str
+    notify_uuids: tuple[str, ...]  # characteristics to subscribe to
+    expected_period_s: float  # nominal interval between notifications carrying readings
+    read_uuids: tuple[str, ...] = ()  # characteristics to read once after connect (features, info)
+    start_writes: tuple[tuple[str, bytes], ...] = field(default=())  # (uuid, payload) after subscribing

@@ -1,0 +1,87 @@
+"""Which oximeter families the collector speaks, and how to build their codecs.
+
+The BLE transport looks a device up here by protocol name (from config) or guesses
+it from the service UUIDs the device advertises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from drivers.protocols import berrymed, nonin, plx
+from drivers.protocols.common import DeviceProfile, OximeterParser
+
+PROFILES: dict[str, DeviceProfile] = {
+    # Continuous readings arrive ~1/s on 0x2A5F.  Spot-check (0x2A5E) and RACP (0x2A52)
+    # are indications used only for back-filling stored records, and many devices lack
+    # them, so they are not in notify_uuids (see plx.PLX_SPOT_CHECK_UUID / RACP_UUID).
+    "plx": DeviceProfile(
+        protocol="plx",
+        service_uuid=plx.PLX_SERVICE_UUID,
+        notify_uuids=(plx.PLX_CONTINUOUS_UUID,),
+        expected_period_s=1.0,
+        read_uuids=(plx.PLX_FEATURES_UUID,),
+    ),
+    "nonin": DeviceProfile(
+        protocol="nonin",
+        service_uuid=nonin.NONIN_SERVICE_UUID,
+        notify_uuids=(nonin.NONIN_CONTINUOUS_UUID,),
+        expected_period_s=1.0,
+    ),
+    # Packets come every ~10-20 ms, but the watchdog period is 1 s: BLE stacks batch
+    # notifications, and a silence of several seconds is what signals a dead link.
+    "berrymed": DeviceProfile(
+        protocol="berrymed",
+        service_uuid=berrymed.BERRYMED_SERVICE_UUID,
+        notify_uuids=(berrymed.BERRYMED_NOTIFY_UUID,),
+        expected_period_s=1.0,
+    ),
+}
+
+_FACTORIES: dict[str, Callable[[], OximeterParser]] = {
+    "plx": plx.PlxParser,
+    "nonin": nonin.NoninParser,
+    "berrymed": berrymed.BerryMedParser,
+}
+
+# When a device advertises several services, prefer the richer protocol: Nonin's own
+# service has a packet counter; PLX has status bits; the BerryMed service UUID is a
+# generic "transparent UART" that other vendors reuse for other protocols, so it is
+# the weakest evidence.
+_GUESS_ORDER = ("nonin", "plx", "berrymed")
+
+
+class UnknownProtocol(ValueError):
+    """The configured oximeter protocol name is not one this collector speaks."""
+
+    def __init__(self, name: str) -> None:
+        known = ", ".join(sorted(PROFILES))
+        super().__init__(f"unknown oximeter protocol {name!r}; known: {known} (fix the device's protocol in the config)")
+        self.name = name
+
+
+def profile(protocol: str) -> DeviceProfile:
+    try:
+        return PROFILES[protocol.strip().lower()]
+    except KeyError:
+        raise UnknownProtocol(protocol) from None
+
+
+def make_parser(protocol: str) -> OximeterParser:
+    """A fresh codec for one connection's worth of data."""
+    try:
+        return _FACTORIES[protocol.strip().lower()]()
+    except KeyError:
+        raise UnknownProtocol(protocol) from None
+
+
+def guess_protocol(service_uuids: Iterable[str]) -> str | None:
+    """Protocol name for a device's advertised service UUIDs, or None if none matches.
+
+    Accepts full UUIDs in any case and 16-bit SIG short forms ('1822', '0x1822').
+    """
+    advertised = {plx.normalize_uuid(u) for u in service_uuids}
+    for name in _GUESS_ORDER:
+        if PROFILES[name].service_uuid in advertised:
+            return name
+    return None

@@ -1,0 +1,264 @@
+"""Serial transport on pyserial for devices that talk over a line (spirometers).
+
+One URL form covers everything: ``/dev/ttyUSB0``, ``COM3``, a pseudo-terminal
+path, or ``socket://host:port`` (pyserial's ``serial_for_url``).  Reading is a
+plain blocking ``read`` with a short timeout in a worker thread, which works the
+same on Linux and Windows; bytes are handed to the asyncio loop with
+``call_soon_threadsafe`` so the loop never blocks.  Opening and writing run in
+the default executor for the same reason.
+
+When the port disappears (cable pulled, USB adapter reset, TCP peer gone) the
+transport reports ``lost``, closes the port and reopens it with exponential
+backoff slept on the injected clock, reporting ``connected`` once it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Literal, Mapping, Union
+
+import serial
+
+PARITIES = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD, "M": serial.PARITY_MARK, "S": serial.PARITY_SPACE}
+
+
+@dataclass(frozen=True)
+class PortSettings:
+    """Line settings of one device model (socket:// ignores them)."""
+
+    baudrate: int = 9600
+    bytesize: int = 8
+    parity: str = "N"
+    stopbits: float = 1
+    timeout: float = 0.1  # read timeout: bounds how long stop() and loss detection take
+    rtscts: bool = False
+    xonxoff: bool = False
+    dsrdtr: bool = False
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "PortSettings":
+        known = {f.name for f in fields(cls)}
+        bad = sorted(set(d) - known)
+        if bad:
+            raise ValueError(f"unknown serial port setting(s) {', '.join(bad)}; known: {', '.join(sorted(known))}")
+        return cls(**d)
+
+
+class SerialPortError(Exception):
+    """A port that cannot be opened or used; the message says what to check."""
+
+    def __init__(self, url: str, cause: BaseException | str) -> None:
+        self.url = url
+        self.cause = cause
+        super().__init__(f"cannot open serial port {url}: {_short(cause)}; {_hint(url)}")
+
+
+class NotConnected(SerialPortError):
+    def __init__(self, url: str) -> None:
+        Exception.__init__(self, f"serial port {url} is not connected; the transport is reconnecting, check the cable")
+        self.url, self.cause = url, "not connected"
+
+
+def _short(cause: BaseException | str) -> str:
+    text = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    return text[:160]
+
+
+def _hint(url: str) -> str:
+    if url.startswith("socket://"):
+        return "check that the device/bridge is listening on that host and port"
+    if sys.platform.startswith("win"):
+        return "check the COM port number in Device Manager, that the cable/adapter is plugged in and no other program has the port open"
+    return "check the path (ls /dev/ttyUSB* /dev/ttyACM*), that the cable/adapter is plugged in, no other program holds it, and that you are in the dialout group"
+
+
+def open_port(url: str, settings: PortSettings) -> serial.SerialBase:
+    """Open a port (blocking; call it from an executor)."""
+    if settings.parity not in PARITIES:
+        raise SerialPortError(url, f"parity {settings.parity!r} is not one of N, E, O, M, S")
+    try:
+        return serial.serial_for_url(
+            url,
+            baudrate=settings.baudrate,
+            bytesize=settings.bytesize,
+            parity=PARITIES[settings.parity],
+            stopbits=settings.stopbits,
+            timeout=settings.timeout,
+            write_timeout=5.0,
+            rtscts=settings.rtscts,
+            xonxoff=settings.xonxoff,
+            dsrdtr=settings.dsrdtr,
+        )
+    except (serial.SerialException, OSError, ValueError) as exc:
+        raise SerialPortError(url, exc) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class LinkEvent:
+    kind: Literal["connected", "lost"]
+    url: str
+    t: float  # clock time
+    detail: str = ""
+
+
+DataSink = Union[Callable[[bytes, float], None], "asyncio.Queue[tuple[float, bytes]]"]
+
+
+class SerialTransport:
+    """Keeps one port open, delivers ``(bytes, t)`` to ``on_data`` on the event loop.
+
+    ``on_event`` receives :class:`LinkEvent` (connected / lost), one per change.
+    ``clock`` is a collector.clock.Clock (``now()`` and ``async sleep()``).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        settings: PortSettings,
+        on_data: DataSink,
+        clock: Any,
+        on_event: Callable[[LinkEvent], None] | None = None,
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        opener: Callable[[str, PortSettings], serial.SerialBase] = open_port,
+    ) -> None:
+        self.url, self.settings, self.clock = url, settings, clock
+        self._on_data = on_data
+        self._on_event = on_event
+        self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
+        self._opener = opener
+        self._port: serial.SerialBase | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._thread_stop: threading.Event | None = None
+        self._write_lock = asyncio.Lock()
+        self.last_error: str | None = None
+        self.open_attempts = 0
+        self.bytes_in = 0
+        self.connected_event = asyncio.Event()
+
+    @property
+    def connected(self) -> bool:
+        return self._port is not None
+
+    async def start(self, require_first_open: bool = False) -> None:
+        """Start the reconnecting reader.  With ``require_first_open`` a port that
+        cannot be opened now raises :class:`SerialPortError` (for the CLI)."""
+        port = None
+        if require_first_open:
+            port = await self._open()
+        self._stopping = False
+        self._task = asyncio.create_task(self._run(port), name=f"serial:{self.url}")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._thread_stop is not None:
+            self._thread_stop.set()
+        port = self._port
+        if port is not None and hasattr(port, "cancel_read"):
+            try:
+                port.cancel_read()
+            except Exception:
+                pass
+        if self._task is not None:
+            if self._port is None:  # sleeping in backoff or opening: nothing to drain
+                self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def write(self, data: bytes) -> None:
+        """Send bytes (e.g. an ACK) without blocking the loop."""
+        port = self._port
+        if port is None:
+            raise NotConnected(self.url)
+        async with self._write_lock:
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, port.write, data)
+            except (serial.SerialException, OSError) as exc:
+                raise NotConnected(self.url) from exc
+
+    # internals -------------------------------------------------------------------------
+    async def _open(self) -> serial.SerialBase:
+        self.open_attempts += 1
+        return await asyncio.get_running_loop().run_in_executor(None, self._opener, self.url, self.settings)
+
+    def _emit(self, kind: Literal["connected", "lost"], detail: str = "") -> None:
+        if kind == "connected":
+            self.connected_event.set()
+        else:
+            self.connected_event.clear()
+        if self._on_event is not None:
+            self._on_event(LinkEvent(kind, self.url, self.clock.now(), detail))
+
+    def _deliver(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        t = self.clock.now()
+        if isinstance(self._on_data, asyncio.Queue):
+            self._on_data.put_nowait((t, data))
+        else:
+            self._on_data(data, t)
+
+    async def _run(self, port: serial.SerialBase | None) -> None:
+        backoff = self.backoff_initial_s
+        was_connected = False
+        while not self._stopping:
+            if port is None:
+                try:
+                    port = await self._open()
+                except SerialPortError as exc:
+                    self.last_error = str(exc)
+                    await self.clock.sleep(backoff)
+                    backoff = min(backoff * 2, self.backoff_max_s)
+                    continue
+            backoff = self.backoff_initial_s
+            self._port = port
+            was_connected = True
+            self._emit("connected")
+            reason = await self._read_until_lost(port)
+            self._port = None
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, port.close)
+            except Exception:
+                pass
+            port = None
+            if not self._stopping:
+                self.last_error = reason
+                self._emit("lost", reason)
+        if was_connected and self._port is not None:
+            self._port = None
+
+    async def _read_until_lost(self, port: serial.SerialBase) -> str:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[str] = loop.create_future()
+        stop = threading.Event()
+        self._thread_stop = stop
+        if self._stopping:
+            stop.set()
+
+        def finish(reason: str) -> None:
+            if not done.done():
+                done.set_result(reason)
+
+        def reader() -> None:
+            reason = "stopped"
+            try:
+                while not stop.is_set():
+                    data = port.read(1)
+                    if not data:
+                        continue
+                    waiting = port.in_waiting
+                    if waiting:
+                        data += port.read(waiting)
+                    loop.call_soon_threadsafe(self._deliver, data)
+            except Exception as exc:  # SerialException, OSError: the port went away
+                reason = _short(exc)
+            try:
+                loop.call_soon_threadsafe(finish, reason)
+            except RuntimeError:  # loop already closed
+                pass
+
+        threading.Thread(target=reader, name=f"serial-reader:{self.url}", daemon=True).start()
+        return await done

@@ -1,0 +1,440 @@
+"""GDT 2.1 examination records (record type 6310), sans-I/O.
+
+Line format: ``LLL FFFF content CR LF`` with no spaces: ``LLL`` is the length of the
+whole line in encoded bytes including CR LF (content + 9), ``FFFF`` the field id.
+Field 9206 names the character set (1 = 7-bit DIN 66003, 2 = IBM CP437,
+3 = ISO 8859-1); lengths are byte counts, so the check is charset-independent,
+while decoding the text and encoding lengths use the declared charset.
+
+Record boundaries on a serial line (GDT itself is file based, so this is our
+decision, documented here and in the report):
+
+1. a record starts with a line for field 8000 (record type);
+2. it ends when the number of bytes declared in field 8100 (the whole record,
+   every line including CR LF) has arrived -- the normal case;
+3. without 8100 it ends when the next 8000 line starts, at an 8001
+   (record-end) line, or when the line goes idle / the file ends
+   (:meth:`GdtStreamParser.end_of_input`);
+4. a new 8000 line before the 8100 byte count is reached means the record was
+   cut short: it is refused and the new record is parsed.
+
+Bytes outside a record are skipped and counted; an unparseable line is searched
+for the start of an 8000 line so a good record after garbage still decodes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+from drivers.protocols.common import ParserStats
+from drivers.spirometry.results import (
+    MEASURED_PARAMS,
+    CodeMapEntry,
+    DecodedMessage,
+    DecodeError,
+    ManoeuvreResult,
+    RawField,
+    SpiroEvent,
+    SubjectData,
+    check_result,
+    check_subject,
+    convert_unit,
+    parse_number,
+)
+
+RECORD_EXAM_DATA = "6310"
+GDT_VERSION = "02.10"
+MAX_LINE = 999  # LLL has three digits
+_LINE = re.compile(rb"(\d{3})(\d{4})(.*)", re.S)
+_START = re.compile(rb"(\d{3})8000")
+
+# 7-bit German reference version (DIN 66003): these ASCII positions carry umlauts.
+_DIN66003_DEC = str.maketrans({"@": "§", "[": "Ä", "\\": "Ö", "]": "Ü", "{": "ä", "|": "ö", "}": "ü", "~": "ß"})
+_DIN66003_ENC = {v: k for k, v in {"@": "§", "[": "Ä", "\\": "Ö", "]": "Ü", "{": "ä", "|": "ö", "}": "ü", "~": "ß"}.items()}
+CHARSETS = {"1": "din66003", "2": "cp437", "3": "latin-1"}
+
+# Fields that identify a person and that we never keep (names, address, insurance).
+IDENTIFYING_DROPPED = {"3101", "3102", "3104", "3105", "3106", "3107", "3108", "3119"}
+_GROUP_FIELDS = {"8411", "8418", "8420", "8421", "8422", "8460", "8461", "8462", "8470", "8480"}
+
+
+def decode_text(raw: bytes, charset_code: str) -> str:
+    cs = CHARSETS.get(charset_code, "cp437")
+    if cs == "din66003":
+        return raw.decode("ascii", errors="replace").translate(_DIN66003_DEC)
+    return raw.decode(cs, errors="replace")
+
+
+def encode_text(text: str, charset_code: str) -> bytes:
+    cs = CHARSETS.get(charset_code, "cp437")
+    if cs == "din66003":
+        return "".join(_DIN66003_ENC.get(c, c) for c in text).encode("ascii")
+    return text.encode(cs)
+
+
+def encode_line(fid: str, content: str, charset_code: str = "3") -> bytes:
+    """One GDT line; LLL counts encoded bytes including CR LF."""
+    body = encode_text(content, charset_code)
+    n = len(body) + 9
+    if n > MAX_LINE or not re.fullmatch(r"\d{4}", fid):
+        raise ValueError(f"GDT field {fid} content too long ({n} bytes) or bad field id")
+    return f"{n:03d}{fid}".encode("ascii") + body + b"\r\n"
+
+
+def _gdt_date(s: str) -> str | None:
+    m = re.fullmatch(r"(\d{2})(\d{2})(\d{4})", s.strip())
+    if not m:
+        return None
+    dd, mm, yyyy = (int(g) for g in m.groups())
+    if not (1 <= mm <= 12 and 1 <= dd <= 31):
+        return None
+    return f"{yyyy:04d}-{mm:02d}-{dd:02d}"
+
+
+def _gdt_time(s: str) -> str | None:
+    m = re.fullmatch(r"(\d{2})(\d{2})(\d{2})?", s.strip())
+    if not m:
+        return None
+    hh, mi, ss = int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+    if hh > 23 or mi > 59 or ss > 59:
+        return None
+    return f"{hh:02d}:{mi:02d}:{ss:02d}"
+
+
+@dataclass
+class _Record:
+    lines: list[tuple[str, bytes]] = field(default_factory=list)
+    nbytes: int = 0
+    declared: int | None = None
+    corrupt: str | None = None
+    first_line_no: int = 0
+
+
+class GdtStreamParser:
+    """Stream parser: ``feed(bytes) -> [DecodedMessage | DecodeError]``; never raises.
+
+    ``test_map`` maps the device's test ids (field 8410) to parameters (see
+    results.KNOWN_PARAMS) or CodeMapEntry (with ``trial``).  When a test id is not
+    in the map and ``trial_separator`` is set, ``FVC_2`` is read as test ``FVC``
+    of trial 2.  Values without a trial are the device's session summary when
+    ``untrialled_is_summary`` (the usual GDT export: best values only).
+    """
+
+    def __init__(
+        self,
+        test_map: Mapping[str, str | CodeMapEntry],
+        trial_separator: str | None = "_",
+        default_charset: str = "2",
+        untrialled_is_summary: bool = True,
+    ) -> None:
+        self.test_map = {k.upper(): (v if isinstance(v, CodeMapEntry) else CodeMapEntry(v)) for k, v in test_map.items()}
+        self.trial_separator = trial_separator
+        self.default_charset = default_charset
+        self.untrialled_is_summary = untrialled_is_summary
+        self.stats = ParserStats()
+        self._buf = bytearray()
+        self._rec: _Record | None = None
+        self._line_no = 0
+
+    # public ----------------------------------------------------------------------------
+    def feed(self, data: bytes) -> list[SpiroEvent]:
+        out: list[SpiroEvent] = []
+        self._buf += data
+        while True:
+            i = self._buf.find(b"\r\n")
+            if i < 0:
+                if len(self._buf) > MAX_LINE:  # no line can be this long: drop, keep a tail for resync
+                    keep = bytes(self._buf[-12:])
+                    self._garbage(len(self._buf) - len(keep), out, "line longer than 999 bytes")
+                    self._buf[:] = keep
+                return out
+            line = bytes(self._buf[:i])
+            del self._buf[: i + 2]
+            self._line(line, out)
+
+    def end_of_input(self) -> list[SpiroEvent]:
+        out: list[SpiroEvent] = []
+        if self._buf:
+            rest = bytes(self._buf)
+            self._buf.clear()
+            if self._rec is not None:
+                self._rec.corrupt = self._rec.corrupt or "record ends in a line without CR LF"
+            else:
+                self._garbage(len(rest), out, "bytes outside a GDT record")
+        self._finish(out, end_of_input=True)
+        return out
+
+    # framing ---------------------------------------------------------------------------
+    def _garbage(self, n: int, out: list[SpiroEvent], why: str) -> None:
+        if n > 0:
+            self.stats.error(why, n)
+            out.append(DecodeError("gdt", why))
+
+    def _line(self, line: bytes, out: list[SpiroEvent]) -> None:
+        self._line_no += 1
+        full = len(line) + 2
+        m = _LINE.fullmatch(line)
+        valid = m is not None and int(m.group(1)) == full
+        fid = m.group(2).decode() if m else ""
+        if valid and fid == "8000":
+            self._finish(out, next_record=True)
+            self._rec = _Record(first_line_no=self._line_no)
+        elif not valid or self._rec is None:
+            s = _START.search(line, 1)
+            while s is not None:  # an 8000 line glued to the end of garbage
+                cand = line[s.start():]
+                if int(s.group(1)) == len(cand) + 2:
+                    self._bad_line(line[: s.start()], out, valid)
+                    self._line(cand, out)
+                    return
+                s = _START.search(line, s.start() + 1)
+            self._bad_line(line + b"\r\n", out, valid)
+            return
+        assert self._rec is not None and m is not None
+        rec = self._rec
+        rec.lines.append((fid, m.group(3)))
+        rec.nbytes += full
+        if fid == "8100":
+            n = parse_number(m.group(3).decode("ascii", "replace"))
+            if n is None or n != int(n):
+                rec.corrupt = "field 8100 record length is not a number"
+            else:
+                rec.declared = int(n)
+        if fid == "8001" or (rec.declared is not None and rec.nbytes >= rec.declared):
+            self._finish(out)
+
+    def _bad_line(self, raw: bytes, out: list[SpiroEvent], parsed: bool) -> None:
+        if not raw:
+            return
+        if self._rec is not None:
+            self._rec.nbytes += len(raw)
+            self._rec.corrupt = self._rec.corrupt or f"line {self._line_no - self._rec.first_line_no + 1}: length prefix does not match the line"
+        else:
+            self._garbage(len(raw), out, "bytes outside a GDT record")
+
+    def _finish(self, out: list[SpiroEvent], next_record: bool = False, end_of_input: bool = False) -> None:
+        rec, self._rec = self._rec, None
+        if rec is None:
+            return
+        why = rec.corrupt
+        if rec.declared is not None and rec.nbytes < rec.declared and (next_record or end_of_input):
+            why = None  # a cut-short record explains its broken last line: say that
+        if why is None and rec.declared is not None and rec.nbytes != rec.declared:
+            short = rec.nbytes < rec.declared
+            why = (f"record cut short: {rec.nbytes} of {rec.declared} bytes (field 8100) before "
+                   + ("the next record" if next_record else "the line went idle")) if short else \
+                f"record longer than its field 8100 length ({rec.nbytes} > {rec.declared} bytes)"
+        if why is not None:
+            self.stats.error(why, rec.nbytes)
+            out.append(DecodeError("gdt", why))
+            return
+        out.append(self._decode(rec))
+
+    # record decoding ---------------------------------------------------------------------
+    def _decode(self, rec: _Record) -> SpiroEvent:
+        try:
+            return self._decode_inner(rec)
+        except Exception as exc:  # a decoder bug must not kill the daemon
+            self.stats.error(f"internal decoder error: {type(exc).__name__}")
+            return DecodeError("gdt", f"internal decoder error ({type(exc).__name__}); record not accepted")
+
+    def _refuse(self, why: str, location: str | None = None, mid: str | None = None) -> DecodeError:
+        self.stats.error(why)
+        return DecodeError("gdt", why, mid, location)
+
+    def _decode_inner(self, rec: _Record) -> SpiroEvent:
+        charset = next((c.decode("ascii", "replace").strip() for f, c in rec.lines if f == "9206"), self.default_charset)
+        if charset not in CHARSETS:
+            return self._refuse(f"field 9206 character set {charset!r} is not 1, 2 or 3", "9206")
+        fields = [(f, decode_text(c, charset)) for f, c in rec.lines]
+        rtype = fields[0][1].strip()
+        if rtype != RECORD_EXAM_DATA:
+            return self._refuse(f"record type {rtype!r} is not examination data (6310)", "8000")
+        warnings: list[str] = []
+        subj: dict[str, object] = {}
+        unknown: list[RawField] = []
+        groups: list[dict[str, str]] = []
+        date = time = None
+        dropped = 0
+        for fid, text in fields[1:]:
+            if fid == "8410":
+                groups.append({"8410": text.strip()})
+            elif fid in _GROUP_FIELDS and groups:
+                groups[-1].setdefault(fid, text.strip())
+            elif fid in ("8100", "9206", "8001", "8315", "8316"):
+                continue
+            elif fid == "9218":
+                if text.strip() != GDT_VERSION:
+                    warnings.append(f"GDT version {text.strip()!r} (expected {GDT_VERSION})")
+            elif fid == "3000":
+                subj["patient_id"] = text.strip()
+            elif fid == "3103":
+                iso = _gdt_date(text)
+                if iso is None:
+                    return self._refuse("field 3103 birth date is not DDMMYYYY", "3103")
+                subj["birth_date"] = iso
+            elif fid == "3110":
+                raw = text.strip().upper()
+                subj["sex_raw"] = raw
+                subj["sex"] = {"1": "male", "2": "female", "M": "male", "W": "female"}.get(raw)
+            elif fid in ("3622", "3623"):
+                v = parse_number(text)
+                if v is None:
+                    return self._refuse(f"field {fid} is not a number", fid)
+                subj["height_cm" if fid == "3622" else "weight_kg"] = v
+            elif fid == "6200":
+                date = _gdt_date(text)
+                if date is None:
+                    return self._refuse("field 6200 exam date is not DDMMYYYY", "6200")
+            elif fid == "6201":
+                time = _gdt_time(text)
+                if time is None:
+                    return self._refuse("field 6201 exam time is not HHMM[SS]", "6201")
+            elif fid in IDENTIFYING_DROPPED:
+                dropped += 1
+            else:
+                unknown.append(RawField(fid, text))
+        if dropped:
+            warnings.append(f"{dropped} identifying field(s) (name/address) dropped")
+        subject = SubjectData(**subj) if subj else None  # type: ignore[arg-type]
+        if subject is not None and (why := check_subject(subject)):
+            return self._refuse(why, "3622/3623")
+        when = f"{date}T{time}" if date and time else date
+        mid = f"gdt-{when}" if when else None  # never the patient number: ids end up in logs
+        trials: dict[int | None, dict[str, object]] = {}
+        for gi, g in enumerate(groups, 1):
+            tid = g["8410"]
+            entry = self._lookup(tid)
+            if entry is None:
+                unknown.append(RawField(tid, g.get("8420", ""), g.get("8421") or None, g.get("8411") or None, "GDT-8410"))
+                continue
+            bucket = trials.setdefault(entry.trial, {"values": {}, "texts": {}, "extra": []})
+            p, value_text, unit = entry.param, g.get("8420", ""), g.get("8421")
+            if p in ("quality", "posture", "manoeuvre_type", "time"):
+                bucket["texts"].setdefault(p, []).append(value_text or g.get("8480", ""))  # type: ignore[union-attr]
+                continue
+            v = parse_number(value_text)
+            if v is None:
+                if not value_text:
+                    warnings.append(f"test {tid} has no value")
+                    continue
+                return self._refuse(f"test {tid} value is not a number", f"8410 group {gi}", mid)
+            conv, why = convert_unit(p, v, unit)
+            if conv is None:
+                return self._refuse(f"test {tid}: {why}", f"8410 group {gi}", mid)
+            vals: dict[str, tuple[float, str | None]] = bucket["values"]  # type: ignore[assignment]
+            prev = vals.get(p)
+            if prev is not None and abs(prev[0] - conv) > 1e-9:
+                return self._refuse(f"{p} reported twice with different values for one trial", f"8410 group {gi}", mid)
+            vals[p] = (conv, entry.bronchodilator)
+        results: list[ManoeuvreResult] = []
+        for trial in sorted(trials, key=lambda t: (t is None, t or 0)):
+            b = trials[trial]
+            vals = b["values"]  # type: ignore[assignment]
+            texts: dict[str, list[str]] = b["texts"]  # type: ignore[assignment]
+            if not any(k in vals for k in MEASURED_PARAMS):
+                continue
+            phases = {ph for _, ph in vals.values() if ph}
+            if len(phases) > 1:
+                return self._refuse("trial mixes pre- and post-bronchodilator values", f"trial {trial}", mid)
+            mtxt = " ".join(texts.get("manoeuvre_type", [])).upper()
+            mtype = "SVC" if ("SVC" in mtxt or "SLOW" in mtxt) else "FVC" if mtxt else ("FVC" if "fvc" in vals else "SVC" if "vc" in vals else None)
+            r = ManoeuvreResult(
+                source="gdt", number=trial, time=when, manoeuvre_type=mtype,  # type: ignore[arg-type]
+                posture=(texts.get("posture") or [None])[0],
+                bronchodilator=next(iter(phases), None),  # type: ignore[arg-type]
+                fvc_l=vals.get("fvc", (None,))[0], fev1_l=vals.get("fev1", (None,))[0],
+                fev1_fvc=vals.get("fev1_fvc", (None,))[0], pef_l_s=vals.get("pef", (None,))[0],
+                bev_l=vals.get("bev", (None,))[0], fet_s=vals.get("fet", (None,))[0], vc_l=vals.get("vc", (None,))[0],
+                device_quality=tuple(texts.get("quality", [])),
+                device_derived=tuple((k, v) for k, (v, _) in vals.items() if k not in MEASURED_PARAMS),
+                subject=subject, summary=trial is None and self.untrialled_is_summary, message_id=mid,
+            )
+            if why := check_result(r):
+                return self._refuse(why, f"trial {trial}" if trial is not None else "untrialled values", mid)
+            results.append(r)
+        if not results:
+            warnings.append("record carried no mapped spirometry values")
+        self.stats.frames += 1
+        return DecodedMessage("gdt", mid, tuple(results), subject, None, tuple(unknown), tuple(warnings))
+
+    def _lookup(self, tid: str) -> CodeMapEntry | None:
+        e = self.test_map.get(tid.upper())
+        if e is not None:
+            return e
+        if self.trial_separator and self.trial_separator in tid:
+            base, _, suffix = tid.rpartition(self.trial_separator)
+            if suffix.isdigit() and (b := self.test_map.get(base.upper())) is not None:
+                return CodeMapEntry(b.param, b.bronchodilator, int(suffix))
+        return None
+
+
+def parse_gdt_file(data: bytes, test_map: Mapping[str, str | CodeMapEntry], **kw: object) -> list[SpiroEvent]:
+    """Whole-file parser (a .gdt file usually holds one record)."""
+    p = GdtStreamParser(test_map, **kw)  # type: ignore[arg-type]
+    return p.feed(data) + p.end_of_input()
+
+
+def encode_gdt(
+    results: Iterable[ManoeuvreResult],
+    subject: SubjectData | None,
+    test_ids: Mapping[str, str],
+    exam_time: str | None = None,
+    charset: str = "3",
+    trial_separator: str = "_",
+    extra_fields: Iterable[tuple[str, str]] = (),
+) -> bytes:
+    """Build one 6310 record as a device would (simulator).  ``test_ids``: param -> test id.
+
+    Each trial's values are sent as ``<id><sep><trial>``; results without a
+    number are sent under the bare test id.  Field 8100 holds the total length.
+    """
+    body: list[bytes] = [encode_line("9218", GDT_VERSION, charset), encode_line("9206", charset, charset)]
+    if subject is not None:
+        if subject.patient_id:
+            body.append(encode_line("3000", subject.patient_id, charset))
+        if subject.birth_date:
+            y, m, d = subject.birth_date.split("-")
+            body.append(encode_line("3103", f"{d}{m}{y}", charset))
+        if subject.sex:
+            body.append(encode_line("3110", "1" if subject.sex == "male" else "2", charset))
+        if subject.height_cm is not None:
+            body.append(encode_line("3622", f"{subject.height_cm:g}", charset))
+        if subject.weight_kg is not None:
+            body.append(encode_line("3623", f"{subject.weight_kg:g}", charset))
+    if exam_time:
+        date, _, t = exam_time.partition("T")
+        y, m, d = date.split("-")
+        body.append(encode_line("6200", f"{d}{m}{y}", charset))
+        if t:
+            body.append(encode_line("6201", t.replace(":", "")[:6], charset))
+    for fid, content in extra_fields:
+        body.append(encode_line(fid, content, charset))
+    for r in results:
+        suffix = f"{trial_separator}{r.number}" if r.number is not None else ""
+        items: list[tuple[str, str, str]] = []
+        for p, v, unit in (("fvc", r.fvc_l, "L"), ("fev1", r.fev1_l, "L"), ("fev1_fvc", r.fev1_fvc, "%"), ("pef", r.pef_l_s, "L/s"),
+                           ("bev", r.bev_l, "L"), ("fet", r.fet_s, "s"), ("vc", r.vc_l, "L")):
+            if v is not None and p in test_ids:
+                shown = v * 100 if p == "fev1_fvc" else v
+                items.append((p, f"{shown:.2f}", unit))
+        if r.posture and "posture" in test_ids:
+            items.append(("posture", r.posture, ""))
+        if r.manoeuvre_type and "manoeuvre_type" in test_ids:
+            items.append(("manoeuvre_type", r.manoeuvre_type, ""))
+        for q in r.device_quality:
+            if "quality" in test_ids:
+                items.append(("quality", q, ""))
+        for p, value, unit in items:
+            body.append(encode_line("8410", test_ids[p] + suffix, charset))
+            body.append(encode_line("8411", p.upper(), charset))
+            body.append(encode_line("8420", value, charset))
+            if unit:
+                body.append(encode_line("8421", unit, charset))
+    head = encode_line("8000", RECORD_EXAM_DATA, charset)
+    total = len(head) + 14 + sum(len(b) for b in body)  # the 8100 line is 14 bytes (5-digit length)
+    if total > 99999:
+        raise ValueError("GDT record longer than 99999 bytes")
+    return head + encode_line("8100", f"{total:05d}", charset) + b"".join(body)

@@ -1,0 +1,152 @@
+"""A simulated BLE oximeter: plays a scenario and sends the real notification bytes.
+
+Frames are produced by the same codecs the collector decodes with (in reverse),
+so a simulated night exercises the real parsers end to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from collector.clock import Clock
+from drivers.protocols import berrymed, nonin, plx
+from drivers.protocols.registry import PROFILES
+from simulators.scenario import DISCONNECTED, FINGER_OUT, GARBAGE, OK, SILENT, Scenario, Timeline, build_timeline
+
+if TYPE_CHECKING:
+    from simulators.ble_backend import SimulatedClientBackend
+
+log = logging.getLogger(__name__)
+
+DIS_SERVICE = "0000180a-0000-1000-8000-00805f9b34fb"
+DIS_MODEL = "00002a24-0000-1000-8000-00805f9b34fb"
+DIS_SERIAL = "00002a25-0000-1000-8000-00805f9b34fb"
+DIS_FIRMWARE = "00002a26-0000-1000-8000-00805f9b34fb"
+PLX_FEATURES = "00002a60-0000-1000-8000-00805f9b34fb"
+
+
+def encode_tick(protocol: str, state: int, spo2: float, pulse: float, index: int) -> list[bytes]:
+    """The notification payload(s) a device sends for one tick of its timeline."""
+    if protocol == "plx":
+        if state == FINGER_OUT:
+            return [plx.encode_continuous(None, None, meas_status=1 << 13, dev_status=1 << 11)]
+        return [plx.encode_continuous(spo2, pulse, meas_status=1 << 5, dev_status=0)]
+    if protocol == "nonin":
+        if state == FINGER_OUT:
+            return [nonin.encode_frame(None, None, counter=index & 0xFFFF, status=0x48)]
+        return [nonin.encode_frame(int(spo2), int(pulse), counter=index & 0xFFFF, status=0x54)]
+    if protocol == "berrymed":
+        if state == FINGER_OUT:
+            packet = berrymed.encode_packet(None, None, pleth=0, no_finger=True)
+        else:
+            packet = berrymed.encode_packet(int(spo2), int(pulse), pleth=50 + index % 30)
+        # Every seventh packet arrives split over two notifications, as real UART bridges do.
+        return [packet[:2], packet[2:]] if index % 7 == 3 else [packet]
+    raise ValueError(f"unknown protocol {protocol}")
+
+
+class SimulatedOximeter:
+    """One device: its GATT table, its link state, and the night it plays."""
+
+    def __init__(self, scenario: Scenario, clock: Clock, *, serial_number: str = "SIM0001") -> None:
+        self.scenario = scenario
+        self.timeline: Timeline = build_timeline(scenario)
+        self.clock = clock
+        self.profile = PROFILES[scenario.protocol]
+        self.address = scenario.address
+        self.name = scenario.name
+        self.serial_number = serial_number
+        self.reachable = True
+        self.finished = asyncio.Event()
+        self.started_at: float | None = None
+        #: (host time, tick index) of every tick delivered to a subscriber: the truth for tests.
+        self.delivered: list[tuple[float, int]] = []
+        self._client: SimulatedClientBackend | None = None
+        self._subs: dict[str, Callable[[bytearray], None]] = {}
+        self._rng = np.random.default_rng(scenario.seed + 1)
+
+    # -- GATT ------------------------------------------------------------------------------
+    def gatt(self) -> dict[str, dict[str, tuple[str, ...]]]:
+        table: dict[str, dict[str, tuple[str, ...]]] = {
+            DIS_SERVICE: {DIS_MODEL: ("read",), DIS_SERIAL: ("read",), DIS_FIRMWARE: ("read",)},
+            self.profile.service_uuid: {u: ("notify",) for u in self.profile.notify_uuids},
+        }
+        for u in self.profile.read_uuids:
+            table[self.profile.service_uuid][u] = ("read",)
+        for u, _ in self.profile.start_writes:
+            table[self.profile.service_uuid][u] = ("write",)
+        return table
+
+    def read(self, uuid: str) -> bytes:
+        if uuid == DIS_MODEL:
+            return f"SIM-{self.scenario.protocol.upper()}".encode()
+        if uuid == DIS_SERIAL:
+            return self.serial_number.encode()
+        if uuid == DIS_FIRMWARE:
+            return b"1.0.0-sim"
+        if uuid == PLX_FEATURES:
+            return plx.encode_features(meas_status_support=0xFFE0, dev_status_support=0xFFFF)
+        raise KeyError(uuid)
+
+    def write(self, uuid: str, data: bytes) -> None:
+        log.debug("%s: write %s %s", self.address, uuid, data.hex())
+
+    # -- link ------------------------------------------------------------------------------
+    def attach(self, client: SimulatedClientBackend) -> None:
+        if self._client is not None and self._client is not client:
+            self._client.lost()  # a device serves one central at a time
+        self._client = client
+        self._subs = {}
+
+    def detach(self, client: SimulatedClientBackend) -> None:
+        if self._client is client:
+            self._client = None
+            self._subs = {}
+
+    def subscribe(self, client: SimulatedClientBackend, uuid: str, callback: Callable[[bytearray], None]) -> None:
+        if client is self._client:
+            self._subs[uuid] = callback
+
+    def unsubscribe(self, client: SimulatedClientBackend, uuid: str) -> None:
+        if client is self._client:
+            self._subs.pop(uuid, None)
+
+    def _drop_link(self) -> None:
+        client, self._client, self._subs = self._client, None, {}
+        if client is not None:
+            client.lost()
+
+    # -- the night -------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Play the timeline on the clock; tick k happens at start + offset[k]."""
+        tl = self.timeline
+        self.started_at = t0 = self.clock.now()
+        notify_uuid = self.profile.notify_uuids[0]
+        offsets, spo2, pulse, states = tl.offset_s.tolist(), tl.spo2.tolist(), tl.pulse.tolist(), tl.state.tolist()
+        for k in range(len(offsets)):
+            delay = t0 + offsets[k] - self.clock.now()
+            if delay > 0:
+                await self.clock.sleep(delay)
+            state = states[k]
+            if state == DISCONNECTED:
+                if self.reachable:
+                    self.reachable = False
+                    self._drop_link()
+                continue
+            self.reachable = True
+            if state == SILENT:
+                continue
+            sink = self._subs.get(notify_uuid)
+            if sink is None:
+                continue
+            if state == GARBAGE:
+                sink(bytearray(self._rng.integers(0, 256, int(self._rng.integers(1, 12))).astype(np.uint8).tobytes()))
+                continue
+            for payload in encode_tick(self.scenario.protocol, state, spo2[k], pulse[k], k):
+                sink(bytearray(payload))
+            self.delivered.append((self.clock.now(), k))
+        self.finished.set()
