@@ -131,4 +131,8 @@ def create_app(daemon: Any, token: str) -> FastAPI:
     async def stop_session(session_id: int, body: StopIn) -> dict[str, Any]:
         return await daemon.stop_session(session_id, by=body.by, reason=body.reason)
 
+    from collector import features
+
+    for router in features.routers(daemon, auth):
+        app.include_router(router, prefix="/api/v1")
     return app

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from bleak.backends.client import BaseBleakClient
 from bleak.backends.scanner import BaseBleakScanner
@@ -24,6 +24,7 @@ from collector.clock import Clock, SystemClock, utc_iso
 from collector.config import defaults
 from collector.errors import Conflict, DeviceError, InvalidInput, NotFound
 from collector.live import make_live, snapshot_dict
+from collector.nights import compute_report, store_report
 from collector.pipeline import ReadingPipeline
 from collector.storage import repo
 from collector.storage.db import open_db
@@ -87,12 +88,14 @@ class NightRecorder:
     def _on_data(self, t: float, characteristic: str, data: bytes) -> int:
         if self.daemon.capture is not None:
             self.daemon.capture.frame(t, self.target.spec, self.protocol, characteristic, data)
-        return self.pipeline.feed(t, characteristic, data)
+        frames = self.pipeline.feed(t, characteristic, data)
+        if frames and self._gap_future is not None and characteristic in self.link.profile.notify_uuids:
+            self._close_gap(t)  # an outage ends when data flows again, not when the link is up
+        return frames
 
     def _on_connected(self, t: float, info: dict[str, str]) -> None:
         if self.daemon.capture is not None:
             self.daemon.capture.event(t, self.target.spec, self.protocol, "connected")
-        self._close_gap(t)
         address = info.get("address") or self.target.spec
 
         def write(conn: sqlite3.Connection) -> None:
@@ -125,6 +128,7 @@ class NightRecorder:
     def _on_event(self, t: float, kind: str, detail: dict[str, Any]) -> None:
         self.events.append({"t_utc": utc_iso(t), "kind": kind, **detail})
         log.warning("session %s (%s): %s", self.session_id, self.subject_id, kind)
+        self.daemon.notify(kind, {"session_id": self.session_id, "subject_id": self.subject_id, "t_utc": utc_iso(t), **detail})
 
     # -- gaps ------------------------------------------------------------------------------------
     def _open_gap(self, start: float, cause: str, detail: str | None) -> None:
@@ -216,13 +220,29 @@ class Daemon:
         self.recorders: dict[int, NightRecorder] = {}
         self._lock = asyncio.Lock()
         self.started_utc = utc_iso(self.clock.now())
+        # Extension points for feature packages (collector/features.py).
+        self.services: dict[str, Any] = {}
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        self.status_providers: dict[str, Callable[[], Any]] = {}
+        self.shutdown_hooks: list[Callable[[], Awaitable[None]]] = []
+        from collector import features
+
+        features.attach_all(self)
+
+    def notify(self, kind: str, payload: dict[str, Any]) -> None:
+        """Tell listeners that something changed (a night crossed 2 %, a night or spirometry session ended)."""
+        for listener in list(self.listeners):
+            try:
+                listener(kind, payload)
+            except Exception:
+                log.exception("listener failed on %s", kind)
 
     # -- helpers ---------------------------------------------------------------------------
     async def _write(self, fn: Any) -> Any:
         return await asyncio.wrap_future(self.writer.submit(fn))
 
     def _read(self) -> sqlite3.Connection:
-        return open_db(self.db_path).conn
+        return open_db(self.db_path, check_same_thread=False).conn
 
     # -- startup ---------------------------------------------------------------------------
     async def resume_open_sessions(self) -> list[int]:
@@ -361,7 +381,22 @@ class Daemon:
                 await rec.stop(now)
             row = await self._write(lambda c: repo.close_session(c, session_id, state="stopped", by=by, at=now, reason=reason))
         await asyncio.to_thread(self.writer.flush)
-        return self.session_info(row["id"])
+        info = self.session_info(row["id"])
+        if row["kind"] == "night":
+            info["report"] = await self.finalise_night(session_id)
+        return info
+
+    async def finalise_night(self, session_id: int) -> dict[str, Any]:
+        """Recompute the night from the stored samples (vectorised) and store the report."""
+        conn = self._read()
+        try:
+            report = await asyncio.to_thread(compute_report, conn, session_id, self.config)
+        finally:
+            conn.close()
+        now = self.clock.now()
+        await self._write(lambda c: store_report(c, session_id, report, at=now))
+        self.notify("night_report", {"session_id": session_id, "report": report})
+        return report
 
     def session_info(self, session_id: int) -> dict[str, Any]:
         conn = self._read()
@@ -383,10 +418,16 @@ class Daemon:
             "writer": {"samples_committed": self.writer.samples_committed, "commits": self.writer.commits,
                        "failed": str(self.writer.failed) if self.writer.failed else None},
             "beds": [rec.status(now) for rec in self.recorders.values()],
+            **{name: provider() for name, provider in self.status_providers.items()},
         }
 
     async def shutdown(self) -> None:
         """Flush and close every open session as ``interrupted``; they resume on the next start."""
+        for hook in self.shutdown_hooks:
+            try:
+                await hook()
+            except Exception:
+                log.exception("shutdown hook failed")
         now = self.clock.now()
         for sid, rec in list(self.recorders.items()):
             await rec.stop(now)

@@ -100,8 +100,76 @@ BEGIN SELECT RAISE(ABORT, 'audit rows are append-only'); END;
 """
 
 
+NIGHT_REPORTS_SQL = """
+CREATE TABLE night_reports (
+    id INTEGER PRIMARY KEY,
+    session_id INTEGER NOT NULL REFERENCES sessions(id),
+    computed_utc TEXT NOT NULL,
+    definition TEXT NOT NULL,            -- e.g. T90/strict-lt90/zero-order-hold/v1
+    t90_pct REAL,
+    night_valid INTEGER NOT NULL,
+    borderline INTEGER NOT NULL,
+    meets_t90_criterion INTEGER,         -- NULL when the night is invalid
+    report_json TEXT NOT NULL            -- the whole report; the newest row of a session is current
+);
+CREATE INDEX night_reports_session ON night_reports(session_id, id);
+"""
+
+SPIROMETRY_SQL = """
+CREATE TABLE spirometry_manoeuvres (
+    id INTEGER PRIMARY KEY,
+    session_id INTEGER NOT NULL REFERENCES sessions(id),
+    received_utc TEXT NOT NULL,
+    message_id TEXT,
+    number INTEGER,                      -- manoeuvre number as sent; NULL for a device summary
+    manoeuvre_type TEXT,                 -- FVC / SVC
+    posture TEXT,
+    is_summary INTEGER NOT NULL DEFAULT 0,
+    fvc_l REAL,
+    fev1_l REAL,
+    fev1_fvc REAL,                       -- fraction
+    pef_l_s REAL,
+    bev_l REAL,
+    fet_s REAL,
+    device_quality_json TEXT NOT NULL DEFAULT '{}',
+    curve_json TEXT,
+    raw_json TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX spirometry_manoeuvres_session ON spirometry_manoeuvres(session_id, id);
+
+CREATE TABLE spirometry_results (
+    id INTEGER PRIMARY KEY,
+    session_id INTEGER NOT NULL REFERENCES sessions(id),
+    computed_utc TEXT NOT NULL,
+    valid INTEGER NOT NULL,              -- acceptable and repeatable enough to decide
+    equation TEXT NOT NULL,
+    ethnicity TEXT,
+    sex TEXT,
+    age_years REAL,
+    height_cm REAL,
+    fvc_l REAL,
+    fev1_l REAL,
+    predicted_fvc_l REAL,
+    lln_fvc_l REAL,
+    z_fvc REAL,
+    fvc_pct_predicted REAL,
+    other_equation TEXT,
+    other_fvc_pct_predicted REAL,
+    grade_fvc TEXT,
+    grade_fev1 TEXT,
+    result_json TEXT NOT NULL            -- the whole assessment; the newest row of a session is current
+);
+CREATE INDEX spirometry_results_session ON spirometry_results(session_id, id);
+"""
+
+
 def migrations() -> list[tuple[int, str, str]]:
     """(version, name, SQL) in order.  Feature modules contribute their own tables here."""
+    from collector.eligibility.store import SCHEMA_SQL as ELIGIBILITY_SQL
+
     return [
         (1, "core capture tables", CORE_SQL),
+        (2, "eligibility facts", ELIGIBILITY_SQL),
+        (3, "night reports", NIGHT_REPORTS_SQL),
+        (4, "spirometry manoeuvres and results", SPIROMETRY_SQL),
     ]

@@ -1,0 +1,409 @@
+"""The ``collector`` command line.
+
+Commands that only read or record facts work on the database directly; commands
+that need a device (starting and watching sessions) talk to the running daemon
+through the local control API.  Every failure is one line on stderr saying
+what is wrong and what to do, and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import logging
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import click
+
+from collector import __version__
+from collector.clock import SystemClock, utc_iso
+from collector.config import load_config
+from collector.errors import CollectorError, Conflict, DaemonUnavailable, InvalidInput
+from collector.storage import audit, repo
+from collector.storage.db import default_db_path, open_db
+
+
+@dataclass
+class Ctx:
+    db_path: Path
+    config: dict[str, Any]
+    by: str
+
+    def conn(self):  # noqa: ANN201 - sqlite3.Connection
+        return open_db(self.db_path).conn
+
+    def client(self):  # noqa: ANN201
+        from collector.client import DaemonClient
+
+        return DaemonClient(self.db_path)
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+def emit_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def table(rows: Iterable[dict[str, Any]], columns: list[str]) -> None:
+    rows = list(rows)
+    if not rows:
+        click.echo("(none)")
+        return
+    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)))
+    for row in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+
+
+class CollectorGroup(click.Group):
+    """Turns CollectorError into one line + exit code (tracebacks only with --debug)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CollectorError as exc:
+            click.echo(f"error: {exc.message}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=CollectorGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--db", "db", type=click.Path(dir_okay=False, path_type=Path), envvar="COLLECTOR_DB",
+              help="SQLite database file (default: $COLLECTOR_DB, else collector.sqlite in the user data directory).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), envvar="COLLECTOR_CONFIG",
+              help="Site configuration file (TOML) overriding the packaged defaults.")
+@click.option("--by", default=None, envvar="COLLECTOR_OPERATOR", help="Operator name for the audit trail (default from config).")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.version_option(__version__, prog_name="collector")
+@click.pass_context
+def main(ctx: click.Context, db: Path | None, config_path: Path | None, by: str | None, verbose: int) -> None:
+    """Bedside collector for ALS trial screening: overnight oximetry, spirometry, eligibility."""
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = load_config(config_path)
+    ctx.obj = Ctx(db_path=(db or default_db_path()).expanduser().resolve(), config=config, by=by or config["operator"]["name"])
+
+
+# -- subjects -----------------------------------------------------------------------------------
+@main.group()
+def subject() -> None:
+    """Add and list subjects (pseudonymous screening IDs only)."""
+
+
+@subject.command("add")
+@click.argument("subject_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the new subject as JSON.")
+@pass_ctx
+def subject_add(c: Ctx, subject_id: str, as_json: bool) -> None:
+    """Register SUBJECT_ID (e.g. SCR-0042); never a name."""
+    conn = c.conn()
+    now = SystemClock().now()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        row = repo.add_subject(conn, subject_id, by=c.by, at=now)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    emit_json(row) if as_json else click.echo(f"subject {row['id']} added")
+
+
+@subject.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def subject_list(c: Ctx, as_json: bool) -> None:
+    """List subjects."""
+    rows = repo.list_subjects(c.conn())
+    emit_json(rows) if as_json else table(rows, ["id", "created_utc", "created_by"])
+
+
+# -- sessions -----------------------------------------------------------------------------------
+@main.group()
+def session() -> None:
+    """Start, stop and inspect recording sessions."""
+
+
+@session.command("start")
+@click.option("--subject", "subject_id", required=True, help="Subject's screening ID.")
+@click.option("--kind", type=click.Choice(["night", "spirometry"]), default="night", show_default=True)
+@click.option("--oximeter", help="Oximeter BLE address, macOS UUID or advertised name (night sessions).")
+@click.option("--protocol", help="Device protocol if it cannot be told from the advertisement (plx, nonin, berrymed; spirometers: hl7, gdt).")
+@click.option("--spirometer", help="Spirometer port: /dev/ttyUSB0, COM3, or socket://host:port (spirometry sessions).")
+@click.option("--model", help="Spirometer model from the config (port settings and code maps).")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def session_start(c: Ctx, subject_id: str, kind: str, oximeter: str | None, protocol: str | None,
+                  spirometer: str | None, model: str | None, as_json: bool) -> None:
+    """Start a session; the daemon must be running (collector run)."""
+    repo.validate_subject_id(subject_id)
+    if kind == "night":
+        if not oximeter:
+            raise InvalidInput("a night session needs --oximeter ADDRESS (list what is in range with: collector scan)")
+        body = {"subject_id": subject_id, "kind": "night", "oximeter": oximeter, "protocol": protocol, "by": c.by}
+    else:
+        if not spirometer:
+            raise InvalidInput("a spirometry session needs --spirometer PORT (e.g. /dev/ttyUSB0, COM3 or socket://127.0.0.1:5000)")
+        body = {"subject_id": subject_id, "kind": "spirometry", "spirometer": spirometer, "protocol": protocol, "model": model, "by": c.by}
+    info = c.client().post("/api/v1/sessions" if kind == "night" else "/api/v1/spirometry/sessions", body)
+    if as_json:
+        emit_json(info)
+    else:
+        click.echo(f"session {info['id']} started: {kind} for subject {info['subject_id']}; stop it with: collector session stop {info['id']}")
+
+
+@session.command("stop")
+@click.argument("session_id", type=int)
+@click.option("--reason", help="Why it is stopped (recorded in the audit trail).")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def session_stop(c: Ctx, session_id: int, reason: str | None, as_json: bool) -> None:
+    """Stop an open session (recording ends; the final report is computed)."""
+    try:
+        info = c.client().post(f"/api/v1/sessions/{session_id}/stop", {"by": c.by, "reason": reason})
+    except DaemonUnavailable:
+        info = _stop_offline(c, session_id, reason)
+    if as_json:
+        emit_json(info)
+        return
+    click.echo(f"session {session_id} stopped")
+    report = info.get("report")
+    if report:
+        click.echo(_night_line(report))
+
+
+def _stop_offline(c: Ctx, session_id: int, reason: str | None) -> dict[str, Any]:
+    """The daemon is not running: close the session in the database and compute its report."""
+    from collector.nights import compute_report, store_report
+
+    conn = c.conn()
+    now = SystemClock().now()
+    row = repo.get_session(conn, session_id)
+    if row["state"] not in ("open", "interrupted"):
+        raise Conflict(f"session {session_id} is not open (it is {row['state']}); nothing to stop")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if row["state"] == "interrupted":
+            repo.resume_session(conn, session_id, by=c.by, at=now)
+        info = repo.close_session(conn, session_id, state="stopped", by=c.by, at=now, reason=reason or "stopped while the daemon was not running")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    if info["kind"] == "night":
+        report = compute_report(conn, session_id, c.config)
+        conn.execute("BEGIN IMMEDIATE")
+        store_report(conn, session_id, report, at=now)
+        conn.execute("COMMIT")
+        info["report"] = report
+    return info
+
+
+def _night_line(r: dict[str, Any]) -> str:
+    verdict = {True: "meets the T90 criterion", False: "FAILS the T90 criterion", None: "INVALID night (repeat it)"}[r.get("meets_t90_criterion")]
+    t90 = "n/a" if r.get("t90_pct") is None else f"{r['t90_pct']:.2f} %"
+    return (f"T90 {t90} of {r['analysed_s'] / 3600:.2f} h analysed ({r['analysed_pct']:.1f} % of recording): {verdict}"
+            + ("; BORDERLINE, needs review" if r.get("borderline") else ""))
+
+
+@session.command("list")
+@click.option("--subject", "subject_id", help="Only this subject's sessions.")
+@click.option("--state", type=click.Choice(["open", "stopped", "interrupted"]))
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def session_list(c: Ctx, subject_id: str | None, state: str | None, as_json: bool) -> None:
+    """List sessions."""
+    rows = repo.list_sessions(c.conn(), subject_id, state)
+    if as_json:
+        emit_json(rows)
+    else:
+        table(rows, ["id", "subject_id", "kind", "state", "origin", "device_protocol", "started_utc", "stopped_utc", "samples"])
+
+
+SAMPLE_FIELDS = ["host_utc", "device_time", "spo2_pct", "pulse_bpm", "pai_pct", "valid", "pulse_valid", "flags", "flag_names", "status_raw", "counter"]
+
+
+def _sample_records(conn: Any, session_id: int) -> Iterable[dict[str, Any]]:
+    from drivers.protocols.common import Flag
+
+    cur = conn.execute(
+        "SELECT host_utc_ms, device_time, spo2_pct, pulse_bpm, pai_pct, valid, pulse_valid, flags, status_raw, counter"
+        " FROM spo2_samples WHERE session_id = ? ORDER BY host_utc_ms, rowid", (session_id,))
+    for t_ms, dt, spo2, pulse, pai, valid, pvalid, flags, raw, counter in cur:
+        yield {
+            "host_utc": utc_iso(t_ms / 1000), "device_time": dt, "spo2_pct": spo2, "pulse_bpm": pulse, "pai_pct": pai,
+            "valid": bool(valid), "pulse_valid": bool(pvalid), "flags": flags,
+            "flag_names": "|".join(f.name for f in Flag if f and f in Flag(flags)), "status_raw": raw, "counter": counter,
+        }
+
+
+@session.command("samples")
+@click.argument("session_id", type=int)
+@click.option("--csv", "fmt", flag_value="csv", default=True, help="CSV (default).")
+@click.option("--json", "fmt", flag_value="json", help="JSON array.")
+@pass_ctx
+def session_samples(c: Ctx, session_id: int, fmt: str) -> None:
+    """Every stored reading of a session: host UTC, device time, SpO2, pulse, validity, status flags."""
+    conn = c.conn()
+    repo.get_session(conn, session_id)
+    records = _sample_records(conn, session_id)
+    out = click.get_text_stream("stdout")
+    if fmt == "json":
+        out.write("[")
+        for i, rec in enumerate(records):
+            out.write(("," if i else "") + "\n" + json.dumps(rec))
+        out.write("\n]\n")
+    else:
+        writer = csv.DictWriter(out, fieldnames=SAMPLE_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for rec in records:
+            writer.writerow(rec)
+
+
+# -- daemon, status, scan ---------------------------------------------------------------------------
+def _parse_speed(value: str) -> float:
+    if value.strip().lower() in ("max", "inf"):
+        return math.inf
+    try:
+        speed = float(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give a number (1 = real time) or 'max'", param_hint="--speed") from None
+    if not (speed > 0 and math.isfinite(speed)):
+        raise click.BadParameter("must be a positive number or 'max'", param_hint="--speed")
+    return speed
+
+
+@main.command()
+@click.option("--host", help="Interface for the control API (default 127.0.0.1 from the config).")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port for the control API (0 = any free port).")
+@click.option("--simulate", "scenarios", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Serve simulated oximeters from scenario files instead of the Bluetooth adapter (repeatable).")
+@click.option("--speed", default="1", help="Virtual-time factor for simulated devices ('max' = as fast as possible).")
+@click.option("--capture", type=click.Path(dir_okay=False, path_type=Path), help="Write every raw frame to this JSON Lines file.")
+@pass_ctx
+def run(c: Ctx, host: str | None, port: int | None, scenarios: tuple[Path, ...], speed: str, capture: Path | None) -> None:
+    """Run the collector daemon (recording + local control API) until SIGTERM/Ctrl-C."""
+    from collector.client import daemon_running
+    from collector.runner import serve
+
+    if daemon_running(c.db_path):
+        raise Conflict(f"a collector daemon is already running for {c.db_path}; use it (collector status) or stop it first")
+    sys.exit(asyncio.run(serve(c.db_path, c.config, host=host, port=port, scenarios=list(scenarios),
+                               speed=_parse_speed(speed), capture=capture)))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def status(c: Ctx, as_json: bool) -> None:
+    """Live figures for every bed (needs the daemon)."""
+    st = c.client().get("/api/v1/status")
+    if as_json:
+        emit_json(st)
+        return
+    click.echo(f"daemon up since {st['daemon_started_utc']}, now {st['now_utc']}, database {st['db']}")
+    if not st["beds"]:
+        click.echo("no open sessions")
+    for b in st["beds"]:
+        live = b.get("live") or {}
+        t90 = live.get("t90_pct")
+        click.echo(
+            f"session {b['session_id']}  subject {b['subject_id']}  {b['protocol']} {b['device']}  link {b['link_state']}\n"
+            f"  SpO2 {b['spo2_pct'] if b['spo2_pct'] is not None else '--'} %  pulse {b['pulse_bpm'] if b['pulse_bpm'] is not None else '--'}/min"
+            f"  last sample {b['seconds_since_last_sample'] if b['seconds_since_last_sample'] is not None else '--'} s ago  samples {b['samples']}\n"
+            f"  T90 (provisional) {'--' if t90 is None else f'{t90:.2f} %'} of {(live.get('analysed_s') or 0) / 3600:.2f} h analysed"
+            f"{'  ABOVE THRESHOLD' if live.get('above_threshold') else ''}  nadir {live.get('nadir_spo2') or '--'} %"
+        )
+        for ev in b.get("events", [])[-3:]:
+            click.echo(f"  event: {ev['kind']} at {ev['t_utc']}")
+
+
+@main.command()
+@click.option("--timeout", "timeout_s", type=click.FloatRange(0.5, 60), default=5.0, show_default=True)
+@click.option("--all", "show_all", is_flag=True, help="Also devices with no known oximeter service.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def scan(c: Ctx, timeout_s: float, show_all: bool, as_json: bool) -> None:
+    """List oximeters in Bluetooth range (through the daemon when it runs)."""
+    from drivers.ble import scan as ble_scan
+
+    try:
+        found = c.client().get("/api/v1/scan", timeout_s=timeout_s)
+    except DaemonUnavailable:
+        try:
+            found = [d.as_dict() for d in asyncio.run(ble_scan.scan(timeout_s, oximeters_only=not show_all))]
+        except Exception as exc:  # bleak raises platform-specific errors when there is no adapter
+            raise CollectorError(f"cannot scan for Bluetooth devices ({type(exc).__name__}: {exc}); check the adapter is on") from None
+    if as_json:
+        emit_json(found)
+    else:
+        table(found, ["address", "name", "rssi", "protocol"])
+
+
+# -- replay, demo, audit -------------------------------------------------------------------------------
+@main.command()
+@click.argument("capture_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--subject", "subject_id", required=True)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def replay(c: Ctx, capture_file: Path, subject_id: str, as_json: bool) -> None:
+    """Feed a raw capture through the same decoders into a new night session (timestamps kept)."""
+    from collector.replay import replay_capture
+
+    result = replay_capture(c.db_path, capture_file, subject_id, by=c.by, config=c.config)
+    if as_json:
+        emit_json(result)
+        return
+    for s in result["sessions"]:
+        click.echo(f"session {s['session_id']}: {s['samples']} samples, {s['gaps']} gaps, {s['errors']} decode errors from device {s['device']}")
+        if s.get("report"):
+            click.echo("  " + _night_line(s["report"]))
+
+
+@main.command()
+@click.option("--speed", default="2000", show_default=True, help="Virtual-time factor ('max' = as fast as possible).")
+@click.option("--scenario", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Scenario file (default: the packaged demo night).")
+@click.option("--db", "demo_db", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Database for the demo (default: collector-demo.sqlite in the current directory).")
+@pass_ctx
+def demo(c: Ctx, speed: str, scenario: Path | None, demo_db: Path | None) -> None:
+    """Record a whole simulated night through the daemon into a SQLite file and report it."""
+    from collector.demo import run_demo
+
+    db_path = (demo_db or Path("collector-demo.sqlite")).resolve()
+    asyncio.run(run_demo(db_path, c.config, scenario_path=scenario, speed=_parse_speed(speed), echo=click.echo))
+
+
+@main.command("verify-audit")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def verify_audit(c: Ctx, as_json: bool) -> None:
+    """Check the audit trail's hash chain; report the first row where it breaks."""
+    check = audit.verify(c.conn())
+    if as_json:
+        emit_json(check.__dict__)
+    elif check.ok:
+        click.echo(f"audit trail intact: {check.rows} rows")
+    else:
+        click.echo(f"audit trail BROKEN at row {check.first_bad_id}: {check.problem}", err=True)
+    if not check.ok:
+        sys.exit(8)
+
+
+def _register_features(group: click.Group) -> None:
+    """Feature packages add their own commands (reports, spirometry, eligibility, export)."""
+    from collector import features
+
+    for command in features.commands():
+        group.add_command(command)
+
+
+_register_features(main)

@@ -1,0 +1,62 @@
+"""The CLI's side of the control API: finds the daemon of a database and calls it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from collector.api import runtime_path, token_path
+from collector.errors import CollectorError, Conflict, DaemonUnavailable, DeviceError, InvalidInput, NotFound
+
+_ERRORS = {404: NotFound, 409: Conflict, 422: InvalidInput, 400: InvalidInput, 503: DeviceError}
+
+
+class DaemonClient:
+    def __init__(self, db_path: Path, *, timeout_s: float = 60.0) -> None:
+        self.db_path = db_path
+        self.timeout_s = timeout_s
+        hint = f"start it with: collector --db {db_path} run"
+        try:
+            info = json.loads(runtime_path(db_path).read_text(encoding="utf-8"))
+            self.token = token_path(db_path).read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            raise DaemonUnavailable(f"the collector daemon is not running for {db_path}; {hint}") from None
+        except (OSError, ValueError) as exc:
+            raise DaemonUnavailable(f"cannot read the daemon's runtime files next to {db_path} ({exc}); {hint}") from None
+        self.base = f"http://{info['host']}:{info['port']}"
+        self._hint = hint
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None, **params: Any) -> Any:
+        try:
+            resp = httpx.request(
+                method, self.base + path, json=body, params={k: v for k, v in params.items() if v is not None},
+                headers={"Authorization": f"Bearer {self.token}"}, timeout=self.timeout_s,
+            )
+        except httpx.ConnectError:
+            raise DaemonUnavailable(f"the collector daemon for {self.db_path} is not answering (stale runtime file?); {self._hint}") from None
+        except httpx.TimeoutException:
+            raise DaemonUnavailable(f"the collector daemon did not answer within {self.timeout_s:g} s; check its log") from None
+        if resp.status_code >= 400:
+            try:
+                message = resp.json().get("error") or resp.text
+            except ValueError:
+                message = resp.text
+            raise _ERRORS.get(resp.status_code, CollectorError)(message)
+        return resp.json()
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self.request("GET", path, **params)
+
+    def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        return self.request("POST", path, body or {})
+
+
+def daemon_running(db_path: Path) -> bool:
+    try:
+        DaemonClient(db_path, timeout_s=3).get("/api/v1/health")
+        return True
+    except CollectorError:
+        return False

@@ -1,0 +1,3 @@
+"""Feature wiring (see collector/features.py): placeholder until the feature lands."""
+
+COMMANDS: list = []

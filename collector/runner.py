@@ -1,0 +1,130 @@
+"""``collector run``: the daemon process (recorders + control API + signals)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import signal
+import sqlite3
+from pathlib import Path
+from typing import Any, Iterator
+
+import uvicorn
+
+from collector.api import create_app, load_or_create_token, remove_runtime, write_runtime
+from collector.clock import Clock, SystemClock, VirtualClock
+from collector.daemon import Daemon
+from collector.errors import InvalidInput, StorageError
+
+log = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the daemon shuts down in order first."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def latest_stored_time(db_path: Path) -> float | None:
+    try:
+        conn = sqlite3.connect(str(db_path))
+        try:
+            row = conn.execute("SELECT MAX(host_utc_ms) FROM spo2_samples").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    return row[0] / 1000 if row and row[0] is not None else None
+
+
+def make_clock(db_path: Path, speed: float) -> Clock:
+    if speed == 1:
+        return SystemClock()
+    clock = VirtualClock(speed=speed)
+    last = latest_stored_time(db_path)
+    if last is not None:
+        clock.jump_to(last + 1.0)  # never stamp a resumed session earlier than what is stored
+    return clock
+
+
+async def serve(
+    db_path: Path,
+    config: dict[str, Any],
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    scenarios: list[Path] = (),
+    speed: float = 1.0,
+    capture: Path | None = None,
+    ready: asyncio.Event | None = None,
+) -> int:
+    host = host or config["api"]["host"]
+    port = config["api"]["port"] if port is None else port
+    if host not in ("127.0.0.1", "localhost", "::1") and host != config["api"]["host"]:
+        raise InvalidInput(f"the API binds to loopback only; to use {host} set [api] host in the config file explicitly")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("control API bound to %s (from the config): it is reachable from other machines", host)
+    if speed <= 0 or math.isnan(speed):
+        raise InvalidInput("--speed must be a positive number (1 = real time)")
+    if speed != 1 and not scenarios:
+        raise InvalidInput("--speed only applies to simulated devices; add --simulate SCENARIO")
+
+    clock = make_clock(db_path, speed)
+    backend = scanner = None
+    devices = []
+    if scenarios:
+        from simulators.ble_backend import SimulatedAir
+        from simulators.oximeter import SimulatedOximeter
+        from simulators.scenario import load_scenario
+
+        air = SimulatedAir(clock)
+        for path in scenarios:
+            devices.append(air.add(SimulatedOximeter(load_scenario(path), clock)))
+        backend, scanner = air.client_backend, air.scanner_backend
+
+    daemon = Daemon(db_path, clock=clock, config=config, ble_backend=backend, scanner_backend=scanner, capture_path=capture)
+    token = load_or_create_token(db_path)
+    app = create_app(daemon, token)
+    server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", access_log=False))
+    background: list[asyncio.Task[Any]] = []
+    if isinstance(clock, VirtualClock):
+        background.append(asyncio.create_task(clock.run(), name="virtual-clock"))
+    background += [asyncio.create_task(d.run(), name=f"sim-{d.address}") for d in devices]
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):  # Windows: KeyboardInterrupt instead
+            loop.add_signal_handler(sig, stop.set)
+
+    resumed = await daemon.resume_open_sessions()
+    server_task = asyncio.create_task(server.serve(), name="api")
+    while not server.started:
+        if server_task.done():
+            await daemon.shutdown()
+            exc = server_task.exception()
+            raise StorageError(f"cannot serve the control API on {host}:{port} ({exc or 'address in use?'}); choose another with --port")
+        await asyncio.sleep(0.01)
+    bound_port = server.servers[0].sockets[0].getsockname()[1]
+    write_runtime(db_path, host=host, port=bound_port, pid=os.getpid())
+    log.info("collector daemon on http://%s:%s (db %s), resumed sessions: %s", host, bound_port, db_path, resumed or "none")
+    print(f"collector daemon ready on http://{host}:{bound_port} (database {db_path}); resumed sessions: {resumed or 'none'}", flush=True)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping: flushing and closing open sessions as interrupted")
+        await daemon.shutdown()
+        server.should_exit = True
+        await server_task
+        for task in background:
+            task.cancel()
+        remove_runtime(db_path)
+    print("collector daemon stopped; open sessions were saved as interrupted and resume on the next start", flush=True)
+    return 0
