@@ -81,11 +81,10 @@ class StopIn(BaseModel):
 
 def create_app(daemon: Any, token: str) -> FastAPI:
     app = FastAPI(title="ALS screening collector", version=__version__, description=__doc__)
-    bearer = HTTPBearer(auto_error=False)
+    # Auth: the bearer token (CLI) or a logged-in operator's cookie + CSRF header (the page at /).
+    from collector.web.service import install as install_web
 
-    def auth(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        if creds is None or not secrets.compare_digest(creds.credentials.encode(), token.encode()):
-            raise HTTPException(status_code=401, detail="missing or wrong token; the CLI reads it from the token file next to the database")
+    auth = install_web(app, daemon, token)
 
     @app.exception_handler(CollectorError)
     async def collector_error(_: Request, exc: CollectorError) -> JSONResponse:

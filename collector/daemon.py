@@ -216,7 +216,8 @@ class Daemon:
         self.scanner_backend = scanner_backend
         self.operator = operator or self.config["operator"]["name"]
         self.capture = CaptureWriter(capture_path) if capture_path else None
-        self.writer = Writer(self.db_path, flush_interval_s=self.config["storage"]["flush_interval_s"])
+        self.writer = Writer(self.db_path, flush_interval_s=self.config["storage"]["flush_interval_s"],
+                             synchronous=self.config["storage"].get("synchronous", "FULL"))
         self.recorders: dict[int, NightRecorder] = {}
         self._lock = asyncio.Lock()
         self.started_utc = utc_iso(self.clock.now())
@@ -225,6 +226,7 @@ class Daemon:
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self.status_providers: dict[str, Callable[[], Any]] = {}
         self.shutdown_hooks: list[Callable[[], Awaitable[None]]] = []
+        self.startup_hooks: list[Callable[[], Awaitable[Any]]] = []  # awaited at the end of resume_open_sessions()
         from collector import features
 
         features.attach_all(self)
@@ -276,6 +278,11 @@ class Daemon:
             rec.start()
             resumed.append(row["id"])
             log.info("resumed session %s for subject %s", row["id"], row["subject_id"])
+        for hook in self.startup_hooks:  # e.g. spirometry sessions on serial ports
+            try:
+                await hook()
+            except Exception:
+                log.exception("startup hook failed")
         return resumed
 
     async def _replay_live(self, rec: NightRecorder) -> None:
@@ -379,6 +386,10 @@ class Daemon:
             now = self.clock.now()
             if rec is not None:
                 await rec.stop(now)
+            for service in self.services.values():  # e.g. a spirometry recorder on a serial port
+                hook = getattr(service, "stop_session_hook", None)
+                if hook is not None:
+                    await hook(session_id, now)
             row = await self._write(lambda c: repo.close_session(c, session_id, state="stopped", by=by, at=now, reason=reason))
         await asyncio.to_thread(self.writer.flush)
         info = self.session_info(row["id"])

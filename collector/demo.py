@@ -56,6 +56,7 @@ async def run_demo(
     from simulators.scenario import load_scenario
 
     scenario = load_scenario(scenario_path or default_scenario())
+    config = {**config, "storage": {**config["storage"], "synchronous": "NORMAL"}}  # a demo file needs no power-loss fsyncs
     clock = VirtualClock(speed=speed)
     air = SimulatedAir(clock)
     device = air.add(SimulatedOximeter(scenario, clock))

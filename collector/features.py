@@ -18,6 +18,7 @@ FEATURE_MODULES = (
     "collector.spirometry.service",
     "collector.eligibility.service",
     "collector.export.service",
+    "collector.web.service",
 )
 
 

@@ -8,6 +8,7 @@ update the O(1) live figures.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, Callable
 
@@ -114,10 +115,8 @@ class ReadingPipeline:
                 log.exception("session %s: live figures failed; samples are still stored", self.session_id)
 
     def _emit(self, event: Any) -> None:
-        kind = getattr(event, "kind", None) or event.get("kind")
-        t = getattr(event, "t_s", None) or event.get("t_s")
-        detail = event.__dict__ if hasattr(event, "__dict__") else dict(event)
-        detail = {k: v for k, v in detail.items() if k not in ("kind", "t_s")}
+        detail = dataclasses.asdict(event)
+        kind, t = detail.pop("kind"), detail.pop("t_s")
         self._submit(lambda c: repo.add_event(c, self.session_id, t_ms=int(round(t * 1000)), kind=kind, detail=detail))
         if self.on_event is not None:
             self.on_event(t, kind, detail)

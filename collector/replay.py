@@ -38,7 +38,7 @@ def replay_capture(db_path: Path, capture_file: Path, subject_id: str, *, by: st
     finally:
         conn.close()
 
-    writer = Writer(db_path, flush_interval_s=config["storage"]["flush_interval_s"])
+    writer = Writer(db_path, flush_interval_s=config["storage"]["flush_interval_s"], synchronous=config["storage"].get("synchronous", "FULL"))
     results = []
     try:
         for device, protocol in devices.items():

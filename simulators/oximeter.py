@@ -144,7 +144,10 @@ class SimulatedOximeter:
             if sink is None:
                 continue
             if state == GARBAGE:
-                sink(bytearray(self._rng.integers(0, 256, int(self._rng.integers(1, 12))).astype(np.uint8).tobytes()))
+                # Truncated noise: shorter than any well-formed frame, and (for the
+                # BerryMed stream) without a sync bit, so it can only be an error.
+                noise = self._rng.integers(0, 128, int(self._rng.integers(1, 4))).astype(np.uint8).tobytes()
+                sink(bytearray(noise))
                 continue
             for payload in encode_tick(self.scenario.protocol, state, spo2[k], pulse[k], k):
                 sink(bytearray(payload))

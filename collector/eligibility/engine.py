@@ -43,6 +43,8 @@ __all__ = [
     "completed_months",
     "evaluate",
     "load_thresholds",
+    "summarise",
+    "thresholds_from_mapping",
 ]
 
 State = Literal["met", "not_met", "pending", "needs_review"]
@@ -731,15 +733,16 @@ def evaluate(
         _contraception(facts),
         _simple("cooperation", "cooperation", facts, "able to cooperate with history collection and visits"),
     ]
+    decision, summary = summarise(criteria)
+    return Decision(decision, criteria, th, evaluated_at, screening, summary)
+
+
+def summarise(criteria: Sequence[CriterionResult]) -> tuple[DecisionValue, list[str]]:
+    """Overall decision from criterion states: any not_met -> ineligible; any open -> incomplete."""
     failed = [c for c in criteria if c.state == "not_met"]
     open_ = [c for c in criteria if c.state in ("pending", "needs_review")]
     if failed:
-        decision: DecisionValue = "ineligible"
-        summary = [f"{c.id}: {c.reason}" for c in failed]
-    elif open_:
-        decision = "incomplete"
-        summary = [f"{c.id} ({c.state}): {c.reason}" for c in open_]
-    else:
-        decision = "eligible"
-        summary = ["all criteria met"]
-    return Decision(decision, criteria, th, evaluated_at, screening, summary)
+        return "ineligible", [f"{c.id}: {c.reason}" for c in failed]
+    if open_:
+        return "incomplete", [f"{c.id} ({c.state}): {c.reason}" for c in open_]
+    return "eligible", ["all criteria met"]

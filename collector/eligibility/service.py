@@ -1,3 +1,563 @@
-"""Feature wiring (see collector/features.py): placeholder until the feature lands."""
+"""Eligibility as a feature: stored facts + stored device results -> a decision, live flags, audit.
 
-COMMANDS: list = []
+Everything here reads what is stored (facts, night reports, spirometry results, live alerts
+recorded as events) so the CLI, the API and the daemon's live listener give the same answer.
+The last decision of a subject is itself kept in the audit trail (``eligibility_changed``
+rows), so "did the decision change?" survives restarts and is the same for every process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import sqlite3
+import tomllib
+from datetime import date, datetime
+from importlib import resources
+from typing import Any, Mapping
+
+import sqlite_utils
+from pydantic import BaseModel, Field
+
+from collector.clock import utc_iso
+from collector.eligibility.engine import (
+    EligibilityConfigError,
+    NightResult,
+    SpirometryResult,
+    Thresholds,
+    evaluate,
+    summarise,
+    thresholds_from_mapping,
+)
+from collector.eligibility.facts import IDENTIFYING_FACTS, FactError, display_value
+from collector.eligibility.store import (
+    CorrectionReasonRequiredError,
+    FactStoreError,
+    UnknownSubjectError,
+    current_facts,
+    fact_history,
+    record_fact,
+)
+from collector.errors import InvalidInput, NotFound
+from collector.storage import audit, repo
+
+__all__ = [
+    "COMMANDS",
+    "EligibilityService",
+    "attach",
+    "check_config_change",
+    "config_fingerprint",
+    "criteria_report",
+    "evaluate_subject",
+    "make_router",
+    "record_decision_change",
+    "set_fact",
+    "thresholds_for_config",
+]
+
+log = logging.getLogger(__name__)
+
+LIVE_ALERT = "t90_threshold_exceeded"
+TRIGGERS = (LIVE_ALERT, "night_report", "spirometry_result")
+WITHHELD = "<withheld>"
+
+
+# --------------------------------------------------------------------------- thresholds
+def _packaged_eligibility() -> dict[str, Any]:
+    return tomllib.loads(resources.files("config").joinpath("eligibility.toml").read_text(encoding="utf-8"))
+
+
+def thresholds_for_config(config: Mapping[str, Any] | None) -> Thresholds:
+    """Effective thresholds: config/eligibility.toml, overridden by ``[thresholds]`` / ``[spirometry] equation``
+    of the collector config (a site file may set them), so one site file governs every decision."""
+    base = _packaged_eligibility()
+    th = dict(base.get("thresholds", {}))
+    sp = dict(base.get("spirometry", {}))
+    if config:
+        th.update(config.get("thresholds") or {})
+        if isinstance(config.get("spirometry"), Mapping) and "equation" in config["spirometry"]:
+            sp["equation"] = config["spirometry"]["equation"]
+    try:
+        return thresholds_from_mapping({"thresholds": th, "spirometry": sp})
+    except EligibilityConfigError as exc:
+        raise InvalidInput(f"{exc}; fix the config file") from None
+
+
+def _thresholds(thresholds: Thresholds | Mapping[str, Any] | None) -> Thresholds:
+    if isinstance(thresholds, Thresholds):
+        return thresholds
+    return thresholds_for_config(thresholds)  # None -> packaged defaults; a mapping is a collector config
+
+
+# --------------------------------------------------------------------------- stored device results
+def _rows(conn: sqlite3.Connection, sql: str, params: Any = ()) -> list[dict[str, Any]]:
+    cur = conn.execute(sql, params)
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
+
+
+def _night_note(report: dict[str, Any]) -> str:
+    parts = list(report.get("night_invalid_reasons") or [])
+    if report.get("borderline"):
+        parts.append("borderline variants: " + ", ".join(report.get("borderline_variants") or []))
+    return "; ".join(parts)
+
+
+def _nights(conn: sqlite3.Connection, subject_id: str) -> tuple[list[NightResult], list[dict[str, Any]]]:
+    """Stopped nights with a report count (newest report row per session); the others are in progress."""
+    sessions = _rows(conn, "SELECT id, state, started_utc, stopped_utc FROM sessions WHERE subject_id = ? AND kind = 'night' ORDER BY id",
+                     (subject_id,))
+    reports = {r["session_id"]: r for r in _rows(
+        conn,
+        "SELECT r.* FROM night_reports r JOIN sessions s ON s.id = r.session_id WHERE s.subject_id = ? AND r.id = "
+        "(SELECT MAX(id) FROM night_reports WHERE session_id = r.session_id)", (subject_id,))}
+    results, pending = [], []
+    for s in sessions:
+        rep = reports.get(s["id"])
+        if s["state"] != "stopped" or rep is None:
+            pending.append({"session_id": s["id"], "kind": "night", "state": s["state"], "started_utc": s["started_utc"],
+                            "status": "recording" if s["state"] != "stopped" else "stopped, report not computed yet"})
+            continue
+        report = json.loads(rep["report_json"])
+        results.append(NightResult(
+            session_id=str(s["id"]), t90_pct=rep["t90_pct"], night_valid=bool(rep["night_valid"]),
+            borderline=bool(rep["borderline"]), analysed_at=rep["computed_utc"], note=_night_note(report),
+        ))
+    return results, pending
+
+
+def _spirometry(conn: sqlite3.Connection, subject_id: str) -> tuple[list[SpirometryResult], list[dict[str, Any]]]:
+    """Newest result row of each spirometry session of the subject (the spirometry module decides validity)."""
+    sessions = _rows(conn, "SELECT id, state, started_utc FROM sessions WHERE subject_id = ? AND kind = 'spirometry' ORDER BY id",
+                     (subject_id,))
+    if not sessions:
+        return [], []
+    rows = {}
+    if _has_table(conn, "spirometry_results"):
+        rows = {r["session_id"]: r for r in _rows(
+            conn,
+            "SELECT r.* FROM spirometry_results r JOIN sessions s ON s.id = r.session_id WHERE s.subject_id = ? AND r.id = "
+            "(SELECT MAX(id) FROM spirometry_results WHERE session_id = r.session_id)", (subject_id,))}
+    results, pending = [], []
+    for s in sessions:
+        r = rows.get(s["id"])
+        if r is None:
+            pending.append({"session_id": s["id"], "kind": "spirometry", "state": s["state"], "started_utc": s["started_utc"],
+                            "status": "no result yet"})
+            continue
+        try:
+            detail = json.loads(r["result_json"] or "{}")
+        except ValueError:
+            detail = {}
+        note = detail.get("note") or "; ".join(str(x) for x in detail.get("reasons", []) or []) if isinstance(detail, dict) else ""
+        results.append(SpirometryResult(
+            session_id=str(s["id"]), valid=bool(r["valid"]), fvc_pct_predicted=r["fvc_pct_predicted"], equation=r["equation"],
+            other_equation=r["other_equation"], other_fvc_pct_predicted=r["other_fvc_pct_predicted"], fvc_l=r["fvc_l"],
+            grade=r["grade_fvc"], manoeuvre=(detail.get("manoeuvre_type") if isinstance(detail, dict) else None) or "FVC",
+            sex=r["sex"], height_cm=r["height_cm"], analysed_at=r["computed_utc"], note=note or "",
+        ))
+    return results, pending
+
+
+def _first_session_on(conn: sqlite3.Connection, subject_id: str) -> date | None:
+    row = conn.execute("SELECT MIN(started_utc) FROM sessions WHERE subject_id = ?", (subject_id,)).fetchone()
+    if not row or row[0] is None:
+        return None
+    # The screening date is a calendar date at the site: the host's local date of the first session.
+    return datetime.fromisoformat(row[0].replace("Z", "+00:00")).astimezone().date()
+
+
+def _live_alerts(conn: sqlite3.Connection, session_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """Latest live T90 alert of each night still in progress (stored as an event by the pipeline)."""
+    out: dict[int, dict[str, Any]] = {}
+    for sid in session_ids:
+        row = conn.execute("SELECT t_utc_ms, detail_json FROM events WHERE session_id = ? AND kind = ? ORDER BY t_utc_ms DESC, id DESC LIMIT 1",
+                           (sid, LIVE_ALERT)).fetchone()
+        if row:
+            detail = json.loads(row[1] or "{}")
+            out[sid] = {"t_utc": utc_iso(row[0] / 1000), "t90_pct": detail.get("t90_pct"), "analysed_s": detail.get("analysed_s")}
+    return out
+
+
+def _apply_live_alerts(criteria: list[Any], in_progress: list[dict[str, Any]], alerts: dict[int, dict[str, Any]], th: Thresholds) -> None:
+    """A night in progress whose live T90 crossed the limit makes nocturnal_spo2 ``needs_review``.
+
+    Why not ``not_met``: the live figure is provisional (T90 can fall back below the limit as the
+    night goes on, and validity is only known at the end); the final report decides.  A criterion
+    already ``not_met`` from a finished night stays so.
+    """
+    if not alerts:
+        return
+    for entry in in_progress:
+        if entry["session_id"] in alerts:
+            entry["live_alert"] = alerts[entry["session_id"]]
+    crit = next(c for c in criteria if c.id == "nocturnal_spo2")
+    if crit.state == "not_met":
+        return
+    text = "; ".join(
+        f"night {sid} in progress: live T90 {a['t90_pct']:.2f} % above {th.t90_pct_max:g} % at {a['t_utc']} "
+        "(provisional until the night is stopped)" if isinstance(a.get("t90_pct"), (int, float)) else
+        f"night {sid} in progress: live T90 above {th.t90_pct_max:g} % at {a['t_utc']} (provisional)"
+        for sid, a in sorted(alerts.items()))
+    crit.state = "needs_review"
+    crit.reason = text + (f"; {crit.reason}" if crit.reason else "")
+    crit.source, crit.recorded_by, crit.recorded_at = f"session:{min(alerts)}", "device", alerts[min(alerts)]["t_utc"]
+
+
+# --------------------------------------------------------------------------- evaluation (contract)
+def evaluate_subject(
+    conn: sqlite3.Connection,
+    subject_id: str,
+    *,
+    now: float,
+    thresholds: Thresholds | Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The subject's decision exactly as ``collector eligibility --json`` prints it.
+
+    ``thresholds``: a :class:`Thresholds`, a collector config dict (its effective thresholds are
+    used) or None (config/eligibility.toml).  Read-only: never writes.  Raises NotFound for an
+    unknown subject.  Identifying facts (birth date) appear only as ``<withheld>``.
+    """
+    repo.get_subject(conn, subject_id)
+    th = _thresholds(thresholds)
+    db = sqlite_utils.Database(conn, recursive_triggers=False)
+    facts = current_facts(db, subject_id)
+    nights, night_pending = _nights(conn, subject_id)
+    spiro, spiro_pending = _spirometry(conn, subject_id)
+    decision = evaluate(facts, spirometry=spiro, nights=nights, first_session_on=_first_session_on(conn, subject_id),
+                        thresholds=th, evaluated_at=utc_iso(now))
+    in_progress = night_pending + spiro_pending
+    open_nights = [p["session_id"] for p in night_pending if p["state"] in ("open", "interrupted")]
+    _apply_live_alerts(decision.criteria, in_progress, _live_alerts(conn, open_nights), th)
+    decision.decision, decision.summary = summarise(decision.criteria)
+    out = decision.as_dict()
+    out["subject_id"] = subject_id
+    out["in_progress"] = sorted(in_progress, key=lambda p: p["session_id"])
+    return out
+
+
+def _snapshot(result: Mapping[str, Any]) -> dict[str, Any]:
+    return {"decision": result["decision"], "criteria": {c["id"]: c["state"] for c in result["criteria"]}}
+
+
+def last_decision(conn: sqlite3.Connection, subject_id: str) -> dict[str, Any] | None:
+    """The last decision recorded in the audit trail for this subject (None before the first)."""
+    row = conn.execute("SELECT new_value FROM audit WHERE action = 'eligibility_changed' AND subject_id = ? ORDER BY id DESC LIMIT 1",
+                       (subject_id,)).fetchone()
+    if not row or not row[0]:
+        return None
+    value = json.loads(row[0])
+    return {"decision": value.get("decision"), "criteria": value.get("criteria", {})}
+
+
+def record_decision_change(
+    conn: sqlite3.Connection,
+    subject_id: str,
+    result: Mapping[str, Any],
+    *,
+    at: float,
+    actor: str,
+    reason: str,
+    session_id: int | None = None,
+    event: bool = False,
+) -> dict[str, Any] | None:
+    """Append an ``eligibility_changed`` audit row (and optionally an event) if the decision or any
+    criterion state differs from the last recorded one.  Caller owns the write transaction."""
+    old = last_decision(conn, subject_id)
+    new = _snapshot(result)
+    if old == new:
+        return None
+    old_states = (old or {}).get("criteria", {})
+    changed = sorted(c for c in new["criteria"] if old_states.get(c) != new["criteria"][c])
+    change = {
+        "subject_id": subject_id,
+        "old_decision": old["decision"] if old else None,
+        "new_decision": new["decision"],
+        "changed_criteria": {c: {"old": old_states.get(c), "new": new["criteria"][c]} for c in changed},
+        "reason": reason,
+        "evaluated_at": result["evaluated_at"],
+    }
+    # The thresholds travel with the row (not compared): a change caused by a new config is visible.
+    audit.append(conn, at=at, actor=actor, action="eligibility_changed", subject_id=subject_id, session_id=session_id,
+                 old=old, new={**new, "changed": changed, "thresholds": result.get("thresholds")}, reason=reason)
+    if event:
+        repo.add_event(conn, session_id, t_ms=int(round(at * 1000)), kind="eligibility_changed", detail=change)
+    return change
+
+
+# --------------------------------------------------------------------------- recording facts
+def _fact_audit_value(fact: str, rec: Any) -> dict[str, Any]:
+    # The birth date (and any identifying fact) stays in criteria_facts only: the audit trail is
+    # exported with extracts and checked by people outside the site, so it carries "<withheld>".
+    return {"fact": fact, "value": WITHHELD if fact in IDENTIFYING_FACTS else display_value(fact, rec.value),
+            "row": rec.id, "source": rec.source}
+
+
+def set_fact(
+    conn: sqlite3.Connection,
+    subject_id: str,
+    fact: str,
+    raw_value: str,
+    *,
+    by: str,
+    at: float,
+    reason: str | None = None,
+    config: Mapping[str, Any] | None = None,
+    source: str = "staff",
+) -> dict[str, Any]:
+    """Record one fact with its audit row and any decision change, inside the caller's transaction.
+
+    Returns ``{"fact", "row", "changed", "decision"}``.  Bad input raises InvalidInput / NotFound
+    (one line) before anything is written; the caller rolls back on any error.
+    """
+    repo.get_subject(conn, subject_id)
+    db = sqlite_utils.Database(conn, recursive_triggers=False)
+    before = current_facts(db, subject_id).get(fact)
+    try:
+        rec = record_fact(db, subject_id, fact, raw_value, by=by, reason=reason, now_utc=at, source=source)
+    except UnknownSubjectError as exc:
+        raise NotFound(str(exc)) from None
+    except CorrectionReasonRequiredError as exc:
+        raise InvalidInput(str(exc)) from None
+    except (FactError, FactStoreError) as exc:
+        raise InvalidInput(str(exc)) from None
+    changed = before is None or rec.id != before.id
+    if changed:
+        corrected = rec.supersedes is not None
+        audit.append(
+            conn, at=at, actor=by, action="criterion_corrected" if corrected else "criterion_recorded", subject_id=subject_id,
+            old=_fact_audit_value(fact, before) if corrected and before is not None else None,
+            new=_fact_audit_value(fact, rec),
+            # A typed reason may quote the old or new birth date: for identifying facts it stays in
+            # criteria_facts (local) and the audit row points to it.
+            reason=(f"{WITHHELD} (see criteria_facts row {rec.id})" if fact in IDENTIFYING_FACTS and rec.reason else rec.reason),
+        )
+    result = evaluate_subject(conn, subject_id, now=at, thresholds=thresholds_for_config(config))
+    if changed:
+        record_decision_change(conn, subject_id, result, at=at, actor=by, reason=f"{fact} {'corrected' if rec.supersedes else 'recorded'}")
+    shown_reason = WITHHELD if fact in IDENTIFYING_FACTS and rec.reason else rec.reason
+    return {"fact": {**_fact_audit_value(fact, rec), "recorded_by": rec.recorded_by, "recorded_at": rec.recorded_at,
+                     "reason": shown_reason, "supersedes": rec.supersedes}, "changed": changed, "decision": result}
+
+
+def criteria_report(conn: sqlite3.Connection, subject_id: str) -> dict[str, Any]:
+    """Current value and full history of every fact (identifying values withheld)."""
+    repo.get_subject(conn, subject_id)
+    db = sqlite_utils.Database(conn, recursive_triggers=False)
+
+    def row(r: Any) -> dict[str, Any]:
+        return {"id": r.id, "fact": r.fact, "value": display_value(r.fact, r.value) if r.value is not None else None,
+                "recorded_by": r.recorded_by, "recorded_at": r.recorded_at, "source": r.source,
+                "reason": WITHHELD if r.fact in IDENTIFYING_FACTS and r.reason else r.reason,
+                "supersedes": r.supersedes}
+
+    return {"subject_id": subject_id,
+            "current": [row(r) for _, r in sorted(current_facts(db, subject_id).items())],
+            "history": [row(r) for r in fact_history(db, subject_id)]}
+
+
+# --------------------------------------------------------------------------- configuration changes
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: obj}
+
+
+def config_fingerprint(config: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """SHA-256 of the effective configuration (collector config + effective eligibility thresholds)."""
+    flat = _flatten(config)
+    flat.update(_flatten(thresholds_for_config(config).as_dict(), "eligibility."))
+    flat = json.loads(json.dumps(flat, sort_keys=True, default=str))
+    digest = hashlib.sha256(json.dumps(flat, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return digest, flat
+
+
+def check_config_change(conn: sqlite3.Connection, config: Mapping[str, Any], *, at: float, actor: str = "collector") -> dict[str, Any] | None:
+    """Append ``config_loaded`` (first start) or ``configuration_changed`` (hash differs from the last
+    recorded one); nothing when unchanged.  Caller owns the write transaction."""
+    digest, flat = config_fingerprint(config)
+    row = conn.execute("SELECT new_value FROM audit WHERE action IN ('config_loaded', 'configuration_changed') ORDER BY id DESC LIMIT 1").fetchone()
+    prev: dict[str, Any] = {}
+    if row and row[0]:
+        try:
+            prev = json.loads(row[0])
+        except ValueError:
+            prev = {}
+    if not row:
+        audit.append(conn, at=at, actor=actor, action="config_loaded", new={"hash": digest, "config": flat},
+                     reason="first start with this database")
+        return {"action": "config_loaded", "hash": digest}
+    if prev.get("hash") == digest:
+        return None
+    old_flat = prev.get("config") if isinstance(prev.get("config"), dict) else None
+    keys = sorted(k for k in set(flat) | set(old_flat or {}) if (old_flat or {}).get(k) != flat.get(k)) if old_flat is not None else None
+    audit.append(
+        conn, at=at, actor=actor, action="configuration_changed",
+        old={"hash": prev.get("hash"), "values": {k: old_flat.get(k) for k in keys} if keys is not None else None},
+        new={"hash": digest, "changed_keys": keys, "values": {k: flat.get(k) for k in keys} if keys is not None else None, "config": flat},
+        reason="effective configuration differs from the one last recorded",
+    )
+    return {"action": "configuration_changed", "hash": digest, "changed_keys": keys}
+
+
+# --------------------------------------------------------------------------- the daemon side
+class EligibilityService:
+    """Re-evaluates a subject when a device result arrives; keeps the latest decisions for status."""
+
+    def __init__(self, daemon: Any) -> None:
+        self.daemon = daemon
+        self.latest: dict[str, dict[str, Any]] = {}  # subject -> summary of the latest evaluation
+        self.changes: list[dict[str, Any]] = []  # recent eligibility_changed details (newest last)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._lock: asyncio.Lock | None = None
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return thresholds_for_config(self.daemon.config)
+
+    # -- listener ---------------------------------------------------------------------------
+    def on_event(self, kind: str, payload: dict[str, Any]) -> None:
+        if kind not in TRIGGERS:
+            return
+        session_id = payload.get("session_id")
+        if session_id is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # notified from a thread without a loop: nothing to schedule on
+            log.error("eligibility: %s for session %s arrived outside the event loop; not re-evaluated", kind, session_id)
+            return
+        task = loop.create_task(self.reevaluate(int(session_id), kind, payload.get("subject_id")))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("eligibility re-evaluation failed: %s", task.exception())
+
+    async def idle(self) -> None:
+        """Wait until every scheduled re-evaluation has finished (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def _read_eval(self, session_id: int, subject_id: str | None) -> tuple[str, dict[str, Any]]:
+        conn = self.daemon._read()
+        try:
+            if subject_id is None:
+                subject_id = repo.get_session(conn, session_id)["subject_id"]
+            return subject_id, evaluate_subject(conn, subject_id, now=self.daemon.clock.now(), thresholds=self.thresholds)
+        finally:
+            conn.close()
+
+    async def reevaluate(self, session_id: int, kind: str, subject_id: str | None = None) -> dict[str, Any] | None:
+        """Evaluate in a worker thread, then record a change (event + audit row) through the writer."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:  # keep evaluations and their recording in order
+            await asyncio.to_thread(self.daemon.writer.flush)  # the triggering data is committed
+            subject_id, result = await asyncio.to_thread(self._read_eval, session_id, subject_id)
+            at = self.daemon.clock.now()
+            reason = {LIVE_ALERT: f"live T90 alert on night {session_id}", "night_report": f"night {session_id} report stored",
+                      "spirometry_result": f"spirometry session {session_id} result stored"}[kind]
+            change = await self.daemon._write(lambda c: record_decision_change(
+                c, subject_id, result, at=at, actor="collector", reason=reason, session_id=session_id, event=True))
+            self._remember(subject_id, result, change)
+            if change is not None:
+                self.changes = (self.changes + [change])[-50:]
+                log.warning("eligibility of %s: %s -> %s (%s)", subject_id, change["old_decision"], change["new_decision"],
+                            ", ".join(change["changed_criteria"]) or "no criterion")
+            return change
+
+    def _remember(self, subject_id: str, result: dict[str, Any], change: dict[str, Any] | None) -> None:
+        prev = self.latest.get(subject_id, {})
+        self.latest[subject_id] = {
+            "decision": result["decision"],
+            "criteria": {c["id"]: c["state"] for c in result["criteria"]},
+            "summary": result["summary"],
+            "evaluated_at": result["evaluated_at"],
+            "last_change": change or prev.get("last_change"),
+        }
+
+    # -- status -----------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """Latest decisions of subjects with open sessions (evaluated on first request if unknown)."""
+        conn = self.daemon._read()
+        try:
+            subjects = [r[0] for r in conn.execute("SELECT DISTINCT subject_id FROM sessions WHERE state = 'open' ORDER BY subject_id")]
+            for s in subjects:
+                if s not in self.latest:
+                    self._remember(s, evaluate_subject(conn, s, now=self.daemon.clock.now(), thresholds=self.thresholds), None)
+        finally:
+            conn.close()
+        return {"subjects": {s: self.latest[s] for s in subjects}, "recent_changes": self.changes[-10:]}
+
+    async def stop(self) -> None:
+        await self.idle()
+
+
+def attach(daemon: Any) -> None:
+    """Register the service, its listener and status; record the effective configuration."""
+    service = EligibilityService(daemon)
+    daemon.services["eligibility"] = service
+    daemon.listeners.append(service.on_event)
+    daemon.status_providers["eligibility"] = service.status
+    daemon.shutdown_hooks.append(service.stop)
+    now = daemon.clock.now()
+    daemon.writer.submit(lambda c: check_config_change(c, daemon.config, at=now)).result(timeout=30)
+
+
+class FactIn(BaseModel):
+    """POST /subjects/{id}/facts: the value as typed (parsed like the CLI argument)."""
+
+    fact: str = Field(min_length=1, max_length=64)
+    value: str = Field(min_length=1, max_length=2000)
+    reason: str | None = Field(default=None, max_length=500)
+    by: str | None = Field(default=None, max_length=100)
+
+
+def make_router(daemon: Any, auth: Any) -> Any:
+    from fastapi import APIRouter, Depends
+
+    router = APIRouter(dependencies=[Depends(auth)])
+
+    def read(fn: Any) -> Any:
+        conn = daemon._read()
+        try:
+            return fn(conn)
+        finally:
+            conn.close()
+
+    @router.get("/subjects/{subject_id}/eligibility")
+    async def eligibility(subject_id: str) -> dict[str, Any]:
+        th = thresholds_for_config(daemon.config)
+        return await asyncio.to_thread(read, lambda c: evaluate_subject(c, subject_id, now=daemon.clock.now(), thresholds=th))
+
+    @router.get("/subjects/{subject_id}/criteria")
+    async def criteria(subject_id: str) -> dict[str, Any]:
+        return await asyncio.to_thread(read, lambda c: criteria_report(c, subject_id))
+
+    @router.post("/subjects/{subject_id}/facts", status_code=201)
+    async def add_fact(subject_id: str, body: FactIn) -> dict[str, Any]:
+        now = daemon.clock.now()
+        by = body.by or daemon.operator
+        out = await daemon._write(lambda c: set_fact(c, subject_id, body.fact, body.value, by=by, at=now, reason=body.reason,
+                                                     config=daemon.config))
+        svc = daemon.services.get("eligibility")
+        if svc is not None:
+            svc._remember(subject_id, out["decision"], None)
+        return out
+
+    return router
+
+
+from collector.eligibility.cli import COMMANDS  # noqa: E402  (the CLI uses the functions above)

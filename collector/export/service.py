@@ -1,3 +1,98 @@
-"""Feature wiring (see collector/features.py): placeholder until the feature lands."""
+"""CLI wiring for the export feature: ``collector export``, ``collector verify``, ``collector merge``.
 
-COMMANDS: list = []
+``verify`` and ``merge`` never open the collector database: the central team runs
+them on bundles alone.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from collector.cli import Ctx, emit_json, pass_ctx
+from collector.clock import SystemClock
+from collector.errors import InvalidInput
+from collector.storage import repo
+
+VERIFY_FAILED_EXIT = 8
+
+
+@click.command("export")
+@click.argument("subject_id", required=False)
+@click.option("--session", "session_id", type=int, help="Only this session (with its subject's decision and audit rows).")
+@click.option("--all", "export_all", is_flag=True, help="One bundle per subject, for every subject.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder to write bundles into.")
+@click.option("--zip", "as_zip", is_flag=True, help="Write each bundle as a .zip instead of a folder.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def export_cmd(c: Ctx, subject_id: str | None, session_id: int | None, export_all: bool, out_dir: Path,
+               as_zip: bool, as_json: bool) -> None:
+    """Write a BagIt bundle per subject for the central study team (no names, no birth dates)."""
+    from .bundle import export_subject
+
+    if sum(bool(x) for x in (subject_id, session_id is not None, export_all)) != 1:
+        raise InvalidInput("give exactly one of SUBJECT, --session ID or --all (e.g. collector export SCR-0042 --out bundles/)")
+    conn = c.conn()
+    sessions: list[int] | None = None
+    if session_id is not None:
+        subjects = [repo.get_session(conn, session_id)["subject_id"]]
+        sessions = [session_id]
+    elif export_all:
+        subjects = [s["id"] for s in repo.list_subjects(conn)]
+        if not subjects:
+            raise InvalidInput("there are no subjects to export; add one with: collector subject add SCR-0001")
+    else:
+        subjects = [repo.validate_subject_id(subject_id or "")]
+    results = []
+    for sid in subjects:
+        r = export_subject(conn, sid, out_dir, config=c.config, by=c.by, now=SystemClock().now(),
+                           session_ids=sessions, as_zip=as_zip)
+        results.append(r.as_dict())
+        if not as_json:
+            note = f" (open sessions not exported: {r.skipped_open})" if r.skipped_open else ""
+            click.echo(f"{r.path}: subject {r.subject_id}, sessions {r.sessions or 'none'}, {len(r.files)} files{note}")
+    if as_json:
+        emit_json(results)
+
+
+@click.command("verify")
+@click.argument("bundle", type=click.Path(exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+def verify_cmd(bundle: Path, as_json: bool) -> None:
+    """Check a bundle (folder or zip) without any database; exits non-zero naming each bad file."""
+    from .verify import verify_bundle
+
+    result = verify_bundle(bundle)
+    if as_json:
+        emit_json(result.as_dict())
+    else:
+        for name, problem in result.problems:
+            click.echo(f"{name}: {problem}", err=True)
+        for note in result.notes:
+            click.echo(note)
+        click.echo(f"{result.bundle}: {'OK' if result.ok else 'FAILED'} ({result.files} files, {len(result.problems)} problems)")
+    if not result.ok:
+        sys.exit(VERIFY_FAILED_EXIT)
+
+
+@click.command("merge")
+@click.argument("bundles", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="DuckDB file (created or extended).")
+@click.option("--json", "as_json", is_flag=True)
+def merge_cmd(bundles: tuple[Path, ...], out: Path, as_json: bool) -> None:
+    """Load verified bundles into one DuckDB file (tables samples, nights, spirometry, criteria, decisions)."""
+    from .merge import merge_bundles
+
+    result = merge_bundles(list(bundles), out)
+    if as_json:
+        emit_json(result)
+        return
+    added = ", ".join(f"{k} {v}" for k, v in result["rows_added"].items())
+    click.echo(f"{out}: merged {result['bundles']} bundle(s); rows added: {added}")
+    if result["already_merged"]:
+        click.echo(f"already merged, skipped: {', '.join(result['already_merged'])}")
+
+
+COMMANDS = [export_cmd, verify_cmd, merge_cmd]

@@ -30,14 +30,23 @@ def default_db_path() -> Path:
     return Path(platformdirs.user_data_dir(APP_NAME)) / "collector.sqlite"
 
 
-def connect(path: Path | str, *, check_same_thread: bool = True) -> sqlite3.Connection:
-    """A raw connection with the project's pragmas (used by the writer thread)."""
+SYNCHRONOUS_MODES = ("FULL", "NORMAL")
+
+
+def connect(path: Path | str, *, check_same_thread: bool = True, synchronous: str = "FULL") -> sqlite3.Connection:
+    """A raw connection with the project's pragmas (used by the writer thread).
+
+    ``FULL`` (default) makes every commit survive power loss; ``NORMAL`` in WAL
+    mode still survives a killed process and is what tests and the demo use.
+    """
+    if synchronous not in SYNCHRONOUS_MODES:
+        raise StorageError(f"[storage] synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, not {synchronous!r}; fix the config file")
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(path), timeout=30.0, check_same_thread=check_same_thread, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=30000")
     except (sqlite3.Error, OSError) as exc:

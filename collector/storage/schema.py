@@ -166,10 +166,12 @@ CREATE INDEX spirometry_results_session ON spirometry_results(session_id, id);
 def migrations() -> list[tuple[int, str, str]]:
     """(version, name, SQL) in order.  Feature modules contribute their own tables here."""
     from collector.eligibility.store import SCHEMA_SQL as ELIGIBILITY_SQL
+    from collector.web.schema import USERS_SQL
 
     return [
         (1, "core capture tables", CORE_SQL),
         (2, "eligibility facts", ELIGIBILITY_SQL),
         (3, "night reports", NIGHT_REPORTS_SQL),
         (4, "spirometry manoeuvres and results", SPIROMETRY_SQL),
+        (5, "operators", USERS_SQL),
     ]

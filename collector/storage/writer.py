@@ -62,13 +62,13 @@ _STOP = object()
 class Writer:
     """Owns the writing connection; thread-safe entry points for everything else."""
 
-    def __init__(self, path: Path | str, *, flush_interval_s: float = 0.5, max_batch: int = 20_000) -> None:
+    def __init__(self, path: Path | str, *, flush_interval_s: float = 0.5, max_batch: int = 20_000, synchronous: str = "FULL") -> None:
         open_db(path).conn.close()  # create + migrate before the thread starts
         self.path = Path(path)
         self.flush_interval_s = flush_interval_s
         self.max_batch = max_batch
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._conn = connect(self.path, check_same_thread=False)
+        self._conn = connect(self.path, check_same_thread=False, synchronous=synchronous)
         self.samples_committed = 0
         self.commits = 0
         self.failed: BaseException | None = None
@@ -87,7 +87,7 @@ class Writer:
         self._queue.put(call)
         return call.future
 
-    def flush(self, timeout: float | None = 30.0) -> None:
+    def flush(self, timeout: float | None = 120.0) -> None:
         """Block until everything queued so far is committed."""
         marker = _Flush()
         self._queue.put(marker)

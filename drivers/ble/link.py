@@ -130,7 +130,9 @@ class OximeterLink:
                     failures += 1
                     self.stats.failed_attempts += 1
                     self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                    log.warning("%s: connection attempt failed (%s)", self.target.spec, self.stats.last_error)
+                    # The first failure of a run is worth a warning; the retries that follow are not.
+                    log.log(logging.WARNING if failures == 1 else logging.INFO,
+                            "%s: connection attempt failed (%s); retrying", self.target.spec, self.stats.last_error)
                 self.state = "reconnecting" if self.connected_once.is_set() else "searching"
                 await self.clock.sleep(self.backoff_s[min(failures, len(self.backoff_s) - 1)] if failures else 0.0)
         finally:

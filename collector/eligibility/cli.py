@@ -1,0 +1,112 @@
+"""``collector criteria set|show`` and ``collector eligibility``: work on the database directly.
+
+Uses ``click.pass_obj`` (the group's Ctx) rather than importing ``collector.cli`` at import
+time: collector.cli imports the feature modules while it is still being defined.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from collector.clock import SystemClock
+
+__all__ = ["COMMANDS", "criteria", "eligibility"]
+
+
+def _write(c: Any, fn: Any) -> Any:
+    """One transaction: everything (fact, audit rows, decision change) or nothing."""
+    conn = c.conn()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        out = fn(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return out
+
+
+@click.group()
+def criteria() -> None:
+    """Record and show screening facts (see docs: fact names like birth_date, height_cm, consent_signed_on)."""
+
+
+@criteria.command("set", context_settings={"ignore_unknown_options": True})  # VALUE may start with "-"
+@click.argument("subject_id")
+@click.argument("fact")
+@click.argument("value")
+@click.option("--reason", help="Why an existing value is corrected (required for a correction).")
+@click.option("--by", "by", help="Who records it (default: the global --by, else the config's operator).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def criteria_set(c: Any, subject_id: str, fact: str, value: str, reason: str | None, by: str | None, as_json: bool) -> None:
+    """Record FACT = VALUE for SUBJECT_ID (a correction appends a new row and needs --reason)."""
+    from collector.cli import emit_json
+    from collector.eligibility.service import set_fact
+
+    now = SystemClock().now()
+    out = _write(c, lambda conn: set_fact(conn, subject_id, fact, value, by=by or c.by, at=now, reason=reason, config=c.config))
+    if as_json:
+        emit_json(out)
+        return
+    f = out["fact"]
+    if not out["changed"]:
+        click.echo(f"{fact} for {subject_id} unchanged (row {f['row']})")
+    else:
+        verb = "corrected" if f["supersedes"] is not None else "recorded"
+        click.echo(f"{fact} {verb} for {subject_id}: {f['value']} (row {f['row']}, by {f['recorded_by']})")
+    click.echo(f"eligibility: {out['decision']['decision']}")
+
+
+@criteria.command("show")
+@click.argument("subject_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def criteria_show(c: Any, subject_id: str, as_json: bool) -> None:
+    """Current facts of SUBJECT_ID and every value ever recorded (identifying values withheld)."""
+    from collector.cli import emit_json, table
+    from collector.eligibility.service import criteria_report
+
+    rep = criteria_report(c.conn(), subject_id)
+    if as_json:
+        emit_json(rep)
+        return
+    click.echo(f"current facts of {subject_id}:")
+    table(rep["current"], ["fact", "value", "recorded_by", "recorded_at", "source"])
+    click.echo("history:")
+    table(rep["history"], ["id", "fact", "value", "recorded_by", "recorded_at", "reason", "supersedes"])
+
+
+@click.command("eligibility")
+@click.argument("subject_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def eligibility(c: Any, subject_id: str, as_json: bool) -> None:
+    """Decide SUBJECT_ID's eligibility now: a state and reason per criterion.
+
+    A decision that differs from the last one recorded is added to the audit trail.
+    """
+    from collector.cli import emit_json, table
+    from collector.eligibility.service import evaluate_subject, record_decision_change, thresholds_for_config
+
+    now = SystemClock().now()
+    th = thresholds_for_config(c.config)
+
+    def run(conn: Any) -> dict[str, Any]:
+        result = evaluate_subject(conn, subject_id, now=now, thresholds=th)
+        record_decision_change(conn, subject_id, result, at=now, actor=c.by, reason="re-evaluated on request")
+        return result
+
+    result = _write(c, run)
+    if as_json:
+        emit_json(result)
+        return
+    click.echo(f"subject {subject_id}: {result['decision'].upper()} (evaluated {result['evaluated_at']})")
+    table(result["criteria"], ["id", "state", "reason"])
+    for p in result.get("in_progress", []):
+        click.echo(f"in progress: {p['kind']} session {p['session_id']} ({p['status']})")
+
+
+COMMANDS = [criteria, eligibility]

@@ -1,0 +1,335 @@
+"""Build one subject's export bundle from the database (a BagIt bag, folder or zip).
+
+Everything is assembled in memory, scrubbed of personal data, searched once more
+for it, and only then written; the export itself is recorded as an audit row
+(``export_made``: by whom, which files, their hashes) in the same database.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import tempfile
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from collector import __version__
+from collector.clock import utc_iso
+from collector.errors import CollectorError, Conflict, InvalidInput
+from collector.storage import audit, repo
+
+from . import bag, csvs, edf, pdf
+from .privacy import Scrubber, forbidden_tokens
+
+SCHEMA = "collector-export/1"
+DEFAULT_SITE = "unnamed-site"
+
+
+class ExportRefused(CollectorError):
+    """Personal data would have left the site: nothing was written."""
+
+    exit_code = 9
+
+
+@dataclass
+class ExportResult:
+    subject_id: str
+    bag_name: str
+    path: Path
+    sessions: list[int]
+    files: dict[str, str] = field(default_factory=dict)  # path in bag -> sha256
+    skipped_open: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"subject_id": self.subject_id, "bundle": self.bag_name, "path": str(self.path),
+                "sessions": self.sessions, "skipped_open_sessions": self.skipped_open, "files": self.files}
+
+
+def _rows(conn: sqlite3.Connection, sql: str, params: Any = ()) -> list[dict[str, Any]]:
+    cur = conn.execute(sql, params)
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+def _flag_names(flags: int) -> str:
+    from drivers.protocols.common import Flag
+
+    return "|".join(f.name for f in Flag if f and f in Flag(flags))
+
+
+def _device(conn: sqlite3.Connection, device_id: int | None) -> dict[str, Any] | None:
+    """Model, serial and firmware only: the address could identify a home device's owner."""
+    if device_id is None:
+        return None
+    row = _rows(conn, "SELECT kind, protocol, model, serial_number, firmware FROM devices WHERE id = ?", (device_id,))
+    return row[0] if row else None
+
+
+def _device_label(d: dict[str, Any] | None) -> str:
+    if not d:
+        return "unknown device"
+    return (f"{d['kind']} {d.get('model') or d['protocol']} serial {d.get('serial_number') or 'not reported'}"
+            f" firmware {d.get('firmware') or 'not reported'}")
+
+
+def _session_meta(s: dict[str, Any], device: dict[str, Any] | None) -> dict[str, Any]:
+    keep = ("id", "subject_id", "kind", "state", "origin", "started_utc", "stopped_utc")
+    return {**{k: s[k] for k in keep}, "device": device}
+
+
+# ----------------------------------------------------------------------------- nights
+
+
+def _night_files(conn: sqlite3.Connection, s: dict[str, Any], config: dict[str, Any], scrub: Scrubber,
+                 pseudonym: str, device: dict[str, Any] | None) -> tuple[dict[str, bytes], dict[str, Any]]:
+    from collector.analysis.plot import plot_night
+    from collector.nights import compute_report, latest_report, load_night
+    from collector.pipeline import BREAKING_CAUSES
+
+    from .verify import config_from_report
+
+    sid = s["id"]
+    rows = conn.execute(
+        "SELECT host_utc_ms, device_time, spo2_pct, pulse_bpm, pai_pct, valid, pulse_valid, flags, status_raw, counter"
+        " FROM spo2_samples WHERE session_id = ? ORDER BY host_utc_ms, rowid", (sid,)).fetchall()
+    names = {}
+    samples = []
+    for t_ms, dt, spo2, pulse, pai, valid, pvalid, flags, raw, counter in rows:
+        fn = names.get(flags)
+        if fn is None:
+            fn = names[flags] = _flag_names(flags)
+        samples.append({"host_utc": csvs.iso_ms(t_ms), "device_time": scrub.text(dt), "spo2_pct": spo2, "pulse_bpm": pulse,
+                        "pai_pct": pai, "valid": valid, "pulse_valid": pvalid, "flags": flags, "flag_names": fn,
+                        "status_raw": raw, "counter": counter})
+    gaps = repo.session_gaps(conn, sid)
+    events = repo.session_events(conn, sid)
+    gap_rows = [{"start_utc": csvs.iso_ms(g["start_utc_ms"]),
+                 "end_utc": None if g["end_utc_ms"] is None else csvs.iso_ms(g["end_utc_ms"]),
+                 "duration_s": None if g["end_utc_ms"] is None else (g["end_utc_ms"] - g["start_utc_ms"]) / 1000.0,
+                 "cause": g["cause"], "breaks_hold": g["cause"] in BREAKING_CAUSES, "detail": scrub.text(g["detail"])}
+                for g in gaps]
+    event_rows = [{"t_utc": csvs.iso_ms(e["t_utc_ms"]), "kind": e["kind"], "detail_json": scrub.text(e["detail_json"])}
+                  for e in events]
+
+    stored = latest_report(conn, sid)
+    report = stored if stored is not None else compute_report(conn, sid, config)
+    source = "stored night_reports row (newest)" if stored is not None else "computed at export (no stored report)"
+    report = scrub.obj(report)
+
+    arr = np.array([(r[0], np.nan if r[2] is None else r[2], np.nan if r[3] is None else r[3], r[5], r[6]) for r in rows],
+                   dtype=np.float64).reshape(-1, 5)
+    edf_bytes, grid = edf.night_edf(
+        t_ms=arr[:, 0].astype(np.int64), spo2=arr[:, 1], pulse=arr[:, 2], valid=arr[:, 3].astype(bool),
+        pulse_valid=arr[:, 4].astype(bool), gaps=gaps, events=events, pseudonym=pseudonym,
+        equipment=(device or {}).get("model") or (device or {}).get("protocol") or "X", session_id=sid)
+
+    data = load_night(conn, sid)
+    with tempfile.TemporaryDirectory() as tmp:
+        png = Path(tmp) / "night.png"
+        plot_night(data, report, png, config_from_report(report), title=f"Overnight oximetry: subject {pseudonym}, session {sid}")
+        png_bytes = png.read_bytes()
+
+    start_utc = None if report.get("start_s") is None else utc_iso(report["start_s"])
+    night_json = {
+        "schema": SCHEMA, "session": _session_meta(s, device), "report_source": source, "report": report,
+        "edf_grid": {**grid.as_dict(), "start_utc": csvs.iso_ms(grid.start_ms)},
+    }
+    files = {
+        f"samples_{sid}.csv": csvs.write_csv(csvs.SAMPLE_COLUMNS, samples),
+        f"gaps_{sid}.csv": csvs.write_csv(csvs.GAP_COLUMNS, gap_rows),
+        f"events_{sid}.csv": csvs.write_csv(csvs.EVENT_COLUMNS, event_rows),
+        f"night_{sid}.json": _json(night_json),
+        f"night_{sid}.edf": edf_bytes,
+        f"night_{sid}.png": png_bytes,
+    }
+    return files, {"session_id": sid, "start_utc": start_utc, "report": report, "png": png_bytes}
+
+
+# ----------------------------------------------------------------------------- spirometry
+
+
+def _spirometry_files(conn: sqlite3.Connection, s: dict[str, Any], scrub: Scrubber,
+                      device: dict[str, Any] | None) -> tuple[dict[str, bytes], dict[str, Any] | None]:
+    """Every manoeuvre with its quality flags and the newest result (raw device messages stay local:
+    they can carry the name and birth date the device was given)."""
+    sid = s["id"]
+    man = _rows(conn, "SELECT * FROM spirometry_manoeuvres WHERE session_id = ? ORDER BY id", (sid,))
+    res = _rows(conn, "SELECT * FROM spirometry_results WHERE session_id = ? ORDER BY id DESC LIMIT 1", (sid,))
+    result = res[0] if res else None
+    out_man = []
+    for m in man:
+        m = {k: v for k, v in m.items() if k not in ("raw_json", "message_id")}
+        m["device_quality"] = json.loads(m.pop("device_quality_json") or "{}")
+        m["curve"] = json.loads(m.pop("curve_json")) if m.get("curve_json") else None
+        out_man.append(scrub.obj(m))
+    if result is not None:
+        result = dict(result)
+        result["result"] = json.loads(result.pop("result_json") or "{}")
+        result = scrub.obj(result)
+    csv_rows = [{**m, "device_quality_json": json.dumps(m["device_quality"], sort_keys=True)} for m in out_man]
+    files = {
+        f"spirometry_{sid}.csv": csvs.write_csv(csvs.MANOEUVRE_COLUMNS, csv_rows),
+        f"spirometry_{sid}.json": _json({"schema": SCHEMA, "session": _session_meta(s, device),
+                                         "manoeuvres": out_man, "result": result}),
+    }
+    return files, (None if result is None else {**result, "session_id": sid})
+
+
+# ----------------------------------------------------------------------------- subject level
+
+
+def _eligibility(conn: sqlite3.Connection, subject_id: str, now: float, config: dict[str, Any]) -> dict[str, Any]:
+    """The decision as ``collector eligibility --json`` prints it (same thresholds: the site config's).
+
+    Imported lazily (a separate feature); read-only, so the export does not record a decision change."""
+    try:
+        from collector.eligibility.service import evaluate_subject, thresholds_for_config  # type: ignore[attr-defined]
+    except (ImportError, AttributeError) as exc:
+        return {"decision": "not_evaluated", "criteria": [], "summary": [f"eligibility service unavailable ({exc})"]}
+    return evaluate_subject(conn, subject_id, now=now, thresholds=thresholds_for_config(config))
+
+
+def _age_at_screening(conn: sqlite3.Connection, subject_id: str, eligibility: dict[str, Any],
+                      first_session: str | None) -> tuple[int | None, str | None]:
+    """Age in completed years on the screening date (the birth date itself never leaves)."""
+    for c in eligibility.get("criteria") or []:
+        if c.get("id") == "age" and isinstance(c.get("value"), dict) and c["value"].get("age_years") is not None:
+            return int(c["value"]["age_years"]), c["value"].get("screening_date")
+    try:
+        import sqlite_utils
+
+        from collector.eligibility.engine import age_on
+        from collector.eligibility.store import current_facts
+
+        facts = current_facts(sqlite_utils.Database(conn), subject_id)
+    except (ImportError, sqlite3.OperationalError):
+        return None, None
+    birth = facts.get("birth_date")
+    screening = facts.get("screening_date")
+    on = screening.value if screening is not None else (
+        datetime.fromisoformat(first_session.replace("Z", "+00:00")).date() if first_session else None)
+    if birth is None or not isinstance(birth.value, date) or not isinstance(on, date):
+        return None, None
+    return age_on(birth.value, on), on.isoformat()
+
+
+def _audit_extract(conn: sqlite3.Connection, subject_id: str, session_ids: list[int], scrub: Scrubber) -> bytes:
+    marks = ",".join("?" * len(session_ids)) or "NULL"
+    rows = _rows(conn, f"SELECT * FROM audit WHERE subject_id = ? OR session_id IN ({marks}) ORDER BY id",
+                 (subject_id, *session_ids))
+    out = []
+    for r in rows:
+        withheld = [f for f in csvs.AUDIT_TEXT if scrub.hits(r.get(f))]
+        r = {**r, **{f: scrub.text(r[f]) for f in withheld}}
+        out.append(csvs.audit_row_out(r, withheld))
+    return csvs.write_csv(csvs.AUDIT_COLUMNS, out)
+
+
+def _json(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+
+
+def _stamp(now: float) -> str:
+    return datetime.fromtimestamp(now, tz=timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def build_subject_bag(conn: sqlite3.Connection, subject_id: str, *, config: dict[str, Any], by: str, now: float,
+                      session_ids: list[int] | None = None) -> tuple[str, dict[str, bytes], ExportResult]:
+    """All files of the bag in memory (nothing written, no audit row)."""
+    repo.get_subject(conn, subject_id)
+    sessions = repo.list_sessions(conn, subject_id)
+    if session_ids is not None:
+        sessions = [s for s in sessions if s["id"] in session_ids]
+    skipped = [s["id"] for s in sessions if s["state"] == "open"]
+    if session_ids is not None and skipped:
+        raise Conflict(f"session {skipped[0]} is still recording; stop it first (collector session stop {skipped[0]}), then export")
+    sessions = [s for s in sessions if s["state"] != "open"]
+    scrub = Scrubber(forbidden_tokens(conn, subject_id))
+    site = str((config.get("site") or {}).get("name") or DEFAULT_SITE)
+    software = f"collector {__version__}"
+    payload: dict[str, bytes] = {}
+    nights, spiro, devices = [], [], []
+    for s in sessions:
+        device = _device(conn, s["device_id"])
+        if device and device not in devices:
+            devices.append(device)
+        if s["kind"] == "night":
+            files, night = _night_files(conn, s, config, scrub, subject_id, device)
+            nights.append(night)
+        else:
+            files, result = _spirometry_files(conn, s, scrub, device)
+            if result is not None:
+                spiro.append(result)
+        payload.update(files)
+    eligibility = scrub.obj(_eligibility(conn, subject_id, now, config))
+    first = min((s["started_utc"] for s in repo.list_sessions(conn, subject_id)), default=None)
+    age, screening_date = _age_at_screening(conn, subject_id, eligibility, first)
+    ids = [s["id"] for s in sessions]
+    all_ids = [s["id"] for s in repo.list_sessions(conn, subject_id)]
+    payload["eligibility.json"] = _json(eligibility)
+    payload["audit.csv"] = _audit_extract(conn, subject_id, all_ids, scrub)
+    head = conn.execute("SELECT id, row_hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+    payload["subject.json"] = _json({
+        "schema": SCHEMA, "pseudonym": subject_id, "site": site, "software": software, "export_utc": utc_iso(now),
+        "age_at_screening_years": age, "screening_date": screening_date,
+        "sessions": [{"id": s["id"], "kind": s["kind"], "state": s["state"]} for s in sessions],
+        "skipped_open_sessions": skipped, "devices": devices,
+        "audit_chain_head": {"id": head[0], "row_hash": head[1]} if head else None,
+    })
+    payload["report.pdf"] = pdf.summary_pdf(pseudonym=subject_id, site=site, export_utc=utc_iso(now), software=software,
+                                            age_years=age, eligibility=eligibility, nights=nights, spirometry=spiro)
+    info = [
+        ("Source-Organization", site), ("Bag-Software-Agent", software),
+        ("Bagging-Date", datetime.fromtimestamp(now, tz=timezone.utc).date().isoformat()),
+        ("External-Identifier", subject_id), ("Subject-Pseudonym", subject_id), ("Export-Time-UTC", utc_iso(now)),
+        ("Exported-By", by), ("Software-Version", __version__),
+        ("Sessions", " ".join(str(i) for i in ids) or "none"),
+        *[("Device", _device_label(d)) for d in devices],
+        ("Audit-Chain-Head", f"{head[0]} {head[1]}" if head else "empty"),
+    ]
+    files = bag.build_bag(payload, [(k, scrub.text(v)) for k, v in info])
+    leaks = scrub.leaks(files)
+    if leaks:
+        raise ExportRefused(f"personal data (birth date or device address) found in {', '.join(leaks)}; nothing was written: report this bug")
+    name = f"{subject_id}_{_stamp(now)}"
+    result = ExportResult(subject_id, name, Path(), ids, {k: bag.sha256(v) for k, v in files.items()}, skipped)
+    return name, files, result
+
+
+def export_subject(conn: sqlite3.Connection, subject_id: str, out_dir: Path, *, config: dict[str, Any], by: str,
+                   now: float, session_ids: list[int] | None = None, as_zip: bool = False) -> ExportResult:
+    """Write one subject's bundle under ``out_dir`` and record the export in the audit trail."""
+    name, files, result = build_subject_bag(conn, subject_id, config=config, by=by, now=now, session_ids=session_ids)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / (name + ".zip" if as_zip else name)
+    if target.exists():
+        raise Conflict(f"{target} already exists; export into another --out folder or move it away")
+    result.path = target
+    conn.execute("BEGIN IMMEDIATE")  # the audit row and the files land together or not at all
+    try:
+        audit.append(conn, at=now, actor=by, action="export_made", subject_id=subject_id,
+                     new={"bundle": name, "zip": as_zip, "sessions": result.sessions, "files": result.files})
+        try:
+            bag.write_zip(files, target, name) if as_zip else bag.write_folder(files, target)
+        except OSError as exc:
+            raise InvalidInput(f"cannot write the bundle to {target}: {exc.strerror or exc}") from None
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        _remove(target)
+        raise
+    return result
+
+
+def _remove(target: Path) -> None:
+    import shutil
+
+    if target.is_dir():
+        shutil.rmtree(target, ignore_errors=True)
+    elif target.exists():
+        target.unlink()

@@ -1,0 +1,101 @@
+"""The bundle's CSV files: fixed columns, exact values, and their readers.
+
+Times are UTC ISO-8601 with milliseconds (exact: the database keeps integer ms),
+floats are written with ``repr`` so they read back bit for bit, NULL is an empty
+cell.  The audit extract also names its NULL fields, because a row's hash
+distinguishes NULL from an empty string.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterable
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MS = timedelta(milliseconds=1)
+
+SAMPLE_COLUMNS = ["host_utc", "device_time", "spo2_pct", "pulse_bpm", "pai_pct", "valid", "pulse_valid",
+                  "flags", "flag_names", "status_raw", "counter"]
+GAP_COLUMNS = ["start_utc", "end_utc", "duration_s", "cause", "breaks_hold", "detail"]
+EVENT_COLUMNS = ["t_utc", "kind", "detail_json"]
+AUDIT_COLUMNS = ["id", "at_utc", "actor", "action", "subject_id", "session_id", "old_value", "new_value", "reason",
+                 "prev_hash", "row_hash", "null_fields", "withheld_fields"]
+MANOEUVRE_COLUMNS = ["id", "received_utc", "number", "manoeuvre_type", "posture", "is_summary", "fvc_l", "fev1_l",
+                     "fev1_fvc", "pef_l_s", "bev_l", "fet_s", "device_quality_json"]
+
+
+def iso_ms(ms: int) -> str:
+    """Integer epoch ms -> ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (exact, no float on the way)."""
+    return (_EPOCH + int(ms) * _MS).strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(ms) % 1000:03d}Z"
+
+
+def parse_iso_ms(text: str) -> int:
+    """Inverse of :func:`iso_ms` (also accepts +00:00)."""
+    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        raise ValueError(f"time {text!r} has no UTC marker")
+    return (dt - _EPOCH) // _MS
+
+
+def cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)
+
+
+def write_csv(columns: list[str], rows: Iterable[dict[str, Any]]) -> bytes:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    for r in rows:
+        w.writerow([cell(r.get(c)) for c in columns])
+    return buf.getvalue().encode("utf-8")
+
+
+def read_csv(data: bytes, columns: list[str]) -> list[dict[str, str]]:
+    """Rows as dicts of text; raises ValueError when the header or a row's width is wrong."""
+    reader = csv.reader(io.StringIO(data.decode("utf-8")))
+    header = next(reader, None)
+    if header != columns:
+        raise ValueError(f"header is {header}, expected {columns}")
+    rows = []
+    for n, row in enumerate(reader, 2):
+        if len(row) != len(columns):
+            raise ValueError(f"line {n} has {len(row)} fields, expected {len(columns)}")
+        rows.append(dict(zip(columns, row)))
+    return rows
+
+
+def opt_float(s: str) -> float | None:
+    return None if s == "" else float(s)
+
+
+def opt_int(s: str) -> int | None:
+    return None if s == "" else int(s)
+
+
+# -- audit rows: NULL-exact round trip ---------------------------------------------------------------
+AUDIT_TEXT = ("at_utc", "actor", "action", "subject_id", "old_value", "new_value", "reason")
+
+
+def audit_row_out(row: dict[str, Any], withheld: list[str]) -> dict[str, Any]:
+    nulls = [f for f in (*AUDIT_TEXT, "session_id") if row.get(f) is None]
+    return {**row, "null_fields": "|".join(nulls), "withheld_fields": "|".join(withheld)}
+
+
+def audit_row_in(rec: dict[str, str]) -> dict[str, Any]:
+    """A CSV record -> the row as the database held it (NULLs restored, session_id an int)."""
+    nulls = set(filter(None, rec["null_fields"].split("|")))
+    row: dict[str, Any] = {f: (None if f in nulls else rec[f]) for f in AUDIT_TEXT}
+    row["session_id"] = None if "session_id" in nulls else int(rec["session_id"])
+    row["id"] = int(rec["id"])
+    row["prev_hash"] = rec["prev_hash"]
+    row["row_hash"] = rec["row_hash"]
+    row["withheld"] = list(filter(None, rec["withheld_fields"].split("|")))
+    return row

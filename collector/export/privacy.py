@@ -1,0 +1,99 @@
+"""What must never leave the site, and the last check before a bundle is written.
+
+Birth dates (every value ever recorded, in the common written forms) and device
+addresses are turned into search tokens.  Text going into the bundle is scrubbed
+(the token replaced by ``<withheld>``); then every byte of every file is searched
+once more and the export is refused if anything is left.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from datetime import date
+from typing import Any
+
+WITHHELD = "<withheld>"
+_DATE_FORMATS = ("%Y-%m-%d", "%d.%m.%Y", "%d/%m/%Y", "%m/%d/%Y", "%Y/%m/%d", "%d-%m-%Y", "%Y%m%d", "%d%m%Y",
+                 "%d-%b-%Y", "%d %b %Y", "%d %B %Y", "%B %d, %Y")
+
+
+def date_tokens(d: date) -> list[str]:
+    return sorted({d.strftime(f) for f in _DATE_FORMATS})
+
+
+def address_tokens(address: str) -> list[str]:
+    a = (address or "").strip()
+    if len(a) < 6:
+        return []
+    out = {a}
+    bare = re.sub(r"[:\-]", "", a)
+    if re.fullmatch(r"[0-9A-Fa-f]{12}", bare):  # a MAC address in any spelling
+        out |= {bare, ":".join(bare[i:i + 2] for i in range(0, 12, 2)), "-".join(bare[i:i + 2] for i in range(0, 12, 2))}
+    return sorted(out)
+
+
+def forbidden_tokens(conn: sqlite3.Connection, subject_id: str) -> list[str]:
+    """Tokens for this subject's birth dates (all recorded values) and every known device address."""
+    tokens: set[str] = set()
+    try:
+        rows = conn.execute("SELECT value FROM criteria_facts WHERE subject_id = ? AND fact = 'birth_date'", (subject_id,)).fetchall()
+    except sqlite3.OperationalError:
+        rows = []
+    for (value,) in rows:
+        try:
+            v = json.loads(value)
+            if v:
+                tokens.update(date_tokens(date.fromisoformat(v)))
+        except (ValueError, TypeError):
+            continue
+    for (address,) in conn.execute("SELECT address FROM devices"):
+        tokens.update(address_tokens(address))
+    return sorted(tokens, key=len, reverse=True)
+
+
+def _pattern(tokens: list[str]) -> re.Pattern[str] | None:
+    if not tokens:
+        return None
+    parts = [(r"(?<!\d)" + re.escape(t) + r"(?!\d)") if t.isdigit() else re.escape(t) for t in tokens]
+    return re.compile("|".join(parts), re.IGNORECASE)
+
+
+class Scrubber:
+    def __init__(self, tokens: list[str]) -> None:
+        self.tokens = tokens
+        self._re = _pattern(tokens)
+        self._bytes_re = re.compile(self._re.pattern.encode("utf-8"), re.IGNORECASE) if self._re else None
+
+    def text(self, s: Any) -> Any:
+        if self._re is None or not isinstance(s, str):
+            return s
+        return self._re.sub(WITHHELD, s)
+
+    def hits(self, s: str | None) -> bool:
+        return bool(self._re and isinstance(s, str) and self._re.search(s))
+
+    def obj(self, o: Any) -> Any:
+        """Scrub every string (keys too) of a JSON-ready structure."""
+        if isinstance(o, str):
+            return self.text(o)
+        if isinstance(o, dict):
+            return {self.text(k): self.obj(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [self.obj(v) for v in o]
+        return o
+
+    def leaks(self, files: dict[str, bytes]) -> list[str]:
+        """Names of files whose bytes (UTF-8 or UTF-16) still contain a token."""
+        if self._bytes_re is None:
+            return []
+        bad = []
+        for name, data in files.items():
+            if self._bytes_re.search(data):
+                bad.append(name)
+                continue
+            low = data.lower()
+            if any(t.lower().encode(enc) in low for enc in ("utf-16-le", "utf-16-be") for t in self.tokens):
+                bad.append(name)
+        return bad

@@ -1,0 +1,233 @@
+"""Check a bundle with nothing but the bundle: fixity, every file parses, audit extract, figures.
+
+Run by the central team, without any database.  Every problem names the file it is
+about.  The night figures are recomputed from ``samples_<s>.csv`` (and
+``gaps_<s>.csv`` as hold breaks) with the same analysis code and must equal the
+report in ``night_<s>.json``; the EDF must hold the same valid values in the same
+order as the CSV.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from collector.analysis.report import AnalysisConfig, NightData, night_report
+from collector.storage.audit import GENESIS, row_hash
+
+from . import bag, csvs, edf
+
+# Figures recomputed from the CSV and compared with the exported report.
+CHECKED_FIGURES = ("n_samples", "n_usable_samples", "recording_s", "analysed_s", "t90_s", "t90_pct", "t90_s_inclusive",
+                   "night_valid", "meets_t90_criterion", "decision", "borderline")
+_SESSION_FILE = re.compile(r"^data/(samples|gaps|events|night|spirometry)_(\d+)\.(csv|json|edf|png)$")
+
+
+@dataclass
+class VerifyResult:
+    bundle: str
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    files: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"bundle": self.bundle, "ok": self.ok, "files": self.files,
+                "problems": [{"file": f, "problem": p} for f, p in self.problems], "notes": self.notes}
+
+
+def config_from_report(report: dict[str, Any]) -> AnalysisConfig:
+    d = report["definitions"]
+    return AnalysisConfig(max_hold_s=float(d["max_hold_s"]), threshold_pct=float(d["threshold_pct"]),
+                          min_analysed_h=float(d["min_analysed_h"]), min_analysed_pct=float(d["min_analysed_pct"]))
+
+
+def night_from_csv(samples: list[dict[str, str]], gaps: list[dict[str, str]]) -> NightData:
+    """NightData exactly as the site loaded it (collector.nights.load_night), from the CSV text."""
+    t = np.array([csvs.parse_iso_ms(r["host_utc"]) for r in samples], dtype=np.int64)
+    f = lambda k: np.array([np.nan if r[k] == "" else float(r[k]) for r in samples], dtype=np.float64)  # noqa: E731
+    breaks = []
+    for g in gaps:
+        if g["breaks_hold"] == "1":
+            s = csvs.parse_iso_ms(g["start_utc"])
+            e = csvs.parse_iso_ms(g["end_utc"]) if g["end_utc"] else s
+            breaks.append((s / 1000.0, e / 1000.0, g["cause"]))
+    return NightData(
+        t_s=t / 1000.0, spo2=f("spo2_pct"), pulse=f("pulse_bpm"),
+        valid=np.array([r["valid"] == "1" for r in samples], dtype=bool),
+        pulse_valid=np.array([r["pulse_valid"] == "1" for r in samples], dtype=bool),
+        breaks=breaks, flags=np.array([int(r["flags"]) for r in samples], dtype=np.int64),
+    )
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= 1e-9 * max(1.0, abs(a), abs(b))
+    return a == b
+
+
+class _Checker:
+    def __init__(self, b: bag.Bag, result: VerifyResult) -> None:
+        self.files = b.files
+        self.r = result
+        self.parsed: dict[str, Any] = {}
+
+    def bad(self, name: str, problem: str) -> None:
+        self.r.problems.append((name, problem))
+
+    # -- parse every payload file ------------------------------------------------------------
+    def parse_all(self) -> None:
+        columns = {"samples": csvs.SAMPLE_COLUMNS, "gaps": csvs.GAP_COLUMNS, "events": csvs.EVENT_COLUMNS,
+                   "spirometry": csvs.MANOEUVRE_COLUMNS, "audit": csvs.AUDIT_COLUMNS}
+        for name, data in sorted(self.files.items()):
+            if not name.startswith("data/"):
+                continue
+            stem = Path(name).name.split("_")[0].split(".")[0]
+            try:
+                if name.endswith(".csv"):
+                    self.parsed[name] = csvs.read_csv(data, columns[stem])
+                elif name.endswith(".json"):
+                    self.parsed[name] = json.loads(data.decode("utf-8"))
+                elif name.endswith(".edf"):
+                    self.parsed[name] = edf.read_signals(data)
+                elif name.endswith(".png"):
+                    from PIL import Image
+
+                    with Image.open(io.BytesIO(data)) as im:
+                        im.verify()
+                elif name.endswith(".pdf"):
+                    self._pdf(name, data)
+                else:
+                    self.bad(name, "unexpected kind of file in the payload")
+            except KeyError:
+                self.bad(name, "unexpected CSV file in the payload")
+            except Exception as exc:  # any parser failure is a finding about this file
+                self.bad(name, f"does not parse ({type(exc).__name__}: {str(exc)[:200]})")
+
+    def _pdf(self, name: str, data: bytes) -> None:
+        if not data.startswith(b"%PDF-") or b"%%EOF" not in data[-1024:]:
+            raise ValueError("not a complete PDF (header or %%EOF trailer missing)")
+        pages = len(re.findall(rb"/Type\s*/Page(?![a-zA-Z])", data))
+        if not 1 <= pages <= 3:
+            raise ValueError(f"has {pages} pages, expected 1 to 3")
+
+    # -- cross-file checks -------------------------------------------------------------------
+    def expected_files(self) -> None:
+        subject = self.parsed.get("data/subject.json")
+        for required in ("data/subject.json", "data/eligibility.json", "data/audit.csv", "data/report.pdf"):
+            if required not in self.files:
+                self.bad(required, "is missing from the payload")
+        if not isinstance(subject, dict):
+            return
+        for s in subject.get("sessions", []):
+            sid = s["id"]
+            names = ([f"samples_{sid}.csv", f"gaps_{sid}.csv", f"events_{sid}.csv", f"night_{sid}.json",
+                      f"night_{sid}.edf", f"night_{sid}.png"] if s["kind"] == "night"
+                     else [f"spirometry_{sid}.csv", f"spirometry_{sid}.json"])
+            for n in names:
+                if f"data/{n}" not in self.files:
+                    self.bad(f"data/{n}", f"is missing (subject.json lists {s['kind']} session {sid})")
+        for name in self.files:
+            m = _SESSION_FILE.match(name)
+            if m and int(m.group(2)) not in {s["id"] for s in subject.get("sessions", [])}:
+                self.bad(name, "belongs to a session that subject.json does not list")
+
+    def eligibility(self) -> None:
+        e = self.parsed.get("data/eligibility.json")
+        if e is not None and (not isinstance(e, dict) or "decision" not in e):
+            self.bad("data/eligibility.json", "has no 'decision'")
+
+    def nights(self) -> None:
+        for name in sorted(self.files):
+            m = re.match(r"^data/night_(\d+)\.json$", name)
+            if not m or name not in self.parsed:
+                continue
+            sid = m.group(1)
+            samples = self.parsed.get(f"data/samples_{sid}.csv")
+            gaps = self.parsed.get(f"data/gaps_{sid}.csv")
+            if samples is None or gaps is None:
+                continue  # already reported as missing or unparsable
+            try:
+                report = self.parsed[name]["report"]
+                data = night_from_csv(samples, gaps)
+                again = night_report(data, config_from_report(report))
+            except Exception as exc:
+                self.bad(f"data/samples_{sid}.csv", f"cannot be analysed with night_{sid}.json's definitions ({type(exc).__name__}: {exc})")
+                continue
+            for k in CHECKED_FIGURES:
+                if not _same(report.get(k), again.get(k)):
+                    self.bad(name, f"{k} = {report.get(k)!r} but the samples CSV gives {again.get(k)!r} "
+                                   f"(samples_{sid}.csv / gaps_{sid}.csv disagree with the report)")
+            self._edf(sid, data)
+
+    def _edf(self, sid: str, data: NightData) -> None:
+        sig = self.parsed.get(f"data/night_{sid}.edf")
+        if sig is None:
+            return
+        name = f"data/night_{sid}.edf"
+        for label, values, ok, rng in ((edf.SPO2_LABEL, data.spo2, data.valid, edf.SPO2_RANGE),
+                                       (edf.PULSE_LABEL, data.pulse, data.pulse_valid, edf.PULSE_RANGE)):
+            if label not in sig:
+                self.bad(name, f"has no {label} signal")
+                continue
+            got = sig[label]["data"][sig[label]["digital"] != rng[1][0]]
+            with np.errstate(invalid="ignore"):
+                want = np.clip(values[ok & np.isfinite(values)], 0.0, rng[0][1])
+            if got.size != want.size or not np.allclose(got, want, atol=0.051):
+                self.bad(name, f"{label} holds {got.size} valid values but samples_{sid}.csv has {want.size}, "
+                               "or they differ")
+
+    def audit(self) -> None:
+        rows = self.parsed.get("data/audit.csv")
+        if rows is None:
+            return
+        prev: dict[str, Any] | None = None
+        withheld = 0
+        for rec in rows:
+            try:
+                row = csvs.audit_row_in(rec)
+            except (ValueError, KeyError) as exc:
+                self.bad("data/audit.csv", f"row {rec.get('id')!r} is malformed ({exc})")
+                return
+            if prev is not None and row["id"] <= prev["id"]:
+                self.bad("data/audit.csv", f"row {row['id']} is out of order (ids must increase)")
+            if row["id"] == 1 and row["prev_hash"] != GENESIS:
+                self.bad("data/audit.csv", "row 1 does not start from the genesis hash")
+            if prev is not None and row["id"] == prev["id"] + 1 and row["prev_hash"] != prev["row_hash"]:
+                self.bad("data/audit.csv", f"row {row['id']} does not chain to row {prev['id']} (a row was changed)")
+            if row["withheld"]:
+                withheld += 1
+            elif row_hash(row["prev_hash"], row) != row["row_hash"]:
+                self.bad("data/audit.csv", f"row {row['id']}: content does not match its hash (row edited)")
+            prev = row
+        self.r.notes.append(f"audit extract: {len(rows)} rows checked against their own hashes"
+                            + (f", {withheld} with personal data withheld (hash not recomputable)" if withheld else ""))
+
+
+def verify_bundle(path: Path | str) -> VerifyResult:
+    """All problems of a bundle (folder or zip); ``result.ok`` when there are none."""
+    path = Path(path)
+    result = VerifyResult(path.name)
+    try:
+        b = bag.read_bag(path)
+    except bag.BagError as exc:
+        result.problems.append((path.name, str(exc)))
+        return result
+    result.files = len(b.files)
+    result.problems.extend(bag.check_bag(b))
+    c = _Checker(b, result)
+    c.parse_all()
+    c.expected_files()
+    c.eligibility()
+    c.nights()
+    c.audit()
+    return result

@@ -1,0 +1,156 @@
+"""Write a parsed night as one night session (origin ``import``), all or nothing.
+
+Session, samples, report and audit row go in ONE transaction: a file that fails
+anywhere (parse errors are raised before it starts) leaves nothing behind.  The
+report is computed from the rows just written, through the same path
+``collector report`` uses, so the stored report and a recomputation agree.
+The file is identified by its SHA-256 only (file names may carry a name).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from typing import Any
+
+import numpy as np
+
+from collector.clock import utc_iso
+from collector.errors import Conflict, InvalidInput
+from collector.storage import audit, repo
+from collector.storage.writer import INSERT_SAMPLE
+from drivers.protocols.common import (
+    INVALIDATING,
+    PULSE_MAX_BPM,
+    PULSE_MIN_BPM,
+    SPO2_MAX_PCT,
+    SPO2_MIN_PCT,
+    Flag,
+)
+
+from . import FORMATS, ParsedNight
+
+_PULSE_INVALIDATING = int(Flag.PULSE_MISSING | Flag.PULSE_OUT_OF_RANGE)
+
+
+def sample_flags(spo2: np.ndarray, pulse: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(valid, pulse_valid, flags) per sample: the codecs' range rules, vectorised.
+
+    NaN or 0 -> missing (a dropout, never a desaturation); outside 50..100 % or
+    20..250 bpm -> out of range.  Same outcome as ``apply_range_rules`` +
+    ``OximeterReading.valid``/``pulse_valid`` for a reading with no device flags.
+    """
+    flags = np.zeros(spo2.size, dtype=np.int64)
+    with np.errstate(invalid="ignore"):
+        s_missing = np.isnan(spo2) | (spo2 == 0)
+        s_range = ~s_missing & ((spo2 < SPO2_MIN_PCT) | (spo2 > SPO2_MAX_PCT))
+        p_missing = np.isnan(pulse) | (pulse == 0)
+        p_range = ~p_missing & ((pulse < PULSE_MIN_BPM) | (pulse > PULSE_MAX_BPM))
+    flags[s_missing] |= int(Flag.SPO2_MISSING)
+    flags[s_range] |= int(Flag.SPO2_OUT_OF_RANGE)
+    flags[p_missing] |= int(Flag.PULSE_MISSING)
+    flags[p_range] |= int(Flag.PULSE_OUT_OF_RANGE)
+    valid = ~np.isnan(spo2) & ((flags & int(INVALIDATING)) == 0)
+    pulse_valid = ~np.isnan(pulse) & ((flags & _PULSE_INVALIDATING) == 0)
+    return valid, pulse_valid, flags
+
+
+def parse_night(raw: bytes, fmt: str, *, start: str | None = None, tz: str | None = None,
+                utc_offset: str | None = None, channel: str | None = None) -> ParsedNight:
+    """Dispatch to the format's parser; refuse options that do not apply to it."""
+    if fmt not in FORMATS:
+        raise InvalidInput(f"unknown import format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if channel is not None and fmt != "edf":
+        raise InvalidInput("--channel applies to --format edf only")
+    if start is not None and fmt != "csv":
+        raise InvalidInput("--start applies to --format csv with seconds-from-start times only")
+    if (tz or utc_offset) and fmt == "csv":
+        raise InvalidInput("--tz/--utc-offset apply to device-local times (o2ring-csv, edf); csv times are UTC or need --start")
+    if fmt == "csv":
+        from .csv_night import parse_csv_night
+
+        return parse_csv_night(raw, start_utc=start)
+    if fmt == "o2ring-csv":
+        from .o2ring_csv import parse_o2ring_csv
+
+        return parse_o2ring_csv(raw, tz=tz, utc_offset=utc_offset)
+    from .edf_night import parse_edf_night
+
+    return parse_edf_night(raw, channel=channel, tz=tz, utc_offset=utc_offset)
+
+
+def sample_rows(session_id: int, night: ParsedNight) -> list[tuple[Any, ...]]:
+    """Rows for ``spo2_samples`` in the writer's column order."""
+    valid, pvalid, flags = sample_flags(night.spo2, night.pulse)
+    t_ms = np.rint(night.t_utc_s * 1000.0).astype(np.int64)
+    if night.n > 1 and np.any(np.diff(t_ms) <= 0):
+        i = int(np.flatnonzero(np.diff(t_ms) <= 0)[0]) + 1
+        raise InvalidInput(f"samples {i} and {i + 1} are less than 1 ms apart; the collector stores times in milliseconds")
+    dev = night.device_time or [None] * night.n
+    sp = [None if np.isnan(v) else float(v) for v in night.spo2.tolist()]
+    pu = [None if np.isnan(v) else float(v) for v in night.pulse.tolist()]
+    return [
+        (session_id, int(t), d, s, p, None, int(v), int(pv), int(f), None, None)
+        for t, d, s, p, v, pv, f in zip(t_ms.tolist(), dev, sp, pu, valid.tolist(), pvalid.tolist(), flags.tolist())
+    ]
+
+
+def find_previous_import(conn: sqlite3.Connection, sha256: str) -> dict[str, Any] | None:
+    row = conn.execute(
+        "SELECT id, subject_id FROM sessions WHERE origin = 'import' AND json_extract(settings_json, '$.import.sha256') = ?",
+        (sha256,),
+    ).fetchone()
+    return None if row is None else {"id": row[0], "subject_id": row[1]}
+
+
+def import_night(
+    conn: sqlite3.Connection,
+    raw: bytes,
+    night: ParsedNight,
+    *,
+    subject_id: str,
+    by: str,
+    at: float,
+    config: dict[str, Any],
+) -> dict[str, Any]:
+    """Create the session, its samples, its report and the audit row in one transaction."""
+    from collector.nights import compute_report, store_report
+
+    repo.validate_subject_id(subject_id)
+    sha = hashlib.sha256(raw).hexdigest()
+    settings = {"import": {**night.source, "sha256": sha, "bytes": len(raw), "samples": night.n}}
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        repo.get_subject(conn, subject_id)
+        prev = find_previous_import(conn, sha)
+        if prev is not None:
+            raise Conflict(
+                f"this file was already imported as session {prev['id']} (subject {prev['subject_id']}); "
+                f"see it with: collector report {prev['id']}"
+            )
+        t0, t1 = float(night.t_utc_s[0]), float(night.t_utc_s[-1])
+        cur = conn.execute(
+            "INSERT INTO sessions (subject_id, kind, state, origin, device_id, started_utc, stopped_utc, started_by, stopped_by, settings_json)"
+            " VALUES (?, 'night', 'stopped', 'import', NULL, ?, ?, ?, ?, ?)",
+            (subject_id, utc_iso(t0), utc_iso(t1), by, by, json.dumps(settings, sort_keys=True)),
+        )
+        session_id = int(cur.lastrowid)
+        conn.executemany(INSERT_SAMPLE, sample_rows(session_id, night))
+        report = compute_report(conn, session_id, config)
+        report_id = store_report(conn, session_id, report, at=at)
+        audit.append(
+            conn, at=at, actor=by, action="night_imported", subject_id=subject_id, session_id=session_id,
+            new={
+                "format": night.source.get("format"), "sha256": sha, "samples": night.n,
+                "start_utc": utc_iso(t0), "end_utc": utc_iso(t1), "report_id": report_id,
+                "definition": report["definitions"]["t90"], "t90_pct": report["t90_pct"],
+                "decision": report["decision"], "borderline": report["borderline"],
+            },
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return {"session_id": session_id, "subject_id": subject_id, "report_id": report_id,
+            "samples": night.n, "source": settings["import"], "report": report}

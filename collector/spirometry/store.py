@@ -1,0 +1,372 @@
+"""Spirometry sessions in the database: manoeuvres in, the session's result out.
+
+Why one module: what a session *means* (ATS/ERS quality, GLI % predicted) is
+always recomputed from the stored manoeuvre rows and the subject's recorded
+facts, never from what a device claims, so the daemon (after every message),
+the CLI (``spirometry recompute``) and ``spirometry show`` share this code.
+
+Decisions recorded here (and in every result row's JSON):
+
+* Attempt order is arrival order (row id): ATS/ERS's third end-of-expiration
+  rule compares a blow with the *earlier* ones, and device numbering may restart
+  between messages.  The device's own number is kept next to it.
+* Device quality codes become ATS/ERS flags only through an explicit map
+  (``[spirometry.quality_codes]``); unknown codes are listed, never guessed.
+* ``valid`` = at least one *acceptable* FVC manoeuvre (grades A-E; ATS/ERS 2019
+  lets grade E values be reported, which matters for ALS patients).  The grade
+  and repeatability are stored beside it for whoever wants a stricter rule.
+* Age is decimal years ``days / 365.25`` (the GLI calculators' convention)
+  from the ``birth_date`` fact to the ``screening_date`` fact, or to the
+  session's start date (host local date, as the eligibility service does)
+  when no screening date is recorded.
+* Missing sex / height / birth date: the row says what is missing, % predicted
+  stays NULL.  Out-of-range age or height: the equation's refusal is stored.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any, Iterable, Mapping, Sequence
+
+import sqlite_utils
+
+from collector.clock import utc_iso
+from collector.eligibility.store import current_facts
+from collector.spirometry import gli
+from collector.spirometry.quality import InvalidManoeuvreError, Manoeuvre, OutcomeSummary, assess_session
+from collector.storage import repo
+from drivers.spirometry.results import DecodedMessage, ManoeuvreResult
+
+#: Device quality code (case-insensitive) -> quality.Manoeuvre flag.  Config adds to / overrides it.
+DEFAULT_QUALITY_CODES: dict[str, str] = {
+    "cough": "cough_first_second",
+    "cough_first_second": "cough_first_second",
+    "early_termination": "early_termination",
+    "plateau": "plateau",
+    "leak": "leak",
+    "glottic_closure": "glottic_closure_first_second",
+    "glottic_closure_first_second": "glottic_closure_first_second",
+    "glottic_closure_after_first_second": "glottic_closure_after_first_second",
+    "obstructed": "obstructed",
+    "zero_flow_error": "faulty_zero_flow",
+    "faulty_zero_flow": "faulty_zero_flow",
+    "submaximal_inspiration": "submaximal_inspiration",
+}
+QUALITY_FLAGS = frozenset(DEFAULT_QUALITY_CODES.values())
+NEEDED_FACTS = ("sex", "height_cm", "birth_date")
+
+
+# --------------------------------------------------------------------------- manoeuvres
+
+
+def _curves_json(r: ManoeuvreResult) -> str | None:
+    if not r.curves:
+        return None
+    return json.dumps([{"kind": c.kind, "x": list(c.x), "y": list(c.y)} for c in r.curves], separators=(",", ":"))
+
+
+def _raw_json(r: ManoeuvreResult) -> str:
+    """What the device sent beyond the columns; never subject data (it identifies)."""
+    raw = {
+        "source": r.source,
+        "time": r.time,
+        "bronchodilator": r.bronchodilator,
+        "vc_l": r.vc_l,
+        "device_derived": dict(r.device_derived),
+        "reference_ranges": [list(x) for x in r.reference_ranges],
+        "unknown": [{"code": u.code, "value": u.value, "unit": u.unit, "text": u.text, "system": u.system} for u in r.unknown],
+    }
+    return json.dumps(raw, sort_keys=True)
+
+
+def insert_message(conn: sqlite3.Connection, session_id: int, msg: DecodedMessage, *, at: float) -> list[int]:
+    """Store every result of an accepted message (device summaries flagged); returns the row ids."""
+    ids = []
+    for r in msg.results:
+        cur = conn.execute(
+            "INSERT INTO spirometry_manoeuvres (session_id, received_utc, message_id, number, manoeuvre_type, posture, is_summary,"
+            " fvc_l, fev1_l, fev1_fvc, pef_l_s, bev_l, fet_s, device_quality_json, curve_json, raw_json)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (session_id, utc_iso(at), r.message_id or msg.message_id, None if r.summary else r.number, r.manoeuvre_type,
+             r.posture, int(r.summary), r.fvc_l, r.fev1_l, r.fev1_fvc, r.pef_l_s, r.bev_l, r.fet_s,
+             json.dumps(list(r.device_quality)), _curves_json(r), _raw_json(r)),
+        )
+        ids.append(int(cur.lastrowid))
+    return ids
+
+
+def message_already_stored(conn: sqlite3.Connection, session_id: int, message_id: str | None) -> bool:
+    """A device resends a message whose ACK it missed: the second copy must not count twice."""
+    if not message_id:
+        return False
+    return conn.execute("SELECT 1 FROM spirometry_manoeuvres WHERE session_id = ? AND message_id = ? LIMIT 1",
+                        (session_id, message_id)).fetchone() is not None
+
+
+def load_manoeuvres(conn: sqlite3.Connection, session_id: int) -> list[dict[str, Any]]:
+    rows = repo._rows(conn, "SELECT * FROM spirometry_manoeuvres WHERE session_id = ? ORDER BY id", (session_id,))
+    for row in rows:
+        row["device_quality"] = json.loads(row.pop("device_quality_json") or "[]")
+        row["curves"] = json.loads(row.pop("curve_json")) if row.get("curve_json") else []
+        row["raw"] = json.loads(row.pop("raw_json") or "{}")
+    return rows
+
+
+# --------------------------------------------------------------------------- subject inputs
+
+
+@dataclass
+class SubjectInputs:
+    """What the reference equations need, from the recorded facts.  No birth date kept (it identifies)."""
+
+    sex: str | None = None
+    height_cm: float | None = None
+    age_years: float | None = None
+    on_date: str | None = None
+    on_date_basis: str | None = None  # 'screening_date fact' | 'session start (local date)'
+    missing: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"sex": self.sex, "height_cm": self.height_cm, "age_years": self.age_years, "age_on": self.on_date,
+                "age_on_basis": self.on_date_basis, "missing": list(self.missing), "problems": list(self.problems)}
+
+
+def decimal_age(birth: date, on: date) -> float:
+    """Decimal years, days / 365.25 (the GLI calculators' convention)."""
+    return (on - birth).days / 365.25
+
+
+def subject_inputs(conn: sqlite3.Connection, subject_id: str, session_started_utc: str) -> SubjectInputs:
+    facts = current_facts(sqlite_utils.Database(conn), subject_id)
+    out = SubjectInputs()
+    sex = facts.get("sex")
+    height = facts.get("height_cm")
+    birth = facts.get("birth_date")
+    screening = facts.get("screening_date")
+    out.sex = str(sex.value) if sex is not None else None
+    out.height_cm = float(height.value) if height is not None else None
+    if screening is not None:
+        on, out.on_date_basis = screening.value, "screening_date fact"
+    else:
+        # Same rule as the eligibility service: the site's (host's local) calendar date of the session start.
+        on = datetime.fromisoformat(session_started_utc.replace("Z", "+00:00")).astimezone().date()
+        out.on_date_basis = "session start (local date)"
+    out.on_date = on.isoformat()
+    out.missing = [name for name, rec in (("sex", sex), ("height_cm", height), ("birth_date", birth)) if rec is None]
+    if birth is not None:
+        if birth.value >= on:
+            out.problems.append(f"birth date is not before {out.on_date} ({out.on_date_basis}): check both")
+        else:
+            out.age_years = decimal_age(birth.value, on)
+    return out
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _flags(codes: Iterable[str], code_map: Mapping[str, str]) -> tuple[dict[str, bool], list[str], list[str]]:
+    flags: dict[str, bool] = {}
+    used, ignored = [], []
+    for code in codes:
+        flag = code_map.get(str(code).strip().lower())
+        if flag in QUALITY_FLAGS:
+            flags[flag] = True
+            used.append(code)
+        else:
+            ignored.append(code)
+    return flags, used, ignored
+
+
+def _volume_time(curves: Sequence[Mapping[str, Any]]) -> tuple[list[float], list[float]] | None:
+    for c in curves:
+        if c.get("kind") == "volume_time" and len(c.get("x", [])) >= 2:
+            return list(map(float, c["x"])), list(map(float, c["y"]))
+    return None
+
+
+def prediction_record(p: gli.Prediction) -> dict[str, Any]:
+    """Flat JSON of a prediction (the ``collector predict --json`` keys)."""
+    out: dict[str, Any] = {"equation": p.equation, "ethnicity": p.ethnicity, "sex": p.sex, "age_years": p.age_years,
+                           "height_cm": p.height_cm}
+    for name, unit in (("fvc", "_l"), ("fev1", "_l"), ("fev1_fvc", "")):
+        o = p.outcome(name)
+        out[f"{name}{unit}"] = o.measured
+        out[f"predicted_{name}{unit}"] = o.predicted
+        out[f"lln_{name}{unit}"] = o.lln
+        out[f"uln_{name}{unit}"] = o.uln
+        out[f"z_{name}"] = o.z
+        out[f"percent_predicted_{name}"] = o.percent_predicted
+    return out
+
+
+def _summary_dict(s: OutcomeSummary, number_of: Mapping[int, int | None]) -> dict[str, Any]:
+    d = dict(s.__dict__)
+    d["reported_from_attempt"] = d.pop("reported_from")
+    d["reported_from_number"] = number_of.get(s.reported_from) if s.reported_from is not None else None
+    return d
+
+
+def evaluate(
+    rows: Sequence[Mapping[str, Any]],
+    inputs: SubjectInputs,
+    *,
+    equation: str = gli.DEFAULT_EQUATION,
+    ethnicity_2012: str = "other",
+    threshold_pct: float = 50.0,
+    quality_codes: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The session's result from its stored manoeuvre rows (see the module docstring for the rules)."""
+    if equation not in gli.EQUATIONS:
+        raise ValueError(f"unknown reference equation {equation!r}: use one of {', '.join(gli.EQUATIONS)}")
+    code_map = {k.lower(): v for k, v in {**DEFAULT_QUALITY_CODES, **(quality_codes or {})}.items()}
+    blows: list[Manoeuvre] = []
+    per_row: list[dict[str, Any]] = []
+    not_assessed: list[dict[str, Any]] = []
+    types: set[str] = set()
+    number_of: dict[int, int | None] = {}
+    for row in rows:
+        ident = {"row_id": row["id"], "number": row["number"]}
+        if row["is_summary"]:
+            not_assessed.append({**ident, "reason": "device summary (its own best values), not a blow"})
+            continue
+        mtype = row["manoeuvre_type"] or ("FVC" if row["fvc_l"] is not None else "SVC")
+        types.add(mtype)
+        if mtype != "FVC" or row["fvc_l"] is None:
+            not_assessed.append({**ident, "reason": f"{mtype} manoeuvre: not judged by the forced (FVC) criteria"})
+            continue
+        if row["fev1_l"] is None:
+            not_assessed.append({**ident, "reason": "no FEV1 reported: cannot be judged"})
+            continue
+        flags, used, ignored = _flags(row["device_quality"], code_map)
+        attempt = len(blows) + 1
+        try:
+            m = Manoeuvre(number=attempt, fvc_l=row["fvc_l"], fev1_l=row["fev1_l"], pef_l_s=row["pef_l_s"],
+                          bev_l=row["bev_l"], fet_s=row["fet_s"], curve=_volume_time(row["curves"]), **flags)
+        except InvalidManoeuvreError as exc:
+            not_assessed.append({**ident, "reason": str(exc).replace(f"manoeuvre {attempt}: ", "")})
+            continue
+        blows.append(m)
+        number_of[attempt] = row["number"]
+        per_row.append({**ident, "attempt": attempt, "device_codes_used": used, "device_codes_ignored": ignored})
+
+    result: dict[str, Any] = {
+        "definition": "ats-ers-2019", "manoeuvre_types": sorted(types), "attempts": len(blows),
+        "manoeuvres": per_row, "not_assessed": not_assessed, "inputs": inputs.as_dict(),
+        "equation": equation, "ethnicity_2012": ethnicity_2012, "threshold_pct": threshold_pct,
+        "fvc": None, "fev1": None, "more_attempts_needed": True, "more_attempts_reasons": [],
+        "prediction": None, "other_prediction": None, "prediction_refused": None, "equation_decides": None,
+    }
+    notes: list[str] = []
+    if blows:
+        a = assess_session(blows, age_years=inputs.age_years)
+        for item, ma in zip(per_row, a.manoeuvres):
+            item.update(fvc={"status": ma.fvc.status, "reasons": list(ma.fvc.reasons)},
+                        fev1={"status": ma.fev1.status, "reasons": list(ma.fev1.reasons)},
+                        eofe_by=list(ma.eofe_by))
+        result.update(fvc=_summary_dict(a.fvc, number_of), fev1=_summary_dict(a.fev1, number_of),
+                      more_attempts_needed=a.more_attempts_needed, more_attempts_reasons=list(a.more_attempts_reasons))
+        fvc_l, fev1_l = a.fvc.reported_l, a.fev1.reported_l
+    else:
+        fvc_l = fev1_l = None
+        notes.append("no FVC manoeuvre" + (" (SVC only; the protocol asks for FVC)" if "SVC" in types else " received yet"))
+    valid = bool(blows) and a.fvc.reported_basis == "acceptable"
+    if blows and not valid:
+        notes.append(f"no acceptable FVC manoeuvre (grade {a.fvc.grade}); more attempts needed")
+
+    if fvc_l is not None:
+        if inputs.missing or inputs.problems:
+            if inputs.missing:
+                notes.append(f"% predicted not computed: {', '.join(inputs.missing)} not recorded")
+            notes.extend(inputs.problems)
+        else:
+            other = gli.GLI_2012 if equation == gli.GLI_GLOBAL_2022 else gli.GLI_GLOBAL_2022
+            try:
+                preds = {eq: gli.predict(inputs.sex, inputs.age_years, inputs.height_cm, equation=eq,  # type: ignore[arg-type]
+                                         ethnicity=ethnicity_2012 if eq == gli.GLI_2012 else None, fvc_l=fvc_l, fev1_l=fev1_l)
+                         for eq in (equation, other)}
+            except gli.SpirometryReferenceError as exc:
+                result["prediction_refused"] = str(exc)
+                notes.append(f"% predicted refused: {exc}")
+            else:
+                result["prediction"] = prediction_record(preds[equation])
+                result["other_prediction"] = prediction_record(preds[other])
+                p1 = preds[equation].fvc.percent_predicted
+                p2 = preds[other].fvc.percent_predicted
+                result["equation_decides"] = (p1 >= threshold_pct) != (p2 >= threshold_pct)  # type: ignore[operator]
+    result["valid"] = valid
+    result["manoeuvre_type"] = "FVC" if blows else ("SVC" if "SVC" in types else None)
+    result["fvc_l"], result["fev1_l"] = fvc_l, fev1_l
+    result["note"] = "; ".join(notes)
+    return result
+
+
+# --------------------------------------------------------------------------- results
+
+
+def insert_result(conn: sqlite3.Connection, session_id: int, result: Mapping[str, Any], *, at: float) -> int:
+    p, o = result.get("prediction") or {}, result.get("other_prediction") or {}
+    inputs = result["inputs"]
+    cur = conn.execute(
+        "INSERT INTO spirometry_results (session_id, computed_utc, valid, equation, ethnicity, sex, age_years, height_cm, fvc_l,"
+        " fev1_l, predicted_fvc_l, lln_fvc_l, z_fvc, fvc_pct_predicted, other_equation, other_fvc_pct_predicted, grade_fvc,"
+        " grade_fev1, result_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (session_id, utc_iso(at), int(bool(result["valid"])), result["equation"],
+         p.get("ethnicity") if p else (result["ethnicity_2012"] if result["equation"] == gli.GLI_2012 else None),
+         inputs["sex"], inputs["age_years"], inputs["height_cm"], result["fvc_l"], result["fev1_l"],
+         p.get("predicted_fvc_l"), p.get("lln_fvc_l"), p.get("z_fvc"), p.get("percent_predicted_fvc"),
+         o.get("equation"), o.get("percent_predicted_fvc"),
+         (result.get("fvc") or {}).get("grade"), (result.get("fev1") or {}).get("grade"),
+         json.dumps(result, sort_keys=True)),
+    )
+    return int(cur.lastrowid)
+
+
+def latest_result(conn: sqlite3.Connection, session_id: int) -> dict[str, Any] | None:
+    row = repo._row(conn, "SELECT * FROM spirometry_results WHERE session_id = ? ORDER BY id DESC LIMIT 1", (session_id,))
+    if row is not None:
+        row["result"] = json.loads(row.pop("result_json"))
+    return row
+
+
+def recompute(conn: sqlite3.Connection, session_id: int, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Evaluate a session from what is stored (read-only; the caller stores the result)."""
+    session = repo.get_session(conn, session_id)
+    inputs = subject_inputs(conn, session["subject_id"], session["started_utc"])
+    return evaluate(load_manoeuvres(conn, session_id), inputs, **evaluation_settings(settings))
+
+
+def evaluation_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of :func:`evaluate` from the ``[spirometry]`` config table."""
+    # ``equation`` is the key the eligibility service reads from the same table: when a site sets it, it wins.
+    return {"equation": cfg.get("equation") or cfg.get("default_equation") or gli.DEFAULT_EQUATION,
+            "ethnicity_2012": cfg.get("ethnicity_2012", "other"),
+            "threshold_pct": float(cfg.get("fvc_threshold_pct", 50.0)),
+            "quality_codes": dict(cfg.get("quality_codes", {}))}
+
+
+def session_detail(conn: sqlite3.Connection, session_id: int) -> dict[str, Any]:
+    """Everything ``spirometry show`` and the API report for one session (curves summarised)."""
+    session = repo.get_session(conn, session_id)
+    if session["kind"] != "spirometry":
+        from collector.errors import InvalidInput
+
+        raise InvalidInput(f"session {session_id} is a {session['kind']} session, not spirometry; use collector session list")
+    device = repo._row(conn, "SELECT protocol, address, model FROM devices WHERE id = ?", (session["device_id"],)) \
+        if session["device_id"] is not None else None
+    manoeuvres = load_manoeuvres(conn, session_id)
+    for m in manoeuvres:
+        m["curves"] = [{"kind": c["kind"], "points": len(c.get("x", []))} for c in m["curves"]]
+    events = [{**e, "detail": json.loads(e.pop("detail_json") or "{}")} for e in repo.session_events(conn, session_id)]
+    session["settings"] = json.loads(session.pop("settings_json") or "{}")
+    return {
+        "session": session,
+        "device": device,
+        "manoeuvres": manoeuvres,
+        "result": latest_result(conn, session_id),
+        "events": events,
+        "gaps": repo.session_gaps(conn, session_id),
+    }

@@ -1,0 +1,162 @@
+"""A ward of simulated oximeters behind the real daemon, for the page's tests and for demos.
+
+``launch()`` starts ``collector run --simulate ... --speed N`` in a subprocess (the
+same command a site runs, with simulated devices instead of the Bluetooth adapter),
+creates an operator, and returns where the page is.  Run it by hand with::
+
+    python -m collector.web.demo --speed 60     # then open the printed address, log in as demo / demo-password
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from collector.api import runtime_path, token_path
+
+# Two beds: one that drops its link every 20 min (virtual), one with a finger-out spell.
+WARD = {
+    "SIM-WARD-01": """
+[device]
+protocol = "plx"
+address = "SIM-WARD-01"
+name = "SimOx Ward 1"
+interval_s = 1.0
+[night]
+duration_s = 21600
+baseline_spo2 = 94
+baseline_pulse = 64
+noise_spo2 = 0.8
+seed = 5
+[[desaturations]]
+count = 60
+depth = 9
+duration_s = 60
+""" + "".join(f"[[disconnects]]\nat_s = {t}\nduration_s = 300\n" for t in range(1200, 21600, 900)),
+    "SIM-WARD-02": """
+[device]
+protocol = "plx"
+address = "SIM-WARD-02"
+name = "SimOx Ward 2"
+interval_s = 1.0
+[night]
+duration_s = 21600
+baseline_spo2 = 96
+baseline_pulse = 71
+noise_spo2 = 0.6
+seed = 11
+[[desaturations]]
+count = 20
+depth = 6
+duration_s = 45
+[[finger_out]]
+at_s = 900
+duration_s = 900
+""",
+}
+
+CONFIG = """
+[operator]
+name = "technician"
+[storage]
+flush_interval_s = 0.2
+[ble]
+scan_timeout_s = 3.0
+connect_timeout_s = 10.0
+backoff_s = [1.0, 2.0, 2.0]
+[web]
+alert_disconnected_s = 30
+alert_no_sample_s = 60
+alert_finger_out_s = 15
+"""
+
+
+@dataclass
+class RunningDaemon:
+    proc: subprocess.Popen[str]
+    db_path: Path
+    base_url: str
+    token: str
+    log_path: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+
+def collector_cmd() -> list[str]:
+    return [sys.executable, "-c", "from collector.cli import main; main(prog_name='collector')"]
+
+
+def add_operator(db_path: Path, name: str, password: str, config: Path | None = None) -> None:
+    cmd = collector_cmd() + ["--db", str(db_path)] + (["--config", str(config)] if config else []) + ["--by", "admin", "user", "add", name, "--password-stdin"]
+    out = subprocess.run(cmd, input=password + "\n", capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        raise RuntimeError(f"collector user add failed: {out.stderr.strip()}")
+
+
+def launch(workdir: Path, *, speed: float = 60.0, operators: dict[str, str] | None = None, timeout_s: float = 30.0,
+           extra_config: str = "") -> RunningDaemon:
+    workdir.mkdir(parents=True, exist_ok=True)
+    db_path = workdir / "ward.sqlite"
+    config = workdir / "config.toml"
+    config.write_text(CONFIG + extra_config, encoding="utf-8")
+    scenarios = []
+    for address, text in WARD.items():
+        path = workdir / f"{address}.toml"
+        path.write_text(text, encoding="utf-8")
+        scenarios += ["--simulate", str(path)]
+    for name, password in (operators or {}).items():
+        add_operator(db_path, name, password, config)
+    log_path = workdir / "daemon.log"
+    log = open(log_path, "w", encoding="utf-8")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        collector_cmd() + ["--db", str(db_path), "--config", str(config), "run", "--port", "0", "--speed", str(speed), *scenarios],
+        stdout=log, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the daemon exited with {proc.returncode}: {log_path.read_text(encoding='utf-8')[-2000:]}")
+        if runtime_path(db_path).exists() and token_path(db_path).exists():
+            info = json.loads(runtime_path(db_path).read_text(encoding="utf-8"))
+            token = token_path(db_path).read_text(encoding="ascii").strip()
+            return RunningDaemon(proc, db_path, f"http://{info['host']}:{info['port']}", token, log_path)
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"the daemon did not start within {timeout_s:g} s; log: {log_path}")
+        time.sleep(0.05)
+
+
+def main() -> None:
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(description="Serve the technician's page over a ward of simulated oximeters.")
+    parser.add_argument("--speed", type=float, default=60.0, help="virtual-time factor (default 60: one minute per second)")
+    parser.add_argument("--dir", type=Path, default=None, help="working directory (default: a new temporary one)")
+    args = parser.parse_args()
+    workdir = args.dir or Path(tempfile.mkdtemp(prefix="collector-ward-"))
+    daemon = launch(workdir, speed=args.speed, operators={"demo": "demo-password"})
+    print(f"page: {daemon.base_url}/  (operator demo, password demo-password); simulated oximeters: {', '.join(WARD)}")
+    print(f"database {daemon.db_path}; Ctrl-C stops")
+    try:
+        daemon.proc.wait()
+    except KeyboardInterrupt:
+        daemon.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""Request and response models of the web routes: they make the OpenAPI description useful."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class LoginIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=2, max_length=32, description="operator name (collector user add NAME)")
+    password: str = Field(min_length=1, max_length=200, description="the operator's password, or the local token")
+
+
+class LoginOut(BaseModel):
+    operator: str
+    csrf_token: str = Field(description=f"send it as X-CSRF-Token on every state-changing request")
+    via: Literal["password", "token"]
+    expires_in_s: float = Field(description="seconds until the login expires if the page stays idle")
+
+
+class MeOut(BaseModel):
+    operator: str | None = Field(description="logged-in operator; null for bearer-token calls")
+    csrf_token: str | None
+    expires_in_s: float | None
+
+
+class OkOut(BaseModel):
+    ok: bool = True
+
+
+class AckIn(BaseModel):
+    note: str | None = Field(default=None, max_length=500, description="what was done about it (audit trail)")
+    by: str | None = Field(default=None, max_length=100, description="operator (set from the login when using the page)")
+
+
+class AlertOut(BaseModel):
+    id: int
+    kind: Literal["device_disconnected", "no_sample", "finger_out", "t90_above_threshold", "disk_almost_full", "storage_failed"]
+    title: str
+    session_id: int | None
+    subject_id: str | None
+    message: str
+    raised_utc: str
+    active: bool = Field(description="the condition still holds")
+    acknowledged_by: str | None
+    acknowledged_utc: str | None
+
+
+class BedOut(BaseModel):
+    session_id: int
+    subject_id: str
+    protocol: str
+    device: str = Field(description="address or name the session was started with")
+    device_name: str | None
+    link_state: str = Field(description="searching, connecting, connected, lost, reconnecting, closed")
+    spo2_pct: float | None = Field(description="current SpO2 (null when the last reading is not valid)")
+    pulse_bpm: float | None
+    finger_out: bool
+    samples: int
+    started_utc: str
+    last_sample_utc: str | None
+    seconds_since_last_sample: float | None
+    t90_pct: float | None = Field(description="provisional live T90 % of analysed time")
+    t90_threshold_pct: float
+    above_threshold: bool
+    analysed_s: float
+    recording_s: float
+    nadir_spo2: float | None
+
+
+class StatusOut(BaseModel):
+    now_utc: str
+    operator: str | None
+    beds: list[BedOut]
+    alerts: list[AlertOut]
+    disk_free_mb: float | None
+    writer_failed: str | None
+
+
+class TrendPoint(BaseModel):
+    t_ms: int = Field(description="bucket centre, UTC epoch milliseconds")
+    spo2_mean: float | None
+    spo2_min: float | None
+    pulse_mean: float | None
+
+
+class TrendOut(BaseModel):
+    session_id: int
+    minutes: int | None = Field(description="window length; null = the whole recording")
+    from_utc: str
+    to_utc: str
+    from_ms: int
+    to_ms: int
+    bucket_s: int
+    points: list[TrendPoint]
+
+
+class SessionSummary(BaseModel):
+    id: int
+    subject_id: str
+    kind: str
+    state: str
+    origin: str
+    started_utc: str
+    stopped_utc: str | None
+    device_name: str | None
+    device_protocol: str | None
+    t90_pct: float | None = Field(description="T90 % of the stored night report, when there is one")
+    night_valid: bool | None
+    meets_t90_criterion: bool | None
+    borderline: bool | None
+
+
+class SubjectOut(BaseModel):
+    id: str
+    created_utc: str
+    created_by: str
+    open_sessions: list[int]
+
+
+class FactSpecOut(BaseModel):
+    name: str
+    kind: str
+    help: str
+    choices: list[str]
+    unit: str
+    min_value: float | None
+    max_value: float | None
+
+
+class WebConfigOut(BaseModel):
+    t90_threshold_pct: float
+    alert_settings: dict[str, float]
+    stream_interval_s: float
+    facts: list[FactSpecOut]
+    protocols: list[str]
+
+
+class SerialPortOut(BaseModel):
+    device: str
+    description: str | None
+
+
+class ReportOut(BaseModel):
+    session_id: int
+    report: dict[str, Any] = Field(description="the newest stored night report (collector/analysis/report.py)")

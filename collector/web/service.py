@@ -1,0 +1,375 @@
+"""The technician's web page: login, live bed cards over server-sent events, alerts, forms.
+
+Everything the page does goes through the same HTTP+JSON API as the CLI.  This
+module wires the feature into the daemon (``attach``), mounts the static page at
+``/`` (``install``, called by collector/api.py when it builds the auth dependency)
+and adds the page's own API routes (``make_router``).  The static files are plain
+HTML/CSS/JS shipped in the package: no build step, no CDN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from collector.clock import utc_iso
+from collector.errors import InvalidInput
+from collector.storage import repo
+from collector.web import models
+from collector.web.alerts import DEFAULTS as ALERT_DEFAULTS
+from collector.web.alerts import FINGER_FLAGS, AlertEngine
+from collector.web.auth import COOKIE_NAME, LoginThrottle, SessionStore, current_operator, make_auth
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).with_name("static")
+WEB_DEFAULTS: dict[str, float] = {
+    "session_idle_min": 30.0,   # a login expires after this long without any request (an open page keeps it alive)
+    "session_max_h": 12.0,      # and in any case this long after logging in (one night shift)
+    "stream_interval_s": 1.0,   # live updates: never more often than once a second
+    **ALERT_DEFAULTS,
+}
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+            "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+
+
+class SecurityHeaders:
+    """Plain ASGI middleware (BaseHTTPMiddleware would buffer the live stream): hardening headers."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        api = scope.get("path", "").startswith("/api/")
+
+        async def send_with_headers(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {k.lower() for k, _ in headers}
+                extra = dict(SECURITY_HEADERS, **({"Cache-Control": "no-store"} if api else {}))
+                headers += [(k.lower().encode(), v.encode()) for k, v in extra.items() if k.lower().encode() not in present]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class WebService:
+    """Per-daemon state of the page: login sessions, login throttle, alerts."""
+
+    def __init__(self, daemon: Any) -> None:
+        self.daemon = daemon
+        cfg = {**WEB_DEFAULTS, **(daemon.config.get("web") or {})}
+        self.settings = {k: float(v) for k, v in cfg.items() if k in WEB_DEFAULTS}
+        self.settings["stream_interval_s"] = max(1.0, self.settings["stream_interval_s"])
+        self.sessions = SessionStore(idle_s=self.settings["session_idle_min"] * 60, max_s=self.settings["session_max_h"] * 3600)
+        self.throttle = LoginThrottle()
+        self.alerts = AlertEngine(daemon, self.settings)
+        self.token: str | None = None
+        self.closing = asyncio.Event()
+
+    async def shutdown_hook(self) -> None:
+        self.closing.set()  # end the live streams, or the HTTP server would wait for them forever
+
+    # -- the live picture ------------------------------------------------------------------------
+    def beds(self) -> list[dict[str, Any]]:
+        now = self.daemon.clock.now()
+        threshold = float(self.daemon.config["oximetry"]["t90_threshold_pct"])
+        out = []
+        for rec in list(self.daemon.recorders.values()):
+            st = rec.status(now)
+            live = st.get("live") or {}
+            reading = rec.pipeline.last_reading
+            info = st.get("device_info") or {}
+            out.append({
+                "session_id": st["session_id"], "subject_id": st["subject_id"], "protocol": st["protocol"],
+                "device": st["device"], "device_name": info.get("name") or info.get("model"),
+                "link_state": st["link_state"], "spo2_pct": st["spo2_pct"], "pulse_bpm": st["pulse_bpm"],
+                "finger_out": bool(reading is not None and reading.flags & FINGER_FLAGS),
+                "samples": st["samples"], "started_utc": st["started_utc"], "last_sample_utc": st["last_sample_utc"],
+                "seconds_since_last_sample": st["seconds_since_last_sample"],
+                "t90_pct": live.get("t90_pct"), "t90_threshold_pct": threshold,
+                "above_threshold": bool(live.get("above_threshold")),
+                "analysed_s": float(live.get("analysed_s") or 0.0), "recording_s": float(live.get("recording_s") or 0.0),
+                "nadir_spo2": live.get("nadir_spo2"),
+            })
+        return sorted(out, key=lambda b: b["session_id"])
+
+    def picture(self, operator: str | None) -> dict[str, Any]:
+        writer_failed = getattr(self.daemon.writer, "failed", None)
+        return {
+            "now_utc": utc_iso(self.daemon.clock.now()),
+            "operator": operator,
+            "beds": self.beds(),
+            "alerts": self.alerts.evaluate(),
+            "disk_free_mb": _round(self.alerts.disk_free_mb()),
+            "writer_failed": str(writer_failed) if writer_failed else None,
+        }
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 1)
+
+
+def attach(daemon: Any) -> WebService:
+    web = WebService(daemon)
+    daemon.services["web"] = web
+    daemon.shutdown_hooks.append(web.shutdown_hook)
+    daemon.status_providers["alerts"] = web.alerts.visible
+    return web
+
+
+def _service(daemon: Any) -> WebService:
+    return daemon.services.get("web") or attach(daemon)
+
+
+def install(app: FastAPI, daemon: Any, token: str) -> Any:
+    """Called by collector/api.py: build the auth dependency and serve the page at ``/``."""
+    web = _service(daemon)
+    web.token = token
+
+    app.add_middleware(SecurityHeaders)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def plain_http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI raises Starlette's class for an unparseable body; keep the API's {"error": ...} shape for it too.
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-store"})
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return make_auth(token, web.sessions)
+
+
+# -- routes -----------------------------------------------------------------------------------------
+def make_router(daemon: Any, auth: Any) -> APIRouter:
+    web = _service(daemon)
+    router = APIRouter(tags=["web page"])
+    protected = [Depends(auth)]
+
+    @router.post("/login", response_model=models.LoginOut, responses={401: {"description": "wrong name or password"}, 429: {"description": "too many failed logins"}})
+    async def login(body: models.LoginIn, response: Response) -> dict[str, Any]:
+        """Log an operator in: sets the HttpOnly session cookie and returns the CSRF token."""
+        from collector.users import NAME_RE, verify_login
+
+        wait = web.throttle.locked_for(body.name)
+        if wait > 0:
+            return JSONResponse({"error": f"too many failed logins for {body.name}; wait {wait:.0f} s and try again"}, status_code=429)
+        via = None
+        if web.token and NAME_RE.match(body.name) and secrets.compare_digest(body.password.encode(), web.token.encode()):
+            via = "token"
+        else:
+            conn = daemon._read()
+            try:
+                ok = await asyncio.to_thread(verify_login, conn, body.name, body.password)
+            finally:
+                conn.close()
+            via = "password" if ok else None
+        if via is None:
+            web.throttle.failed(body.name)
+            log.warning("failed login for operator %r", body.name)
+            return JSONResponse({"error": "wrong operator name or password (operators are added with: collector user add NAME)"}, status_code=401)
+        web.throttle.succeeded(body.name)
+        key, session = web.sessions.create(body.name, via)
+        now = daemon.clock.now()
+        await daemon._write(lambda c: repo.audit.append(c, at=now, actor=body.name, action="operator_login", new={"via": via}))
+        response.set_cookie(COOKIE_NAME, key, httponly=True, samesite="strict", path="/", max_age=int(web.sessions.max_s))
+        return {"operator": session.operator, "csrf_token": session.csrf, "via": via, "expires_in_s": web.sessions.remaining_s(session)}
+
+    @router.post("/logout", response_model=models.OkOut, dependencies=protected)
+    async def logout(request: Request, response: Response) -> dict[str, Any]:
+        """End the login session of this page."""
+        session = web.sessions.drop(request.cookies.get(COOKIE_NAME))
+        if session is not None:
+            now = daemon.clock.now()
+            await daemon._write(lambda c: repo.audit.append(c, at=now, actor=session.operator, action="operator_logout"))
+        response.delete_cookie(COOKIE_NAME, path="/")
+        return {"ok": True}
+
+    @router.get("/me", response_model=models.MeOut, dependencies=protected)
+    async def me(request: Request) -> dict[str, Any]:
+        """Who is logged in, and the CSRF token the page must send (after a reload)."""
+        session = web.sessions.get(request.cookies.get(COOKIE_NAME), touch=False)
+        if session is None or current_operator.get() is None:
+            return {"operator": None, "csrf_token": None, "expires_in_s": None}
+        return {"operator": session.operator, "csrf_token": session.csrf, "expires_in_s": web.sessions.remaining_s(session)}
+
+    @router.get("/web/config", response_model=models.WebConfigOut, dependencies=protected)
+    async def web_config() -> dict[str, Any]:
+        """Settings the page needs: threshold, alert limits, and the staff facts it can record."""
+        from collector.eligibility.facts import FACTS
+        from drivers.protocols.registry import PROFILES
+
+        facts = [{"name": s.name, "kind": s.kind, "help": s.help, "choices": list(s.choices), "unit": s.unit,
+                  "min_value": None if s.min_value is None else float(s.min_value),
+                  "max_value": None if s.max_value is None else float(s.max_value)} for s in FACTS.values()]
+        return {
+            "t90_threshold_pct": float(daemon.config["oximetry"]["t90_threshold_pct"]),
+            "alert_settings": {k: web.settings[k] for k in ALERT_DEFAULTS},
+            "stream_interval_s": web.settings["stream_interval_s"],
+            "facts": facts,
+            "protocols": sorted(PROFILES),
+        }
+
+    @router.get("/web/status", response_model=models.StatusOut, dependencies=protected)
+    async def web_status() -> dict[str, Any]:
+        """One snapshot of what the live stream sends: every bed and every alert."""
+        return web.picture(current_operator.get())
+
+    @router.get(
+        "/events/stream", dependencies=protected,
+        responses={200: {"content": {"text/event-stream": {}}, "description": "server-sent events: `update` (StatusOut JSON) at most once a second; `expired` when the login ends"}},
+    )
+    async def stream(request: Request) -> StreamingResponse:
+        """Live updates for the page (server-sent events), at most one per second."""
+        key = request.cookies.get(COOKIE_NAME) if current_operator.get() is not None else None
+        operator = current_operator.get()
+
+        async def events() -> AsyncIterator[str]:
+            yield f"retry: 3000\n\n"
+            while not web.closing.is_set():
+                if key is not None and web.sessions.get(key) is None:
+                    yield "event: expired\ndata: {}\n\n"
+                    return
+                yield f"event: update\ndata: {json.dumps(web.picture(operator), separators=(',', ':'))}\n\n"
+                try:
+                    await asyncio.wait_for(web.closing.wait(), web.settings["stream_interval_s"])
+                except asyncio.TimeoutError:
+                    pass
+                if await request.is_disconnected():
+                    return
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    @router.get("/alerts", response_model=list[models.AlertOut], dependencies=protected)
+    async def list_alerts() -> list[dict[str, Any]]:
+        """Alerts showing now (unacknowledged ones stay until acknowledged)."""
+        return web.alerts.evaluate()
+
+    @router.post("/alerts/{alert_id}/ack", response_model=models.AlertOut, dependencies=protected,
+                 responses={404: {"description": "no such alert showing"}, 409: {"description": "already acknowledged"}})
+    async def ack_alert(body: models.AckIn, alert_id: int = _path_id("alert")) -> dict[str, Any]:
+        """Acknowledge an alert; the audit trail records who, when, and the note."""
+        by = current_operator.get() or body.by or daemon.operator
+        return await web.alerts.acknowledge(alert_id, by=by, note=body.note)
+
+    @router.get("/subjects", response_model=list[models.SubjectOut], dependencies=protected)
+    async def subjects() -> list[dict[str, Any]]:
+        """Every subject (pseudonymous IDs) with its open sessions."""
+        conn = daemon._read()
+        try:
+            rows = repo.list_subjects(conn)
+            open_ = conn.execute("SELECT subject_id, id FROM sessions WHERE state = 'open' ORDER BY id").fetchall()
+        finally:
+            conn.close()
+        by_subject: dict[str, list[int]] = {}
+        for sid, session_id in open_:
+            by_subject.setdefault(sid, []).append(session_id)
+        return [{**r, "open_sessions": by_subject.get(r["id"], [])} for r in rows]
+
+    @router.get("/sessions", response_model=list[models.SessionSummary], dependencies=protected)
+    async def sessions(limit: int = Query(30, ge=1, le=500, description="newest sessions first"),
+                       subject_id: str | None = Query(None, max_length=64)) -> list[dict[str, Any]]:
+        """Recent sessions with the outcome of their stored night report."""
+        conn = daemon._read()
+        try:
+            return await asyncio.to_thread(_session_summaries, conn, limit, subject_id)
+        finally:
+            conn.close()
+
+    @router.get("/sessions/{session_id}/trend", response_model=models.TrendOut, dependencies=protected)
+    async def trend(session_id: int = _path_id("session"),
+                    minutes: int | None = Query(None, ge=1, le=1440, description="last N minutes; omit for the whole recording")) -> dict[str, Any]:
+        """SpO2 (mean and minimum of valid samples) and pulse, bucketed to at most 240 points."""
+        from collector.web.trend import session_trend
+
+        now = daemon.clock.now()
+        conn = daemon._read()
+        try:
+            return await asyncio.to_thread(session_trend, conn, session_id, minutes=minutes, now=now)
+        finally:
+            conn.close()
+
+    @router.get("/sessions/{session_id}/report", response_model=models.ReportOut, dependencies=protected,
+                responses={404: {"description": "unknown session, or no report yet"}})
+    async def report(session_id: int = _path_id("session")) -> dict[str, Any]:
+        """The newest stored report of a night session (computed when it stopped)."""
+        from collector.errors import NotFound
+        from collector.nights import latest_report
+
+        conn = daemon._read()
+        try:
+            repo.get_session(conn, session_id)
+            rep = latest_report(conn, session_id)
+        finally:
+            conn.close()
+        if rep is None:
+            raise NotFound(f"session {session_id} has no night report yet; it is computed when the session stops")
+        return {"session_id": session_id, "report": rep}
+
+    @router.get("/serial-ports", response_model=list[models.SerialPortOut], dependencies=protected)
+    async def serial_ports() -> list[dict[str, Any]]:
+        """Serial ports of this computer (for a spirometer)."""
+        try:
+            from serial.tools import list_ports
+        except ImportError:
+            return []
+        ports = await asyncio.to_thread(list_ports.comports)
+        return [{"device": p.device, "description": p.description} for p in ports]
+
+    return router
+
+
+def _path_id(what: str) -> Any:
+    from fastapi import Path as PathParam
+
+    return PathParam(ge=1, le=2**62, description=f"{what} id")
+
+
+def _session_summaries(conn: Any, limit: int, subject_id: str | None) -> list[dict[str, Any]]:
+    sql = (
+        "SELECT s.id, s.subject_id, s.kind, s.state, s.origin, s.started_utc, s.stopped_utc, d.name, d.protocol,"
+        " r.t90_pct, r.night_valid, r.meets_t90_criterion, r.borderline"
+        " FROM sessions s LEFT JOIN devices d ON d.id = s.device_id"
+        " LEFT JOIN night_reports r ON r.id = (SELECT MAX(id) FROM night_reports WHERE session_id = s.id)"
+        + (" WHERE s.subject_id = ?" if subject_id else "") + " ORDER BY s.id DESC LIMIT ?"
+    )
+    params: list[Any] = ([subject_id] if subject_id else []) + [limit]
+    out = []
+    for row in conn.execute(sql, params).fetchall():
+        sid, subj, kind, state, origin, started, stopped, dname, dproto, t90, valid, meets, borderline = row
+        out.append({
+            "id": sid, "subject_id": subj, "kind": kind, "state": state, "origin": origin, "started_utc": started,
+            "stopped_utc": stopped, "device_name": dname, "device_protocol": dproto, "t90_pct": t90,
+            "night_valid": None if valid is None else bool(valid), "meets_t90_criterion": None if meets is None else bool(meets),
+            "borderline": None if borderline is None else bool(borderline),
+        })
+    return out
+
+
+def _commands() -> list[Any]:
+    from collector.users import COMMANDS as USER_COMMANDS
+
+    return list(USER_COMMANDS)
+
+
+COMMANDS = _commands()

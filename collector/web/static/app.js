@@ -1,0 +1,631 @@
+// The technician's page.  Talks only to the collector's HTTP+JSON API (same as the CLI):
+// login -> cookie + CSRF token; live picture over server-sent events (at most 1/s);
+// trends fetched every few seconds; every text from the server goes in with textContent.
+"use strict";
+
+const API = "/api/v1";
+const state = {
+  csrf: null,
+  operator: null,
+  config: null,
+  events: null,
+  beds: new Map(),          // session_id -> {el, bed}
+  trendTimers: new Map(),   // session_id -> timer
+  alerts: [],
+  audio: null,
+  beepTimer: null,
+  subjects: [],
+  lastUpdate: 0,
+};
+
+const $ = (id) => document.getElementById(id);
+const STALE_S = 15;  // a reading older than this is not shown as the current value
+
+class ApiError extends Error {
+  constructor(status, message) { super(message); this.status = status; }
+}
+
+async function api(method, path, body) {
+  const opts = { method, headers: { Accept: "application/json" }, credentials: "same-origin" };
+  if (body !== undefined) {
+    opts.headers["Content-Type"] = "application/json";
+    opts.body = JSON.stringify(body);
+  }
+  if (method !== "GET" && state.csrf) opts.headers["X-CSRF-Token"] = state.csrf;
+  let resp;
+  try {
+    resp = await fetch(API + path, opts);
+  } catch (e) {
+    throw new ApiError(0, "the collector is not answering; is the daemon running?");
+  }
+  let data = null;
+  try { data = await resp.json(); } catch (e) { data = null; }
+  if (!resp.ok) {
+    const msg = (data && (data.error || data.detail)) || `HTTP ${resp.status}`;
+    if (resp.status === 401 && path !== "/login" && state.operator) showLogin("Your login expired. Log in again.");
+    throw new ApiError(resp.status, typeof msg === "string" ? msg : JSON.stringify(msg));
+  }
+  return data;
+}
+
+function setResult(el, text, ok) {
+  el.textContent = text;
+  el.classList.toggle("error", !ok);
+  el.classList.toggle("ok", !!ok);
+}
+
+function fmtHMS(s) {
+  if (s === null || s === undefined || !isFinite(s)) return "--";
+  s = Math.max(0, Math.floor(s));
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = s % 60;
+  return `${h}:${String(m).padStart(2, "0")}:${String(sec).padStart(2, "0")}`;
+}
+
+function fmtAgo(s) {
+  if (s === null || s === undefined) return "none yet";
+  if (s < 90) return `${Math.round(s)} s ago`;
+  if (s < 5400) return `${Math.round(s / 60)} min ago`;
+  return `${(s / 3600).toFixed(1)} h ago`;
+}
+
+function el(tag, attrs, text) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") e.className = v; else e.setAttribute(k, v);
+  }
+  if (text !== undefined && text !== null) e.textContent = String(text);
+  return e;
+}
+
+// -- login ------------------------------------------------------------------------------------
+function showLogin(message) {
+  stopLive();
+  state.operator = null;
+  state.csrf = null;
+  $("app-view").hidden = true;
+  $("login-view").hidden = false;
+  $("login-error").textContent = message || "";
+  $("login-password").value = "";
+  $("login-name").focus();
+}
+
+async function onLogin(ev) {
+  ev.preventDefault();
+  unlockAudio();
+  $("login-submit").disabled = true;
+  try {
+    const out = await api("POST", "/login", { name: $("login-name").value.trim(), password: $("login-password").value });
+    state.csrf = out.csrf_token;
+    state.operator = out.operator;
+    await showApp();
+  } catch (e) {
+    $("login-error").textContent = e.message;
+  } finally {
+    $("login-submit").disabled = false;
+    $("login-password").value = "";
+  }
+}
+
+async function onLogout() {
+  try { await api("POST", "/logout", {}); } catch (e) { /* already gone */ }
+  showLogin("Logged out.");
+}
+
+async function boot() {
+  $("login-form").addEventListener("submit", onLogin);
+  try {
+    const me = await api("GET", "/me");
+    if (me.operator) {
+      state.csrf = me.csrf_token;
+      state.operator = me.operator;
+      await showApp();
+      return;
+    }
+  } catch (e) { /* not logged in */ }
+  showLogin("");
+}
+
+// -- main view --------------------------------------------------------------------------------
+let wired = false;
+async function showApp() {
+  $("login-view").hidden = true;
+  $("app-view").hidden = false;
+  $("operator").textContent = state.operator;
+  if (!wired) { wireForms(); wired = true; }
+  state.config = await api("GET", "/web/config");
+  fillConfigLists();
+  await refreshSubjects();
+  await refreshSessions();
+  startLive();
+}
+
+function startLive() {
+  stopLive();
+  const es = new EventSource(API + "/events/stream");
+  state.events = es;
+  setStream("connecting…", "warn");
+  es.addEventListener("update", (ev) => {
+    setStream("live", "ok");
+    state.lastUpdate = Date.now();
+    render(JSON.parse(ev.data));
+  });
+  es.addEventListener("expired", () => showLogin("Your login expired. Log in again."));
+  es.onerror = async () => {
+    setStream("reconnecting…", "bad");
+    if (es.readyState === EventSource.CLOSED) {
+      try { await api("GET", "/me"); setTimeout(startLive, 3000); } catch (e) { /* showLogin already called on 401 */ }
+    }
+  };
+  // The stream should tick every second; say so when it goes quiet.
+  state.staleTimer = setInterval(() => {
+    if (state.lastUpdate && Date.now() - state.lastUpdate > 5000) setStream("no updates", "bad");
+  }, 2000);
+}
+
+function stopLive() {
+  if (state.events) { state.events.close(); state.events = null; }
+  clearInterval(state.staleTimer);
+  for (const t of state.trendTimers.values()) clearInterval(t);
+  state.trendTimers.clear();
+  for (const { el } of state.beds.values()) el.remove();
+  state.beds.clear();
+  state.alerts = [];
+  renderAlerts();
+}
+
+function setStream(text, kind) {
+  const s = $("stream-state");
+  s.textContent = text;
+  s.className = `pill ${kind}`;
+}
+
+function render(pic) {
+  $("clock").textContent = pic.now_utc.replace("T", " ").slice(0, 19) + " UTC";
+  $("disk").textContent = pic.disk_free_mb === null ? "" : `disk ${(pic.disk_free_mb / 1000).toFixed(1)} GB free`;
+  const seen = new Set();
+  for (const bed of pic.beds) {
+    seen.add(bed.session_id);
+    let entry = state.beds.get(bed.session_id);
+    if (!entry) {
+      entry = { el: makeBed(bed), bed };
+      state.beds.set(bed.session_id, entry);
+      $("beds").appendChild(entry.el);
+      scheduleTrends(bed.session_id, entry.el);
+    }
+    entry.bed = bed;
+    updateBed(entry.el, bed);
+  }
+  for (const [sid, entry] of state.beds) {
+    if (!seen.has(sid)) {
+      entry.el.remove();
+      clearInterval(state.trendTimers.get(sid));
+      state.trendTimers.delete(sid);
+      state.beds.delete(sid);
+    }
+  }
+  $("no-beds").hidden = state.beds.size > 0;
+  state.alerts = pic.alerts;
+  renderAlerts();
+}
+
+function makeBed(bed) {
+  const node = $("bed-template").content.firstElementChild.cloneNode(true);
+  node.dataset.session = bed.session_id;
+  node.querySelector(".stop").addEventListener("click", () => askStop(bed.session_id));
+  return node;
+}
+
+function updateBed(node, bed) {
+  const q = (sel) => node.querySelector(sel);
+  q(".subject").textContent = bed.subject_id;
+  q(".session").textContent = `night #${bed.session_id}`;
+  const link = q(".link");
+  link.textContent = bed.link_state;
+  link.className = "link pill " + (bed.link_state === "connected" ? "ok" : "bad");
+  q(".device").textContent = [bed.device_name, bed.protocol.toUpperCase(), bed.device].filter(Boolean).join(" · ");
+  const spo2 = q(".spo2 .value"), pulse = q(".pulse .value");
+  // Never show an old number as if it were current: no link or no fresh sample -> "--".
+  const stale = bed.link_state !== "connected" || bed.seconds_since_last_sample === null || bed.seconds_since_last_sample > STALE_S;
+  const noSpo2 = stale || bed.spo2_pct === null, noPulse = stale || bed.pulse_bpm === null;
+  spo2.textContent = noSpo2 ? "–" : Math.round(bed.spo2_pct);
+  pulse.textContent = noPulse ? "–" : Math.round(bed.pulse_bpm);
+  spo2.classList.toggle("none", noSpo2);
+  pulse.classList.toggle("none", noPulse);
+  spo2.classList.toggle("low", !stale && bed.spo2_pct !== null && bed.spo2_pct < 90);
+  const flag = q(".state-flag");
+  const flagText = bed.link_state !== "connected" ? "NO LINK" : bed.finger_out ? "FINGER OUT" : "";
+  flag.hidden = !flagText;
+  flag.textContent = flagText;
+  const thr = bed.t90_threshold_pct;
+  const t90 = bed.t90_pct;
+  q(".t90-value").textContent = t90 === null ? "T90 --" : `T90 ${t90.toFixed(2)} %`;
+  q(".t90-value").classList.toggle("over", t90 !== null && t90 > thr);
+  q(".t90-note").textContent = `provisional · criterion ≤ ${thr} %`;
+  const scale = thr * 2;
+  const fill = q(".t90-fill");
+  fill.style.width = `${Math.min(100, ((t90 || 0) / scale) * 100)}%`;
+  fill.classList.toggle("over", t90 !== null && t90 > thr);
+  q(".t90-limit").style.left = "50%";
+  q(".t90-bar").setAttribute("aria-label", `T90 ${t90 === null ? "unknown" : t90.toFixed(2) + " %"} against the ${thr} % line`);
+  q(".analysed").textContent = fmtHMS(bed.analysed_s);
+  q(".since").textContent = fmtAgo(bed.seconds_since_last_sample);
+  q(".since").classList.toggle("bad", bed.seconds_since_last_sample !== null && bed.seconds_since_last_sample > 30);
+  q(".nadir").textContent = bed.nadir_spo2 === null || bed.nadir_spo2 === undefined ? "--" : `${Math.round(bed.nadir_spo2)} %`;
+  q(".samples").textContent = bed.samples.toLocaleString("en");
+  node.classList.toggle("alerting", state.alerts.some((a) => a.session_id === bed.session_id && !a.acknowledged_by));
+}
+
+function scheduleTrends(sid, node) {
+  let n = 0;
+  const tick = async () => {
+    if (!state.beds.has(sid)) return;
+    try {
+      const t30 = await api("GET", `/sessions/${sid}/trend?minutes=30`);
+      drawTrend(node.querySelector(".chart-30"), t30);
+      if (n % 3 === 0) drawTrend(node.querySelector(".chart-all"), await api("GET", `/sessions/${sid}/trend`));
+    } catch (e) { /* the next tick retries; the stream shows the connection state */ }
+    n += 1;
+  };
+  tick();
+  state.trendTimers.set(sid, setInterval(tick, 5000));
+}
+
+// -- alerts -------------------------------------------------------------------------------------
+function renderAlerts() {
+  const box = $("alerts");
+  box.textContent = "";
+  const pending = state.alerts.filter((a) => !a.acknowledged_by);
+  for (const a of state.alerts) {
+    const row = el("div", { class: "alert " + (a.acknowledged_by ? "acked" : "pending"), role: "group", "data-kind": a.kind });
+    row.appendChild(el("strong", { class: "alert-title" }, a.title));
+    row.appendChild(el("span", { class: "alert-where" }, a.subject_id ? `${a.subject_id} · night #${a.session_id}` : "collector"));
+    row.appendChild(el("span", { class: "alert-msg" }, a.message + (a.active ? "" : " (cleared)")));
+    row.appendChild(el("span", { class: "alert-time muted" }, a.raised_utc.slice(11, 19) + " UTC"));
+    if (a.acknowledged_by) {
+      row.appendChild(el("span", { class: "muted" }, `acknowledged by ${a.acknowledged_by}`));
+    } else {
+      const b = el("button", { type: "button", class: "ack", "aria-label": `Acknowledge: ${a.title} ${a.subject_id || ""}` }, "Acknowledge");
+      b.addEventListener("click", () => ackAlert(a.id, b));
+      row.appendChild(b);
+    }
+    box.appendChild(row);
+  }
+  document.title = (pending.length ? `(${pending.length}!) ` : "") + "Collector · beds";
+  for (const { el: node, bed } of state.beds.values()) {
+    node.classList.toggle("alerting", pending.some((a) => a.session_id === bed.session_id));
+  }
+  setBeeping(pending.length > 0);
+}
+
+async function ackAlert(id, button) {
+  button.disabled = true;
+  try {
+    await api("POST", `/alerts/${id}/ack`, { note: null });
+    state.alerts = state.alerts.map((a) => (a.id === id ? { ...a, acknowledged_by: state.operator } : a)).filter((a) => a.active || !a.acknowledged_by);
+    renderAlerts();
+  } catch (e) {
+    button.disabled = false;
+    button.textContent = "Retry: " + e.message;
+  }
+}
+
+function unlockAudio() {
+  try {
+    if (!state.audio) state.audio = new (window.AudioContext || window.webkitAudioContext)();
+    if (state.audio.state === "suspended") state.audio.resume();
+  } catch (e) { state.audio = null; }
+}
+
+function beep() {
+  const ctx = state.audio;
+  $("sound-hint").hidden = !!(ctx && ctx.state === "running");
+  if (!ctx || ctx.state !== "running") return;
+  const t = ctx.currentTime;
+  for (const [start, freq] of [[0, 880], [0.25, 660]]) {
+    const osc = ctx.createOscillator(), gain = ctx.createGain();
+    osc.type = "sine";
+    osc.frequency.value = freq;
+    gain.gain.setValueAtTime(0.0001, t + start);
+    gain.gain.exponentialRampToValueAtTime(0.3, t + start + 0.02);
+    gain.gain.exponentialRampToValueAtTime(0.0001, t + start + 0.2);
+    osc.connect(gain).connect(ctx.destination);
+    osc.start(t + start);
+    osc.stop(t + start + 0.22);
+  }
+}
+
+function setBeeping(on) {
+  if (on && !state.beepTimer) {
+    beep();
+    state.beepTimer = setInterval(beep, 3000);
+  } else if (!on && state.beepTimer) {
+    clearInterval(state.beepTimer);
+    state.beepTimer = null;
+    $("sound-hint").hidden = true;
+  }
+}
+
+// -- forms ------------------------------------------------------------------------------------------
+function fillSelect(select, items, placeholder) {
+  const keep = select.value;
+  select.textContent = "";
+  if (placeholder) select.appendChild(el("option", { value: "" }, placeholder));
+  for (const [value, label] of items) select.appendChild(el("option", { value }, label));
+  if ([...select.options].some((o) => o.value === keep)) select.value = keep;
+}
+
+function fillConfigLists() {
+  fillSelect($("start-protocol"), state.config.protocols.map((p) => [p, p.toUpperCase()]), "from the advertisement");
+  fillSelect($("fact-name"), state.config.facts.map((f) => [f.name, f.name.replaceAll("_", " ")]), null);
+  showFactHelp();
+}
+
+function showFactHelp() {
+  const f = state.config && state.config.facts.find((x) => x.name === $("fact-name").value);
+  $("fact-help").textContent = f ? f.help + (f.unit ? ` (${f.unit})` : "") : "";
+  const list = $("fact-choices");
+  list.textContent = "";
+  for (const c of f ? f.choices : []) list.appendChild(el("option", { value: c }));
+  const input = $("fact-value");
+  input.type = f && f.kind === "date" ? "date" : "text";
+}
+
+async function refreshSubjects() {
+  try { state.subjects = await api("GET", "/subjects"); } catch (e) { return; }
+  const items = state.subjects.map((s) => [s.id, s.id + (s.open_sessions.length ? "  (recording)" : "")]);
+  for (const id of ["start-subject", "fact-subject", "export-subject", "spiro-subject"]) fillSelect($(id), items, "— choose —");
+}
+
+async function refreshSessions() {
+  let rows;
+  try { rows = await api("GET", "/sessions?limit=50"); } catch (e) { return; }
+  const items = rows.filter((r) => r.kind === "night").map((r) => [String(r.id),
+    `#${r.id} ${r.subject_id} · ${r.state}` + (r.meets_t90_criterion === true ? " · meets T90" : r.meets_t90_criterion === false ? " · FAILS T90" : r.state === "stopped" ? " · invalid" : "")]);
+  fillSelect($("report-session"), items, "— session —");
+}
+
+async function onScan() {
+  const btn = $("scan-button");
+  btn.disabled = true;
+  btn.textContent = "Scanning…";
+  setResult($("start-result"), "Scanning for oximeters (5 s)…", true);
+  try {
+    const found = await api("GET", "/scan?timeout_s=5");
+    fillSelect($("start-device"), found.map((d) => [d.address, `${d.name || "unnamed"} · ${d.address}${d.protocol ? " · " + d.protocol : ""}${d.rssi !== undefined && d.rssi !== null ? " · " + d.rssi + " dBm" : ""}`]),
+      found.length ? null : "— nothing found —");
+    setResult($("start-result"), `${found.length} oximeter(s) in range.`, true);
+  } catch (e) {
+    setResult($("start-result"), e.message, false);
+  } finally {
+    btn.disabled = false;
+    btn.textContent = "Scan";
+  }
+}
+
+async function onStart(ev) {
+  ev.preventDefault();
+  const subject = $("start-subject").value, device = $("start-device").value;
+  if (!subject || !device) { setResult($("start-result"), "Choose a subject and an oximeter (scan first).", false); return; }
+  const btn = $("start-submit");
+  btn.disabled = true;
+  setResult($("start-result"), "Connecting…", true);
+  try {
+    const out = await api("POST", "/sessions", { subject_id: subject, kind: "night", oximeter: device, protocol: $("start-protocol").value || null });
+    setResult($("start-result"), `Night #${out.id} recording for ${out.subject_id}.`, true);
+    await refreshSubjects();
+    await refreshSessions();
+  } catch (e) {
+    setResult($("start-result"), e.message, false);
+  } finally {
+    btn.disabled = false;
+  }
+}
+
+async function onAddSubject(ev) {
+  ev.preventDefault();
+  const id = $("subject-id").value.trim();
+  try {
+    const out = await api("POST", "/subjects", { id });
+    setResult($("subject-result"), `Subject ${out.id} added.`, true);
+    $("subject-id").value = "";
+    await refreshSubjects();
+    $("start-subject").value = out.id;
+  } catch (e) {
+    setResult($("subject-result"), e.message, false);
+  }
+}
+
+let stopTarget = null;
+function askStop(sid) {
+  const entry = state.beds.get(sid);
+  stopTarget = sid;
+  $("stop-text").textContent = `Stop night #${sid} of subject ${entry ? entry.bed.subject_id : "?"}? Recording ends and the final report is computed.`;
+  $("stop-reason").value = "";
+  $("stop-dialog").showModal();
+  $("stop-cancel").focus();
+}
+
+async function onStopClosed() {
+  const dlg = $("stop-dialog");
+  if (dlg.returnValue !== "stop" || stopTarget === null) return;
+  const sid = stopTarget;
+  stopTarget = null;
+  for (const d of document.querySelectorAll(".side details")) d.open = d.id === "panel-reports";
+  $("panel-reports").scrollIntoView({ block: "start" });
+  const box = $("report");
+  box.textContent = `Stopping night #${sid} and computing the report…`;
+  try {
+    const out = await api("POST", `/sessions/${sid}/stop`, { reason: $("stop-reason").value || null });
+    renderReport(out.report, sid);
+    await refreshSubjects();
+    await refreshSessions();
+    $("report-session").value = String(sid);
+    await showDecision(out.subject_id, box);
+  } catch (e) {
+    box.textContent = "";
+    box.appendChild(el("p", { class: "error" }, e.message));
+  }
+}
+
+function renderReport(r, sid) {
+  const box = $("report");
+  box.textContent = "";
+  if (!r) { box.appendChild(el("p", { class: "muted" }, `Night #${sid} has no report.`)); return; }
+  const verdict = r.meets_t90_criterion === true ? ["meets the T90 criterion", "ok"]
+    : r.meets_t90_criterion === false ? ["FAILS the T90 criterion", "bad"] : ["INVALID night: repeat it", "warn"];
+  box.appendChild(el("h3", { class: "verdict report-verdict " + verdict[1] }, `Night #${sid}: ${verdict[0]}`));
+  const dl = el("dl", { class: "report-list" });
+  const add = (k, v) => { dl.appendChild(el("dt", {}, k)); dl.appendChild(el("dd", {}, v)); };
+  add("T90", r.t90_pct === null || r.t90_pct === undefined ? "n/a" : `${r.t90_pct.toFixed(2)} % of analysed time`);
+  add("Analysed", `${fmtHMS(r.analysed_s)} (${(r.analysed_pct || 0).toFixed(1)} % of ${fmtHMS(r.recording_s)})`);
+  if (r.nadir_spo2 !== undefined) add("Nadir", r.nadir_spo2 === null ? "--" : `${r.nadir_spo2} %`);
+  if (r.odi3_per_h !== undefined && r.odi3_per_h !== null) add("ODI3", `${r.odi3_per_h.toFixed(1)} /h`);
+  if (r.gaps) add("Gaps", `${r.gaps.count} (${Math.round(r.gaps.total_s)} s)`);
+  if (r.definitions && r.definitions.t90) add("Definition", r.definitions.t90);
+  box.appendChild(dl);
+  if (r.borderline) box.appendChild(el("p", { class: "warn" }, "Borderline: needs review."));
+}
+
+async function onShowReport() {
+  const sid = $("report-session").value;
+  if (!sid) return;
+  try {
+    const out = await api("GET", `/sessions/${sid}/report`);
+    renderReport(out.report, sid);
+  } catch (e) {
+    $("report").textContent = "";
+    $("report").appendChild(el("p", { class: "error" }, e.message));
+  }
+}
+
+async function showDecision(subject, box) {
+  const target = box || $("decision");
+  const holder = el("div", { class: "decision-box" });
+  target.appendChild(holder);
+  holder.appendChild(el("p", { class: "muted" }, `Eligibility of ${subject}…`));
+  try {
+    const d = await api("GET", `/subjects/${encodeURIComponent(subject)}/eligibility`);
+    holder.textContent = "";
+    renderDecision(holder, subject, d);
+  } catch (e) {
+    holder.textContent = "";
+    holder.appendChild(el("p", { class: "error decision-error" }, `Eligibility of ${subject}: ${e.message}`));
+  }
+}
+
+function renderDecision(box, subject, d) {
+  const cls = d.decision === "eligible" ? "ok" : d.decision === "ineligible" ? "bad" : "warn";
+  box.appendChild(el("h3", { class: "verdict decision-value " + cls }, `${subject}: ${String(d.decision || "unknown").toUpperCase()}`));
+  for (const line of d.summary || []) box.appendChild(el("p", { class: "small" }, line));
+  if (Array.isArray(d.criteria)) {
+    const table = el("table", { class: "criteria" });
+    for (const c of d.criteria) {
+      const tr = el("tr", { class: "crit-" + c.state });
+      tr.appendChild(el("td", {}, c.id));
+      tr.appendChild(el("td", { class: "state" }, String(c.state).replace("_", " ")));
+      tr.appendChild(el("td", { class: "small" }, c.reason));
+      table.appendChild(tr);
+    }
+    box.appendChild(table);
+  }
+}
+
+async function onFact(ev) {
+  ev.preventDefault();
+  const subject = $("fact-subject").value;
+  if (!subject) { setResult($("fact-result"), "Choose a subject.", false); return; }
+  const body = { fact: $("fact-name").value, value: $("fact-value").value.trim(), reason: $("fact-reason").value.trim() || null };
+  try {
+    await api("POST", `/subjects/${encodeURIComponent(subject)}/facts`, body);
+    setResult($("fact-result"), `Recorded ${body.fact} for ${subject}.`, true);
+    $("fact-value").value = "";
+    $("fact-reason").value = "";
+    $("decision").textContent = "";
+    await showDecision(subject);
+  } catch (e) {
+    setResult($("fact-result"), e.message, false);
+  }
+}
+
+async function onExport(ev) {
+  ev.preventDefault();
+  const subject = $("export-subject").value;
+  if (!subject) { setResult($("export-result"), "Choose a subject.", false); return; }
+  setResult($("export-result"), "Exporting…", true);
+  try {
+    const out = await api("POST", "/exports", { subject_ids: [subject] });
+    const where = out && (out.path || out.file || out.directory || out.id);
+    setResult($("export-result"), `Export made${where ? ": " + where : ""}.`, true);
+  } catch (e) {
+    setResult($("export-result"), e.message, false);
+  }
+}
+
+async function onSpiro(ev) {
+  ev.preventDefault();
+  const body = { subject_id: $("spiro-subject").value, kind: "spirometry", spirometer: $("spiro-port").value.trim(),
+    protocol: $("spiro-protocol").value || null, model: $("spiro-model").value.trim() || null };
+  try {
+    const out = await api("POST", "/spirometry/sessions", body);
+    setResult($("spiro-result"), `Spirometry session #${out.id} open for ${out.subject_id}.`, true);
+  } catch (e) {
+    setResult($("spiro-result"), e.message, false);
+  }
+}
+
+async function onPorts() {
+  try {
+    const ports = await api("GET", "/serial-ports");
+    const list = $("spiro-ports");
+    list.textContent = "";
+    for (const p of ports) list.appendChild(el("option", { value: p.device }, p.description || ""));
+    setResult($("spiro-result"), `${ports.length} serial port(s): ${ports.map((p) => p.device).join(", ") || "none"}`, true);
+  } catch (e) {
+    setResult($("spiro-result"), e.message, false);
+  }
+}
+
+function openPanel(id, focusId) {
+  const p = $(id);
+  p.open = true;
+  p.scrollIntoView({ block: "nearest" });
+  $(focusId).focus();
+}
+
+function onKey(ev) {
+  if ($("app-view").hidden || ev.ctrlKey || ev.metaKey || ev.altKey) return;
+  const tag = (ev.target.tagName || "").toLowerCase();
+  if (["input", "select", "textarea"].includes(tag) || $("stop-dialog").open) return;
+  const k = ev.key.toLowerCase();
+  if (k === "n") openPanel("panel-start", "start-subject");
+  else if (k === "s") openPanel("panel-subject", "subject-id");
+  else if (k === "c") openPanel("panel-criteria", "fact-subject");
+  else if (k === "r") openPanel("panel-reports", "report-session");
+  else if (k === "a") { const b = document.querySelector("#alerts button.ack"); if (b) b.focus(); }
+  else return;
+  ev.preventDefault();
+}
+
+function wireForms() {
+  $("logout").addEventListener("click", onLogout);
+  $("scan-button").addEventListener("click", onScan);
+  $("start-form").addEventListener("submit", onStart);
+  $("subject-form").addEventListener("submit", onAddSubject);
+  $("fact-form").addEventListener("submit", onFact);
+  $("fact-name").addEventListener("change", showFactHelp);
+  $("decision-button").addEventListener("click", () => {
+    const s = $("fact-subject").value;
+    $("decision").textContent = "";
+    if (s) showDecision(s); else setResult($("fact-result"), "Choose a subject.", false);
+  });
+  $("report-button").addEventListener("click", onShowReport);
+  $("export-form").addEventListener("submit", onExport);
+  $("spiro-form").addEventListener("submit", onSpiro);
+  $("ports-button").addEventListener("click", onPorts);
+  $("stop-dialog").addEventListener("close", onStopClosed);
+  document.addEventListener("keydown", onKey);
+  document.addEventListener("pointerdown", unlockAudio);
+  document.addEventListener("keydown", unlockAudio);
+}
+
+document.addEventListener("DOMContentLoaded", boot);

@@ -1,0 +1,60 @@
+// Small SVG trend chart for the bed cards: SpO2 mean (line) and minimum (faint line)
+// per bucket, the 90 % line dashed, breaks where data is missing.  No library, no CDN.
+"use strict";
+
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+function svgEl(name, attrs) {
+  const el = document.createElementNS(SVG_NS, name);
+  for (const [k, v] of Object.entries(attrs || {})) el.setAttribute(k, String(v));
+  return el;
+}
+
+// trend: {from_ms, to_ms, bucket_s, points: [{t_ms, spo2_mean, spo2_min}]}
+function drawTrend(svg, trend, opts) {
+  const W = 300, H = 90, padL = 24, padR = 4, padT = 4, padB = 14;
+  const yMin = (opts && opts.yMin) || 70, yMax = 100;
+  while (svg.firstChild) svg.removeChild(svg.firstChild);
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  svg.setAttribute("preserveAspectRatio", "none");
+  const x0 = trend ? trend.from_ms : 0, x1 = trend ? Math.max(trend.to_ms, trend.from_ms + 1) : 1;
+  const sx = (t) => padL + ((t - x0) / (x1 - x0)) * (W - padL - padR);
+  const sy = (v) => padT + (1 - (Math.max(yMin, Math.min(yMax, v)) - yMin) / (yMax - yMin)) * (H - padT - padB);
+
+  for (const v of [yMin, 80, 90, 100]) {
+    if (v < yMin) continue;
+    svg.appendChild(svgEl("line", { x1: padL, x2: W - padR, y1: sy(v), y2: sy(v), class: v === 90 ? "ref90" : "grid" }));
+    const label = svgEl("text", { x: padL - 3, y: sy(v) + 3, class: "axis", "text-anchor": "end" });
+    label.textContent = String(v);
+    svg.appendChild(label);
+  }
+  if (!trend || !trend.points.length) {
+    const t = svgEl("text", { x: W / 2, y: H / 2, class: "empty", "text-anchor": "middle" });
+    t.textContent = "no data yet";
+    svg.appendChild(t);
+    return;
+  }
+  const maxGap = trend.bucket_s * 1000 * 2.5;
+  const path = (key) => {
+    let d = "", prevT = null;
+    for (const p of trend.points) {
+      const v = p[key];
+      if (v === null || v === undefined) { prevT = null; continue; }
+      const cmd = prevT === null || p.t_ms - prevT > maxGap ? "M" : "L";
+      d += `${cmd}${sx(p.t_ms).toFixed(1)},${sy(v).toFixed(1)}`;
+      prevT = p.t_ms;
+    }
+    return d;
+  };
+  svg.appendChild(svgEl("path", { d: path("spo2_min"), class: "line-min" }));
+  svg.appendChild(svgEl("path", { d: path("spo2_mean"), class: "line-mean" }));
+  const span = (x1 - x0) / 60000;
+  const caption = svgEl("text", { x: W - padR, y: H - 2, class: "axis", "text-anchor": "end" });
+  caption.textContent = span >= 90 ? `${(span / 60).toFixed(1)} h` : `${Math.round(span)} min`;
+  svg.appendChild(caption);
+  const start = svgEl("text", { x: padL, y: H - 2, class: "axis" });
+  start.textContent = new Date(x0).toISOString().slice(11, 16) + "Z";
+  svg.appendChild(start);
+}
+
+window.drawTrend = drawTrend;

@@ -1,0 +1,97 @@
+"""Shared fixtures: simulated nights through the real daemon, on a virtual clock."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from collector.clock import VirtualClock
+from collector.config import defaults
+from collector.daemon import Daemon
+from simulators.ble_backend import SimulatedAir
+from simulators.oximeter import SimulatedOximeter
+from simulators.scenario import Scenario, parse_scenario
+
+T0 = 1_767_000_000.0  # a fixed virtual start time (2025-12-29T09:20:00Z)
+
+
+def scenario(**overrides: Any) -> Scenario:
+    """A short, quiet night; tests override what they exercise."""
+    base = parse_scenario({"device": {"protocol": "plx", "address": "SIM-TEST-01"}, "night": {"duration_s": 1800, "seed": 3}})
+    return dataclasses.replace(base, **overrides)
+
+
+def fast_config(**oximetry: Any) -> dict[str, Any]:
+    cfg = defaults()
+    cfg["ble"]["scan_timeout_s"] = 0.5
+    cfg["storage"]["flush_interval_s"] = 0.05
+    cfg["storage"]["synchronous"] = "NORMAL"  # WAL + NORMAL survives a killed process; no fsync per test commit
+    cfg["oximetry"].update(oximetry)
+    return cfg
+
+
+@dataclasses.dataclass
+class NightRun:
+    daemon: Daemon
+    devices: list[SimulatedOximeter]
+    session_ids: list[int]
+    stopped: list[dict[str, Any]]
+    clock: VirtualClock
+
+
+async def run_night(
+    db_path: Path,
+    scenarios: list[Scenario],
+    *,
+    config: dict[str, Any] | None = None,
+    capture: Path | None = None,
+    subjects: list[str] | None = None,
+    before_stop: Callable[[NightRun], Any] | None = None,
+) -> NightRun:
+    """Play every scenario to its end through the daemon, stop the sessions, shut down."""
+    clock = VirtualClock(start=T0)
+    air = SimulatedAir(clock)
+    devices = [air.add(SimulatedOximeter(sc, clock)) for sc in scenarios]
+    pump = asyncio.create_task(clock.run())
+    daemon = Daemon(db_path, clock=clock, config=config or fast_config(), ble_backend=air.client_backend,
+                    scanner_backend=air.scanner_backend, capture_path=capture)
+    run = NightRun(daemon, devices, [], [], clock)
+    try:
+        plays = []
+        for i, dev in enumerate(devices):
+            subject = (subjects or [f"SCR-{i + 1:04d}" for i in range(len(devices))])[i]
+            await daemon.add_subject(subject)
+            plays.append(asyncio.create_task(dev.run()))
+            info = await daemon.start_night(subject, dev.address)
+            run.session_ids.append(info["id"])
+        await asyncio.wait_for(asyncio.gather(*plays), timeout=120)
+        if before_stop is not None:
+            before_stop(run)
+        for sid in run.session_ids:
+            run.stopped.append(await daemon.stop_session(sid))
+    finally:
+        await daemon.shutdown()
+        pump.cancel()
+    return run
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    """Poll a condition owned by another process (a subprocess daemon); fail loudly on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "collector.sqlite"

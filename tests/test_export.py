@@ -1,0 +1,304 @@
+"""Export bundles end to end: a simulated night through the real daemon, exported through the CLI,
+read back with pandas/pyEDFlib/edfio, verified, tampered with, merged."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import random
+import shutil
+import sqlite3
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from collector.cli import main
+from collector.export import bag
+from collector.export.verify import verify_bundle
+from collector.storage import audit, repo
+from collector.storage.db import open_db
+from simulators.scenario import Interval
+from conftest import T0, run_night, scenario
+
+SUBJECT = "SCR-0042"
+BIRTH = "1971-04-23"
+BIRTH_FORMS = ["1971-04-23", "23.04.1971", "23/04/1971", "04/23/1971", "1971/04/23", "19710423", "23041971",
+               "23-APR-1971", "23 Apr 1971", "April 23, 1971", "23-04-1971"]
+ADDRESS = "C4:7F:51:00:AB:12"
+
+
+def _cli(db: Path, *args: str) -> object:
+    return CliRunner().invoke(main, ["--db", str(db), "--by", "tester", *args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One subject: a 1.5 h night (desaturations, finger out, a disconnect), a birth date, a spirometry
+    session, an event and an audit row that mention the birth date and the device address; exported twice."""
+    import sqlite_utils
+
+    from collector.eligibility.store import record_fact
+
+    tmp = tmp_path_factory.mktemp("export")
+    db = tmp / "site.sqlite"
+    sc = scenario(address=ADDRESS, duration_s=5400.0, finger_out=[Interval(1500, 90)], disconnects=[Interval(3000, 120)],
+                  desaturations=[{"count": 6, "depth": 10, "duration_s": 70}])
+    run = asyncio.run(run_night(db, [sc], subjects=[SUBJECT]))
+    sid = run.session_ids[0]
+    conn = open_db(db).conn
+    record_fact(sqlite_utils.Database(conn), SUBJECT, "birth_date", BIRTH, by="tester", now_utc=T0 + 7200)
+    conn.execute("BEGIN IMMEDIATE")
+    spiro = repo.open_session(conn, subject_id=SUBJECT, kind="spirometry", device_id=None, by="tester", at=T0 + 8000)
+    for n, fvc in enumerate((3.1, 3.2, 3.15), 1):
+        conn.execute("INSERT INTO spirometry_manoeuvres (session_id, received_utc, number, manoeuvre_type, fvc_l, fev1_l,"
+                     " device_quality_json, raw_json) VALUES (?, '2025-12-29T12:00:00.000Z', ?, 'FVC', ?, 2.5, '{\"grade\":\"A\"}',"
+                     " '{\"PID\":\"name and birth date as the device sent them\"}')", (spiro, n, fvc))
+    conn.execute("INSERT INTO spirometry_results (session_id, computed_utc, valid, equation, sex, age_years, height_cm, fvc_l,"
+                 " predicted_fvc_l, lln_fvc_l, z_fvc, fvc_pct_predicted, grade_fvc, result_json) VALUES"
+                 " (?, '2025-12-29T12:01:00.000Z', 1, 'GLI-Global-2022', 'male', 54.0, 178, 3.2, 4.6, 3.7, -2.1, 69.6, 'A', '{}')",
+                 (spiro,))
+    repo.close_session(conn, spiro, state="stopped", by="tester", at=T0 + 8100)
+    repo.add_event(conn, sid, t_ms=int((T0 + 600) * 1000), kind="note", detail={"text": f"born {BIRTH}, device {ADDRESS}"})
+    audit.append(conn, at=T0 + 8200, actor="tester", action="note", subject_id=SUBJECT, new={"birth": "23.04.1971"})
+    conn.execute("COMMIT")
+    out = tmp / "out"
+    r1 = _cli(db, "export", SUBJECT, "--out", str(out), "--json")
+    assert r1.exit_code == 0, r1.output
+    r2 = _cli(db, "export", "--all", "--out", str(out / "zips"), "--zip", "--json")
+    assert r2.exit_code == 0, r2.output
+    folder = Path(json.loads(r1.output)[0]["path"])
+    zipped = Path(json.loads(r2.output)[0]["path"])
+    return {"db": db, "session": sid, "spiro": spiro, "folder": folder, "zip": zipped, "tmp": tmp,
+            "export": json.loads(r1.output)[0]}
+
+
+def _copy(site: dict, name: str) -> Path:
+    dst = site["tmp"] / name
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(site["folder"], dst)
+    return dst
+
+
+def _named(result, rel: str) -> bool:
+    return any(rel == f or rel in p for f, p in result.problems)
+
+
+def test_bundle_is_a_bagit_bag_with_the_promised_files(site):
+    root, sid, sp = site["folder"], site["session"], site["spiro"]
+    assert (root / "bagit.txt").read_bytes() == b"BagIt-Version: 1.0\nTag-File-Character-Encoding: UTF-8\n"
+    names = sorted(p.relative_to(root / "data").as_posix() for p in (root / "data").iterdir())
+    assert names == sorted([f"samples_{sid}.csv", f"gaps_{sid}.csv", f"events_{sid}.csv", f"night_{sid}.json",
+                            f"night_{sid}.edf", f"night_{sid}.png", f"spirometry_{sp}.csv", f"spirometry_{sp}.json",
+                            "eligibility.json", "audit.csv", "report.pdf", "subject.json"])
+    info = bag.parse_info((root / "bag-info.txt").read_bytes())
+    assert info["Subject-Pseudonym"] == [SUBJECT] and info["Source-Organization"]
+    assert info["Device"] == ["oximeter SIM-PLX serial SIM0001 firmware 1.0.0-sim"]
+    assert info["Bag-Software-Agent"][0].startswith("collector ")
+    # the export itself is an audit row naming every file and its hash
+    conn = sqlite3.connect(site["db"])
+    rows = conn.execute("SELECT actor, new_value FROM audit WHERE action = 'export_made' ORDER BY id").fetchall()
+    assert len(rows) == 2 and rows[0][0] == "tester"
+    files = json.loads(rows[0][1])["files"]
+    assert files["data/report.pdf"] == bag.sha256((root / "data/report.pdf").read_bytes())
+    assert set(files) == {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
+def test_samples_come_back_the_same_from_csv_edf_and_zip(site):
+    import edfio
+    import pyedflib
+
+    sid = site["session"]
+    conn = sqlite3.connect(site["db"])
+    db = conn.execute("SELECT host_utc_ms, spo2_pct, pulse_bpm, valid, pulse_valid, flags FROM spo2_samples"
+                      " WHERE session_id = ? ORDER BY host_utc_ms", (sid,)).fetchall()
+    df = pd.read_csv(site["folder"] / f"data/samples_{sid}.csv")
+    assert len(df) == len(db) > 4000
+    t_ms = (pd.to_datetime(df["host_utc"], utc=True, format="ISO8601") - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)
+    assert t_ms.tolist() == [r[0] for r in db]
+    assert df["spo2_pct"].tolist() == pytest.approx([np.nan if r[1] is None else r[1] for r in db], nan_ok=True)
+    assert df["valid"].tolist() == [r[3] for r in db] and df["flags"].tolist() == [r[5] for r in db]
+    assert (~df["valid"].astype(bool)).sum() > 50, "the finger-out minutes are exported as invalid samples"
+
+    with zipfile.ZipFile(site["zip"]) as zf:
+        inner = [n for n in zf.namelist() if n.endswith(f"data/samples_{sid}.csv")]
+        assert pd.read_csv(io.BytesIO(zf.read(inner[0]))).equals(df)
+
+    path = str(site["folder"] / f"data/night_{sid}.edf")
+    valid_spo2 = np.array([r[1] for r in db if r[3] and r[1] is not None])
+    valid_pulse = np.array([r[2] for r in db if r[4] and r[2] is not None])
+    with pyedflib.EdfReader(path) as f:
+        labels = f.getSignalLabels()
+        assert labels == ["SpO2", "Pulse"]
+        spo2_dig = f.readSignal(0, digital=True)
+        spo2 = f.readSignal(0)
+        pulse = f.readSignal(1)
+        pulse_dig = f.readSignal(1, digital=True)
+        assert f.getSampleFrequency(0) == 1
+        assert f.getStartdatetime().replace(tzinfo=None) == pd.Timestamp(db[0][0] // 1000, unit="s").to_pydatetime()
+        texts = list(f.readAnnotations()[2])
+        assert f.getPatientName() in ("X", "") and f.getBirthdate() in ("", "X")
+    np.testing.assert_allclose(spo2[spo2_dig != -1], valid_spo2, atol=0.051)
+    np.testing.assert_allclose(pulse[pulse_dig != -1], valid_pulse, atol=0.051)
+    # one cell per second: each valid sample sits at its own second after the start
+    cells = np.flatnonzero(spo2_dig != -1)
+    secs = np.array([r[0] // 1000 for r in db if r[3] and r[1] is not None]) - db[0][0] // 1000
+    assert cells.tolist() == secs.tolist()
+    assert "gap: device_disconnected" in texts and "event: note" in texts
+    e = edfio.read_edf(path)
+    assert [s.label for s in e.signals] == ["SpO2", "Pulse"]
+
+
+def test_verify_passes_on_fresh_bundles(site):
+    for path in (site["folder"], site["zip"]):
+        r = _cli(site["db"], "verify", str(path))
+        assert r.exit_code == 0, r.output
+        assert "OK" in r.output
+    res = verify_bundle(site["folder"])
+    assert any("withheld" in n for n in res.notes), "the audit row mentioning the birth date is withheld"
+
+
+def test_any_changed_byte_fails_naming_the_file(site):
+    root = _copy(site, "bytes")
+    rng = random.Random(7)
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    for path in files:
+        rel = path.relative_to(root).as_posix()
+        original = path.read_bytes()
+        positions = {0, len(original) - 1, len(original) // 2, *(rng.randrange(len(original)) for _ in range(4))}
+        for pos in sorted(positions):
+            changed = bytearray(original)
+            changed[pos] = (changed[pos] + 1 + rng.randrange(254)) % 256
+            path.write_bytes(bytes(changed))
+            res = verify_bundle(root)
+            assert not res.ok and _named(res, rel), f"byte {pos} of {rel} changed but verify said {res.problems}"
+        path.write_bytes(original)
+    assert verify_bundle(root).ok
+
+
+def test_changed_zip_fails(site):
+    data = site["zip"].read_bytes()
+    for k, pos in enumerate((len(data) // 3, len(data) // 2, len(data) - 30)):
+        changed = bytearray(data)
+        changed[pos] ^= 0x5A
+        bad = site["tmp"] / f"bad{k}.zip"
+        bad.write_bytes(bytes(changed))
+        r = _cli(site["db"], "verify", str(bad))
+        assert r.exit_code != 0
+
+
+def test_removed_or_added_file_fails_naming_it(site):
+    root = _copy(site, "files")
+    sid = site["session"]
+    gaps = root / f"data/gaps_{sid}.csv"
+    kept = gaps.read_bytes()
+    gaps.unlink()
+    res = verify_bundle(root)
+    assert not res.ok and _named(res, f"data/gaps_{sid}.csv")
+    gaps.write_bytes(kept)
+    for extra in ("data/extra.csv", "notes.txt", "data/sub/x.json"):
+        p = root / extra
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("x")
+        r = _cli(site["db"], "verify", str(root))
+        assert r.exit_code == 8 and extra in r.output
+        p.unlink()
+    assert verify_bundle(root).ok
+
+
+def _rebag(root: Path, rel: str, new: bytes) -> None:
+    """Replace a payload file and regenerate both manifests, as a careless or dishonest re-packer would."""
+    (root / rel).write_bytes(new)
+    data = {p.relative_to(root).as_posix(): p.read_bytes() for p in (root / "data").rglob("*") if p.is_file()}
+    (root / bag.MANIFEST).write_bytes(bag.manifest_text(data))
+    tags = {k: (root / k).read_bytes() for k in bag.TAG_FILES}
+    (root / bag.TAGMANIFEST).write_bytes(bag.manifest_text(tags))
+
+
+def test_verify_recomputes_t90_and_checks_the_audit_chain_beyond_the_manifests(site):
+    sid = site["session"]
+    root = _copy(site, "rebag")
+    csv_path = root / f"data/samples_{sid}.csv"
+    lines = csv_path.read_text().splitlines(keepends=True)
+    k = next(i for i, line in enumerate(lines[1:], 1) if ",95.0," in line)
+    lines[k] = lines[k].replace(",95.0,", ",80.0,", 1)
+    _rebag(root, f"data/samples_{sid}.csv", "".join(lines).encode())
+    res = verify_bundle(root)
+    assert any(f == f"data/night_{sid}.json" and "t90_s" in p for f, p in res.problems)
+    assert _named(res, f"data/night_{sid}.edf"), "the EDF no longer matches the CSV either"
+
+    root = _copy(site, "rebag_audit")
+    text = (root / "data/audit.csv").read_text()
+    _rebag(root, "data/audit.csv", text.replace("session_started", "session_startet", 1).encode())
+    res = verify_bundle(root)
+    assert [f for f, _ in res.problems] == ["data/audit.csv"] and "edited" in res.problems[0][1]
+
+
+def test_no_birth_date_or_device_address_anywhere(site):
+    blobs: dict[str, bytes] = {}
+    for p in site["folder"].rglob("*"):
+        if p.is_file():
+            blobs[str(p)] = p.read_bytes()
+    raw_zip = site["zip"].read_bytes()
+    blobs["zip"] = raw_zip
+    with zipfile.ZipFile(site["zip"]) as zf:
+        for n in zf.namelist():
+            blobs[f"zip:{n}"] = zf.read(n)
+    needles = [*BIRTH_FORMS, ADDRESS, ADDRESS.replace(":", ""), ADDRESS.replace(":", "-")]
+    for name, data in blobs.items():
+        low = data.lower()
+        for needle in needles:
+            for enc in ("utf-8", "utf-16-le", "utf-16-be"):
+                assert needle.lower().encode(enc) not in low, f"{needle!r} ({enc}) found in {name}"
+    # age at screening instead of the birth date: 54 on the first session date (2025-12-29)
+    subject = json.loads((site["folder"] / "data/subject.json").read_text())
+    assert subject["age_at_screening_years"] == 54
+    edf_header = (site["folder"] / f"data/night_{site['session']}.edf").read_bytes()[:256]
+    assert edf_header[8:88].decode().split() == [SUBJECT, "X", "X", "X"]
+    events = (site["folder"] / f"data/events_{site['session']}.csv").read_text()
+    assert "<withheld>" in events
+    assert "name and birth date" not in (site["folder"] / f"data/spirometry_{site['spiro']}.json").read_text()
+
+
+def test_merge_two_bundles_counts_rows_and_refuses_a_bad_one(site):
+    import duckdb
+
+    out = site["tmp"] / "study.duckdb"
+    r = _cli(site["db"], "merge", str(site["folder"]), str(site["zip"]), "--out", str(out), "--json")
+    assert r.exit_code == 0, r.output
+    n = sqlite3.connect(site["db"]).execute("SELECT COUNT(*) FROM spo2_samples").fetchone()[0]
+    con = duckdb.connect(str(out))
+    count = lambda t: con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]  # noqa: E731
+    assert count("samples") == 2 * n
+    assert count("nights") == 2 and count("spirometry") == 2 and count("decisions") == 2
+    elig = json.loads((site["folder"] / "data/eligibility.json").read_text())
+    assert count("criteria") == 2 * len(elig["criteria"]) > 0
+    t90 = json.loads((site["folder"] / f"data/night_{site['session']}.json").read_text())["report"]["t90_pct"]
+    assert con.execute("SELECT DISTINCT t90_pct FROM nights").fetchall() == [(t90,)]
+    con.close()
+    # the same bundles again add nothing; a tampered bundle is refused and nothing is loaded
+    again = _cli(site["db"], "merge", str(site["folder"]), "--out", str(out), "--json")
+    assert json.loads(again.output)["rows_added"]["samples"] == 0
+    bad = _copy(site, "bad_merge")
+    (bad / "data/report.pdf").write_bytes(b"%PDF-1.4 nothing\n%%EOF\n")
+    r = CliRunner().invoke(main, ["merge", str(bad), "--out", str(out)])
+    assert r.exit_code != 0 and "refusing to merge" in r.output
+    con = duckdb.connect(str(out))
+    assert con.execute("SELECT COUNT(*) FROM bundles").fetchone()[0] == 2
+
+
+def test_export_arguments_are_checked(site):
+    r = CliRunner().invoke(main, ["--db", str(site["db"]), "export", "--out", str(site["tmp"] / "x")])
+    assert r.exit_code == 2 and "exactly one of" in r.output
+    r = CliRunner().invoke(main, ["--db", str(site["db"]), "export", "SCR-9999", "--out", str(site["tmp"] / "x")])
+    assert r.exit_code == 4
+    r = _cli(site["db"], "export", "--session", str(site["spiro"]), "--out", str(site["tmp"] / "one"), "--json")
+    assert r.exit_code == 0
+    one = Path(json.loads(r.output)[0]["path"])
+    assert sorted(p.name for p in (one / "data").iterdir() if p.name.startswith(("night", "spiro"))) == [
+        f"spirometry_{site['spiro']}.csv", f"spirometry_{site['spiro']}.json"]
+    assert verify_bundle(one).ok
