@@ -149,6 +149,7 @@ class NightRecorder:
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
         self.task = asyncio.create_task(self._supervise(), name=f"night-{self.session_id}")
+        self.daemon.ensure_handover()
 
     async def _supervise(self) -> None:
         try:
@@ -226,10 +227,28 @@ class Daemon:
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self.status_providers: dict[str, Callable[[], Any]] = {}
         self.shutdown_hooks: list[Callable[[], Awaitable[None]]] = []
+        self._handover_task: asyncio.Task[None] | None = None
         self.startup_hooks: list[Callable[[], Awaitable[Any]]] = []  # awaited at the end of resume_open_sessions()
         from collector import features
 
         features.attach_all(self)
+
+    def ensure_handover(self) -> None:
+        """Queue every recorder's pending rows for the writer ~10 times a second (real time).
+
+        Durability is a wall-clock promise, so this loop sleeps in real time even
+        when the recording runs on a virtual clock.
+        """
+        if self._handover_task is None or self._handover_task.done():
+            self._handover_task = asyncio.create_task(self._handover_loop(), name="handover")
+
+    async def _handover_loop(self) -> None:
+        from collector.pipeline import HANDOVER_S
+
+        while True:
+            await asyncio.sleep(HANDOVER_S)
+            for rec in list(self.recorders.values()):
+                rec.pipeline.hand_over()
 
     def notify(self, kind: str, payload: dict[str, Any]) -> None:
         """Tell listeners that something changed (a night crossed 2 %, a night or spirometry session ended)."""
@@ -444,6 +463,8 @@ class Daemon:
             await rec.stop(now)
             await self._write(lambda c, sid=sid: repo.close_session(c, sid, state="interrupted", by="collector", at=now, reason=SHUTDOWN_REASON))
         self.recorders.clear()
+        if self._handover_task is not None:
+            self._handover_task.cancel()
         await asyncio.to_thread(self.writer.flush)
         self.writer.close()
         if self.capture is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from typing import Any, Callable
 
 from collector.storage import repo
@@ -22,6 +23,10 @@ log = logging.getLogger(__name__)
 # Gap causes that end a sample's hold (the recording was interrupted).  Lost
 # packets are recorded as gaps too, but within max_hold_s they are held over by
 # the zero-order-hold definition, so they do not break it.
+# Rows wait at most this long (real time) before they are queued for the writer,
+# which commits at most flush_interval_s later: together well within a second.
+HANDOVER_S = 0.1
+
 BREAKING_CAUSES = frozenset({"device_disconnected", "watchdog_silence", "daemon_down", "session_paused"})
 
 
@@ -62,6 +67,8 @@ class ReadingPipeline:
         self.samples = 0
         self.last_sample_t: float | None = None
         self.last_reading: OximeterReading | None = None
+        self._pending: list[SampleRow] = []
+        self._handed_over = time.monotonic()
         self._reducer = None
         if protocol == "berrymed":
             from drivers.protocols.berrymed import OneHzReducer
@@ -79,16 +86,24 @@ class ReadingPipeline:
             start_ms, end_ms = int(round(self.last_sample_t * 1000)), int(round(t * 1000))
             self._submit(lambda c: repo.add_gap(c, self.session_id, start_ms=start_ms, end_ms=end_ms, cause="lost_packets", detail=f"{missed} packets"))
         if readings:
-            stamped = [(t, r) for r in readings]
             if self._reducer is not None:
-                stamped = [out for t_r in stamped for out in self._reducer.push(*t_r)]
-            self._store(stamped)
+                self._store([out for r in readings for out in self._reducer.push(t, r)])
+            else:
+                self._store([(t, r) for r in readings])
         return self.parser.stats.frames - frames_before
+
+    def hand_over(self, now: float | None = None) -> None:
+        """Queue pending rows for the writer (batched: one queue item per ~0.1 s, not per frame)."""
+        if self._pending:
+            self.writer.add_samples(self._pending)
+            self._pending = []
+        self._handed_over = time.monotonic() if now is None else now
 
     def interrupt(self, t: float, cause: str) -> None:
         """The recording stops here (link lost, daemon stopping): end the hold of the last sample."""
         if self._reducer is not None:
             self._store(self._reducer.flush())
+        self.hand_over()
         if self.live is not None and cause in BREAKING_CAUSES:
             try:
                 self.live.interrupt(t, cause)
@@ -97,14 +112,17 @@ class ReadingPipeline:
 
     def close(self, t: float) -> None:
         self.interrupt(t, "session_stopped")
+        self.hand_over()
 
     # -- output ----------------------------------------------------------------------------
     def _store(self, stamped: list[tuple[float, OximeterReading]]) -> None:
         if not stamped:
             return
-        rows = [to_row(self.session_id, t, r) for t, r in stamped]
-        self.writer.add_samples(rows)
-        self.samples += len(rows)
+        self._pending.extend([to_row(self.session_id, t, r) for t, r in stamped])
+        now = time.monotonic()
+        if now - self._handed_over >= HANDOVER_S:
+            self.hand_over(now)
+        self.samples += len(stamped)
         self.last_sample_t, self.last_reading = stamped[-1]
         if self.live is not None:
             try:
@@ -122,5 +140,6 @@ class ReadingPipeline:
             self.on_event(t, kind, detail)
 
     def _submit(self, fn: Callable[[Any], Any]) -> None:
+        self.hand_over()  # keep stored order: samples first, then what they caused
         fut = self.writer.submit(fn)
         fut.add_done_callback(lambda f: f.exception() and log.error("session %s: write failed: %s", self.session_id, f.exception()))

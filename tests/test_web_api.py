@@ -264,3 +264,22 @@ def test_page_routes_describe_themselves_in_openapi(app_env) -> None:
         schema = op["responses"]["200"]["content"]["application/json"]["schema"]
         assert schema, path
     assert "StatusOut" in spec["components"]["schemas"] and "BedOut" in spec["components"]["schemas"]
+
+
+def test_live_stream_sends_updates_and_ends_when_the_login_expires(app_env) -> None:
+    _, _, client, fake = app_env
+    login(client)
+    events: list[tuple[str, dict[str, Any]]] = []
+    with client.stream("GET", "/api/v1/events/stream") as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        kind = None
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                kind = line[len("event: "):]
+            elif line.startswith("data: ") and kind:
+                events.append((kind, json.loads(line[len("data: "):])))
+                if kind == "update":
+                    fake.t += 31 * 60  # the page is left alone longer than the idle limit
+    assert [k for k, _ in events] == ["update", "expired"]
+    update = events[0][1]
+    assert update["operator"] == "alice" and update["beds"] == [] and isinstance(update["alerts"], list)

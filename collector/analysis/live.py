@@ -80,13 +80,15 @@ class LiveBurden:
     __slots__ = (
         "_cfg", "_max_hold", "_thr", "_first", "_last", "_last_usable", "_last_below",
         "_last_below_incl", "_last_spo2", "_num", "_num_incl", "_analysed", "_nadir",
-        "_n", "_cuts", "_alerted",
+        "_n", "_cuts", "_alerted", "_thr_scale", "_thr_num",
     )
 
     def __init__(self, config: AnalysisConfig = AnalysisConfig()) -> None:
         self._cfg = config
         self._max_hold = config.max_hold_ms
         self._thr = config.threshold
+        self._thr_scale = 100 * self._thr.denominator
+        self._thr_num = self._thr.numerator
         self._first: int | None = None
         self._last: int | None = None
         self._last_usable = False
@@ -154,8 +156,8 @@ class LiveBurden:
         a = self._analysed
         if a <= 0:
             return []
-        over = exceeds(self._num, a, self._thr)
-        if not over:
+        # Same exact comparison as report.exceeds, with the threshold's integers unpacked once.
+        if self._num * self._thr_scale <= self._thr_num * a:
             self._alerted = False
             return []
         if self._alerted or a < ALERT_MIN_ANALYSED_MS:

@@ -77,7 +77,12 @@ class WebService:
     def __init__(self, daemon: Any) -> None:
         self.daemon = daemon
         cfg = {**WEB_DEFAULTS, **(daemon.config.get("web") or {})}
-        self.settings = {k: float(v) for k, v in cfg.items() if k in WEB_DEFAULTS}
+        try:
+            self.settings = {k: float(v) for k, v in cfg.items() if k in WEB_DEFAULTS}
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"[web] settings must be numbers ({exc}); fix the config file") from None
+        if any(v <= 0 for v in self.settings.values()):
+            raise InvalidInput("[web] settings must be positive numbers; fix the config file")
         self.settings["stream_interval_s"] = max(1.0, self.settings["stream_interval_s"])
         self.sessions = SessionStore(idle_s=self.settings["session_idle_min"] * 60, max_s=self.settings["session_max_h"] * 3600)
         self.throttle = LoginThrottle()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import enum
+import functools
 from dataclasses import dataclass
 
 from drivers.protocols.common import Flag, OximeterReading, ParserStats, apply_range_rules
@@ -37,6 +38,7 @@ PLX_FEATURES_UUID = sig_uuid(0x2A60)  # read
 RACP_UUID = sig_uuid(0x2A52)  # write + indicate
 
 
+@functools.lru_cache(maxsize=256)
 def normalize_uuid(uuid: str) -> str:
     """Lower-case 128-bit form; accepts '2a5f', '0x2A5F' and full UUIDs."""
     u = uuid.strip().lower()
@@ -138,15 +140,19 @@ DEV_STATUS_FLAGS: dict[DevStatus, Flag] = {
 }
 
 
-def status_flags(meas_status: int | None, dev_status: int | None) -> Flag:
-    """Normalised flags for the two PLX status fields (None = field absent)."""
-    flags = Flag.NONE
+@functools.lru_cache(maxsize=4096)
+def status_flags(meas_status: int | None, dev_status: int | None) -> int:
+    """Normalised flag bits for the two PLX status fields (None = field absent).
+
+    Cached: a device repeats the same few status words all night, and this runs per sample.
+    """
+    flags = 0
     for bit, flag in MEAS_STATUS_FLAGS.items():
         if meas_status is not None and meas_status & bit:
-            flags |= flag
+            flags |= int(flag)
     for bit, flag in DEV_STATUS_FLAGS.items():
         if dev_status is not None and dev_status & bit:
-            flags |= flag
+            flags |= int(flag)
     return flags
 
 
@@ -162,7 +168,7 @@ class PlxFrameError(ValueError):
     """A PLX frame is malformed (used inside the codec; the parser counts it)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # per-sample object: plain init is much cheaper than frozen
 class PlxContinuous:
     """Every field of one 0x2A5F frame (fast/slow are not stored as readings)."""
 
@@ -274,28 +280,33 @@ def _need(data: bytes, n: int, what: str) -> None:
         raise PlxFrameError(f"{what}: {len(data)} bytes, flags imply {n}")
 
 
+_C_FAST, _C_SLOW, _C_MEAS_STATUS, _C_DEV_STATUS, _C_PAI = (
+    int(ContFlags.FAST), int(ContFlags.SLOW), int(ContFlags.MEAS_STATUS), int(ContFlags.DEV_STATUS), int(ContFlags.PAI)
+)
+
+
 def decode_continuous(data: bytes) -> PlxContinuous:
     """Decode a 0x2A5F frame; raises :class:`PlxFrameError` if shorter than its flags imply."""
     _need(data, 1, "continuous")
-    f = data[0]
-    n = 5 + 4 * bool(f & ContFlags.FAST) + 4 * bool(f & ContFlags.SLOW)
-    n += 2 * bool(f & ContFlags.MEAS_STATUS) + 3 * bool(f & ContFlags.DEV_STATUS) + 2 * bool(f & ContFlags.PAI)
+    f = data[0]  # compared with plain ints below: IntFlag arithmetic is slow on this per-sample path
+    n = 5 + 4 * bool(f & _C_FAST) + 4 * bool(f & _C_SLOW)
+    n += 2 * bool(f & _C_MEAS_STATUS) + 3 * bool(f & _C_DEV_STATUS) + 2 * bool(f & _C_PAI)
     _need(data, n, "continuous")
     fields: dict = {"flags": f, "spo2": read_sfloat(data, 1), "pr": read_sfloat(data, 3)}
     i = 5
-    if f & ContFlags.FAST:
+    if f & _C_FAST:
         fields["spo2_fast"], fields["pr_fast"] = read_sfloat(data, i), read_sfloat(data, i + 2)
         i += 4
-    if f & ContFlags.SLOW:
+    if f & _C_SLOW:
         fields["spo2_slow"], fields["pr_slow"] = read_sfloat(data, i), read_sfloat(data, i + 2)
         i += 4
-    if f & ContFlags.MEAS_STATUS:
+    if f & _C_MEAS_STATUS:
         fields["meas_status"] = int.from_bytes(data[i:i + 2], "little")
         i += 2
-    if f & ContFlags.DEV_STATUS:
+    if f & _C_DEV_STATUS:
         fields["dev_status"] = int.from_bytes(data[i:i + 3], "little")
         i += 3
-    if f & ContFlags.PAI:
+    if f & _C_PAI:
         fields["pai"] = read_sfloat(data, i)
     return PlxContinuous(**fields)
 
@@ -382,7 +393,7 @@ def spot_check_reading(frame: PlxSpotCheck) -> OximeterReading:
     flags = status_flags(frame.meas_status, frame.dev_status)
     device_time = None
     if frame.clock_not_set:
-        flags |= Flag.DEVICE_CLOCK_NOT_SET
+        flags |= int(Flag.DEVICE_CLOCK_NOT_SET)
     else:
         device_time = device_time_iso(frame.timestamp)
     flags = apply_range_rules(spo2, pr, flags)
@@ -413,15 +424,24 @@ class PlxParser:
         self.features: PlxFeatures | None = None
         self.last_racp: RacpResult | None = None
         self.last_continuous: PlxContinuous | None = None
+        # frame bytes -> (frame, reading); readings are shared, so they must never be mutated
+        self._continuous_cache: dict[bytes, tuple[PlxContinuous, OximeterReading]] = {}
 
     def feed(self, characteristic: str, data: bytes) -> list[OximeterReading]:
         uuid = normalize_uuid(characteristic)
         data = bytes(data)
         try:
             if uuid == PLX_CONTINUOUS_UUID:
-                frame = decode_continuous(data)
-                self.last_continuous = frame
-                out = [continuous_reading(frame)]
+                # A night repeats a few hundred distinct frames: decode each once.
+                hit = self._continuous_cache.get(data)
+                if hit is None:
+                    frame = decode_continuous(data)
+                    hit = (frame, continuous_reading(frame))
+                    if len(self._continuous_cache) >= 4096:
+                        self._continuous_cache.clear()
+                    self._continuous_cache[data] = hit
+                self.last_continuous = hit[0]
+                out = [hit[1]]
             elif uuid == PLX_SPOT_CHECK_UUID:
                 out = [spot_check_reading(decode_spot_check(data))]
             elif uuid == PLX_FEATURES_UUID:

@@ -12,6 +12,7 @@ the float nearest 97.5 (multiplying by 0.1 would not be correctly rounded).
 from __future__ import annotations
 
 import enum
+import functools
 import math
 from dataclasses import dataclass
 from decimal import Decimal
@@ -55,7 +56,11 @@ def _signed(raw: int, bits: int) -> int:
 
 def decode_sfloat(word: int) -> SFloat:
     """Decode one 16-bit word (only the low 16 bits are used)."""
-    word &= 0xFFFF
+    return _decode_word(word & 0xFFFF)
+
+
+@functools.lru_cache(maxsize=None)  # at most 65536 immutable results; a night repeats a few dozen words
+def _decode_word(word: int) -> SFloat:
     special = _SPECIAL_WORDS.get(word)
     if special is not None:
         return SFloat(None, special)

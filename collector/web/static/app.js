@@ -516,8 +516,9 @@ async function showDecision(subject, box) {
 function renderDecision(box, subject, d) {
   const cls = d.decision === "eligible" ? "ok" : d.decision === "ineligible" ? "bad" : "warn";
   box.appendChild(el("h3", { class: "verdict decision-value " + cls }, `${subject}: ${String(d.decision || "unknown").toUpperCase()}`));
-  for (const line of d.summary || []) box.appendChild(el("p", { class: "small" }, line));
-  if (Array.isArray(d.criteria)) {
+  if (!Array.isArray(d.criteria) || !d.criteria.length) {
+    for (const line of d.summary || []) box.appendChild(el("p", { class: "small" }, line));
+  } else {
     const table = el("table", { class: "criteria" });
     for (const c of d.criteria) {
       const tr = el("tr", { class: "crit-" + c.state });

