@@ -201,7 +201,7 @@ def _stop_offline(c: Ctx, session_id: int, reason: str | None) -> dict[str, Any]
     if info["kind"] == "night":
         report = compute_report(conn, session_id, c.config)
         conn.execute("BEGIN IMMEDIATE")
-        store_report(conn, session_id, report, at=now)
+        store_report(conn, session_id, report, at=now, actor=c.by, reason="session stopped while the daemon was not running")
         conn.execute("COMMIT")
         info["report"] = report
     return info

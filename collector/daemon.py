@@ -424,7 +424,7 @@ class Daemon:
         finally:
             conn.close()
         now = self.clock.now()
-        await self._write(lambda c: store_report(c, session_id, report, at=now))
+        await self._write(lambda c: store_report(c, session_id, report, at=now, actor="collector", reason="session stopped"))
         self.notify("night_report", {"session_id": session_id, "report": report})
         return report
 

@@ -67,12 +67,10 @@ def get_report(c: Ctx, session_id: int, *, recompute: bool = False) -> dict[str,
     conn.execute("BEGIN IMMEDIATE")
     try:
         report = compute_report(conn, session_id, c.config)
-        report_id = store_report(conn, session_id, report, at=now)
-        audit.append(
-            conn, at=now, actor=c.by, action="night_report_recomputed" if existing else "night_report_computed",
-            subject_id=session["subject_id"], session_id=session_id,
+        report_id = store_report(
+            conn, session_id, report, at=now, actor=c.by,
+            action="night_report_recomputed" if existing else "night_report_computed",
             old=_summary(existing["report"], existing["report_id"]) if existing else None,
-            new=_summary(report, report_id),
             reason="collector report --recompute" if existing else "no stored report",
         )
         conn.execute("COMMIT")

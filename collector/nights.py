@@ -17,7 +17,7 @@ from collector.clock import utc_iso
 from collector.errors import InvalidInput
 from collector.live import analysis_config
 from collector.pipeline import BREAKING_CAUSES
-from collector.storage import repo
+from collector.storage import audit, repo
 
 
 def load_night(conn: sqlite3.Connection, session_id: int) -> NightData:
@@ -53,8 +53,27 @@ def compute_report(conn: sqlite3.Connection, session_id: int, config: dict[str, 
     return report
 
 
-def store_report(conn: sqlite3.Connection, session_id: int, report: dict[str, Any], *, at: float) -> int:
-    """Append a report row (the newest row of a session is its current report)."""
+def report_summary(report: dict[str, Any], report_id: int | None) -> dict[str, Any]:
+    """What the audit trail keeps of a report: enough to see what changed, not the whole night."""
+    return {
+        "report_id": report_id, "definition": report["definitions"]["t90"], "max_hold_s": report["definitions"]["max_hold_s"],
+        "threshold_pct": report["definitions"]["threshold_pct"], "t90_pct": report["t90_pct"],
+        "analysed_s": report["analysed_s"], "decision": report["decision"], "borderline": report["borderline"],
+    }
+
+
+def store_report(
+    conn: sqlite3.Connection,
+    session_id: int,
+    report: dict[str, Any],
+    *,
+    at: float,
+    actor: str,
+    action: str = "night_report_computed",
+    old: dict[str, Any] | None = None,
+    reason: str | None = None,
+) -> int:
+    """Append a report row and its audit row (the newest report row of a session is current)."""
     meets = report.get("meets_t90_criterion")
     cur = conn.execute(
         "INSERT INTO night_reports (session_id, computed_utc, definition, t90_pct, night_valid, borderline, meets_t90_criterion, report_json)"
@@ -70,7 +89,11 @@ def store_report(conn: sqlite3.Connection, session_id: int, report: dict[str, An
             json.dumps(report, sort_keys=True),
         ),
     )
-    return int(cur.lastrowid)
+    report_id = int(cur.lastrowid)
+    subject = conn.execute("SELECT subject_id FROM sessions WHERE id = ?", (session_id,)).fetchone()
+    audit.append(conn, at=at, actor=actor, action=action, subject_id=subject[0] if subject else None, session_id=session_id,
+                 old=old, new=report_summary(report, report_id), reason=reason)
+    return report_id
 
 
 def latest_report(conn: sqlite3.Connection, session_id: int) -> dict[str, Any] | None:

@@ -20,6 +20,8 @@ from collector.storage.db import open_db
 from collector.storage.writer import Writer
 from drivers.protocols.registry import PROFILES
 
+SPIROMETER_PROTOCOLS = frozenset({"hl7", "gdt"})
+
 
 def replay_capture(db_path: Path, capture_file: Path, subject_id: str, *, by: str, config: dict[str, Any]) -> dict[str, Any]:
     repo.validate_subject_id(subject_id)
@@ -27,11 +29,21 @@ def replay_capture(db_path: Path, capture_file: Path, subject_id: str, *, by: st
     if not records:
         raise InvalidInput(f"capture {capture_file} holds no frames; nothing to replay")
     devices: dict[str, str] = {}
+    spirometer_lines = 0
+    kept = []
     for rec in records:
+        if rec.protocol in SPIROMETER_PROTOCOLS:
+            spirometer_lines += 1  # the same capture file also holds serial-line traffic; not a night
+            continue
         if rec.protocol not in PROFILES:
             raise InvalidInput(f"capture {capture_file} line {rec.line}: unknown protocol {rec.protocol!r} (known: {', '.join(sorted(PROFILES))})")
+        kept.append(rec)
+    for rec in kept:
         if devices.setdefault(rec.device, rec.protocol) != rec.protocol:
             raise InvalidInput(f"capture {capture_file} line {rec.line}: device {rec.device} changes protocol; split the file per device")
+    if not kept:
+        raise InvalidInput(f"capture {capture_file} holds no oximeter frames ({spirometer_lines} spirometer lines); nothing to replay")
+    records = kept
     conn = open_db(db_path).conn
     try:
         repo.get_subject(conn, subject_id)
@@ -51,7 +63,7 @@ def replay_capture(db_path: Path, capture_file: Path, subject_id: str, *, by: st
         for res in results:
             report = compute_report(conn, res["session_id"], config)
             conn.execute("BEGIN IMMEDIATE")
-            store_report(conn, res["session_id"], report, at=res["stopped_at"])
+            store_report(conn, res["session_id"], report, at=res["stopped_at"], actor=by, reason=f"replay of {capture_file.name}")
             conn.execute("COMMIT")
             res["report"] = report
             del res["stopped_at"]

@@ -95,7 +95,7 @@ def test_hand_night_imported_then_reported_has_the_exact_t90(db: Path, tmp_path:
     assert rows[6][1:4] == (0.0, 0.0, 0), "SpO2 0 is stored as read and is never a valid value"
     assert rows[2][2:5] == (None, 1, 0), "an empty pulse invalidates the pulse only"
     actions = [a for (a,) in conn.execute("SELECT action FROM audit WHERE session_id = ?", (sid,))]
-    assert actions == ["night_imported"]
+    assert actions == ["night_report_computed", "night_imported"]
     assert cli(db, "verify-audit").exit_code == 0
 
 

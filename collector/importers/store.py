@@ -138,7 +138,7 @@ def import_night(
         session_id = int(cur.lastrowid)
         conn.executemany(INSERT_SAMPLE, sample_rows(session_id, night))
         report = compute_report(conn, session_id, config)
-        report_id = store_report(conn, session_id, report, at=at)
+        report_id = store_report(conn, session_id, report, at=at, actor=by, reason="imported night")
         audit.append(
             conn, at=at, actor=by, action="night_imported", subject_id=subject_id, session_id=session_id,
             new={

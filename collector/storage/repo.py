@@ -67,13 +67,22 @@ def upsert_device(
 ) -> int:
     """Find or create the device row; fill model/serial/firmware when the device reports them."""
     row = _row(conn, "SELECT * FROM devices WHERE kind = ? AND address = ?", (kind, address))
+    ident = {k: v for k, v in info.items() if k in ("model", "serial_number", "firmware") and v}
     if row is None:
         cur = conn.execute(
-            "INSERT INTO devices (kind, protocol, address, name, first_seen_utc, last_seen_utc) VALUES (?, ?, ?, ?, ?, ?)",
-            (kind, protocol, address, name, utc_iso(at), utc_iso(at)),
+            "INSERT INTO devices (kind, protocol, address, name, model, serial_number, firmware, first_seen_utc, last_seen_utc)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (kind, protocol, address, name, ident.get("model"), ident.get("serial_number"), ident.get("firmware"), utc_iso(at), utc_iso(at)),
         )
-        return int(cur.lastrowid)
-    updates = {k: v for k, v in info.items() if k in ("model", "serial_number", "firmware") and v and v != row[k]}
+        device_id = int(cur.lastrowid)
+        # The address stays out of the audit value: it can identify a home device's owner.
+        audit.append(conn, at=at, actor="collector", action="device_registered",
+                     new={"device_id": device_id, "kind": kind, "protocol": protocol, **ident})
+        return device_id
+    updates = {k: v for k, v in ident.items() if v != row[k]}
+    if updates:
+        audit.append(conn, at=at, actor="collector", action="device_identity_changed",
+                     old={"device_id": row["id"], **{k: row[k] for k in updates}}, new={"device_id": row["id"], **updates})
     updates["last_seen_utc"] = utc_iso(at)
     if name and name != row["name"]:
         updates["name"] = name

@@ -38,7 +38,7 @@ seed = 5
 count = 60
 depth = 9
 duration_s = 60
-""" + "".join(f"[[disconnects]]\nat_s = {t}\nduration_s = 300\n" for t in range(1200, 21600, 900)),
+""" + "".join(f"[[disconnects]]\nat_s = {t}\nduration_s = 300\n" for t in range(1800, 21600, 900)),
     "SIM-WARD-02": """
 [device]
 protocol = "plx"
