@@ -11,16 +11,18 @@ import os
 import secrets
 import stat
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Path as PathParam, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from collector import __version__
 from collector.errors import CollectorError, Conflict, DeviceError, InvalidInput, NotFound
+
+# Session IDs are SQLite integers: anything outside is refused as a 422, never a 500.
+SessionId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="session ID")]
 
 STATUS_FOR = {InvalidInput: 422, NotFound: 404, Conflict: 409, DeviceError: 503}
 
@@ -123,11 +125,11 @@ def create_app(daemon: Any, token: str) -> FastAPI:
         return await daemon.start_night(body.subject_id, body.oximeter, protocol=body.protocol, by=body.by)
 
     @app.get("/api/v1/sessions/{session_id}", dependencies=[Depends(auth)])
-    async def get_session(session_id: int) -> dict[str, Any]:
+    async def get_session(session_id: SessionId) -> dict[str, Any]:
         return daemon.session_info(session_id)
 
     @app.post("/api/v1/sessions/{session_id}/stop", dependencies=[Depends(auth)])
-    async def stop_session(session_id: int, body: StopIn) -> dict[str, Any]:
+    async def stop_session(session_id: SessionId, body: StopIn) -> dict[str, Any]:
         return await daemon.stop_session(session_id, by=body.by, reason=body.reason)
 
     from collector import features

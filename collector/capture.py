@@ -43,6 +43,10 @@ class CaptureWriter:
             self._fh.flush()
             self._last_flush = now
 
+    def flush(self) -> None:
+        self._fh.flush()
+        self._last_flush = time.monotonic()
+
     def close(self) -> None:
         self._fh.close()
 

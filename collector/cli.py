@@ -33,6 +33,7 @@ class Ctx:
     db_path: Path
     config: dict[str, Any]
     by: str
+    db_explicit: bool = False
 
     def conn(self):  # noqa: ANN201 - sqlite3.Connection
         return open_db(self.db_path).conn
@@ -90,7 +91,8 @@ def main(ctx: click.Context, db: Path | None, config_path: Path | None, by: str 
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = load_config(config_path)
-    ctx.obj = Ctx(db_path=(db or default_db_path()).expanduser().resolve(), config=config, by=by or config["operator"]["name"])
+    ctx.obj = Ctx(db_path=(db or default_db_path()).expanduser().resolve(), config=config, by=by or config["operator"]["name"],
+                  db_explicit=db is not None)
 
 
 # -- subjects -----------------------------------------------------------------------------------
@@ -208,9 +210,11 @@ def _stop_offline(c: Ctx, session_id: int, reason: str | None) -> dict[str, Any]
 
 
 def _night_line(r: dict[str, Any]) -> str:
+    if not r.get("n_samples"):
+        return "no samples were recorded in this night: it is INVALID (repeat it)"
     verdict = {True: "meets the T90 criterion", False: "FAILS the T90 criterion", None: "INVALID night (repeat it)"}[r.get("meets_t90_criterion")]
     t90 = "n/a" if r.get("t90_pct") is None else f"{r['t90_pct']:.2f} %"
-    return (f"T90 {t90} of {r['analysed_s'] / 3600:.2f} h analysed ({r['analysed_pct']:.1f} % of recording): {verdict}"
+    return (f"T90 {t90} of {(r['analysed_s'] or 0) / 3600:.2f} h analysed ({r['analysed_pct'] or 0:.1f} % of recording): {verdict}"
             + ("; BORDERLINE, needs review" if r.get("borderline") else ""))
 
 
@@ -294,6 +298,8 @@ def run(c: Ctx, host: str | None, port: int | None, scenarios: tuple[Path, ...],
     from collector.client import daemon_running
     from collector.runner import serve
 
+    if scenarios and not c.db_explicit:
+        raise InvalidInput("simulated devices need an explicit database (--db FILE or $COLLECTOR_DB) so simulated nights never land in the default one")
     if daemon_running(c.db_path):
         raise Conflict(f"a collector daemon is already running for {c.db_path}; use it (collector status) or stop it first")
     sys.exit(asyncio.run(serve(c.db_path, c.config, host=host, port=port, scenarios=list(scenarios),
@@ -352,13 +358,14 @@ def scan(c: Ctx, timeout_s: float, show_all: bool, as_json: bool) -> None:
 @main.command()
 @click.argument("capture_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--subject", "subject_id", required=True)
+@click.option("--device", help="Only this device's frames (required when the capture holds several beds).")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-def replay(c: Ctx, capture_file: Path, subject_id: str, as_json: bool) -> None:
+def replay(c: Ctx, capture_file: Path, subject_id: str, device: str | None, as_json: bool) -> None:
     """Feed a raw capture through the same decoders into a new night session (timestamps kept)."""
     from collector.replay import replay_capture
 
-    result = replay_capture(c.db_path, capture_file, subject_id, by=c.by, config=c.config)
+    result = replay_capture(c.db_path, capture_file, subject_id, by=c.by, config=c.config, device=device)
     if as_json:
         emit_json(result)
         return

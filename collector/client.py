@@ -38,7 +38,8 @@ class DaemonClient:
         except httpx.ConnectError:
             raise DaemonUnavailable(f"the collector daemon for {self.db_path} is not answering (stale runtime file?); {self._hint}") from None
         except httpx.TimeoutException:
-            raise DaemonUnavailable(f"the collector daemon did not answer within {self.timeout_s:g} s; check its log") from None
+            # Not DaemonUnavailable: the daemon may still be working on it (never fall back to offline actions).
+            raise CollectorError(f"the collector daemon did not answer within {self.timeout_s:g} s; check with collector status, and its log") from None
         if resp.status_code >= 400:
             try:
                 message = resp.json().get("error") or resp.text

@@ -11,7 +11,7 @@ import heapq
 import itertools
 import math
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Protocol
 
 
@@ -87,8 +87,15 @@ class VirtualClock:
 
 
 def utc_iso(t: float) -> str:
-    """Epoch seconds -> UTC ISO-8601 with milliseconds and a Z."""
-    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """Epoch seconds -> UTC ISO-8601 with milliseconds and a Z.
+
+    Rounded to the millisecond exactly as stored ``*_utc_ms`` columns are
+    (``round(t * 1000)``), so a time written as text and read back lands on
+    the same stored millisecond.
+    """
+    ms = round(t * 1000)
+    dt = datetime.fromtimestamp(ms // 1000, tz=timezone.utc) + timedelta(milliseconds=ms % 1000)
+    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_utc(s: str) -> float:

@@ -11,6 +11,7 @@ stored as a gap.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import sqlite3
 from pathlib import Path
@@ -49,6 +50,7 @@ class NightRecorder:
         protocol: str,
         target: LinkTarget,
         resume_from: float | None = None,
+        open_gap_id: int | None = None,
     ) -> None:
         self.daemon = daemon
         self.session_id: int = session["id"]
@@ -81,8 +83,17 @@ class NightRecorder:
         self._gap: tuple[int, float] | None = None  # (future gap id, start)
         self._gap_future = None
         self.task: asyncio.Task[None] | None = None
-        if resume_from is not None:
+        self.resume_from: float | None = None
+        if open_gap_id is not None:
+            # An outage was still open when the daemon died: it simply continues until data flows.
+            done: concurrent.futures.Future[int] = concurrent.futures.Future()
+            done.set_result(open_gap_id)
+            self._gap_future = done
+        elif resume_from is not None:
+            self.resume_from = resume_from
             self._open_gap(resume_from, "daemon_down", "collector was not running")
+            if daemon.capture is not None:  # so a replay of the capture has the same break
+                daemon.capture.event(resume_from, target.spec, protocol, "lost", "daemon_down")
 
     # -- link callbacks ------------------------------------------------------------------------
     def _on_data(self, t: float, characteristic: str, data: bytes) -> int:
@@ -90,6 +101,7 @@ class NightRecorder:
             self.daemon.capture.frame(t, self.target.spec, self.protocol, characteristic, data)
         frames = self.pipeline.feed(t, characteristic, data)
         if frames and self._gap_future is not None and characteristic in self.link.profile.notify_uuids:
+            self.pipeline.hand_over()  # the sample that ends the outage is stored before the gap closes
             self._close_gap(t)  # an outage ends when data flows again, not when the link is up
         return frames
 
@@ -152,12 +164,19 @@ class NightRecorder:
         self.daemon.ensure_handover()
 
     async def _supervise(self) -> None:
-        try:
-            await self.link.run()
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # a bug in one device's path must not stop the other beds
-            log.exception("session %s: recorder crashed; the session stays open and will be resumed", self.session_id)
+        """Run the link; if its code fails unexpectedly, record the outage and start it again."""
+        while True:
+            try:
+                await self.link.run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug in one device's path must not stop this bed or the others
+                log.exception("session %s: recorder failed; restarting it", self.session_id)
+                now = self.daemon.clock.now()
+                self._on_lost(now, "recorder_error", self.link.last_frame_t)
+                self.daemon.notify("recorder_error", {"session_id": self.session_id, "subject_id": self.subject_id, "error": repr(exc)})
+                await self.daemon.clock.sleep(5.0)
 
     async def stop(self, t: float) -> None:
         if self.task is not None:
@@ -209,8 +228,10 @@ class Daemon:
         scanner_backend: type[BaseBleakScanner] | None = None,
         capture_path: Path | str | None = None,
         operator: str | None = None,
+        origin: str = "live",
     ) -> None:
         self.db_path = Path(db_path)
+        self.origin = origin  # "simulated" when the devices are simulators: never mistaken for a real night
         self.clock = clock or SystemClock()
         self.config = config or defaults()
         self.ble_backend = ble_backend
@@ -228,6 +249,7 @@ class Daemon:
         self.status_providers: dict[str, Callable[[], Any]] = {}
         self.shutdown_hooks: list[Callable[[], Awaitable[None]]] = []
         self._handover_task: asyncio.Task[None] | None = None
+        self.closing = False
         self.startup_hooks: list[Callable[[], Awaitable[Any]]] = []  # awaited at the end of resume_open_sessions()
         from collector import features
 
@@ -249,6 +271,8 @@ class Daemon:
             await asyncio.sleep(HANDOVER_S)
             for rec in list(self.recorders.values()):
                 rec.pipeline.hand_over()
+            if self.capture is not None:
+                self.capture.flush()  # raw frames are as durable as the samples
 
     def notify(self, kind: str, payload: dict[str, Any]) -> None:
         """Tell listeners that something changed (a night crossed 2 %, a night or spirometry session ended)."""
@@ -274,6 +298,8 @@ class Daemon:
                     and r["origin"] in ("live", "simulated")]
             last_t = {r["id"]: conn.execute("SELECT MAX(host_utc_ms) FROM spo2_samples WHERE session_id = ?", (r["id"],)).fetchone()[0]
                       for r in rows}
+            open_gaps = {r["id"]: conn.execute("SELECT MAX(id) FROM gaps WHERE session_id = ? AND end_utc_ms IS NULL", (r["id"],)).fetchone()[0]
+                         for r in rows}
         finally:
             conn.close()
         resumed = []
@@ -291,7 +317,7 @@ class Daemon:
                     c, at=now, actor="collector", action="session_resumed", subject_id=s, session_id=sid,
                     reason="collector restarted after an unclean stop"))
             rec = NightRecorder(self, row, protocol=row["device_protocol"], target=LinkTarget(row["device_address"]),
-                                resume_from=min(since, now))
+                                resume_from=min(since, now), open_gap_id=open_gaps[row["id"]])
             await self._replay_live(rec)
             self.recorders[row["id"]] = rec
             rec.start()
@@ -326,11 +352,13 @@ class Daemon:
                 rec.live.interrupt(breaks[bi][0] / 1000, breaks[bi][1])
                 bi += 1
             rec.live.add(t_ms / 1000, spo2, bool(valid))
+        for start_ms, cause in breaks[bi:]:  # outages after the last sample (e.g. still open at the crash)
+            rec.live.interrupt(start_ms / 1000, cause)
         rec.pipeline.samples = len(samples)
         if samples:
             rec.pipeline.last_sample_t = samples[-1][0] / 1000
-        if rec.live is not None and rec._gap_future is not None:
-            rec.live.interrupt(rec.pipeline.last_sample_t or self.clock.now(), "daemon_down")
+        if rec.resume_from is not None:  # the new daemon_down gap (not yet visible to this read)
+            rec.live.interrupt(max(rec.resume_from, rec.pipeline.last_sample_t or rec.resume_from), "daemon_down")
 
     # -- commands --------------------------------------------------------------------------
     async def add_subject(self, subject_id: str, *, by: str | None = None) -> dict[str, Any]:
@@ -342,9 +370,12 @@ class Daemon:
         return [f.as_dict() for f in found]
 
     async def start_night(
-        self, subject_id: str, oximeter: str, *, protocol: str | None = None, by: str | None = None, origin: str = "live"
+        self, subject_id: str, oximeter: str, *, protocol: str | None = None, by: str | None = None, origin: str | None = None
     ) -> dict[str, Any]:
         by = by or self.operator
+        origin = origin or self.origin
+        if self.closing:
+            raise Conflict("the collector daemon is stopping; start the session again once it is running")
         repo.validate_subject_id(subject_id)
         if protocol is not None and protocol not in PROFILES:
             raise InvalidInput(f"unknown protocol {protocol!r}; known: {', '.join(sorted(PROFILES))}")
@@ -400,6 +431,8 @@ class Daemon:
 
     async def stop_session(self, session_id: int, *, by: str | None = None, reason: str | None = None) -> dict[str, Any]:
         by = by or self.operator
+        if self.closing:
+            raise Conflict("the collector daemon is stopping; the session will be saved as interrupted - stop it after the next start")
         async with self._lock:
             rec = self.recorders.pop(session_id, None)
             now = self.clock.now()
@@ -452,17 +485,27 @@ class Daemon:
         }
 
     async def shutdown(self) -> None:
-        """Flush and close every open session as ``interrupted``; they resume on the next start."""
-        for hook in self.shutdown_hooks:
-            try:
-                await hook()
-            except Exception:
-                log.exception("shutdown hook failed")
-        now = self.clock.now()
-        for sid, rec in list(self.recorders.items()):
-            await rec.stop(now)
-            await self._write(lambda c, sid=sid: repo.close_session(c, sid, state="interrupted", by="collector", at=now, reason=SHUTDOWN_REASON))
-        self.recorders.clear()
+        """Flush and close every open session as ``interrupted``; they resume on the next start.
+
+        New commands are refused from here on; a command already running finishes first (the lock).
+        """
+        if self.closing:
+            return
+        self.closing = True
+        async with self._lock:
+            for hook in self.shutdown_hooks:
+                try:
+                    await hook()
+                except Exception:
+                    log.exception("shutdown hook failed")
+            now = self.clock.now()
+            for sid, rec in list(self.recorders.items()):
+                try:  # one session's failure must not cost the others their interrupted state
+                    await rec.stop(now)
+                    await self._write(lambda c, sid=sid: repo.close_session(c, sid, state="interrupted", by="collector", at=now, reason=SHUTDOWN_REASON))
+                except Exception:
+                    log.exception("session %s could not be closed as interrupted; it stays open and resumes on the next start", sid)
+            self.recorders.clear()
         if self._handover_task is not None:
             self._handover_task.cancel()
         await asyncio.to_thread(self.writer.flush)

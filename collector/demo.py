@@ -63,7 +63,7 @@ async def run_demo(
     subject = next_demo_subject(db_path)
     pump = asyncio.create_task(clock.run(), name="virtual-clock")
     daemon = Daemon(db_path, clock=clock, config=config, ble_backend=air.client_backend,
-                    scanner_backend=air.scanner_backend, operator="demo")
+                    scanner_backend=air.scanner_backend, operator="demo", origin="simulated")
     wall0 = time.monotonic()
     try:
         await daemon.add_subject(subject, by="demo")

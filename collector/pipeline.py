@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 # which commits at most flush_interval_s later: together well within a second.
 HANDOVER_S = 0.1
 
-BREAKING_CAUSES = frozenset({"device_disconnected", "watchdog_silence", "daemon_down", "session_paused"})
+BREAKING_CAUSES = frozenset({"device_disconnected", "watchdog_silence", "daemon_down", "recorder_error", "session_paused"})
 
 
 def to_row(session_id: int, t: float, r: OximeterReading) -> SampleRow:

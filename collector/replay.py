@@ -23,7 +23,8 @@ from drivers.protocols.registry import PROFILES
 SPIROMETER_PROTOCOLS = frozenset({"hl7", "gdt"})
 
 
-def replay_capture(db_path: Path, capture_file: Path, subject_id: str, *, by: str, config: dict[str, Any]) -> dict[str, Any]:
+def replay_capture(db_path: Path, capture_file: Path, subject_id: str, *, by: str, config: dict[str, Any],
+                   device: str | None = None) -> dict[str, Any]:
     repo.validate_subject_id(subject_id)
     records = list(read_capture(capture_file))
     if not records:
@@ -37,12 +38,18 @@ def replay_capture(db_path: Path, capture_file: Path, subject_id: str, *, by: st
             continue
         if rec.protocol not in PROFILES:
             raise InvalidInput(f"capture {capture_file} line {rec.line}: unknown protocol {rec.protocol!r} (known: {', '.join(sorted(PROFILES))})")
-        kept.append(rec)
+        if device is None or rec.device == device:
+            kept.append(rec)
     for rec in kept:
         if devices.setdefault(rec.device, rec.protocol) != rec.protocol:
             raise InvalidInput(f"capture {capture_file} line {rec.line}: device {rec.device} changes protocol; split the file per device")
     if not kept:
-        raise InvalidInput(f"capture {capture_file} holds no oximeter frames ({spirometer_lines} spirometer lines); nothing to replay")
+        which = f"from device {device!r} " if device else ""
+        raise InvalidInput(f"capture {capture_file} holds no oximeter frames {which}({spirometer_lines} spirometer lines); nothing to replay")
+    if len(devices) > 1:
+        # One file from a ward laptop holds every bed: never file them all under one subject.
+        raise InvalidInput(f"capture {capture_file} holds {len(devices)} oximeters ({', '.join(sorted(devices))}); "
+                           "replay one at a time with --device ID")
     records = kept
     conn = open_db(db_path).conn
     try:

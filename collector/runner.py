@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import sqlite3
 from pathlib import Path
 from typing import Any, Iterator
@@ -28,6 +29,22 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def bind_api_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise StorageError(
+            f"cannot serve the control API on {host}:{port} ({exc.strerror or exc}); "
+            "is another collector running? choose another port with --port"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def latest_stored_time(db_path: Path) -> float | None:
@@ -74,6 +91,7 @@ async def serve(
     if speed != 1 and not scenarios:
         raise InvalidInput("--speed only applies to simulated devices; add --simulate SCENARIO")
 
+    sock = bind_api_socket(host, port)  # before anything starts: a busy port is a clean one-line error
     clock = make_clock(db_path, speed)
     backend = scanner = None
     devices = []
@@ -87,10 +105,12 @@ async def serve(
             devices.append(air.add(SimulatedOximeter(load_scenario(path), clock)))
         backend, scanner = air.client_backend, air.scanner_backend
 
-    daemon = Daemon(db_path, clock=clock, config=config, ble_backend=backend, scanner_backend=scanner, capture_path=capture)
+    daemon = Daemon(db_path, clock=clock, config=config, ble_backend=backend, scanner_backend=scanner, capture_path=capture,
+                    origin="simulated" if scenarios else "live")
     token = load_or_create_token(db_path)
     app = create_app(daemon, token)
-    server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", access_log=False))
+    server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", access_log=False,
+                                    timeout_graceful_shutdown=5))
     background: list[asyncio.Task[Any]] = []
     if isinstance(clock, VirtualClock):
         background.append(asyncio.create_task(clock.run(), name="virtual-clock"))
@@ -103,14 +123,13 @@ async def serve(
             loop.add_signal_handler(sig, stop.set)
 
     resumed = await daemon.resume_open_sessions()
-    server_task = asyncio.create_task(server.serve(), name="api")
+    server_task = asyncio.create_task(server.serve(sockets=[sock]), name="api")
     while not server.started:
         if server_task.done():
             await daemon.shutdown()
-            exc = server_task.exception()
-            raise StorageError(f"cannot serve the control API on {host}:{port} ({exc or 'address in use?'}); choose another with --port")
+            raise StorageError(f"cannot serve the control API on {host}:{port} ({server_task.exception()}); choose another with --port")
         await asyncio.sleep(0.01)
-    bound_port = server.servers[0].sockets[0].getsockname()[1]
+    bound_port = sock.getsockname()[1]
     write_runtime(db_path, host=host, port=bound_port, pid=os.getpid())
     log.info("collector daemon on http://%s:%s (db %s), resumed sessions: %s", host, bound_port, db_path, resumed or "none")
     print(f"collector daemon ready on http://{host}:{bound_port} (database {db_path}); resumed sessions: {resumed or 'none'}", flush=True)
@@ -119,10 +138,13 @@ async def serve(
     try:
         await stop.wait()
     finally:
-        log.info("stopping: flushing and closing open sessions as interrupted")
-        await daemon.shutdown()
+        log.info("stopping: API first (requests in flight get up to 5 s), then the sessions")
         server.should_exit = True
-        await server_task
+        try:
+            await asyncio.wait_for(server_task, 15)
+        except (asyncio.TimeoutError, Exception):
+            log.warning("the control API did not stop cleanly; continuing the shutdown")
+        await daemon.shutdown()
         for task in background:
             task.cancel()
         remove_runtime(db_path)

@@ -138,3 +138,30 @@ def test_unknown_oximeter_is_a_clear_error_and_nothing_is_created(db_path, tmp_p
         d.stop()
     assert proc.returncode == 7 and "not found" in proc.stderr and "collector scan" in proc.stderr
     assert sqlite3.connect(db_path).execute("SELECT COUNT(*) FROM sessions").fetchone()[0] == 0
+
+
+def test_busy_api_port_is_a_one_line_error(db_path, scenario_file):
+    import socket
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    try:
+        proc = collector(db_path, "run", "--port", str(holder.getsockname()[1]), "--simulate", str(scenario_file), check=False)
+    finally:
+        holder.close()
+    assert proc.returncode == 3
+    assert proc.stderr.startswith("error: cannot serve the control API") and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_simulated_nights_are_marked_and_need_an_explicit_database(db_path, scenario_file, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "collector", "run", "--simulate", str(scenario_file)], capture_output=True, text=True,
+                          timeout=60, env={k: v for k, v in os.environ.items() if k != "COLLECTOR_DB"}, cwd=tmp_path)
+    assert proc.returncode == 2 and "explicit database" in proc.stderr
+    collector(db_path, "subject", "add", "SCR-0103")
+    d = Daemon(db_path, scenario_file, speed="20")
+    try:
+        sid = json.loads(collector(db_path, "session", "start", "--subject", "SCR-0103", "--oximeter", "SIM-PROC-01", "--json").stdout)["id"]
+    finally:
+        d.stop()
+    assert sqlite3.connect(db_path).execute("SELECT origin FROM sessions WHERE id = ?", (sid,)).fetchone()[0] == "simulated"

@@ -51,3 +51,16 @@ def test_corrupt_capture_names_the_line_and_writes_nothing(tmp_path):
     assert res.exit_code == 2
     assert "line 2" in res.output and res.output.startswith("error: ")
     assert sqlite3.connect(db).execute("SELECT COUNT(*) FROM sessions").fetchone()[0] == 0
+
+
+def test_a_capture_of_several_beds_is_replayed_one_device_at_a_time(tmp_path):
+    db, capture = tmp_path / "m.sqlite", tmp_path / "two.jsonl"
+    line = '{{"t": "2025-01-01T00:00:0{i}Z", "device": "{d}", "protocol": "plx", "characteristic": "00002a5f-0000-1000-8000-00805f9b34fb", "hex": "0061004800"}}'
+    capture.write_text("\n".join(line.format(i=i, d=d) for i in range(3) for d in ("BED-A", "BED-B")) + "\n")
+    runner = CliRunner()
+    runner.invoke(main, ["--db", str(db), "subject", "add", "SCR-0202"])
+    res = runner.invoke(main, ["--db", str(db), "replay", str(capture), "--subject", "SCR-0202"])
+    assert res.exit_code == 2 and "--device" in res.output and "BED-A" in res.output
+    res = runner.invoke(main, ["--db", str(db), "replay", str(capture), "--subject", "SCR-0202", "--device", "BED-B", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["sessions"][0]["samples"] == 3

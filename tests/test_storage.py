@@ -63,3 +63,48 @@ def test_a_failing_control_call_reports_its_error_and_keeps_going(db_path):
     finally:
         w.close()
     assert sqlite3.connect(db_path).execute("SELECT COUNT(*) FROM subjects").fetchone()[0] == 1
+
+
+def test_a_cancelled_caller_does_not_kill_the_writer(db_path):
+    import threading
+
+    w = Writer(db_path, synchronous="NORMAL")
+    gate = threading.Event()
+    try:
+        blocker = w.submit(lambda c: gate.wait(10))  # holds the writer while we cancel the next call
+        doomed = w.submit(lambda c: repo.add_subject(c, "SCR-0004", by="t", at=1e9))
+        assert doomed.cancel()
+        gate.set()
+        blocker.result(10)
+        w.submit(lambda c: repo.add_subject(c, "SCR-0005", by="t", at=1e9)).result(10)
+        w.flush(10)
+        assert w.healthy
+    finally:
+        w.close()
+    ids = [r[0] for r in sqlite3.connect(db_path).execute("SELECT id FROM subjects")]
+    assert ids == ["SCR-0005"], "a call cancelled before it ran is not executed"
+
+
+def test_a_malformed_row_costs_only_itself(db_path):
+    w = Writer(db_path, flush_interval_s=0.05, synchronous="NORMAL")
+    try:
+        sid = w.submit(lambda c: (repo.add_subject(c, "SCR-0006", by="t", at=1e9),
+                                  repo.open_session(c, subject_id="SCR-0006", kind="night", device_id=None, by="t", at=1e9))[1]).result()
+        good = (sid, 1000, None, 95.0, 60.0, None, 1, 1, 0, None, None)
+        w.add_samples([good, (sid, 2**70, None, 95.0, 60.0, None, 1, 1, 0, None, None), good[:1] + (3000,) + good[2:]])
+        w.flush()
+        assert w._thread.is_alive()
+    finally:
+        w.close()
+    assert sqlite3.connect(db_path).execute("SELECT host_utc_ms FROM spo2_samples ORDER BY 1").fetchall() == [(1000,), (3000,)]
+
+
+def test_a_closed_writer_fails_fast(db_path):
+    from collector.errors import StorageError
+
+    w = Writer(db_path, synchronous="NORMAL")
+    w.close()
+    with pytest.raises(StorageError, match="stopped"):
+        w.submit(lambda c: None).result(1)
+    with pytest.raises(StorageError):
+        w.flush(1)

@@ -30,7 +30,10 @@ def validate_subject_id(subject_id: str) -> str:
 
 
 def _rows(conn: sqlite3.Connection, sql: str, params: Any = ()) -> list[dict[str, Any]]:
-    cur = conn.execute(sql, params)
+    try:
+        cur = conn.execute(sql, params)
+    except OverflowError:  # an ID beyond SQLite's 64-bit integers (typed by a user or a fuzzer)
+        raise NotFound("no record has that ID (the number is larger than any ID); check the number") from None
     names = [d[0] for d in cur.description]
     return [dict(zip(names, r)) for r in cur.fetchall()]
 

@@ -18,6 +18,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
+from collector.errors import StorageError
 from collector.storage.db import connect, open_db
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class _Flush:
 
 
 _STOP = object()
+RETRY_S = 2.0  # after a transient database error, samples are retried this often
 
 
 class Writer:
@@ -72,35 +74,62 @@ class Writer:
         self.samples_committed = 0
         self.commits = 0
         self.failed: BaseException | None = None
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="db-writer", daemon=True)
         self._thread.start()
 
     # -- entry points (any thread) -------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed or not self._thread.is_alive():
+            raise StorageError(
+                f"the database writer for {self.path} has stopped ({self.failed or 'closed'}); "
+                "restart the collector (nothing committed is lost)"
+            )
+
     def add_samples(self, rows: Sequence[SampleRow]) -> None:
         """Queue sample rows (tuples in ``SAMPLE_COLUMNS`` order); durable within flush_interval_s."""
         if rows:
+            self._check_open()
             self._queue.put(rows)
 
     def submit(self, fn: Callable[[sqlite3.Connection], T]) -> "Future[T]":
         """Run ``fn(conn)`` in one transaction on the writer thread, after every queued sample."""
         call = _Call(fn)
+        try:
+            self._check_open()
+        except StorageError as exc:
+            call.future.set_exception(exc)
+            return call.future
         self._queue.put(call)
         return call.future
 
     def flush(self, timeout: float | None = 120.0) -> None:
         """Block until everything queued so far is committed."""
+        self._check_open()
         marker = _Flush()
         self._queue.put(marker)
         marker.future.result(timeout)
 
     def close(self) -> None:
-        if self._thread.is_alive():
+        if not self._closed and self._thread.is_alive():
             self._queue.put(_STOP)
             self._thread.join()
+        self._closed = True
         self._conn.close()
+
+    @property
+    def healthy(self) -> bool:
+        return self._thread.is_alive() and self.failed is None
 
     # -- the thread ------------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # never die silently: status shows it, callers fail fast
+            self.failed = exc
+            log.critical("database writer stopped: %r", exc, exc_info=True)
+
+    def _loop(self) -> None:
         pending: list[SampleRow] = []
         deadline: float | None = None
         while True:
@@ -110,8 +139,8 @@ class Writer:
             except queue.Empty:
                 item = None
             if item is None:  # flush interval elapsed
-                self._commit_samples(pending)
-                pending, deadline = [], None
+                pending = self._commit_samples(pending)
+                deadline = time.monotonic() + RETRY_S if pending else None
                 continue
             if item is _STOP:
                 self._commit_samples(pending)
@@ -121,39 +150,67 @@ class Writer:
                     deadline = time.monotonic() + self.flush_interval_s
                 pending.extend(item)
                 if len(pending) >= self.max_batch or time.monotonic() >= deadline:
-                    self._commit_samples(pending)
-                    pending, deadline = [], None
+                    pending = self._commit_samples(pending)
+                    deadline = time.monotonic() + RETRY_S if pending else None
                 continue
             # A control call or a flush marker: commit samples first to keep ordering.
-            self._commit_samples(pending)
-            pending, deadline = [], None
+            pending = self._commit_samples(pending)
+            deadline = time.monotonic() + RETRY_S if pending else None
             if isinstance(item, _Flush):
-                item.future.set_result(None)
+                if pending:
+                    item.future.set_exception(StorageError(f"{len(pending)} samples are waiting for the database: {self.failed}"))
+                else:
+                    item.future.set_result(None)
             else:
                 self._run_call(item)
 
-    def _commit_samples(self, rows: list[SampleRow]) -> None:
+    def _commit_samples(self, rows: list[SampleRow]) -> list[SampleRow]:
+        """Commit rows; returns the rows still to be written (kept for a retry on a transient error)."""
         if not rows:
-            return
+            return rows
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             self._conn.executemany(INSERT_SAMPLE, rows)
             self._conn.execute("COMMIT")
-            self.samples_committed += len(rows)
-            self.commits += 1
-        except sqlite3.Error as exc:
+        except sqlite3.IntegrityError as exc:
             self._rollback()
-            self.failed = exc
-            # Keep the rows: a batch with one bad row must not lose the good ones.
-            log.error("sample batch of %d rows failed (%s); retrying row by row", len(rows), exc)
+            # One bad row must not cost the good ones: write them one by one, log the bad.
+            log.error("sample batch of %d rows violates a constraint (%s); writing row by row", len(rows), exc)
+            self._conn.execute("BEGIN IMMEDIATE")
             for row in rows:
                 try:
                     self._conn.execute(INSERT_SAMPLE, row)
                     self.samples_committed += 1
                 except sqlite3.Error as row_exc:
-                    log.error("dropped sample row %r: %s", row[:2], row_exc)
+                    log.error("refused sample row %r: %s", row[:2], row_exc)
+            self._conn.execute("COMMIT")
+            self.commits += 1
+            return []
+        except (sqlite3.Error, OverflowError, ValueError, TypeError) as exc:
+            self._rollback()
+            self.failed = exc
+            if isinstance(exc, sqlite3.OperationalError):
+                # Disk full, locked for too long, I/O error: keep every row and try again.
+                log.error("cannot commit %d samples (%s); keeping them and retrying", len(rows), exc)
+                return rows
+            log.error("sample batch of %d rows is malformed (%s); writing the good rows one by one", len(rows), exc)
+            good = 0
+            for row in rows:
+                try:
+                    self._conn.execute(INSERT_SAMPLE, row)
+                    good += 1
+                except Exception as row_exc:
+                    log.error("refused sample row %r: %s", row[:2], row_exc)
+            self.samples_committed += good
+            return []
+        self.samples_committed += len(rows)
+        self.commits += 1
+        self.failed = None
+        return []
 
     def _run_call(self, call: _Call) -> None:
+        if not call.future.set_running_or_notify_cancel():
+            return  # the caller gave up (cancelled) before it ran: do nothing
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             result = call.fn(self._conn)

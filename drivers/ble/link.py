@@ -11,6 +11,7 @@ bleak unchanged: that is how the simulator plugs in.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 from dataclasses import dataclass, field
@@ -148,18 +149,23 @@ class OximeterLink:
         )
         self._client = client
         self.state = "connecting"
-        await client.connect()
-        self.address = client.address
-        info = await self._read_info(client)
-        for uuid in self.profile.read_uuids:
-            try:
-                self.on_data(self.clock.now(), uuid, bytes(await client.read_gatt_char(uuid)))
-            except BleakError as exc:
-                log.info("%s: optional read %s failed: %s", self.target.spec, uuid, exc)
-        for uuid in self.profile.notify_uuids:
-            await client.start_notify(uuid, self._notify)
-        for uuid, payload in self.profile.start_writes:
-            await client.write_gatt_char(uuid, payload, response=True)
+        try:
+            await client.connect()
+            self.address = client.address
+            info = await self._read_info(client)
+            for uuid in self.profile.read_uuids:
+                try:
+                    self.on_data(self.clock.now(), uuid, bytes(await client.read_gatt_char(uuid)))
+                except BleakError as exc:
+                    log.info("%s: optional read %s failed: %s", self.target.spec, uuid, exc)
+            for uuid in self.profile.notify_uuids:
+                await client.start_notify(uuid, functools.partial(self._notify, client))
+            for uuid, payload in self.profile.start_writes:
+                await client.write_gatt_char(uuid, payload, response=True)
+        except BaseException:
+            # Never leave a half-set-up connection behind: most oximeters accept one central.
+            await self._close()
+            raise
         connected_at = self.clock.now()
         self.last_frame_t = connected_at
         self.state = "connected"
@@ -197,7 +203,9 @@ class OximeterLink:
             info[key] = bytes(raw).decode("utf-8", "replace").strip("\x00 ").strip()
         return info
 
-    def _notify(self, characteristic: Any, data: bytearray) -> None:
+    def _notify(self, client: BleakClient, characteristic: Any, data: bytearray) -> None:
+        if client is not self._client:
+            return  # a late notification from a client we already replaced
         now = self.clock.now()
         uuid = getattr(characteristic, "uuid", str(characteristic))
         if self.on_data(now, uuid, bytes(data)) > 0:
