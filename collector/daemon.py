@@ -310,6 +310,12 @@ class Daemon:
             now = self.clock.now()
             last_ms = last_t[row["id"]]
             since = last_ms / 1000 if last_ms is not None else now
+            max_gap_h = float(self.config["oximetry"].get("resume_max_gap_h", 12))
+            if now - since > max_gap_h * 3600:
+                # The oximeter may be on another patient by now: never attach it to this night silently.
+                log.warning("session %s (subject %s) stopped recording %.1f h ago: not resumed; stop it with: collector session stop %s",
+                            row["id"], row["subject_id"], (now - since) / 3600, row["id"])
+                continue
             if row["state"] == "interrupted":
                 await self._write(lambda c, sid=row["id"]: repo.resume_session(c, sid, by="collector", at=now))
             else:
@@ -369,6 +375,24 @@ class Daemon:
         found = await ble_scan.scan(timeout_s, backend=self.scanner_backend)
         return [f.as_dict() for f in found]
 
+    def _check_free(self, subject_id: str, oximeter: str, address: str | None = None) -> None:
+        """The subject exists and has no open night; the oximeter records no other session."""
+        conn = self._read()
+        try:
+            repo.get_subject(conn, subject_id)
+            for s in repo.list_sessions(conn, subject_id=subject_id, state="open"):
+                if s["kind"] == "night":
+                    raise Conflict(f"subject {subject_id} already has an open night session ({s['id']}); stop it first: collector session stop {s['id']}")
+        finally:
+            conn.close()
+        names = {oximeter.lower(), (address or oximeter).lower()}
+        for rec in self.recorders.values():
+            if {rec.target.spec.lower(), (rec.link.address or "").lower()} & names:
+                raise Conflict(
+                    f"oximeter {oximeter} is already recording session {rec.session_id} (subject {rec.subject_id}); "
+                    "stop that session first or choose another oximeter"
+                )
+
     async def start_night(
         self, subject_id: str, oximeter: str, *, protocol: str | None = None, by: str | None = None, origin: str | None = None
     ) -> dict[str, Any]:
@@ -379,33 +403,24 @@ class Daemon:
         repo.validate_subject_id(subject_id)
         if protocol is not None and protocol not in PROFILES:
             raise InvalidInput(f"unknown protocol {protocol!r}; known: {', '.join(sorted(PROFILES))}")
+        self._check_free(subject_id, oximeter)  # fail fast, before a scan that can take seconds
+        # The scan runs without the lock (other beds can be stopped meanwhile); the checks repeat under it.
+        target = LinkTarget(oximeter)
+        found = await ble_scan.find(target, self.config["ble"]["scan_timeout_s"], backend=self.scanner_backend)
+        if found is None:
+            raise DeviceError(
+                f"oximeter {oximeter!r} not found within {self.config['ble']['scan_timeout_s']:g} s: check it is switched on, "
+                "a finger is in it, it is in range and not connected to a phone; list what is in range with: collector scan"
+            )
+        protocol = protocol or found.protocol
+        if protocol is None:
+            raise DeviceError(
+                f"device {oximeter!r} advertises no oximeter service we know; give --protocol ({', '.join(sorted(PROFILES))})"
+            )
         async with self._lock:
-            conn = self._read()
-            try:
-                repo.get_subject(conn, subject_id)
-                for s in repo.list_sessions(conn, subject_id=subject_id, state="open"):
-                    if s["kind"] == "night":
-                        raise Conflict(f"subject {subject_id} already has an open night session ({s['id']}); stop it first: collector session stop {s['id']}")
-            finally:
-                conn.close()
-            for rec in self.recorders.values():
-                if rec.target.spec.lower() == oximeter.lower() or (rec.link.address or "").lower() == oximeter.lower():
-                    raise Conflict(
-                        f"oximeter {oximeter} is already recording session {rec.session_id} (subject {rec.subject_id}); "
-                        "stop that session first or choose another oximeter"
-                    )
-            target = LinkTarget(oximeter)
-            found = await ble_scan.find(target, self.config["ble"]["scan_timeout_s"], backend=self.scanner_backend)
-            if found is None:
-                raise DeviceError(
-                    f"oximeter {oximeter!r} not found within {self.config['ble']['scan_timeout_s']:g} s: check it is switched on, "
-                    "a finger is in it, it is in range and not connected to a phone; list what is in range with: collector scan"
-                )
-            protocol = protocol or found.protocol
-            if protocol is None:
-                raise DeviceError(
-                    f"device {oximeter!r} advertises no oximeter service we know; give --protocol ({', '.join(sorted(PROFILES))})"
-                )
+            if self.closing:
+                raise Conflict("the collector daemon is stopping; start the session again once it is running")
+            self._check_free(subject_id, oximeter, found.address)
             now = self.clock.now()
 
             def create(c: sqlite3.Connection) -> dict[str, Any]:
