@@ -25,7 +25,7 @@ from collector.clock import SystemClock, utc_iso
 from collector.config import load_config
 from collector.errors import CollectorError, Conflict, DaemonUnavailable, InvalidInput
 from collector.storage import audit, repo
-from collector.storage.db import default_db_path, open_db
+from collector.storage.db import default_db_path, open_db, transaction
 
 
 @dataclass
@@ -37,6 +37,11 @@ class Ctx:
 
     def conn(self):  # noqa: ANN201 - sqlite3.Connection
         return open_db(self.db_path).conn
+
+    def write(self, fn: Callable[[Any], Any]) -> Any:
+        """Run ``fn(conn)`` in one write transaction on the database (commands that work without the daemon)."""
+        with transaction(self.conn()) as conn:
+            return fn(conn)
 
     def client(self):  # noqa: ANN201
         from collector.client import DaemonClient
@@ -107,15 +112,8 @@ def subject() -> None:
 @pass_ctx
 def subject_add(c: Ctx, subject_id: str, as_json: bool) -> None:
     """Register SUBJECT_ID (e.g. SCR-0042); never a name."""
-    conn = c.conn()
     now = SystemClock().now()
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        row = repo.add_subject(conn, subject_id, by=c.by, at=now)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+    row = c.write(lambda conn: repo.add_subject(conn, subject_id, by=c.by, at=now))
     emit_json(row) if as_json else click.echo(f"subject {row['id']} added")
 
 

@@ -131,16 +131,6 @@ def _read_password(from_stdin: bool) -> str:
     return click.prompt("password", hide_input=True, confirmation_prompt=True)
 
 
-def _write(c: Any, fn: Any) -> Any:
-    conn = c.conn()
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        out = fn(conn)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return out
 
 
 @click.group("user")
@@ -156,7 +146,7 @@ def user_add(c: Any, name: str, password_stdin: bool) -> None:
     """Add operator NAME with a password (asked twice, never echoed)."""
     validate_name(name)
     password = validate_password(_read_password(password_stdin))
-    row = _write(c, lambda conn: add_user(conn, name, password, by=c.by, at=SystemClock().now()))
+    row = c.write(lambda conn: add_user(conn, name, password, by=c.by, at=SystemClock().now()))
     click.echo(f"operator {row['name']} added; log in on the page served by: collector run")
 
 
@@ -167,7 +157,7 @@ def user_add(c: Any, name: str, password_stdin: bool) -> None:
 def user_password(c: Any, name: str, password_stdin: bool) -> None:
     """Set a new password for operator NAME."""
     password = validate_password(_read_password(password_stdin))
-    _write(c, lambda conn: set_password(conn, name, password, by=c.by, at=SystemClock().now()))
+    c.write(lambda conn: set_password(conn, name, password, by=c.by, at=SystemClock().now()))
     click.echo(f"password of {name} changed (logged-in pages keep their session until it expires)")
 
 
@@ -177,7 +167,7 @@ def user_password(c: Any, name: str, password_stdin: bool) -> None:
 @click.pass_obj
 def user_disable(c: Any, name: str, enable: bool) -> None:
     """Stop operator NAME from logging in (kept for the audit trail, never deleted)."""
-    row = _write(c, lambda conn: set_disabled(conn, name, not enable, by=c.by, at=SystemClock().now()))
+    row = c.write(lambda conn: set_disabled(conn, name, not enable, by=c.by, at=SystemClock().now()))
     click.echo(f"operator {row['name']} {'disabled' if row['disabled'] else 'enabled'}")
 
 

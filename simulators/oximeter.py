@@ -62,6 +62,7 @@ class SimulatedOximeter:
         self.serial_number = serial_number
         self.reachable = True
         self.finished = asyncio.Event()
+        self.subscribed = asyncio.Event()
         self.started_at: float | None = None
         #: (host time, tick index) of every tick delivered to a subscriber: the truth for tests.
         self.delivered: list[tuple[float, int]] = []
@@ -110,6 +111,7 @@ class SimulatedOximeter:
     def subscribe(self, client: SimulatedClientBackend, uuid: str, callback: Callable[[bytearray], None]) -> None:
         if client is self._client:
             self._subs[uuid] = callback
+            self.subscribed.set()
 
     def unsubscribe(self, client: SimulatedClientBackend, uuid: str) -> None:
         if client is self._client:
@@ -122,8 +124,14 @@ class SimulatedOximeter:
 
     # -- the night -------------------------------------------------------------------------
     async def run(self) -> None:
-        """Play the timeline on the clock; tick k happens at start + offset[k]."""
+        """Play the timeline on the clock; tick k happens at start + offset[k].
+
+        The night starts when the collector first subscribes (the finger goes in as
+        recording starts), so real-time waits before that (scanning) cannot eat into
+        the scenario while a virtual clock runs ahead.
+        """
         tl = self.timeline
+        await self.subscribed.wait()
         self.started_at = t0 = self.clock.now()
         notify_uuid = self.profile.notify_uuids[0]
         offsets, spo2, pulse, states = tl.offset_s.tolist(), tl.spo2.tolist(), tl.pulse.tolist(), tl.state.tolist()

@@ -15,17 +15,6 @@ from collector.clock import SystemClock
 __all__ = ["COMMANDS", "criteria", "eligibility"]
 
 
-def _write(c: Any, fn: Any) -> Any:
-    """One transaction: everything (fact, audit rows, decision change) or nothing."""
-    conn = c.conn()
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        out = fn(conn)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return out
 
 
 @click.group()
@@ -47,7 +36,7 @@ def criteria_set(c: Any, subject_id: str, fact: str, value: str, reason: str | N
     from collector.eligibility.service import set_fact
 
     now = SystemClock().now()
-    out = _write(c, lambda conn: set_fact(conn, subject_id, fact, value, by=by or c.by, at=now, reason=reason, config=c.config))
+    out = c.write(lambda conn: set_fact(conn, subject_id, fact, value, by=by or c.by, at=now, reason=reason, config=c.config))
     if as_json:
         emit_json(out)
         return
@@ -99,7 +88,7 @@ def eligibility(c: Any, subject_id: str, as_json: bool) -> None:
         record_decision_change(conn, subject_id, result, at=now, actor=c.by, reason="re-evaluated on request")
         return result
 
-    result = _write(c, run)
+    result = c.write(run)
     if as_json:
         emit_json(result)
         return

@@ -474,8 +474,10 @@ class EligibilityService:
             self._remember(subject_id, result, change)
             if change is not None:
                 self.changes = (self.changes + [change])[-50:]
-                log.warning("eligibility of %s: %s -> %s (%s)", subject_id, change["old_decision"], change["new_decision"],
-                            ", ".join(change["changed_criteria"]) or "no criterion")
+                # A first decision is routine; a decision that changes is worth a warning in the log.
+                log.log(logging.INFO if change["old_decision"] is None else logging.WARNING,
+                        "eligibility of %s: %s -> %s (%s)", subject_id, change["old_decision"], change["new_decision"],
+                        ", ".join(change["changed_criteria"]) or "no criterion")
             return change
 
     def _remember(self, subject_id: str, result: dict[str, Any], change: dict[str, Any] | None) -> None:

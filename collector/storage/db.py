@@ -7,10 +7,12 @@ commits about twice a second, so the fsync cost is small).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import platformdirs
 import sqlite_utils
@@ -54,6 +56,18 @@ def connect(path: Path | str, *, check_same_thread: bool = True, synchronous: st
             f"cannot open database {path}: {exc}; check the path exists and is writable, or choose another with --db"
         ) from exc
     return conn
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction: everything in the block lands, or nothing does."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def open_db(path: Path | str | None = None, *, check_same_thread: bool = True) -> sqlite_utils.Database:
