@@ -7,12 +7,13 @@ Everything that stamps a sample or waits uses a :class:`Clock`, never ``time`` o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import math
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Protocol
+from typing import AsyncIterator, Protocol
 
 
 class Clock(Protocol):
@@ -21,6 +22,10 @@ class Clock(Protocol):
         ...
 
     async def sleep(self, seconds: float) -> None:
+        ...
+
+    def frozen(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """A context in which virtual time does not advance (a no-op for real time)."""
         ...
 
 
@@ -32,6 +37,10 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
+
+    def frozen(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Real time cannot be held; see :meth:`VirtualClock.frozen`."""
+        return contextlib.nullcontext()
 
 
 class VirtualClock:
@@ -48,9 +57,29 @@ class VirtualClock:
         self._heap: list[tuple[float, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
         self._wake = asyncio.Event()
+        self._freezes = 0
+        self._thawed = asyncio.Event()
+        self._thawed.set()
 
     def now(self) -> float:
         return self._now
+
+    @contextlib.asynccontextmanager
+    async def frozen(self) -> AsyncIterator[None]:
+        """Hold virtual time still while the caller waits on something real.
+
+        Waiting for the database writer or a radio scan takes real time; if the
+        virtual clock ran on meanwhile, a simulated night would race ahead of
+        the code that records it.  Never await virtual sleeps inside.
+        """
+        self._freezes += 1
+        self._thawed.clear()
+        try:
+            yield
+        finally:
+            self._freezes -= 1
+            if self._freezes == 0:
+                self._thawed.set()
 
     def jump_to(self, t: float) -> None:
         """Move time forward (never back), e.g. past data stored by an earlier run."""
@@ -68,6 +97,9 @@ class VirtualClock:
             # Let every ready task run to its next await before time moves.
             for _ in range(8):
                 await asyncio.sleep(0)
+            if self._freezes:
+                await self._thawed.wait()
+                continue
             while self._heap and self._heap[0][2].done():  # cancelled sleepers
                 heapq.heappop(self._heap)
             if not self._heap:

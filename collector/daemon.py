@@ -284,7 +284,12 @@ class Daemon:
 
     # -- helpers ---------------------------------------------------------------------------
     async def _write(self, fn: Any) -> Any:
-        return await asyncio.wrap_future(self.writer.submit(fn))
+        async with self.clock.frozen():  # the writer works in real time
+            return await asyncio.wrap_future(self.writer.submit(fn))
+
+    async def _flush(self) -> None:
+        async with self.clock.frozen():
+            await asyncio.to_thread(self.writer.flush)
 
     def _read(self) -> sqlite3.Connection:
         return open_db(self.db_path, check_same_thread=False).conn
@@ -406,7 +411,8 @@ class Daemon:
         self._check_free(subject_id, oximeter)  # fail fast, before a scan that can take seconds
         # The scan runs without the lock (other beds can be stopped meanwhile); the checks repeat under it.
         target = LinkTarget(oximeter)
-        found = await ble_scan.find(target, self.config["ble"]["scan_timeout_s"], backend=self.scanner_backend)
+        async with self.clock.frozen():  # a scan takes radio (real) time
+            found = await ble_scan.find(target, self.config["ble"]["scan_timeout_s"], backend=self.scanner_backend)
         if found is None:
             raise DeviceError(
                 f"oximeter {oximeter!r} not found within {self.config['ble']['scan_timeout_s']:g} s: check it is switched on, "
@@ -458,7 +464,7 @@ class Daemon:
                 if hook is not None:
                     await hook(session_id, now)
             row = await self._write(lambda c: repo.close_session(c, session_id, state="stopped", by=by, at=now, reason=reason))
-        await asyncio.to_thread(self.writer.flush)
+        await self._flush()
         info = self.session_info(row["id"])
         if row["kind"] == "night":
             info["report"] = await self.finalise_night(session_id)
@@ -468,7 +474,8 @@ class Daemon:
         """Recompute the night from the stored samples (vectorised) and store the report."""
         conn = self._read()
         try:
-            report = await asyncio.to_thread(compute_report, conn, session_id, self.config)
+            async with self.clock.frozen():
+                report = await asyncio.to_thread(compute_report, conn, session_id, self.config)
         finally:
             conn.close()
         now = self.clock.now()
@@ -523,7 +530,7 @@ class Daemon:
             self.recorders.clear()
         if self._handover_task is not None:
             self._handover_task.cancel()
-        await asyncio.to_thread(self.writer.flush)
+        await self._flush()
         self.writer.close()
         if self.capture is not None:
             self.capture.close()

@@ -65,7 +65,7 @@ def model_from_dict(name: str, d: Mapping[str, Any]) -> SpirometerModel:
 def get_model(name: str, extra: Mapping[str, SpirometerModel] | None = None) -> SpirometerModel:
     models = {**MODELS, **(extra or {})}
     if name not in models:
-        raise UnknownSpirometerModel(f"unknown spirometer model {name!r}; known: {', '.join(sorted(models))} (add it under [spirometer.models] in config)")
+        raise UnknownSpirometerModel(f"unknown spirometer model {name!r}; known: {', '.join(sorted(models))} (add it under [spirometry.models] in the config file)")
     return models[name]
 
 
