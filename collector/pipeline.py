@@ -31,19 +31,12 @@ BREAKING_CAUSES = frozenset({"device_disconnected", "watchdog_silence", "daemon_
 
 
 def to_row(session_id: int, t: float, r: OximeterReading) -> SampleRow:
-    return (
-        session_id,
-        int(round(t * 1000)),
-        r.device_time,
-        r.spo2_pct,
-        r.pulse_bpm,
-        r.pai_pct,
-        int(r.valid),
-        int(r.pulse_valid),
-        int(r.flags),
-        r.status_raw,
-        r.counter,
-    )
+    tail = r.row_tail
+    if tail is None:
+        tail = r.row_tail = (
+            r.device_time, r.spo2_pct, r.pulse_bpm, r.pai_pct, int(r.valid), int(r.pulse_valid), int(r.flags), r.status_raw, r.counter,
+        )
+    return (session_id, round(t * 1000), *tail)
 
 
 class ReadingPipeline:
@@ -78,11 +71,15 @@ class ReadingPipeline:
     # -- input -----------------------------------------------------------------------------
     def feed(self, t: float, characteristic: str, data: bytes) -> int:
         """Decode one notification; returns the number of frames decoded (the watchdog's signal)."""
-        lost_before = self.parser.stats.lost_packets
-        frames_before = self.parser.stats.frames
+        stats = self.parser.stats
+        lost_before = stats.lost_packets
+        frames_before = stats.frames
         readings = self.parser.feed(characteristic, data)
-        if self.parser.stats.lost_packets > lost_before and self.last_sample_t is not None:
-            missed = self.parser.stats.lost_packets - lost_before
+        if len(readings) == 1 and self._reducer is None and stats.lost_packets == lost_before:
+            self._store_one(t, readings[0])  # the per-second common case, kept lean
+            return stats.frames - frames_before
+        if stats.lost_packets > lost_before and self.last_sample_t is not None:
+            missed = stats.lost_packets - lost_before
             start_ms, end_ms = int(round(self.last_sample_t * 1000)), int(round(t * 1000))
             self._submit(lambda c: repo.add_gap(c, self.session_id, start_ms=start_ms, end_ms=end_ms, cause="lost_packets", detail=f"{missed} packets"))
         if readings:
@@ -115,6 +112,23 @@ class ReadingPipeline:
         self.hand_over()
 
     # -- output ----------------------------------------------------------------------------
+    def _store_one(self, t: float, r: OximeterReading) -> None:
+        """Same as ``_store([(t, r)])``, without the per-call lists."""
+        self._pending.append(to_row(self.session_id, t, r))
+        self.samples += 1
+        self.last_sample_t = t
+        self.last_reading = r
+        if self.live is not None:
+            try:
+                events = self.live.add(t, r.spo2_pct, r.valid)
+                for event in events:
+                    self._emit(event)
+            except Exception:  # the stored samples are what counts; live figures are provisional
+                log.exception("session %s: live figures failed; samples are still stored", self.session_id)
+        now = time.monotonic()
+        if now - self._handed_over >= HANDOVER_S:
+            self.hand_over(now)
+
     def _store(self, stamped: list[tuple[float, OximeterReading]]) -> None:
         if not stamped:
             return

@@ -78,6 +78,9 @@ class OximeterReading:
     device_time: str | None = None  # device clock as ISO-8601 without zone (device local)
     counter: int | None = None  # device packet counter, when it has one
     kind: str = "continuous"  # "continuous" or "spot_check"
+    # Storage columns derived from the fields above, memoised by the pipeline: a codec
+    # may hand out the same (never mutated) reading for every identical frame.
+    row_tail: tuple | None = field(default=None, init=False, compare=False, repr=False)
 
     @property
     def valid(self) -> bool:
