@@ -189,20 +189,14 @@ def _stop_offline(c: Ctx, session_id: int, reason: str | None) -> dict[str, Any]
     row = repo.get_session(conn, session_id)
     if row["state"] not in ("open", "interrupted"):
         raise Conflict(f"session {session_id} is not open (it is {row['state']}); nothing to stop")
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         if row["state"] == "interrupted":
             repo.resume_session(conn, session_id, by=c.by, at=now)
         info = repo.close_session(conn, session_id, state="stopped", by=c.by, at=now, reason=reason or "stopped while the daemon was not running")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     if info["kind"] == "night":
         report = compute_report(conn, session_id, c.config)
-        conn.execute("BEGIN IMMEDIATE")
-        store_report(conn, session_id, report, at=now, actor=c.by, reason="session stopped while the daemon was not running")
-        conn.execute("COMMIT")
+        with transaction(conn):
+            store_report(conn, session_id, report, at=now, actor=c.by, reason="session stopped while the daemon was not running")
         info["report"] = report
     return info
 

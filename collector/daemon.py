@@ -23,10 +23,10 @@ from bleak.backends.scanner import BaseBleakScanner
 from collector.capture import CaptureWriter
 from collector.clock import Clock, SystemClock, utc_iso
 from collector.config import defaults
-from collector.errors import Conflict, DeviceError, InvalidInput, NotFound
+from collector.errors import Conflict, DeviceError, InvalidInput
 from collector.live import make_live, snapshot_dict
 from collector.nights import compute_report, store_report
-from collector.pipeline import ReadingPipeline
+from collector.pipeline import BREAKING_CAUSES, ReadingPipeline
 from collector.storage import repo
 from collector.storage.db import open_db
 from collector.storage.writer import Writer
@@ -80,7 +80,6 @@ class NightRecorder:
             backoff_s=tuple(ble["backoff_s"]),
         )
         self.events: list[dict[str, Any]] = []
-        self._gap: tuple[int, float] | None = None  # (future gap id, start)
         self._gap_future = None
         self.task: asyncio.Task[None] | None = None
         self.resume_from: float | None = None
@@ -354,8 +353,6 @@ class Daemon:
             ).fetchall()
         finally:
             conn.close()
-        from collector.pipeline import BREAKING_CAUSES
-
         bi = 0
         breaks = [b for b in breaks if b[1] in BREAKING_CAUSES]
         for t_ms, spo2, valid in samples:

@@ -22,7 +22,7 @@ import click
 from collector.cli import Ctx, emit_json, pass_ctx
 from collector.clock import SystemClock, utc_iso
 from collector.errors import InvalidInput, StorageError
-from collector.storage import audit, repo
+from collector.storage import repo
 
 FINAL_STATES = ("stopped",)
 
@@ -37,19 +37,10 @@ def _report_row(conn: Any, session_id: int) -> dict[str, Any] | None:
     return {"report_id": row[0], "computed_utc": row[1], "report": json.loads(row[2])}
 
 
-def _summary(report: dict[str, Any], report_id: int | None) -> dict[str, Any]:
-    """What the audit trail keeps about a report (enough to see a decision change)."""
-    d = report["definitions"]
-    return {
-        "report_id": report_id, "definition": d["t90"], "max_hold_s": d["max_hold_s"], "threshold_pct": d["threshold_pct"],
-        "t90_pct": report["t90_pct"], "analysed_s": report["analysed_s"], "decision": report["decision"],
-        "borderline": report["borderline"],
-    }
-
 
 def get_report(c: Ctx, session_id: int, *, recompute: bool = False) -> dict[str, Any]:
     """The report of a night with how it was obtained (keys ``report``, ``report_id``, ``computed_utc``, ``stored``, ``provisional``)."""
-    from collector.nights import compute_report, store_report
+    from collector.nights import compute_report, report_summary, store_report
 
     conn = c.conn()
     session = repo.get_session(conn, session_id)
@@ -70,7 +61,7 @@ def get_report(c: Ctx, session_id: int, *, recompute: bool = False) -> dict[str,
         report_id = store_report(
             conn, session_id, report, at=now, actor=c.by,
             action="night_report_recomputed" if existing else "night_report_computed",
-            old=_summary(existing["report"], existing["report_id"]) if existing else None,
+            old=report_summary(existing["report"], existing["report_id"]) if existing else None,
             reason="collector report --recompute" if existing else "no stored report",
         )
         conn.execute("COMMIT")

@@ -75,19 +75,17 @@ class ReadingPipeline:
         lost_before = stats.lost_packets
         frames_before = stats.frames
         readings = self.parser.feed(characteristic, data)
-        if len(readings) == 1 and self._reducer is None and stats.lost_packets == lost_before:
-            self._store_one(t, readings[0])  # the per-second common case, kept lean
-            return stats.frames - frames_before
         if stats.lost_packets > lost_before and self.last_sample_t is not None:
             missed = stats.lost_packets - lost_before
-            start_ms, end_ms = int(round(self.last_sample_t * 1000)), int(round(t * 1000))
+            start_ms, end_ms = round(self.last_sample_t * 1000), round(t * 1000)
             self._submit(lambda c: repo.add_gap(c, self.session_id, start_ms=start_ms, end_ms=end_ms, cause="lost_packets", detail=f"{missed} packets"))
-        if readings:
-            if self._reducer is not None:
-                self._store([out for r in readings for out in self._reducer.push(t, r)])
+        for r in readings:
+            if self._reducer is None:
+                self._store(t, r)
             else:
-                self._store([(t, r) for r in readings])
-        return self.parser.stats.frames - frames_before
+                for t_r, reduced in self._reducer.push(t, r):
+                    self._store(t_r, reduced)
+        return stats.frames - frames_before
 
     def hand_over(self, now: float | None = None) -> None:
         """Queue pending rows for the writer (batched: one queue item per ~0.1 s, not per frame)."""
@@ -99,7 +97,8 @@ class ReadingPipeline:
     def interrupt(self, t: float, cause: str) -> None:
         """The recording stops here (link lost, daemon stopping): end the hold of the last sample."""
         if self._reducer is not None:
-            self._store(self._reducer.flush())
+            for t_r, reduced in self._reducer.flush():
+                self._store(t_r, reduced)
         self.hand_over()
         if self.live is not None and cause in BREAKING_CAUSES:
             try:
@@ -109,42 +108,23 @@ class ReadingPipeline:
 
     def close(self, t: float) -> None:
         self.interrupt(t, "session_stopped")
-        self.hand_over()
 
     # -- output ----------------------------------------------------------------------------
-    def _store_one(self, t: float, r: OximeterReading) -> None:
-        """Same as ``_store([(t, r)])``, without the per-call lists."""
+    def _store(self, t: float, r: OximeterReading) -> None:
+        """One reading: a pending row, the live figures, and a hand-over when one is due."""
         self._pending.append(to_row(self.session_id, t, r))
         self.samples += 1
         self.last_sample_t = t
         self.last_reading = r
         if self.live is not None:
             try:
-                events = self.live.add(t, r.spo2_pct, r.valid)
-                for event in events:
+                for event in self.live.add(t, r.spo2_pct, r.valid):
                     self._emit(event)
             except Exception:  # the stored samples are what counts; live figures are provisional
                 log.exception("session %s: live figures failed; samples are still stored", self.session_id)
         now = time.monotonic()
         if now - self._handed_over >= HANDOVER_S:
             self.hand_over(now)
-
-    def _store(self, stamped: list[tuple[float, OximeterReading]]) -> None:
-        if not stamped:
-            return
-        self._pending.extend([to_row(self.session_id, t, r) for t, r in stamped])
-        now = time.monotonic()
-        if now - self._handed_over >= HANDOVER_S:
-            self.hand_over(now)
-        self.samples += len(stamped)
-        self.last_sample_t, self.last_reading = stamped[-1]
-        if self.live is not None:
-            try:
-                for t, r in stamped:
-                    for event in self.live.add(t, r.spo2_pct, r.valid) or ():
-                        self._emit(event)
-            except Exception:  # the stored samples are what counts; live figures are provisional
-                log.exception("session %s: live figures failed; samples are still stored", self.session_id)
 
     def _emit(self, event: Any) -> None:
         detail = dataclasses.asdict(event)

@@ -16,7 +16,7 @@ from collector.live import make_live
 from collector.nights import compute_report, store_report
 from collector.pipeline import ReadingPipeline
 from collector.storage import repo
-from collector.storage.db import open_db
+from collector.storage.db import open_db, transaction
 from collector.storage.writer import Writer
 from drivers.protocols.registry import PROFILES
 
@@ -69,9 +69,8 @@ def replay_capture(db_path: Path, capture_file: Path, subject_id: str, *, by: st
     try:
         for res in results:
             report = compute_report(conn, res["session_id"], config)
-            conn.execute("BEGIN IMMEDIATE")
-            store_report(conn, res["session_id"], report, at=res["stopped_at"], actor=by, reason=f"replay of {capture_file.name}")
-            conn.execute("COMMIT")
+            with transaction(conn):
+                store_report(conn, res["session_id"], report, at=res["stopped_at"], actor=by, reason=f"replay of {capture_file.name}")
             res["report"] = report
             del res["stopped_at"]
     finally:

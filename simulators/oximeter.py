@@ -15,7 +15,7 @@ import numpy as np
 from collector.clock import Clock
 from drivers.protocols import berrymed, nonin, plx
 from drivers.protocols.registry import PROFILES
-from simulators.scenario import DISCONNECTED, FINGER_OUT, GARBAGE, OK, SILENT, Scenario, Timeline, build_timeline
+from simulators.scenario import DISCONNECTED, FINGER_OUT, GARBAGE, SILENT, Scenario, Timeline, build_timeline
 
 if TYPE_CHECKING:
     from simulators.ble_backend import SimulatedClientBackend

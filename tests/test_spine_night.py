@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from collector.nights import latest_report
-from simulators.scenario import DISCONNECTED, FINGER_OUT, Interval
+from simulators.scenario import FINGER_OUT, Interval
 from conftest import fast_config, run_night, scenario
 
 

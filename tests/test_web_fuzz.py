@@ -10,7 +10,6 @@ per call) are left out.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest

@@ -22,7 +22,6 @@ from .report import (
     AnalysisConfig,
     AnalysisInputError,
     NightData,
-    exceeds,
     pct,
     spo2_usable,
     to_ms,

@@ -272,7 +272,7 @@ def parse_fact(fact: str, raw: str, *, today: date, known: Mapping[str, Any] | N
 
 def encode_value(fact: str, value: Any) -> str:
     """Typed value -> the JSON text stored in ``criteria_facts.value`` (``None`` = retracted)."""
-    spec = _spec(fact)
+    _spec(fact)  # an unknown fact is refused here
     if value is None:
         return "null"
     if isinstance(value, date):

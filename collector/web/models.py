@@ -15,7 +15,7 @@ class LoginIn(BaseModel):
 
 class LoginOut(BaseModel):
     operator: str
-    csrf_token: str = Field(description=f"send it as X-CSRF-Token on every state-changing request")
+    csrf_token: str = Field(description="send it as X-CSRF-Token on every state-changing request")
     via: Literal["password", "token"]
     expires_in_s: float = Field(description="seconds until the login expires if the page stays idle")
 

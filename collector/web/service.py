@@ -250,7 +250,7 @@ def make_router(daemon: Any, auth: Any) -> APIRouter:
         operator = current_operator.get()
 
         async def events() -> AsyncIterator[str]:
-            yield f"retry: 3000\n\n"
+            yield "retry: 3000\n\n"
             while not web.closing.is_set():
                 if key is not None and web.sessions.get(key) is None:
                     yield "event: expired\ndata: {}\n\n"

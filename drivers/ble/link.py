@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -33,7 +32,6 @@ DIS_STRINGS = {
     "serial_number": "00002a25-0000-1000-8000-00805f9b34fb",
     "firmware": "00002a26-0000-1000-8000-00805f9b34fb",
 }
-_MAC = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
 
 
 class DeviceNotFound(BleakError):
@@ -57,10 +55,6 @@ class LinkTarget:
         if wanted.startswith("service:"):
             return wanted.removeprefix("service:") in [u.lower() for u in adv.service_uuids]
         return False
-
-    @property
-    def is_mac(self) -> bool:
-        return bool(_MAC.match(self.spec))
 
 
 @dataclass

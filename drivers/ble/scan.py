@@ -6,7 +6,8 @@ import asyncio
 from dataclasses import asdict, dataclass
 
 from bleak import BleakScanner
-from bleak.backends.scanner import BaseBleakScanner
+from bleak.backends.device import BLEDevice
+from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 
 from drivers.ble.link import LinkTarget
 from drivers.protocols.registry import guess_protocol
@@ -24,15 +25,14 @@ class FoundDevice:
         return asdict(self)
 
 
+def _found(device: BLEDevice, adv: AdvertisementData) -> FoundDevice:
+    return FoundDevice(device.address, device.name or adv.local_name, adv.rssi, tuple(adv.service_uuids), guess_protocol(adv.service_uuids))
+
+
 async def scan(timeout_s: float = 5.0, *, backend: type[BaseBleakScanner] | None = None, oximeters_only: bool = True) -> list[FoundDevice]:
     found = await BleakScanner.discover(timeout=timeout_s, return_adv=True, backend=backend)
-    out = []
-    for device, adv in found.values():
-        proto = guess_protocol(adv.service_uuids)
-        if oximeters_only and proto is None:
-            continue
-        out.append(FoundDevice(device.address, device.name or adv.local_name, adv.rssi, tuple(adv.service_uuids), proto))
-    return sorted(out, key=lambda d: -(d.rssi or -999))
+    out = [_found(device, adv) for device, adv in found.values()]
+    return sorted((d for d in out if d.protocol or not oximeters_only), key=lambda d: -(d.rssi or -999))
 
 
 async def find(target: LinkTarget, timeout_s: float, *, backend: type[BaseBleakScanner] | None = None) -> FoundDevice | None:
@@ -42,9 +42,7 @@ async def find(target: LinkTarget, timeout_s: float, *, backend: type[BaseBleakS
             async with asyncio.timeout(timeout_s):
                 async for device, adv in scanner.advertisement_data():
                     if target.matches(device, adv):
-                        return FoundDevice(
-                            device.address, device.name or adv.local_name, adv.rssi, tuple(adv.service_uuids), guess_protocol(adv.service_uuids)
-                        )
+                        return _found(device, adv)
         except TimeoutError:
             return None
     return None
