@@ -74,7 +74,7 @@ RULES: dict[str, str] = {
     "needs_review if counting back from the screening date, or counting completed months (24 months and some "
     "days = 24), would change the result",
     "prior_treatment": "prior_treatment_failed = yes and the prior treatments listed (prior_treatments)",
-    "fvc": "largest FVC % predicted over valid (acceptable, repeatable) FVC sessions with the configured equation; "
+    "fvc": "largest FVC % predicted over valid (acceptable, repeatable: ATS/ERS 2019 FVC grade A-C) FVC sessions with the configured equation; "
     ">= fvc_pct_min passes; needs_review if the other equation's best falls on the other side",
     "nocturnal_spo2": "every valid night T90 (SpO2 < 90 %, % of analysed time) <= t90_pct_max; any valid night "
     "above fails; invalid nights do not count; a borderline valid night needs review unless another valid night "
@@ -211,6 +211,7 @@ class SpirometryResult:
     height_cm: float | None = None
     analysed_at: str | None = None
     note: str = ""  # why the session is not valid, if it is not
+    review: str = ""  # why a valid session still needs a person (a grade accepted only by a site rule)
 
     def pct_for(self, equation: str) -> float | None:
         if self.equation == equation:
@@ -573,8 +574,11 @@ def _fvc(facts: Mapping[str, RecordedFact], sessions: Sequence[SpirometryResult]
     value = {"fvc_pct_predicted": pct, "equation": eq, "session_id": best.session_id, "fvc_l": best.fvc_l,
              "grade": best.grade, "other_equation": other_eq, "other_fvc_pct_predicted": other_pct}
     inputs.sort(key=lambda i: i["source"] != f"session:{best.session_id}")  # deciding session first
-    head = f"best FVC {pct:.1f} % predicted ({eq}, session {best.session_id})"
+    grade = f", grade {best.grade}" if best.grade else ""
+    head = f"best FVC {pct:.1f} % predicted ({eq}, session {best.session_id}{grade})"
     review: list[str] = []
+    if best.review:
+        review.append(best.review)
     if other_pct is not None and (other_pct >= th.fvc_pct_min) != ok:
         review.append(f"{other_eq} gives {other_pct:.1f} %, on the other side of {th.fvc_pct_min:g} %")
     sex, height = _val(facts, "sex"), _val(facts, "height_cm")

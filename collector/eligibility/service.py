@@ -161,6 +161,7 @@ def _spirometry(conn: sqlite3.Connection, subject_id: str) -> tuple[list[Spirome
             other_equation=r["other_equation"], other_fvc_pct_predicted=r["other_fvc_pct_predicted"], fvc_l=r["fvc_l"],
             grade=r["grade_fvc"], manoeuvre=(detail.get("manoeuvre_type") if isinstance(detail, dict) else None) or "FVC",
             sex=r["sex"], height_cm=r["height_cm"], analysed_at=r["computed_utc"], note=note or "",
+            review=str(detail.get("grade_review") or "") if isinstance(detail, dict) else "",
         ))
     return results, pending
 

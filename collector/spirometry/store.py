@@ -12,9 +12,13 @@ Decisions recorded here (and in every result row's JSON):
   between messages.  The device's own number is kept next to it.
 * Device quality codes become ATS/ERS flags only through an explicit map
   (``[spirometry.quality_codes]``); unknown codes are listed, never guessed.
-* ``valid`` = at least one *acceptable* FVC manoeuvre (grades A-E; ATS/ERS 2019
-  lets grade E values be reported, which matters for ALS patients).  The grade
-  and repeatability are stored beside it for whoever wants a stricter rule.
+* ``valid`` = an acceptable *and repeatable* FVC session: its ATS/ERS 2019 FVC
+  grade is one of ``fvc_grades`` (A, B, C: two or more acceptable blows within
+  0.200 L).  One acceptable blow is grade E and never decides on its own.  A
+  site may name further grades in ``fvc_grades_review`` (e.g. D, E for ALS
+  patients who cannot repeat): such a session is valid with ``grade_review``
+  set, and the criterion is ``needs_review`` whenever it decides.  Both lists
+  are recorded in every result.
 * Age is decimal years ``days / 365.25`` (the GLI calculators' convention)
   from the ``birth_date`` fact to the ``screening_date`` fact, or to the
   session's start date (host local date, as the eligibility service does)
@@ -56,6 +60,9 @@ DEFAULT_QUALITY_CODES: dict[str, str] = {
     "submaximal_inspiration": "submaximal_inspiration",
 }
 QUALITY_FLAGS = frozenset(DEFAULT_QUALITY_CODES.values())
+#: ATS/ERS 2019 FVC grades of a repeatable session (>= 2 acceptable within 0.200 L): only these decide.
+FVC_GRADES: tuple[str, ...] = ("A", "B", "C")
+ALL_GRADES = frozenset("ABCDEUF")
 NEEDED_FACTS = ("sex", "height_cm", "birth_date")
 
 
@@ -218,6 +225,8 @@ def evaluate(
     ethnicity_2012: str = "other",
     threshold_pct: float = 50.0,
     quality_codes: Mapping[str, str] | None = None,
+    fvc_grades: Sequence[str] = FVC_GRADES,
+    fvc_grades_review: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The session's result from its stored manoeuvre rows (see the module docstring for the rules)."""
     if equation not in gli.EQUATIONS:
@@ -257,6 +266,7 @@ def evaluate(
         "definition": "ats-ers-2019", "manoeuvre_types": sorted(types), "attempts": len(blows),
         "manoeuvres": per_row, "not_assessed": not_assessed, "inputs": inputs.as_dict(),
         "equation": equation, "ethnicity_2012": ethnicity_2012, "threshold_pct": threshold_pct,
+        "fvc_grades": list(fvc_grades), "fvc_grades_review": list(fvc_grades_review), "grade_review": None,
         "fvc": None, "fev1": None, "more_attempts_needed": True, "more_attempts_reasons": [],
         "prediction": None, "other_prediction": None, "prediction_refused": None, "equation_decides": None,
     }
@@ -273,9 +283,20 @@ def evaluate(
     else:
         fvc_l = fev1_l = None
         notes.append("no FVC manoeuvre" + (" (SVC only; the protocol asks for FVC)" if "SVC" in types else " received yet"))
-    valid = bool(blows) and a.fvc.reported_basis == "acceptable"
-    if blows and not valid:
-        notes.append(f"no acceptable FVC manoeuvre (grade {a.fvc.grade}); more attempts needed")
+    valid = False
+    if blows:
+        g = a.fvc.grade
+        if a.fvc.reported_basis == "acceptable" and g in fvc_grades:
+            valid = True
+        elif a.fvc.reported_basis == "acceptable" and g in fvc_grades_review:
+            valid = True
+            result["grade_review"] = (f"FVC grade {g} is accepted only by the site rule (fvc_grades_review); "
+                                      f"ATS/ERS 2019 repeatable grades are {', '.join(fvc_grades)}")
+        elif a.fvc.reported_basis == "acceptable":
+            notes.append(f"FVC grade {g}: {_grade_gap(a.fvc.n_acceptable, a.fvc.repeatability_diff_ml)}; "
+                         f"the criterion needs grade {', '.join(fvc_grades)}; more attempts needed")
+        else:
+            notes.append(f"no acceptable FVC manoeuvre (grade {g}); more attempts needed")
 
     if fvc_l is not None:
         if inputs.missing or inputs.problems:
@@ -339,13 +360,28 @@ def recompute(conn: sqlite3.Connection, session_id: int, settings: Mapping[str, 
     return evaluate(load_manoeuvres(conn, session_id), inputs, **evaluation_settings(settings))
 
 
+def _grade_gap(n_acceptable: int, diff_ml: int | None) -> str:
+    if n_acceptable < 2:
+        return f"{n_acceptable} acceptable blow, not repeatable"
+    return f"the two largest acceptable FVCs differ by {diff_ml} mL, not repeatable"
+
+
+def _grades(cfg: Mapping[str, Any], key: str, default: Sequence[str]) -> tuple[str, ...]:
+    raw = cfg.get(key, list(default))
+    if not isinstance(raw, (list, tuple)) or not all(isinstance(g, str) and g.upper() in ALL_GRADES for g in raw):
+        raise ValueError(f"[spirometry] {key} must be a list of ATS/ERS grades (A-F, U), got {raw!r}")
+    return tuple(g.upper() for g in raw)
+
+
 def evaluation_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The keyword arguments of :func:`evaluate` from the ``[spirometry]`` config table."""
     # ``equation`` is the key the eligibility service reads from the same table: when a site sets it, it wins.
     return {"equation": cfg.get("equation") or cfg.get("default_equation") or gli.DEFAULT_EQUATION,
             "ethnicity_2012": cfg.get("ethnicity_2012", "other"),
             "threshold_pct": float(cfg.get("fvc_threshold_pct", 50.0)),
-            "quality_codes": dict(cfg.get("quality_codes", {}))}
+            "quality_codes": dict(cfg.get("quality_codes", {})),
+            "fvc_grades": _grades(cfg, "fvc_grades", FVC_GRADES),
+            "fvc_grades_review": _grades(cfg, "fvc_grades_review", ())}
 
 
 def session_detail(conn: sqlite3.Connection, session_id: int) -> dict[str, Any]:
