@@ -15,10 +15,15 @@ backoff slept on the injected clock, reporting ``connected`` once it is back.
 from __future__ import annotations
 
 import asyncio
+import os
+import posixpath
+import re
+import stat
 import sys
 import threading
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Literal, Mapping, Union
+from typing import Any, Callable, Collection, Literal, Mapping, Union
+from urllib.parse import urlsplit
 
 import serial
 
@@ -62,6 +67,14 @@ class NotConnected(SerialPortError):
         self.url, self.cause = url, "not connected"
 
 
+class PortRefused(SerialPortError):
+    """The port string is outside the allow-list: nothing was opened (retrying cannot help)."""
+
+    def __init__(self, url: str, cause: PortNotAllowed) -> None:
+        Exception.__init__(self, str(cause))
+        self.url, self.cause = url, cause
+
+
 def _short(cause: BaseException | str) -> str:
     text = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
     return text[:160]
@@ -75,10 +88,73 @@ def _hint(url: str) -> str:
     return "check the path (ls /dev/ttyUSB* /dev/ttyACM*), that the cable/adapter is plugged in, no other program holds it, and that you are in the dialout group"
 
 
+class PortNotAllowed(ValueError):
+    """A port string outside the allow-list.
+
+    Why an allow-list: pyserial's ``serial_for_url`` also understands handlers such as
+    ``spy://`` (which writes a log to any file, the database included), ``loop://``,
+    ``rfc2217://`` and ``socket://`` to any host.  A spirometer is a device file, a COM port,
+    or a serial-over-IP adapter the site has named; nothing else is opened.
+    """
+
+
+_COM_PORT = re.compile(r"(?:\\\\\.\\)?COM[1-9][0-9]{0,2}", re.IGNORECASE)
+_ALLOWED_HELP = ("use a device path under /dev/ (e.g. /dev/ttyUSB0 or /dev/serial/by-id/...), a COM port (COM3), "
+                 "or socket://HOST:PORT with HOST listed in [spirometry] socket_hosts")
+
+
+def check_port_url(url: str, socket_hosts: Collection[str] = ()) -> str:
+    """The port string if it is allowed, else :class:`PortNotAllowed` saying what is.
+
+    Allowed: an absolute path under ``/dev/`` (after normalisation, so ``/dev/../x`` is not),
+    a Windows COM port, or ``socket://host:port`` to a host in ``socket_hosts`` with no path,
+    query or user part.  The caller passes the site's hosts; the default is none.
+    """
+    if not isinstance(url, str) or not url or url != url.strip() or any(ord(c) < 0x20 or c == "\x7f" for c in url):
+        raise PortNotAllowed(f"port {url!r} is not a port; {_ALLOWED_HELP}")
+    if "://" in url:
+        parts = urlsplit(url)
+        if parts.scheme.lower() != "socket":
+            raise PortNotAllowed(f"port {url}: the {parts.scheme}:// handler is not allowed; {_ALLOWED_HELP}")
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if (parts.path not in ("", "/") or parts.query or parts.fragment or parts.username is not None
+                or parts.password is not None or port is None or not 1 <= port <= 65535 or not parts.hostname):
+            raise PortNotAllowed(f"port {url}: a socket port is socket://HOST:PORT (port 1-65535, nothing after it)")
+        allowed = {h.strip("[]").lower() for h in socket_hosts}
+        if parts.hostname.lower() not in allowed:
+            listed = ", ".join(sorted(allowed)) or "none"
+            raise PortNotAllowed(f"port {url}: host {parts.hostname} is not in [spirometry] socket_hosts (allowed: {listed}); "
+                                 "add the serial-over-IP adapter's address there")
+        return url
+    if _COM_PORT.fullmatch(url):
+        return url
+    if url.startswith("/"):
+        norm = posixpath.normpath(url)
+        if norm.startswith("/dev/") and norm == url.rstrip("/"):
+            return url
+    raise PortNotAllowed(f"port {url} is not a serial device; {_ALLOWED_HELP}")
+
+
+def _require_character_device(url: str) -> None:
+    """A device path must name a character device (a tty), not a regular file that a write would change."""
+    if "://" in url or os.name != "posix":
+        return
+    try:
+        mode = os.stat(url).st_mode
+    except OSError:
+        return  # pyserial names the missing port in its own error
+    if not stat.S_ISCHR(mode):
+        raise SerialPortError(url, "not a serial device (not a character device)")
+
+
 def open_port(url: str, settings: PortSettings) -> serial.SerialBase:
     """Open a port (blocking; call it from an executor)."""
     if settings.parity not in PARITIES:
         raise SerialPortError(url, f"parity {settings.parity!r} is not one of N, E, O, M, S")
+    _require_character_device(url)
     try:
         return serial.serial_for_url(
             url,
@@ -124,8 +200,10 @@ class SerialTransport:
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
         opener: Callable[[str, PortSettings], serial.SerialBase] = open_port,
+        socket_hosts: Collection[str] = (),
     ) -> None:
         self.url, self.settings, self.clock = url, settings, clock
+        self.socket_hosts = tuple(socket_hosts)
         self._on_data = on_data
         self._on_event = on_event
         self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
@@ -183,6 +261,10 @@ class SerialTransport:
     # internals -------------------------------------------------------------------------
     async def _open(self) -> serial.SerialBase:
         self.open_attempts += 1
+        try:
+            check_port_url(self.url, self.socket_hosts)  # the last gate before pyserial sees the string
+        except PortNotAllowed as exc:
+            raise PortRefused(self.url, exc) from None
         return await asyncio.get_running_loop().run_in_executor(None, self._opener, self.url, self.settings)
 
     def _emit(self, kind: Literal["connected", "lost"], detail: str = "") -> None:

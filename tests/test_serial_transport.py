@@ -70,7 +70,7 @@ def test_unopenable_port_error_is_one_clear_line() -> None:
 
 def test_start_with_required_open_raises() -> None:
     async def main() -> None:
-        t = SerialTransport("socket://127.0.0.1:1", PortSettings(), lambda d, t: None, SystemClock())
+        t = SerialTransport("socket://127.0.0.1:1", PortSettings(), lambda d, t: None, SystemClock(), socket_hosts=["127.0.0.1"])
         with pytest.raises(SerialPortError):
             await t.start(require_first_open=True)
         with pytest.raises(NotConnected):
@@ -85,7 +85,7 @@ def test_socket_read_write_and_timestamps() -> None:
         q: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
         events: list[LinkEvent] = []
         clock = VirtualClock(start=1000.0)
-        t = SerialTransport(f"socket://127.0.0.1:{srv.port}", PortSettings(timeout=0.05), q, clock, events.append)
+        t = SerialTransport(f"socket://127.0.0.1:{srv.port}", PortSettings(timeout=0.05), q, clock, events.append, socket_hosts=["127.0.0.1"])
         await t.start(require_first_open=True)
         await asyncio.wait_for(t.connected_event.wait(), WAIT)
         await wait_for(lambda: srv.writer is not None, "server accept")
@@ -114,7 +114,7 @@ def test_port_disappears_then_comes_back_with_backoff() -> None:
         received: list[bytes] = []
         events: list[LinkEvent] = []
         t = SerialTransport(f"socket://127.0.0.1:{port}", PortSettings(timeout=0.05), lambda d, ts: received.append(d),
-                            clock, events.append, backoff_initial_s=1.0, backoff_max_s=8.0)
+                            clock, events.append, backoff_initial_s=1.0, backoff_max_s=8.0, socket_hosts=["127.0.0.1"])
         await t.start()
         await wait_for(lambda: srv.writer is not None, "first connection")
         srv.writer.write(b"one")
@@ -122,7 +122,8 @@ def test_port_disappears_then_comes_back_with_backoff() -> None:
         await srv.stop()  # cable pulled: connection and listener gone
         await wait_for(lambda: [e.kind for e in events] == ["connected", "lost"], "lost event")
         assert not t.connected
-        await wait_for(lambda: t.open_attempts >= 4, "several reopen attempts")
+        # attempts: first open, immediate reopen, then after 1, 2 and 4 s of backoff (the 5th starts at t >= 7)
+        await wait_for(lambda: t.open_attempts >= 5, "several reopen attempts")
         assert clock.now() >= 1 + 2 + 4  # exponential backoff slept on the injected clock
         srv2 = EchoServer()
         await srv2.start(port)
@@ -166,7 +167,7 @@ def test_pty_path_and_hangup() -> None:
 def test_stop_while_waiting_to_reconnect_returns() -> None:
     async def main() -> None:
         clock = VirtualClock(start=0.0)  # not running: the backoff sleep would never end by itself
-        t = SerialTransport("socket://127.0.0.1:1", PortSettings(), lambda d, ts: None, clock)
+        t = SerialTransport("socket://127.0.0.1:1", PortSettings(), lambda d, ts: None, clock, socket_hosts=["127.0.0.1"])
         await t.start()
         await wait_for(lambda: t.open_attempts >= 1 and t.last_error is not None, "first failed open")
         assert "127.0.0.1:1" in t.last_error

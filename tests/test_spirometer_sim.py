@@ -38,7 +38,7 @@ class Collector:
         self.events: list[SpiroEvent] = []
         self.link: list[LinkEvent] = []
         self.changed = asyncio.Event()
-        self.transport = SerialTransport(url, m.port, self.on_data, clock or SystemClock(), self.on_link, backoff_initial_s=0.05)
+        self.transport = SerialTransport(url, m.port, self.on_data, clock or SystemClock(), self.on_link, backoff_initial_s=0.05, socket_hosts=["127.0.0.1"])
 
     def on_link(self, ev: LinkEvent) -> None:
         self.link.append(ev)

@@ -24,7 +24,7 @@ import dataclasses
 import json
 import logging
 import sqlite3
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 import sqlite_utils
 from pydantic import BaseModel, Field
@@ -32,7 +32,7 @@ from pydantic import BaseModel, Field
 from collector.errors import Conflict, DeviceError, InvalidInput
 from collector.spirometry import store
 from collector.storage import audit, repo
-from drivers.serial_transport import LinkEvent, SerialPortError, SerialTransport
+from drivers.serial_transport import LinkEvent, PortNotAllowed, SerialPortError, SerialTransport, check_port_url
 from drivers.spirometry.registry import SpirometerModel, UnknownSpirometerModel, get_model, make_decoder, model_from_dict
 from drivers.spirometry.results import DecodedMessage, DecodeError, SpiroEvent
 
@@ -77,6 +77,14 @@ def resolve_model(cfg: dict[str, Any], protocol: str | None, model: str | None) 
     return m
 
 
+def socket_hosts(cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    """Hosts a ``socket://`` spirometer port may name (serial-over-IP adapters the site lists)."""
+    hosts = cfg.get("socket_hosts", [])
+    if not isinstance(hosts, (list, tuple)) or not all(isinstance(h, str) for h in hosts):
+        raise InvalidInput(f"config [spirometry] socket_hosts must be a list of host names or addresses, got {hosts!r}")
+    return tuple(hosts)
+
+
 def _builtin_models() -> list[str]:
     from drivers.spirometry.registry import MODELS
 
@@ -97,6 +105,7 @@ class SpirometryRecorder:
         self.transport = SerialTransport(
             url, model.port, self._on_data, self.daemon.clock, self._on_link,
             backoff_initial_s=float(cfg.get("backoff_initial_s", 0.5)), backoff_max_s=float(cfg.get("backoff_max_s", 10.0)),
+            socket_hosts=socket_hosts(cfg),
         )
         self.idle_s = float(cfg.get("gdt_idle_s", 2.0))
         self.session_id: int | None = None
@@ -370,6 +379,10 @@ class SpirometryService:
         port_url = (port_url or "").strip()
         if not port_url:
             raise InvalidInput("a spirometry session needs --spirometer PORT (e.g. /dev/ttyUSB0, COM3 or socket://127.0.0.1:5000)")
+        try:
+            check_port_url(port_url, socket_hosts(self.cfg))
+        except PortNotAllowed as exc:
+            raise InvalidInput(str(exc)) from None
         m = resolve_model(self.cfg, protocol, model)
         async with self._mutex():
             conn = self.daemon._read()
