@@ -106,7 +106,7 @@ _ALLOWED_HELP = ("use a device path under /dev/ (e.g. /dev/ttyUSB0 or /dev/seria
 def check_port_url(url: str, socket_hosts: Collection[str] = ()) -> str:
     """The port string if it is allowed, else :class:`PortNotAllowed` saying what is.
 
-    Allowed: an absolute path under ``/dev/`` (after normalisation, so ``/dev/../x`` is not),
+    Allowed: an absolute path that leads under ``/dev/`` (after resolving symlinks and ``..``),
     a Windows COM port, or ``socket://host:port`` to a host in ``socket_hosts`` with no path,
     query or user part.  The caller passes the site's hosts; the default is none.
     """
@@ -132,8 +132,9 @@ def check_port_url(url: str, socket_hosts: Collection[str] = ()) -> str:
     if _COM_PORT.fullmatch(url):
         return url
     if url.startswith("/"):
-        norm = posixpath.normpath(url)
-        if norm.startswith("/dev/") and norm == url.rstrip("/"):
+        # A stable symlink elsewhere (a udev rule, a simulator's link) is fine if it leads into /dev/.
+        real = os.path.realpath(url) if os.name == "posix" else posixpath.normpath(url)
+        if real.startswith("/dev/"):
             return url
     raise PortNotAllowed(f"port {url} is not a serial device; {_ALLOWED_HELP}")
 

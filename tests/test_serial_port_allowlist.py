@@ -141,3 +141,14 @@ def test_a_bad_socket_hosts_setting_is_one_clear_line(tmp_path: Path) -> None:
                 await h.svc.start(SUBJECT, "socket://127.0.0.1:1", model="sim-hl7")
 
     asyncio.run(main())
+
+
+@pytest.mark.skipif(os.name != "posix", reason="symlinks to ttys are POSIX")
+def test_a_stable_symlink_into_dev_is_allowed_and_one_out_of_it_is_not(tmp_path: Path) -> None:
+    into = tmp_path / "ttySPIRO"
+    into.symlink_to("/dev/null")
+    assert check_port_url(str(into)) == str(into)
+    out = tmp_path / "sneaky"
+    out.symlink_to(tmp_path / "collector.sqlite")
+    with pytest.raises(PortNotAllowed, match="is not a serial device"):
+        check_port_url(str(out))
