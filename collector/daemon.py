@@ -281,22 +281,25 @@ class Daemon:
             except Exception:
                 log.exception("listener failed on %s", kind)
 
-    # -- helpers ---------------------------------------------------------------------------
-    async def _write(self, fn: Any) -> Any:
+    # -- the public surface for feature modules ----------------------------------------------
+    async def write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``fn(conn)`` in the single writer's next transaction and return its result."""
         async with self.clock.frozen():  # the writer works in real time
             return await asyncio.wrap_future(self.writer.submit(fn))
 
-    async def _flush(self) -> None:
+    async def flush(self) -> None:
+        """Wait until everything queued so far is committed."""
         async with self.clock.frozen():
             await asyncio.to_thread(self.writer.flush)
 
-    def _read(self) -> sqlite3.Connection:
+    def open_reader(self) -> sqlite3.Connection:
+        """A new read connection (WAL: it sees every committed row); the caller closes it."""
         return open_db(self.db_path, check_same_thread=False).conn
 
     # -- startup ---------------------------------------------------------------------------
     async def resume_open_sessions(self) -> list[int]:
         """Sessions that were open when the daemon stopped (or was killed) continue recording."""
-        conn = self._read()
+        conn = self.open_reader()
         try:
             rows = [r for r in repo.list_sessions(conn) if r["state"] in ("open", "interrupted") and r["kind"] == "night"
                     and r["origin"] in ("live", "simulated")]
@@ -321,9 +324,9 @@ class Daemon:
                             row["id"], row["subject_id"], (now - since) / 3600, row["id"])
                 continue
             if row["state"] == "interrupted":
-                await self._write(lambda c, sid=row["id"]: repo.resume_session(c, sid, by="collector", at=now))
+                await self.write(lambda c, sid=row["id"]: repo.resume_session(c, sid, by="collector", at=now))
             else:
-                await self._write(lambda c, sid=row["id"], s=row["subject_id"]: repo.audit.append(
+                await self.write(lambda c, sid=row["id"], s=row["subject_id"]: repo.audit.append(
                     c, at=now, actor="collector", action="session_resumed", subject_id=s, session_id=sid,
                     reason="collector restarted after an unclean stop"))
             rec = NightRecorder(self, row, protocol=row["device_protocol"], target=LinkTarget(row["device_address"]),
@@ -344,7 +347,7 @@ class Daemon:
         """Rebuild the live figures of a resumed session from what is stored."""
         if rec.live is None:
             return
-        conn = self._read()
+        conn = self.open_reader()
         try:
             breaks = [(g["start_utc_ms"], g["cause"]) for g in repo.session_gaps(conn, rec.session_id)]
             samples = conn.execute(
@@ -371,7 +374,7 @@ class Daemon:
     # -- commands --------------------------------------------------------------------------
     async def add_subject(self, subject_id: str, *, by: str | None = None) -> dict[str, Any]:
         now = self.clock.now()
-        return await self._write(lambda c: repo.add_subject(c, subject_id, by=by or self.operator, at=now))
+        return await self.write(lambda c: repo.add_subject(c, subject_id, by=by or self.operator, at=now))
 
     async def scan(self, timeout_s: float = 5.0) -> list[dict[str, Any]]:
         found = await ble_scan.scan(timeout_s, backend=self.scanner_backend)
@@ -379,7 +382,7 @@ class Daemon:
 
     def _check_free(self, subject_id: str, oximeter: str, address: str | None = None) -> None:
         """The subject exists and has no open night; the oximeter records no other session."""
-        conn = self._read()
+        conn = self.open_reader()
         try:
             repo.get_subject(conn, subject_id)
             for s in repo.list_sessions(conn, subject_id=subject_id, state="open"):
@@ -432,7 +435,7 @@ class Daemon:
                                         settings={"protocol": protocol, "oximetry": self.config["oximetry"]})
                 return repo.get_session(c, sid)
 
-            session = await self._write(create)
+            session = await self.write(create)
             rec = NightRecorder(self, session, protocol=protocol, target=LinkTarget(found.address))
             self.recorders[session["id"]] = rec
             rec.start()
@@ -460,8 +463,8 @@ class Daemon:
                 hook = getattr(service, "stop_session_hook", None)
                 if hook is not None:
                     await hook(session_id, now)
-            row = await self._write(lambda c: repo.close_session(c, session_id, state="stopped", by=by, at=now, reason=reason))
-        await self._flush()
+            row = await self.write(lambda c: repo.close_session(c, session_id, state="stopped", by=by, at=now, reason=reason))
+        await self.flush()
         info = self.session_info(row["id"])
         if row["kind"] == "night":
             info["report"] = await self.finalise_night(session_id)
@@ -469,19 +472,19 @@ class Daemon:
 
     async def finalise_night(self, session_id: int) -> dict[str, Any]:
         """Recompute the night from the stored samples (vectorised) and store the report."""
-        conn = self._read()
+        conn = self.open_reader()
         try:
             async with self.clock.frozen():
                 report = await asyncio.to_thread(compute_report, conn, session_id, self.config)
         finally:
             conn.close()
         now = self.clock.now()
-        await self._write(lambda c: store_report(c, session_id, report, at=now, actor="collector", reason="session stopped"))
+        await self.write(lambda c: store_report(c, session_id, report, at=now, actor="collector", reason="session stopped"))
         self.notify("night_report", {"session_id": session_id, "report": report})
         return report
 
     def session_info(self, session_id: int) -> dict[str, Any]:
-        conn = self._read()
+        conn = self.open_reader()
         try:
             row = repo.get_session(conn, session_id)
         finally:
@@ -521,13 +524,13 @@ class Daemon:
             for sid, rec in list(self.recorders.items()):
                 try:  # one session's failure must not cost the others their interrupted state
                     await rec.stop(now)
-                    await self._write(lambda c, sid=sid: repo.close_session(c, sid, state="interrupted", by="collector", at=now, reason=SHUTDOWN_REASON))
+                    await self.write(lambda c, sid=sid: repo.close_session(c, sid, state="interrupted", by="collector", at=now, reason=SHUTDOWN_REASON))
                 except Exception:
                     log.exception("session %s could not be closed as interrupted; it stays open and resumes on the next start", sid)
             self.recorders.clear()
         if self._handover_task is not None:
             self._handover_task.cancel()
-        await self._flush()
+        await self.flush()
         self.writer.close()
         if self.capture is not None:
             self.capture.close()

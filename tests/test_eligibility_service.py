@@ -230,7 +230,7 @@ class Bench:
                 (sid, utc_iso(now + 600), int(valid), pct, other))
             return sid
 
-        sid = await self.daemon._write(write)
+        sid = await self.daemon.write(write)
         self.daemon.notify("spirometry_result", {"session_id": sid, "subject_id": subject})
         await self.svc.idle()
         return sid

@@ -51,7 +51,7 @@ async def _night_with_alerts(db_path: Path, sc: Any, config: dict[str, Any]) -> 
                 if a["kind"] == "device_disconnected" and not a["acknowledged_by"] and not acked:
                     acked.append(await web.alerts.acknowledge(a["id"], by="alice", note="moved the laptop closer"))
         visible_at_end = web.alerts.evaluate()
-        conn = daemon._read()
+        conn = daemon.open_reader()
         trend = session_trend(conn, info["id"], minutes=None, now=clock.now())
         conn.close()
         await daemon.stop_session(info["id"], by="alice")

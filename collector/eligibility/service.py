@@ -452,7 +452,7 @@ class EligibilityService:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     def _read_eval(self, session_id: int, subject_id: str | None) -> tuple[str, dict[str, Any]]:
-        conn = self.daemon._read()
+        conn = self.daemon.open_reader()
         try:
             if subject_id is None:
                 subject_id = repo.get_session(conn, session_id)["subject_id"]
@@ -470,7 +470,7 @@ class EligibilityService:
             at = self.daemon.clock.now()
             reason = {LIVE_ALERT: f"live T90 alert on night {session_id}", "night_report": f"night {session_id} report stored",
                       "spirometry_result": f"spirometry session {session_id} result stored"}[kind]
-            change = await self.daemon._write(lambda c: record_decision_change(
+            change = await self.daemon.write(lambda c: record_decision_change(
                 c, subject_id, result, at=at, actor="collector", reason=reason, session_id=session_id, event=True))
             self._remember(subject_id, result, change)
             if change is not None:
@@ -494,7 +494,7 @@ class EligibilityService:
     # -- status -----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """Latest decisions of subjects with open sessions (evaluated on first request if unknown)."""
-        conn = self.daemon._read()
+        conn = self.daemon.open_reader()
         try:
             subjects = [r[0] for r in conn.execute("SELECT DISTINCT subject_id FROM sessions WHERE state = 'open' ORDER BY subject_id")]
             for s in subjects:
@@ -534,7 +534,7 @@ def make_router(daemon: Any, auth: Any) -> Any:
     router = APIRouter(dependencies=[Depends(auth)])
 
     def read(fn: Any) -> Any:
-        conn = daemon._read()
+        conn = daemon.open_reader()
         try:
             return fn(conn)
         finally:
@@ -553,7 +553,7 @@ def make_router(daemon: Any, auth: Any) -> Any:
     async def add_fact(subject_id: str, body: FactIn) -> dict[str, Any]:
         now = daemon.clock.now()
         by = body.by or daemon.operator
-        out = await daemon._write(lambda c: set_fact(c, subject_id, body.fact, body.value, by=by, at=now, reason=body.reason,
+        out = await daemon.write(lambda c: set_fact(c, subject_id, body.fact, body.value, by=by, at=now, reason=body.reason,
                                                      config=daemon.config))
         svc = daemon.services.get("eligibility")
         if svc is not None:

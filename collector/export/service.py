@@ -125,7 +125,7 @@ def make_router(daemon: Any, auth: Any) -> Any:
         by = current_operator.get() or body.by or daemon.operator
 
         def run() -> list[dict[str, Any]]:
-            conn = daemon._read()
+            conn = daemon.open_reader()
             try:
                 return [export_subject(conn, s, out_dir, config=daemon.config, by=by, now=daemon.clock.now(), as_zip=body.zip).as_dict()
                         for s in subjects]

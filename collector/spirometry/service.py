@@ -216,7 +216,7 @@ class SpirometryRecorder:
                               "summaries": len(msg.results) - len(blows), "numbers": [r.number for r in blows]})
             return ids
 
-        ids = await self.daemon._write(write)
+        ids = await self.daemon.write(write)
         if msg.ack is not None:
             await self._send(msg.ack)  # after the commit: "accepted" means stored
         if ids is None:
@@ -239,7 +239,7 @@ class SpirometryRecorder:
             audit.append(c, at=t, actor="collector", action="spirometry_message_refused", subject_id=subject, session_id=sid,
                          new={"message_id": err.message_id, "location": err.location}, reason=err.reason)
 
-        await self.daemon._write(write)
+        await self.daemon.write(write)
         if err.ack is not None:
             await self._send(err.ack)
 
@@ -266,7 +266,7 @@ class SpirometryRecorder:
             reconnect = self._gap_id is not None
             await self._close_gap(t)
             if reconnect:
-                await self.daemon._write(lambda c: audit.append(
+                await self.daemon.write(lambda c: audit.append(
                     c, at=t, actor="collector", action="device_connected", subject_id=subject, session_id=sid,
                     new={"kind": "spirometer", "connects": self.connects}))
             return
@@ -281,13 +281,13 @@ class SpirometryRecorder:
                              new={"cause": "port_lost"}, reason=ev.detail or None)
                 return gid
 
-            self._gap_id = await self.daemon._write(open_gap)
+            self._gap_id = await self.daemon.write(open_gap)
         log.warning("spirometry session %s: port lost (%s); reopening", sid, ev.detail)
 
     async def _close_gap(self, t: float) -> None:
         gid, self._gap_id = self._gap_id, None
         if gid is not None:
-            await self.daemon._write(lambda c: repo.close_gap(c, gid, end_ms=_ms(t)))
+            await self.daemon.write(lambda c: repo.close_gap(c, gid, end_ms=_ms(t)))
 
     def status(self) -> dict[str, Any]:
         r = self.last_result or {}
@@ -321,13 +321,13 @@ async def evaluate_and_store(daemon: Any, cfg: dict[str, Any], sid: int, subject
                           "grade_fvc": (result.get("fvc") or {}).get("grade"), "note": result["note"] or None})
         return rid
 
-    await daemon._write(write)
+    await daemon.write(write)
     daemon.notify("spirometry_result", {"session_id": sid, "subject_id": subject, "result": result})
     return result
 
 
 def _evaluate_stored(daemon: Any, session_id: int, cfg: dict[str, Any]) -> dict[str, Any]:
-    conn = daemon._read()
+    conn = daemon.open_reader()
     try:
         return store.recompute(conn, session_id, cfg)
     finally:
@@ -385,7 +385,7 @@ class SpirometryService:
             raise InvalidInput(str(exc)) from None
         m = resolve_model(self.cfg, protocol, model)
         async with self._mutex():
-            conn = self.daemon._read()
+            conn = self.daemon.open_reader()
             try:
                 repo.get_subject(conn, subject_id)
                 for s in repo.list_sessions(conn, subject_id=subject_id, state="open"):
@@ -418,7 +418,7 @@ class SpirometryService:
                 return repo.get_session(c, sid)
 
             try:
-                session = await self.daemon._write(create)
+                session = await self.daemon.write(create)
             except BaseException:
                 await rec.transport.stop()
                 raise
@@ -435,7 +435,7 @@ class SpirometryService:
         return info
 
     def detail(self, session_id: int) -> dict[str, Any]:
-        conn = self.daemon._read()
+        conn = self.daemon.open_reader()
         try:
             out = store.session_detail(conn, session_id)
         finally:
@@ -449,7 +449,7 @@ class SpirometryService:
         rec = self.recorders.get(session_id)
         if rec is not None:
             return await rec.recompute(self.daemon.clock.now())
-        conn = self.daemon._read()
+        conn = self.daemon.open_reader()
         try:
             session = repo.get_session(conn, session_id)
         finally:
@@ -471,13 +471,13 @@ class SpirometryService:
             try:
                 await rec.stop(now)
             finally:
-                await self.daemon._write(lambda c, sid=sid: repo.close_session(
+                await self.daemon.write(lambda c, sid=sid: repo.close_session(
                     c, sid, state="interrupted", by="collector", at=now, reason=SHUTDOWN_REASON))
         self.recorders.clear()
 
     async def resume(self) -> list[int]:
         """Daemon start: sessions left open or interrupted continue, the downtime a ``daemon_down`` gap."""
-        conn = self.daemon._read()
+        conn = self.daemon.open_reader()
         try:
             rows = [r for r in repo.list_sessions(conn) if r["kind"] == "spirometry" and r["state"] in ("open", "interrupted")
                     and r["origin"] in ("live", "simulated") and r["id"] not in self.recorders]
@@ -510,7 +510,7 @@ class SpirometryService:
                                  session_id=row["id"], reason="collector restarted after an unclean stop")
                 return repo.open_gap(c, row["id"], start_ms=since_ms, cause="daemon_down", detail="collector was not running")
 
-            gap_id = await self.daemon._write(reopen)
+            gap_id = await self.daemon.write(reopen)
             rec = SpirometryRecorder(self, m, row["device_address"])
             rec.bind(row, gap_id=gap_id)
             self.recorders[row["id"]] = rec

@@ -158,7 +158,7 @@ class AlertEngine:
         if alert.acknowledged_by is not None:
             raise Conflict(f"alert {alert_id} was already acknowledged by {alert.acknowledged_by}")
         now = self.daemon.clock.now()
-        await self.daemon._write(lambda c: audit.append(
+        await self.daemon.write(lambda c: audit.append(
             c, at=now, actor=by, action="alert_acknowledged", subject_id=alert.subject_id, session_id=alert.session_id,
             new={"alert_id": alert.id, "alert": alert.kind, "message": alert.message, "raised_utc": utc_iso(alert.raised_t)},
             reason=note,

@@ -183,7 +183,7 @@ def make_router(daemon: Any, auth: Any) -> APIRouter:
         if web.token and NAME_RE.match(body.name) and secrets.compare_digest(body.password.encode(), web.token.encode()):
             via = "token"
         else:
-            conn = daemon._read()
+            conn = daemon.open_reader()
             try:
                 ok = await asyncio.to_thread(verify_login, conn, body.name, body.password)
             finally:
@@ -196,7 +196,7 @@ def make_router(daemon: Any, auth: Any) -> APIRouter:
         web.throttle.succeeded(body.name)
         key, session = web.sessions.create(body.name, via)
         now = daemon.clock.now()
-        await daemon._write(lambda c: repo.audit.append(c, at=now, actor=body.name, action="operator_login", new={"via": via}))
+        await daemon.write(lambda c: repo.audit.append(c, at=now, actor=body.name, action="operator_login", new={"via": via}))
         response.set_cookie(COOKIE_NAME, key, httponly=True, samesite="strict", path="/", max_age=int(web.sessions.max_s))
         return {"operator": session.operator, "csrf_token": session.csrf, "via": via, "expires_in_s": web.sessions.remaining_s(session)}
 
@@ -206,7 +206,7 @@ def make_router(daemon: Any, auth: Any) -> APIRouter:
         session = web.sessions.drop(request.cookies.get(COOKIE_NAME))
         if session is not None:
             now = daemon.clock.now()
-            await daemon._write(lambda c: repo.audit.append(c, at=now, actor=session.operator, action="operator_logout"))
+            await daemon.write(lambda c: repo.audit.append(c, at=now, actor=session.operator, action="operator_logout"))
         response.delete_cookie(COOKIE_NAME, path="/")
         return {"ok": True}
 
@@ -280,7 +280,7 @@ def make_router(daemon: Any, auth: Any) -> APIRouter:
     @router.get("/subjects", response_model=list[models.SubjectOut], dependencies=protected)
     async def subjects() -> list[dict[str, Any]]:
         """Every subject (pseudonymous IDs) with its open sessions."""
-        conn = daemon._read()
+        conn = daemon.open_reader()
         try:
             rows = repo.list_subjects(conn)
             open_ = conn.execute("SELECT subject_id, id FROM sessions WHERE state = 'open' ORDER BY id").fetchall()
@@ -295,7 +295,7 @@ def make_router(daemon: Any, auth: Any) -> APIRouter:
     async def sessions(limit: int = Query(30, ge=1, le=500, description="newest sessions first"),
                        subject_id: str | None = Query(None, max_length=64)) -> list[dict[str, Any]]:
         """Recent sessions with the outcome of their stored night report."""
-        conn = daemon._read()
+        conn = daemon.open_reader()
         try:
             return await asyncio.to_thread(_session_summaries, conn, limit, subject_id)
         finally:
@@ -308,7 +308,7 @@ def make_router(daemon: Any, auth: Any) -> APIRouter:
         from collector.web.trend import session_trend
 
         now = daemon.clock.now()
-        conn = daemon._read()
+        conn = daemon.open_reader()
         try:
             return await asyncio.to_thread(session_trend, conn, session_id, minutes=minutes, now=now)
         finally:
@@ -321,7 +321,7 @@ def make_router(daemon: Any, auth: Any) -> APIRouter:
         from collector.errors import NotFound
         from collector.nights import latest_report
 
-        conn = daemon._read()
+        conn = daemon.open_reader()
         try:
             repo.get_session(conn, session_id)
             rep = latest_report(conn, session_id)
