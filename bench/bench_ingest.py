@@ -22,8 +22,8 @@ import numpy as np
 import sqlite_utils
 
 from collector.config import defaults
-from collector.live import make_live
-from collector.pipeline import ReadingPipeline, to_row
+from collector.oximetry.live import make_live
+from collector.oximetry.pipeline import ReadingPipeline, to_row
 from collector.storage import repo
 from collector.storage.writer import SAMPLE_COLUMNS, Writer
 from drivers.protocols import plx

@@ -15,8 +15,8 @@ import pandas as pd
 from o2ring_analyzer.cleaning import clean
 from o2ring_analyzer.metrics import compute_metrics
 
-from collector.analysis.live import LiveBurden
-from collector.analysis.report import NightData, night_report
+from collector.oximetry.analysis.live import LiveBurden
+from collector.oximetry.analysis.report import NightData, night_report
 
 T0 = 1_767_225_600.0
 

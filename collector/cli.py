@@ -182,7 +182,7 @@ def session_stop(c: Ctx, session_id: int, reason: str | None, as_json: bool) -> 
 
 def _stop_offline(c: Ctx, session_id: int, reason: str | None) -> dict[str, Any]:
     """The daemon is not running: close the session in the database and compute its report."""
-    from collector.nights import compute_report, store_report
+    from collector.oximetry import store as night_store
 
     conn = c.conn()
     now = SystemClock().now()
@@ -193,11 +193,9 @@ def _stop_offline(c: Ctx, session_id: int, reason: str | None) -> dict[str, Any]
         if row["state"] == "interrupted":
             repo.resume_session(conn, session_id, by=c.by, at=now)
         info = repo.close_session(conn, session_id, state="stopped", by=c.by, at=now, reason=reason or "stopped while the daemon was not running")
-    if info["kind"] == "night":
-        report = compute_report(conn, session_id, c.config)
-        with transaction(conn):
-            store_report(conn, session_id, report, at=now, actor=c.by, reason="session stopped while the daemon was not running")
-        info["report"] = report
+        if info["kind"] == "night":
+            info["report"] = night_store.finalise(conn, session_id, c.config, at=now, actor=c.by,
+                                                  reason="session stopped while the daemon was not running")["report"]
     return info
 
 
@@ -228,11 +226,10 @@ SAMPLE_FIELDS = ["host_utc", "device_time", "spo2_pct", "pulse_bpm", "pai_pct", 
 
 
 def _sample_records(conn: Any, session_id: int) -> Iterable[dict[str, Any]]:
+    from collector.oximetry import store as night_store
     from drivers.protocols.common import Flag
 
-    cur = conn.execute(
-        "SELECT host_utc_ms, device_time, spo2_pct, pulse_bpm, pai_pct, valid, pulse_valid, flags, status_raw, counter"
-        " FROM spo2_samples WHERE session_id = ? ORDER BY host_utc_ms, rowid", (session_id,))
+    cur = night_store.iter_sample_rows(conn, session_id)
     for t_ms, dt, spo2, pulse, pai, valid, pvalid, flags, raw, counter in cur:
         yield {
             "host_utc": utc_iso(t_ms / 1000), "device_time": dt, "spo2_pct": spo2, "pulse_bpm": pulse, "pai_pct": pai,
@@ -355,7 +352,7 @@ def scan(c: Ctx, timeout_s: float, show_all: bool, as_json: bool) -> None:
 @pass_ctx
 def replay(c: Ctx, capture_file: Path, subject_id: str, device: str | None, as_json: bool) -> None:
     """Feed a raw capture through the same decoders into a new night session (timestamps kept)."""
-    from collector.replay import replay_capture
+    from collector.oximetry.replay import replay_capture
 
     result = replay_capture(c.db_path, capture_file, subject_id, by=c.by, config=c.config, device=device)
     if as_json:

@@ -78,7 +78,7 @@ async def run_demo(
         last_line = 0.0
         while not playing.done():
             await asyncio.sleep(0.2 if not math.isinf(speed) else 0.05)
-            bed = daemon.recorders[session_id].status(clock.now())
+            bed = daemon.nights.recorders[session_id].status(clock.now())
             for ev in bed["events"][seen_events:]:
                 echo(f"\n  ! {ev['kind']} at {ev['t_utc']}: T90 {ev.get('t90_pct', 0):.2f} %" if tty else f"  ! {ev['kind']} at {ev['t_utc']}")
             seen_events = len(bed["events"])
@@ -97,7 +97,7 @@ async def run_demo(
                 last_line = time.monotonic()
         if tty:
             sys.stdout.write("\n")
-        live = daemon.recorders[session_id].status(clock.now())["live"]
+        live = daemon.nights.recorders[session_id].status(clock.now())["live"]
         stopped = await daemon.stop_session(session_id, by="demo")
         report = stopped.get("report") or {}
     finally:

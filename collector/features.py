@@ -14,7 +14,8 @@ from types import ModuleType
 from typing import Any, Iterator
 
 FEATURE_MODULES = (
-    "collector.night_cli",
+    "collector.oximetry.service",
+    "collector.oximetry.cli",
     "collector.spirometry.service",
     "collector.eligibility.service",
     "collector.export.service",

@@ -48,15 +48,17 @@ def bind_api_socket(host: str, port: int) -> socket.socket:
 
 
 def latest_stored_time(db_path: Path) -> float | None:
+    from collector.oximetry.store import latest_sample_ms
+
     try:
         conn = sqlite3.connect(str(db_path))
         try:
-            row = conn.execute("SELECT MAX(host_utc_ms) FROM spo2_samples").fetchone()
+            last = latest_sample_ms(conn)
         finally:
             conn.close()
     except sqlite3.Error:
         return None
-    return row[0] / 1000 if row and row[0] is not None else None
+    return None if last is None else last / 1000
 
 
 def make_clock(db_path: Path, speed: float) -> Clock:

@@ -40,6 +40,7 @@ from collector.eligibility.store import (
     fact_history,
     record_fact,
 )
+from collector.oximetry import store as night_store
 from collector.errors import InvalidInput, NotFound
 from collector.storage import audit, repo
 
@@ -113,10 +114,7 @@ def _nights(conn: sqlite3.Connection, subject_id: str) -> tuple[list[NightResult
     """Stopped nights with a report count (newest report row per session); the others are in progress."""
     sessions = _rows(conn, "SELECT id, state, started_utc, stopped_utc FROM sessions WHERE subject_id = ? AND kind = 'night' ORDER BY id",
                      (subject_id,))
-    reports = {r["session_id"]: r for r in _rows(
-        conn,
-        "SELECT r.* FROM night_reports r JOIN sessions s ON s.id = r.session_id WHERE s.subject_id = ? AND r.id = "
-        "(SELECT MAX(id) FROM night_reports WHERE session_id = r.session_id)", (subject_id,))}
+    reports = night_store.subject_night_reports(conn, subject_id)  # the oximetry store owns the night tables
     results, pending = [], []
     for s in sessions:
         rep = reports.get(s["id"])
@@ -124,7 +122,7 @@ def _nights(conn: sqlite3.Connection, subject_id: str) -> tuple[list[NightResult
             pending.append({"session_id": s["id"], "kind": "night", "state": s["state"], "started_utc": s["started_utc"],
                             "status": "recording" if s["state"] != "stopped" else "stopped, report not computed yet"})
             continue
-        report = json.loads(rep["report_json"])
+        report = rep["report"]
         results.append(NightResult(
             session_id=str(s["id"]), t90_pct=rep["t90_pct"], night_valid=bool(rep["night_valid"]),
             borderline=bool(rep["borderline"]), analysed_at=rep["computed_utc"], note=_night_note(report),

@@ -86,16 +86,14 @@ def _session_meta(s: dict[str, Any], device: dict[str, Any] | None) -> dict[str,
 
 def _night_files(conn: sqlite3.Connection, s: dict[str, Any], config: dict[str, Any], scrub: Scrubber,
                  pseudonym: str, device: dict[str, Any] | None) -> tuple[dict[str, bytes], dict[str, Any]]:
-    from collector.analysis.plot import plot_night
-    from collector.nights import compute_report, latest_report, load_night
-    from collector.pipeline import BREAKING_CAUSES
+    from collector.oximetry.analysis.plot import plot_night
+    from collector.oximetry.store import compute_report, latest_report, load_night, sample_rows
+    from collector.oximetry.causes import BREAKING_CAUSES
 
     from .verify import config_from_report
 
     sid = s["id"]
-    rows = conn.execute(
-        "SELECT host_utc_ms, device_time, spo2_pct, pulse_bpm, pai_pct, valid, pulse_valid, flags, status_raw, counter"
-        " FROM spo2_samples WHERE session_id = ? ORDER BY host_utc_ms, rowid", (sid,)).fetchall()
+    rows = sample_rows(conn, sid)
     names = {}
     samples = []
     for t_ms, dt, spo2, pulse, pai, valid, pvalid, flags, raw, counter in rows:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from collector.analysis.report import AnalysisConfig, NightData, night_report
+from collector.oximetry.analysis.report import AnalysisConfig, NightData, night_report
 from collector.storage.audit import GENESIS, row_hash
 
 from . import bag, csvs, edf
@@ -52,7 +52,7 @@ def config_from_report(report: dict[str, Any]) -> AnalysisConfig:
 
 
 def night_from_csv(samples: list[dict[str, str]], gaps: list[dict[str, str]]) -> NightData:
-    """NightData exactly as the site loaded it (collector.nights.load_night), from the CSV text."""
+    """NightData exactly as the site loaded it (collector.oximetry.store.load_night), from the CSV text."""
     t = np.array([csvs.parse_iso_ms(r["host_utc"]) for r in samples], dtype=np.int64)
     f = lambda k: np.array([np.nan if r[k] == "" else float(r[k]) for r in samples], dtype=np.float64)  # noqa: E731
     breaks = []

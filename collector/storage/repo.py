@@ -155,6 +155,25 @@ def close_session(conn: sqlite3.Connection, session_id: int, *, state: str, by: 
     return get_session(conn, session_id)
 
 
+def add_recorded_session(
+    conn: sqlite3.Connection, *, subject_id: str, kind: str, origin: str, started_at: float, stopped_at: float,
+    by: str, settings: dict[str, Any],
+) -> int:
+    """A session recorded elsewhere (an imported night): created already stopped, no device attached."""
+    cur = conn.execute(
+        "INSERT INTO sessions (subject_id, kind, state, origin, device_id, started_utc, stopped_utc, started_by, stopped_by, settings_json)"
+        " VALUES (?, ?, 'stopped', ?, NULL, ?, ?, ?, ?, ?)",
+        (subject_id, kind, origin, utc_iso(started_at), utc_iso(stopped_at), by, by, json.dumps(settings, sort_keys=True)),
+    )
+    return int(cur.lastrowid)  # type: ignore[arg-type]
+
+
+def find_imported_session(conn: sqlite3.Connection, sha256: str) -> dict[str, Any] | None:
+    """The session made from a file with this SHA-256 before, if any (``{id, subject_id}``)."""
+    return _row(conn, "SELECT id, subject_id FROM sessions WHERE origin = 'import' AND "
+                      "json_extract(settings_json, '$.import.sha256') = ?", (sha256,))
+
+
 def resume_session(conn: sqlite3.Connection, session_id: int, *, by: str, at: float) -> None:
     """An interrupted session continues recording in the same session (the downtime becomes a gap)."""
     row = get_session(conn, session_id)
@@ -179,6 +198,14 @@ def list_sessions(conn: sqlite3.Connection, subject_id: str | None = None, state
         sql += " AND s.state = ?"
         params.append(state)
     return _rows(conn, sql + " ORDER BY s.id", params)
+
+
+def recent_sessions(conn: sqlite3.Connection, *, limit: int, subject_id: str | None = None) -> list[dict[str, Any]]:
+    """The newest sessions first, with their device's name and protocol (no per-session counts: cheap at any size)."""
+    sql = ("SELECT s.id, s.subject_id, s.kind, s.state, s.origin, s.started_utc, s.stopped_utc, d.name AS device_name,"
+           " d.protocol AS device_protocol FROM sessions s LEFT JOIN devices d ON d.id = s.device_id"
+           + (" WHERE s.subject_id = ?" if subject_id else "") + " ORDER BY s.id DESC LIMIT ?")
+    return _rows(conn, sql, ([subject_id] if subject_id else []) + [limit])
 
 
 # -- gaps and events --------------------------------------------------------------------
@@ -207,6 +234,12 @@ def add_event(conn: sqlite3.Connection, session_id: int | None, *, t_ms: int, ki
         (session_id, t_ms, kind, json.dumps(detail or {}, sort_keys=True)),
     )
     return int(cur.lastrowid)
+
+
+def open_gap_id(conn: sqlite3.Connection, session_id: int) -> int | None:
+    """The session's outage still open (a daemon killed mid-outage), if any."""
+    row = conn.execute("SELECT MAX(id) FROM gaps WHERE session_id = ? AND end_utc_ms IS NULL", (session_id,)).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
 
 
 def session_gaps(conn: sqlite3.Connection, session_id: int) -> list[dict[str, Any]]:

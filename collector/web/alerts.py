@@ -76,7 +76,7 @@ class AlertEngine:
         """(kind, session_id) -> (subject_id, message) for every condition that holds now."""
         s = self.settings
         out: dict[tuple[str, int | None], tuple[str | None, str]] = {}
-        for sid, rec in list(self.daemon.recorders.items()):
+        for sid, rec in list(self.daemon.nights.recorders.items()):
             subject = rec.subject_id
             last = rec.pipeline.last_sample_t
             started = parse_utc(rec.started_utc)
@@ -104,7 +104,7 @@ class AlertEngine:
                 threshold = self.daemon.config["oximetry"]["t90_threshold_pct"]
                 out[("t90_above_threshold", sid)] = (
                     subject, f"provisional T90 {live.t90_pct:.2f} % is above the {threshold:g} % criterion")
-        for sid in set(self._down_seen) - set(self.daemon.recorders):
+        for sid in set(self._down_seen) - set(self.daemon.nights.recorders):
             self._down_seen.pop(sid, None)
         free_mb = self.disk_free_mb()
         if free_mb is not None and free_mb < s["disk_min_free_mb"]:

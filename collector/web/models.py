@@ -145,4 +145,4 @@ class SerialPortOut(BaseModel):
 
 class ReportOut(BaseModel):
     session_id: int
-    report: dict[str, Any] = Field(description="the newest stored night report (collector/analysis/report.py)")
+    report: dict[str, Any] = Field(description="the newest stored night report (collector/oximetry/analysis/report.py)")

@@ -98,7 +98,7 @@ class WebService:
         now = self.daemon.clock.now()
         threshold = float(self.daemon.config["oximetry"]["t90_threshold_pct"])
         out = []
-        for rec in list(self.daemon.recorders.values()):
+        for rec in list(self.daemon.nights.recorders.values()):
             st = rec.status(now)
             live = st.get("live") or {}
             reading = rec.pipeline.last_reading
@@ -319,7 +319,7 @@ def make_router(daemon: Any, auth: Any) -> APIRouter:
     async def report(session_id: int = _path_id("session")) -> dict[str, Any]:
         """The newest stored report of a night session (computed when it stopped)."""
         from collector.errors import NotFound
-        from collector.nights import latest_report
+        from collector.oximetry.store import latest_report
 
         conn = daemon.open_reader()
         try:
@@ -351,22 +351,18 @@ def _path_id(what: str) -> Any:
 
 
 def _session_summaries(conn: Any, limit: int, subject_id: str | None) -> list[dict[str, Any]]:
-    sql = (
-        "SELECT s.id, s.subject_id, s.kind, s.state, s.origin, s.started_utc, s.stopped_utc, d.name, d.protocol,"
-        " r.t90_pct, r.night_valid, r.meets_t90_criterion, r.borderline"
-        " FROM sessions s LEFT JOIN devices d ON d.id = s.device_id"
-        " LEFT JOIN night_reports r ON r.id = (SELECT MAX(id) FROM night_reports WHERE session_id = s.id)"
-        + (" WHERE s.subject_id = ?" if subject_id else "") + " ORDER BY s.id DESC LIMIT ?"
-    )
-    params: list[Any] = ([subject_id] if subject_id else []) + [limit]
+    from collector.oximetry import store as night_store
+
+    sessions = repo.recent_sessions(conn, limit=limit, subject_id=subject_id)
+    reports = night_store.report_columns(conn, [s["id"] for s in sessions if s["kind"] == "night"])
     out = []
-    for row in conn.execute(sql, params).fetchall():
-        sid, subj, kind, state, origin, started, stopped, dname, dproto, t90, valid, meets, borderline = row
+    for s in sessions:
+        r = reports.get(s["id"], {})
         out.append({
-            "id": sid, "subject_id": subj, "kind": kind, "state": state, "origin": origin, "started_utc": started,
-            "stopped_utc": stopped, "device_name": dname, "device_protocol": dproto, "t90_pct": t90,
-            "night_valid": None if valid is None else bool(valid), "meets_t90_criterion": None if meets is None else bool(meets),
-            "borderline": None if borderline is None else bool(borderline),
+            "id": s["id"], "subject_id": s["subject_id"], "kind": s["kind"], "state": s["state"], "origin": s["origin"],
+            "started_utc": s["started_utc"], "stopped_utc": s["stopped_utc"], "device_name": s["device_name"],
+            "device_protocol": s["device_protocol"], "t90_pct": r.get("t90_pct"), "night_valid": r.get("night_valid"),
+            "meets_t90_criterion": r.get("meets_t90_criterion"), "borderline": r.get("borderline"),
         })
     return out
 

@@ -2,7 +2,7 @@
 
 The page draws the last 30 minutes and the whole night; sending every 1 Hz sample
 of an 8-hour night (28,800 rows) once a minute per bed would be wasteful, so the
-samples are bucketed: mean and minimum of the *valid* SpO2 (the minimum keeps short
+samples are bucketed (by the oximetry store, in SQL): mean and minimum of the *valid* SpO2 (the minimum keeps short
 desaturations visible), mean valid pulse.  Buckets without a valid sample are
 omitted, so a gap shows as a break in the line.
 """
@@ -14,6 +14,7 @@ import sqlite3
 from typing import Any
 
 from collector.clock import utc_iso
+from collector.oximetry import store
 from collector.storage import repo
 
 MAX_POINTS = 240
@@ -27,9 +28,7 @@ def bucket_seconds(window_s: float) -> int:
 def session_trend(conn: sqlite3.Connection, session_id: int, *, minutes: int | None, now: float | None) -> dict[str, Any]:
     """Trend of one session; ``minutes=None`` is the whole recording.  ``now`` ends the window of an open session."""
     session = repo.get_session(conn, session_id)  # NotFound for an unknown id
-    first, last = conn.execute(
-        "SELECT MIN(host_utc_ms), MAX(host_utc_ms) FROM spo2_samples WHERE session_id = ?", (session_id,)
-    ).fetchone()
+    first, last = store.sample_span(conn, session_id)
     end_ms = int(now * 1000) if (now is not None and session["state"] == "open") else (last or 0)
     if last is not None:
         end_ms = max(end_ms, last)
@@ -40,14 +39,7 @@ def session_trend(conn: sqlite3.Connection, session_id: int, *, minutes: int | N
     window_s = max((end_ms - start_ms) / 1000, 1.0)
     bucket_s = bucket_seconds(window_s)
     bucket_ms = bucket_s * 1000
-    rows = conn.execute(
-        "SELECT (host_utc_ms - :start) / :bucket AS b,"
-        " AVG(CASE WHEN valid = 1 THEN spo2_pct END), MIN(CASE WHEN valid = 1 THEN spo2_pct END),"
-        " AVG(CASE WHEN pulse_valid = 1 THEN pulse_bpm END)"
-        " FROM spo2_samples WHERE session_id = :sid AND host_utc_ms >= :start AND host_utc_ms <= :end"
-        " GROUP BY b ORDER BY b",
-        {"start": start_ms, "bucket": bucket_ms, "sid": session_id, "end": end_ms},
-    ).fetchall()
+    rows = store.sample_buckets(conn, session_id, start_ms=start_ms, end_ms=end_ms, bucket_ms=bucket_ms)
     points = [
         {"t_ms": start_ms + int(b) * bucket_ms + bucket_ms // 2, "spo2_mean": _r(mean), "spo2_min": _r(low), "pulse_mean": _r(pulse)}
         for b, mean, low, pulse in rows

@@ -13,6 +13,7 @@ import logging
 import time
 from typing import Any, Callable
 
+from collector.oximetry.causes import BREAKING_CAUSES
 from collector.storage import repo
 from collector.storage.writer import SampleRow, Writer
 from drivers.protocols.common import OximeterReading
@@ -20,14 +21,9 @@ from drivers.protocols.registry import make_parser
 
 log = logging.getLogger(__name__)
 
-# Gap causes that end a sample's hold (the recording was interrupted).  Lost
-# packets are recorded as gaps too, but within max_hold_s they are held over by
-# the zero-order-hold definition, so they do not break it.
 # Rows wait at most this long (real time) before they are queued for the writer,
 # which commits at most flush_interval_s later: together well within a second.
 HANDOVER_S = 0.1
-
-BREAKING_CAUSES = frozenset({"device_disconnected", "watchdog_silence", "daemon_down", "recorder_error", "session_paused"})
 
 
 def to_row(session_id: int, t: float, r: OximeterReading) -> SampleRow:

@@ -12,8 +12,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from collector.analysis.odi import OdiParams, detect_all
-from collector.analysis.report import AnalysisConfig, NightData, night_report, timeline
+from collector.oximetry.analysis.odi import OdiParams, detect_all
+from collector.oximetry.analysis.report import AnalysisConfig, NightData, night_report, timeline
 
 T0 = 1_767_225_600.0
 

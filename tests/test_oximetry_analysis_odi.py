@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from collector.analysis.odi import OdiParams, detect_events
-from collector.analysis.report import AnalysisConfig, NightData, night_report, timeline
+from collector.oximetry.analysis.odi import OdiParams, detect_events
+from collector.oximetry.analysis.report import AnalysisConfig, NightData, night_report, timeline
 
 T0 = 1_767_225_600.0
 
@@ -72,7 +72,7 @@ def test_odi_matches_o2ring_event_counts_on_a_clean_1hz_night() -> None:
     import pandas as pd
     from o2ring_analyzer.cleaning import clean
     from o2ring_analyzer.metrics import compute_metrics
-    from test_analysis_nights import make_night
+    from test_oximetry_analysis_nights import make_night
 
     for seed in (11, 12):
         d = make_night(seed, hours=3, with_gaps=False)

@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from collector.capture import CaptureRecord, read_capture
 from collector.errors import InvalidInput
-from collector.live import make_live
-from collector.nights import compute_report, store_report
-from collector.pipeline import ReadingPipeline
+from collector.oximetry import store
+from collector.oximetry.capture import CaptureRecord, read_capture
+from collector.oximetry.live import make_live
+from collector.oximetry.pipeline import ReadingPipeline
 from collector.storage import repo
 from collector.storage.db import open_db, transaction
 from collector.storage.writer import Writer
@@ -68,11 +68,9 @@ def replay_capture(db_path: Path, capture_file: Path, subject_id: str, *, by: st
     conn = open_db(db_path).conn
     try:
         for res in results:
-            report = compute_report(conn, res["session_id"], config)
             with transaction(conn):
-                store_report(conn, res["session_id"], report, at=res["stopped_at"], actor=by, reason=f"replay of {capture_file.name}")
-            res["report"] = report
-            del res["stopped_at"]
+                res["report"] = store.finalise(conn, res["session_id"], config, at=res.pop("stopped_at"), actor=by,
+                                               reason=f"replay of {capture_file.name}")["report"]
     finally:
         conn.close()
     return {"capture": str(capture_file), "sessions": results}

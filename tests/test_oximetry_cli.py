@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from collector.cli import main
-from collector.night_cli import pct_text
-from collector.nights import latest_report
+from collector.oximetry.cli import pct_text
+from collector.oximetry.store import latest_report
 from collector.storage import repo
 from collector.storage.db import open_db
 from collector.storage.writer import INSERT_SAMPLE

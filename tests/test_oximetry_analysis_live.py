@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from collector.analysis.live import EVENT_T90_EXCEEDED, LiveBurden, OutOfOrderError
-from collector.analysis.report import AnalysisConfig, NightData, night_report
+from collector.oximetry.analysis.live import EVENT_T90_EXCEEDED, LiveBurden, OutOfOrderError
+from collector.oximetry.analysis.report import AnalysisConfig, NightData, night_report
 
 T0 = 1_767_225_600.0
 SPO2 = st.sampled_from([None, 0.0, 49.0, 50.0, 80.0, 85.0, 88.0, 89.0, 89.9, 90.0, 90.1, 93.0, 95.0, 100.0, 101.0, math.nan])
@@ -137,7 +137,7 @@ def test_out_of_order_raises() -> None:
 
 
 def test_live_equals_final_on_a_realistic_night() -> None:
-    from test_analysis_nights import make_night
+    from test_oximetry_analysis_nights import make_night
 
     d = make_night(7, hours=6, base=93.0)
     live, events = LiveBurden.replay(d)

@@ -8,7 +8,7 @@ import sqlite3
 import numpy as np
 import pytest
 
-from collector.nights import latest_report
+from collector.oximetry.store import latest_report
 from simulators.scenario import FINGER_OUT, Interval
 from conftest import fast_config, run_night, scenario
 
@@ -86,7 +86,7 @@ def test_garbage_frames_are_counted_and_do_not_stop_the_night(db_path):
     # Three bad frames in a row: fewer than the watchdog's five silent periods, so the link stays up.
     sc = scenario(duration_s=900.0, garbage=[(100.0, 3), (500.0, 3)])
     run = asyncio.run(run_night(db_path, [sc], before_stop=lambda r: r.__dict__.setdefault(
-        "errors", r.daemon.recorders[r.session_ids[0]].pipeline.parser.stats.errors)))
+        "errors", r.daemon.nights.recorders[r.session_ids[0]].pipeline.parser.stats.errors)))
     assert run.__dict__["errors"] == 6
     rows, _ = stored(db_path, run.session_ids[0])
     assert len(rows) == len(run.devices[0].delivered)
@@ -97,7 +97,7 @@ def test_live_figures_equal_the_final_report(db_path):
                   disconnects=[Interval(3000, 100)], finger_out=[Interval(5000, 120)])
     live = {}
     run = asyncio.run(run_night(db_path, [sc], config=fast_config(min_analysed_h=1.0),
-                                before_stop=lambda r: live.update(r.daemon.recorders[r.session_ids[0]].status(r.clock.now())["live"])))
+                                before_stop=lambda r: live.update(r.daemon.nights.recorders[r.session_ids[0]].status(r.clock.now())["live"])))
     report = run.stopped[0]["report"]
     assert report["t90_s"] == live["t90_s"]
     assert report["analysed_s"] == live["analysed_s"]

@@ -2,15 +2,14 @@
 
 Session, samples, report and audit row go in ONE transaction: a file that fails
 anywhere (parse errors are raised before it starts) leaves nothing behind.  The
-report is computed from the rows just written, through the same path
-``collector report`` uses, so the stored report and a recomputation agree.
-The file is identified by its SHA-256 only (file names may carry a name).
+report is made by the same :func:`collector.oximetry.store.finalise` every other
+path uses, from the rows just written, so the stored report and a recomputation
+agree.  The file is identified by its SHA-256 only (file names may carry a name).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import sqlite3
 from typing import Any
 
@@ -18,8 +17,9 @@ import numpy as np
 
 from collector.clock import utc_iso
 from collector.errors import Conflict, InvalidInput
+from collector.oximetry import store
 from collector.storage import audit, repo
-from collector.storage.writer import INSERT_SAMPLE
+from collector.storage.db import transaction
 from drivers.protocols.common import (
     INVALIDATING,
     PULSE_MAX_BPM,
@@ -96,14 +96,6 @@ def sample_rows(session_id: int, night: ParsedNight) -> list[tuple[Any, ...]]:
     ]
 
 
-def find_previous_import(conn: sqlite3.Connection, sha256: str) -> dict[str, Any] | None:
-    row = conn.execute(
-        "SELECT id, subject_id FROM sessions WHERE origin = 'import' AND json_extract(settings_json, '$.import.sha256') = ?",
-        (sha256,),
-    ).fetchone()
-    return None if row is None else {"id": row[0], "subject_id": row[1]}
-
-
 def import_night(
     conn: sqlite3.Connection,
     raw: bytes,
@@ -115,30 +107,23 @@ def import_night(
     config: dict[str, Any],
 ) -> dict[str, Any]:
     """Create the session, its samples, its report and the audit row in one transaction."""
-    from collector.nights import compute_report, store_report
-
     repo.validate_subject_id(subject_id)
     sha = hashlib.sha256(raw).hexdigest()
     settings = {"import": {**night.source, "sha256": sha, "bytes": len(raw), "samples": night.n}}
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         repo.get_subject(conn, subject_id)
-        prev = find_previous_import(conn, sha)
+        prev = repo.find_imported_session(conn, sha)
         if prev is not None:
             raise Conflict(
                 f"this file was already imported as session {prev['id']} (subject {prev['subject_id']}); "
                 f"see it with: collector report {prev['id']}"
             )
         t0, t1 = float(night.t_utc_s[0]), float(night.t_utc_s[-1])
-        cur = conn.execute(
-            "INSERT INTO sessions (subject_id, kind, state, origin, device_id, started_utc, stopped_utc, started_by, stopped_by, settings_json)"
-            " VALUES (?, 'night', 'stopped', 'import', NULL, ?, ?, ?, ?, ?)",
-            (subject_id, utc_iso(t0), utc_iso(t1), by, by, json.dumps(settings, sort_keys=True)),
-        )
-        session_id = int(cur.lastrowid)
-        conn.executemany(INSERT_SAMPLE, sample_rows(session_id, night))
-        report = compute_report(conn, session_id, config)
-        report_id = store_report(conn, session_id, report, at=at, actor=by, reason="imported night")
+        session_id = repo.add_recorded_session(conn, subject_id=subject_id, kind="night", origin="import", started_at=t0,
+                                               stopped_at=t1, by=by, settings=settings)
+        store.insert_samples(conn, sample_rows(session_id, night))
+        final = store.finalise(conn, session_id, config, at=at, actor=by, reason="imported night")
+        report, report_id = final["report"], final["report_id"]
         audit.append(
             conn, at=at, actor=by, action="night_imported", subject_id=subject_id, session_id=session_id,
             new={
@@ -148,9 +133,5 @@ def import_night(
                 "decision": report["decision"], "borderline": report["borderline"],
             },
         )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return {"session_id": session_id, "subject_id": subject_id, "report_id": report_id,
             "samples": night.n, "source": settings["import"], "report": report}

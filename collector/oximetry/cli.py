@@ -10,7 +10,6 @@ printed first, then every variant and secondary figure with its definition.
 
 from __future__ import annotations
 
-import json
 import math
 from datetime import timezone, tzinfo
 from pathlib import Path
@@ -22,53 +21,32 @@ import click
 from collector.cli import Ctx, emit_json, pass_ctx
 from collector.clock import SystemClock, utc_iso
 from collector.errors import InvalidInput, StorageError
+from collector.oximetry import store
 from collector.storage import repo
+from collector.storage.db import transaction
 
 FINAL_STATES = ("stopped",)
 
 
 # -- report data ---------------------------------------------------------------------------------
-def _report_row(conn: Any, session_id: int) -> dict[str, Any] | None:
-    row = conn.execute(
-        "SELECT id, computed_utc, report_json FROM night_reports WHERE session_id = ? ORDER BY id DESC LIMIT 1", (session_id,)
-    ).fetchone()
-    if row is None:
-        return None
-    return {"report_id": row[0], "computed_utc": row[1], "report": json.loads(row[2])}
-
-
-
 def get_report(c: Ctx, session_id: int, *, recompute: bool = False) -> dict[str, Any]:
     """The report of a night with how it was obtained (keys ``report``, ``report_id``, ``computed_utc``, ``stored``, ``provisional``)."""
-    from collector.nights import compute_report, report_summary, store_report
-
     conn = c.conn()
     session = repo.get_session(conn, session_id)
     if session["kind"] != "night":
         raise InvalidInput(f"session {session_id} is a {session['kind']} session, not a night; use collector spirometry show {session_id}")
     base = {"session": session}
     if session["state"] not in FINAL_STATES:
-        report = compute_report(conn, session_id, c.config)
+        report = store.compute_report(conn, session_id, c.config)
         return {**base, "report": report, "report_id": None, "computed_utc": utc_iso(SystemClock().now()),
                 "stored": False, "provisional": True}
-    existing = _report_row(conn, session_id)
+    existing = store.latest_report_row(conn, session_id)
     if existing is not None and not recompute:
         return {**base, **existing, "stored": True, "provisional": False}
-    now = SystemClock().now()
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        report = compute_report(conn, session_id, c.config)
-        report_id = store_report(
-            conn, session_id, report, at=now, actor=c.by,
-            action="night_report_recomputed" if existing else "night_report_computed",
-            old=report_summary(existing["report"], existing["report_id"]) if existing else None,
-            reason="collector report --recompute" if existing else "no stored report",
-        )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return {**base, "report": report, "report_id": report_id, "computed_utc": utc_iso(now), "stored": True, "provisional": False}
+    with transaction(conn):
+        result = store.finalise(conn, session_id, c.config, at=SystemClock().now(), actor=c.by,
+                                reason="collector report --recompute" if existing else "no stored report")
+    return {**base, **result, "stored": True, "provisional": False}
 
 
 # -- text ----------------------------------------------------------------------------------------
@@ -190,9 +168,8 @@ def _zone(name: str | None) -> tzinfo:
 
 def write_png(c: Ctx, info: dict[str, Any], path: Path, tz: tzinfo = timezone.utc) -> Path:
     """Draw the night with the parameters its report was computed with (title: pseudonym and session only)."""
-    from collector.analysis.plot import plot_night
-    from collector.analysis.report import AnalysisConfig
-    from collector.nights import load_night
+    from collector.oximetry.analysis.plot import plot_night
+    from collector.oximetry.analysis.report import AnalysisConfig
 
     d = info["report"]["definitions"]
     cfg = AnalysisConfig(max_hold_s=float(d["max_hold_s"]), threshold_pct=float(d["threshold_pct"]),
@@ -203,7 +180,7 @@ def write_png(c: Ctx, info: dict[str, Any], path: Path, tz: tzinfo = timezone.ut
         title += f" ({s['origin']})"
     if info["provisional"]:
         title += " (PROVISIONAL)"
-    data = load_night(c.conn(), s["id"])
+    data = store.load_night(c.conn(), s["id"])
     try:
         return plot_night(data, info["report"], path, config=cfg, title=title, tz=tz)
     except OSError as exc:
@@ -250,7 +227,7 @@ def report_cmd(c: Ctx, session_id: int, as_json: bool, png: Path | None, tz_name
 def import_cmd(c: Ctx, file: Path, subject_id: str, fmt: str, start: str | None, tz_name: str | None,
                utc_offset: str | None, channel: str | None, as_json: bool) -> None:
     """Import a night recorded elsewhere as a new night session with its report."""
-    from collector.importers.store import import_night, parse_night
+    from collector.oximetry.importers.ingest import import_night, parse_night
 
     repo.validate_subject_id(subject_id)
     try:

@@ -20,11 +20,11 @@ from hypothesis import strategies as st
 
 from collector.cli import main
 from collector.errors import InvalidInput
-from collector.importers import local_to_utc, naive_seconds, parse_utc_offset
-from collector.importers.csv_night import parse_csv_night
-from collector.importers.edf_night import parse_edf_night, round_to_resolution
-from collector.importers.o2ring_csv import parse_o2ring_csv, parse_ring_time
-from collector.importers.store import parse_night, sample_flags
+from collector.oximetry.importers import local_to_utc, naive_seconds, parse_utc_offset
+from collector.oximetry.importers.csv_night import parse_csv_night
+from collector.oximetry.importers.edf_night import parse_edf_night, round_to_resolution
+from collector.oximetry.importers.o2ring_csv import parse_o2ring_csv, parse_ring_time
+from collector.oximetry.importers.ingest import parse_night, sample_flags
 from drivers.protocols.common import Flag, OximeterReading, apply_range_rules
 
 START = "2025-03-06T22:00:00Z"

@@ -1,6 +1,6 @@
 """Whole-night desaturation report (vectorised), and the definitions it fixes.
 
-This module owns the definitions; :mod:`collector.analysis.live` reuses the
+This module owns the definitions; :mod:`collector.oximetry.analysis.live` reuses the
 same primitives so that the live figures equal the final report exactly.
 
 Definition ``T90/strict-lt90/zero-order-hold/v1`` (oximetry.md):
@@ -34,7 +34,7 @@ level ``v``, at 0.1 % resolution, such that SpO2 stayed ``<= v`` for >= 8 s of
 continuous held time), time-weighted mean, time-weighted (lower) median at
 0.1 % resolution, an SpO2 histogram, pulse min/mean/max over
 usable pulse samples (plain sample statistics), gaps by cause, suspected deep
-desaturations and ODI (see :mod:`collector.analysis.odi`).
+desaturations and ODI (see :mod:`collector.oximetry.analysis.odi`).
 
 Gaps: every millisecond of the recording is either analysed or a gap piece with
 one cause: ``invalid_samples`` (held by an unusable sample), ``max_hold_exceeded``

@@ -36,7 +36,7 @@ class ParsedNight:
     """One imported night as arrays (one element per sample, strictly increasing time).
 
     ``spo2``/``pulse`` are NaN where the file had an empty field or a missing code;
-    validity flags are derived later (:func:`collector.importers.store.sample_flags`)
+    validity flags are derived later (:func:`collector.oximetry.importers.ingest.sample_flags`)
     with the same range rules the live codecs use.  ``source`` describes how the
     file was read (format, columns, channel, time zone); it never holds names.
     """

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from collector.analysis.report import AnalysisConfig, NightData, night_report, timeline
+from collector.oximetry.analysis.report import AnalysisConfig, NightData, night_report, timeline
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 

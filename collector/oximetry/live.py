@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from collector.analysis.live import LiveBurden
-from collector.analysis.report import AnalysisConfig
+from collector.oximetry.analysis.live import LiveBurden
+from collector.oximetry.analysis.report import AnalysisConfig
 
 
 def analysis_config(cfg: dict[str, Any]) -> AnalysisConfig:

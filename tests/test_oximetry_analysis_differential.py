@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from o2ring_analyzer.cleaning import clean
 from o2ring_analyzer.metrics import compute_metrics
 
-from collector.analysis.report import AnalysisConfig, NightData, night_report
+from collector.oximetry.analysis.report import AnalysisConfig, NightData, night_report
 
 T0 = 1_767_225_600.0
 

@@ -1,6 +1,6 @@
 """Live (provisional) desaturation burden, O(1) per sample.
 
-Same definitions as :mod:`collector.analysis.report` (zero-order hold on an
+Same definitions as :mod:`collector.oximetry.analysis.report` (zero-order hold on an
 integer-millisecond grid, usable-sample rule, exact threshold comparison).  A
 sample's hold is only known when the next sample arrives, so until then the
 latest sample holds 0 s, exactly like the last sample of a finished night.
@@ -185,7 +185,7 @@ class LiveBurden:
         """Rebuild the live state from stored samples and breaks (e.g. after a daemon restart).
 
         Breaks are delivered before samples at the same millisecond, which gives the
-        same holds as :func:`~collector.analysis.report.night_report`.
+        same holds as :func:`~collector.oximetry.analysis.report.night_report`.
         """
         live = cls(config)
         events: list[Event] = []

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from collector.analysis.report import (
+from collector.oximetry.analysis.report import (
     AnalysisConfig,
     AnalysisInputError,
     NightData,

@@ -4,7 +4,7 @@ ODI differs up to 3x between tools on the same night, so this module implements
 exactly one named algorithm and the report always names it with its parameters.
 
 Algorithm ``trailing-mean-frozen-baseline`` (all times on the integer-millisecond
-grid shared with the T90 engine, see :mod:`collector.analysis.report`):
+grid shared with the T90 engine, see :mod:`collector.oximetry.analysis.report`):
 
 1. Only usable SpO2 samples take part (valid flag, 50..100 %).  Values are
    compared at 0.1 % resolution (``round(spo2 * 10)``) with integer arithmetic,

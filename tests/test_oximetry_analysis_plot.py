@@ -7,9 +7,9 @@ from pathlib import Path
 import matplotlib.image as mpimg
 import numpy as np
 
-from collector.analysis.plot import A4_LANDSCAPE_IN, _below_intervals, _step_xy, plot_night
-from collector.analysis.report import night_report
-from test_analysis_nights import make_night
+from collector.oximetry.analysis.plot import A4_LANDSCAPE_IN, _below_intervals, _step_xy, plot_night
+from collector.oximetry.analysis.report import night_report
+from test_oximetry_analysis_nights import make_night
 
 
 def test_plot_writes_a4_landscape_png(tmp_path: Path) -> None:
@@ -22,7 +22,7 @@ def test_plot_writes_a4_landscape_png(tmp_path: Path) -> None:
 
 
 def test_plot_handles_an_empty_night(tmp_path: Path) -> None:
-    from collector.analysis.report import NightData
+    from collector.oximetry.analysis.report import NightData
 
     d = NightData.from_samples([], [])
     assert plot_night(d, night_report(d), tmp_path / "empty.png").exists()

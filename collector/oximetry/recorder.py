@@ -1,0 +1,215 @@
+"""One night on one oximeter: link -> reading pipeline -> writer, a gap for every outage.
+
+The recorder owns the BLE link and the pipeline of its bed.  An outage opens a
+gap when it starts and closes it when data flows again (not when the link is
+up), so a connected but silent link is a gap too.  After a daemon restart the
+live figures are rebuilt from what is stored by the live engine's own replay
+(:meth:`LiveBurden.replay`), so the provisional T90 continues exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import sqlite3
+from typing import TYPE_CHECKING, Any
+
+from collector.clock import utc_iso
+from collector.oximetry.analysis.live import LiveBurden
+from collector.oximetry.analysis.report import NightData
+from collector.oximetry.live import analysis_config, make_live, snapshot_dict
+from collector.oximetry.pipeline import ReadingPipeline
+from collector.storage import repo
+from drivers.ble.link import LinkTarget, OximeterLink
+from drivers.protocols.registry import PROFILES
+
+if TYPE_CHECKING:
+    from collector.daemon import Daemon
+
+log = logging.getLogger(__name__)
+
+
+class NightRecorder:
+    """One night session on one oximeter: link -> pipeline -> writer, gaps for every outage."""
+
+    def __init__(
+        self,
+        daemon: Daemon,
+        session: dict[str, Any],
+        *,
+        protocol: str,
+        target: LinkTarget,
+        resume_from: float | None = None,
+        open_gap_id: int | None = None,
+    ) -> None:
+        self.daemon = daemon
+        self.session_id: int = session["id"]
+        self.subject_id: str = session["subject_id"]
+        self.device_id: int | None = session["device_id"]
+        self.protocol = protocol
+        self.target = target
+        self.started_utc: str = session["started_utc"]
+        cfg = daemon.config
+        self.live = make_live(cfg)
+        self.pipeline = ReadingPipeline(
+            self.session_id, protocol, daemon.writer, live=self.live, on_event=self._on_event
+        )
+        ble = cfg["ble"]
+        self.link = OximeterLink(
+            target,
+            PROFILES[protocol],
+            daemon.clock,
+            on_data=self._on_data,
+            on_connected=self._on_connected,
+            on_lost=self._on_lost,
+            backend=daemon.ble_backend,
+            scanner_backend=daemon.scanner_backend,
+            connect_timeout_s=ble["connect_timeout_s"],
+            scan_timeout_s=ble["scan_timeout_s"],
+            watchdog_periods=ble["watchdog_periods"],
+            backoff_s=tuple(ble["backoff_s"]),
+        )
+        self.events: list[dict[str, Any]] = []
+        self._gap_future = None
+        self.task: asyncio.Task[None] | None = None
+        self.resume_from: float | None = None  # set when the night resumes after the daemon was down
+        if open_gap_id is not None:
+            # An outage was still open when the daemon died: it simply continues until data flows.
+            done: concurrent.futures.Future[int] = concurrent.futures.Future()
+            done.set_result(open_gap_id)
+            self._gap_future = done
+        elif resume_from is not None:
+            self.resume_from = resume_from
+            self._open_gap(resume_from, "daemon_down", "collector was not running")
+            if daemon.capture is not None:  # so a replay of the capture has the same break
+                daemon.capture.event(resume_from, target.spec, protocol, "lost", "daemon_down")
+
+    # -- link callbacks ------------------------------------------------------------------------
+    def _on_data(self, t: float, characteristic: str, data: bytes) -> int:
+        if self.daemon.capture is not None:
+            self.daemon.capture.frame(t, self.target.spec, self.protocol, characteristic, data)
+        frames = self.pipeline.feed(t, characteristic, data)
+        if frames and self._gap_future is not None and characteristic in self.link.profile.notify_uuids:
+            self.pipeline.hand_over()  # the sample that ends the outage is stored before the gap closes
+            self._close_gap(t)  # an outage ends when data flows again, not when the link is up
+        return frames
+
+    def _on_connected(self, t: float, info: dict[str, str]) -> None:
+        if self.daemon.capture is not None:
+            self.daemon.capture.event(t, self.target.spec, self.protocol, "connected")
+        address = info.get("address") or self.target.spec
+
+        def write(conn: sqlite3.Connection) -> None:
+            self.device_id = repo.upsert_device(
+                conn, kind="oximeter", protocol=self.protocol, address=address, at=t, name=info.get("name"),
+                model=info.get("model"), serial_number=info.get("serial_number"), firmware=info.get("firmware"),
+            )
+            repo.audit.append(
+                conn, at=t, actor="collector", action="device_connected", subject_id=self.subject_id,
+                session_id=self.session_id, new={k: v for k, v in info.items() if k != "address"},
+            )
+
+        self.daemon.writer.submit(write)
+
+    def _on_lost(self, t: float, cause: str, last_frame_t: float | None) -> None:
+        start = last_frame_t if cause == "watchdog_silence" and last_frame_t is not None else t
+        if self.daemon.capture is not None:
+            self.daemon.capture.event(start, self.target.spec, self.protocol, "lost", cause)
+        self.pipeline.interrupt(start, cause)
+        self._open_gap(start, cause, None)
+
+        def write(conn: sqlite3.Connection) -> None:
+            repo.audit.append(
+                conn, at=t, actor="collector", action="device_lost", subject_id=self.subject_id,
+                session_id=self.session_id, new={"cause": cause},
+            )
+
+        self.daemon.writer.submit(write)
+
+    def _on_event(self, t: float, kind: str, detail: dict[str, Any]) -> None:
+        self.events.append({"t_utc": utc_iso(t), "kind": kind, **detail})
+        log.warning("session %s (%s): %s", self.session_id, self.subject_id, kind)
+        self.daemon.notify(kind, {"session_id": self.session_id, "subject_id": self.subject_id, "t_utc": utc_iso(t), **detail})
+
+    # -- gaps ------------------------------------------------------------------------------------
+    def _open_gap(self, start: float, cause: str, detail: str | None) -> None:
+        if self._gap_future is not None:
+            return  # already in a gap: keep its original start and cause
+        start_ms = int(round(start * 1000))
+        self._gap_future = self.daemon.writer.submit(
+            lambda c: repo.open_gap(c, self.session_id, start_ms=start_ms, cause=cause, detail=detail)
+        )
+
+    def _close_gap(self, end: float) -> None:
+        fut, self._gap_future = self._gap_future, None
+        if fut is None:
+            return
+        end_ms = int(round(end * 1000))
+        self.daemon.writer.submit(lambda c: repo.close_gap(c, fut.result(), end_ms=end_ms))
+
+    # -- restart -------------------------------------------------------------------------------
+    def restore(self, stored: NightData) -> None:
+        """Continue the live figures of a resumed night from its stored samples and breaks."""
+        live, _ = LiveBurden.replay(stored, analysis_config(self.daemon.config))  # its alerts were stored at the time
+        self.live = self.pipeline.live = live
+        self.pipeline.samples = int(stored.t_s.size)
+        if stored.t_s.size:
+            self.pipeline.last_sample_t = float(stored.t_s[-1])
+        if self.resume_from is not None:  # the new daemon_down gap (queued, not yet visible to the read)
+            live.interrupt(max(self.resume_from, self.pipeline.last_sample_t or self.resume_from), "daemon_down")
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._supervise(), name=f"night-{self.session_id}")
+
+    async def _supervise(self) -> None:
+        """Run the link; if its code fails unexpectedly, record the outage and start it again."""
+        while True:
+            try:
+                await self.link.run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug in one device's path must not stop this bed or the others
+                log.exception("session %s: recorder failed; restarting it", self.session_id)
+                now = self.daemon.clock.now()
+                self._on_lost(now, "recorder_error", self.link.last_frame_t)
+                self.daemon.notify("recorder_error", {"session_id": self.session_id, "subject_id": self.subject_id, "error": repr(exc)})
+                await self.daemon.clock.sleep(5.0)
+
+    async def stop(self, t: float) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                pass
+        self.pipeline.close(t)
+        self._close_gap(t)
+
+    def status(self, now: float) -> dict[str, Any]:
+        r = self.pipeline.last_reading
+        snap = snapshot_dict(self.live) if self.live is not None else {}
+        last = self.pipeline.last_sample_t
+        return {
+            "session_id": self.session_id,
+            "subject_id": self.subject_id,
+            "kind": "night",
+            "protocol": self.protocol,
+            "device": self.target.spec,
+            "device_info": self.link.stats.info,
+            "link_state": self.link.state,
+            "started_utc": self.started_utc,
+            "samples": self.pipeline.samples,
+            "spo2_pct": r.spo2_pct if r is not None and r.valid else None,
+            "pulse_bpm": r.pulse_bpm if r is not None and r.pulse_valid else None,
+            "last_sample_utc": utc_iso(last) if last is not None else None,
+            "seconds_since_last_sample": round(now - last, 1) if last is not None else None,
+            "parser": {"frames": self.pipeline.parser.stats.frames, "errors": self.pipeline.parser.stats.errors,
+                       "lost_packets": self.pipeline.parser.stats.lost_packets},
+            "link": {"connects": self.link.stats.connects, "disconnects": self.link.stats.disconnects,
+                     "watchdog_resets": self.link.stats.watchdog_resets, "last_error": self.link.stats.last_error},
+            "live": snap,
+            "events": self.events[-20:],
+        }

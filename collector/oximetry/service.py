@@ -1,0 +1,237 @@
+"""``daemon.services['oximetry']``: starts, stops, resumes and reports overnight oximetry sessions.
+
+The daemon supervises (writer, lock, shutdown); this service owns the beds:
+one :class:`NightRecorder` per open night, the hand-over loop that queues their
+rows for the writer about ten times a second, resuming nights after a restart,
+and the final report when a night is stopped (through the one
+:func:`collector.oximetry.store.finalise`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from typing import TYPE_CHECKING, Any
+
+from collector.errors import Conflict, DeviceError, InvalidInput
+from collector.oximetry import store
+from collector.oximetry.pipeline import HANDOVER_S
+from collector.oximetry.recorder import NightRecorder
+from collector.storage import repo
+from drivers.ble import scan as ble_scan
+from drivers.ble.link import LinkTarget
+from drivers.protocols.registry import PROFILES
+
+if TYPE_CHECKING:
+    from collector.daemon import Daemon
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_REASON = "daemon_shutdown"
+
+
+class NightService:
+    """Every open night of the daemon, by session id (``recorders``)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.recorders: dict[int, NightRecorder] = {}
+        self._handover_task: asyncio.Task[None] | None = None
+
+    # -- hand-over -------------------------------------------------------------------------
+    def _ensure_handover(self) -> None:
+        """Queue every recorder's pending rows for the writer ~10 times a second (real time).
+
+        Durability is a wall-clock promise, so this loop sleeps in real time even
+        when the recording runs on a virtual clock.
+        """
+        if self._handover_task is None or self._handover_task.done():
+            self._handover_task = asyncio.create_task(self._handover_loop(), name="handover")
+
+    async def _handover_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HANDOVER_S)
+            for rec in list(self.recorders.values()):
+                rec.pipeline.hand_over()
+            if self.daemon.capture is not None:
+                self.daemon.capture.flush()  # raw frames are as durable as the samples
+
+    def _run(self, rec: NightRecorder) -> None:
+        self.recorders[rec.session_id] = rec
+        rec.start()
+        self._ensure_handover()
+
+    # -- commands --------------------------------------------------------------------------
+    async def scan(self, timeout_s: float = 5.0) -> list[dict[str, Any]]:
+        found = await ble_scan.scan(timeout_s, backend=self.daemon.scanner_backend)
+        return [f.as_dict() for f in found]
+
+    def _check_free(self, subject_id: str, oximeter: str, address: str | None = None) -> None:
+        """The subject exists and has no open night; the oximeter records no other session."""
+        conn = self.daemon.open_reader()
+        try:
+            repo.get_subject(conn, subject_id)
+            for s in repo.list_sessions(conn, subject_id=subject_id, state="open"):
+                if s["kind"] == "night":
+                    raise Conflict(f"subject {subject_id} already has an open night session ({s['id']}); stop it first: collector session stop {s['id']}")
+        finally:
+            conn.close()
+        names = {oximeter.lower(), (address or oximeter).lower()}
+        for rec in self.recorders.values():
+            if {rec.target.spec.lower(), (rec.link.address or "").lower()} & names:
+                raise Conflict(
+                    f"oximeter {oximeter} is already recording session {rec.session_id} (subject {rec.subject_id}); "
+                    "stop that session first or choose another oximeter"
+                )
+
+    async def start(
+        self, subject_id: str, oximeter: str, *, protocol: str | None = None, by: str | None = None, origin: str | None = None
+    ) -> dict[str, Any]:
+        """Find the oximeter, create the night session and record until it is stopped."""
+        daemon = self.daemon
+        by = by or daemon.operator
+        origin = origin or daemon.origin
+        if daemon.closing:
+            raise Conflict("the collector daemon is stopping; start the session again once it is running")
+        repo.validate_subject_id(subject_id)
+        if protocol is not None and protocol not in PROFILES:
+            raise InvalidInput(f"unknown protocol {protocol!r}; known: {', '.join(sorted(PROFILES))}")
+        self._check_free(subject_id, oximeter)  # fail fast, before a scan that can take seconds
+        # The scan runs without the lock (other beds can be stopped meanwhile); the checks repeat under it.
+        target = LinkTarget(oximeter)
+        ble = daemon.config["ble"]
+        async with daemon.clock.frozen():  # a scan takes radio (real) time
+            found = await ble_scan.find(target, ble["scan_timeout_s"], backend=daemon.scanner_backend)
+        if found is None:
+            raise DeviceError(
+                f"oximeter {oximeter!r} not found within {ble['scan_timeout_s']:g} s: check it is switched on, "
+                "a finger is in it, it is in range and not connected to a phone; list what is in range with: collector scan"
+            )
+        protocol = protocol or found.protocol
+        if protocol is None:
+            raise DeviceError(
+                f"device {oximeter!r} advertises no oximeter service we know; give --protocol ({', '.join(sorted(PROFILES))})"
+            )
+        async with daemon.lock:
+            if daemon.closing:
+                raise Conflict("the collector daemon is stopping; start the session again once it is running")
+            self._check_free(subject_id, oximeter, found.address)
+            now = daemon.clock.now()
+
+            def create(c: sqlite3.Connection) -> dict[str, Any]:
+                device_id = repo.upsert_device(c, kind="oximeter", protocol=protocol, address=found.address, at=now, name=found.name)
+                sid = repo.open_session(c, subject_id=subject_id, kind="night", device_id=device_id, by=by, at=now, origin=origin,
+                                        settings={"protocol": protocol, "oximetry": daemon.config["oximetry"]})
+                return repo.get_session(c, sid)
+
+            session = await daemon.write(create)
+            rec = NightRecorder(daemon, session, protocol=protocol, target=LinkTarget(found.address))
+            self._run(rec)
+        timeout = ble["connect_timeout_s"] + ble["scan_timeout_s"]
+        try:
+            await asyncio.wait_for(rec.link.connected_once.wait(), timeout)
+        except asyncio.TimeoutError:
+            await daemon.stop_session(session["id"], by="collector", reason=f"could not connect: {rec.link.stats.last_error}")
+            raise DeviceError(
+                f"found {oximeter!r} but could not connect within {timeout:g} s ({rec.link.stats.last_error}); "
+                "make sure no phone or other computer holds the connection, then start again"
+            ) from None
+        return daemon.session_info(session["id"])
+
+    async def finalise(self, session_id: int, *, reason: str = "session stopped", actor: str = "collector") -> dict[str, Any]:
+        """Compute the night's report from the stored samples, store and audit it (one writer transaction)."""
+        now = self.daemon.clock.now()
+        config = self.daemon.config
+        result = await self.daemon.write(lambda c: store.finalise(c, session_id, config, at=now, actor=actor, reason=reason))
+        self.daemon.notify("night_report", {"session_id": session_id, "report": result["report"]})
+        return result["report"]  # type: ignore[no-any-return]
+
+    # -- daemon hooks ------------------------------------------------------------------------
+    async def stop_session_hook(self, session_id: int, t: float) -> None:
+        """Called by ``daemon.stop_session`` for every session, before it is closed: end this bed's recording."""
+        rec = self.recorders.pop(session_id, None)
+        if rec is not None:
+            await rec.stop(t)
+
+    async def session_closed_hook(self, session: dict[str, Any]) -> dict[str, Any]:
+        """After a night is closed and flushed: its final report (what ``session stop`` prints)."""
+        if session["kind"] != "night":
+            return {}
+        return {"report": await self.finalise(session["id"])}
+
+    def live_status(self, session_id: int) -> dict[str, Any] | None:
+        rec = self.recorders.get(session_id)
+        return None if rec is None else rec.status(self.daemon.clock.now())
+
+    def beds(self) -> list[dict[str, Any]]:
+        now = self.daemon.clock.now()
+        return [rec.status(now) for rec in self.recorders.values()]
+
+    async def resume(self) -> list[int]:
+        """Daemon start: nights left open or interrupted continue in the same session, the downtime a gap."""
+        daemon = self.daemon
+        conn = daemon.open_reader()
+        try:
+            rows = [r for r in repo.list_sessions(conn) if r["state"] in ("open", "interrupted") and r["kind"] == "night"
+                    and r["origin"] in ("live", "simulated") and r["id"] not in self.recorders]
+            last_ms = {r["id"]: store.last_sample_ms(conn, r["id"]) for r in rows}
+            open_gaps = {r["id"]: repo.open_gap_id(conn, r["id"]) for r in rows}
+        finally:
+            conn.close()
+        resumed = []
+        max_gap_h = float(daemon.config["oximetry"].get("resume_max_gap_h", 12))
+        for row in rows:
+            if row["device_protocol"] is None or row["device_address"] is None:
+                log.error("session %s has no device recorded; cannot resume it", row["id"])
+                continue
+            now = daemon.clock.now()
+            last = last_ms[row["id"]]
+            since = last / 1000 if last is not None else now
+            if now - since > max_gap_h * 3600:
+                # The oximeter may be on another patient by now: never attach it to this night silently.
+                log.warning("session %s (subject %s) stopped recording %.1f h ago: not resumed; stop it with: collector session stop %s",
+                            row["id"], row["subject_id"], (now - since) / 3600, row["id"])
+                continue
+            if row["state"] == "interrupted":
+                await daemon.write(lambda c, sid=row["id"]: repo.resume_session(c, sid, by="collector", at=now))
+            else:
+                await daemon.write(lambda c, sid=row["id"], s=row["subject_id"]: repo.audit.append(
+                    c, at=now, actor="collector", action="session_resumed", subject_id=s, session_id=sid,
+                    reason="collector restarted after an unclean stop"))
+            rec = NightRecorder(daemon, row, protocol=row["device_protocol"], target=LinkTarget(row["device_address"]),
+                                resume_from=min(since, now), open_gap_id=open_gaps[row["id"]])
+            conn = daemon.open_reader()
+            try:
+                stored = store.load_night(conn, row["id"])
+            finally:
+                conn.close()
+            rec.restore(stored)
+            self._run(rec)
+            resumed.append(row["id"])
+            log.info("resumed session %s for subject %s", row["id"], row["subject_id"])
+        return resumed
+
+    async def shutdown(self) -> None:
+        """Daemon shutdown (under its lock): every open night kept as ``interrupted``; it resumes on the next start."""
+        now = self.daemon.clock.now()
+        for sid, rec in list(self.recorders.items()):
+            try:  # one session's failure must not cost the others their interrupted state
+                await rec.stop(now)
+                await self.daemon.write(lambda c, sid=sid: repo.close_session(
+                    c, sid, state="interrupted", by="collector", at=now, reason=SHUTDOWN_REASON))
+            except Exception:
+                log.exception("session %s could not be closed as interrupted; it stays open and resumes on the next start", sid)
+        self.recorders.clear()
+        if self._handover_task is not None:
+            self._handover_task.cancel()
+
+
+def attach(daemon: Daemon) -> NightService:
+    """Wire the night path into the daemon: beds in ``status()``, resume at start, interrupted at shutdown."""
+    svc = NightService(daemon)
+    daemon.services["oximetry"] = svc
+    daemon.status_providers["beds"] = svc.beds
+    daemon.startup_hooks.append(svc.resume)
+    daemon.shutdown_hooks.append(svc.shutdown)
+    return svc

@@ -1,0 +1,211 @@
+"""The night tables: every query of stored SpO2 samples and night reports, and ``finalise()``.
+
+Why one module: a night's report must mean the same whichever path made it
+(stop through the daemon, stop while the daemon is down, import, replay, report
+on demand), so they all call :func:`finalise`, which computes the report from
+exactly what the live engine saw (samples in time order and the gaps whose
+causes break a hold), stores it and writes its audit row.  Every function takes
+a connection; writers take one that is already inside a write transaction (the
+daemon's writer, or :func:`collector.storage.db.transaction`), so a report and
+its audit row land together or not at all.
+
+Gaps and events belong to sessions of every kind (a spirometer's port can be
+lost too) and stay with the sessions in :mod:`collector.storage.repo`.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from collector.clock import utc_iso
+from collector.errors import InvalidInput
+from collector.oximetry.analysis.report import NightData, night_report
+from collector.oximetry.causes import BREAKING_CAUSES
+from collector.oximetry.live import analysis_config
+from collector.storage import audit, repo
+from collector.storage.writer import INSERT_SAMPLE
+
+#: Columns of a stored sample as the export and ``session samples`` read them.
+SAMPLE_COLUMNS = ("host_utc_ms", "device_time", "spo2_pct", "pulse_bpm", "pai_pct", "valid", "pulse_valid", "flags",
+                  "status_raw", "counter")
+
+
+# -- samples ------------------------------------------------------------------------------------
+def insert_samples(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Rows in the writer's column order (:data:`collector.storage.writer.SAMPLE_COLUMNS`)."""
+    conn.executemany(INSERT_SAMPLE, rows)
+
+
+def sample_rows(conn: sqlite3.Connection, session_id: int) -> list[tuple[Any, ...]]:
+    """Every stored reading of a session in time order, as tuples of :data:`SAMPLE_COLUMNS`."""
+    return conn.execute(
+        f"SELECT {', '.join(SAMPLE_COLUMNS)} FROM spo2_samples WHERE session_id = ? ORDER BY host_utc_ms, rowid",
+        (session_id,)).fetchall()
+
+
+def iter_sample_rows(conn: sqlite3.Connection, session_id: int) -> Iterator[tuple[Any, ...]]:
+    """Like :func:`sample_rows`, streamed (a 12 h night need not sit in memory twice)."""
+    yield from conn.execute(
+        f"SELECT {', '.join(SAMPLE_COLUMNS)} FROM spo2_samples WHERE session_id = ? ORDER BY host_utc_ms, rowid",
+        (session_id,))
+
+
+def last_sample_ms(conn: sqlite3.Connection, session_id: int) -> int | None:
+    row = conn.execute("SELECT MAX(host_utc_ms) FROM spo2_samples WHERE session_id = ?", (session_id,)).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def latest_sample_ms(conn: sqlite3.Connection) -> int | None:
+    """The newest stored sample of any session (a resumed virtual clock never stamps earlier)."""
+    row = conn.execute("SELECT MAX(host_utc_ms) FROM spo2_samples").fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def sample_span(conn: sqlite3.Connection, session_id: int) -> tuple[int | None, int | None]:
+    row = conn.execute("SELECT MIN(host_utc_ms), MAX(host_utc_ms) FROM spo2_samples WHERE session_id = ?", (session_id,)).fetchone()
+    return (row[0], row[1]) if row else (None, None)
+
+
+def sample_buckets(conn: sqlite3.Connection, session_id: int, *, start_ms: int, end_ms: int,
+                   bucket_ms: int) -> list[tuple[int, float | None, float | None, float | None]]:
+    """(bucket index, mean valid SpO2, min valid SpO2, mean valid pulse) per ``bucket_ms`` from ``start_ms``."""
+    return conn.execute(
+        "SELECT (host_utc_ms - :start) / :bucket AS b,"
+        " AVG(CASE WHEN valid = 1 THEN spo2_pct END), MIN(CASE WHEN valid = 1 THEN spo2_pct END),"
+        " AVG(CASE WHEN pulse_valid = 1 THEN pulse_bpm END)"
+        " FROM spo2_samples WHERE session_id = :sid AND host_utc_ms >= :start AND host_utc_ms <= :end"
+        " GROUP BY b ORDER BY b",
+        {"start": start_ms, "bucket": bucket_ms, "sid": session_id, "end": end_ms},
+    ).fetchall()
+
+
+def breaking_gaps(conn: sqlite3.Connection, session_id: int) -> list[dict[str, Any]]:
+    """The session's gaps whose cause ends a hold (:data:`BREAKING_CAUSES`), in time order."""
+    return [g for g in repo.session_gaps(conn, session_id) if g["cause"] in BREAKING_CAUSES]
+
+
+# -- analysis input ---------------------------------------------------------------------------------
+def load_night(conn: sqlite3.Connection, session_id: int) -> NightData:
+    """Exactly what the live engine saw: samples in stored order and the breaking gaps."""
+    session = repo.get_session(conn, session_id)
+    if session["kind"] != "night":
+        raise InvalidInput(f"session {session_id} is a {session['kind']} session, not a night; use collector spirometry show {session_id}")
+    rows = conn.execute(
+        "SELECT host_utc_ms, spo2_pct, pulse_bpm, valid, pulse_valid, flags FROM spo2_samples"
+        " WHERE session_id = ? ORDER BY host_utc_ms, rowid",
+        (session_id,),
+    ).fetchall()
+    arr = np.array(rows, dtype=np.float64).reshape(-1, 6) if rows else np.zeros((0, 6))
+    breaks = [
+        (g["start_utc_ms"] / 1000, (g["end_utc_ms"] if g["end_utc_ms"] is not None else g["start_utc_ms"]) / 1000, g["cause"])
+        for g in breaking_gaps(conn, session_id)
+    ]
+    return NightData(
+        t_s=arr[:, 0] / 1000.0,
+        spo2=arr[:, 1],  # NULL -> NaN through float conversion
+        pulse=arr[:, 2],
+        valid=arr[:, 3].astype(bool),
+        pulse_valid=arr[:, 4].astype(bool),
+        breaks=breaks,
+        flags=arr[:, 5].astype(np.int64),
+    )
+
+
+def compute_report(conn: sqlite3.Connection, session_id: int, config: dict[str, Any]) -> dict[str, Any]:
+    """The night's report from what is stored, with the current config (read-only)."""
+    data = load_night(conn, session_id)
+    report = night_report(data, analysis_config(config))
+    report["session_id"] = session_id
+    return report
+
+
+# -- night reports ----------------------------------------------------------------------------------
+def report_summary(report: dict[str, Any], report_id: int | None) -> dict[str, Any]:
+    """What the audit trail keeps of a report: enough to see what changed, not the whole night."""
+    return {
+        "report_id": report_id, "definition": report["definitions"]["t90"], "max_hold_s": report["definitions"]["max_hold_s"],
+        "threshold_pct": report["definitions"]["threshold_pct"], "t90_pct": report["t90_pct"],
+        "analysed_s": report["analysed_s"], "decision": report["decision"], "borderline": report["borderline"],
+    }
+
+
+def _insert_report(conn: sqlite3.Connection, session_id: int, report: dict[str, Any], at: float) -> int:
+    meets = report.get("meets_t90_criterion")
+    cur = conn.execute(
+        "INSERT INTO night_reports (session_id, computed_utc, definition, t90_pct, night_valid, borderline, meets_t90_criterion, report_json)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (session_id, utc_iso(at), report["definitions"]["t90"], report.get("t90_pct"), int(bool(report.get("night_valid"))),
+         int(bool(report.get("borderline"))), None if meets is None else int(bool(meets)), json.dumps(report, sort_keys=True)),
+    )
+    return int(cur.lastrowid)  # type: ignore[arg-type]
+
+
+def latest_report_row(conn: sqlite3.Connection, session_id: int) -> dict[str, Any] | None:
+    """The newest stored report of a night: ``{report_id, computed_utc, report}``, or None."""
+    row = conn.execute(
+        "SELECT id, computed_utc, report_json FROM night_reports WHERE session_id = ? ORDER BY id DESC LIMIT 1", (session_id,)
+    ).fetchone()
+    return None if row is None else {"report_id": row[0], "computed_utc": row[1], "report": json.loads(row[2])}
+
+
+def latest_report(conn: sqlite3.Connection, session_id: int) -> dict[str, Any] | None:
+    row = latest_report_row(conn, session_id)
+    return None if row is None else row["report"]
+
+
+def finalise(
+    conn: sqlite3.Connection,
+    session_id: int,
+    config: dict[str, Any],
+    *,
+    at: float,
+    actor: str,
+    reason: str,
+) -> dict[str, Any]:
+    """Compute, store and audit a night's report; every path that ends a night calls this.
+
+    The caller holds a write transaction.  A second report of the same night (``report
+    --recompute``, or a resumed night stopped again) is a new row audited as
+    ``night_report_recomputed`` with the previous summary as ``old``; the newest row is
+    current, older rows stay.  Returns ``{report_id, computed_utc, report}``.
+    """
+    previous = latest_report_row(conn, session_id)
+    report = compute_report(conn, session_id, config)
+    report_id = _insert_report(conn, session_id, report, at)
+    subject = conn.execute("SELECT subject_id FROM sessions WHERE id = ?", (session_id,)).fetchone()
+    audit.append(conn, at=at, actor=actor, action="night_report_recomputed" if previous else "night_report_computed",
+                 subject_id=subject[0] if subject else None, session_id=session_id,
+                 old=report_summary(previous["report"], previous["report_id"]) if previous else None,
+                 new=report_summary(report, report_id), reason=reason)
+    return {"report_id": report_id, "computed_utc": utc_iso(at), "report": report}
+
+
+def subject_night_reports(conn: sqlite3.Connection, subject_id: str) -> dict[int, dict[str, Any]]:
+    """The newest report row of each of a subject's nights, by session id (for eligibility)."""
+    cur = conn.execute(
+        "SELECT r.session_id, r.computed_utc, r.t90_pct, r.night_valid, r.borderline, r.meets_t90_criterion, r.report_json"
+        " FROM night_reports r JOIN sessions s ON s.id = r.session_id WHERE s.subject_id = ? AND r.id = "
+        "(SELECT MAX(id) FROM night_reports WHERE session_id = r.session_id)", (subject_id,))
+    out: dict[int, dict[str, Any]] = {}
+    for sid, computed, t90, valid, borderline, meets, report_json in cur.fetchall():
+        out[int(sid)] = {"session_id": int(sid), "computed_utc": computed, "t90_pct": t90, "night_valid": bool(valid),
+                         "borderline": bool(borderline), "meets_t90_criterion": None if meets is None else bool(meets),
+                         "report": json.loads(report_json)}
+    return out
+
+
+def report_columns(conn: sqlite3.Connection, session_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """The deciding columns of each session's newest report (the session list on the page)."""
+    if not session_ids:
+        return {}
+    marks = ", ".join("?" * len(session_ids))
+    cur = conn.execute(
+        f"SELECT r.session_id, r.t90_pct, r.night_valid, r.meets_t90_criterion, r.borderline FROM night_reports r"
+        f" WHERE r.session_id IN ({marks}) AND r.id = (SELECT MAX(id) FROM night_reports WHERE session_id = r.session_id)",
+        list(session_ids))
+    return {int(sid): {"t90_pct": t90, "night_valid": bool(valid), "meets_t90_criterion": None if meets is None else bool(meets),
+                       "borderline": bool(borderline)} for sid, t90, valid, meets, borderline in cur.fetchall()}
