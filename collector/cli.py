@@ -177,7 +177,9 @@ def session_stop(c: Ctx, session_id: int, reason: str | None, as_json: bool) -> 
     click.echo(f"session {session_id} stopped")
     report = info.get("report")
     if report:
-        click.echo(_night_line(report))
+        from collector.oximetry.text import decision_line
+
+        click.echo(decision_line(report))
 
 
 def _stop_offline(c: Ctx, session_id: int, reason: str | None) -> dict[str, Any]:
@@ -197,15 +199,6 @@ def _stop_offline(c: Ctx, session_id: int, reason: str | None) -> dict[str, Any]
             info["report"] = night_store.finalise(conn, session_id, c.config, at=now, actor=c.by,
                                                   reason="session stopped while the daemon was not running")["report"]
     return info
-
-
-def _night_line(r: dict[str, Any]) -> str:
-    if not r.get("n_samples"):
-        return "no samples were recorded in this night: it is INVALID (repeat it)"
-    verdict = {True: "meets the T90 criterion", False: "FAILS the T90 criterion", None: "INVALID night (repeat it)"}[r.get("meets_t90_criterion")]
-    t90 = "n/a" if r.get("t90_pct") is None else f"{r['t90_pct']:.2f} %"
-    return (f"T90 {t90} of {(r['analysed_s'] or 0) / 3600:.2f} h analysed ({r['analysed_pct'] or 0:.1f} % of recording): {verdict}"
-            + ("; BORDERLINE, needs review" if r.get("borderline") else ""))
 
 
 @session.command("list")
@@ -343,27 +336,7 @@ def scan(c: Ctx, timeout_s: float, show_all: bool, as_json: bool) -> None:
         table(found, ["address", "name", "rssi", "protocol"])
 
 
-# -- replay, demo, audit -------------------------------------------------------------------------------
-@main.command()
-@click.argument("capture_file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--subject", "subject_id", required=True)
-@click.option("--device", help="Only this device's frames (required when the capture holds several beds).")
-@click.option("--json", "as_json", is_flag=True)
-@pass_ctx
-def replay(c: Ctx, capture_file: Path, subject_id: str, device: str | None, as_json: bool) -> None:
-    """Feed a raw capture through the same decoders into a new night session (timestamps kept)."""
-    from collector.oximetry.replay import replay_capture
-
-    result = replay_capture(c.db_path, capture_file, subject_id, by=c.by, config=c.config, device=device)
-    if as_json:
-        emit_json(result)
-        return
-    for s in result["sessions"]:
-        click.echo(f"session {s['session_id']}: {s['samples']} samples, {s['gaps']} gaps, {s['errors']} decode errors from device {s['device']}")
-        if s.get("report"):
-            click.echo("  " + _night_line(s["report"]))
-
-
+# -- demo, audit ----------------------------------------------------------------------------------------
 @main.command()
 @click.option("--speed", default="2000", show_default=True, help="Virtual-time factor ('max' = as fast as possible).")
 @click.option("--scenario", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Scenario file (default: the packaged demo night).")

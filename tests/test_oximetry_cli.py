@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from collector.cli import main
-from collector.oximetry.cli import pct_text
+from collector.oximetry.text import pct_text
 from collector.oximetry.store import latest_report
 from collector.storage import repo
 from collector.storage.db import open_db
