@@ -2,6 +2,13 @@
 
 Everything that stamps a sample or waits uses a :class:`Clock`, never ``time`` or
 ``asyncio.sleep`` directly, so a whole night can run in seconds.
+
+Host UTC labels every sample, but durations must not change when the wall clock
+is stepped (NTP catching up after a resume, a technician fixing the time): the
+system clock's ``now()`` is host UTC read once and then advanced by the
+monotonic clock.  ``wall()`` is what the host says now; the difference between
+the two is a clock step, which the daemon records (:class:`ClockStepWatch`) and
+re-anchors only when no session is recording.
 """
 
 from __future__ import annotations
@@ -13,12 +20,20 @@ import itertools
 import math
 import time
 from datetime import datetime, timedelta, timezone
-from typing import AsyncIterator, Protocol
+from typing import AsyncIterator, Callable, Protocol
 
 
 class Clock(Protocol):
     def now(self) -> float:
-        """Host time, UTC epoch seconds."""
+        """Host time, UTC epoch seconds, advancing monotonically."""
+        ...
+
+    def wall(self) -> float:
+        """What the host's wall clock says now (it can step)."""
+        ...
+
+    def reanchor(self) -> None:
+        """Make ``now()`` agree with ``wall()`` again (only when no recording spans the step)."""
         ...
 
     async def sleep(self, seconds: float) -> None:
@@ -30,10 +45,26 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """Wall-clock UTC time and real sleeps."""
+    """Host UTC advanced by the monotonic clock, and real sleeps.
+
+    ``wall_source``/``monotonic_source`` are injectable so a test can step the wall
+    clock without touching the machine's.
+    """
+
+    def __init__(self, wall_source: Callable[[], float] = time.time,
+                 monotonic_source: Callable[[], float] = time.monotonic) -> None:
+        self._wall_source, self._mono_source = wall_source, monotonic_source
+        self._anchor_wall = wall_source()
+        self._anchor_mono = monotonic_source()
 
     def now(self) -> float:
-        return time.time()
+        return self._anchor_wall + (self._mono_source() - self._anchor_mono)
+
+    def wall(self) -> float:
+        return self._wall_source()
+
+    def reanchor(self) -> None:
+        self._anchor_wall, self._anchor_mono = self._wall_source(), self._mono_source()
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
@@ -53,6 +84,7 @@ class VirtualClock:
 
     def __init__(self, start: float | None = None, speed: float = math.inf) -> None:
         self._now = time.time() if start is None else float(start)
+        self._wall_offset = 0.0
         self.speed = speed
         self._heap: list[tuple[float, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
@@ -63,6 +95,19 @@ class VirtualClock:
 
     def now(self) -> float:
         return self._now
+
+    def wall(self) -> float:
+        return self._now + self._wall_offset
+
+    def step_wall(self, seconds: float) -> None:
+        """Simulate a step of the host's wall clock (the timeline of ``now()`` goes on undisturbed)."""
+        self._wall_offset += seconds
+
+    def reanchor(self) -> None:
+        """Virtual time never goes back: a backward step is kept as an offset of the wall reading."""
+        if self._wall_offset > 0:
+            self._now += self._wall_offset
+            self._wall_offset = 0.0
 
     @contextlib.asynccontextmanager
     async def frozen(self) -> AsyncIterator[None]:

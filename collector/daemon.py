@@ -33,6 +33,30 @@ from collector.storage.writer import Writer
 log = logging.getLogger(__name__)
 
 
+CLOCK_STEP_TOLERANCE_S = 2.0  # NTP slews far less than this over a night; a larger jump is a step
+
+
+class ClockStepWatch:
+    """Notices when the host's wall clock steps away from the monotonic timeline that stamps samples."""
+
+    def __init__(self, clock: Clock, tolerance_s: float = CLOCK_STEP_TOLERANCE_S) -> None:
+        self.clock, self.tolerance_s = clock, tolerance_s
+        self.offset_s = clock.wall() - clock.now()
+
+    def check(self) -> float | None:
+        """The size of a new step (wall clock minus timeline, seconds), or None."""
+        offset = self.clock.wall() - self.clock.now()
+        step = offset - self.offset_s
+        if abs(step) < self.tolerance_s:
+            return None
+        self.offset_s = offset
+        return step
+
+    def reanchor(self) -> None:
+        self.clock.reanchor()
+        self.offset_s = self.clock.wall() - self.clock.now()
+
+
 class Daemon:
     """Owns the writer, the command lock and the feature services; the API and the CLI call its methods."""
 
@@ -68,6 +92,7 @@ class Daemon:
         self.shutdown_hooks: list[Callable[[], Awaitable[None]]] = []
         self.startup_hooks: list[Callable[[], Awaitable[Any]]] = []  # awaited by resume_open_sessions()
         self.closing = False
+        self.clock_watch = ClockStepWatch(self.clock)
         from collector import features
 
         features.attach_all(self)
@@ -99,6 +124,38 @@ class Daemon:
     def open_reader(self) -> sqlite3.Connection:
         """A new read connection (WAL: it sees every committed row); the caller closes it."""
         return open_db(self.db_path, check_same_thread=False).conn
+
+    def recording(self) -> bool:
+        """Whether any service has a session recording now."""
+        return any(getattr(svc, "recorders", None) for svc in self.services.values())
+
+    def check_clock(self) -> float | None:
+        """Record a step of the host clock; called about once a second while sessions record.
+
+        Samples keep their monotonic timeline, so a step never changes analysed time.  The
+        step is an event of every open session (and an audit row) with its size, and the
+        night's report asks for review.  With nothing recording the clock is re-anchored.
+        """
+        step = self.clock_watch.check()
+        if step is None:
+            if not self.recording() and self.clock_watch.offset_s != 0.0:
+                self.clock_watch.reanchor()
+            return None
+        now = self.clock.now()
+        detail = {"step_s": round(step, 3), "wall_utc": utc_iso(self.clock.wall()), "timeline_utc": utc_iso(now)}
+        log.warning("host clock stepped by %+.1f s (wall %s, samples stay on the monotonic timeline %s)",
+                    step, detail["wall_utc"], detail["timeline_utc"])
+
+        def write(c: sqlite3.Connection) -> None:
+            for s in repo.list_sessions(c, state="open"):
+                repo.add_event(c, s["id"], t_ms=int(round(now * 1000)), kind="clock_step", detail=detail)
+            repo.audit.append(c, at=now, actor="collector", action="clock_step", new=detail)
+
+        self.writer.submit(write)
+        self.notify("clock_step", detail)
+        if not self.recording():
+            self.clock_watch.reanchor()
+        return step
 
     # -- startup ---------------------------------------------------------------------------
     async def resume_open_sessions(self) -> list[int]:

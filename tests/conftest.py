@@ -52,6 +52,7 @@ async def run_night(
     capture: Path | None = None,
     subjects: list[str] | None = None,
     before_stop: Callable[[NightRun], Any] | None = None,
+    on_start: Callable[[NightRun], Any] | None = None,
 ) -> NightRun:
     """Play every scenario to its end through the daemon, stop the sessions, shut down."""
     clock = VirtualClock(start=T0)
@@ -69,6 +70,8 @@ async def run_night(
             plays.append(asyncio.create_task(dev.run()))
             info = await daemon.start_night(subject, dev.address)
             run.session_ids.append(info["id"])
+        if on_start is not None:
+            on_start(run)
         await asyncio.wait_for(asyncio.gather(*plays), timeout=120)
         if before_stop is not None:
             before_stop(run)

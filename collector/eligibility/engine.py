@@ -235,6 +235,7 @@ class NightResult:
     borderline: bool = False
     analysed_at: str | None = None
     note: str = ""  # why invalid / which variant is on the other side
+    review: str = ""  # what a person must confirm before the night decides (e.g. a host clock step)
 
 
 # --------------------------------------------------------------------------- output types
@@ -605,6 +606,7 @@ def _nocturnal(nights: Sequence[NightResult], th: Thresholds) -> CriterionResult
     unknown = [n for n in valid if n.t90_pct is None or not math.isfinite(n.t90_pct)]
     clear_fail = [n for n in valid if n not in unknown and not n.borderline and n.t90_pct > limit]  # type: ignore
     border = [n for n in valid if n not in unknown and n.borderline]
+    flagged = [n for n in valid if n not in unknown and n.review and n not in border]
     inputs = [_session_input(n.session_id, n.analysed_at, {
         "t90_pct": n.t90_pct, "night_valid": n.night_valid, "borderline": n.borderline, "note": n.note or None,
     }) for n in nights]
@@ -630,8 +632,10 @@ def _nocturnal(nights: Sequence[NightResult], th: Thresholds) -> CriterionResult
         return with_source(_result("nocturnal_spo2", "not_met",
                                    f"T90 above {limit:g} % on valid night(s): {desc(clear_fail)}{inv}",
                                    value, inputs), clear_fail)
-    if unknown or border:
+    if unknown or border or flagged:
         reasons = []
+        if flagged:
+            reasons.append("; ".join(f"night {n.session_id}: {n.review}" for n in flagged))
         if border:
             reasons.append(f"borderline night(s) for review: {desc(border)} (primary T90 "
                            f"{'above' if any(n.t90_pct > limit for n in border) else 'within'} {limit:g} %, "  # type: ignore
@@ -639,7 +643,7 @@ def _nocturnal(nights: Sequence[NightResult], th: Thresholds) -> CriterionResult
         if unknown:
             reasons.append(f"valid night(s) without a T90 figure: {', '.join(n.session_id for n in unknown)}")
         return with_source(_result("nocturnal_spo2", "needs_review", "; ".join(reasons) + inv, value, inputs),
-                           border or unknown)
+                           border or unknown or flagged)
     if not valid:
         why = f"no valid night yet{inv}" if invalid else "no screening night recorded yet"
         return _result("nocturnal_spo2", "pending", why, value, inputs)

@@ -110,6 +110,14 @@ def _night_note(report: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def _night_review(report: dict[str, Any]) -> str:
+    steps = report.get("clock_steps") or []
+    if not steps:
+        return ""
+    sizes = ", ".join(f"{st['step_s']:+.0f} s at {st['t_utc']}" for st in steps)
+    return f"the host clock stepped during the night ({sizes}); confirm the recording before it decides"
+
+
 def _nights(conn: sqlite3.Connection, subject_id: str) -> tuple[list[NightResult], list[dict[str, Any]]]:
     """Stopped nights with a report count (newest report row per session); the others are in progress."""
     sessions = _rows(conn, "SELECT id, state, started_utc, stopped_utc FROM sessions WHERE subject_id = ? AND kind = 'night' ORDER BY id",
@@ -126,6 +134,7 @@ def _nights(conn: sqlite3.Connection, subject_id: str) -> tuple[list[NightResult
         results.append(NightResult(
             session_id=str(s["id"]), t90_pct=rep["t90_pct"], night_valid=bool(rep["night_valid"]),
             borderline=bool(rep["borderline"]), analysed_at=rep["computed_utc"], note=_night_note(report),
+            review=_night_review(report),
         ))
     return results, pending
 

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SHUTDOWN_REASON = "daemon_shutdown"
+CLOCK_CHECK_TICKS = 10  # hand-overs between checks of the host clock (about a second)
 
 
 class NightService:
@@ -50,12 +51,16 @@ class NightService:
             self._handover_task = asyncio.create_task(self._handover_loop(), name="handover")
 
     async def _handover_loop(self) -> None:
+        ticks = 0
         while True:
             await asyncio.sleep(HANDOVER_S)
             for rec in list(self.recorders.values()):
                 rec.pipeline.hand_over()
             if self.daemon.capture is not None:
                 self.daemon.capture.flush()  # raw frames are as durable as the samples
+            ticks += 1
+            if ticks % CLOCK_CHECK_TICKS == 0:
+                self.daemon.check_clock()
 
     def _run(self, rec: NightRecorder) -> None:
         self.recorders[rec.session_id] = rec
@@ -117,6 +122,7 @@ class NightService:
             if daemon.closing:
                 raise Conflict("the collector daemon is stopping; start the session again once it is running")
             self._check_free(subject_id, oximeter, found.address)
+            daemon.check_clock()  # a step before the first night re-anchors instead of carrying into it
             now = daemon.clock.now()
 
             def create(c: sqlite3.Connection) -> dict[str, Any]:

@@ -120,6 +120,14 @@ def compute_report(conn: sqlite3.Connection, session_id: int, config: dict[str, 
     data = load_night(conn, session_id)
     report = night_report(data, analysis_config(config))
     report["session_id"] = session_id
+    steps = [{"t_utc": utc_iso(e["t_utc_ms"] / 1000), **json.loads(e["detail_json"] or "{}")}
+             for e in repo.session_events(conn, session_id) if e["kind"] == "clock_step"]
+    report["clock_steps"] = steps
+    if steps:
+        # Samples stayed on the monotonic timeline, so the figures hold; their UTC labels may be off
+        # by the step, which a person should confirm before the night decides.
+        report["needs_review"] = True
+        report["review_reasons"] = [*report.get("review_reasons", []), "host_clock_step"]
     return report
 
 

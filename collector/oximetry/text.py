@@ -80,6 +80,9 @@ def report_text(info: dict[str, Any]) -> list[str]:
                f">= {d['min_analysed_pct']:g} % of recording analysed)")
     if r.get("needs_review"):
         out.append("Needs review: " + ", ".join(r["review_reasons"]))
+    for step in r.get("clock_steps") or []:
+        out.append(f"  host clock stepped by {step['step_s']:+.1f} s at {step['t_utc']} (wall clock {step['wall_utc']}); "
+                   "samples kept the monotonic timeline, so durations are unchanged")
     out.append("")
     out.append(f"Definition {d['t90']}: below 90 means SpO2 < 90 strictly; each usable sample is held until the next")
     out.append(f"  (at most {d['max_hold_s']:g} s, never across a disconnect); gaps count in neither numerator nor denominator;")
