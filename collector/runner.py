@@ -19,6 +19,7 @@ from collector.api import create_app, load_or_create_token, remove_runtime, writ
 from collector.clock import Clock, SystemClock, VirtualClock
 from collector.daemon import Daemon
 from collector.errors import InvalidInput, StorageError
+from collector.storage.lock import DatabaseLock
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,16 @@ async def serve(
     if speed != 1 and not scenarios:
         raise InvalidInput("--speed only applies to simulated devices; add --simulate SCENARIO")
 
+    db_lock = DatabaseLock(db_path).acquire()  # before anything is resumed: a second daemon stops here
+    try:
+        return await _serve_locked(db_path, config, host=host, port=port, scenarios=scenarios, speed=speed,
+                                   capture=capture, ready=ready)
+    finally:
+        db_lock.release()
+
+
+async def _serve_locked(db_path: Path, config: dict[str, Any], *, host: str, port: int, scenarios: list[Path],
+                        speed: float, capture: Path | None, ready: asyncio.Event | None) -> int:
     sock = bind_api_socket(host, port)  # before anything starts: a busy port is a clean one-line error
     clock = make_clock(db_path, speed)
     backend = scanner = None

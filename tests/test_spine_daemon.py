@@ -165,3 +165,23 @@ def test_simulated_nights_are_marked_and_need_an_explicit_database(db_path, scen
     finally:
         d.stop()
     assert sqlite3.connect(db_path).execute("SELECT origin FROM sessions WHERE id = ?", (sid,)).fetchone()[0] == "simulated"
+
+
+def test_two_daemons_started_at_the_same_moment_one_records_the_other_exits(db_path, scenario_file):
+    """The OS lock is taken before anything resumes: exactly one daemon runs, the other says so in one line."""
+    cmd = [sys.executable, "-m", "collector", "--db", str(db_path), "run", "--port", "0", "--simulate", str(scenario_file)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        firsts = [p.stdout.readline() for p in procs]  # a ready line, or EOF when the process exits
+        ready = [p for p, line in zip(procs, firsts) if "ready" in line]
+        refused = [p for p in procs if p not in ready]
+        assert len(ready) == 1 and len(refused) == 1, firsts
+        loser = refused[0]
+        assert loser.wait(timeout=30) == 5  # Conflict
+        err = loser.stderr.read().strip().splitlines()
+        assert len(err) == 1 and "another collector daemon" in err[0] and "already recording" in err[0], err
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                p.wait(timeout=60)
