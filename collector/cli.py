@@ -34,8 +34,12 @@ class Ctx:
     config: dict[str, Any]
     by: str
     db_explicit: bool = False
+    create: bool = False
 
     def conn(self):  # noqa: ANN201 - sqlite3.Connection
+        from collector.storage.presence import require_database
+
+        require_database(self.db_path, create=self.create)
         return open_db(self.db_path).conn
 
     def write(self, fn: Callable[[Any], Any]) -> Any:
@@ -88,16 +92,18 @@ class CollectorGroup(click.Group):
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), envvar="COLLECTOR_CONFIG",
               help="Site configuration file (TOML) overriding the packaged defaults.")
 @click.option("--by", default=None, envvar="COLLECTOR_OPERATOR", help="Operator name for the audit trail (default from config).")
+@click.option("--create", is_flag=True,
+              help="Allow creating a new, empty database where one was used before and is now missing (deleted or moved).")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.version_option(__version__, prog_name="collector")
 @click.pass_context
-def main(ctx: click.Context, db: Path | None, config_path: Path | None, by: str | None, verbose: int) -> None:
+def main(ctx: click.Context, db: Path | None, config_path: Path | None, by: str | None, create: bool, verbose: int) -> None:
     """Bedside collector for ALS trial screening: overnight oximetry, spirometry, eligibility."""
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = load_config(config_path)
     ctx.obj = Ctx(db_path=(db or default_db_path()).expanduser().resolve(), config=config, by=by or config["operator"]["name"],
-                  db_explicit=db is not None)
+                  db_explicit=db is not None, create=create)
 
 
 # -- subjects -----------------------------------------------------------------------------------
@@ -284,6 +290,9 @@ def run(c: Ctx, host: str | None, port: int | None, scenarios: tuple[Path, ...],
         raise InvalidInput("simulated devices need an explicit database (--db FILE or $COLLECTOR_DB) so simulated nights never land in the default one")
     if daemon_running(c.db_path):
         raise Conflict(f"a collector daemon is already running for {c.db_path}; use it (collector status) or stop it first")
+    from collector.storage.presence import require_database
+
+    require_database(c.db_path, create=c.create)
     sys.exit(asyncio.run(serve(c.db_path, c.config, host=host, port=port, scenarios=list(scenarios),
                                speed=_parse_speed(speed), capture=capture)))
 
@@ -298,6 +307,9 @@ def status(c: Ctx, as_json: bool) -> None:
         emit_json(st)
         return
     click.echo(f"daemon up since {st['daemon_started_utc']}, now {st['now_utc']}, database {st['db']}")
+    writer = st.get("writer") or {}
+    if writer.get("failed"):
+        click.echo(f"STORAGE FAILED: {writer['failed']}")
     if not st["beds"]:
         click.echo("no open sessions")
     for b in st["beds"]:

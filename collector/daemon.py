@@ -24,7 +24,7 @@ from bleak.backends.scanner import BaseBleakScanner
 
 from collector.clock import Clock, SystemClock, utc_iso
 from collector.config import defaults
-from collector.errors import Conflict
+from collector.errors import CollectorError, Conflict, StorageError
 from collector.oximetry.capture import CaptureWriter
 from collector.storage import repo
 from collector.storage.db import open_db
@@ -122,7 +122,14 @@ class Daemon:
             await asyncio.to_thread(self.writer.flush)
 
     def open_reader(self) -> sqlite3.Connection:
-        """A new read connection (WAL: it sees every committed row); the caller closes it."""
+        """A new read connection (WAL: it sees every committed row); the caller closes it.
+
+        The writer created the file at start: if it is gone now it was deleted under us, and a
+        reader must never create an empty one in its place.
+        """
+        if not self.db_path.exists():
+            raise StorageError(self.writer.lost.message if self.writer.lost else
+                               f"the database file {self.db_path} is missing; restore it from its backup and restart the collector")
         return open_db(self.db_path, check_same_thread=False).conn
 
     def recording(self) -> bool:
@@ -228,9 +235,22 @@ class Daemon:
             "daemon_started_utc": self.started_utc,
             "db": str(self.db_path),
             "writer": {"samples_committed": self.writer.samples_committed, "commits": self.writer.commits,
-                       "failed": str(self.writer.failed) if self.writer.failed else None},
-            **{name: provider() for name, provider in self.status_providers.items()},
+                       "failed": str(self.writer.failed) if self.writer.failed else None,
+                       "recovery_journal": str(self.writer.journal) if self.writer.journal else None,
+                       "samples_journaled": self.writer.samples_journaled},
+            **{name: self._provide(name, provider) for name, provider in self.status_providers.items()},
         }
+
+    @staticmethod
+    def _provide(name: str, provider: Callable[[], Any]) -> Any:
+        """One feature's part of the status; a failing part says why instead of hiding the rest (e.g. the writer's failure)."""
+        try:
+            return provider()
+        except CollectorError as exc:
+            return {"error": exc.message}
+        except Exception as exc:
+            log.exception("status of %s failed", name)
+            return {"error": f"{type(exc).__name__}: {exc}"}
 
     async def shutdown(self) -> None:
         """Flush and keep every open session as ``interrupted``; they resume on the next start.

@@ -14,7 +14,7 @@ import logging
 import sqlite3
 from typing import TYPE_CHECKING, Any
 
-from collector.errors import Conflict, DeviceError, InvalidInput
+from collector.errors import CollectorError, Conflict, DeviceError, InvalidInput
 from collector.oximetry import store
 from collector.oximetry.pipeline import HANDOVER_S
 from collector.oximetry.recorder import NightRecorder
@@ -226,6 +226,8 @@ class NightService:
                 await rec.stop(now)
                 await self.daemon.write(lambda c, sid=sid: repo.close_session(
                     c, sid, state="interrupted", by="collector", at=now, reason=SHUTDOWN_REASON))
+            except CollectorError as exc:
+                log.error("session %s could not be closed as interrupted (%s); it stays open and resumes on the next start", sid, exc.message)
             except Exception:
                 log.exception("session %s could not be closed as interrupted; it stays open and resumes on the next start", sid)
         self.recorders.clear()

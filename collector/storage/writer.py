@@ -9,12 +9,15 @@ commit immediately, together with any pending samples, so ordering is kept.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
 import time
 from concurrent.futures import Future
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -71,6 +74,12 @@ class Writer:
         self.max_batch = max_batch
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._conn = connect(self.path, check_same_thread=False, synchronous=synchronous)
+        st = os.stat(self.path)
+        self._identity = (st.st_dev, st.st_ino)
+        self._guard_fd = os.open(self.path, os.O_RDONLY)  # its link count drops to 0 if the file is deleted
+        self.lost: StorageError | None = None  # the database file was deleted or replaced under us
+        self.journal: Path | None = None
+        self.samples_journaled = 0
         self.samples_committed = 0
         self.commits = 0
         self.failed: BaseException | None = None
@@ -116,6 +125,10 @@ class Writer:
             self._thread.join()
         self._closed = True
         self._conn.close()
+        try:
+            os.close(self._guard_fd)
+        except OSError:
+            pass
 
     @property
     def healthy(self) -> bool:
@@ -164,10 +177,59 @@ class Writer:
             else:
                 self._run_call(item)
 
+    # -- the file under us ------------------------------------------------------------
+    def _file_gone(self) -> str | None:
+        """Why the database file is no longer the one we write to (deleted, replaced), or None."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return "deleted"
+        except OSError:
+            return None  # a transient error: SQLite will say if it matters
+        if (st.st_dev, st.st_ino) != self._identity:
+            return "replaced by another file"
+        if os.fstat(self._guard_fd).st_nlink == 0:
+            return "deleted"
+        return None
+
+    def _check_file(self) -> bool:
+        """False once the file is gone: from then on samples go to the recovery journal, never into the void."""
+        if self.lost is not None:
+            return False
+        why = self._file_gone()
+        if why is None:
+            return True
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        self.journal = self.path.with_name(f"{self.path.name}.recovery-{stamp}.jsonl")
+        self.lost = StorageError(
+            f"the database file {self.path} was {why} while recording; new samples are kept in {self.journal}; "
+            "restore the database from its backup, then restart the collector"
+        )
+        self.failed = self.lost
+        log.critical("%s", self.lost.message)
+        return False
+
+    def _journal(self, rows: Sequence[SampleRow]) -> None:
+        """Append rows (``SAMPLE_COLUMNS`` order) to the recovery journal and sync it."""
+        assert self.journal is not None
+        with open(self.journal, "a", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps({"spo2_samples": list(row)}) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.samples_journaled += len(rows)
+
     def _commit_samples(self, rows: list[SampleRow]) -> list[SampleRow]:
         """Commit rows; returns the rows still to be written (kept for a retry on a transient error)."""
         if not rows:
             return rows
+        if not self._check_file():
+            try:
+                self._journal(rows)
+            except OSError as exc:
+                log.critical("cannot write the recovery journal %s (%s); keeping %d samples in memory", self.journal, exc, len(rows))
+                return rows
+            return []
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             self._conn.executemany(INSERT_SAMPLE, rows)
@@ -211,6 +273,9 @@ class Writer:
     def _run_call(self, call: _Call) -> None:
         if not call.future.set_running_or_notify_cancel():
             return  # the caller gave up (cancelled) before it ran: do nothing
+        if not self._check_file():
+            call.future.set_exception(self.lost or StorageError("the database file is gone"))
+            return
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             result = call.fn(self._conn)
