@@ -289,7 +289,7 @@ def _message(err: Mapping[str, Any], data: Mapping[str, Any]) -> str:
         model = _table_model(loc[:-1])
         keys = sorted(model.model_fields) if model is not None else []
         near = difflib.get_close_matches(str(loc[-1]), keys, n=1)
-        if len(loc) == 1:  # a key outside any table: name the table that has it, if one does
+        if len(loc) == 1 and not isinstance(_value_at(data, loc), Mapping):  # a key outside any table: name the table that has it
             near = [f"[{t}] {loc[0]}" for t in keys if str(loc[0]) in (_table_model((t,)) or Table).model_fields]
         hint = f" (did you mean {near[0]}?)" if near else ""
         what = "table" if len(loc) == 1 else "key"
