@@ -40,7 +40,8 @@ RENAMED: dict[str, str] = {
     "fvc_pct_min": "[spirometry] fvc_threshold_pct",
     "default_equation": "[spirometry] equation",
 }
-RENAMED_TABLES: dict[str, str] = {"thresholds": "eligibility"}
+#: The removed ``[thresholds]`` table (config/eligibility.toml): where each of its keys went.
+THRESHOLDS_MOVED: dict[str, str] = {**RENAMED, "equation": "[spirometry] equation"}
 
 
 def _grade(value: str) -> str:
@@ -289,13 +290,12 @@ def _message(err: Mapping[str, Any], data: Mapping[str, Any]) -> str:
         model = _table_model(loc[:-1])
         keys = sorted(model.model_fields) if model is not None else []
         near = difflib.get_close_matches(str(loc[-1]), keys, n=1)
-        if len(loc) == 1 and not isinstance(_value_at(data, loc), Mapping):  # a key outside any table: name the table that has it
-            near = [f"[{t}] {loc[0]}" for t in keys if str(loc[0]) in (_table_model((t,)) or Table).model_fields]
-        hint = f" (did you mean {near[0]}?)" if near else ""
-        what = "table" if len(loc) == 1 else "key"
+        what, scope = ("table", "tables") if len(loc) == 1 else ("key", "keys")
         if len(loc) == 1 and not isinstance(_value_at(data, loc), Mapping):
-            where, what = f"top-level key {loc[0]}", "table"
-        scope = "tables" if len(loc) == 1 else "keys"
+            # A key written above every table header: name the table that has such a key, if one does.
+            near = [f"[{t}] {loc[0]}" for t in keys if str(loc[0]) in (_table_model((t,)) or Table).model_fields]
+            where = f"top-level key {loc[0]}"
+        hint = f" (did you mean {near[0]}?)" if near else ""
         return f"{where} is not a known {what}{hint}; allowed {scope}: {', '.join(keys)}"
     if kind == "missing":
         return f"{where} is missing; set it to {_allowed(loc) or 'a value'}"
@@ -320,10 +320,9 @@ def _message(err: Mapping[str, Any], data: Mapping[str, Any]) -> str:
 def _renamed(override: Mapping[str, Any]) -> str | None:
     """A one-line pointer to the new key when a site file still uses a removed one."""
     for table, body in override.items():
-        if table in RENAMED_TABLES and isinstance(body, Mapping):
-            moves = [f"{k} -> {RENAMED.get(k, f'[{RENAMED_TABLES[table]}] {k}')}" for k in body] or [
-                f"its keys -> [{RENAMED_TABLES[table]}]"]
-            return f"[{table}] is no longer read; move {'; '.join(moves)}"
+        if table == "thresholds" and isinstance(body, Mapping):
+            moves = [f"{k} -> {THRESHOLDS_MOVED.get(k, f'[eligibility] {k}')}" for k in body] or ["its keys -> [eligibility]"]
+            return f"[thresholds] is no longer read; move {'; '.join(moves)}"
         if isinstance(body, Mapping):
             for key in body:
                 if key in RENAMED:
