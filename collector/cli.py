@@ -90,7 +90,7 @@ class CollectorGroup(click.Group):
 @click.option("--db", "db", type=click.Path(dir_okay=False, path_type=Path), envvar="COLLECTOR_DB",
               help="SQLite database file (default: $COLLECTOR_DB, else collector.sqlite in the user data directory).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), envvar="COLLECTOR_CONFIG",
-              help="Site configuration file (TOML) overriding the packaged defaults.")
+              help="Site configuration file (TOML) overriding the packaged defaults (default: config.toml in the user data directory, if present).")
 @click.option("--by", default=None, envvar="COLLECTOR_OPERATOR", help="Operator name for the audit trail (default from config).")
 @click.option("--create", is_flag=True,
               help="Allow creating a new, empty database where one was used before and is now missing (deleted or moved).")

@@ -1,18 +1,27 @@
-"""Configuration: packaged defaults, overridden by a site file.
+"""Configuration: packaged defaults, overridden by a site file, validated at load.
 
 Kept as plain nested dicts (TOML tables) so that every value used for a
-decision can be recorded verbatim next to the result.
+decision can be recorded verbatim next to the result.  The site file is
+``--config PATH`` (or ``$COLLECTOR_CONFIG``), else ``config.toml`` in the data
+directory when it exists.  Every table, key, type and range is checked by
+:mod:`collector.config_schema`; a bad file is refused with one line.
 """
 
 from __future__ import annotations
 
 import copy
 import tomllib
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from collector.config_schema import validate
 from collector.errors import InvalidInput
+from collector.storage.db import data_dir
+
+DEFAULTS_NAME = "config/defaults.toml"
+SITE_FILE_NAME = "config.toml"
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -25,20 +34,36 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def defaults() -> dict[str, Any]:
+@lru_cache(maxsize=1)
+def _packaged() -> dict[str, Any]:
     text = resources.files("config").joinpath("defaults.toml").read_text(encoding="utf-8")
-    return tomllib.loads(text)
+    return validate(tomllib.loads(text), source=DEFAULTS_NAME)
+
+
+def defaults() -> dict[str, Any]:
+    """The packaged defaults, validated (a fresh copy: callers may change it)."""
+    return copy.deepcopy(_packaged())
+
+
+def default_config_path() -> Path:
+    """The site file read when no ``--config`` is given (it need not exist)."""
+    return data_dir() / SITE_FILE_NAME
 
 
 def load_config(path: Path | str | None = None) -> dict[str, Any]:
+    """Defaults merged with the site file (``path``, else the data directory's config.toml if present)."""
     cfg = defaults()
     if path is None:
-        return cfg
+        path = default_config_path()
+        if not path.is_file():
+            return cfg
     path = Path(path)
     try:
         override = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise InvalidInput(f"cannot read config {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError:
+        raise InvalidInput(f"config {path} is not UTF-8 text; save it as UTF-8 TOML") from None
     except tomllib.TOMLDecodeError as exc:
-        raise InvalidInput(f"config {path} is not valid TOML: {exc}") from exc
-    return _merge(cfg, override)
+        raise InvalidInput(f"config {path} is not valid TOML: {exc}") from None
+    return validate(_merge(cfg, override), source=path, override=override)

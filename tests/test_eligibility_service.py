@@ -146,7 +146,7 @@ def test_eligibility_json_shape_and_decision_change_audited(db: Path) -> None:
 
 def test_site_config_thresholds_are_used(db: Path, tmp_path: Path) -> None:
     cfg = tmp_path / "site.toml"
-    cfg.write_text("[thresholds]\nbmi_min = 23.0\n")
+    cfg.write_text("[eligibility]\nbmi_min = 23.0\n")
     for fact, value in (("height_cm", "175"), ("weight_kg", "70"), ("nutrition_good", "yes")):
         cli(db, "criteria", "set", "SCR-0001", fact, value)
     base = json.loads(cli(db, "eligibility", "SCR-0001", "--json").output)
@@ -410,12 +410,12 @@ def test_configuration_change_is_audited(db: Path) -> None:
 
     cfg = defaults()
     cfg["oximetry"]["max_hold_s"] = 8.0
-    cfg["thresholds"] = {"fvc_pct_min": 55.0}
+    cfg["spirometry"]["fvc_threshold_pct"] = 55.0
     asyncio.run(start_stop(cfg))
     changed = audit_rows(db, "configuration_changed")
     assert len(changed) == 1
     new, old = json.loads(changed[0]["new_value"]), json.loads(changed[0]["old_value"])
-    assert new["changed_keys"] == ["eligibility.fvc_pct_min", "oximetry.max_hold_s", "thresholds.fvc_pct_min"]
+    assert new["changed_keys"] == ["eligibility.fvc_pct_min", "oximetry.max_hold_s", "spirometry.fvc_threshold_pct"]
     assert old["values"]["oximetry.max_hold_s"] == 10.0 and new["values"]["oximetry.max_hold_s"] == 8.0
     assert old["hash"] == json.loads(loaded[0]["new_value"])["hash"] != new["hash"]
     asyncio.run(start_stop(cfg))

@@ -57,7 +57,7 @@ def test_gli_2012_with_ethnicity_and_the_configured_default(tmp_path: Path) -> N
 
 def test_site_config_chooses_the_equation(tmp_path: Path) -> None:
     site = tmp_path / "site.toml"
-    site.write_text('[spirometry]\ndefault_equation = "gli-2012"\nethnicity_2012 = "north_east_asian"\n')
+    site.write_text('[spirometry]\nequation = "gli-2012"\nethnicity_2012 = "north_east_asian"\n')
     r = CliRunner().invoke(main, ["--db", str(tmp_path / "c.sqlite"), "--config", str(site), "predict", "--sex", "male",
                                   "--age", "50", "--height-cm", "170", "--json"])
     out = json.loads(r.output)

@@ -8,7 +8,7 @@ from collector.eligibility.engine import (
     SpirometryResult,
     Thresholds,
     evaluate,
-    load_thresholds,
+    thresholds_from_config,
 )
 from collector.eligibility.facts import (
     FACTS,
@@ -34,6 +34,6 @@ __all__ = [
     "Thresholds",
     "UnknownFactError",
     "evaluate",
-    "load_thresholds",
     "parse_fact",
+    "thresholds_from_config",
 ]

@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import calendar
 import math
-import tomllib
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 from fractions import Fraction
-from importlib import resources
-from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
 from collector.eligibility.facts import (
@@ -75,8 +72,8 @@ RULES: dict[str, str] = {
     "days = 24), would change the result",
     "prior_treatment": "prior_treatment_failed = yes and the prior treatments listed (prior_treatments)",
     "fvc": "largest FVC % predicted over valid (acceptable, repeatable: ATS/ERS 2019 FVC grade A-C) FVC sessions with the configured equation; "
-    ">= fvc_pct_min passes; needs_review if the other equation's best falls on the other side",
-    "nocturnal_spo2": "every valid night T90 (SpO2 < 90 %, % of analysed time) <= t90_pct_max; any valid night "
+    ">= fvc_pct_min ([spirometry] fvc_threshold_pct) passes; needs_review if the other equation's best falls on the other side",
+    "nocturnal_spo2": "every valid night T90 (SpO2 < 90 %, % of analysed time) <= t90_pct_max ([oximetry] t90_threshold_pct); any valid night "
     "above fails; invalid nights do not count; a borderline valid night needs review unless another valid night "
     "already fails; no valid night -> pending",
     "bmi": "weight_kg / (height_cm / 100)^2 computed exactly from the typed decimals, >= bmi_min, and "
@@ -87,7 +84,7 @@ RULES: dict[str, str] = {
 
 
 class EligibilityConfigError(ValueError):
-    """The eligibility configuration file is missing a value or holds an impossible one."""
+    """The configuration given to the engine lacks a value or holds an impossible one."""
 
 
 # --------------------------------------------------------------------------- thresholds
@@ -121,68 +118,30 @@ class Thresholds:
         }
 
 
-def _cfg_number(table: Mapping[str, Any], key: str, default: Any, kind: type) -> Any:
-    value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise EligibilityConfigError(f"eligibility config: {key} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise EligibilityConfigError(f"eligibility config: {key} must be finite, got {value!r}")
-    if kind is int and value != int(value):
-        raise EligibilityConfigError(f"eligibility config: {key} must be a whole number, got {value!r}")
-    return kind(value)
-
-
-def thresholds_from_mapping(data: Mapping[str, Any]) -> Thresholds:
-    """Thresholds from a parsed TOML document (``[thresholds]`` and ``[spirometry]`` tables)."""
-    base = Thresholds()
-    t = data.get("thresholds", {})
-    sp = data.get("spirometry", {})
-    unknown = set(t) - set(base.as_dict())
-    if unknown:
-        raise EligibilityConfigError(f"eligibility config: unknown setting(s) {sorted(unknown)} in [thresholds]")
-    cats = t.get("accepted_wfn_categories", list(base.accepted_wfn_categories))
-    if not isinstance(cats, list) or not cats or any(c not in WFN_CATEGORIES for c in cats):
-        raise EligibilityConfigError(
-            f"eligibility config: accepted_wfn_categories must be a non-empty list of {', '.join(WFN_CATEGORIES)}"
+def thresholds_from_config(config: Mapping[str, Any]) -> Thresholds:
+    """Thresholds from the one collector config: ``[eligibility]`` for the limits of its own, the T90
+    limit from ``[oximetry] t90_threshold_pct``, the FVC limit and the equation from ``[spirometry]``
+    (the keys the night report, the live alert and the spirometry result read), so no screen can
+    decide with another copy.  The config is validated at load (collector.config_schema)."""
+    try:
+        el, ox, sp = config["eligibility"], config["oximetry"], config["spirometry"]
+        cats = list(el["accepted_wfn_categories"])
+        th = Thresholds(
+            fvc_pct_min=float(sp["fvc_threshold_pct"]),
+            t90_pct_max=float(ox["t90_threshold_pct"]),
+            bmi_min=Decimal(repr(float(el["bmi_min"]))),
+            age_min=int(el["age_min"]),
+            age_max=int(el["age_max"]),
+            diagnosis_months_min=int(el["diagnosis_months_min"]),
+            diagnosis_months_max=int(el["diagnosis_months_max"]),
+            accepted_wfn_categories=tuple(c for c in WFN_CATEGORIES if c in cats),
+            equation=str(sp["equation"]),
         )
-    equation = sp.get("equation", t.get("equation", base.equation))
-    if equation not in EQUATIONS:
-        raise EligibilityConfigError(f"eligibility config: equation {equation!r} unknown; use one of {EQUATIONS}")
-    bmi = _cfg_number(t, "bmi_min", 18.5, float)
-    th = Thresholds(
-        fvc_pct_min=_cfg_number(t, "fvc_pct_min", base.fvc_pct_min, float),
-        t90_pct_max=_cfg_number(t, "t90_pct_max", base.t90_pct_max, float),
-        bmi_min=Decimal(repr(bmi)),
-        age_min=_cfg_number(t, "age_min", base.age_min, int),
-        age_max=_cfg_number(t, "age_max", base.age_max, int),
-        diagnosis_months_min=_cfg_number(t, "diagnosis_months_min", base.diagnosis_months_min, int),
-        diagnosis_months_max=_cfg_number(t, "diagnosis_months_max", base.diagnosis_months_max, int),
-        accepted_wfn_categories=tuple(c for c in WFN_CATEGORIES if c in cats),
-        equation=equation,
-    )
-    if not 0 <= th.age_min <= th.age_max:
-        raise EligibilityConfigError("eligibility config: need 0 <= age_min <= age_max")
-    if not 0 <= th.diagnosis_months_min <= th.diagnosis_months_max:
-        raise EligibilityConfigError("eligibility config: need 0 <= diagnosis_months_min <= diagnosis_months_max")
-    if not (0 < th.fvc_pct_min < 200 and 0 <= th.t90_pct_max <= 100 and 0 < th.bmi_min < 100):
-        raise EligibilityConfigError("eligibility config: fvc_pct_min, t90_pct_max or bmi_min out of range")
+    except KeyError as exc:
+        raise EligibilityConfigError(f"eligibility config: {exc.args[0]} is not set; load the config with collector.config.load_config") from None
+    if th.equation not in EQUATIONS or not th.accepted_wfn_categories:
+        raise EligibilityConfigError("eligibility config: equation or accepted_wfn_categories not usable; load the config with collector.config.load_config")
     return th
-
-
-def load_thresholds(path: str | Path | None = None) -> Thresholds:
-    """Read ``config/eligibility.toml`` (the packaged default when ``path`` is None)."""
-    try:
-        if path is None:
-            text = resources.files("config").joinpath("eligibility.toml").read_text(encoding="utf-8")
-        else:
-            text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise EligibilityConfigError(f"eligibility config: cannot read {path or 'config/eligibility.toml'}: {exc}")
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise EligibilityConfigError(f"eligibility config: not valid TOML ({exc}); fix the file") from None
-    return thresholds_from_mapping(data)
 
 
 # --------------------------------------------------------------------------- device results

@@ -13,15 +13,14 @@ import hashlib
 import json
 import logging
 import sqlite3
-import tomllib
 from datetime import date, datetime
-from importlib import resources
 from typing import Any, Mapping
 
 import sqlite_utils
 from pydantic import BaseModel, Field
 
 from collector.clock import utc_iso
+from collector.config import defaults
 from collector.eligibility.engine import (
     EligibilityConfigError,
     NightResult,
@@ -29,7 +28,7 @@ from collector.eligibility.engine import (
     Thresholds,
     evaluate,
     summarise,
-    thresholds_from_mapping,
+    thresholds_from_config,
 )
 from collector.eligibility.facts import IDENTIFYING_FACTS, FactError, display_value
 from collector.eligibility.store import (
@@ -66,22 +65,12 @@ WITHHELD = "<withheld>"
 
 
 # --------------------------------------------------------------------------- thresholds
-def _packaged_eligibility() -> dict[str, Any]:
-    return tomllib.loads(resources.files("config").joinpath("eligibility.toml").read_text(encoding="utf-8"))
-
-
 def thresholds_for_config(config: Mapping[str, Any] | None) -> Thresholds:
-    """Effective thresholds: config/eligibility.toml, overridden by ``[thresholds]`` / ``[spirometry] equation``
-    of the collector config (a site file may set them), so one site file governs every decision."""
-    base = _packaged_eligibility()
-    th = dict(base.get("thresholds", {}))
-    sp = dict(base.get("spirometry", {}))
-    if config:
-        th.update(config.get("thresholds") or {})
-        if isinstance(config.get("spirometry"), Mapping) and "equation" in config["spirometry"]:
-            sp["equation"] = config["spirometry"]["equation"]
+    """Effective thresholds of a collector config (None: the packaged defaults).  Built from the same
+    keys every other screen reads ([oximetry] t90_threshold_pct, [spirometry] fvc_threshold_pct and
+    equation, [eligibility]), so one site file governs every decision."""
     try:
-        return thresholds_from_mapping({"thresholds": th, "spirometry": sp})
+        return thresholds_from_config(config if config is not None else defaults())
     except EligibilityConfigError as exc:
         raise InvalidInput(f"{exc}; fix the config file") from None
 
@@ -229,7 +218,7 @@ def evaluate_subject(
     """The subject's decision exactly as ``collector eligibility --json`` prints it.
 
     ``thresholds``: a :class:`Thresholds`, a collector config dict (its effective thresholds are
-    used) or None (config/eligibility.toml).  Read-only: never writes.  Raises NotFound for an
+    used) or None (the packaged defaults).  Read-only: never writes.  Raises NotFound for an
     unknown subject.  Identifying facts (birth date) appear only as ``<withheld>``.
     """
     repo.get_subject(conn, subject_id)

@@ -166,7 +166,7 @@ def recompute(c: Any, session_id: int, as_json: bool) -> None:
 @click.option("--fvc-l", "fvc_l", type=float, help="Measured FVC (L) for z-score and % predicted.")
 @click.option("--fev1-l", "fev1_l", type=float, help="Measured FEV1 (L).")
 @click.option("--equation", type=click.Choice(list(gli.EQUATIONS)), default=None,
-              help="Reference equation (default from config [spirometry] default_equation: gli-global-2022).")
+              help="Reference equation (default from config [spirometry] equation: gli-global-2022).")
 @click.option("--ethnicity", type=click.Choice(list(gli.ETHNICITIES)), default=None,
               help="GLI-2012 ethnic group (default from config [spirometry] ethnicity_2012: other).")
 @click.option("--json", "as_json", is_flag=True)
@@ -175,7 +175,7 @@ def predict(c: Any, sex: str, age: float, height_cm: float, fvc_l: float | None,
             equation: str | None, ethnicity: str | None, as_json: bool) -> None:
     """GLI predicted values, LLN, z-scores and % predicted for one person (never extrapolated)."""
     cfg = (c.config.get("spirometry") if c is not None else None) or {}
-    equation = equation or cfg.get("default_equation", gli.DEFAULT_EQUATION)
+    equation = equation or cfg.get("equation", gli.DEFAULT_EQUATION)
     if equation == gli.GLI_GLOBAL_2022 and ethnicity is not None:
         raise InvalidInput("--ethnicity applies to gli-2012 only (gli-global-2022 is race-neutral); add --equation gli-2012 or drop it")
     if equation == gli.GLI_2012 and ethnicity is None:

@@ -375,8 +375,8 @@ def _grades(cfg: Mapping[str, Any], key: str, default: Sequence[str]) -> tuple[s
 
 def evaluation_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The keyword arguments of :func:`evaluate` from the ``[spirometry]`` config table."""
-    # ``equation`` is the key the eligibility service reads from the same table: when a site sets it, it wins.
-    return {"equation": cfg.get("equation") or cfg.get("default_equation") or gli.DEFAULT_EQUATION,
+    # ``equation`` and ``fvc_threshold_pct`` are the keys eligibility reads too: one value for both screens.
+    return {"equation": cfg.get("equation", gli.DEFAULT_EQUATION),
             "ethnicity_2012": cfg.get("ethnicity_2012", "other"),
             "threshold_pct": float(cfg.get("fvc_threshold_pct", 50.0)),
             "quality_codes": dict(cfg.get("quality_codes", {})),

@@ -24,12 +24,17 @@ APP_NAME = "als-screening-collector"
 ENV_DB = "COLLECTOR_DB"
 
 
+def data_dir() -> Path:
+    """The user's data directory: the default database and the site ``config.toml`` live here."""
+    return Path(platformdirs.user_data_dir(APP_NAME))
+
+
 def default_db_path() -> Path:
     """``$COLLECTOR_DB`` if set, else one file in the user's data directory."""
     env = os.environ.get(ENV_DB)
     if env:
         return Path(env).expanduser()
-    return Path(platformdirs.user_data_dir(APP_NAME)) / "collector.sqlite"
+    return data_dir() / "collector.sqlite"
 
 
 SYNCHRONOUS_MODES = ("FULL", "NORMAL")

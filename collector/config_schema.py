@@ -1,0 +1,343 @@
+"""Schema of the configuration files: every table, key, type and range the collector reads.
+
+Why a schema: a site file decides who is screened in.  A misspelt key (``max_hold_sec``) used to
+be ignored silently and a wrong type ended in a traceback, so a site could run with a limit it
+never meant.  Each TOML table is a pydantic model with ``extra="forbid"``, strict types and
+ranges; :func:`validate` turns the first problem into ONE line naming the file, the key and
+what is allowed.  Downstream code keeps using plain nested dicts (``model_dump``), so the
+values used can still be recorded verbatim next to each result.
+
+Keys that used to exist twice (``[thresholds]``, ``t90_pct_max``, ``fvc_pct_min``,
+``default_equation``) are refused with the name of the one key that replaced them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Mapping
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from collector.eligibility.facts import WFN_CATEGORIES
+from collector.errors import InvalidInput
+from collector.spirometry.gli import EQUATIONS, ETHNICITIES
+from collector.spirometry.store import ALL_GRADES
+from collector.spirometry.store import QUALITY_FLAGS as STORE_QUALITY_FLAGS
+from drivers.spirometry.gdt import CHARSETS
+from drivers.spirometry.results import KNOWN_PARAMS
+
+GRADES = tuple(sorted(ALL_GRADES))
+QUALITY_FLAGS = tuple(sorted(STORE_QUALITY_FLAGS))
+GDT_CHARSETS = tuple(CHARSETS)
+
+#: Keys that were removed when each limit got one owner -> the key that replaced them.
+RENAMED: dict[str, str] = {
+    "t90_pct_max": "[oximetry] t90_threshold_pct",
+    "fvc_pct_min": "[spirometry] fvc_threshold_pct",
+    "default_equation": "[spirometry] equation",
+}
+#: The removed ``[thresholds]`` table (config/eligibility.toml): where each of its keys went.
+THRESHOLDS_MOVED: dict[str, str] = {**RENAMED, "equation": "[spirometry] equation"}
+
+
+def _grade(value: str) -> str:
+    if value.upper() not in GRADES:
+        raise ValueError(f"{value!r} is not an ATS/ERS 2019 grade")
+    return value.upper()
+
+
+def _known_param(value: str) -> str:
+    if value not in KNOWN_PARAMS:
+        raise ValueError(f"{value!r} is not a known parameter")
+    return value
+
+
+def _nonempty(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+Grade = Annotated[str, AfterValidator(_grade)]
+Name = Annotated[str, AfterValidator(_nonempty)]
+Positive = Annotated[float, Field(gt=0, description="a number > 0")]
+NonNegative = Annotated[float, Field(ge=0, description="a number >= 0")]
+Percent = Annotated[float, Field(ge=0, le=100, description="a percentage from 0 to 100")]
+
+
+class Table(BaseModel):
+    """One TOML table: unknown keys and loose types are refused; inf/nan are not numbers here."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class Operator(Table):
+    name: Name = Field(description="a non-empty name")
+
+
+class Storage(Table):
+    flush_interval_s: Positive
+    synchronous: Literal["FULL", "NORMAL"]
+
+
+class Api(Table):
+    host: Name = Field(description="a host name or address")
+    port: int = Field(ge=1, le=65535, description="an integer from 1 to 65535")
+
+
+class Ble(Table):
+    connect_timeout_s: Positive
+    scan_timeout_s: Positive
+    watchdog_periods: int = Field(ge=1, description="an integer >= 1")
+    backoff_s: list[Positive] = Field(min_length=1, description="a non-empty list of numbers > 0")
+
+
+class Site(Table):
+    name: Name = Field(description="a non-empty site name")
+
+
+class Export(Table):
+    dir: str = Field(description="a directory path, or empty for 'exports' next to the database")
+
+
+class Web(Table):
+    session_idle_min: Positive
+    session_max_h: Positive
+    stream_interval_s: Positive
+    alert_disconnected_s: Positive
+    alert_no_sample_s: Positive
+    alert_finger_out_s: Positive
+    disk_min_free_mb: Positive
+
+
+class Oximetry(Table):
+    max_hold_s: Positive
+    t90_threshold_pct: Percent
+    min_analysed_h: NonNegative
+    min_analysed_pct: Percent
+    resume_max_gap_h: NonNegative
+
+
+class PortSettings(Table):
+    baudrate: int = Field(default=9600, ge=1, description="an integer >= 1")
+    bytesize: Literal[5, 6, 7, 8] = 8
+    parity: Literal["N", "E", "O", "M", "S"] = "N"
+    stopbits: Literal[1, 1.5, 2] = 1
+    timeout: Positive = 0.1
+    rtscts: bool = False
+    xonxoff: bool = False
+    dsrdtr: bool = False
+
+
+class SpirometerModel(Table):
+    protocol: Literal["hl7", "gdt"]
+    port: PortSettings = Field(default_factory=PortSettings)
+    codes: dict[str, Annotated[str, AfterValidator(_known_param)]] = Field(
+        default_factory=dict, description="device code -> " + ", ".join(sorted(KNOWN_PARAMS)))
+    gdt_charset: Literal[GDT_CHARSETS] = "2"  # type: ignore[valid-type]
+    gdt_trial_separator: str = "_"
+    gdt_untrialled_is_summary: bool = True
+    hl7_ack_timeout_s: Positive = 10.0
+
+
+class DefaultModel(Table):
+    hl7: Name = Field(description="a spirometer model name")
+    gdt: Name = Field(description="a spirometer model name")
+
+
+class Spirometry(Table):
+    equation: Literal[EQUATIONS]  # type: ignore[valid-type]
+    ethnicity_2012: Literal[ETHNICITIES]  # type: ignore[valid-type]
+    fvc_threshold_pct: float = Field(gt=0, le=100, description="a percentage of predicted, > 0 and <= 100")
+    fvc_grades: list[Grade] = Field(min_length=1, description="a non-empty list of grades from " + ", ".join(GRADES))
+    fvc_grades_review: list[Grade] = Field(description="a list of grades from " + ", ".join(GRADES))
+    socket_hosts: list[Name] = Field(description="a list of host names or addresses")
+    gdt_idle_s: Positive
+    backoff_initial_s: Positive
+    backoff_max_s: Positive
+    default_model: DefaultModel
+    quality_codes: dict[str, Literal[QUALITY_FLAGS]] = Field(  # type: ignore[valid-type]
+        description="device code -> one of " + ", ".join(QUALITY_FLAGS))
+    models: dict[str, SpirometerModel] = Field(description="named tables of protocol, port, codes")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Spirometry":
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError("backoff_max_s must be >= backoff_initial_s")
+        return self
+
+
+class Eligibility(Table):
+    age_min: int = Field(ge=0, le=150, description="whole years from 0 to 150")
+    age_max: int = Field(ge=0, le=150, description="whole years from 0 to 150")
+    bmi_min: float = Field(gt=0, lt=100, description="kg/m^2, > 0 and < 100")
+    diagnosis_months_min: int = Field(ge=0, description="whole calendar months >= 0")
+    diagnosis_months_max: int = Field(ge=0, description="whole calendar months >= 0")
+    accepted_wfn_categories: list[Literal[WFN_CATEGORIES]] = Field(  # type: ignore[valid-type]
+        min_length=1, description="a non-empty list of " + ", ".join(WFN_CATEGORIES))
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Eligibility":
+        if self.age_min > self.age_max:
+            raise ValueError("age_min must be <= age_max")
+        if self.diagnosis_months_min > self.diagnosis_months_max:
+            raise ValueError("diagnosis_months_min must be <= diagnosis_months_max")
+        return self
+
+
+class Config(Table):
+    """The whole configuration after the site file is merged over the packaged defaults."""
+
+    operator: Operator
+    storage: Storage
+    api: Api
+    ble: Ble
+    site: Site
+    export: Export
+    web: Web
+    oximetry: Oximetry
+    spirometry: Spirometry
+    eligibility: Eligibility
+
+
+# --------------------------------------------------------------------------- error messages
+def _where(loc: tuple[Any, ...]) -> str:
+    """``('spirometry', 'models', 'x', 'port', 'baudrate')`` -> ``[spirometry.models.x.port] baudrate``."""
+    names = [str(p) for p in loc if not isinstance(p, int)]
+    index = "".join(f"[{p}]" for p in loc if isinstance(p, int))
+    if not names:
+        return "top level"
+    if len(names) == 1:
+        return f"[{names[0]}]"
+    return f"[{'.'.join(names[:-1])}] {names[-1]}{index}"
+
+
+def _table_model(path: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model of the table at ``path`` (a named table such as ``models.<name>`` skips its name)."""
+    model: Any = Config
+    parts = list(path)
+    while parts:
+        field = model.model_fields.get(str(parts.pop(0)))
+        if field is None:
+            return None
+        ann = field.annotation
+        if typing.get_origin(ann) is dict:
+            ann = typing.get_args(ann)[1]
+            if not parts:
+                return None  # the mapping itself, not one named table
+            parts.pop(0)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def _allowed(field_loc: tuple[Any, ...]) -> str:
+    """What a key accepts, from the field's description or its type."""
+    model = _table_model(field_loc[:-1])
+    if model is None:
+        return ""
+    field = model.model_fields.get(str(field_loc[-1]))
+    if field is None:
+        return ""
+    if field.description:
+        return field.description
+    for meta in field.metadata:
+        if getattr(meta, "description", None):
+            return str(meta.description)
+    ann = field.annotation
+    if typing.get_origin(ann) is Literal:
+        return "one of " + ", ".join(repr(a) if isinstance(a, str) else str(a) for a in typing.get_args(ann))
+    if ann is bool:
+        return "true or false"
+    return getattr(ann, "__name__", str(ann))
+
+
+def _toml(value: Any) -> str:
+    """A value as it is written in TOML (the user's spelling, not Python's)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def _value_at(data: Mapping[str, Any], loc: tuple[Any, ...]) -> Any:
+    cur: Any = data
+    for part in loc:
+        try:
+            cur = cur[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return cur
+
+
+def _message(err: Mapping[str, Any], data: Mapping[str, Any]) -> str:
+    loc = tuple(err["loc"])
+    kind = err["type"]
+    where = _where(loc)
+    if kind == "extra_forbidden":
+        model = _table_model(loc[:-1])
+        keys = sorted(model.model_fields) if model is not None else []
+        near = difflib.get_close_matches(str(loc[-1]), keys, n=1)
+        what, scope = ("table", "tables") if len(loc) == 1 else ("key", "keys")
+        if len(loc) == 1 and not isinstance(_value_at(data, loc), Mapping):
+            # A key written above every table header: name the table that has such a key, if one does.
+            near = [f"[{t}] {loc[0]}" for t in keys if str(loc[0]) in (_table_model((t,)) or Table).model_fields]
+            where = f"top-level key {loc[0]}"
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        return f"{where} is not a known {what}{hint}; allowed {scope}: {', '.join(keys)}"
+    if kind == "missing":
+        return f"{where} is missing; set it to {_allowed(loc) or 'a value'}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"{where} must be a table, not {_toml(_value_at(data, loc))}"
+    if kind == "value_error" and isinstance(_value_at(data, loc), Mapping):
+        reason = str(err.get("ctx", {}).get("error") or err["msg"]).removeprefix("Value error, ")
+        return f"{where.replace('top level', 'config')}: {reason}"
+    value = _value_at(data, loc)
+    # A bad list item or code-map entry names the key that holds it.
+    field_loc = loc
+    while field_loc and (isinstance(field_loc[-1], int) or _table_model(field_loc[:-1]) is None):
+        field_loc = field_loc[:-1]
+    allowed = _allowed(field_loc) if field_loc else ""
+    if kind == "literal_error":
+        return f"{where} = {_toml(value)} is not allowed; allowed: {allowed or err['ctx']['expected']}"
+    reason = str(err["msg"]).removeprefix("Value error, ")
+    reason = reason[0].lower() + reason[1:] if reason else reason
+    return f"{where} = {_toml(value)} is not allowed ({reason}); allowed: {allowed or 'see config/defaults.toml'}"
+
+
+def _renamed(override: Mapping[str, Any]) -> str | None:
+    """A one-line pointer to the new key when a site file still uses a removed one."""
+    for table, body in override.items():
+        if table == "thresholds" and isinstance(body, Mapping):
+            moves = [f"{k} -> {THRESHOLDS_MOVED.get(k, f'[eligibility] {k}')}" for k in body] or ["its keys -> [eligibility]"]
+            return f"[thresholds] is no longer read; move {'; '.join(moves)}"
+        if isinstance(body, Mapping):
+            for key in body:
+                if key in RENAMED:
+                    return f"[{table}] {key} is no longer read; set {RENAMED[key]} instead (one key for every screen)"
+    return None
+
+
+def validate(merged: Mapping[str, Any], *, source: Path | str, override: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The validated config as plain nested dicts; InvalidInput with one line naming ``source`` otherwise."""
+    old = _renamed(override if override is not None else merged)
+    if old is not None:
+        raise InvalidInput(f"config {source}: {old}")
+    try:
+        model = Config.model_validate(merged)
+    except ValidationError as exc:
+        errors = sorted(exc.errors(), key=lambda e: e["type"] == "missing")  # a misspelt key explains a missing one
+        raise InvalidInput(f"config {source}: {_message(errors[0], merged)}") from None
+    return model.model_dump()
