@@ -103,10 +103,13 @@ def test_t90_limit_from_the_site_file_governs_report_alerts_page_and_eligibility
     elig = run_cli(db, cfg_file, "eligibility", "SCR-0001", "--json")
     assert state(elig, "nocturnal_spo2") == "met" and elig["thresholds"]["t90_pct_max"] == 5.0
     assert elig["decision"] == "eligible"
-    # The packaged 2 % gives the other answer on every surface (and a recomputed report records 2 %).
-    assert state(run_cli(db, None, "eligibility", "SCR-0001", "--json"), "nocturnal_spo2") == "not_met"
+    # Under the packaged 2 % the stored report (made with 5 %) cannot decide: its borderline flag belongs to
+    # the old limit, so the criterion asks for a recompute; the recomputed report records 2 % and fails.
+    stale = next(c for c in run_cli(db, None, "eligibility", "SCR-0001", "--json")["criteria"] if c["id"] == "nocturnal_spo2")
+    assert stale["state"] == "needs_review" and f"collector report {sid} --recompute" in stale["reason"]
     again = run_cli(db, None, "report", str(sid), "--recompute", "--json")
     assert again["decision"] == "fail" and again["definitions"]["threshold_pct"] == 2.0
+    assert state(run_cli(db, None, "eligibility", "SCR-0001", "--json"), "nocturnal_spo2") == "not_met"
 
 
 # --------------------------------------------------------------------------- FVC limit and equation

@@ -195,6 +195,7 @@ class NightResult:
     analysed_at: str | None = None
     note: str = ""  # why invalid / which variant is on the other side
     review: str = ""  # what a person must confirm before the night decides (e.g. a host clock step)
+    stale: str = ""  # why the stored report cannot decide as it is (made with another limit): recompute it
 
 
 # --------------------------------------------------------------------------- output types
@@ -563,9 +564,10 @@ def _nocturnal(nights: Sequence[NightResult], th: Thresholds) -> CriterionResult
     valid = [n for n in nights if n.night_valid]
     invalid = [n for n in nights if not n.night_valid]
     unknown = [n for n in valid if n.t90_pct is None or not math.isfinite(n.t90_pct)]
-    clear_fail = [n for n in valid if n not in unknown and not n.borderline and n.t90_pct > limit]  # type: ignore
-    border = [n for n in valid if n not in unknown and n.borderline]
-    flagged = [n for n in valid if n not in unknown and n.review and n not in border]
+    stale = [n for n in valid if n not in unknown and n.stale]
+    clear_fail = [n for n in valid if n not in unknown and n not in stale and not n.borderline and n.t90_pct > limit]  # type: ignore
+    border = [n for n in valid if n not in unknown and n not in stale and n.borderline]
+    flagged = [n for n in valid if n not in unknown and (n.review or n.stale) and n not in border]
     inputs = [_session_input(n.session_id, n.analysed_at, {
         "t90_pct": n.t90_pct, "night_valid": n.night_valid, "borderline": n.borderline, "note": n.note or None,
     }) for n in nights]
@@ -594,7 +596,7 @@ def _nocturnal(nights: Sequence[NightResult], th: Thresholds) -> CriterionResult
     if unknown or border or flagged:
         reasons = []
         if flagged:
-            reasons.append("; ".join(f"night {n.session_id}: {n.review}" for n in flagged))
+            reasons.append("; ".join(f"night {n.session_id}: {'; '.join(x for x in (n.stale, n.review) if x)}" for n in flagged))
         if border:
             reasons.append(f"borderline night(s) for review: {desc(border)} (primary T90 "
                            f"{'above' if any(n.t90_pct > limit for n in border) else 'within'} {limit:g} %, "  # type: ignore

@@ -100,6 +100,7 @@ def _night_note(report: dict[str, Any]) -> str:
 
 
 def _night_review(report: dict[str, Any]) -> str:
+    """What a person must confirm before a stored night decides ("" when nothing)."""
     steps = report.get("clock_steps") or []
     if not steps:
         return ""
@@ -107,7 +108,16 @@ def _night_review(report: dict[str, Any]) -> str:
     return f"the host clock stepped during the night ({sizes}); confirm the recording before it decides"
 
 
-def _nights(conn: sqlite3.Connection, subject_id: str) -> tuple[list[NightResult], list[dict[str, Any]]]:
+def _night_stale(report: dict[str, Any], limit: float) -> str:
+    """A report made with another T90 limit: its borderline flag belongs to that limit, so it cannot decide now."""
+    used = (report.get("definitions") or {}).get("threshold_pct")
+    if used is None or float(used) == float(limit):
+        return ""
+    return (f"its stored report used a T90 limit of {float(used):g} %, the protocol's is now {float(limit):g} %; "
+            f"recompute it: collector report {report.get('session_id')} --recompute")
+
+
+def _nights(conn: sqlite3.Connection, subject_id: str, limit: float) -> tuple[list[NightResult], list[dict[str, Any]]]:
     """Stopped nights with a report count (newest report row per session); the others are in progress."""
     sessions = _rows(conn, "SELECT id, state, started_utc, stopped_utc FROM sessions WHERE subject_id = ? AND kind = 'night' ORDER BY id",
                      (subject_id,))
@@ -123,7 +133,7 @@ def _nights(conn: sqlite3.Connection, subject_id: str) -> tuple[list[NightResult
         results.append(NightResult(
             session_id=str(s["id"]), t90_pct=rep["t90_pct"], night_valid=bool(rep["night_valid"]),
             borderline=bool(rep["borderline"]), analysed_at=rep["computed_utc"], note=_night_note(report),
-            review=_night_review(report),
+            review=_night_review(report), stale=_night_stale(report, limit),
         ))
     return results, pending
 
@@ -225,7 +235,7 @@ def evaluate_subject(
     th = _thresholds(thresholds)
     db = sqlite_utils.Database(conn, recursive_triggers=False)
     facts = current_facts(db, subject_id)
-    nights, night_pending = _nights(conn, subject_id)
+    nights, night_pending = _nights(conn, subject_id, th.t90_pct_max)
     spiro, spiro_pending = _spirometry(conn, subject_id)
     decision = evaluate(facts, spirometry=spiro, nights=nights, first_session_on=_first_session_on(conn, subject_id),
                         thresholds=th, evaluated_at=utc_iso(now))
