@@ -250,9 +250,6 @@ class Daemon:
         self._handover_task: asyncio.Task[None] | None = None
         self.closing = False
         self.startup_hooks: list[Callable[[], Awaitable[Any]]] = []  # awaited at the end of resume_open_sessions()
-        from collector import features
-
-        features.attach_all(self)
 
     def ensure_handover(self) -> None:
         """Queue every recorder's pending rows for the writer ~10 times a second (real time).

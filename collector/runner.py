@@ -15,10 +15,11 @@ from typing import Any, Iterator
 
 import uvicorn
 
-from collector.api import create_app, load_or_create_token, remove_runtime, write_runtime
+from collector.api import create_app
 from collector.clock import Clock, SystemClock, VirtualClock
-from collector.daemon import Daemon
 from collector.errors import InvalidInput, StorageError
+from collector.features import build_daemon
+from collector.runtime import load_or_create_token, remove_runtime, write_runtime
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ async def serve(
             devices.append(air.add(SimulatedOximeter(load_scenario(path), clock)))
         backend, scanner = air.client_backend, air.scanner_backend
 
-    daemon = Daemon(db_path, clock=clock, config=config, ble_backend=backend, scanner_backend=scanner, capture_path=capture,
+    daemon = build_daemon(db_path, clock=clock, config=config, ble_backend=backend, scanner_backend=scanner, capture_path=capture,
                     origin="simulated" if scenarios else "live")
     token = load_or_create_token(db_path)
     app = create_app(daemon, token)

@@ -44,7 +44,6 @@ from collector.errors import InvalidInput, NotFound
 from collector.storage import audit, repo
 
 __all__ = [
-    "COMMANDS",
     "EligibilityService",
     "attach",
     "check_config_change",
@@ -562,5 +561,3 @@ def make_router(daemon: Any, auth: Any) -> Any:
 
     return router
 
-
-from collector.eligibility.cli import COMMANDS  # noqa: E402  (the CLI uses the functions above)

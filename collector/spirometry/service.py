@@ -571,6 +571,4 @@ def make_router(daemon: Any, auth: Any) -> Any:
     return router
 
 
-from collector.spirometry.cli import COMMANDS  # noqa: E402  (click commands: spirometry show/recompute, predict)
-
-__all__ = ["COMMANDS", "SpirometryRecorder", "SpirometryService", "attach", "make_router", "resolve_model"]
+__all__ = ["SpirometryRecorder", "SpirometryService", "attach", "make_router", "resolve_model"]

@@ -166,7 +166,7 @@ CREATE INDEX spirometry_results_session ON spirometry_results(session_id, id);
 def migrations() -> list[tuple[int, str, str]]:
     """(version, name, SQL) in order.  Feature modules contribute their own tables here."""
     from collector.eligibility.store import SCHEMA_SQL as ELIGIBILITY_SQL
-    from collector.web.schema import USERS_SQL
+    from collector.users.schema import USERS_SQL
 
     return [
         (1, "core capture tables", CORE_SQL),

@@ -174,7 +174,8 @@ def make_router(daemon: Any, auth: Any) -> APIRouter:
     @router.post("/login", response_model=models.LoginOut, responses={401: {"description": "wrong name or password"}, 429: {"description": "too many failed logins"}})
     async def login(body: models.LoginIn, response: Response) -> dict[str, Any]:
         """Log an operator in: sets the HttpOnly session cookie and returns the CSRF token."""
-        from collector.users import NAME_RE, verify_login
+        from collector.users.passwords import NAME_RE
+        from collector.users.store import verify_login
 
         wait = web.throttle.locked_for(body.name)
         if wait > 0:
@@ -369,12 +370,3 @@ def _session_summaries(conn: Any, limit: int, subject_id: str | None) -> list[di
             "borderline": None if borderline is None else bool(borderline),
         })
     return out
-
-
-def _commands() -> list[Any]:
-    from collector.users import COMMANDS as USER_COMMANDS
-
-    return list(USER_COMMANDS)
-
-
-COMMANDS = _commands()
