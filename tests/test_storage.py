@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from collector.storage import audit, repo
-from collector.storage.db import migrate, open_db
+from collector.storage.db import migrate, open_db, transaction
 from collector.storage.writer import Writer
 
 
@@ -18,6 +18,67 @@ def test_pragmas_and_migrations_are_idempotent(db_path):
     assert migrate(db) == []
     versions = [r[0] for r in db.conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
     assert versions == sorted(versions) and versions[0] == 1
+
+
+def _subjects(conn: sqlite3.Connection) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT id FROM subjects ORDER BY id")]
+
+
+def test_a_caught_inner_failure_undoes_only_the_inner_block(db_path):
+    conn = open_db(db_path).conn
+    with transaction(conn):
+        repo.add_subject(conn, "SCR-0001", by="t", at=1.0e9)
+        with pytest.raises(RuntimeError):
+            with transaction(conn):
+                repo.add_subject(conn, "SCR-0002", by="t", at=1.0e9)
+                raise RuntimeError("inner")
+        with transaction(conn):
+            repo.add_subject(conn, "SCR-0003", by="t", at=1.0e9)
+    assert not conn.in_transaction
+    assert _subjects(sqlite3.connect(db_path)) == ["SCR-0001", "SCR-0003"]
+    assert audit.verify(conn).ok  # the undone block's audit row went with it
+
+
+def test_an_outer_failure_undoes_everything_nested_included(db_path):
+    conn = open_db(db_path).conn
+    with pytest.raises(RuntimeError):
+        with transaction(conn):
+            repo.add_subject(conn, "SCR-0001", by="t", at=1.0e9)
+            with transaction(conn):
+                repo.add_subject(conn, "SCR-0002", by="t", at=1.0e9)
+            raise RuntimeError("outer")
+    assert not conn.in_transaction
+    assert _subjects(conn) == [] and conn.execute("SELECT COUNT(*) FROM audit").fetchone()[0] == 0
+
+
+def test_an_escaping_inner_failure_undoes_the_whole_transaction(db_path):
+    conn = open_db(db_path).conn
+    with pytest.raises(RuntimeError):
+        with transaction(conn):
+            repo.add_subject(conn, "SCR-0001", by="t", at=1.0e9)
+            with transaction(conn):
+                raise RuntimeError("inner, not caught")
+    assert _subjects(conn) == []
+
+
+def test_a_transaction_nests_inside_the_writers_own(db_path):
+    w = Writer(db_path, synchronous="NORMAL")
+    try:
+        def write(conn: sqlite3.Connection) -> None:
+            with transaction(conn):
+                repo.add_subject(conn, "SCR-0001", by="t", at=1.0e9)
+            try:
+                with transaction(conn):
+                    repo.add_subject(conn, "SCR-0002", by="t", at=1.0e9)
+                    raise ValueError("undo this one")
+            except ValueError:
+                pass
+
+        w.submit(write).result()
+        w.flush()
+    finally:
+        w.close()
+    assert _subjects(sqlite3.connect(db_path)) == ["SCR-0001"]
 
 
 def test_audit_rows_cannot_be_changed_or_deleted(db_path):

@@ -21,6 +21,7 @@ from collector import __version__
 from collector.clock import utc_iso
 from collector.errors import CollectorError, Conflict, InvalidInput
 from collector.storage import audit, repo
+from collector.storage.db import transaction
 
 from . import bag, csvs, edf, pdf
 from .privacy import Scrubber, forbidden_tokens
@@ -310,17 +311,15 @@ def export_subject(conn: sqlite3.Connection, subject_id: str, out_dir: Path, *, 
     if target.exists():
         raise Conflict(f"{target} already exists; export into another --out folder or move it away")
     result.path = target
-    conn.execute("BEGIN IMMEDIATE")  # the audit row and the files land together or not at all
     try:
-        audit.append(conn, at=now, actor=by, action="export_made", subject_id=subject_id,
-                     new={"bundle": name, "zip": as_zip, "sessions": result.sessions, "files": result.files})
-        try:
-            bag.write_zip(files, target, name) if as_zip else bag.write_folder(files, target)
-        except OSError as exc:
-            raise InvalidInput(f"cannot write the bundle to {target}: {exc.strerror or exc}") from None
-        conn.execute("COMMIT")
+        with transaction(conn):  # the audit row and the files land together or not at all
+            audit.append(conn, at=now, actor=by, action="export_made", subject_id=subject_id,
+                         new={"bundle": name, "zip": as_zip, "sessions": result.sessions, "files": result.files})
+            try:
+                bag.write_zip(files, target, name) if as_zip else bag.write_folder(files, target)
+            except OSError as exc:
+                raise InvalidInput(f"cannot write the bundle to {target}: {exc.strerror or exc}") from None
     except BaseException:
-        conn.execute("ROLLBACK")
         _remove(target)
         raise
     return result

@@ -124,6 +124,7 @@ def recompute(c: Any, session_id: int, as_json: bool) -> None:
     """Re-evaluate a session from its stored manoeuvres and the current facts (after recording sex/height/birth date)."""
     from collector.clock import SystemClock
     from collector.storage import audit, repo
+    from collector.storage.db import transaction
 
     conn = c.conn()
     now = SystemClock().now()
@@ -132,17 +133,12 @@ def recompute(c: Any, session_id: int, as_json: bool) -> None:
         if session["kind"] != "spirometry":
             raise InvalidInput(f"session {session_id} is a {session['kind']} session, not spirometry")
         result = store.recompute(conn, session_id, c.config.get("spirometry") or {})
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             rid = store.insert_result(conn, session_id, result, at=now)
             audit.append(conn, at=now, actor=c.by, action="spirometry_result", subject_id=session["subject_id"],
                          session_id=session_id, new={"result_id": rid, "valid": result["valid"], "equation": result["equation"],
                                                      "fvc_pct_predicted": (result.get("prediction") or {}).get("percent_predicted_fvc")},
                          reason="recomputed on request")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         if as_json:
             emit_json(result)
             return
