@@ -217,7 +217,7 @@ class Bench:
         return info
 
     async def spirometry(self, subject: str, pct: float, other: float, *, valid: bool = True) -> int:
-        """A stored spirometry result as the spirometry feature stores it (table in storage/schema.py)."""
+        """A stored spirometry result as the spirometry feature stores it (table in spirometry/schema.py)."""
         now = self.clock.now()
 
         def write(c: sqlite3.Connection) -> int:

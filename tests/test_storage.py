@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ast
+import re
 import sqlite3
+from pathlib import Path
 
 import pytest
 
-from collector.storage import audit, repo
-from collector.storage.db import migrate, open_db, transaction
+from collector import schemas
+from collector.storage import audit, repo, schema
+from collector.storage.db import connect, migrate, open_db, transaction
 from collector.storage.writer import Writer
 
 
@@ -18,6 +22,58 @@ def test_pragmas_and_migrations_are_idempotent(db_path):
     assert migrate(db) == []
     versions = [r[0] for r in db.conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
     assert versions == sorted(versions) and versions[0] == 1
+
+
+# Names recorded by every database made so far: renaming one would run it again on those databases.
+RELEASED_MIGRATIONS = ["core capture tables", "eligibility facts", "night reports", "spirometry manoeuvres and results", "operators"]
+NIGHT_AND_CORE_TABLES = {"subjects", "devices", "sessions", "spo2_samples", "gaps", "events", "night_reports", "audit"}
+
+
+def _layout(conn: sqlite3.Connection) -> list[tuple[str, ...]]:
+    return conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name").fetchall()
+
+
+def test_released_migration_names_stay_the_same(db_path):
+    names = [r[0] for r in open_db(db_path).conn.execute("SELECT name FROM schema_migrations ORDER BY version")]
+    assert sorted(names) == sorted(RELEASED_MIGRATIONS)
+    assert names[0] == "core capture tables"  # feature tables reference the core ones
+
+
+def test_a_database_made_before_feature_migrations_opens_without_rerunning_them(db_path):
+    """The layout the single migration list produced: versions 1-5 in the old order."""
+    by_name = {m.name: m.sql for m in schemas.migrations()}
+    conn = connect(db_path, synchronous="NORMAL")
+    conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_utc TEXT NOT NULL)")
+    for version, name in enumerate(RELEASED_MIGRATIONS, start=1):
+        conn.executescript(by_name[name])
+        conn.execute("INSERT INTO schema_migrations VALUES (?, ?, '2026-01-01T00:00:00+00:00')", (version, name))
+    with transaction(conn):
+        repo.add_subject(conn, "SCR-0001", by="t", at=1.0e9)
+    before = conn.execute("SELECT * FROM schema_migrations ORDER BY version").fetchall()
+    conn.close()
+
+    db = open_db(db_path)
+    assert migrate(db) == []
+    assert db.conn.execute("SELECT * FROM schema_migrations ORDER BY version").fetchall() == before
+    assert _subjects(db.conn) == ["SCR-0001"] and audit.verify(db.conn).ok
+    assert _layout(db.conn) == _layout(open_db(db_path.with_name("fresh.sqlite")).conn)
+
+
+def test_a_new_migration_is_applied_once_after_the_others(db_path):
+    db = open_db(db_path)
+    extra = [*schemas.migrations(), schema.Migration("test extra table", "CREATE TABLE test_extra (x INTEGER);")]
+    assert migrate(db, extra) == ["test extra table"]
+    assert migrate(db, extra) == []
+    assert db.conn.execute("SELECT version FROM schema_migrations WHERE name = 'test extra table'").fetchone()[0] == len(extra)
+
+
+def test_the_core_schema_holds_no_feature_table():
+    created = {t for m in schema.MIGRATIONS for t in re.findall(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)", m.sql)}
+    assert created <= NIGHT_AND_CORE_TABLES
+    tree = ast.parse(Path(schema.__file__).read_text(encoding="utf-8"))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {m for m in imported if m and m.startswith("collector")}, "storage/schema.py must not import feature tables"
 
 
 def _subjects(conn: sqlite3.Connection) -> list[str]:

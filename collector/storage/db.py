@@ -13,13 +13,13 @@ import os
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import platformdirs
 import sqlite_utils
 
 from collector.errors import StorageError
-from collector.storage.schema import migrations
+from collector.storage.schema import Migration
 
 APP_NAME = "als-screening-collector"
 ENV_DB = "COLLECTOR_DB"
@@ -107,28 +107,37 @@ def open_db(path: Path | str | None = None, *, check_same_thread: bool = True) -
     return db
 
 
-def migrate(db: sqlite_utils.Database) -> list[int]:
-    """Apply pending migrations, each in its own transaction; return the versions applied."""
+def migrate(db: sqlite_utils.Database, migrations: Iterable[Migration] | None = None) -> list[str]:
+    """Apply pending migrations, each in its own transaction; return the names applied.
+
+    ``migrations`` defaults to every package's (collector/schemas.py).  A migration is known by
+    its name; ``version`` numbers the migrations in the order this database received them.
+    """
+    if migrations is None:
+        from collector.schemas import migrations as registered  # the packages above storage register their tables
+
+        migrations = registered()
     conn = db.conn
     conn.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_utc TEXT NOT NULL)"
     )
-    done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+    done = {row[0] for row in conn.execute("SELECT name FROM schema_migrations")}
     applied = []
-    for version, name, sql in migrations():
-        if version in done:
+    for name, sql in migrations:
+        if name in done:
             continue
         with transaction(conn):
             # Re-check under the write lock: another process may have migrated meanwhile.
-            if conn.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (version,)).fetchone():
+            if conn.execute("SELECT 1 FROM schema_migrations WHERE name = ?", (name,)).fetchone():
                 continue
             for statement in _split_sql(sql):
                 conn.execute(statement)
             conn.execute(
-                "INSERT INTO schema_migrations (version, name, applied_utc) VALUES (?, ?, ?)",
-                (version, name, datetime.now(timezone.utc).isoformat(timespec="seconds")),
+                "INSERT INTO schema_migrations (version, name, applied_utc)"
+                " VALUES ((SELECT COALESCE(MAX(version), 0) + 1 FROM schema_migrations), ?, ?)",
+                (name, datetime.now(timezone.utc).isoformat(timespec="seconds")),
             )
-        applied.append(version)
+        applied.append(name)
     return applied
 
 
