@@ -224,3 +224,40 @@ def test_a_closed_writer_fails_fast(db_path):
         w.submit(lambda c: None).result(1)
     with pytest.raises(StorageError):
         w.flush(1)
+
+
+# -- only store modules run SQL ----------------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+NOT_THE_DATABASE = {"collector/export/merge.py"}  # DuckDB: the merged analysis file, not the collector's SQLite
+# Queries on the night tables (samples, gaps, events, night reports) waiting for collector/oximetry/store.py:
+# file -> number of execute calls.  Lower a count (or drop the file) when a query moves.
+NIGHT_QUERIES_PENDING = {
+    "collector/cli.py": 1,               # session samples: spo2_samples
+    "collector/daemon.py": 3,            # resume: last sample, open gap; live replay: samples
+    "collector/eligibility/service.py": 2,  # night results: night_reports (via _rows); live alerts: events
+    "collector/export/bundle.py": 1,     # night files: spo2_samples
+    "collector/night_cli.py": 4,         # the night path itself, moving to collector/oximetry/ (with a hand-written BEGIN/COMMIT)
+    "collector/nights.py": 4,            # the night path itself, moving to collector/oximetry/store.py
+    "collector/runner.py": 1,            # virtual clock start: newest spo2_samples time
+    "collector/web/service.py": 1,       # session summaries: night_reports joined to sessions and devices
+    "collector/web/trend.py": 2,         # trend: spo2_samples
+}
+
+
+def _is_store(rel: str) -> bool:
+    return rel.startswith("collector/storage/") or rel.endswith(("/store.py", "/schema.py"))
+
+
+def _execute_calls(path: Path) -> int:
+    return sum(1 for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+               if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+               and node.func.attr in ("execute", "executemany", "executescript"))
+
+
+def test_only_store_modules_run_sql():
+    found = {}
+    for path in sorted((ROOT / "collector").rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        if not _is_store(rel) and rel not in NOT_THE_DATABASE and (n := _execute_calls(path)):
+            found[rel] = n
+    assert found == NIGHT_QUERIES_PENDING, "SQL belongs in the owning package's store module (see NIGHT_QUERIES_PENDING)"

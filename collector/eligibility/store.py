@@ -32,6 +32,7 @@ __all__ = [
     "current_facts",
     "fact_history",
     "record_fact",
+    "recorded_values",
     "retract_fact",
 ]
 
@@ -95,6 +96,11 @@ def fact_history(db: sqlite_utils.Database, subject_id: str, fact: str | None = 
         sql += " AND fact = ?"
         params.append(fact)
     return [_row_to_fact(r) for r in db.execute(sql + " ORDER BY id", params).fetchall()]
+
+
+def recorded_values(conn: sqlite3.Connection, subject_id: str, fact: str) -> list[str]:
+    """Every value ever recorded for one fact of a subject (JSON text, superseded ones included)."""
+    return [r[0] for r in conn.execute("SELECT value FROM criteria_facts WHERE subject_id = ? AND fact = ?", (subject_id, fact))]
 
 
 def _check_common(db: sqlite_utils.Database, subject_id: str, fact: str, by: str, source: str) -> None:

@@ -284,12 +284,9 @@ def make_router(daemon: Any, auth: Any) -> APIRouter:
         conn = daemon.open_reader()
         try:
             rows = repo.list_subjects(conn)
-            open_ = conn.execute("SELECT subject_id, id FROM sessions WHERE state = 'open' ORDER BY id").fetchall()
+            by_subject = repo.open_sessions_by_subject(conn)
         finally:
             conn.close()
-        by_subject: dict[str, list[int]] = {}
-        for sid, session_id in open_:
-            by_subject.setdefault(sid, []).append(session_id)
         return [{**r, "open_sessions": by_subject.get(r["id"], [])} for r in rows]
 
     @router.get("/sessions", response_model=list[models.SessionSummary], dependencies=protected)
