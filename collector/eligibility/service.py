@@ -453,7 +453,7 @@ class EligibilityService:
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:  # keep evaluations and their recording in order
-            await asyncio.to_thread(self.daemon.writer.flush)  # the triggering data is committed
+            await self.daemon.flush()  # the triggering data is committed
             subject_id, result = await asyncio.to_thread(self._read_eval, session_id, subject_id)
             at = self.daemon.clock.now()
             reason = {LIVE_ALERT: f"live T90 alert on night {session_id}", "night_report": f"night {session_id} report stored",
