@@ -16,7 +16,7 @@ from pathlib import Path
 
 from collector.clock import VirtualClock
 from collector.config import defaults
-from collector.daemon import Daemon
+from collector.features import build_daemon
 from collector.export.bundle import export_subject
 from collector.export.verify import verify_bundle
 from collector.storage.db import open_db
@@ -34,7 +34,7 @@ async def record_two_nights(db: Path) -> None:
     clock = VirtualClock(start=T0)
     air = SimulatedAir(clock)
     pump = asyncio.create_task(clock.run())
-    daemon = Daemon(db, clock=clock, config=cfg, ble_backend=air.client_backend, scanner_backend=air.scanner_backend)
+    daemon = build_daemon(db, clock=clock, config=cfg, ble_backend=air.client_backend, scanner_backend=air.scanner_backend)
     try:
         await daemon.add_subject(SUBJECT)
         for night in range(2):

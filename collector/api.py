@@ -6,11 +6,6 @@ Every error is ``{"error": "<one line saying what is wrong and what to do>"}``.
 
 from __future__ import annotations
 
-import json
-import os
-import secrets
-import stat
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Path as PathParam, Request
@@ -18,48 +13,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from collector import __version__
+from collector import __version__, features
 from collector.errors import CollectorError, Conflict, DeviceError, InvalidInput, NotFound
+from collector.web.service import install as install_web
 
 # Session IDs are SQLite integers: anything outside is refused as a 422, never a 500.
 SessionId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="session ID")]
 
 STATUS_FOR = {InvalidInput: 422, NotFound: 404, Conflict: 409, DeviceError: 503}
-
-
-# -- runtime files next to the database -------------------------------------------------------
-def token_path(db_path: Path) -> Path:
-    return db_path.with_name(db_path.name + ".token")
-
-
-def runtime_path(db_path: Path) -> Path:
-    return db_path.with_name(db_path.name + ".daemon.json")
-
-
-def load_or_create_token(db_path: Path) -> str:
-    """A random token in a file only this user can read (0600); kept across restarts."""
-    path = token_path(db_path)
-    if path.exists():
-        return path.read_text(encoding="ascii").strip()
-    token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
-    with os.fdopen(fd, "w", encoding="ascii") as fh:
-        fh.write(token + "\n")
-    return token
-
-
-def write_runtime(db_path: Path, *, host: str, port: int, pid: int) -> None:
-    path = runtime_path(db_path)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"host": host, "port": port, "pid": pid, "version": __version__}), encoding="utf-8")
-    tmp.replace(path)
-
-
-def remove_runtime(db_path: Path) -> None:
-    try:
-        runtime_path(db_path).unlink()
-    except FileNotFoundError:
-        pass
 
 
 # -- request bodies -----------------------------------------------------------------------------
@@ -84,8 +45,6 @@ class StopIn(BaseModel):
 def create_app(daemon: Any, token: str) -> FastAPI:
     app = FastAPI(title="ALS screening collector", version=__version__, description=__doc__)
     # Auth: the bearer token (CLI) or a logged-in operator's cookie + CSRF header (the page at /).
-    from collector.web.service import install as install_web
-
     auth = install_web(app, daemon, token)
 
     @app.exception_handler(CollectorError)
@@ -131,8 +90,6 @@ def create_app(daemon: Any, token: str) -> FastAPI:
     @app.post("/api/v1/sessions/{session_id}/stop", dependencies=[Depends(auth)])
     async def stop_session(session_id: SessionId, body: StopIn) -> dict[str, Any]:
         return await daemon.stop_session(session_id, by=body.by, reason=body.reason)
-
-    from collector import features
 
     for router in features.routers(daemon, auth):
         app.include_router(router, prefix="/api/v1")

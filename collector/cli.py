@@ -14,62 +14,19 @@ import json
 import logging
 import math
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import click
 
-from collector import __version__
+from collector import __version__, features
 from collector.clock import SystemClock, utc_iso
 from collector.config import load_config
 from collector.errors import CollectorError, Conflict, DaemonUnavailable, InvalidInput
+from collector.context import Ctx, pass_ctx
+from collector.output import emit_json, table
 from collector.storage import audit, repo
-from collector.storage.db import default_db_path, open_db, transaction
-
-
-@dataclass
-class Ctx:
-    db_path: Path
-    config: dict[str, Any]
-    by: str
-    db_explicit: bool = False
-    create: bool = False
-
-    def conn(self):  # noqa: ANN201 - sqlite3.Connection
-        from collector.storage.presence import require_database
-
-        require_database(self.db_path, create=self.create)
-        return open_db(self.db_path).conn
-
-    def write(self, fn: Callable[[Any], Any]) -> Any:
-        """Run ``fn(conn)`` in one write transaction on the database (commands that work without the daemon)."""
-        with transaction(self.conn()) as conn:
-            return fn(conn)
-
-    def client(self):  # noqa: ANN201
-        from collector.client import DaemonClient
-
-        return DaemonClient(self.db_path)
-
-
-pass_ctx = click.make_pass_decorator(Ctx)
-
-
-def emit_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
-
-
-def table(rows: Iterable[dict[str, Any]], columns: list[str]) -> None:
-    rows = list(rows)
-    if not rows:
-        click.echo("(none)")
-        return
-    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)))
-    for row in cells:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+from collector.storage.db import default_db_path, transaction
 
 
 class CollectorGroup(click.Group):
@@ -379,12 +336,10 @@ def verify_audit(c: Ctx, as_json: bool) -> None:
         sys.exit(8)
 
 
-def _register_features(group: click.Group) -> None:
-    """Feature packages add their own commands (reports, spirometry, eligibility, export)."""
-    from collector import features
-
+def _register_commands(group: click.Group) -> None:
+    """Feature packages add their own commands (nights, spirometry, eligibility, export, operators)."""
     for command in features.commands():
         group.add_command(command)
 
 
-_register_features(main)
+_register_commands(main)

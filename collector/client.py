@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from collector.api import runtime_path, token_path
+from collector.runtime import runtime_path, token_path
 from collector.errors import CollectorError, Conflict, DaemonUnavailable, DeviceError, InvalidInput, NotFound
 
 _ERRORS = {404: NotFound, 409: Conflict, 422: InvalidInput, 400: InvalidInput, 503: DeviceError}

@@ -93,9 +93,6 @@ class Daemon:
         self.startup_hooks: list[Callable[[], Awaitable[Any]]] = []  # awaited by resume_open_sessions()
         self.closing = False
         self.clock_watch = ClockStepWatch(self.clock)
-        from collector import features
-
-        features.attach_all(self)
 
     @property
     def nights(self) -> Any:

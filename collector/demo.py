@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from collector.clock import VirtualClock
-from collector.daemon import Daemon
+from collector.features import build_daemon
 from collector.storage import repo
 from collector.storage.db import open_db
 
@@ -62,7 +62,7 @@ async def run_demo(
     device = air.add(SimulatedOximeter(scenario, clock))
     subject = next_demo_subject(db_path)
     pump = asyncio.create_task(clock.run(), name="virtual-clock")
-    daemon = Daemon(db_path, clock=clock, config=config, ble_backend=air.client_backend,
+    daemon = build_daemon(db_path, clock=clock, config=config, ble_backend=air.client_backend,
                     scanner_backend=air.scanner_backend, operator="demo", origin="simulated")
     wall0 = time.monotonic()
     try:

@@ -1,42 +1,78 @@
-"""Feature packages plug into the daemon, the API and the CLI here.
+"""Feature packages plug into the daemon, the API and the CLI here: the one place that knows them all.
 
-Each module listed may define any of:
-- ``attach(daemon)``: add services, listeners, shutdown hooks, status providers;
+A feature contributes any of:
+- ``attach(daemon)``: add services, listeners, status providers, startup and shutdown hooks,
+  using only the daemon's public surface (``write``, ``flush``, ``open_reader``, ``notify``,
+  ``services``, ``listeners``, ``status_providers``, ``startup_hooks``, ``shutdown_hooks``);
 - ``make_router(daemon, auth) -> fastapi.APIRouter``: API routes (``auth`` is the token dependency);
-- ``COMMANDS``: click commands added to the ``collector`` group.
-Keeping the wiring in one list lets features land independently of each other.
+- click commands added to the ``collector`` group.
+
+The daemon does not know its features: :func:`build_daemon` creates it and attaches them, so
+feature modules may use the daemon without an import cycle.  Feature tables are registered
+separately (collector/schemas.py), so opening a database never imports a feature's services.
 """
 
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
-from typing import Any, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
-FEATURE_MODULES = (
-    "collector.oximetry.service",
-    "collector.oximetry.cli",
-    "collector.spirometry.service",
-    "collector.eligibility.service",
-    "collector.export.service",
-    "collector.web.service",
+import click
+
+from collector.eligibility import cli as eligibility_cli
+from collector.eligibility import service as eligibility_service
+from collector.export import service as export_service
+from collector.oximetry import cli as oximetry_cli
+from collector.oximetry import service as oximetry_service
+from collector.spirometry import cli as spirometry_cli
+from collector.spirometry import service as spirometry_service
+from collector.users import cli as users_cli
+from collector.web import service as web_service
+
+if TYPE_CHECKING:
+    from collector.daemon import Daemon
+
+
+@dataclass(frozen=True)
+class Feature:
+    """What one feature adds; every part is optional."""
+
+    name: str
+    attach: Callable[[Any], Any] | None = None
+    make_router: Callable[[Any, Any], Any] | None = None
+    commands: tuple[click.Command, ...] = ()
+
+
+# Attach, route and command order is this order.
+FEATURES: tuple[Feature, ...] = (
+    Feature("oximetry", oximetry_service.attach, commands=tuple(oximetry_cli.COMMANDS)),
+    Feature("spirometry", spirometry_service.attach, spirometry_service.make_router, tuple(spirometry_cli.COMMANDS)),
+    Feature("eligibility", eligibility_service.attach, eligibility_service.make_router, tuple(eligibility_cli.COMMANDS)),
+    Feature("export", make_router=export_service.make_router, commands=tuple(export_service.COMMANDS)),
+    Feature("web", web_service.attach, web_service.make_router),
+    Feature("operators", commands=tuple(users_cli.COMMANDS)),
 )
 
 
-def modules() -> Iterator[ModuleType]:
-    for name in FEATURE_MODULES:
-        yield importlib.import_module(name)
-
-
 def attach_all(daemon: Any) -> None:
-    for mod in modules():
-        if hasattr(mod, "attach"):
-            mod.attach(daemon)
+    for feature in FEATURES:
+        if feature.attach is not None:
+            feature.attach(daemon)
 
 
 def routers(daemon: Any, auth: Any) -> list[Any]:
-    return [mod.make_router(daemon, auth) for mod in modules() if hasattr(mod, "make_router")]
+    return [feature.make_router(daemon, auth) for feature in FEATURES if feature.make_router is not None]
 
 
-def commands() -> list[Any]:
-    return [cmd for mod in modules() for cmd in getattr(mod, "COMMANDS", [])]
+def commands() -> list[click.Command]:
+    return [command for feature in FEATURES for command in feature.commands]
+
+
+def build_daemon(db_path: Path | str, **options: Any) -> Daemon:
+    """A :class:`~collector.daemon.Daemon` (same keyword options) with every feature attached."""
+    from collector.daemon import Daemon  # not at import time: the CLI starts without loading the BLE stack
+
+    daemon = Daemon(db_path, **options)
+    attach_all(daemon)
+    return daemon

@@ -15,11 +15,12 @@ from typing import Any, Iterator
 
 import uvicorn
 
-from collector.api import create_app, load_or_create_token, remove_runtime, write_runtime
+from collector.api import create_app
 from collector.clock import Clock, SystemClock, VirtualClock
-from collector.daemon import Daemon
 from collector.errors import InvalidInput, StorageError
 from collector.storage.lock import DatabaseLock
+from collector.features import build_daemon
+from collector.runtime import load_or_create_token, remove_runtime, write_runtime
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ async def _serve_locked(db_path: Path, config: dict[str, Any], *, host: str, por
             devices.append(air.add(SimulatedOximeter(load_scenario(path), clock)))
         backend, scanner = air.client_backend, air.scanner_backend
 
-    daemon = Daemon(db_path, clock=clock, config=config, ble_backend=backend, scanner_backend=scanner, capture_path=capture,
+    daemon = build_daemon(db_path, clock=clock, config=config, ble_backend=backend, scanner_backend=scanner, capture_path=capture,
                     origin="simulated" if scenarios else "live")
     token = load_or_create_token(db_path)
     app = create_app(daemon, token)

@@ -13,6 +13,7 @@ import pytest
 from collector.clock import VirtualClock
 from collector.config import defaults
 from collector.daemon import Daemon
+from collector.features import build_daemon
 from simulators.ble_backend import SimulatedAir
 from simulators.oximeter import SimulatedOximeter
 from simulators.scenario import Scenario, parse_scenario
@@ -59,7 +60,7 @@ async def run_night(
     air = SimulatedAir(clock)
     devices = [air.add(SimulatedOximeter(sc, clock)) for sc in scenarios]
     pump = asyncio.create_task(clock.run())
-    daemon = Daemon(db_path, clock=clock, config=config or fast_config(), ble_backend=air.client_backend,
+    daemon = build_daemon(db_path, clock=clock, config=config or fast_config(), ble_backend=air.client_backend,
                     scanner_backend=air.scanner_backend, capture_path=capture)
     run = NightRun(daemon, devices, [], [], clock)
     try:

@@ -15,7 +15,7 @@ from collector.api import create_app
 from collector.cli import main
 from collector.clock import VirtualClock, utc_iso
 from collector.config import defaults
-from collector.daemon import Daemon
+from collector.features import build_daemon
 from collector.eligibility.service import evaluate_subject
 from collector.storage import repo
 from collector.storage.db import open_db
@@ -196,7 +196,7 @@ class Bench:
         self.clock = VirtualClock(start=T0)
         self.air = SimulatedAir(self.clock)
         self.pump = asyncio.create_task(self.clock.run())
-        self.daemon = Daemon(db, clock=self.clock, config=config, ble_backend=self.air.client_backend,
+        self.daemon = build_daemon(db, clock=self.clock, config=config, ble_backend=self.air.client_backend,
                              scanner_backend=self.air.scanner_backend)
         self.svc = self.daemon.services["eligibility"]
         self.n = 0
@@ -217,7 +217,7 @@ class Bench:
         return info
 
     async def spirometry(self, subject: str, pct: float, other: float, *, valid: bool = True) -> int:
-        """A stored spirometry result as the spirometry feature stores it (table in storage/schema.py)."""
+        """A stored spirometry result as the spirometry feature stores it (table in spirometry/schema.py)."""
         now = self.clock.now()
 
         def write(c: sqlite3.Connection) -> int:

@@ -11,8 +11,8 @@ import sqlite_utils
 
 from collector.eligibility.engine import evaluate
 from collector.eligibility.facts import FactValueError, UnknownFactError
+from collector.eligibility.schema import FACTS_SQL as SCHEMA_SQL
 from collector.eligibility.store import (
-    SCHEMA_SQL,
     CorrectionReasonRequiredError,
     FactStoreError,
     UnknownSubjectError,

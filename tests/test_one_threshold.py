@@ -21,6 +21,7 @@ from collector.api import create_app
 from collector.cli import main
 from collector.config import load_config
 from collector.daemon import Daemon
+from collector.features import build_daemon
 from collector.eligibility.store import record_fact
 from collector.storage.db import open_db
 from simulators.spirometer import SCENARIO_DIR, SpirometerSimulator, TcpEndpoint, load_scenario
@@ -121,7 +122,7 @@ async def spirometry_session(db: Path, cfg_file: Path) -> tuple[int, dict[str, A
     returns the session id, the stored result, the API's session detail and the API's eligibility decision."""
     config = load_config(cfg_file)
     config["spirometry"].update(backoff_initial_s=0.02, backoff_max_s=0.2, gdt_idle_s=0.5)
-    daemon = Daemon(db, config=config)
+    daemon = build_daemon(db, config=config)
     results: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     daemon.listeners.append(lambda kind, p: results.put_nowait(p) if kind == "spirometry_result" else None)
     try:

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from collector.cli import main as cli_main
 from collector.config import defaults
-from collector.daemon import Daemon
+from collector.features import build_daemon
 from collector.eligibility.store import record_fact
 from collector.errors import Conflict, DeviceError, InvalidInput, NotFound
 from collector.spirometry import gli
@@ -49,7 +49,7 @@ class Harness:
 
     def __init__(self, db: Path, capture: Path | None = None) -> None:
         self.db = db
-        self.daemon = Daemon(db, config=fast_config(), capture_path=capture)
+        self.daemon = build_daemon(db, config=fast_config(), capture_path=capture)
         self.results: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.daemon.listeners.append(lambda kind, p: self.results.put_nowait(p) if kind == "spirometry_result" else None)
 

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from collector.cli import main as cli_main
 from collector.clock import VirtualClock
-from collector.daemon import Daemon
+from collector.features import build_daemon
 from collector.errors import StorageError
 from collector.storage.writer import SAMPLE_COLUMNS, Writer
 from simulators.ble_backend import SimulatedAir
@@ -72,7 +72,7 @@ def test_a_night_whose_database_is_deleted_keeps_recording_to_the_journal_and_sa
         air = SimulatedAir(clock)
         dev = air.add(SimulatedOximeter(sc, clock))
         pump = asyncio.create_task(clock.run())
-        daemon = Daemon(db, clock=clock, config=fast_config(), ble_backend=air.client_backend, scanner_backend=air.scanner_backend)
+        daemon = build_daemon(db, clock=clock, config=fast_config(), ble_backend=air.client_backend, scanner_backend=air.scanner_backend)
         try:
             await daemon.add_subject("SCR-0001")
             play = asyncio.create_task(dev.run())

@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from collector import users
+from collector.users import passwords
+from collector.users import store as users
 from collector.cli import main as cli
 from collector.clock import VirtualClock
-from collector.daemon import Daemon
+from collector.features import build_daemon
 from collector.storage.db import open_db
 from collector.web.auth import LoginThrottle, SessionStore
 from collector.web.trend import session_trend
@@ -33,7 +34,7 @@ async def _night_with_alerts(db_path: Path, sc: Any, config: dict[str, Any]) -> 
     air = SimulatedAir(clock)
     dev = air.add(SimulatedOximeter(sc, clock))
     pump = asyncio.create_task(clock.run())
-    daemon = Daemon(db_path, clock=clock, config=config, ble_backend=air.client_backend, scanner_backend=air.scanner_backend)
+    daemon = build_daemon(db_path, clock=clock, config=config, ble_backend=air.client_backend, scanner_backend=air.scanner_backend)
     web = daemon.services["web"]
     seen: list[dict[str, Any]] = []
     acked: list[dict[str, Any]] = []
@@ -101,7 +102,7 @@ def test_alerts_are_raised_held_until_acknowledged_and_audited(db_path: Path) ->
 def test_disk_and_storage_alerts(db_path: Path) -> None:
     cfg = fast_config()
     cfg["web"] = {"disk_min_free_mb": 1e12}
-    daemon = Daemon(db_path, config=cfg)
+    daemon = build_daemon(db_path, config=cfg)
     try:
         alerts = daemon.services["web"].alerts.evaluate()
         assert [a["kind"] for a in alerts] == ["disk_almost_full"] and alerts[0]["session_id"] is None
@@ -130,10 +131,10 @@ def test_session_store_and_throttle_units() -> None:
 
 # -- operators ----------------------------------------------------------------------------------------
 def test_password_hashes_are_salted_and_checked() -> None:
-    a, b = users.hash_password("same password"), users.hash_password("same password")
+    a, b = passwords.hash_password("same password"), passwords.hash_password("same password")
     assert a != b and a.startswith("scrypt$") and "same password" not in a
-    assert users.check_password("same password", a) and not users.check_password("same passwore", a)
-    assert not users.check_password("x", "garbage") and not users.check_password("x", "scrypt$1$2$3$!!$??")
+    assert passwords.check_password("same password", a) and not passwords.check_password("same passwore", a)
+    assert not passwords.check_password("x", "garbage") and not passwords.check_password("x", "scrypt$1$2$3$!!$??")
 
 
 def test_user_cli_add_list_disable(tmp_path: Path) -> None:

@@ -17,8 +17,9 @@ from fastapi.testclient import TestClient
 
 from collector.api import create_app
 from collector.daemon import Daemon
+from collector.features import build_daemon
 from collector.storage.db import open_db
-from collector import users
+from collector.users import store as users
 from conftest import fast_config
 
 TOKEN = "test-token-0123456789"
@@ -47,7 +48,7 @@ def add_operator(db_path: Path, name: str = "alice", password: str = PASSWORD) -
 @pytest.fixture
 def app_env(db_path: Path) -> Iterator[tuple[Daemon, Any, TestClient, FakeTime]]:
     add_operator(db_path)
-    daemon = Daemon(db_path, config=fast_config())
+    daemon = build_daemon(db_path, config=fast_config())
     fake = FakeTime()
     web = daemon.services["web"]
     web.sessions.now = fake

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from collector.api import create_app  # noqa: E402
 from collector.clock import SystemClock  # noqa: E402
-from collector.daemon import Daemon  # noqa: E402
+from collector.features import build_daemon  # noqa: E402
 from simulators.ble_backend import SimulatedAir  # noqa: E402
 from conftest import fast_config  # noqa: E402
 
@@ -35,7 +35,7 @@ def fuzz_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     cfg = fast_config()
     cfg["ble"]["scan_timeout_s"] = 0.05
     air = SimulatedAir(SystemClock())  # an empty ward: starting a night finds no oximeter (503)
-    daemon = Daemon(db, config=cfg, ble_backend=air.client_backend, scanner_backend=air.scanner_backend)
+    daemon = build_daemon(db, config=cfg, ble_backend=air.client_backend, scanner_backend=air.scanner_backend)
     app = create_app(daemon, TOKEN)
     with TestClient(app):  # runs the app's event loop for the daemon's writes
         yield app

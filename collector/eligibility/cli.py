@@ -1,8 +1,4 @@
-"""``collector criteria set|show`` and ``collector eligibility``: work on the database directly.
-
-Uses ``click.pass_obj`` (the group's Ctx) rather than importing ``collector.cli`` at import
-time: collector.cli imports the feature modules while it is still being defined.
-"""
+"""``collector criteria set|show`` and ``collector eligibility``: work on the database directly."""
 
 from __future__ import annotations
 
@@ -11,10 +7,11 @@ from typing import Any
 import click
 
 from collector.clock import SystemClock
+from collector.context import Ctx, pass_ctx
+from collector.eligibility.service import criteria_report, evaluate_subject, record_decision_change, set_fact, thresholds_for_config
+from collector.output import emit_json, table
 
 __all__ = ["COMMANDS", "criteria", "eligibility"]
-
-
 
 
 @click.group()
@@ -29,12 +26,9 @@ def criteria() -> None:
 @click.option("--reason", help="Why an existing value is corrected (required for a correction).")
 @click.option("--by", "by", help="Who records it (default: the global --by, else the config's operator).")
 @click.option("--json", "as_json", is_flag=True)
-@click.pass_obj
-def criteria_set(c: Any, subject_id: str, fact: str, value: str, reason: str | None, by: str | None, as_json: bool) -> None:
+@pass_ctx
+def criteria_set(c: Ctx, subject_id: str, fact: str, value: str, reason: str | None, by: str | None, as_json: bool) -> None:
     """Record FACT = VALUE for SUBJECT_ID (a correction appends a new row and needs --reason)."""
-    from collector.cli import emit_json
-    from collector.eligibility.service import set_fact
-
     now = SystemClock().now()
     out = c.write(lambda conn: set_fact(conn, subject_id, fact, value, by=by or c.by, at=now, reason=reason, config=c.config))
     if as_json:
@@ -52,12 +46,9 @@ def criteria_set(c: Any, subject_id: str, fact: str, value: str, reason: str | N
 @criteria.command("show")
 @click.argument("subject_id")
 @click.option("--json", "as_json", is_flag=True)
-@click.pass_obj
-def criteria_show(c: Any, subject_id: str, as_json: bool) -> None:
+@pass_ctx
+def criteria_show(c: Ctx, subject_id: str, as_json: bool) -> None:
     """Current facts of SUBJECT_ID and every value ever recorded (identifying values withheld)."""
-    from collector.cli import emit_json, table
-    from collector.eligibility.service import criteria_report
-
     rep = criteria_report(c.conn(), subject_id)
     if as_json:
         emit_json(rep)
@@ -71,15 +62,12 @@ def criteria_show(c: Any, subject_id: str, as_json: bool) -> None:
 @click.command("eligibility")
 @click.argument("subject_id")
 @click.option("--json", "as_json", is_flag=True)
-@click.pass_obj
-def eligibility(c: Any, subject_id: str, as_json: bool) -> None:
+@pass_ctx
+def eligibility(c: Ctx, subject_id: str, as_json: bool) -> None:
     """Decide SUBJECT_ID's eligibility now: a state and reason per criterion.
 
     A decision that differs from the last one recorded is added to the audit trail.
     """
-    from collector.cli import emit_json, table
-    from collector.eligibility.service import evaluate_subject, record_decision_change, thresholds_for_config
-
     now = SystemClock().now()
     th = thresholds_for_config(c.config)
 

@@ -41,10 +41,10 @@ from collector.eligibility.store import (
 )
 from collector.oximetry import store as night_store
 from collector.errors import InvalidInput, NotFound
+from collector.spirometry import store as spirometry_store
 from collector.storage import audit, repo
 
 __all__ = [
-    "COMMANDS",
     "EligibilityService",
     "attach",
     "check_config_change",
@@ -82,16 +82,6 @@ def _thresholds(thresholds: Thresholds | Mapping[str, Any] | None) -> Thresholds
 
 
 # --------------------------------------------------------------------------- stored device results
-def _rows(conn: sqlite3.Connection, sql: str, params: Any = ()) -> list[dict[str, Any]]:
-    cur = conn.execute(sql, params)
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, r)) for r in cur.fetchall()]
-
-
-def _has_table(conn: sqlite3.Connection, name: str) -> bool:
-    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
-
-
 def _night_note(report: dict[str, Any]) -> str:
     parts = list(report.get("night_invalid_reasons") or [])
     if report.get("borderline"):
@@ -119,8 +109,7 @@ def _night_stale(report: dict[str, Any], limit: float) -> str:
 
 def _nights(conn: sqlite3.Connection, subject_id: str, limit: float) -> tuple[list[NightResult], list[dict[str, Any]]]:
     """Stopped nights with a report count (newest report row per session); the others are in progress."""
-    sessions = _rows(conn, "SELECT id, state, started_utc, stopped_utc FROM sessions WHERE subject_id = ? AND kind = 'night' ORDER BY id",
-                     (subject_id,))
+    sessions = repo.subject_sessions(conn, subject_id, "night")
     reports = night_store.subject_night_reports(conn, subject_id)  # the oximetry store owns the night tables
     results, pending = [], []
     for s in sessions:
@@ -140,16 +129,10 @@ def _nights(conn: sqlite3.Connection, subject_id: str, limit: float) -> tuple[li
 
 def _spirometry(conn: sqlite3.Connection, subject_id: str) -> tuple[list[SpirometryResult], list[dict[str, Any]]]:
     """Newest result row of each spirometry session of the subject (the spirometry module decides validity)."""
-    sessions = _rows(conn, "SELECT id, state, started_utc FROM sessions WHERE subject_id = ? AND kind = 'spirometry' ORDER BY id",
-                     (subject_id,))
+    sessions = repo.subject_sessions(conn, subject_id, "spirometry")
     if not sessions:
         return [], []
-    rows = {}
-    if _has_table(conn, "spirometry_results"):
-        rows = {r["session_id"]: r for r in _rows(
-            conn,
-            "SELECT r.* FROM spirometry_results r JOIN sessions s ON s.id = r.session_id WHERE s.subject_id = ? AND r.id = "
-            "(SELECT MAX(id) FROM spirometry_results WHERE session_id = r.session_id)", (subject_id,))}
+    rows = spirometry_store.latest_results_of_subject(conn, subject_id)
     results, pending = [], []
     for s in sessions:
         r = rows.get(s["id"])
@@ -173,22 +156,21 @@ def _spirometry(conn: sqlite3.Connection, subject_id: str) -> tuple[list[Spirome
 
 
 def _first_session_on(conn: sqlite3.Connection, subject_id: str) -> date | None:
-    row = conn.execute("SELECT MIN(started_utc) FROM sessions WHERE subject_id = ?", (subject_id,)).fetchone()
-    if not row or row[0] is None:
+    started = repo.first_session_started_utc(conn, subject_id)
+    if started is None:
         return None
     # The screening date is a calendar date at the site: the host's local date of the first session.
-    return datetime.fromisoformat(row[0].replace("Z", "+00:00")).astimezone().date()
+    return datetime.fromisoformat(started.replace("Z", "+00:00")).astimezone().date()
 
 
 def _live_alerts(conn: sqlite3.Connection, session_ids: list[int]) -> dict[int, dict[str, Any]]:
     """Latest live T90 alert of each night still in progress (stored as an event by the pipeline)."""
     out: dict[int, dict[str, Any]] = {}
     for sid in session_ids:
-        row = conn.execute("SELECT t_utc_ms, detail_json FROM events WHERE session_id = ? AND kind = ? ORDER BY t_utc_ms DESC, id DESC LIMIT 1",
-                           (sid, LIVE_ALERT)).fetchone()
-        if row:
-            detail = json.loads(row[1] or "{}")
-            out[sid] = {"t_utc": utc_iso(row[0] / 1000), "t90_pct": detail.get("t90_pct"), "analysed_s": detail.get("analysed_s")}
+        event = repo.latest_event(conn, sid, LIVE_ALERT)
+        if event:
+            detail = json.loads(event["detail_json"] or "{}")
+            out[sid] = {"t_utc": utc_iso(event["t_utc_ms"] / 1000), "t90_pct": detail.get("t90_pct"), "analysed_s": detail.get("analysed_s")}
     return out
 
 
@@ -255,11 +237,10 @@ def _snapshot(result: Mapping[str, Any]) -> dict[str, Any]:
 
 def last_decision(conn: sqlite3.Connection, subject_id: str) -> dict[str, Any] | None:
     """The last decision recorded in the audit trail for this subject (None before the first)."""
-    row = conn.execute("SELECT new_value FROM audit WHERE action = 'eligibility_changed' AND subject_id = ? ORDER BY id DESC LIMIT 1",
-                       (subject_id,)).fetchone()
-    if not row or not row[0]:
+    row = audit.last_entry(conn, ("eligibility_changed",), subject_id=subject_id)
+    if not row or not row["new_value"]:
         return None
-    value = json.loads(row[0])
+    value = json.loads(row["new_value"])
     return {"decision": value.get("decision"), "criteria": value.get("criteria", {})}
 
 
@@ -392,11 +373,11 @@ def check_config_change(conn: sqlite3.Connection, config: Mapping[str, Any], *, 
     """Append ``config_loaded`` (first start) or ``configuration_changed`` (hash differs from the last
     recorded one); nothing when unchanged.  Caller owns the write transaction."""
     digest, flat = config_fingerprint(config)
-    row = conn.execute("SELECT new_value FROM audit WHERE action IN ('config_loaded', 'configuration_changed') ORDER BY id DESC LIMIT 1").fetchone()
+    row = audit.last_entry(conn, ("config_loaded", "configuration_changed"))
     prev: dict[str, Any] = {}
-    if row and row[0]:
+    if row and row["new_value"]:
         try:
-            prev = json.loads(row[0])
+            prev = json.loads(row["new_value"])
         except ValueError:
             prev = {}
     if not row:
@@ -471,7 +452,7 @@ class EligibilityService:
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:  # keep evaluations and their recording in order
-            await asyncio.to_thread(self.daemon.writer.flush)  # the triggering data is committed
+            await self.daemon.flush()  # the triggering data is committed
             subject_id, result = await asyncio.to_thread(self._read_eval, session_id, subject_id)
             at = self.daemon.clock.now()
             reason = {LIVE_ALERT: f"live T90 alert on night {session_id}", "night_report": f"night {session_id} report stored",
@@ -502,7 +483,7 @@ class EligibilityService:
         """Latest decisions of subjects with open sessions (evaluated on first request if unknown)."""
         conn = self.daemon.open_reader()
         try:
-            subjects = [r[0] for r in conn.execute("SELECT DISTINCT subject_id FROM sessions WHERE state = 'open' ORDER BY subject_id")]
+            subjects = repo.subjects_with_open_sessions(conn)
             for s in subjects:
                 if s not in self.latest:
                     self._remember(s, evaluate_subject(conn, s, now=self.daemon.clock.now(), thresholds=self.thresholds), None)
@@ -568,5 +549,3 @@ def make_router(daemon: Any, auth: Any) -> Any:
 
     return router
 
-
-from collector.eligibility.cli import COMMANDS  # noqa: E402  (the CLI uses the functions above)

@@ -26,52 +26,15 @@ from collector.eligibility.facts import (
 )
 
 __all__ = [
-    "SCHEMA_SQL",
     "CorrectionReasonRequiredError",
     "FactStoreError",
     "UnknownSubjectError",
     "current_facts",
     "fact_history",
     "record_fact",
+    "recorded_values",
     "retract_fact",
 ]
-
-SCHEMA_SQL = """
-CREATE TABLE IF NOT EXISTS criteria_facts (
-    id           INTEGER PRIMARY KEY AUTOINCREMENT,
-    subject_id   TEXT NOT NULL REFERENCES subjects(id),
-    fact         TEXT NOT NULL,
-    value        TEXT NOT NULL CHECK (json_valid(value)),   -- typed JSON; null = retracted
-    recorded_by  TEXT NOT NULL CHECK (length(trim(recorded_by)) > 0),
-    recorded_at  TEXT NOT NULL,                             -- UTC ISO-8601, ...Z
-    source       TEXT NOT NULL CHECK (source = 'staff' OR (source LIKE 'session:%' AND length(source) > 8)),
-    reason       TEXT,
-    supersedes   INTEGER REFERENCES criteria_facts(id),
-    CHECK (supersedes IS NULL OR length(trim(coalesce(reason, ''))) > 0)
-);
-CREATE INDEX IF NOT EXISTS criteria_facts_subject_fact ON criteria_facts(subject_id, fact, id);
-
-CREATE TRIGGER IF NOT EXISTS criteria_facts_no_update
-BEFORE UPDATE ON criteria_facts
-BEGIN
-    SELECT RAISE(ABORT, 'criteria_facts is append-only: record a correction as a new row with a reason');
-END;
-
-CREATE TRIGGER IF NOT EXISTS criteria_facts_no_delete
-BEFORE DELETE ON criteria_facts
-BEGIN
-    SELECT RAISE(ABORT, 'criteria_facts is append-only: rows cannot be deleted');
-END;
-
--- A new row must supersede exactly the current row of the same subject and fact (none for the first).
-CREATE TRIGGER IF NOT EXISTS criteria_facts_chain
-BEFORE INSERT ON criteria_facts
-BEGIN
-    SELECT RAISE(ABORT, 'criteria_facts: a new value must supersede the current row of the same subject and fact')
-    WHERE coalesce(NEW.supersedes, -1) IS NOT coalesce(
-        (SELECT max(id) FROM criteria_facts WHERE subject_id = NEW.subject_id AND fact = NEW.fact), -1);
-END;
-"""
 
 _SESSION_RE = re.compile(r"^session:\S+$")
 
@@ -133,6 +96,11 @@ def fact_history(db: sqlite_utils.Database, subject_id: str, fact: str | None = 
         sql += " AND fact = ?"
         params.append(fact)
     return [_row_to_fact(r) for r in db.execute(sql + " ORDER BY id", params).fetchall()]
+
+
+def recorded_values(conn: sqlite3.Connection, subject_id: str, fact: str) -> list[str]:
+    """Every value ever recorded for one fact of a subject (JSON text, superseded ones included)."""
+    return [r[0] for r in conn.execute("SELECT value FROM criteria_facts WHERE subject_id = ? AND fact = ?", (subject_id, fact))]
 
 
 def _check_common(db: sqlite_utils.Database, subject_id: str, fact: str, by: str, source: str) -> None:

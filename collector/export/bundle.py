@@ -20,7 +20,9 @@ import numpy as np
 from collector import __version__
 from collector.clock import utc_iso
 from collector.errors import CollectorError, Conflict, InvalidInput
+from collector.spirometry import store as spirometry_store
 from collector.storage import audit, repo
+from collector.storage.db import transaction
 
 from . import bag, csvs, edf, pdf
 from .privacy import Scrubber, forbidden_tokens
@@ -49,12 +51,6 @@ class ExportResult:
                 "sessions": self.sessions, "skipped_open_sessions": self.skipped_open, "files": self.files}
 
 
-def _rows(conn: sqlite3.Connection, sql: str, params: Any = ()) -> list[dict[str, Any]]:
-    cur = conn.execute(sql, params)
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, r)) for r in cur.fetchall()]
-
-
 def _flag_names(flags: int) -> str:
     from drivers.protocols.common import Flag
 
@@ -65,8 +61,7 @@ def _device(conn: sqlite3.Connection, device_id: int | None) -> dict[str, Any] |
     """Model, serial and firmware only: the address could identify a home device's owner."""
     if device_id is None:
         return None
-    row = _rows(conn, "SELECT kind, protocol, model, serial_number, firmware FROM devices WHERE id = ?", (device_id,))
-    return row[0] if row else None
+    return repo.device_summary(conn, device_id)
 
 
 def _device_label(d: dict[str, Any] | None) -> str:
@@ -155,9 +150,8 @@ def _spirometry_files(conn: sqlite3.Connection, s: dict[str, Any], scrub: Scrubb
     """Every manoeuvre with its quality flags and the newest result (raw device messages stay local:
     they can carry the name and birth date the device was given)."""
     sid = s["id"]
-    man = _rows(conn, "SELECT * FROM spirometry_manoeuvres WHERE session_id = ? ORDER BY id", (sid,))
-    res = _rows(conn, "SELECT * FROM spirometry_results WHERE session_id = ? ORDER BY id DESC LIMIT 1", (sid,))
-    result = res[0] if res else None
+    man = spirometry_store.manoeuvre_rows(conn, sid)
+    result = spirometry_store.latest_result_row(conn, sid)
     out_man = []
     for m in man:
         m = {k: v for k, v in m.items() if k not in ("raw_json", "message_id")}
@@ -216,9 +210,7 @@ def _age_at_screening(conn: sqlite3.Connection, subject_id: str, eligibility: di
 
 
 def _audit_extract(conn: sqlite3.Connection, subject_id: str, session_ids: list[int], scrub: Scrubber) -> bytes:
-    marks = ",".join("?" * len(session_ids)) or "NULL"
-    rows = _rows(conn, f"SELECT * FROM audit WHERE subject_id = ? OR session_id IN ({marks}) ORDER BY id",
-                 (subject_id, *session_ids))
+    rows = audit.rows_about(conn, subject_id, session_ids)
     out = []
     for r in rows:
         withheld = [f for f in csvs.AUDIT_TEXT if scrub.hits(r.get(f))]
@@ -270,7 +262,7 @@ def build_subject_bag(conn: sqlite3.Connection, subject_id: str, *, config: dict
     all_ids = [s["id"] for s in repo.list_sessions(conn, subject_id)]
     payload["eligibility.json"] = _json(eligibility)
     payload["audit.csv"] = _audit_extract(conn, subject_id, all_ids, scrub)
-    head = conn.execute("SELECT id, row_hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+    head = audit.head(conn)
     payload["subject.json"] = _json({
         "schema": SCHEMA, "pseudonym": subject_id, "site": site, "software": software, "export_utc": utc_iso(now),
         "age_at_screening_years": age, "screening_date": screening_date,
@@ -308,17 +300,15 @@ def export_subject(conn: sqlite3.Connection, subject_id: str, out_dir: Path, *, 
     if target.exists():
         raise Conflict(f"{target} already exists; export into another --out folder or move it away")
     result.path = target
-    conn.execute("BEGIN IMMEDIATE")  # the audit row and the files land together or not at all
     try:
-        audit.append(conn, at=now, actor=by, action="export_made", subject_id=subject_id,
-                     new={"bundle": name, "zip": as_zip, "sessions": result.sessions, "files": result.files})
-        try:
-            bag.write_zip(files, target, name) if as_zip else bag.write_folder(files, target)
-        except OSError as exc:
-            raise InvalidInput(f"cannot write the bundle to {target}: {exc.strerror or exc}") from None
-        conn.execute("COMMIT")
+        with transaction(conn):  # the audit row and the files land together or not at all
+            audit.append(conn, at=now, actor=by, action="export_made", subject_id=subject_id,
+                         new={"bundle": name, "zip": as_zip, "sessions": result.sessions, "files": result.files})
+            try:
+                bag.write_zip(files, target, name) if as_zip else bag.write_folder(files, target)
+            except OSError as exc:
+                raise InvalidInput(f"cannot write the bundle to {target}: {exc.strerror or exc}") from None
     except BaseException:
-        conn.execute("ROLLBACK")
         _remove(target)
         raise
     return result

@@ -100,6 +100,7 @@ def merge_bundles(paths: list[Path], out: Path) -> dict[str, Any]:
     skipped: list[str] = []
     for name, cols in TABLES.items():
         con.execute(f"CREATE TABLE IF NOT EXISTS {name} ({cols})")
+    # A DuckDB file, not the collector's SQLite database: collector.storage.db.transaction() does not apply.
     con.execute("BEGIN TRANSACTION")
     try:
         for p in paths:

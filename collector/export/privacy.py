@@ -14,6 +14,9 @@ import sqlite3
 from datetime import date
 from typing import Any
 
+from collector.eligibility.store import recorded_values
+from collector.storage import repo
+
 WITHHELD = "<withheld>"
 _DATE_FORMATS = ("%Y-%m-%d", "%d.%m.%Y", "%d/%m/%Y", "%m/%d/%Y", "%Y/%m/%d", "%d-%m-%Y", "%Y%m%d", "%d%m%Y",
                  "%d-%b-%Y", "%d %b %Y", "%d %B %Y", "%B %d, %Y")
@@ -38,17 +41,17 @@ def forbidden_tokens(conn: sqlite3.Connection, subject_id: str) -> list[str]:
     """Tokens for this subject's birth dates (all recorded values) and every known device address."""
     tokens: set[str] = set()
     try:
-        rows = conn.execute("SELECT value FROM criteria_facts WHERE subject_id = ? AND fact = 'birth_date'", (subject_id,)).fetchall()
-    except sqlite3.OperationalError:
-        rows = []
-    for (value,) in rows:
+        values = recorded_values(conn, subject_id, "birth_date")
+    except sqlite3.OperationalError:  # a database made without the eligibility feature
+        values = []
+    for value in values:
         try:
             v = json.loads(value)
             if v:
                 tokens.update(date_tokens(date.fromisoformat(v)))
         except (ValueError, TypeError):
             continue
-    for (address,) in conn.execute("SELECT address FROM devices"):
+    for address in repo.device_addresses(conn):
         tokens.update(address_tokens(address))
     return sorted(tokens, key=len, reverse=True)
 

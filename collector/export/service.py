@@ -13,9 +13,10 @@ from pathlib import Path
 import click
 from pydantic import BaseModel, Field
 
-from collector.cli import Ctx, emit_json, pass_ctx
+from collector.context import Ctx, pass_ctx
 from collector.clock import SystemClock
 from collector.errors import InvalidInput
+from collector.output import emit_json
 from collector.storage import repo
 
 VERIFY_FAILED_EXIT = 8

@@ -17,7 +17,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
 
-from collector.cli import Ctx, emit_json, pass_ctx
+from collector.context import Ctx, pass_ctx
+from collector.output import emit_json
 from collector.clock import SystemClock, utc_iso
 from collector.errors import InvalidInput, StorageError
 from collector.oximetry import store

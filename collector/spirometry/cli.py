@@ -1,9 +1,7 @@
 """``collector spirometry show|recompute`` and ``collector predict``.
 
 These read (and for ``recompute`` write) the database directly, so they work
-whether or not the daemon runs.  ``collector.cli`` is imported lazily: the
-daemon imports this module through the feature list, and the CLI module
-imports the feature list, so a module-level import would be circular.
+whether or not the daemon runs.
 """
 
 from __future__ import annotations
@@ -14,13 +12,8 @@ from typing import Any
 import click
 
 from collector.errors import InvalidInput
+from collector.output import emit_json
 from collector.spirometry import gli, store
-
-
-def _emit_json(obj: Any) -> None:
-    from collector.cli import emit_json
-
-    emit_json(obj)
 
 
 def _f(v: Any, fmt: str = ".2f", none: str = "--") -> str:
@@ -46,7 +39,7 @@ def show(c: Any, session_id: int, as_json: bool) -> None:
     finally:
         conn.close()
     if as_json:
-        _emit_json(d)
+        emit_json(d)
         return
     for line in render(d):
         click.echo(line)
@@ -131,6 +124,7 @@ def recompute(c: Any, session_id: int, as_json: bool) -> None:
     """Re-evaluate a session from its stored manoeuvres and the current facts (after recording sex/height/birth date)."""
     from collector.clock import SystemClock
     from collector.storage import audit, repo
+    from collector.storage.db import transaction
 
     conn = c.conn()
     now = SystemClock().now()
@@ -139,19 +133,14 @@ def recompute(c: Any, session_id: int, as_json: bool) -> None:
         if session["kind"] != "spirometry":
             raise InvalidInput(f"session {session_id} is a {session['kind']} session, not spirometry")
         result = store.recompute(conn, session_id, c.config.get("spirometry") or {})
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             rid = store.insert_result(conn, session_id, result, at=now)
             audit.append(conn, at=now, actor=c.by, action="spirometry_result", subject_id=session["subject_id"],
                          session_id=session_id, new={"result_id": rid, "valid": result["valid"], "equation": result["equation"],
                                                      "fvc_pct_predicted": (result.get("prediction") or {}).get("percent_predicted_fvc")},
                          reason="recomputed on request")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         if as_json:
-            _emit_json(result)
+            emit_json(result)
             return
         for line in render(store.session_detail(conn, session_id)):
             click.echo(line)
@@ -186,7 +175,7 @@ def predict(c: Any, sex: str, age: float, height_cm: float, fvc_l: float | None,
         raise InvalidInput(str(exc)) from None
     rec = store.prediction_record(p)
     if as_json:
-        _emit_json(rec)
+        emit_json(rec)
         return
     click.echo(f"{p.equation}{', ' + p.ethnicity if p.ethnicity else ''}: {p.sex}, {p.age_years:g} y, {p.height_cm:g} cm")
     click.echo(f"{'':9} {'predicted':>9} {'LLN':>6} {'measured':>8} {'z':>6} {'% pred':>7}")

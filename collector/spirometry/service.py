@@ -481,8 +481,7 @@ class SpirometryService:
         try:
             rows = [r for r in repo.list_sessions(conn) if r["kind"] == "spirometry" and r["state"] in ("open", "interrupted")
                     and r["origin"] in ("live", "simulated") and r["id"] not in self.recorders]
-            last = {r["id"]: conn.execute("SELECT MAX(received_utc) FROM spirometry_manoeuvres WHERE session_id = ?",
-                                          (r["id"],)).fetchone()[0] for r in rows}
+            last = {r["id"]: store.last_received_utc(conn, r["id"]) for r in rows}
         finally:
             conn.close()
         resumed = []
@@ -571,6 +570,4 @@ def make_router(daemon: Any, auth: Any) -> Any:
     return router
 
 
-from collector.spirometry.cli import COMMANDS  # noqa: E402  (click commands: spirometry show/recompute, predict)
-
-__all__ = ["COMMANDS", "SpirometryRecorder", "SpirometryService", "attach", "make_router", "resolve_model"]
+__all__ = ["SpirometryRecorder", "SpirometryService", "attach", "make_router", "resolve_model"]

@@ -113,8 +113,18 @@ def message_already_stored(conn: sqlite3.Connection, session_id: int, message_id
                         (session_id, message_id)).fetchone() is not None
 
 
+def manoeuvre_rows(conn: sqlite3.Connection, session_id: int) -> list[dict[str, Any]]:
+    """A session's manoeuvre rows as stored (JSON columns still text), in arrival order."""
+    return repo._rows(conn, "SELECT * FROM spirometry_manoeuvres WHERE session_id = ? ORDER BY id", (session_id,))
+
+
+def last_received_utc(conn: sqlite3.Connection, session_id: int) -> str | None:
+    """When the session's newest manoeuvre arrived (None before the first)."""
+    return conn.execute("SELECT MAX(received_utc) FROM spirometry_manoeuvres WHERE session_id = ?", (session_id,)).fetchone()[0]
+
+
 def load_manoeuvres(conn: sqlite3.Connection, session_id: int) -> list[dict[str, Any]]:
-    rows = repo._rows(conn, "SELECT * FROM spirometry_manoeuvres WHERE session_id = ? ORDER BY id", (session_id,))
+    rows = manoeuvre_rows(conn, session_id)
     for row in rows:
         row["device_quality"] = json.loads(row.pop("device_quality_json") or "[]")
         row["curves"] = json.loads(row.pop("curve_json")) if row.get("curve_json") else []
@@ -346,8 +356,26 @@ def insert_result(conn: sqlite3.Connection, session_id: int, result: Mapping[str
     return int(cur.lastrowid)
 
 
+def latest_result_row(conn: sqlite3.Connection, session_id: int) -> dict[str, Any] | None:
+    """The session's newest result row as stored (``result_json`` still text)."""
+    return repo._row(conn, "SELECT * FROM spirometry_results WHERE session_id = ? ORDER BY id DESC LIMIT 1", (session_id,))
+
+
+def latest_results_of_subject(conn: sqlite3.Connection, subject_id: str) -> dict[int, dict[str, Any]]:
+    """Session ID -> newest result row of each of the subject's spirometry sessions that has one.
+
+    Empty when the table is missing (a database made without the spirometry feature)."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'spirometry_results'").fetchone() is None:
+        return {}
+    rows = repo._rows(
+        conn,
+        "SELECT r.* FROM spirometry_results r JOIN sessions s ON s.id = r.session_id WHERE s.subject_id = ? AND r.id = "
+        "(SELECT MAX(id) FROM spirometry_results WHERE session_id = r.session_id)", (subject_id,))
+    return {r["session_id"]: r for r in rows}
+
+
 def latest_result(conn: sqlite3.Connection, session_id: int) -> dict[str, Any] | None:
-    row = repo._row(conn, "SELECT * FROM spirometry_results WHERE session_id = ? ORDER BY id DESC LIMIT 1", (session_id,))
+    row = latest_result_row(conn, session_id)
     if row is not None:
         row["result"] = json.loads(row.pop("result_json"))
     return row

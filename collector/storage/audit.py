@@ -11,7 +11,7 @@ import hashlib
 import json
 import sqlite3
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from collector.clock import utc_iso
 
@@ -88,3 +88,29 @@ def verify(conn: sqlite3.Connection) -> ChainCheck:
     cur = conn.execute("SELECT * FROM audit ORDER BY id")
     names = [d[0] for d in cur.description]
     return verify_rows([dict(zip(names, r)) for r in cur.fetchall()])
+
+
+def last_entry(conn: sqlite3.Connection, actions: Sequence[str], *, subject_id: str | None = None) -> dict[str, Any] | None:
+    """The newest row with one of ``actions`` (of this subject, when given) as ``{"id", "new_value"}``; None if there is none."""
+    marks = ",".join("?" * len(actions))
+    sql = f"SELECT id, new_value FROM audit WHERE action IN ({marks})"
+    params: list[Any] = list(actions)
+    if subject_id is not None:
+        sql += " AND subject_id = ?"
+        params.append(subject_id)
+    row = conn.execute(sql + " ORDER BY id DESC LIMIT 1", params).fetchone()
+    return None if row is None else {"id": row[0], "new_value": row[1]}
+
+
+def head(conn: sqlite3.Connection) -> tuple[int, str] | None:
+    """ID and hash of the newest row: an export names it so a later extract can be checked against it."""
+    row = conn.execute("SELECT id, row_hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+    return None if row is None else (row[0], row[1])
+
+
+def rows_about(conn: sqlite3.Connection, subject_id: str, session_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """Every row about a subject or one of its sessions, in chain order."""
+    marks = ",".join("?" * len(session_ids)) or "NULL"
+    cur = conn.execute(f"SELECT * FROM audit WHERE subject_id = ? OR session_id IN ({marks}) ORDER BY id", (subject_id, *session_ids))
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r)) for r in cur.fetchall()]

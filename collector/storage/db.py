@@ -8,17 +8,18 @@ commits about twice a second, so the fsync cost is small).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import platformdirs
 import sqlite_utils
 
 from collector.errors import StorageError
-from collector.storage.schema import migrations
+from collector.storage.schema import Migration
 
 APP_NAME = "als-screening-collector"
 ENV_DB = "COLLECTOR_DB"
@@ -65,14 +66,38 @@ def connect(path: Path | str, *, check_same_thread: bool = True, synchronous: st
 
 @contextlib.contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """One write transaction: everything in the block lands, or nothing does."""
+    """One write transaction: everything in the block lands, or nothing does.
+
+    Blocks nest: inside an open transaction a block is a SAVEPOINT, so a failure that the
+    caller catches undoes only that block, and one that escapes the outermost block undoes
+    everything.  The outermost block starts with ``BEGIN IMMEDIATE`` (it waits for the write
+    lock up front, within the busy timeout, instead of failing later when it first writes
+    while the daemon's writer holds the lock); that is why this is not sqlite-utils'
+    ``Database.atomic()``, which nests the same way but opens with a deferred ``BEGIN``.
+    """
+    if conn.in_transaction:
+        name = f"nested_{next(_savepoints)}"
+        conn.execute(f"SAVEPOINT {name}")
+        try:
+            yield conn
+        except BaseException:
+            if conn.in_transaction:  # an error such as RAISE(ROLLBACK) may already have ended the whole transaction
+                conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
+                conn.execute(f"RELEASE SAVEPOINT {name}")
+            raise
+        conn.execute(f"RELEASE SAVEPOINT {name}")
+        return
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
+
+
+_savepoints = itertools.count(1)
 
 
 def open_db(path: Path | str | None = None, *, check_same_thread: bool = True) -> sqlite_utils.Database:
@@ -87,34 +112,37 @@ def open_db(path: Path | str | None = None, *, check_same_thread: bool = True) -
     return db
 
 
-def migrate(db: sqlite_utils.Database) -> list[int]:
-    """Apply pending migrations, each in its own transaction; return the versions applied."""
+def migrate(db: sqlite_utils.Database, migrations: Iterable[Migration] | None = None) -> list[str]:
+    """Apply pending migrations, each in its own transaction; return the names applied.
+
+    ``migrations`` defaults to every package's (collector/schemas.py).  A migration is known by
+    its name; ``version`` numbers the migrations in the order this database received them.
+    """
+    if migrations is None:
+        from collector.schemas import migrations as registered  # the packages above storage register their tables
+
+        migrations = registered()
     conn = db.conn
     conn.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_utc TEXT NOT NULL)"
     )
-    done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+    done = {row[0] for row in conn.execute("SELECT name FROM schema_migrations")}
     applied = []
-    for version, name, sql in migrations():
-        if version in done:
+    for name, sql in migrations:
+        if name in done:
             continue
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             # Re-check under the write lock: another process may have migrated meanwhile.
-            if conn.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (version,)).fetchone():
-                conn.execute("COMMIT")
+            if conn.execute("SELECT 1 FROM schema_migrations WHERE name = ?", (name,)).fetchone():
                 continue
             for statement in _split_sql(sql):
                 conn.execute(statement)
             conn.execute(
-                "INSERT INTO schema_migrations (version, name, applied_utc) VALUES (?, ?, ?)",
-                (version, name, datetime.now(timezone.utc).isoformat(timespec="seconds")),
+                "INSERT INTO schema_migrations (version, name, applied_utc)"
+                " VALUES ((SELECT COALESCE(MAX(version), 0) + 1 FROM schema_migrations), ?, ?)",
+                (name, datetime.now(timezone.utc).isoformat(timespec="seconds")),
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        applied.append(version)
+        applied.append(name)
     return applied
 
 

@@ -64,6 +64,10 @@ def list_subjects(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     return _rows(conn, "SELECT * FROM subjects ORDER BY id")
 
 
+def subjects_with_open_sessions(conn: sqlite3.Connection) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT DISTINCT subject_id FROM sessions WHERE state = 'open' ORDER BY subject_id")]
+
+
 # -- devices ----------------------------------------------------------------------------
 def upsert_device(
     conn: sqlite3.Connection, *, kind: str, protocol: str, address: str, at: float, name: str | None = None, **info: Any
@@ -95,6 +99,16 @@ def upsert_device(
         f"UPDATE devices SET {', '.join(f'{k} = ?' for k in updates)} WHERE id = ?", (*updates.values(), row["id"])
     )
     return int(row["id"])
+
+
+def device_summary(conn: sqlite3.Connection, device_id: int) -> dict[str, Any] | None:
+    """Kind, protocol, model, serial and firmware: what may leave the site (never the address)."""
+    return _row(conn, "SELECT kind, protocol, model, serial_number, firmware FROM devices WHERE id = ?", (device_id,))
+
+
+def device_addresses(conn: sqlite3.Connection) -> list[str]:
+    """Every known device address (local only: exports search for them to refuse a leak)."""
+    return [r[0] for r in conn.execute("SELECT address FROM devices")]
 
 
 # -- sessions ---------------------------------------------------------------------------
@@ -208,6 +222,25 @@ def recent_sessions(conn: sqlite3.Connection, *, limit: int, subject_id: str | N
     return _rows(conn, sql, ([subject_id] if subject_id else []) + [limit])
 
 
+def subject_sessions(conn: sqlite3.Connection, subject_id: str, kind: str) -> list[dict[str, Any]]:
+    """A subject's sessions of one kind, oldest first (without the device join and sample count of list_sessions)."""
+    return _rows(conn, "SELECT id, state, started_utc, stopped_utc FROM sessions WHERE subject_id = ? AND kind = ? ORDER BY id",
+                 (subject_id, kind))
+
+
+def first_session_started_utc(conn: sqlite3.Connection, subject_id: str) -> str | None:
+    row = conn.execute("SELECT MIN(started_utc) FROM sessions WHERE subject_id = ?", (subject_id,)).fetchone()
+    return row[0] if row else None
+
+
+def open_sessions_by_subject(conn: sqlite3.Connection) -> dict[str, list[int]]:
+    """Subject -> IDs of its open sessions, oldest first."""
+    out: dict[str, list[int]] = {}
+    for subject_id, session_id in conn.execute("SELECT subject_id, id FROM sessions WHERE state = 'open' ORDER BY id"):
+        out.setdefault(subject_id, []).append(session_id)
+    return out
+
+
 # -- gaps and events --------------------------------------------------------------------
 def open_gap(conn: sqlite3.Connection, session_id: int, *, start_ms: int, cause: str, detail: str | None = None) -> int:
     cur = conn.execute(
@@ -244,6 +277,12 @@ def open_gap_id(conn: sqlite3.Connection, session_id: int) -> int | None:
 
 def session_gaps(conn: sqlite3.Connection, session_id: int) -> list[dict[str, Any]]:
     return _rows(conn, "SELECT * FROM gaps WHERE session_id = ? ORDER BY start_utc_ms, id", (session_id,))
+
+
+def latest_event(conn: sqlite3.Connection, session_id: int, kind: str) -> dict[str, Any] | None:
+    """The session's newest event of one kind (e.g. the live T90 alert), or None."""
+    return _row(conn, "SELECT * FROM events WHERE session_id = ? AND kind = ? ORDER BY t_utc_ms DESC, id DESC LIMIT 1",
+                (session_id, kind))
 
 
 def session_events(conn: sqlite3.Connection, session_id: int) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from collector.api import runtime_path, token_path
+from collector.runtime import runtime_path, token_path
 
 # Two beds: one that drops its link every 20 min (virtual), one with a finger-out spell.
 WARD = {

@@ -174,7 +174,8 @@ def make_router(daemon: Any, auth: Any) -> APIRouter:
     @router.post("/login", response_model=models.LoginOut, responses={401: {"description": "wrong name or password"}, 429: {"description": "too many failed logins"}})
     async def login(body: models.LoginIn, response: Response) -> dict[str, Any]:
         """Log an operator in: sets the HttpOnly session cookie and returns the CSRF token."""
-        from collector.users import NAME_RE, verify_login
+        from collector.users.passwords import NAME_RE
+        from collector.users.store import verify_login
 
         wait = web.throttle.locked_for(body.name)
         if wait > 0:
@@ -283,12 +284,9 @@ def make_router(daemon: Any, auth: Any) -> APIRouter:
         conn = daemon.open_reader()
         try:
             rows = repo.list_subjects(conn)
-            open_ = conn.execute("SELECT subject_id, id FROM sessions WHERE state = 'open' ORDER BY id").fetchall()
+            by_subject = repo.open_sessions_by_subject(conn)
         finally:
             conn.close()
-        by_subject: dict[str, list[int]] = {}
-        for sid, session_id in open_:
-            by_subject.setdefault(sid, []).append(session_id)
         return [{**r, "open_sessions": by_subject.get(r["id"], [])} for r in rows]
 
     @router.get("/sessions", response_model=list[models.SessionSummary], dependencies=protected)
@@ -365,12 +363,3 @@ def _session_summaries(conn: Any, limit: int, subject_id: str | None) -> list[di
             "meets_t90_criterion": r.get("meets_t90_criterion"), "borderline": r.get("borderline"),
         })
     return out
-
-
-def _commands() -> list[Any]:
-    from collector.users import COMMANDS as USER_COMMANDS
-
-    return list(USER_COMMANDS)
-
-
-COMMANDS = _commands()

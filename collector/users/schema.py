@@ -1,9 +1,13 @@
-"""Tables of the web feature, registered by the lead as a migration in collector/storage/schema.py.
+"""The operators' table (see collector/users/store.py), registered in collector/schemas.py.
 
 Operators log in to the technician's page; their password is stored only as a salted
-scrypt hash (see collector/users.py).  Login sessions live in the daemon's memory and are
+scrypt hash (see collector/users/passwords.py).  Login sessions live in the daemon's memory and are
 not stored: a restarted daemon asks everyone to log in again, which is the safe default.
 """
+
+from __future__ import annotations
+
+from collector.storage.schema import Migration
 
 USERS_SQL = """
 CREATE TABLE users (
@@ -15,3 +19,5 @@ CREATE TABLE users (
     disabled INTEGER NOT NULL DEFAULT 0 CHECK (disabled IN (0, 1))
 );
 """
+
+MIGRATIONS: tuple[Migration, ...] = (Migration("operators", USERS_SQL),)

@@ -1,0 +1,27 @@
+"""Every package's tables, in the order a new database gets them: the core ones, then each feature's.
+
+Each package's ``schema.py`` lists its own migrations; this is the one list of packages.
+Existing databases know a migration by its name, so reordering this list or moving a
+migration to another package never runs it twice.  To give the night tables their own
+package, move their migrations to collector/oximetry/schema.py and add it after ``core``.
+"""
+
+from __future__ import annotations
+
+from collector.eligibility import schema as eligibility
+from collector.spirometry import schema as spirometry
+from collector.storage import schema as core
+from collector.storage.schema import Migration
+from collector.users import schema as users
+
+PACKAGES = (core, eligibility, spirometry, users)
+
+
+def migrations() -> list[Migration]:
+    """All migrations in the order they are applied to a new database; names are unique."""
+    out = [m for package in PACKAGES for m in package.MIGRATIONS]
+    names = [m.name for m in out]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise RuntimeError(f"migration names must be unique (they identify applied migrations): {duplicates}")
+    return out

@@ -1,0 +1,58 @@
+"""The spirometry feature's tables: manoeuvres as received and the results computed from them.
+
+Registered in collector/schemas.py; the migration name is recorded in ``schema_migrations``
+and must never change (a renamed migration would run again on existing databases).
+"""
+
+from __future__ import annotations
+
+from collector.storage.schema import Migration
+
+TABLES_SQL = """
+CREATE TABLE spirometry_manoeuvres (
+    id INTEGER PRIMARY KEY,
+    session_id INTEGER NOT NULL REFERENCES sessions(id),
+    received_utc TEXT NOT NULL,
+    message_id TEXT,
+    number INTEGER,                      -- manoeuvre number as sent; NULL for a device summary
+    manoeuvre_type TEXT,                 -- FVC / SVC
+    posture TEXT,
+    is_summary INTEGER NOT NULL DEFAULT 0,
+    fvc_l REAL,
+    fev1_l REAL,
+    fev1_fvc REAL,                       -- fraction
+    pef_l_s REAL,
+    bev_l REAL,
+    fet_s REAL,
+    device_quality_json TEXT NOT NULL DEFAULT '{}',
+    curve_json TEXT,
+    raw_json TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX spirometry_manoeuvres_session ON spirometry_manoeuvres(session_id, id);
+
+CREATE TABLE spirometry_results (
+    id INTEGER PRIMARY KEY,
+    session_id INTEGER NOT NULL REFERENCES sessions(id),
+    computed_utc TEXT NOT NULL,
+    valid INTEGER NOT NULL,              -- acceptable and repeatable enough to decide
+    equation TEXT NOT NULL,
+    ethnicity TEXT,
+    sex TEXT,
+    age_years REAL,
+    height_cm REAL,
+    fvc_l REAL,
+    fev1_l REAL,
+    predicted_fvc_l REAL,
+    lln_fvc_l REAL,
+    z_fvc REAL,
+    fvc_pct_predicted REAL,
+    other_equation TEXT,
+    other_fvc_pct_predicted REAL,
+    grade_fvc TEXT,
+    grade_fev1 TEXT,
+    result_json TEXT NOT NULL            -- the whole assessment; the newest row of a session is current
+);
+CREATE INDEX spirometry_results_session ON spirometry_results(session_id, id);
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (Migration("spirometry manoeuvres and results", TABLES_SQL),)

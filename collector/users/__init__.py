@@ -1,0 +1,1 @@
+"""Operators of the technician's page: password rules (passwords), the users table (store), ``collector user`` (cli)."""
