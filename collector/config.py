@@ -45,6 +45,13 @@ def defaults() -> dict[str, Any]:
     return copy.deepcopy(_packaged())
 
 
+def completed(config: dict[str, Any], *, source: str) -> dict[str, Any]:
+    """A config given in code (tests, the demo): missing keys take the defaults, the whole is validated."""
+    from collector.config_schema import validate
+
+    return validate(_merge(_packaged(), config), source=source, override=config)
+
+
 def default_config_path() -> Path:
     """The site file read when no ``--config`` is given (it need not exist)."""
     return data_dir() / SITE_FILE_NAME

@@ -6,7 +6,9 @@ clock, and hands each kind of session to its feature service
 sessions): a failing device never stops the others.  Feature modules use only
 the public surface below (``write``, ``flush``, ``open_reader``, ``notify``,
 ``services``, ``listeners``, ``status_providers``, ``startup_hooks``,
-``shutdown_hooks``).  On SIGTERM/SIGINT the services keep open sessions as
+``shutdown_hooks``, ``lock``, ``clock``, ``config``, ``capture``, and ``writer``
+for the recorders' fire-and-forget rows: ``writer.submit``, ``writer.add_samples``,
+``writer.failed``).  On SIGTERM/SIGINT the services keep open sessions as
 ``interrupted``; on the next start they resume in the same session with the
 downtime stored as a gap.
 """
@@ -23,7 +25,7 @@ from bleak.backends.client import BaseBleakClient
 from bleak.backends.scanner import BaseBleakScanner
 
 from collector.clock import Clock, SystemClock, utc_iso
-from collector.config import defaults
+from collector.config import completed, defaults
 from collector.errors import CollectorError, Conflict, StorageError
 from collector.oximetry.capture import CaptureWriter
 from collector.storage import repo
@@ -75,7 +77,8 @@ class Daemon:
         self.db_path = Path(db_path)
         self.origin = origin  # "simulated" when the devices are simulators: never mistaken for a real night
         self.clock = clock or SystemClock()
-        self.config = config or defaults()
+        # A config handed in directly (tests, the demo) passes the same schema as a site file.
+        self.config = completed(config, source="given to the daemon") if config is not None else defaults()
         self.ble_backend = ble_backend
         self.scanner_backend = scanner_backend
         self.operator = operator or self.config["operator"]["name"]
