@@ -60,8 +60,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> dict:
                      " '{\"PID\":\"name and birth date as the device sent them\"}')", (spiro, n, fvc))
     conn.execute("INSERT INTO spirometry_results (session_id, computed_utc, valid, equation, sex, age_years, height_cm, fvc_l,"
                  " predicted_fvc_l, lln_fvc_l, z_fvc, fvc_pct_predicted, grade_fvc, result_json) VALUES"
-                 " (?, '2025-12-29T12:01:00.000Z', 1, 'GLI-Global-2022', 'male', 54.0, 178, 3.2, 4.6, 3.7, -2.1, 69.6, 'A', '{}')",
-                 (spiro,))
+                 " (?, '2025-12-29T12:01:00.000Z', 1, 'GLI-Global-2022', 'male', 54.68309377138946, 178, 3.2, 4.597213, 3.70118,"
+                 " -2.10744, 69.60849, 'A', ?)",
+                 (spiro, json.dumps({"inputs": {"age_years": 54.68309377138946, "age_on": "2025-12-29", "height_cm": 178},
+                                     "prediction": {"age_years": 54.68309377138946, "predicted_fvc_l": 4.597213,
+                                                    "percent_predicted_fvc": 69.60849, "z_fvc": -2.10744}})))
     repo.close_session(conn, spiro, state="stopped", by="tester", at=T0 + 8100)
     repo.add_event(conn, sid, t_ms=int((T0 + 600) * 1000), kind="note", detail={"text": f"born {BIRTH}, device {ADDRESS}"})
     audit.append(conn, at=T0 + 8200, actor="tester", action="note", subject_id=SUBJECT, new={"birth": "23.04.1971"})
@@ -262,6 +265,36 @@ def test_no_birth_date_or_device_address_anywhere(site):
     events = (site["folder"] / f"data/events_{site['session']}.csv").read_text()
     assert "<withheld>" in events
     assert "name and birth date" not in (site["folder"] / f"data/spirometry_{site['spiro']}.json").read_text()
+
+
+def _floats_named(obj, prefix):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k.startswith(prefix) and isinstance(v, float):
+                yield k, v
+            yield from _floats_named(v, prefix)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _floats_named(v, prefix)
+
+
+def test_no_decimal_age_or_full_precision_reference_value_leaves_the_site(site):
+    """A decimal age next to its date gives the birth date back, and so do exact predicted values."""
+    for path in (site["folder"] / "data").glob("*.json"):
+        doc = json.loads(path.read_text())
+        assert list(_floats_named(doc, "age_years")) == [], path.name
+    spiro = json.loads((site["folder"] / f"data/spirometry_{site['spiro']}.json").read_text())["result"]
+    assert spiro["age_years"] == 54 and spiro["result"]["inputs"]["age_years"] == 54
+    assert spiro["predicted_fvc_l"] == 4.6 and spiro["z_fvc"] == -2.11 and spiro["fvc_pct_predicted"] == 69.6
+    assert spiro["result"]["prediction"]["percent_predicted_fvc"] == 69.6
+
+
+def test_rounding_to_the_form_precision_never_lands_on_the_fvc_limit():
+    from collector.export.privacy import coarsen
+
+    out = coarsen({"fvc_pct_predicted": 49.96, "other_fvc_pct_predicted": 50.04, "x": {"percent_predicted_fvc": 61.234}},
+                  fvc_threshold_pct=50.0)
+    assert out == {"fvc_pct_predicted": 49.96, "other_fvc_pct_predicted": 50.0, "x": {"percent_predicted_fvc": 61.2}}
 
 
 def test_merge_two_bundles_counts_rows_and_refuses_a_bad_one(site):

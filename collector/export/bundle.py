@@ -25,7 +25,7 @@ from collector.storage import audit, repo
 from collector.storage.db import transaction
 
 from . import bag, csvs, edf, pdf
-from .privacy import Scrubber, forbidden_tokens
+from .privacy import Scrubber, coarsen, forbidden_tokens
 
 SCHEMA = "collector-export/1"
 DEFAULT_SITE = "unnamed-site"
@@ -145,8 +145,8 @@ def _night_files(conn: sqlite3.Connection, s: dict[str, Any], config: dict[str, 
 # ----------------------------------------------------------------------------- spirometry
 
 
-def _spirometry_files(conn: sqlite3.Connection, s: dict[str, Any], scrub: Scrubber,
-                      device: dict[str, Any] | None) -> tuple[dict[str, bytes], dict[str, Any] | None]:
+def _spirometry_files(conn: sqlite3.Connection, s: dict[str, Any], scrub: Scrubber, device: dict[str, Any] | None,
+                      fvc_limit: float) -> tuple[dict[str, bytes], dict[str, Any] | None]:
     """Every manoeuvre with its quality flags and the newest result (raw device messages stay local:
     they can carry the name and birth date the device was given)."""
     sid = s["id"]
@@ -161,7 +161,7 @@ def _spirometry_files(conn: sqlite3.Connection, s: dict[str, Any], scrub: Scrubb
     if result is not None:
         result = dict(result)
         result["result"] = json.loads(result.pop("result_json") or "{}")
-        result = scrub.obj(result)
+        result = coarsen(scrub.obj(result), fvc_threshold_pct=fvc_limit)
     csv_rows = [{**m, "device_quality_json": json.dumps(m["device_quality"], sort_keys=True)} for m in out_man]
     files = {
         f"spirometry_{sid}.csv": csvs.write_csv(csvs.MANOEUVRE_COLUMNS, csv_rows),
@@ -251,11 +251,12 @@ def build_subject_bag(conn: sqlite3.Connection, subject_id: str, *, config: dict
             files, night = _night_files(conn, s, config, scrub, subject_id, device)
             nights.append(night)
         else:
-            files, result = _spirometry_files(conn, s, scrub, device)
+            files, result = _spirometry_files(conn, s, scrub, device, float(config["spirometry"]["fvc_threshold_pct"]))
             if result is not None:
                 spiro.append(result)
         payload.update(files)
-    eligibility = scrub.obj(_eligibility(conn, subject_id, now, config))
+    eligibility = coarsen(scrub.obj(_eligibility(conn, subject_id, now, config)),
+                          fvc_threshold_pct=float(config["spirometry"]["fvc_threshold_pct"]))
     first = min((s["started_utc"] for s in repo.list_sessions(conn, subject_id)), default=None)
     age, screening_date = _age_at_screening(conn, subject_id, eligibility, first)
     ids = [s["id"] for s in sessions]

@@ -9,6 +9,7 @@ once more and the export is refused if anything is left.
 from __future__ import annotations
 
 import json
+import math
 import re
 import sqlite3
 from datetime import date
@@ -100,3 +101,47 @@ class Scrubber:
             if any(t.lower().encode(enc) in low for enc in ("utf-16-le", "utf-16-be") for t in self.tokens):
                 bad.append(name)
         return bad
+
+
+# -- figures from which a birth date could be worked back ------------------------------------------
+def _safe_round(value: float, digits: int, threshold: float | None) -> float:
+    """Round to the case report form's precision, with more digits only where rounding would land on the threshold."""
+    if threshold is None:
+        return round(value, digits)
+    for k in range(digits, digits + 8):
+        r = round(value, k)
+        if (r >= threshold) == (value >= threshold):
+            return r
+    return value
+
+
+def coarsen(obj: Any, *, fvc_threshold_pct: float | None = None) -> Any:
+    """Whole-year ages and CRF-precision reference values in an exported structure.
+
+    A decimal age next to the date it was computed on gives the birth date back to the day,
+    and so do full-precision predicted values with height and sex (the equations are public).
+    Exports therefore carry the age in completed years, predicted/LLN/ULN volumes to 0.01 L,
+    z-scores to 0.01 and % predicted to 0.1 (more digits only where 0.1 would move a value onto
+    the other side of the FVC limit).  The site database keeps the exact figures.
+    """
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            if isinstance(v, float) and math.isfinite(v):
+                if k.startswith("age_years"):
+                    out[k] = int(math.floor(v))
+                    continue
+                if k.startswith(("predicted_", "lln_", "uln_")):
+                    out[k] = round(v, 2)
+                    continue
+                if k.startswith("z_"):
+                    out[k] = round(v, 2)
+                    continue
+                if "pct_predicted" in k or k.startswith("percent_predicted"):
+                    out[k] = _safe_round(v, 1, fvc_threshold_pct)
+                    continue
+            out[k] = coarsen(v, fvc_threshold_pct=fvc_threshold_pct)
+        return out
+    if isinstance(obj, list):
+        return [coarsen(v, fvc_threshold_pct=fvc_threshold_pct) for v in obj]
+    return obj
