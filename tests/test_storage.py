@@ -250,3 +250,12 @@ def test_only_store_modules_run_sql():
         if not _is_store(rel) and rel not in NOT_THE_DATABASE and (n := _execute_calls(path)):
             found[rel] = n
     assert found == NIGHT_QUERIES_PENDING, "SQL belongs in the owning package's store module (see NIGHT_QUERIES_PENDING)"
+
+
+@pytest.mark.parametrize("bad", ["SCR-0042\n", "SCR-0042\r\n", " SCR-0042", "SCR-\u0660042", "SCR0042\x00"])
+def test_subject_ids_with_a_trailing_newline_or_foreign_digits_are_refused(bad):
+    from collector.errors import InvalidInput
+    from collector.storage.repo import validate_subject_id
+
+    with pytest.raises(InvalidInput, match="invalid subject ID"):
+        validate_subject_id(bad)

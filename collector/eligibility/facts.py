@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal, InvalidOperation
@@ -125,8 +126,8 @@ FACTS: dict[str, FactSpec] = {
 
 IDENTIFYING_FACTS = frozenset(name for name, spec in FACTS.items() if spec.identifying)
 
-_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_NA_RE = re.compile(r"^not[_ ]applicable\s*(?:[:=]\s*(?P<reason>.*))?$", re.IGNORECASE | re.DOTALL)
+_DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")  # ASCII digits only, used with fullmatch
+_NA_RE = re.compile(r"not[_ ]applicable\s*(?:[:=]\s*(?P<reason>.*))?", re.IGNORECASE | re.DOTALL)
 
 
 def _spec(fact: str) -> FactSpec:
@@ -139,7 +140,8 @@ def _spec(fact: str) -> FactSpec:
 
 
 def _parse_date(spec: FactSpec, raw: str) -> date:
-    if not _DATE_RE.match(raw):
+    raw = unicodedata.normalize("NFKC", raw).strip()  # full-width digits are the same digits
+    if not _DATE_RE.fullmatch(raw):
         raise FactValueError(f"{spec.name}: {raw!r} is not a date; type it as YYYY-MM-DD")
     try:
         return date.fromisoformat(raw)
@@ -147,8 +149,16 @@ def _parse_date(spec: FactSpec, raw: str) -> date:
         raise FactValueError(f"{spec.name}: {raw!r} is not a calendar date; check day and month") from None
 
 
+_NUMBER_RE = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?")
+
+
 def _parse_number(spec: FactSpec, raw: str) -> Decimal:
-    text = raw.replace(",", ".", 1) if raw.count(",") == 1 and "." not in raw else raw
+    # Full-width digits from a Chinese input method are the same digits (NFKC); any other script's
+    # digits (Arabic-Indic, Devanagari ...) are refused rather than guessed.
+    text = unicodedata.normalize("NFKC", raw).strip()
+    text = text.replace(",", ".", 1) if text.count(",") == 1 and "." not in text else text
+    if not _NUMBER_RE.fullmatch(text):
+        raise FactValueError(f"{spec.name}: {raw!r} is not a number; type e.g. 172.5 (in {spec.unit}) with the digits 0-9")
     try:
         value = Decimal(text)
     except InvalidOperation:
@@ -179,7 +189,7 @@ def _parse_choice(spec: FactSpec, raw: str) -> str:
 
 def _parse_contraception(spec: FactSpec, raw: str) -> ContraceptionAnswer:
     text = raw.strip()
-    m = _NA_RE.match(text)
+    m = _NA_RE.fullmatch(text)
     if m:
         reason = (m.group("reason") or "").strip()
         if not reason:

@@ -36,7 +36,7 @@ __all__ = [
     "retract_fact",
 ]
 
-_SESSION_RE = re.compile(r"^session:\S+$")
+_SESSION_RE = re.compile(r"session:\S+")
 
 
 class FactStoreError(ValueError):
@@ -108,7 +108,7 @@ def _check_common(db: sqlite_utils.Database, subject_id: str, fact: str, by: str
         raise UnknownFactError(f"unknown fact {fact!r}: use one of {', '.join(FACTS)}")
     if not by or not by.strip():
         raise FactStoreError("recorded_by is empty: say who records this fact (--by)")
-    if source != "staff" and not _SESSION_RE.match(source):
+    if source != "staff" and not _SESSION_RE.fullmatch(source):
         raise FactStoreError(f"source {source!r} is not 'staff' or 'session:<id>'")
     if db.execute("SELECT 1 FROM subjects WHERE id = ?", [subject_id]).fetchone() is None:
         raise UnknownSubjectError(f"unknown subject {subject_id!r}: register the subject first")

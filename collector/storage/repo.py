@@ -16,12 +16,12 @@ from collector.clock import utc_iso
 from collector.errors import Conflict, InvalidInput, NotFound
 from collector.storage import audit
 
-SUBJECT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{2,31}$")
+SUBJECT_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{2,31}")  # used with fullmatch: no trailing newline
 
 
 def validate_subject_id(subject_id: str) -> str:
     """Pseudonymous IDs only: 3-32 letters/digits/-/_ with at least one digit (a bare name is refused)."""
-    if not SUBJECT_ID_RE.match(subject_id or "") or not any(c.isdigit() for c in subject_id):
+    if not SUBJECT_ID_RE.fullmatch(subject_id or "") or not any(c.isdigit() for c in subject_id):
         raise InvalidInput(
             f"invalid subject ID {subject_id!r}: use the pseudonymous screening ID (3-32 letters, digits, '-' or '_', "
             "with at least one digit, e.g. SCR-0042), never a name"

@@ -14,7 +14,7 @@ import secrets
 
 from collector.errors import InvalidInput
 
-NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{1,31}$")
+NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9._-]{1,31}")  # used with fullmatch
 MIN_PASSWORD_LEN = 8
 MAX_PASSWORD_LEN = 200
 # scrypt cost: 16 MiB of memory and ~50 ms per check on a ward laptop.
@@ -22,7 +22,7 @@ SCRYPT_N, SCRYPT_R, SCRYPT_P, SCRYPT_LEN = 2**14, 8, 1, 32
 
 
 def validate_name(name: str) -> str:
-    if not NAME_RE.match(name or ""):
+    if not NAME_RE.fullmatch(name or ""):
         raise InvalidInput(
             f"invalid operator name {name!r}: use 2-32 letters, digits, '.', '_' or '-', starting with a letter (e.g. j.smith)"
         )

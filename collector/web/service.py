@@ -181,7 +181,7 @@ def make_router(daemon: Any, auth: Any) -> APIRouter:
         if wait > 0:
             return JSONResponse({"error": f"too many failed logins for {body.name}; wait {wait:.0f} s and try again"}, status_code=429)
         via = None
-        if web.token and NAME_RE.match(body.name) and secrets.compare_digest(body.password.encode(), web.token.encode()):
+        if web.token and NAME_RE.fullmatch(body.name) and secrets.compare_digest(body.password.encode(), web.token.encode()):
             via = "token"
         else:
             conn = daemon.open_reader()
