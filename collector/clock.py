@@ -13,16 +13,13 @@ import itertools
 import math
 import time
 from datetime import datetime, timedelta, timezone
-from typing import AsyncIterator, Protocol
+from typing import TYPE_CHECKING, AsyncIterator, Protocol
+
+from drivers import clock as driver_clock
 
 
-class Clock(Protocol):
-    def now(self) -> float:
-        """Host time, UTC epoch seconds."""
-        ...
-
-    async def sleep(self, seconds: float) -> None:
-        ...
+class Clock(driver_clock.Clock, Protocol):
+    """The drivers' clock (``now()``, ``async sleep()``) plus what the collector needs."""
 
     def frozen(self) -> contextlib.AbstractAsyncContextManager[None]:
         """A context in which virtual time does not advance (a no-op for real time)."""
@@ -136,3 +133,11 @@ def parse_utc(s: str) -> float:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     return dt.timestamp()
+
+
+if TYPE_CHECKING:
+    # Never run: the type checker proves here that both clocks are what drivers/ expect.
+    _system: driver_clock.Clock = SystemClock()
+    _virtual: driver_clock.Clock = VirtualClock()
+    _collector_system: Clock = SystemClock()
+    _collector_virtual: Clock = VirtualClock()

@@ -27,6 +27,8 @@ from urllib.parse import urlsplit
 
 import serial
 
+from drivers.clock import Clock
+
 PARITIES = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD, "M": serial.PARITY_MARK, "S": serial.PARITY_SPACE}
 
 
@@ -188,7 +190,7 @@ class SerialTransport:
     """Keeps one port open, delivers ``(bytes, t)`` to ``on_data`` on the event loop.
 
     ``on_event`` receives :class:`LinkEvent` (connected / lost), one per change.
-    ``clock`` is a collector.clock.Clock (``now()`` and ``async sleep()``).
+    ``clock`` stamps reads and sleeps the backoff (see :class:`drivers.clock.Clock`).
     """
 
     def __init__(
@@ -196,7 +198,7 @@ class SerialTransport:
         url: str,
         settings: PortSettings,
         on_data: DataSink,
-        clock: Any,
+        clock: Clock,
         on_event: Callable[[LinkEvent], None] | None = None,
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,

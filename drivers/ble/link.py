@@ -22,7 +22,7 @@ from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 from bleak.exc import BleakError
 
-from collector.clock import Clock
+from drivers.clock import Clock
 from drivers.protocols.common import DeviceProfile
 
 log = logging.getLogger(__name__)

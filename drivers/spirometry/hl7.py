@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Mapping
 
+from drivers.clock import TimeSource
 from drivers.protocols.common import ParserStats
 from drivers.spirometry.results import (
     CodeMapEntry,
@@ -338,18 +339,24 @@ class _Refuse(Exception):
         self.reason, self.location, self.code = reason, location, code
 
 
+def _wall_clock_now() -> float:
+    """ACK stamps when no clock is injected (a receiver used on its own)."""
+    return datetime.now(timezone.utc).timestamp()
+
+
 class MllpReceiver:
     """Sans-I/O HL7 receiver: ``feed(bytes) -> [DecodedMessage | DecodeError]``.
 
     ``local_codes`` maps device codes (OBX-3 identifier, or ``"SYSTEM:CODE"``) to a
     parameter name (see results.KNOWN_PARAMS) or a CodeMapEntry; it wins over the
-    LOINC map.  ``clock`` (collector.clock) stamps our ACKs.
+    LOINC map.  ``clock`` (any :class:`drivers.clock.TimeSource`) stamps our ACKs;
+    without one they carry the wall-clock time.
     """
 
     def __init__(
         self,
         local_codes: Mapping[str, str | CodeMapEntry] | None = None,
-        clock: object | None = None,
+        clock: TimeSource | None = None,
         app_name: str = "ALSCOLLECTOR",
         facility: str = "",
         max_frame: int = MAX_FRAME_BYTES,
@@ -357,7 +364,7 @@ class MllpReceiver:
         self.local = _norm_map(local_codes)
         self.stats = ParserStats()
         self._framer = MllpFramer(max_frame)
-        self._now: Callable[[], float] = getattr(clock, "now", None) or (lambda: datetime.now(timezone.utc).timestamp())
+        self._now: Callable[[], float] = clock.now if clock is not None else _wall_clock_now
         self.app_name, self.facility = app_name, facility
         self._ack_seq = 0
 
