@@ -183,11 +183,12 @@ class LinkEvent:
     detail: str = ""
 
 
-DataSink = Union[Callable[[bytes, float], None], "asyncio.Queue[tuple[float, bytes]]"]
+# Time first, as the BLE link calls back (t, characteristic, data) and the queue holds (t, data).
+DataSink = Union[Callable[[float, bytes], None], "asyncio.Queue[tuple[float, bytes]]"]
 
 
 class SerialTransport:
-    """Keeps one port open, delivers ``(bytes, t)`` to ``on_data`` on the event loop.
+    """Keeps one port open, delivers ``(t, data)`` to ``on_data`` on the event loop.
 
     ``on_event`` receives :class:`LinkEvent` (connected / lost), one per change.
     ``clock`` stamps reads and sleeps the backoff (see :class:`drivers.clock.Clock`).
@@ -284,7 +285,7 @@ class SerialTransport:
         if isinstance(self._on_data, asyncio.Queue):
             self._on_data.put_nowait((t, data))
         else:
-            self._on_data(data, t)
+            self._on_data(t, data)
 
     async def _run(self, port: serial.SerialBase | None) -> None:
         backoff = self.backoff_initial_s
