@@ -63,7 +63,6 @@ QUALITY_FLAGS = frozenset(DEFAULT_QUALITY_CODES.values())
 #: ATS/ERS 2019 FVC grades of a repeatable session (>= 2 acceptable within 0.200 L): only these decide.
 FVC_GRADES: tuple[str, ...] = ("A", "B", "C")
 ALL_GRADES = frozenset("ABCDEUF")
-NEEDED_FACTS = ("sex", "height_cm", "birth_date")
 
 
 # --------------------------------------------------------------------------- manoeuvres

@@ -215,7 +215,3 @@ def session_gaps(conn: sqlite3.Connection, session_id: int) -> list[dict[str, An
 
 def session_events(conn: sqlite3.Connection, session_id: int) -> list[dict[str, Any]]:
     return _rows(conn, "SELECT * FROM events WHERE session_id = ? ORDER BY t_utc_ms, id", (session_id,))
-
-
-def session_samples(conn: sqlite3.Connection, session_id: int) -> list[dict[str, Any]]:
-    return _rows(conn, "SELECT * FROM spo2_samples WHERE session_id = ? ORDER BY host_utc_ms, rowid", (session_id,))
