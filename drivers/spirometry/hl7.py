@@ -23,11 +23,13 @@ from typing import Callable, Iterable, Mapping
 from drivers.clock import TimeSource
 from drivers.protocols.common import ParserStats
 from drivers.spirometry.results import (
+    Bronchodilator,
     CodeMapEntry,
     Curve,
     DecodedMessage,
     DecodeError,
     ManoeuvreResult,
+    ManoeuvreType,
     RawField,
     SpiroEvent,
     SubjectData,
@@ -326,7 +328,7 @@ class _Group:
 
     index: int
     obr: Segment | None
-    values: dict[str, tuple[float, str | None]] = field(default_factory=dict)  # param -> (value, phase)
+    values: dict[str, tuple[float, Bronchodilator | None]] = field(default_factory=dict)  # param -> (value, phase)
     texts: dict[str, list[str]] = field(default_factory=dict)
     ranges: list[tuple[str, str]] = field(default_factory=list)
     curves: list[Curve] = field(default_factory=list)
@@ -572,7 +574,7 @@ class MllpReceiver:
             raise _Refuse("OBR mixes pre- and post-bronchodilator values", where, "102")
         obr_text = " ".join(_comp(g.obr.get(4), d, i) for i in (1, 2)) if g.obr else ""
         mtype_txt = " ".join(g.texts.get("manoeuvre_type", [])) or obr_text
-        mtype = "SVC" if _OBR_SVC.search(mtype_txt) else "FVC" if _OBR_FVC.search(mtype_txt) else None
+        mtype: ManoeuvreType | None = "SVC" if _OBR_SVC.search(mtype_txt) else "FVC" if _OBR_FVC.search(mtype_txt) else None
         if mtype is None:
             mtype = "FVC" if "fvc" in v else "SVC" if "vc" in v else None
         summary = bool(_OBR_SUMMARY.search(obr_text))
@@ -594,9 +596,9 @@ class MllpReceiver:
             source="hl7",
             number=number,
             time=t,
-            manoeuvre_type=mtype,  # type: ignore[arg-type]
-            posture=(g.texts.get("posture") or [None])[0],
-            bronchodilator=next(iter(phases), None),  # type: ignore[arg-type]
+            manoeuvre_type=mtype,
+            posture=next(iter(g.texts.get("posture", ())), None),
+            bronchodilator=next(iter(phases), None),
             fvc_l=v.get("fvc", (None,))[0],
             fev1_l=v.get("fev1", (None,))[0],
             fev1_fvc=v.get("fev1_fvc", (None,))[0],
