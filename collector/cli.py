@@ -228,7 +228,7 @@ SAMPLE_FIELDS = ["host_utc", "device_time", "spo2_pct", "pulse_bpm", "pai_pct", 
 
 
 def _sample_records(conn: Any, session_id: int) -> Iterable[dict[str, Any]]:
-    from drivers.protocols.common import Flag
+    from drivers.protocols.common import flag_names
 
     cur = conn.execute(
         "SELECT host_utc_ms, device_time, spo2_pct, pulse_bpm, pai_pct, valid, pulse_valid, flags, status_raw, counter"
@@ -237,7 +237,7 @@ def _sample_records(conn: Any, session_id: int) -> Iterable[dict[str, Any]]:
         yield {
             "host_utc": utc_iso(t_ms / 1000), "device_time": dt, "spo2_pct": spo2, "pulse_bpm": pulse, "pai_pct": pai,
             "valid": bool(valid), "pulse_valid": bool(pvalid), "flags": flags,
-            "flag_names": "|".join(f.name for f in Flag if f and f in Flag(flags)), "status_raw": raw, "counter": counter,
+            "flag_names": flag_names(flags), "status_raw": raw, "counter": counter,
         }
 
 
@@ -251,7 +251,7 @@ def session_samples(c: Ctx, session_id: int, fmt: str) -> None:
     conn = c.conn()
     repo.get_session(conn, session_id)
     records = _sample_records(conn, session_id)
-    out = click.get_text_stream("stdout")
+    out = sys.stdout  # what click.get_text_stream("stdout") gave (deprecated in click 8.5)
     if fmt == "json":
         out.write("[")
         for i, rec in enumerate(records):

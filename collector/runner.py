@@ -11,7 +11,7 @@ import signal
 import socket
 import sqlite3
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import uvicorn
 
@@ -75,7 +75,7 @@ async def serve(
     *,
     host: str | None = None,
     port: int | None = None,
-    scenarios: list[Path] = (),
+    scenarios: Sequence[Path] = (),
     speed: float = 1.0,
     capture: Path | None = None,
     ready: asyncio.Event | None = None,

@@ -100,7 +100,7 @@ def insert_message(conn: sqlite3.Connection, session_id: int, msg: DecodedMessag
              r.posture, int(r.summary), r.fvc_l, r.fev1_l, r.fev1_fvc, r.pef_l_s, r.bev_l, r.fet_s,
              json.dumps(list(r.device_quality)), _curves_json(r), _raw_json(r)),
         )
-        ids.append(int(cur.lastrowid))
+        ids.append(repo.inserted_id(cur))
     return ids
 
 
@@ -342,7 +342,7 @@ def insert_result(conn: sqlite3.Connection, session_id: int, result: Mapping[str
          (result.get("fvc") or {}).get("grade"), (result.get("fev1") or {}).get("grade"),
          json.dumps(result, sort_keys=True)),
     )
-    return int(cur.lastrowid)
+    return repo.inserted_id(cur)
 
 
 def latest_result(conn: sqlite3.Connection, session_id: int) -> dict[str, Any] | None:

@@ -40,6 +40,12 @@ class Flag(enum.IntFlag):
     DEVICE_CLOCK_NOT_SET = 1 << 14
 
 
+
+def flag_names(flags: int) -> str:
+    """The names of the set bits, ``|``-joined in bit order (the exports' ``flag_names`` column)."""
+    return "|".join(f.name for f in Flag if f and f.name and f in Flag(flags))
+
+
 # Flags that make a sample unusable for SpO2 analysis (T90 numerator and denominator).
 INVALIDATING = (
     Flag.FINGER_OUT
