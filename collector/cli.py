@@ -118,7 +118,7 @@ def subject_add(c: Ctx, subject_id: str, as_json: bool) -> None:
 
 
 @subject.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the subjects as JSON.")
 @pass_ctx
 def subject_list(c: Ctx, as_json: bool) -> None:
     """List subjects."""
@@ -134,12 +134,13 @@ def session() -> None:
 
 @session.command("start")
 @click.option("--subject", "subject_id", required=True, help="Subject's screening ID.")
-@click.option("--kind", type=click.Choice(["night", "spirometry"]), default="night", show_default=True)
+@click.option("--kind", type=click.Choice(["night", "spirometry"]), default="night", show_default=True,
+              help="Overnight oximetry or a spirometry session.")
 @click.option("--oximeter", help="Oximeter BLE address, macOS UUID or advertised name (night sessions).")
 @click.option("--protocol", help="Device protocol if it cannot be told from the advertisement (plx, nonin, berrymed; spirometers: hl7, gdt).")
 @click.option("--spirometer", help="Spirometer port: /dev/ttyUSB0, COM3, or socket://host:port (spirometry sessions).")
 @click.option("--model", help="Spirometer model from the config (port settings and code maps).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the new session as JSON.")
 @pass_ctx
 def session_start(c: Ctx, subject_id: str, kind: str, oximeter: str | None, protocol: str | None,
                   spirometer: str | None, model: str | None, as_json: bool) -> None:
@@ -163,7 +164,7 @@ def session_start(c: Ctx, subject_id: str, kind: str, oximeter: str | None, prot
 @session.command("stop")
 @click.argument("session_id", type=int)
 @click.option("--reason", help="Why it is stopped (recorded in the audit trail).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the stopped session (and its night report) as JSON.")
 @pass_ctx
 def session_stop(c: Ctx, session_id: int, reason: str | None, as_json: bool) -> None:
     """Stop an open session (recording ends; the final report is computed)."""
@@ -212,8 +213,8 @@ def _night_line(r: dict[str, Any]) -> str:
 
 @session.command("list")
 @click.option("--subject", "subject_id", help="Only this subject's sessions.")
-@click.option("--state", type=click.Choice(["open", "stopped", "interrupted"]))
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--state", type=click.Choice(["open", "stopped", "interrupted"]), help="Only sessions in this state.")
+@click.option("--json", "as_json", is_flag=True, help="Print the sessions as JSON.")
 @pass_ctx
 def session_list(c: Ctx, subject_id: str | None, state: str | None, as_json: bool) -> None:
     """List sessions."""
@@ -299,7 +300,7 @@ def run(c: Ctx, host: str | None, port: int | None, scenarios: tuple[Path, ...],
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the daemon's status as JSON.")
 @pass_ctx
 def status(c: Ctx, as_json: bool) -> None:
     """Live figures for every bed (needs the daemon)."""
@@ -325,9 +326,10 @@ def status(c: Ctx, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--timeout", "timeout_s", type=click.FloatRange(0.5, 60), default=5.0, show_default=True)
+@click.option("--timeout", "timeout_s", type=click.FloatRange(0.5, 60), default=5.0, show_default=True,
+              help="Seconds to listen for advertisements.")
 @click.option("--all", "show_all", is_flag=True, help="Also devices with no known oximeter service.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the devices found as JSON.")
 @pass_ctx
 def scan(c: Ctx, timeout_s: float, show_all: bool, as_json: bool) -> None:
     """List oximeters in Bluetooth range (through the daemon when it runs)."""
@@ -349,9 +351,9 @@ def scan(c: Ctx, timeout_s: float, show_all: bool, as_json: bool) -> None:
 # -- replay, demo, audit -------------------------------------------------------------------------------
 @main.command()
 @click.argument("capture_file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--subject", "subject_id", required=True)
+@click.option("--subject", "subject_id", required=True, help="Subject's screening ID the replayed night is recorded for.")
 @click.option("--device", help="Only this device's frames (required when the capture holds several beds).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the replayed sessions as JSON.")
 @pass_ctx
 def replay(c: Ctx, capture_file: Path, subject_id: str, device: str | None, as_json: bool) -> None:
     """Feed a raw capture through the same decoders into a new night session (timestamps kept)."""
@@ -382,7 +384,7 @@ def demo(c: Ctx, speed: str, scenario: Path | None, demo_db: Path | None) -> Non
 
 
 @main.command("verify-audit")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the check's result as JSON.")
 @pass_ctx
 def verify_audit(c: Ctx, as_json: bool) -> None:
     """Check the audit trail's hash chain; report the first row where it breaks."""
