@@ -39,7 +39,8 @@ def _subcommands(group: click.Group, ctx: click.Context) -> list[tuple[str, clic
 
 def walk(command: click.Command, name: str = "collector", parent: click.Context | None = None) -> Iterator[Documented]:
     """Every visible command, depth first, subcommands in name order."""
-    ctx = click.Context(command, info_name=name, parent=parent)
+    # The command's own context settings (e.g. -h for help), as click applies them when it runs.
+    ctx = click.Context(command, info_name=name, parent=parent, **command.context_settings)
     yield Documented(ctx.command_path, command, ctx)
     if isinstance(command, click.Group):
         for sub_name, sub in _subcommands(command, ctx):
@@ -58,11 +59,21 @@ def _usage(doc: Documented) -> str:
     return " ".join([doc.path, *pieces])
 
 
+def options(doc: Documented) -> list[click.Option]:
+    """The options the reference lists: visible ones, except the help option every command has.
+
+    The help option is left out on purpose: click builds it once per command and caches it,
+    so its names would depend on which context asked first (a test that ran the command
+    alone would turn ``-h, --help`` into ``--help``).
+    """
+    help_option = doc.command.get_help_option(doc.context)
+    return [p for p in doc.command.get_params(doc.context)
+            if isinstance(p, click.Option) and not p.hidden and p is not help_option]
+
+
 def _option_lines(doc: Documented) -> list[str]:
     out = []
-    for param in doc.command.get_params(doc.context):
-        if not isinstance(param, click.Option) or param.hidden:
-            continue  # arguments are in the usage line
+    for param in options(doc):
         record = param.get_help_record(doc.context)
         if record is None:
             continue
@@ -82,6 +93,7 @@ def render(root: click.Command | None = None) -> str:
         "",
         "Every `collector` command with its options, generated from the code. Do not edit by hand;",
         f"after changing a command, regenerate it with `{UPDATE_COMMAND}`.",
+        "Every command also takes `-h` / `--help`.",
     ]
     for doc in walk(root):
         parts += ["", f"## `{doc.path}`", "", "```", f"Usage: {_usage(doc)}", "```"]

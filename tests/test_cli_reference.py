@@ -12,9 +12,10 @@ from pathlib import Path
 
 import click
 import pytest
+from click.testing import CliRunner
 
 from collector.cli import main
-from collector.cli_reference import UPDATE_COMMAND, help_text, render, walk
+from collector.cli_reference import UPDATE_COMMAND, help_text, options, render, walk
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "cli.md"
@@ -28,10 +29,6 @@ KNOWN_MISSING_OPTION_HELP = {
     ("collector import", "--json"),
     ("collector user list", "--json"),
 }
-
-
-def _options(cmd: click.Command, ctx: click.Context) -> list[click.Option]:
-    return [p for p in cmd.get_params(ctx) if isinstance(p, click.Option) and not p.hidden]
 
 
 def test_docs_cli_md_is_up_to_date() -> None:
@@ -50,7 +47,7 @@ def test_every_command_has_help() -> None:
 
 
 def test_every_option_has_help() -> None:
-    missing = {(doc.path, p.opts[0]) for doc in walk(main) for p in _options(doc.command, doc.context) if not p.help}
+    missing = {(doc.path, p.opts[0]) for doc in walk(main) for p in options(doc) if not p.help}
     new = sorted(missing - KNOWN_MISSING_OPTION_HELP)
     assert not new, f"options without help= text: {new}"
     fixed = sorted(KNOWN_MISSING_OPTION_HELP - missing)
@@ -67,7 +64,7 @@ def test_every_command_and_option_appears_in_the_docs_with_its_help() -> None:
         section = text.split(f"## `{doc.path}`\n", 1)[1].split("\n## ", 1)[0]
         if help_text(doc.command) not in section:
             problems.append(f"{doc.path}: help text missing")
-        for opt in _options(doc.command, doc.context):
+        for opt in options(doc):
             if not any(f"`{name}" in section or f" {name}" in section for name in opt.opts):
                 problems.append(f"{doc.path}: option {opt.opts[0]} missing")
             elif opt.help and opt.help not in section:
@@ -78,4 +75,13 @@ def test_every_command_and_option_appears_in_the_docs_with_its_help() -> None:
 def test_the_reference_does_not_depend_on_the_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     """Same text on a narrow terminal: nothing is wrapped to the screen width."""
     monkeypatch.setenv("COLUMNS", "40")
+    assert render(main) == DOC.read_text(encoding="utf-8")
+
+
+def test_the_reference_does_not_depend_on_what_ran_before() -> None:
+    """click caches each command's help option on first use; running a subcommand on its
+    own first (without the group's -h setting) must not change the reference."""
+    cmd = main.get_command(click.Context(main), "verify-audit")
+    assert cmd is not None
+    CliRunner().invoke(cmd, ["--help"])
     assert render(main) == DOC.read_text(encoding="utf-8")

@@ -669,8 +669,9 @@ def _hl7_ts(iso: str | None) -> str:
         return ""
     dt = datetime.fromisoformat(iso)
     s = dt.strftime("%Y%m%d%H%M%S")
-    if dt.utcoffset() is not None:
-        off = int(dt.utcoffset().total_seconds() // 60)  # type: ignore[union-attr]
+    offset = dt.utcoffset()
+    if offset is not None:
+        off = int(offset.total_seconds() // 60)
         s += f"{'+' if off >= 0 else '-'}{abs(off) // 60:02d}{abs(off) % 60:02d}"
     return s
 
