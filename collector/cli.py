@@ -81,7 +81,7 @@ def subject_add(c: Ctx, subject_id: str, as_json: bool) -> None:
 
 
 @subject.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the subjects as JSON.")
 @pass_ctx
 def subject_list(c: Ctx, as_json: bool) -> None:
     """List subjects."""
@@ -97,12 +97,13 @@ def session() -> None:
 
 @session.command("start")
 @click.option("--subject", "subject_id", required=True, help="Subject's screening ID.")
-@click.option("--kind", type=click.Choice(["night", "spirometry"]), default="night", show_default=True)
+@click.option("--kind", type=click.Choice(["night", "spirometry"]), default="night", show_default=True,
+              help="Overnight oximetry or a spirometry session.")
 @click.option("--oximeter", help="Oximeter BLE address, macOS UUID or advertised name (night sessions).")
 @click.option("--protocol", help="Device protocol if it cannot be told from the advertisement (plx, nonin, berrymed; spirometers: hl7, gdt).")
 @click.option("--spirometer", help="Spirometer port: /dev/ttyUSB0, COM3, or socket://host:port (spirometry sessions).")
 @click.option("--model", help="Spirometer model from the config (port settings and code maps).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the new session as JSON.")
 @pass_ctx
 def session_start(c: Ctx, subject_id: str, kind: str, oximeter: str | None, protocol: str | None,
                   spirometer: str | None, model: str | None, as_json: bool) -> None:
@@ -126,7 +127,7 @@ def session_start(c: Ctx, subject_id: str, kind: str, oximeter: str | None, prot
 @session.command("stop")
 @click.argument("session_id", type=int)
 @click.option("--reason", help="Why it is stopped (recorded in the audit trail).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the stopped session (and its night report) as JSON.")
 @pass_ctx
 def session_stop(c: Ctx, session_id: int, reason: str | None, as_json: bool) -> None:
     """Stop an open session (recording ends; the final report is computed)."""
@@ -166,8 +167,8 @@ def _stop_offline(c: Ctx, session_id: int, reason: str | None) -> dict[str, Any]
 
 @session.command("list")
 @click.option("--subject", "subject_id", help="Only this subject's sessions.")
-@click.option("--state", type=click.Choice(["open", "stopped", "interrupted"]))
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--state", type=click.Choice(["open", "stopped", "interrupted"]), help="Only sessions in this state.")
+@click.option("--json", "as_json", is_flag=True, help="Print the sessions as JSON.")
 @pass_ctx
 def session_list(c: Ctx, subject_id: str | None, state: str | None, as_json: bool) -> None:
     """List sessions."""
@@ -183,14 +184,14 @@ SAMPLE_FIELDS = ["host_utc", "device_time", "spo2_pct", "pulse_bpm", "pai_pct", 
 
 def _sample_records(conn: Any, session_id: int) -> Iterable[dict[str, Any]]:
     from collector.oximetry import store as night_store
-    from drivers.protocols.common import Flag
+    from drivers.protocols.common import flag_names
 
     cur = night_store.iter_sample_rows(conn, session_id)
     for t_ms, dt, spo2, pulse, pai, valid, pvalid, flags, raw, counter in cur:
         yield {
             "host_utc": utc_iso(t_ms / 1000), "device_time": dt, "spo2_pct": spo2, "pulse_bpm": pulse, "pai_pct": pai,
             "valid": bool(valid), "pulse_valid": bool(pvalid), "flags": flags,
-            "flag_names": "|".join(f.name for f in Flag if f and f in Flag(flags)), "status_raw": raw, "counter": counter,
+            "flag_names": flag_names(flags), "status_raw": raw, "counter": counter,
         }
 
 
@@ -204,7 +205,7 @@ def session_samples(c: Ctx, session_id: int, fmt: str) -> None:
     conn = c.conn()
     repo.get_session(conn, session_id)
     records = _sample_records(conn, session_id)
-    out = click.get_text_stream("stdout")
+    out = sys.stdout  # what click.get_text_stream("stdout") gave (deprecated in click 8.5)
     if fmt == "json":
         out.write("[")
         for i, rec in enumerate(records):
@@ -255,7 +256,7 @@ def run(c: Ctx, host: str | None, port: int | None, scenarios: tuple[Path, ...],
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the daemon's status as JSON.")
 @pass_ctx
 def status(c: Ctx, as_json: bool) -> None:
     """Live figures for every bed (needs the daemon)."""
@@ -284,9 +285,10 @@ def status(c: Ctx, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--timeout", "timeout_s", type=click.FloatRange(0.5, 60), default=5.0, show_default=True)
+@click.option("--timeout", "timeout_s", type=click.FloatRange(0.5, 60), default=5.0, show_default=True,
+              help="Seconds to listen for advertisements.")
 @click.option("--all", "show_all", is_flag=True, help="Also devices with no known oximeter service.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the devices found as JSON.")
 @pass_ctx
 def scan(c: Ctx, timeout_s: float, show_all: bool, as_json: bool) -> None:
     """List oximeters in Bluetooth range (through the daemon when it runs)."""
@@ -321,7 +323,7 @@ def demo(c: Ctx, speed: str, scenario: Path | None, demo_db: Path | None) -> Non
 
 
 @main.command("verify-audit")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the check's result as JSON.")
 @pass_ctx
 def verify_audit(c: Ctx, as_json: bool) -> None:
     """Check the audit trail's hash chain; report the first row where it breaks."""

@@ -20,13 +20,13 @@ import itertools
 import math
 import time
 from datetime import datetime, timedelta, timezone
-from typing import AsyncIterator, Callable, Protocol
+from typing import TYPE_CHECKING, AsyncIterator, Callable, Protocol
+
+from drivers import clock as driver_clock
 
 
-class Clock(Protocol):
-    def now(self) -> float:
-        """Host time, UTC epoch seconds, advancing monotonically."""
-        ...
+class Clock(driver_clock.Clock, Protocol):
+    """The drivers' clock (``now()``, ``async sleep()``) plus what the collector needs."""
 
     def wall(self) -> float:
         """What the host's wall clock says now (it can step)."""
@@ -34,9 +34,6 @@ class Clock(Protocol):
 
     def reanchor(self) -> None:
         """Make ``now()`` agree with ``wall()`` again (only when no recording spans the step)."""
-        ...
-
-    async def sleep(self, seconds: float) -> None:
         ...
 
     def frozen(self) -> contextlib.AbstractAsyncContextManager[None]:
@@ -181,3 +178,11 @@ def parse_utc(s: str) -> float:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     return dt.timestamp()
+
+
+if TYPE_CHECKING:
+    # Never run: the type checker proves here that both clocks are what drivers/ expect.
+    _system: driver_clock.Clock = SystemClock()
+    _virtual: driver_clock.Clock = VirtualClock()
+    _collector_system: Clock = SystemClock()
+    _collector_virtual: Clock = VirtualClock()

@@ -62,7 +62,14 @@ def _nonempty(value: str) -> str:
     return value
 
 
+def _stopbits(value: float) -> float:
+    if value not in (1, 1.5, 2):
+        raise ValueError("one of 1, 1.5, 2")
+    return value
+
+
 Grade = Annotated[str, AfterValidator(_grade)]
+StopBits = Annotated[float, AfterValidator(_stopbits)]
 Name = Annotated[str, AfterValidator(_nonempty)]
 Positive = Annotated[float, Field(gt=0, description="a number > 0")]
 NonNegative = Annotated[float, Field(ge=0, description="a number >= 0")]
@@ -126,7 +133,7 @@ class PortSettings(Table):
     baudrate: int = Field(default=9600, ge=1, description="an integer >= 1")
     bytesize: Literal[5, 6, 7, 8] = 8
     parity: Literal["N", "E", "O", "M", "S"] = "N"
-    stopbits: Literal[1, 1.5, 2] = 1
+    stopbits: StopBits = 1
     timeout: Positive = 0.1
     rtscts: bool = False
     xonxoff: bool = False

@@ -184,16 +184,16 @@ class Daemon:
     # -- commands --------------------------------------------------------------------------
     async def add_subject(self, subject_id: str, *, by: str | None = None) -> dict[str, Any]:
         now = self.clock.now()
-        return await self.write(lambda c: repo.add_subject(c, subject_id, by=by or self.operator, at=now))  # type: ignore[no-any-return]
+        return await self.write(lambda c: repo.add_subject(c, subject_id, by=by or self.operator, at=now))
 
     async def scan(self, timeout_s: float = 5.0) -> list[dict[str, Any]]:
-        return await self.nights.scan(timeout_s)  # type: ignore[no-any-return]
+        return await self.nights.scan(timeout_s)
 
     async def start_night(
         self, subject_id: str, oximeter: str, *, protocol: str | None = None, by: str | None = None, origin: str | None = None
     ) -> dict[str, Any]:
         """Start recording a night (see :meth:`collector.oximetry.service.NightService.start`)."""
-        return await self.nights.start(subject_id, oximeter, protocol=protocol, by=by, origin=origin)  # type: ignore[no-any-return]
+        return await self.nights.start(subject_id, oximeter, protocol=protocol, by=by, origin=origin)
 
     async def stop_session(self, session_id: int, *, by: str | None = None, reason: str | None = None) -> dict[str, Any]:
         """Stop any session: its service ends the recording, the row is closed, then the service finishes it."""

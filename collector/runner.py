@@ -11,7 +11,7 @@ import signal
 import socket
 import sqlite3
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import uvicorn
 
@@ -79,7 +79,7 @@ async def serve(
     *,
     host: str | None = None,
     port: int | None = None,
-    scenarios: list[Path] = (),
+    scenarios: Sequence[Path] = (),
     speed: float = 1.0,
     capture: Path | None = None,
     ready: asyncio.Event | None = None,
@@ -97,7 +97,7 @@ async def serve(
 
     db_lock = DatabaseLock(db_path).acquire()  # before anything is resumed: a second daemon stops here
     try:
-        return await _serve_locked(db_path, config, host=host, port=port, scenarios=scenarios, speed=speed,
+        return await _serve_locked(db_path, config, host=host, port=port, scenarios=list(scenarios), speed=speed,
                                    capture=capture, ready=ready)
     finally:
         db_lock.release()

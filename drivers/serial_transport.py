@@ -22,10 +22,12 @@ import stat
 import sys
 import threading
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Collection, Literal, Mapping, Union
+from typing import Any, Callable, Collection, Literal, Mapping, Protocol, Union, cast
 from urllib.parse import urlsplit
 
 import serial
+
+from drivers.clock import Clock
 
 PARITIES = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD, "M": serial.PARITY_MARK, "S": serial.PARITY_SPACE}
 
@@ -151,13 +153,30 @@ def _require_character_device(url: str) -> None:
         raise SerialPortError(url, "not a serial device (not a character device)")
 
 
-def open_port(url: str, settings: PortSettings) -> serial.SerialBase:
+class Port(Protocol):
+    """What the transport uses of an open port (and what a test's fake opener returns).
+
+    Every concrete pyserial port (posix, win32, socket://, ...) has these; the type stubs
+    say ``serial_for_url`` returns ``SerialBase``, which does not declare ``in_waiting``.
+    """
+
+    @property
+    def in_waiting(self) -> int: ...
+
+    def read(self, size: int = 1, /) -> bytes: ...
+
+    def write(self, data: bytes, /) -> int | None: ...
+
+    def close(self) -> None: ...
+
+
+def open_port(url: str, settings: PortSettings) -> Port:
     """Open a port (blocking; call it from an executor)."""
     if settings.parity not in PARITIES:
         raise SerialPortError(url, f"parity {settings.parity!r} is not one of N, E, O, M, S")
     _require_character_device(url)
     try:
-        return serial.serial_for_url(
+        port = serial.serial_for_url(
             url,
             baudrate=settings.baudrate,
             bytesize=settings.bytesize,
@@ -171,6 +190,7 @@ def open_port(url: str, settings: PortSettings) -> serial.SerialBase:
         )
     except (serial.SerialException, OSError, ValueError) as exc:
         raise SerialPortError(url, exc) from exc
+    return cast(Port, port)  # a concrete port class: see Port
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,14 +201,15 @@ class LinkEvent:
     detail: str = ""
 
 
-DataSink = Union[Callable[[bytes, float], None], "asyncio.Queue[tuple[float, bytes]]"]
+# Time first, as the BLE link calls back (t, characteristic, data) and the queue holds (t, data).
+DataSink = Union[Callable[[float, bytes], None], "asyncio.Queue[tuple[float, bytes]]"]
 
 
 class SerialTransport:
-    """Keeps one port open, delivers ``(bytes, t)`` to ``on_data`` on the event loop.
+    """Keeps one port open, delivers ``(t, data)`` to ``on_data`` on the event loop.
 
     ``on_event`` receives :class:`LinkEvent` (connected / lost), one per change.
-    ``clock`` is a collector.clock.Clock (``now()`` and ``async sleep()``).
+    ``clock`` stamps reads and sleeps the backoff (see :class:`drivers.clock.Clock`).
     """
 
     def __init__(
@@ -196,11 +217,11 @@ class SerialTransport:
         url: str,
         settings: PortSettings,
         on_data: DataSink,
-        clock: Any,
+        clock: Clock,
         on_event: Callable[[LinkEvent], None] | None = None,
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
-        opener: Callable[[str, PortSettings], serial.SerialBase] = open_port,
+        opener: Callable[[str, PortSettings], Port] = open_port,
         socket_hosts: Collection[str] = (),
     ) -> None:
         self.url, self.settings, self.clock = url, settings, clock
@@ -209,7 +230,7 @@ class SerialTransport:
         self._on_event = on_event
         self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
         self._opener = opener
-        self._port: serial.SerialBase | None = None
+        self._port: Port | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._thread_stop: threading.Event | None = None
@@ -260,7 +281,7 @@ class SerialTransport:
                 raise NotConnected(self.url) from exc
 
     # internals -------------------------------------------------------------------------
-    async def _open(self) -> serial.SerialBase:
+    async def _open(self) -> Port:
         self.open_attempts += 1
         try:
             check_port_url(self.url, self.socket_hosts)  # the last gate before pyserial sees the string
@@ -282,9 +303,9 @@ class SerialTransport:
         if isinstance(self._on_data, asyncio.Queue):
             self._on_data.put_nowait((t, data))
         else:
-            self._on_data(data, t)
+            self._on_data(t, data)
 
-    async def _run(self, port: serial.SerialBase | None) -> None:
+    async def _run(self, port: Port | None) -> None:
         backoff = self.backoff_initial_s
         was_connected = False
         while not self._stopping:
@@ -313,7 +334,7 @@ class SerialTransport:
         if was_connected and self._port is not None:
             self._port = None
 
-    async def _read_until_lost(self, port: serial.SerialBase) -> str:
+    async def _read_until_lost(self, port: Port) -> str:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[str] = loop.create_future()
         stop = threading.Event()

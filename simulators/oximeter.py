@@ -18,6 +18,8 @@ from drivers.protocols.registry import PROFILES
 from simulators.scenario import DISCONNECTED, FINGER_OUT, GARBAGE, SILENT, Scenario, Timeline, build_timeline
 
 if TYPE_CHECKING:
+    from bleak.assigned_numbers import CharacteristicPropertyName
+
     from simulators.ble_backend import SimulatedClientBackend
 
 log = logging.getLogger(__name__)
@@ -71,8 +73,8 @@ class SimulatedOximeter:
         self._rng = np.random.default_rng(scenario.seed + 1)
 
     # -- GATT ------------------------------------------------------------------------------
-    def gatt(self) -> dict[str, dict[str, tuple[str, ...]]]:
-        table: dict[str, dict[str, tuple[str, ...]]] = {
+    def gatt(self) -> dict[str, dict[str, tuple[CharacteristicPropertyName, ...]]]:
+        table: dict[str, dict[str, tuple[CharacteristicPropertyName, ...]]] = {
             DIS_SERVICE: {DIS_MODEL: ("read",), DIS_SERIAL: ("read",), DIS_FIRMWARE: ("read",)},
             self.profile.service_uuid: {u: ("notify",) for u in self.profile.notify_uuids},
         }

@@ -70,7 +70,7 @@ def test_unopenable_port_error_is_one_clear_line() -> None:
 
 def test_start_with_required_open_raises() -> None:
     async def main() -> None:
-        t = SerialTransport("socket://127.0.0.1:1", PortSettings(), lambda d, t: None, SystemClock(), socket_hosts=["127.0.0.1"])
+        t = SerialTransport("socket://127.0.0.1:1", PortSettings(), lambda t, d: None, SystemClock(), socket_hosts=["127.0.0.1"])
         with pytest.raises(SerialPortError):
             await t.start(require_first_open=True)
         with pytest.raises(NotConnected):
@@ -113,7 +113,7 @@ def test_port_disappears_then_comes_back_with_backoff() -> None:
         runner = asyncio.create_task(clock.run())
         received: list[bytes] = []
         events: list[LinkEvent] = []
-        t = SerialTransport(f"socket://127.0.0.1:{port}", PortSettings(timeout=0.05), lambda d, ts: received.append(d),
+        t = SerialTransport(f"socket://127.0.0.1:{port}", PortSettings(timeout=0.05), lambda ts, d: received.append(d),
                             clock, events.append, backoff_initial_s=1.0, backoff_max_s=8.0, socket_hosts=["127.0.0.1"])
         await t.start()
         await wait_for(lambda: srv.writer is not None, "first connection")
@@ -148,7 +148,7 @@ def test_pty_path_and_hangup() -> None:
         path = os.ttyname(slave)
         received = bytearray()
         events: list[LinkEvent] = []
-        t = SerialTransport(path, PortSettings(baudrate=115200, timeout=0.05), lambda d, ts: received.extend(d),
+        t = SerialTransport(path, PortSettings(baudrate=115200, timeout=0.05), lambda ts, d: received.extend(d),
                             SystemClock(), events.append, backoff_initial_s=0.05)
         await t.start(require_first_open=True)
         os.write(master, b"\x0bdata\x1c\r")  # CR must survive (raw line)
@@ -167,7 +167,7 @@ def test_pty_path_and_hangup() -> None:
 def test_stop_while_waiting_to_reconnect_returns() -> None:
     async def main() -> None:
         clock = VirtualClock(start=0.0)  # not running: the backoff sleep would never end by itself
-        t = SerialTransport("socket://127.0.0.1:1", PortSettings(), lambda d, ts: None, clock, socket_hosts=["127.0.0.1"])
+        t = SerialTransport("socket://127.0.0.1:1", PortSettings(), lambda ts, d: None, clock, socket_hosts=["127.0.0.1"])
         await t.start()
         await wait_for(lambda: t.open_attempts >= 1 and t.last_error is not None, "first failed open")
         assert "127.0.0.1:1" in t.last_error

@@ -44,7 +44,7 @@ class Collector:
         self.link.append(ev)
         self.changed.set()
 
-    def on_data(self, data: bytes, t: float) -> None:
+    def on_data(self, t: float, data: bytes) -> None:
         for ev in self.decoder.feed(data):
             self.events.append(ev)
             if ev.ack is not None:

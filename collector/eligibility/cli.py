@@ -25,7 +25,7 @@ def criteria() -> None:
 @click.argument("value")
 @click.option("--reason", help="Why an existing value is corrected (required for a correction).")
 @click.option("--by", "by", help="Who records it (default: the global --by, else the config's operator).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the recorded fact as JSON.")
 @pass_ctx
 def criteria_set(c: Ctx, subject_id: str, fact: str, value: str, reason: str | None, by: str | None, as_json: bool) -> None:
     """Record FACT = VALUE for SUBJECT_ID (a correction appends a new row and needs --reason)."""
@@ -45,7 +45,7 @@ def criteria_set(c: Ctx, subject_id: str, fact: str, value: str, reason: str | N
 
 @criteria.command("show")
 @click.argument("subject_id")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print current values and history as JSON.")
 @pass_ctx
 def criteria_show(c: Ctx, subject_id: str, as_json: bool) -> None:
     """Current facts of SUBJECT_ID and every value ever recorded (identifying values withheld)."""
@@ -61,7 +61,7 @@ def criteria_show(c: Ctx, subject_id: str, as_json: bool) -> None:
 
 @click.command("eligibility")
 @click.argument("subject_id")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON (keys in the README).")
 @pass_ctx
 def eligibility(c: Ctx, subject_id: str, as_json: bool) -> None:
     """Decide SUBJECT_ID's eligibility now: a state and reason per criterion.

@@ -531,7 +531,7 @@ def _fvc(facts: Mapping[str, RecordedFact], sessions: Sequence[SpirometryResult]
     ok = pct >= th.fvc_pct_min
     other_eq = next(e for e in EQUATIONS if e != eq)
     others = [(p, s) for s in usable if (p := s.pct_for(other_eq)) is not None and math.isfinite(p)]
-    other_pct = max((p for p, _ in others), default=None)  # type: ignore[type-var]
+    other_pct = max((p for p, _ in others), default=None)
     value = {"fvc_pct_predicted": pct, "equation": eq, "session_id": best.session_id, "fvc_l": best.fvc_l,
              "grade": best.grade, "other_equation": other_eq, "other_fvc_pct_predicted": other_pct}
     inputs.sort(key=lambda i: i["source"] != f"session:{best.session_id}")  # deciding session first

@@ -386,11 +386,11 @@ def check_config_change(conn: sqlite3.Connection, config: Mapping[str, Any], *, 
         return {"action": "config_loaded", "hash": digest}
     if prev.get("hash") == digest:
         return None
-    old_flat = prev.get("config") if isinstance(prev.get("config"), dict) else None
+    old_flat: dict[str, Any] | None = prev.get("config") if isinstance(prev.get("config"), dict) else None
     keys = sorted(k for k in set(flat) | set(old_flat or {}) if (old_flat or {}).get(k) != flat.get(k)) if old_flat is not None else None
     audit.append(
         conn, at=at, actor=actor, action="configuration_changed",
-        old={"hash": prev.get("hash"), "values": {k: old_flat.get(k) for k in keys} if keys is not None else None},
+        old={"hash": prev.get("hash"), "values": {k: old_flat.get(k) for k in keys} if keys is not None and old_flat is not None else None},
         new={"hash": digest, "changed_keys": keys, "values": {k: flat.get(k) for k in keys} if keys is not None else None, "config": flat},
         reason="effective configuration differs from the one last recorded",
     )
@@ -453,18 +453,18 @@ class EligibilityService:
             self._lock = asyncio.Lock()
         async with self._lock:  # keep evaluations and their recording in order
             await self.daemon.flush()  # the triggering data is committed
-            subject_id, result = await asyncio.to_thread(self._read_eval, session_id, subject_id)
+            subject, result = await asyncio.to_thread(self._read_eval, session_id, subject_id)
             at = self.daemon.clock.now()
             reason = {LIVE_ALERT: f"live T90 alert on night {session_id}", "night_report": f"night {session_id} report stored",
                       "spirometry_result": f"spirometry session {session_id} result stored"}[kind]
             change = await self.daemon.write(lambda c: record_decision_change(
-                c, subject_id, result, at=at, actor="collector", reason=reason, session_id=session_id, event=True))
-            self._remember(subject_id, result, change)
+                c, subject, result, at=at, actor="collector", reason=reason, session_id=session_id, event=True))
+            self._remember(subject, result, change)
             if change is not None:
                 self.changes = (self.changes + [change])[-50:]
                 # A first decision is routine; a decision that changes is worth a warning in the log.
                 log.log(logging.INFO if change["old_decision"] is None else logging.WARNING,
-                        "eligibility of %s: %s -> %s (%s)", subject_id, change["old_decision"], change["new_decision"],
+                        "eligibility of %s: %s -> %s (%s)", subject, change["old_decision"], change["new_decision"],
                         ", ".join(change["changed_criteria"]) or "no criterion")
             return change
 

@@ -52,9 +52,9 @@ class ExportResult:
 
 
 def _flag_names(flags: int) -> str:
-    from drivers.protocols.common import Flag
+    from drivers.protocols.common import flag_names
 
-    return "|".join(f.name for f in Flag if f and f in Flag(flags))
+    return flag_names(flags)
 
 
 def _device(conn: sqlite3.Connection, device_id: int | None) -> dict[str, Any] | None:
@@ -89,7 +89,7 @@ def _night_files(conn: sqlite3.Connection, s: dict[str, Any], config: dict[str, 
 
     sid = s["id"]
     rows = sample_rows(conn, sid)
-    names = {}
+    names: dict[int, str] = {}
     samples = []
     for t_ms, dt, spo2, pulse, pai, valid, pvalid, flags, raw, counter in rows:
         fn = names.get(flags)
@@ -179,7 +179,7 @@ def _eligibility(conn: sqlite3.Connection, subject_id: str, now: float, config: 
 
     Imported lazily (a separate feature); read-only, so the export does not record a decision change."""
     try:
-        from collector.eligibility.service import evaluate_subject, thresholds_for_config  # type: ignore[attr-defined]
+        from collector.eligibility.service import evaluate_subject, thresholds_for_config
     except (ImportError, AttributeError) as exc:
         return {"decision": "not_evaluated", "criteria": [], "summary": [f"eligibility service unavailable ({exc})"]}
     return evaluate_subject(conn, subject_id, now=now, thresholds=thresholds_for_config(config))
@@ -251,9 +251,9 @@ def build_subject_bag(conn: sqlite3.Connection, subject_id: str, *, config: dict
             files, night = _night_files(conn, s, config, scrub, subject_id, device)
             nights.append(night)
         else:
-            files, result = _spirometry_files(conn, s, scrub, device, float(config["spirometry"]["fvc_threshold_pct"]))
-            if result is not None:
-                spiro.append(result)
+            files, spiro_result = _spirometry_files(conn, s, scrub, device, float(config["spirometry"]["fvc_threshold_pct"]))
+            if spiro_result is not None:
+                spiro.append(spiro_result)
         payload.update(files)
     eligibility = coarsen(scrub.obj(_eligibility(conn, subject_id, now, config)),
                           fvc_threshold_pct=float(config["spirometry"]["fvc_threshold_pct"]))

@@ -72,14 +72,6 @@ def read_csv(data: bytes, columns: list[str]) -> list[dict[str, str]]:
     return rows
 
 
-def opt_float(s: str) -> float | None:
-    return None if s == "" else float(s)
-
-
-def opt_int(s: str) -> int | None:
-    return None if s == "" else int(s)
-
-
 # -- audit rows: NULL-exact round trip ---------------------------------------------------------------
 AUDIT_TEXT = ("at_utc", "actor", "action", "subject_id", "old_value", "new_value", "reason")
 

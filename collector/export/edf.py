@@ -28,7 +28,6 @@ import numpy as np
 
 SPO2_LABEL = "SpO2"
 PULSE_LABEL = "Pulse"
-SENTINEL_DIGITAL = -1
 RECORD_S = 30  # long records keep the per-record annotation slot small
 SPO2_RANGE = ((-0.1, 100.0), (-1, 1000))   # physical, digital: 0.1 % per step
 PULSE_RANGE = ((-0.1, 300.0), (-1, 3000))  # 0.1 bpm per step

@@ -34,7 +34,7 @@ class ExportIn(BaseModel):
 @click.option("--all", "export_all", is_flag=True, help="One bundle per subject, for every subject.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder to write bundles into.")
 @click.option("--zip", "as_zip", is_flag=True, help="Write each bundle as a .zip instead of a folder.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the bundles written as JSON.")
 @pass_ctx
 def export_cmd(c: Ctx, subject_id: str | None, session_id: int | None, export_all: bool, out_dir: Path,
                as_zip: bool, as_json: bool) -> None:
@@ -68,7 +68,7 @@ def export_cmd(c: Ctx, subject_id: str | None, session_id: int | None, export_al
 
 @click.command("verify")
 @click.argument("bundle", type=click.Path(exists=True, path_type=Path))
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the verification result as JSON.")
 def verify_cmd(bundle: Path, as_json: bool) -> None:
     """Check a bundle (folder or zip) without any database; exits non-zero naming each bad file."""
     from .verify import verify_bundle
@@ -89,7 +89,7 @@ def verify_cmd(bundle: Path, as_json: bool) -> None:
 @click.command("merge")
 @click.argument("bundles", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="DuckDB file (created or extended).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print what was merged as JSON.")
 def merge_cmd(bundles: tuple[Path, ...], out: Path, as_json: bool) -> None:
     """Load verified bundles into one DuckDB file (tables samples, nights, spirometry, criteria, decisions)."""
     from .merge import merge_bundles

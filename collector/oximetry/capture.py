@@ -12,7 +12,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Iterator
 
 from collector.clock import parse_utc, utc_iso
 from collector.errors import InvalidInput, StorageError
@@ -36,7 +36,7 @@ class CaptureWriter:
     def event(self, t: float, device: str, protocol: str, event: str, cause: str | None = None) -> None:
         self._write({"t": utc_iso(t), "device": device, "protocol": protocol, "event": event, "cause": cause})
 
-    def _write(self, record: dict) -> None:
+    def _write(self, record: dict[str, Any]) -> None:
         self._fh.write(json.dumps(record, separators=(",", ":")) + "\n")
         now = time.monotonic()
         if now - self._last_flush >= 1.0:

@@ -116,7 +116,7 @@ def report_cmd(c: Ctx, session_id: int, as_json: bool, png: Path | None, tz_name
 @click.option("--tz", "tz_name", help="o2ring-csv/edf: IANA zone the device clock was set to (e.g. Europe/Berlin).")
 @click.option("--utc-offset", "utc_offset", help="o2ring-csv/edf: the device clock's offset from UTC instead of --tz (e.g. +01:00).")
 @click.option("--channel", help="edf: label of the SpO2 channel (default: first labelled SpO2/SaO2, else unit %).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the new session, its samples and report as JSON.")
 @pass_ctx
 def import_cmd(c: Ctx, file: Path, subject_id: str, fmt: str, start: str | None, tz_name: str | None,
                utc_offset: str | None, channel: str | None, as_json: bool) -> None:
@@ -152,9 +152,9 @@ def import_cmd(c: Ctx, file: Path, subject_id: str, fmt: str, start: str | None,
 
 @click.command("replay")
 @click.argument("capture_file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--subject", "subject_id", required=True)
+@click.option("--subject", "subject_id", required=True, help="Subject's screening ID the replayed night is recorded for.")
 @click.option("--device", help="Only this device's frames (required when the capture holds several beds).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the replayed sessions as JSON.")
 @pass_ctx
 def replay_cmd(c: Ctx, capture_file: Path, subject_id: str, device: str | None, as_json: bool) -> None:
     """Feed a raw capture through the same decoders into a new night session (timestamps kept)."""

@@ -9,6 +9,7 @@ update the O(1) live figures.
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import Future
 import logging
 import time
 from typing import Any, Callable
@@ -131,5 +132,9 @@ class ReadingPipeline:
 
     def _submit(self, fn: Callable[[Any], Any]) -> None:
         self.hand_over()  # keep stored order: samples first, then what they caused
-        fut = self.writer.submit(fn)
-        fut.add_done_callback(lambda f: f.exception() and log.error("session %s: write failed: %s", self.session_id, f.exception()))
+        self.writer.submit(fn).add_done_callback(self._log_failure)
+
+    def _log_failure(self, fut: Future[Any]) -> None:
+        exc = fut.exception()
+        if exc is not None:
+            log.error("session %s: write failed: %s", self.session_id, exc)

@@ -7,6 +7,7 @@ gaps the live session stored, so the replayed rows equal the live ones.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -102,8 +103,8 @@ def _replay_device(writer: Writer, records: list[CaptureRecord], subject_id: str
         frames = pipeline.feed(rec.t, rec.characteristic or "", rec.data or b"")
         if frames and gap_start is not None and rec.characteristic in notify:
             g0, cause = gap_start
-            writer.submit(lambda c, g0=g0, cause=cause, t=rec.t: repo.add_gap(
-                c, session_id, start_ms=int(round(g0 * 1000)), end_ms=int(round(t * 1000)), cause=cause))
+            writer.submit(functools.partial(repo.add_gap, session_id=session_id, start_ms=int(round(g0 * 1000)),
+                                            end_ms=int(round(rec.t * 1000)), cause=cause))
             gap_start, gaps = None, gaps + 1
     end = records[-1].t
     pipeline.close(end)

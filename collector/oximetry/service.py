@@ -10,6 +10,7 @@ and the final report when a night is stopped (through the one
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sqlite3
 from typing import TYPE_CHECKING, Any
@@ -151,7 +152,8 @@ class NightService:
         config = self.daemon.config
         result = await self.daemon.write(lambda c: store.finalise(c, session_id, config, at=now, actor=actor, reason=reason))
         self.daemon.notify("night_report", {"session_id": session_id, "report": result["report"]})
-        return result["report"]  # type: ignore[no-any-return]
+        report: dict[str, Any] = result["report"]
+        return report
 
     # -- daemon hooks ------------------------------------------------------------------------
     async def stop_session_hook(self, session_id: int, t: float) -> None:
@@ -200,11 +202,11 @@ class NightService:
                             row["id"], row["subject_id"], (now - since) / 3600, row["id"])
                 continue
             if row["state"] == "interrupted":
-                await daemon.write(lambda c, sid=row["id"]: repo.resume_session(c, sid, by="collector", at=now))
+                await daemon.write(functools.partial(repo.resume_session, session_id=row["id"], by="collector", at=now))
             else:
-                await daemon.write(lambda c, sid=row["id"], s=row["subject_id"]: repo.audit.append(
-                    c, at=now, actor="collector", action="session_resumed", subject_id=s, session_id=sid,
-                    reason="collector restarted after an unclean stop"))
+                await daemon.write(functools.partial(
+                    repo.audit.append, at=now, actor="collector", action="session_resumed", subject_id=row["subject_id"],
+                    session_id=row["id"], reason="collector restarted after an unclean stop"))
             rec = NightRecorder(daemon, row, protocol=row["device_protocol"], target=LinkTarget(row["device_address"]),
                                 resume_from=min(since, now), open_gap_id=open_gaps[row["id"]])
             conn = daemon.open_reader()
@@ -224,8 +226,8 @@ class NightService:
         for sid, rec in list(self.recorders.items()):
             try:  # one session's failure must not cost the others their interrupted state
                 await rec.stop(now)
-                await self.daemon.write(lambda c, sid=sid: repo.close_session(
-                    c, sid, state="interrupted", by="collector", at=now, reason=SHUTDOWN_REASON))
+                await self.daemon.write(functools.partial(repo.close_session, session_id=sid, state="interrupted",
+                                                          by="collector", at=now, reason=SHUTDOWN_REASON))
             except CollectorError as exc:
                 log.error("session %s could not be closed as interrupted (%s); it stays open and resumes on the next start", sid, exc.message)
             except Exception:

@@ -149,7 +149,7 @@ def _insert_report(conn: sqlite3.Connection, session_id: int, report: dict[str, 
         (session_id, utc_iso(at), report["definitions"]["t90"], report.get("t90_pct"), int(bool(report.get("night_valid"))),
          int(bool(report.get("borderline"))), None if meets is None else int(bool(meets)), json.dumps(report, sort_keys=True)),
     )
-    return int(cur.lastrowid)  # type: ignore[arg-type]
+    return repo.inserted_id(cur)
 
 
 def latest_report_row(conn: sqlite3.Connection, session_id: int) -> dict[str, Any] | None:

@@ -118,7 +118,7 @@ def render(d: dict[str, Any]) -> list[str]:
 
 @spirometry.command("recompute")
 @click.argument("session_id", type=int)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the recomputed result as JSON.")
 @click.pass_obj
 def recompute(c: Any, session_id: int, as_json: bool) -> None:
     """Re-evaluate a session from its stored manoeuvres and the current facts (after recording sex/height/birth date)."""
@@ -149,16 +149,16 @@ def recompute(c: Any, session_id: int, as_json: bool) -> None:
 
 
 @click.command("predict")
-@click.option("--sex", type=click.Choice(["female", "male"]), required=True)
+@click.option("--sex", type=click.Choice(["female", "male"]), required=True, help="Sex for the GLI reference equations.")
 @click.option("--age", "age", type=float, required=True, help="Age in decimal years.")
-@click.option("--height-cm", "height_cm", type=float, required=True)
+@click.option("--height-cm", "height_cm", type=float, required=True, help="Standing height in cm.")
 @click.option("--fvc-l", "fvc_l", type=float, help="Measured FVC (L) for z-score and % predicted.")
 @click.option("--fev1-l", "fev1_l", type=float, help="Measured FEV1 (L).")
 @click.option("--equation", type=click.Choice(list(gli.EQUATIONS)), default=None,
               help="Reference equation (default from config [spirometry] equation: gli-global-2022).")
 @click.option("--ethnicity", type=click.Choice(list(gli.ETHNICITIES)), default=None,
               help="GLI-2012 ethnic group (default from config [spirometry] ethnicity_2012: other).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the predicted values as JSON.")
 @click.pass_obj
 def predict(c: Any, sex: str, age: float, height_cm: float, fvc_l: float | None, fev1_l: float | None,
             equation: str | None, ethnicity: str | None, as_json: bool) -> None:

@@ -270,7 +270,7 @@ def _lms(curve: _Curve, age: NDArray[np.float64], height: NDArray[np.float64],
     s_lin = curve.p0 + curve.p1 * ln_age + _interp(curve.s_spline, curve.age0, age)
     if ethnicity is not None:
         for group, (a_key, p_key) in _GROUP_TERMS.items():
-            if a_key is None:
+            if a_key is None or p_key is None:  # the reference group has no terms
                 continue
             is_group = ethnicity == group
             m_lin = m_lin + curve.group[a_key] * is_group

@@ -163,10 +163,6 @@ class Judgement:
     def acceptable(self) -> bool:
         return self.status == ACCEPTABLE
 
-    @property
-    def usable_or_better(self) -> bool:
-        return self.status in (ACCEPTABLE, USABLE)
-
 
 @dataclass(frozen=True)
 class ManoeuvreAssessment:

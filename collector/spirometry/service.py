@@ -122,7 +122,7 @@ class SpirometryRecorder:
         self.last_error: str | None = None
 
     # -- transport callbacks (event loop) -------------------------------------------------
-    def _on_data(self, data: bytes, t: float) -> None:
+    def _on_data(self, t: float, data: bytes) -> None:
         if self.daemon.capture is not None:
             self.daemon.capture.frame(t, self.url, self.model.protocol, "rx", data)
         self.queue.put_nowait(("data", t, data))

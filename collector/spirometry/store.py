@@ -63,7 +63,6 @@ QUALITY_FLAGS = frozenset(DEFAULT_QUALITY_CODES.values())
 #: ATS/ERS 2019 FVC grades of a repeatable session (>= 2 acceptable within 0.200 L): only these decide.
 FVC_GRADES: tuple[str, ...] = ("A", "B", "C")
 ALL_GRADES = frozenset("ABCDEUF")
-NEEDED_FACTS = ("sex", "height_cm", "birth_date")
 
 
 # --------------------------------------------------------------------------- manoeuvres
@@ -101,7 +100,7 @@ def insert_message(conn: sqlite3.Connection, session_id: int, msg: DecodedMessag
              r.posture, int(r.summary), r.fvc_l, r.fev1_l, r.fev1_fvc, r.pef_l_s, r.bev_l, r.fet_s,
              json.dumps(list(r.device_quality)), _curves_json(r), _raw_json(r)),
         )
-        ids.append(int(cur.lastrowid))
+        ids.append(repo.inserted_id(cur))
     return ids
 
 
@@ -353,7 +352,7 @@ def insert_result(conn: sqlite3.Connection, session_id: int, result: Mapping[str
          (result.get("fvc") or {}).get("grade"), (result.get("fev1") or {}).get("grade"),
          json.dumps(result, sort_keys=True)),
     )
-    return int(cur.lastrowid)
+    return repo.inserted_id(cur)
 
 
 def latest_result_row(conn: sqlite3.Connection, session_id: int) -> dict[str, Any] | None:

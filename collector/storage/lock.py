@@ -10,6 +10,7 @@ saw none and both recorded.  The kernel releases the lock when the process dies
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import IO
 
@@ -54,7 +55,7 @@ class DatabaseLock:
             self._fh = None
 
 
-if os.name == "nt":  # pragma: no cover - exercised on Windows laptops
+if sys.platform == "win32":  # pragma: no cover - exercised on Windows laptops
     import msvcrt
 
     def _lock(fh: IO[str]) -> None:

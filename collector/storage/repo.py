@@ -29,6 +29,13 @@ def validate_subject_id(subject_id: str) -> str:
     return subject_id
 
 
+def inserted_id(cur: sqlite3.Cursor) -> int:
+    """The row id an INSERT just created (typed ``int | None`` by sqlite3: None before any INSERT)."""
+    if cur.lastrowid is None:
+        raise RuntimeError("the INSERT reported no row id")
+    return cur.lastrowid
+
+
 def _rows(conn: sqlite3.Connection, sql: str, params: Any = ()) -> list[dict[str, Any]]:
     try:
         cur = conn.execute(sql, params)
@@ -81,7 +88,7 @@ def upsert_device(
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (kind, protocol, address, name, ident.get("model"), ident.get("serial_number"), ident.get("firmware"), utc_iso(at), utc_iso(at)),
         )
-        device_id = int(cur.lastrowid)
+        device_id = inserted_id(cur)
         # The address stays out of the audit value: it can identify a home device's owner.
         audit.append(conn, at=at, actor="collector", action="device_registered",
                      new={"device_id": device_id, "kind": kind, "protocol": protocol, **ident})
@@ -141,7 +148,7 @@ def open_session(
         " VALUES (?, ?, 'open', ?, ?, ?, ?, ?)",
         (subject_id, kind, origin, device_id, utc_iso(at), by, json.dumps(settings or {}, sort_keys=True)),
     )
-    session_id = int(cur.lastrowid)
+    session_id = inserted_id(cur)
     audit.append(
         conn, at=at, actor=by, action="session_started", subject_id=subject_id, session_id=session_id,
         new={"kind": kind, "origin": origin, "device_id": device_id},
@@ -179,7 +186,7 @@ def add_recorded_session(
         " VALUES (?, ?, 'stopped', ?, NULL, ?, ?, ?, ?, ?)",
         (subject_id, kind, origin, utc_iso(started_at), utc_iso(stopped_at), by, by, json.dumps(settings, sort_keys=True)),
     )
-    return int(cur.lastrowid)  # type: ignore[arg-type]
+    return inserted_id(cur)
 
 
 def find_imported_session(conn: sqlite3.Connection, sha256: str) -> dict[str, Any] | None:
@@ -246,7 +253,7 @@ def open_gap(conn: sqlite3.Connection, session_id: int, *, start_ms: int, cause:
     cur = conn.execute(
         "INSERT INTO gaps (session_id, start_utc_ms, cause, detail) VALUES (?, ?, ?, ?)", (session_id, start_ms, cause, detail)
     )
-    return int(cur.lastrowid)
+    return inserted_id(cur)
 
 
 def close_gap(conn: sqlite3.Connection, gap_id: int, *, end_ms: int) -> None:
@@ -258,7 +265,7 @@ def add_gap(conn: sqlite3.Connection, session_id: int, *, start_ms: int, end_ms:
         "INSERT INTO gaps (session_id, start_utc_ms, end_utc_ms, cause, detail) VALUES (?, ?, ?, ?, ?)",
         (session_id, start_ms, max(start_ms, end_ms), cause, detail),
     )
-    return int(cur.lastrowid)
+    return inserted_id(cur)
 
 
 def add_event(conn: sqlite3.Connection, session_id: int | None, *, t_ms: int, kind: str, detail: dict[str, Any] | None = None) -> int:
@@ -266,7 +273,7 @@ def add_event(conn: sqlite3.Connection, session_id: int | None, *, t_ms: int, ki
         "INSERT INTO events (session_id, t_utc_ms, kind, detail_json) VALUES (?, ?, ?, ?)",
         (session_id, t_ms, kind, json.dumps(detail or {}, sort_keys=True)),
     )
-    return int(cur.lastrowid)
+    return inserted_id(cur)
 
 
 def open_gap_id(conn: sqlite3.Connection, session_id: int) -> int | None:
@@ -287,7 +294,3 @@ def latest_event(conn: sqlite3.Connection, session_id: int, kind: str) -> dict[s
 
 def session_events(conn: sqlite3.Connection, session_id: int) -> list[dict[str, Any]]:
     return _rows(conn, "SELECT * FROM events WHERE session_id = ? ORDER BY t_utc_ms, id", (session_id,))
-
-
-def session_samples(conn: sqlite3.Connection, session_id: int) -> list[dict[str, Any]]:
-    return _rows(conn, "SELECT * FROM spo2_samples WHERE session_id = ? ORDER BY host_utc_ms, rowid", (session_id,))

@@ -58,7 +58,7 @@ def user_disable(c: Ctx, name: str, enable: bool) -> None:
 
 
 @user_group.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the operators as JSON.")
 @pass_ctx
 def user_list(c: Ctx, as_json: bool) -> None:
     """List operators (never their password hashes)."""

@@ -172,7 +172,7 @@ def make_router(daemon: Any, auth: Any) -> APIRouter:
     protected = [Depends(auth)]
 
     @router.post("/login", response_model=models.LoginOut, responses={401: {"description": "wrong name or password"}, 429: {"description": "too many failed logins"}})
-    async def login(body: models.LoginIn, response: Response) -> dict[str, Any]:
+    async def login(body: models.LoginIn, response: Response) -> dict[str, Any] | JSONResponse:
         """Log an operator in: sets the HttpOnly session cookie and returns the CSRF token."""
         from collector.users.passwords import NAME_RE
         from collector.users.store import verify_login

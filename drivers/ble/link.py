@@ -22,7 +22,7 @@ from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 from bleak.exc import BleakError
 
-from collector.clock import Clock
+from drivers.clock import Clock
 from drivers.protocols.common import DeviceProfile
 
 log = logging.getLogger(__name__)
@@ -177,12 +177,13 @@ class OximeterLink:
         # to it directly, and let the backend's connect timeout bound the wait.
         if self.address is not None:
             return self.address
-        found = await BleakScanner.find_device_by_filter(
-            self.target.matches,
-            timeout=self.scan_timeout_s,
-            backend=self.scanner_backend,
-            **({"service_uuids": [self.target.service_uuid]} if self.target.service_uuid else {}),
-        )
+        # Only what is set: bleak's own default stands for an unset backend.
+        extra: BleakScanner.ExtraArgs = {}
+        if self.scanner_backend is not None:
+            extra["backend"] = self.scanner_backend
+        if self.target.service_uuid:
+            extra["service_uuids"] = [self.target.service_uuid]
+        found = await BleakScanner.find_device_by_filter(self.target.matches, timeout=self.scan_timeout_s, **extra)
         if found is None:
             raise DeviceNotFound(f"no advertisement from {self.target.spec!r} within {self.scan_timeout_s:g} s")
         return found

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from bleak import BleakScanner
 from bleak.backends.device import BLEDevice
@@ -21,7 +22,7 @@ class FoundDevice:
     service_uuids: tuple[str, ...]
     protocol: str | None  # None: advertises no service we know
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -30,7 +31,8 @@ def _found(device: BLEDevice, adv: AdvertisementData) -> FoundDevice:
 
 
 async def scan(timeout_s: float = 5.0, *, backend: type[BaseBleakScanner] | None = None, oximeters_only: bool = True) -> list[FoundDevice]:
-    found = await BleakScanner.discover(timeout=timeout_s, return_adv=True, backend=backend)
+    extra: BleakScanner.ExtraArgs = {} if backend is None else {"backend": backend}  # unset: bleak's default
+    found = await BleakScanner.discover(timeout=timeout_s, return_adv=True, **extra)
     out = [_found(device, adv) for device, adv in found.values()]
     return sorted((d for d in out if d.protocol or not oximeters_only), key=lambda d: -(d.rssi or -999))
 

@@ -51,7 +51,8 @@ class BerryMedPacket:
     raw: bytes
 
     @property
-    def flags(self) -> Flag:
+    def flags(self) -> int:
+        """Normalised flag bits (plain int, as apply_range_rules returns them)."""
         flags = Flag.NONE
         if self.no_finger:
             flags |= Flag.FINGER_OUT

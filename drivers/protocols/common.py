@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 # Physiological plausibility limits (oximetry.md, "What counts as a valid sample").
 SPO2_MIN_PCT = 50.0
@@ -38,6 +38,12 @@ class Flag(enum.IntFlag):
     LOW_BATTERY = 1 << 12
     SENSOR_DISPLACED = 1 << 13
     DEVICE_CLOCK_NOT_SET = 1 << 14
+
+
+
+def flag_names(flags: int) -> str:
+    """The names of the set bits, ``|``-joined in bit order (the exports' ``flag_names`` column)."""
+    return "|".join(f.name for f in Flag if f and f.name and f in Flag(flags))
 
 
 # Flags that make a sample unusable for SpO2 analysis (T90 numerator and denominator).
@@ -72,7 +78,9 @@ class OximeterReading:
 
     spo2_pct: float | None
     pulse_bpm: float | None
-    flags: Flag = Flag.NONE
+    # Flag bits as a plain int: codecs combine them with int arithmetic (IntFlag ops are slow on
+    # the per-sample path) and apply_range_rules returns int; Flag(reading.flags) names them.
+    flags: int = Flag.NONE
     status_raw: int | None = None  # the device's own status bits, verbatim
     pai_pct: float | None = None  # perfusion / pulse amplitude index, %
     device_time: str | None = None  # device clock as ISO-8601 without zone (device local)
@@ -80,7 +88,7 @@ class OximeterReading:
     kind: str = "continuous"  # "continuous" or "spot_check"
     # Storage columns derived from the fields above, memoised by the pipeline: a codec
     # may hand out the same (never mutated) reading for every identical frame.
-    row_tail: tuple | None = field(default=None, init=False, compare=False, repr=False)
+    row_tail: tuple[Any, ...] | None = field(default=None, init=False, compare=False, repr=False)
 
     @property
     def valid(self) -> bool:

@@ -21,6 +21,7 @@ import datetime as _dt
 import enum
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 from drivers.protocols.common import Flag, OximeterReading, ParserStats, apply_range_rules
 from drivers.protocols.sfloat import SFloat, Special, encode_sfloat, read_sfloat
@@ -150,9 +151,9 @@ def status_flags(meas_status: int | None, dev_status: int | None) -> int:
     for bit, flag in MEAS_STATUS_FLAGS.items():
         if meas_status is not None and meas_status & bit:
             flags |= int(flag)
-    for bit, flag in DEV_STATUS_FLAGS.items():
-        if dev_status is not None and dev_status & bit:
-            flags |= int(flag)
+    for dev_bit, dev_flag in DEV_STATUS_FLAGS.items():
+        if dev_status is not None and dev_status & dev_bit:
+            flags |= int(dev_flag)
     return flags
 
 
@@ -292,7 +293,7 @@ def decode_continuous(data: bytes) -> PlxContinuous:
     n = 5 + 4 * bool(f & _C_FAST) + 4 * bool(f & _C_SLOW)
     n += 2 * bool(f & _C_MEAS_STATUS) + 3 * bool(f & _C_DEV_STATUS) + 2 * bool(f & _C_PAI)
     _need(data, n, "continuous")
-    fields: dict = {"flags": f, "spo2": read_sfloat(data, 1), "pr": read_sfloat(data, 3)}
+    fields: dict[str, Any] = {"flags": f, "spo2": read_sfloat(data, 1), "pr": read_sfloat(data, 3)}
     i = 5
     if f & _C_FAST:
         fields["spo2_fast"], fields["pr_fast"] = read_sfloat(data, i), read_sfloat(data, i + 2)
@@ -318,7 +319,7 @@ def decode_spot_check(data: bytes) -> PlxSpotCheck:
     n = 5 + 7 * bool(f & SpotFlags.TIMESTAMP) + 2 * bool(f & SpotFlags.MEAS_STATUS)
     n += 3 * bool(f & SpotFlags.DEV_STATUS) + 2 * bool(f & SpotFlags.PAI)
     _need(data, n, "spot-check")
-    fields: dict = {"flags": f, "spo2": read_sfloat(data, 1), "pr": read_sfloat(data, 3)}
+    fields: dict[str, Any] = {"flags": f, "spo2": read_sfloat(data, 1), "pr": read_sfloat(data, 3)}
     i = 5
     if f & SpotFlags.TIMESTAMP:
         year = int.from_bytes(data[i:i + 2], "little")

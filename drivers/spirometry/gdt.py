@@ -31,10 +31,12 @@ from typing import Iterable, Mapping
 from drivers.protocols.common import ParserStats
 from drivers.spirometry.results import (
     MEASURED_PARAMS,
+    Bronchodilator,
     CodeMapEntry,
     DecodedMessage,
     DecodeError,
     ManoeuvreResult,
+    ManoeuvreType,
     RawField,
     SpiroEvent,
     SubjectData,
@@ -101,6 +103,14 @@ def _gdt_time(s: str) -> str | None:
     if hh > 23 or mi > 59 or ss > 59:
         return None
     return f"{hh:02d}:{mi:02d}:{ss:02d}"
+
+
+@dataclass
+class _Trial:
+    """What one trial's test ids carried: numbers by parameter (with phase) and texts."""
+
+    values: dict[str, tuple[float, Bronchodilator | None]] = field(default_factory=dict)
+    texts: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -303,17 +313,17 @@ class GdtStreamParser:
             return self._refuse(why, "3622/3623")
         when = f"{date}T{time}" if date and time else date
         mid = f"gdt-{when}" if when else None  # never the patient number: ids end up in logs
-        trials: dict[int | None, dict[str, object]] = {}
+        trials: dict[int | None, _Trial] = {}
         for gi, g in enumerate(groups, 1):
             tid = g["8410"]
             entry = self._lookup(tid)
             if entry is None:
                 unknown.append(RawField(tid, g.get("8420", ""), g.get("8421") or None, g.get("8411") or None, "GDT-8410"))
                 continue
-            bucket = trials.setdefault(entry.trial, {"values": {}, "texts": {}, "extra": []})
+            bucket = trials.setdefault(entry.trial, _Trial())
             p, value_text, unit = entry.param, g.get("8420", ""), g.get("8421")
             if p in ("quality", "posture", "manoeuvre_type", "time"):
-                bucket["texts"].setdefault(p, []).append(value_text or g.get("8480", ""))  # type: ignore[union-attr]
+                bucket.texts.setdefault(p, []).append(value_text or g.get("8480", ""))
                 continue
             v = parse_number(value_text)
             if v is None:
@@ -324,27 +334,24 @@ class GdtStreamParser:
             conv, why = convert_unit(p, v, unit)
             if conv is None:
                 return self._refuse(f"test {tid}: {why}", f"8410 group {gi}", mid)
-            vals: dict[str, tuple[float, str | None]] = bucket["values"]  # type: ignore[assignment]
-            prev = vals.get(p)
+            prev = bucket.values.get(p)
             if prev is not None and abs(prev[0] - conv) > 1e-9:
                 return self._refuse(f"{p} reported twice with different values for one trial", f"8410 group {gi}", mid)
-            vals[p] = (conv, entry.bronchodilator)
+            bucket.values[p] = (conv, entry.bronchodilator)
         results: list[ManoeuvreResult] = []
         for trial in sorted(trials, key=lambda t: (t is None, t or 0)):
-            b = trials[trial]
-            vals = b["values"]  # type: ignore[assignment]
-            texts: dict[str, list[str]] = b["texts"]  # type: ignore[assignment]
+            vals, texts = trials[trial].values, trials[trial].texts
             if not any(k in vals for k in MEASURED_PARAMS):
                 continue
             phases = {ph for _, ph in vals.values() if ph}
             if len(phases) > 1:
                 return self._refuse("trial mixes pre- and post-bronchodilator values", f"trial {trial}", mid)
             mtxt = " ".join(texts.get("manoeuvre_type", [])).upper()
-            mtype = "SVC" if ("SVC" in mtxt or "SLOW" in mtxt) else "FVC" if mtxt else ("FVC" if "fvc" in vals else "SVC" if "vc" in vals else None)
+            mtype: ManoeuvreType | None = "SVC" if ("SVC" in mtxt or "SLOW" in mtxt) else "FVC" if mtxt else ("FVC" if "fvc" in vals else "SVC" if "vc" in vals else None)
             r = ManoeuvreResult(
-                source="gdt", number=trial, time=when, manoeuvre_type=mtype,  # type: ignore[arg-type]
-                posture=(texts.get("posture") or [None])[0],
-                bronchodilator=next(iter(phases), None),  # type: ignore[arg-type]
+                source="gdt", number=trial, time=when, manoeuvre_type=mtype,
+                posture=next(iter(texts.get("posture", ())), None),
+                bronchodilator=next(iter(phases), None),
                 fvc_l=vals.get("fvc", (None,))[0], fev1_l=vals.get("fev1", (None,))[0],
                 fev1_fvc=vals.get("fev1_fvc", (None,))[0], pef_l_s=vals.get("pef", (None,))[0],
                 bev_l=vals.get("bev", (None,))[0], fet_s=vals.get("fet", (None,))[0], vc_l=vals.get("vc", (None,))[0],

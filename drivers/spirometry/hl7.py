@@ -20,13 +20,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Mapping
 
+from drivers.clock import TimeSource
 from drivers.protocols.common import ParserStats
 from drivers.spirometry.results import (
+    Bronchodilator,
     CodeMapEntry,
     Curve,
     DecodedMessage,
     DecodeError,
     ManoeuvreResult,
+    ManoeuvreType,
     RawField,
     SpiroEvent,
     SubjectData,
@@ -325,7 +328,7 @@ class _Group:
 
     index: int
     obr: Segment | None
-    values: dict[str, tuple[float, str | None]] = field(default_factory=dict)  # param -> (value, phase)
+    values: dict[str, tuple[float, Bronchodilator | None]] = field(default_factory=dict)  # param -> (value, phase)
     texts: dict[str, list[str]] = field(default_factory=dict)
     ranges: list[tuple[str, str]] = field(default_factory=list)
     curves: list[Curve] = field(default_factory=list)
@@ -338,18 +341,24 @@ class _Refuse(Exception):
         self.reason, self.location, self.code = reason, location, code
 
 
+def _wall_clock_now() -> float:
+    """ACK stamps when no clock is injected (a receiver used on its own)."""
+    return datetime.now(timezone.utc).timestamp()
+
+
 class MllpReceiver:
     """Sans-I/O HL7 receiver: ``feed(bytes) -> [DecodedMessage | DecodeError]``.
 
     ``local_codes`` maps device codes (OBX-3 identifier, or ``"SYSTEM:CODE"``) to a
     parameter name (see results.KNOWN_PARAMS) or a CodeMapEntry; it wins over the
-    LOINC map.  ``clock`` (collector.clock) stamps our ACKs.
+    LOINC map.  ``clock`` (any :class:`drivers.clock.TimeSource`) stamps our ACKs;
+    without one they carry the wall-clock time.
     """
 
     def __init__(
         self,
         local_codes: Mapping[str, str | CodeMapEntry] | None = None,
-        clock: object | None = None,
+        clock: TimeSource | None = None,
         app_name: str = "ALSCOLLECTOR",
         facility: str = "",
         max_frame: int = MAX_FRAME_BYTES,
@@ -357,7 +366,7 @@ class MllpReceiver:
         self.local = _norm_map(local_codes)
         self.stats = ParserStats()
         self._framer = MllpFramer(max_frame)
-        self._now: Callable[[], float] = getattr(clock, "now", None) or (lambda: datetime.now(timezone.utc).timestamp())
+        self._now: Callable[[], float] = clock.now if clock is not None else _wall_clock_now
         self.app_name, self.facility = app_name, facility
         self._ack_seq = 0
 
@@ -565,7 +574,7 @@ class MllpReceiver:
             raise _Refuse("OBR mixes pre- and post-bronchodilator values", where, "102")
         obr_text = " ".join(_comp(g.obr.get(4), d, i) for i in (1, 2)) if g.obr else ""
         mtype_txt = " ".join(g.texts.get("manoeuvre_type", [])) or obr_text
-        mtype = "SVC" if _OBR_SVC.search(mtype_txt) else "FVC" if _OBR_FVC.search(mtype_txt) else None
+        mtype: ManoeuvreType | None = "SVC" if _OBR_SVC.search(mtype_txt) else "FVC" if _OBR_FVC.search(mtype_txt) else None
         if mtype is None:
             mtype = "FVC" if "fvc" in v else "SVC" if "vc" in v else None
         summary = bool(_OBR_SUMMARY.search(obr_text))
@@ -587,9 +596,9 @@ class MllpReceiver:
             source="hl7",
             number=number,
             time=t,
-            manoeuvre_type=mtype,  # type: ignore[arg-type]
-            posture=(g.texts.get("posture") or [None])[0],
-            bronchodilator=next(iter(phases), None),  # type: ignore[arg-type]
+            manoeuvre_type=mtype,
+            posture=next(iter(g.texts.get("posture", ())), None),
+            bronchodilator=next(iter(phases), None),
             fvc_l=v.get("fvc", (None,))[0],
             fev1_l=v.get("fev1", (None,))[0],
             fev1_fvc=v.get("fev1_fvc", (None,))[0],
@@ -660,8 +669,9 @@ def _hl7_ts(iso: str | None) -> str:
         return ""
     dt = datetime.fromisoformat(iso)
     s = dt.strftime("%Y%m%d%H%M%S")
-    if dt.utcoffset() is not None:
-        off = int(dt.utcoffset().total_seconds() // 60)  # type: ignore[union-attr]
+    offset = dt.utcoffset()
+    if offset is not None:
+        off = int(offset.total_seconds() // 60)
         s += f"{'+' if off >= 0 else '-'}{abs(off) // 60:02d}{abs(off) % 60:02d}"
     return s
 

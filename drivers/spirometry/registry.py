@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from drivers.clock import TimeSource
 from drivers.serial_transport import PortSettings
 from drivers.spirometry.gdt import GdtStreamParser
 from drivers.spirometry.hl7 import MllpReceiver
@@ -69,7 +70,7 @@ def get_model(name: str, extra: Mapping[str, SpirometerModel] | None = None) -> 
     return models[name]
 
 
-def make_decoder(model: SpirometerModel, clock: object | None = None) -> SpiroDecoder:
+def make_decoder(model: SpirometerModel, clock: TimeSource | None = None) -> SpiroDecoder:
     """The sans-I/O decoder for a model: feed it the transport's bytes."""
     codes: dict[str, str | CodeMapEntry] = dict(model.codes)
     if model.protocol == "hl7":

@@ -25,6 +25,8 @@ grid shared with the T90 engine, see :mod:`collector.oximetry.analysis.report`):
 
 from __future__ import annotations
 
+from typing import Any
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,7 +54,7 @@ class OdiEvent:
         return (self.end_ms - self.onset_ms) / 1000.0
 
 
-def describe(params: OdiParams, drops: tuple[float, ...] = (3.0, 4.0)) -> dict:
+def describe(params: OdiParams, drops: tuple[float, ...] = (3.0, 4.0)) -> dict[str, Any]:
     """JSON description of the algorithm and parameters (goes into every report)."""
     return {
         "name": ALGORITHM_NAME,

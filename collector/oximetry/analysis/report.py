@@ -332,7 +332,7 @@ def _sustained_nadir(key: np.ndarray, tl: Timeline, contig: np.ndarray, min_ms: 
             hi = mid
         else:
             lo = mid + 1
-    return values[lo] / 10.0
+    return float(values[lo]) / 10.0
 
 
 def _weighted_median(key: np.ndarray, weights: np.ndarray) -> float | None:

@@ -52,8 +52,8 @@ def parse_ring_time(text: str, where: str) -> datetime:
             return datetime(int(year), month, int(day), h, int(mm), int(ss))
         m = _NUMERIC.match(s)
         if m:
-            hh, mm, ss, day, month, year = m.groups()
-            return datetime(int(year), int(month), int(day), int(hh), int(mm), int(ss))
+            hh, mm, ss, day, mon, year = m.groups()
+            return datetime(int(year), int(mon), int(day), int(hh), int(mm), int(ss))
     except ValueError:
         pass
     raise bad(where, f"Time {text.strip()!r} is not an O2Ring export time like '22:20:56 Mar 06 2025'")
