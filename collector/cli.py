@@ -13,6 +13,7 @@ import csv
 import json
 import logging
 import math
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any, Iterable
@@ -22,11 +23,21 @@ import click
 from collector import __version__, features
 from collector.clock import SystemClock, utc_iso
 from collector.config import load_config
-from collector.errors import CollectorError, Conflict, DaemonUnavailable, InvalidInput
+from collector.errors import CollectorError, Conflict, DaemonUnavailable, InvalidInput, StorageError
 from collector.context import Ctx, pass_ctx
 from collector.output import emit_json, table
 from collector.storage import audit, repo
 from collector.storage.db import default_db_path, transaction
+
+
+def storage_problem(db: Any, exc: BaseException) -> str:
+    """One line for a database that cannot be written or read, with what to check."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    hint = {"readonly": "it is read-only: check the file's and folder's permissions",
+            "full": "the disk is full: free space, then try again",
+            "locked": "another program holds it: wait for it or stop it, then try again"}
+    why = next((h for key, h in hint.items() if key in text.lower()), "check the file, its folder and the free disk space")
+    return f"cannot use database {db} ({text}); {why}; nothing was changed"
 
 
 class CollectorGroup(click.Group):
@@ -41,6 +52,10 @@ class CollectorGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
+        except sqlite3.Error as exc:  # read-only file, full disk, locked for too long: the database, not a bug
+            db = ctx.obj.db_path if isinstance(ctx.obj, Ctx) else "the database"
+            click.echo(f"error: {storage_problem(db, exc)}", err=True)
+            ctx.exit(StorageError.exit_code)
 
 
 @click.group(cls=CollectorGroup, context_settings={"help_option_names": ["-h", "--help"]})

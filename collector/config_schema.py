@@ -127,6 +127,8 @@ class Oximetry(Table):
     min_analysed_h: NonNegative
     min_analysed_pct: Percent
     resume_max_gap_h: NonNegative
+    import_max_night_h: Annotated[float, Field(gt=0, le=48, description="a number of hours > 0 and <= 48")]
+    import_max_rate_hz: Annotated[float, Field(gt=0, le=100, description="a rate in Hz > 0 and <= 100")]
 
 
 class PortSettings(Table):

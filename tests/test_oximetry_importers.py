@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import math
 import sqlite3
+import time
 from pathlib import Path
 
 import numpy as np
@@ -454,3 +455,56 @@ def test_near_valid_csv_parses_every_line_or_names_one(rows: list[tuple[str, str
     assert n.n == len(rows)
     valid, _, _ = sample_flags(n.spo2, n.pulse)
     assert not (valid & ~((n.spo2 >= 50) & (n.spo2 <= 100))).any(), "nothing outside 50..100 is ever valid"
+
+
+# -- limits: one night per file, plausible dates -------------------------------------------------------
+def _csv_lines(path: Path, n: int, *, start_s: float = START_S, step_s: float = 1.0) -> Path:
+    with path.open("w", encoding="utf-8") as fh:
+        fh.write("time,spo2,pulse\n")
+        t = dt.datetime.fromtimestamp(start_s, tz=dt.timezone.utc)
+        for i in range(n):
+            fh.write(f"{(t + dt.timedelta(seconds=i * step_s)).strftime('%Y-%m-%dT%H:%M:%SZ')},95,60\n")
+    return path
+
+
+def _sessions(db: Path) -> int:
+    return sqlite3.connect(db).execute("SELECT COUNT(*) FROM sessions").fetchone()[0]
+
+
+def test_a_million_line_file_spanning_days_is_refused_before_it_is_read(db: Path, tmp_path: Path) -> None:
+    big = _csv_lines(tmp_path / "days.csv", 1_000_000)  # 11.6 days at 1 Hz
+    t0 = time.monotonic()
+    r = cli(db, "import", str(big), "--subject", "SCR-0042", "--format", "csv")
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert "more than one night can be" in r.output and "import_max_night_h = 16 h" in r.output
+    assert time.monotonic() - t0 < 5 and _sessions(db) == 0
+
+
+def test_a_file_longer_than_one_night_is_refused_naming_the_limit(db: Path, tmp_path: Path) -> None:
+    long = _csv_lines(tmp_path / "20h.csv", 20 * 3600, step_s=1.0)
+    r = cli(db, "import", str(long), "--subject", "SCR-0042", "--format", "csv")
+    assert r.exit_code == 2 and "spans 20.0 h, longer than one night" in r.output and "import_max_night_h = 16 h" in r.output
+    assert _sessions(db) == 0
+    ok = cli(db, "--config", str(_site(tmp_path, "[oximetry]\nimport_max_night_h = 24.0\n")),
+             "import", str(long), "--subject", "SCR-0042", "--format", "csv")
+    assert ok.exit_code == 0, ok.output
+
+
+def test_too_many_samples_for_one_night_stop_the_reading(db: Path, tmp_path: Path) -> None:
+    dense = _csv_lines(tmp_path / "dense.csv", 40_000, step_s=0.1)  # 10 Hz for 66 minutes
+    cfg = _site(tmp_path, "[oximetry]\nimport_max_night_h = 1.0\n")  # 7 200 samples at 2 Hz
+    r = cli(db, "--config", str(cfg), "import", str(dense), "--subject", "SCR-0042", "--format", "csv")
+    assert r.exit_code == 2 and "line 7202: more than 7200 samples" in r.output, r.output
+
+
+@pytest.mark.parametrize("start", [dt.datetime(1900, 1, 1, tzinfo=dt.timezone.utc).timestamp(), time.time() + 3 * 86400])
+def test_implausible_dates_are_refused(db: Path, tmp_path: Path, start: float) -> None:
+    f = _csv_lines(tmp_path / "odd.csv", 600, start_s=start)
+    r = cli(db, "import", str(f), "--subject", "SCR-0042", "--format", "csv")
+    assert r.exit_code == 2 and ("before 2000-01-01" in r.output or "in the future" in r.output), r.output
+
+
+def _site(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "site.toml"
+    p.write_text(text, encoding="utf-8")
+    return p

@@ -70,3 +70,20 @@ def test_night_without_oximeter(db_path):
 def test_bad_speed(db_path):
     res = run("--db", str(db_path), "demo", "--speed", "fast")
     assert res.exit_code == 2 and "--speed" in res.output
+
+
+def test_a_write_on_a_read_only_database_is_one_line_not_a_traceback(tmp_path):
+    """The file made immutable (chattr +i: read-only even for root), then a CLI write."""
+    import shutil
+    import subprocess
+
+    db = tmp_path / "collector.sqlite"
+    assert CliRunner().invoke(main, ["--db", str(db), "subject", "add", "SCR-0001"]).exit_code == 0
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(db)], capture_output=True).returncode != 0:
+        pytest.skip("cannot make the file immutable here (chattr)")
+    try:
+        r = CliRunner().invoke(main, ["--db", str(db), "subject", "add", "SCR-0002"])
+    finally:
+        subprocess.run(["chattr", "-i", str(db)], check=True)
+    assert r.exit_code == 3 and r.output.count("\n") == 1 and "Traceback" not in r.output, r.output
+    assert "read-only" in r.output and "nothing was changed" in r.output

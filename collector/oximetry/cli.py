@@ -121,14 +121,18 @@ def report_cmd(c: Ctx, session_id: int, as_json: bool, png: Path | None, tz_name
 def import_cmd(c: Ctx, file: Path, subject_id: str, fmt: str, start: str | None, tz_name: str | None,
                utc_offset: str | None, channel: str | None, as_json: bool) -> None:
     """Import a night recorded elsewhere as a new night session with its report."""
+    from collector.oximetry.importers import ImportLimits
     from collector.oximetry.importers.ingest import import_night, parse_night
 
     repo.validate_subject_id(subject_id)
+    limits = ImportLimits.from_config(c.config)
     try:
+        limits.check_size(file.stat().st_size, fmt)  # before reading: a file of days is refused at once
         raw = file.read_bytes()
     except OSError as exc:
         raise InvalidInput(f"cannot read {file}: {exc.strerror}; check the path and permissions") from None
-    night = parse_night(raw, fmt, start=start, tz=tz_name, utc_offset=utc_offset, channel=channel)
+    night = parse_night(raw, fmt, start=start, tz=tz_name, utc_offset=utc_offset, channel=channel, limits=limits,
+                        now_utc_s=SystemClock().wall())
     conn = c.conn()
     result = import_night(conn, raw, night, subject_id=subject_id, by=c.by, at=SystemClock().now(), config=c.config)
     if as_json:

@@ -29,6 +29,69 @@ import numpy as np
 from collector.errors import InvalidInput
 
 FORMATS = ("csv", "o2ring-csv", "edf")
+TEXT_FORMATS = ("csv", "o2ring-csv")
+EARLIEST_UTC_S = 946_684_800.0  # 2000-01-01T00:00:00Z: no overnight oximeter file we import is older
+FUTURE_SLACK_S = 86_400.0  # a device clock may run ahead, not by more than a day
+BYTES_PER_LINE = 200  # generous for time,spo2,pulse lines of every text format
+
+
+@dataclass(frozen=True)
+class ImportLimits:
+    """What a night from elsewhere may be; a file beyond it is refused whole, the limit named.
+
+    Why: a file of 10^6 lines spanning days was imported as one night that "passed", and a
+    10^7-line file ran for 20 minutes at 4 GiB.  Text files are refused by size before they
+    are read, by sample count while they are read, and every format by its span and dates.
+    """
+
+    max_night_h: float = 16.0
+    max_rate_hz: float = 2.0
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "ImportLimits":
+        ox = config["oximetry"]
+        return cls(float(ox["import_max_night_h"]), float(ox["import_max_rate_hz"]))
+
+    @property
+    def max_samples(self) -> int:
+        return int(self.max_night_h * 3600 * self.max_rate_hz)
+
+    @property
+    def max_text_bytes(self) -> int:
+        return self.max_samples * BYTES_PER_LINE
+
+    def _night(self) -> str:
+        return f"[oximetry] import_max_night_h = {self.max_night_h:g} h at import_max_rate_hz = {self.max_rate_hz:g} Hz"
+
+    def check_size(self, n_bytes: int, fmt: str) -> None:
+        if fmt in TEXT_FORMATS and n_bytes > self.max_text_bytes:
+            raise InvalidInput(f"the file is {n_bytes / 1e6:.1f} MB, more than one night can be "
+                               f"({self.max_text_bytes / 1e6:.0f} MB for {self._night()}); import one night per file")
+
+    def check_rows(self, n_rows: int, where: str) -> None:
+        if n_rows > self.max_samples:
+            raise InvalidInput(f"{where}: more than {self.max_samples} samples, more than one night ({self._night()}); "
+                               "import one night per file")
+
+    def check_night(self, t_utc_s: np.ndarray, now_utc_s: float) -> None:
+        """The span and the dates of a parsed night (times strictly increasing)."""
+        if t_utc_s.size == 0:
+            return
+        first, last = float(t_utc_s[0]), float(t_utc_s[-1])
+        if first < EARLIEST_UTC_S:
+            raise InvalidInput(f"the night starts {_iso(first)}, before 2000-01-01: check the device clock, --tz/--utc-offset "
+                               "or --start")
+        if last > now_utc_s + FUTURE_SLACK_S:
+            raise InvalidInput(f"the night ends {_iso(last)}, more than a day in the future: check the device clock, "
+                               "--tz/--utc-offset or --start")
+        if last - first > self.max_night_h * 3600:
+            raise InvalidInput(f"the file spans {(last - first) / 3600:.1f} h, longer than one night "
+                               f"([oximetry] import_max_night_h = {self.max_night_h:g} h); import one night per file")
+        self.check_rows(int(t_utc_s.size), "the file")
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(slots=True)
@@ -186,25 +249,29 @@ def decode_text(raw: bytes, what: str) -> str:
         raise InvalidInput(f"{what} is not UTF-8 text (byte {exc.start}); export it again as UTF-8 CSV") from None
 
 
-def read_rows(text: str, delimiter: str = ",") -> list[tuple[str, list[str]]]:
-    """CSV text -> [(``line N``, fields)] without blank lines; malformed CSV -> InvalidInput naming the line."""
+def read_rows(text: str, delimiter: str = ",", limits: ImportLimits | None = None) -> list[tuple[str, list[str]]]:
+    """CSV text -> [(``line N``, fields)] without blank lines; malformed CSV -> InvalidInput naming the line.
+
+    With ``limits``, reading stops (refused) at the first row beyond one night's samples.
+    """
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     out: list[tuple[str, list[str]]] = []
+    cap = None if limits is None else limits.max_samples + 1  # + the header line
     try:
         for row in reader:
             if any(c.strip() for c in row):
                 out.append((f"line {reader.line_num}", row))
+                if cap is not None and len(out) > cap:
+                    assert limits is not None
+                    limits.check_rows(len(out) - 1, f"line {reader.line_num}")
     except csv.Error as exc:
         raise InvalidInput(f"line {reader.line_num + 1}: not readable as CSV ({exc}); export the file again as plain CSV") from None
     return out
 
 
-def to_utc_datetime(t: float) -> datetime:
-    return datetime.fromtimestamp(t, tz=timezone.utc)
-
-
 __all__ = [
     "FORMATS",
+    "ImportLimits",
     "ParsedNight",
     "bad",
     "decode_text",

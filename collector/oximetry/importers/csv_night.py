@@ -16,7 +16,7 @@ import numpy as np
 
 from collector.errors import InvalidInput
 
-from . import ParsedNight, bad, decode_text, number, read_rows, require_increasing
+from . import ImportLimits, ParsedNight, bad, decode_text, number, read_rows, require_increasing
 
 COLUMNS = ("time", "spo2", "pulse")
 _SECONDS_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
@@ -33,10 +33,10 @@ def _iso_utc(text: str, where: str) -> float:
     return dt.astimezone(timezone.utc).timestamp()
 
 
-def parse_csv_night(raw: bytes, *, start_utc: str | None = None) -> ParsedNight:
+def parse_csv_night(raw: bytes, *, start_utc: str | None = None, limits: ImportLimits | None = None) -> ParsedNight:
     """Parse a ``time,spo2[,pulse]`` file (bytes); raises InvalidInput naming the line."""
     text = decode_text(raw, "the csv file")
-    rows = read_rows(text)
+    rows = read_rows(text, limits=limits)
     if not rows:
         raise InvalidInput("the csv file is empty; it needs a header line time,spo2[,pulse] and one line per sample")
     hdr_where, header = rows[0]

@@ -10,6 +10,7 @@ agree.  The file is identified by its SHA-256 only (file names may carry a name)
 from __future__ import annotations
 
 import hashlib
+import time
 import sqlite3
 from typing import Any
 
@@ -29,7 +30,7 @@ from drivers.protocols.common import (
     Flag,
 )
 
-from . import FORMATS, ParsedNight
+from . import FORMATS, ImportLimits, ParsedNight
 
 _PULSE_INVALIDATING = int(Flag.PULSE_MISSING | Flag.PULSE_OUT_OF_RANGE)
 
@@ -57,8 +58,17 @@ def sample_flags(spo2: np.ndarray, pulse: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def parse_night(raw: bytes, fmt: str, *, start: str | None = None, tz: str | None = None,
-                utc_offset: str | None = None, channel: str | None = None) -> ParsedNight:
-    """Dispatch to the format's parser; refuse options that do not apply to it."""
+                utc_offset: str | None = None, channel: str | None = None,
+                limits: ImportLimits | None = None, now_utc_s: float | None = None) -> ParsedNight:
+    """Dispatch to the format's parser; refuse options that do not apply to it, and files beyond one night."""
+    night = _parse(raw, fmt, start=start, tz=tz, utc_offset=utc_offset, channel=channel, limits=limits)
+    if limits is not None:
+        limits.check_night(night.t_utc_s, now_utc_s if now_utc_s is not None else time.time())
+    return night
+
+
+def _parse(raw: bytes, fmt: str, *, start: str | None, tz: str | None, utc_offset: str | None, channel: str | None,
+           limits: ImportLimits | None) -> ParsedNight:
     if fmt not in FORMATS:
         raise InvalidInput(f"unknown import format {fmt!r}; use one of {', '.join(FORMATS)}")
     if channel is not None and fmt != "edf":
@@ -70,11 +80,11 @@ def parse_night(raw: bytes, fmt: str, *, start: str | None = None, tz: str | Non
     if fmt == "csv":
         from .csv_night import parse_csv_night
 
-        return parse_csv_night(raw, start_utc=start)
+        return parse_csv_night(raw, start_utc=start, limits=limits)
     if fmt == "o2ring-csv":
         from .o2ring_csv import parse_o2ring_csv
 
-        return parse_o2ring_csv(raw, tz=tz, utc_offset=utc_offset)
+        return parse_o2ring_csv(raw, tz=tz, utc_offset=utc_offset, limits=limits)
     from .edf_night import parse_edf_night
 
     return parse_edf_night(raw, channel=channel, tz=tz, utc_offset=utc_offset)

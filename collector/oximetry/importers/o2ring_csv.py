@@ -20,7 +20,7 @@ import numpy as np
 
 from collector.errors import InvalidInput
 
-from . import ParsedNight, bad, decode_text, local_iso, local_to_utc, naive_seconds, number, read_rows, require_increasing
+from . import ImportLimits, ParsedNight, bad, decode_text, local_iso, local_to_utc, naive_seconds, number, read_rows, require_increasing
 
 SPO2_HEADERS = ("oxygen level", "spo2(%)", "spo2", "spo2 (%)")
 PULSE_HEADERS = ("pulse rate", "pulse rate(bpm)", "pulse rate (bpm)", "pr(bpm)", "pulse")
@@ -70,12 +70,13 @@ def _value(text: str, where: str, name: str, codes: tuple[float, ...]) -> float:
     return math.nan if v in codes else v
 
 
-def parse_o2ring_csv(raw: bytes, *, tz: str | None = None, utc_offset: str | None = None) -> ParsedNight:
+def parse_o2ring_csv(raw: bytes, *, tz: str | None = None, utc_offset: str | None = None,
+                     limits: ImportLimits | None = None) -> ParsedNight:
     """Parse an O2Ring CSV export (bytes); local times converted with ``tz``/``utc_offset``."""
     text = decode_text(raw, "the O2Ring csv file")
     first = next((ln for ln in text.splitlines() if ln.strip()), "")
     delim = ";" if first.count(";") > first.count(",") else ","
-    rows = read_rows(text, delim)
+    rows = read_rows(text, delim, limits=limits)
     if not rows:
         raise InvalidInput("the O2Ring csv file is empty; expected a header Time,Oxygen Level,Pulse Rate,Motion")
     hdr_line, header = rows[0]
