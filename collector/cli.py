@@ -338,19 +338,40 @@ def demo(c: Ctx, speed: str, scenario: Path | None, demo_db: Path | None) -> Non
 
 
 @main.command("verify-audit")
+@click.option("--expect-head", "expect_head", metavar="'ID HASH'",
+              help="The audit chain head an export or upload recorded (bag-info Audit-Chain-Head): it must still be in the chain.")
 @click.option("--json", "as_json", is_flag=True, help="Print the check's result as JSON.")
 @pass_ctx
-def verify_audit(c: Ctx, as_json: bool) -> None:
-    """Check the audit trail's hash chain; report the first row where it breaks."""
-    check = audit.verify(c.conn())
+def verify_audit(c: Ctx, expect_head: str | None, as_json: bool) -> None:
+    """Check the audit trail's hash chain and the seals of every stored sample; report the first break."""
+    from collector.storage import seals
+
+    expected = _parse_head(expect_head) if expect_head else None
+    conn = c.conn()
+    check = audit.verify(conn)
+    problems = [] if check.ok else [f"audit trail BROKEN at row {check.first_bad_id}: {check.problem}"]
+    if check.ok and expected is not None and not audit.contains(conn, *expected):
+        problems.append(f"audit row {expected[0]} with the recorded hash is missing or differs: the chain was truncated or rewritten")
+    anchored = audit.latest_seal_anchor(conn)
+    sealed = seals.verify(conn, expect=anchored)
+    if not sealed.ok:
+        problems.append(f"stored samples: {sealed.problem}")
     if as_json:
-        emit_json(check.__dict__)
-    elif check.ok:
-        click.echo(f"audit trail intact: {check.rows} rows")
+        emit_json({**check.__dict__, "seals": sealed.__dict__, "ok": not problems, "problems": problems})
+    elif not problems:
+        click.echo(f"audit trail intact: {check.rows} rows; {sealed.rows} samples in {sealed.seals} sealed batches intact")
     else:
-        click.echo(f"audit trail BROKEN at row {check.first_bad_id}: {check.problem}", err=True)
-    if not check.ok:
+        for p in problems:
+            click.echo(p, err=True)
+    if problems:
         sys.exit(8)
+
+
+def _parse_head(text: str) -> tuple[int, str]:
+    ident, _, digest = text.replace(" ", ":", 1).partition(":")
+    if not ident.isdigit() or len(digest) != 64:
+        raise InvalidInput(f"--expect-head {text!r} is not ID:HASH (e.g. 1234:<64 hex digits> from bag-info.txt Audit-Chain-Head)")
+    return int(ident), digest.lower()
 
 
 def _register_commands(group: click.Group) -> None:

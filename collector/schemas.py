@@ -2,19 +2,19 @@
 
 Each package's ``schema.py`` lists its own migrations; this is the one list of packages.
 Existing databases know a migration by its name, so reordering this list or moving a
-migration to another package never runs it twice.  To give the night tables their own
-package, move their migrations to collector/oximetry/schema.py and add it after ``core``.
+migration to another package never runs it twice.
 """
 
 from __future__ import annotations
 
 from collector.eligibility import schema as eligibility
+from collector.oximetry import schema as oximetry
 from collector.spirometry import schema as spirometry
 from collector.storage import schema as core
 from collector.storage.schema import Migration
 from collector.users import schema as users
 
-PACKAGES = (core, eligibility, spirometry, users)
+PACKAGES = (core, oximetry, eligibility, spirometry, users)
 
 
 def migrations() -> list[Migration]:

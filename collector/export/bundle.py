@@ -21,7 +21,7 @@ from collector import __version__
 from collector.clock import utc_iso
 from collector.errors import CollectorError, Conflict, InvalidInput
 from collector.spirometry import store as spirometry_store
-from collector.storage import audit, repo
+from collector.storage import audit, repo, seals
 from collector.storage.db import transaction
 
 from . import bag, csvs, edf, pdf
@@ -264,12 +264,14 @@ def build_subject_bag(conn: sqlite3.Connection, subject_id: str, *, config: dict
     payload["eligibility.json"] = _json(eligibility)
     payload["audit.csv"] = _audit_extract(conn, subject_id, all_ids, scrub)
     head = audit.head(conn)
+    seal = seals.head(conn)
     payload["subject.json"] = _json({
         "schema": SCHEMA, "pseudonym": subject_id, "site": site, "software": software, "export_utc": utc_iso(now),
         "age_at_screening_years": age, "screening_date": screening_date,
         "sessions": [{"id": s["id"], "kind": s["kind"], "state": s["state"]} for s in sessions],
         "skipped_open_sessions": skipped, "devices": devices,
         "audit_chain_head": {"id": head[0], "row_hash": head[1]} if head else None,
+        "samples_seal_head": {"id": seal[0], "seal_hash": seal[1]} if seal else None,
     })
     payload["report.pdf"] = pdf.summary_pdf(pseudonym=subject_id, site=site, export_utc=utc_iso(now), software=software,
                                             age_years=age, eligibility=eligibility, nights=nights, spirometry=spiro)
@@ -281,6 +283,7 @@ def build_subject_bag(conn: sqlite3.Connection, subject_id: str, *, config: dict
         ("Sessions", " ".join(str(i) for i in ids) or "none"),
         *[("Device", _device_label(d)) for d in devices],
         ("Audit-Chain-Head", f"{head[0]} {head[1]}" if head else "empty"),
+        ("Samples-Seal-Head", f"{seal[0]} {seal[1]}" if seal else "empty"),
     ]
     files = bag.build_bag(payload, [(k, scrub.text(v)) for k, v in info])
     leaks = scrub.leaks(files)

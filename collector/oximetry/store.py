@@ -26,7 +26,7 @@ from collector.errors import InvalidInput
 from collector.oximetry.analysis.report import NightData, night_report
 from collector.oximetry.causes import BREAKING_CAUSES
 from collector.oximetry.live import analysis_config
-from collector.storage import audit, repo
+from collector.storage import audit, repo, seals
 from collector.storage.writer import INSERT_SAMPLE
 
 #: Columns of a stored sample as the export and ``session samples`` read them.
@@ -35,9 +35,10 @@ SAMPLE_COLUMNS = ("host_utc_ms", "device_time", "spo2_pct", "pulse_bpm", "pai_pc
 
 
 # -- samples ------------------------------------------------------------------------------------
-def insert_samples(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-    """Rows in the writer's column order (:data:`collector.storage.writer.SAMPLE_COLUMNS`)."""
+def insert_samples(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]], *, at: float) -> None:
+    """Rows in the writer's column order (:data:`collector.storage.writer.SAMPLE_COLUMNS`), sealed as one batch."""
     conn.executemany(INSERT_SAMPLE, rows)
+    seals.seal_new_rows(conn, at=at)
 
 
 def sample_rows(conn: sqlite3.Connection, session_id: int) -> list[tuple[Any, ...]]:
@@ -185,10 +186,12 @@ def finalise(
     report = compute_report(conn, session_id, config)
     report_id = _insert_report(conn, session_id, report, at)
     subject = conn.execute("SELECT subject_id FROM sessions WHERE id = ?", (session_id,)).fetchone()
+    seal = seals.head(conn)  # the samples this report was computed from, anchored in the audit chain
     audit.append(conn, at=at, actor=actor, action="night_report_recomputed" if previous else "night_report_computed",
                  subject_id=subject[0] if subject else None, session_id=session_id,
                  old=report_summary(previous["report"], previous["report_id"]) if previous else None,
-                 new=report_summary(report, report_id), reason=reason)
+                 new={**report_summary(report, report_id), "samples_seal": None if seal is None else list(seal)},
+                 reason=reason)
     return {"report_id": report_id, "computed_utc": utc_iso(at), "report": report}
 
 

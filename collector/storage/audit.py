@@ -114,3 +114,23 @@ def rows_about(conn: sqlite3.Connection, subject_id: str, session_ids: Sequence[
     cur = conn.execute(f"SELECT * FROM audit WHERE subject_id = ? OR session_id IN ({marks}) ORDER BY id", (subject_id, *session_ids))
     names = [d[0] for d in cur.description]
     return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+def contains(conn: sqlite3.Connection, row_id: int, row_hash_: str) -> bool:
+    """Whether the chain still holds row ``row_id`` with that hash (an anchor recorded elsewhere)."""
+    row = conn.execute("SELECT row_hash FROM audit WHERE id = ?", (row_id,)).fetchone()
+    return row is not None and row[0] == row_hash_
+
+
+def latest_seal_anchor(conn: sqlite3.Connection) -> tuple[int, str] | None:
+    """The newest sample seal a night report's audit row names (``samples_seal``), if any."""
+    cur = conn.execute("SELECT new_value FROM audit WHERE action IN ('night_report_computed', 'night_report_recomputed')"
+                       " ORDER BY id DESC LIMIT 50")
+    for (value,) in cur:
+        try:
+            seal = json.loads(value or "{}").get("samples_seal")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(seal, list) and len(seal) == 2:
+            return int(seal[0]), str(seal[1])
+    return None

@@ -19,7 +19,9 @@ def companions(db_path: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     prefix_dot, prefix_dash = db_path.name + ".", db_path.name + "-"
-    return sorted(p for p in folder.iterdir() if p.name.startswith((prefix_dot, prefix_dash)))
+    # The lock is taken before the database is first created, so it alone proves nothing.
+    lock = db_path.name + ".lock"
+    return sorted(p for p in folder.iterdir() if p.name.startswith((prefix_dot, prefix_dash)) and p.name != lock)
 
 
 def require_database(db_path: Path, *, create: bool = False) -> None:

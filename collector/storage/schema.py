@@ -1,4 +1,4 @@
-"""The core tables (subjects, devices, sessions, the night tables, audit) as migrations.
+"""The core tables (subjects, devices, sessions, samples and their seals, gaps, events, audit) as migrations.
 
 Each migration runs once, inside a transaction, and is recorded in
 ``schema_migrations``; feature packages contribute their own tables the same way
@@ -115,25 +115,33 @@ BEGIN SELECT RAISE(ABORT, 'audit rows are append-only'); END;
 """
 
 
-NIGHT_REPORTS_SQL = """
-CREATE TABLE night_reports (
+
+
+SAMPLE_SEALS_SQL = """
+CREATE TABLE sample_seals (
     id INTEGER PRIMARY KEY,
-    session_id INTEGER NOT NULL REFERENCES sessions(id),
-    computed_utc TEXT NOT NULL,
-    definition TEXT NOT NULL,            -- e.g. T90/strict-lt90/zero-order-hold/v1
-    t90_pct REAL,
-    night_valid INTEGER NOT NULL,
-    borderline INTEGER NOT NULL,
-    meets_t90_criterion INTEGER,         -- NULL when the night is invalid
-    report_json TEXT NOT NULL            -- the whole report; the newest row of a session is current
+    committed_utc TEXT NOT NULL,
+    first_rowid INTEGER NOT NULL,        -- spo2_samples rowids sealed by this row, inclusive
+    last_rowid INTEGER NOT NULL,
+    n_rows INTEGER NOT NULL,
+    rows_sha256 TEXT NOT NULL,           -- collector.storage.seals.rows_digest of the rows as stored
+    prev_hash TEXT NOT NULL,
+    seal_hash TEXT NOT NULL
 );
-CREATE INDEX night_reports_session ON night_reports(session_id, id);
+CREATE TRIGGER sample_seals_no_update BEFORE UPDATE ON sample_seals
+BEGIN SELECT RAISE(ABORT, 'sample seals are append-only'); END;
+CREATE TRIGGER sample_seals_no_delete BEFORE DELETE ON sample_seals
+BEGIN SELECT RAISE(ABORT, 'sample seals are append-only'); END;
+CREATE TRIGGER spo2_samples_no_update BEFORE UPDATE ON spo2_samples
+BEGIN SELECT RAISE(ABORT, 'stored samples are never changed'); END;
+CREATE TRIGGER spo2_samples_no_delete BEFORE DELETE ON spo2_samples
+BEGIN SELECT RAISE(ABORT, 'stored samples are never deleted'); END;
 """
 
 
-# The night tables stay here for now; moving them to collector/oximetry/schema.py is one more
-# entry in collector/schemas.py (their names and SQL unchanged).
+# The night reports live with the oximetry package (collector/oximetry/schema.py); the samples
+# stay here because the core writer commits and seals them.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("core capture tables", CORE_SQL),
-    Migration("night reports", NIGHT_REPORTS_SQL),
+    Migration("sample seals", SAMPLE_SEALS_SQL),
 )

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
 from collector.errors import StorageError
+from collector.storage import seals
 from collector.storage.db import connect, open_db
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class Writer:
         self.max_batch = max_batch
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._conn = connect(self.path, check_same_thread=False, synchronous=synchronous)
+        self._seal_legacy_rows()
         st = os.stat(self.path)
         self._identity = (st.st_dev, st.st_ino)
         self._guard_fd = os.open(self.path, os.O_RDONLY)  # its link count drops to 0 if the file is deleted
@@ -177,6 +179,18 @@ class Writer:
             else:
                 self._run_call(item)
 
+    def _seal_legacy_rows(self) -> None:
+        """Samples stored before sealing existed (an older database) get one seal at start."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            sealed = seals.seal_new_rows(self._conn, at=time.time())
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        if sealed is not None:
+            log.info("sealed the samples stored before this database had sample seals (seal %s)", sealed[0])
+
     # -- the file under us ------------------------------------------------------------
     def _file_gone(self) -> str | None:
         """Why the database file is no longer the one we write to (deleted, replaced), or None."""
@@ -233,6 +247,7 @@ class Writer:
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             self._conn.executemany(INSERT_SAMPLE, rows)
+            seals.seal_new_rows(self._conn, at=time.time())  # the batch and its seal land together
             self._conn.execute("COMMIT")
         except sqlite3.IntegrityError as exc:
             self._rollback()
@@ -245,6 +260,7 @@ class Writer:
                     self.samples_committed += 1
                 except sqlite3.Error as row_exc:
                     log.error("refused sample row %r: %s", row[:2], row_exc)
+            seals.seal_new_rows(self._conn, at=time.time())
             self._conn.execute("COMMIT")
             self.commits += 1
             return []
@@ -257,12 +273,20 @@ class Writer:
                 return rows
             log.error("sample batch of %d rows is malformed (%s); writing the good rows one by one", len(rows), exc)
             good = 0
-            for row in rows:
-                try:
-                    self._conn.execute(INSERT_SAMPLE, row)
-                    good += 1
-                except Exception as row_exc:
-                    log.error("refused sample row %r: %s", row[:2], row_exc)
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                for row in rows:
+                    try:
+                        self._conn.execute(INSERT_SAMPLE, row)
+                        good += 1
+                    except Exception as row_exc:
+                        log.error("refused sample row %r: %s", row[:2], row_exc)
+                seals.seal_new_rows(self._conn, at=time.time())
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc2:
+                self._rollback()
+                log.error("cannot commit the good rows of a malformed batch (%s); keeping them", exc2)
+                return rows
             self.samples_committed += good
             return []
         self.samples_committed += len(rows)

@@ -131,7 +131,7 @@ def import_night(
         t0, t1 = float(night.t_utc_s[0]), float(night.t_utc_s[-1])
         session_id = repo.add_recorded_session(conn, subject_id=subject_id, kind="night", origin="import", started_at=t0,
                                                stopped_at=t1, by=by, settings=settings)
-        store.insert_samples(conn, sample_rows(session_id, night))
+        store.insert_samples(conn, sample_rows(session_id, night), at=at)
         final = store.finalise(conn, session_id, config, at=at, actor=by, reason="imported night")
         report, report_id = final["report"], final["report_id"]
         audit.append(
