@@ -335,3 +335,51 @@ def test_export_arguments_are_checked(site):
     assert sorted(p.name for p in (one / "data").iterdir() if p.name.startswith(("night", "spiro"))) == [
         f"spirometry_{site['spiro']}.csv", f"spirometry_{site['spiro']}.json"]
     assert verify_bundle(one).ok
+
+
+def _edit_json(root, name, change):
+    doc = json.loads((root / name).read_text())
+    change(doc)
+    _rebag(root, name, json.dumps(doc).encode())
+
+
+def test_verify_holds_a_bundle_to_the_protocol_not_to_what_it_says_of_itself(site):
+    """The hardening run's attacks: a failing night's threshold raised, the decision set to eligible,
+    min_analysed_h changed, manifests recomputed: each is named."""
+    sid = site["session"]
+    assert verify_bundle(site["folder"]).ok
+
+    root = _copy(site, "threshold")
+
+    def raise_limit(doc):
+        doc["report"]["definitions"]["threshold_pct"] = 10.0
+
+    _edit_json(root, f"data/night_{sid}.json", raise_limit)
+    res = verify_bundle(root)
+    assert any(f == f"data/night_{sid}.json" and "threshold_pct = 10.0, the protocol's is 2.0" in p for f, p in res.problems)
+
+    root = _copy(site, "decision")
+
+    def make_eligible(doc):
+        doc["decision"] = "eligible"
+        doc["thresholds"]["t90_pct_max"] = 10.0
+        for c in doc["criteria"]:
+            c["state"] = "met"
+
+    _edit_json(root, "data/eligibility.json", make_eligible)
+    res = verify_bundle(root)
+    problems = [p for f, p in res.problems if f == "data/eligibility.json"]
+    assert any("t90_pct_max = 10.0, the protocol's is 2.0" in p for p in problems), problems
+    assert any("nocturnal_spo2 is met but the nights recomputed with the protocol's definitions give" in p for p in problems)
+
+    root = _copy(site, "min_h")
+
+    def longer_minimum(doc):
+        doc["report"]["definitions"]["min_analysed_h"] = 9.0
+
+    _edit_json(root, f"data/night_{sid}.json", longer_minimum)
+    assert any("min_analysed_h = 9.0" in p for _, p in verify_bundle(root).problems)
+
+    root = _copy(site, "decision_only")
+    _edit_json(root, "data/eligibility.json", lambda doc: doc.__setitem__("decision", "eligible"))
+    assert any("decision is 'eligible' but its criteria give" in p for _, p in verify_bundle(root).problems)

@@ -1,10 +1,11 @@
-"""Check a bundle with nothing but the bundle: fixity, every file parses, audit extract, figures.
+"""Check a bundle with nothing but the bundle: fixity, every file parses, audit extract, figures, protocol.
 
 Run by the central team, without any database.  Every problem names the file it is
 about.  The night figures are recomputed from ``samples_<s>.csv`` (and
 ``gaps_<s>.csv`` as hold breaks) with the same analysis code and must equal the
 report in ``night_<s>.json``; the EDF must hold the same valid values in the same
-order as the CSV.
+order as the CSV.  Definitions, thresholds and the decision are held to the protocol's own
+values (:mod:`.protocol_check`), never to what the bundle says of itself.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 from collector.oximetry.analysis.report import AnalysisConfig, NightData, night_report
 from collector.storage.audit import GENESIS, row_hash
 
-from . import bag, csvs, edf
+from . import bag, csvs, edf, protocol_check
 
 # Figures recomputed from the CSV and compared with the exported report.
 CHECKED_FIGURES = ("n_samples", "n_usable_samples", "recording_s", "analysed_s", "t90_s", "t90_pct", "t90_s_inclusive",
@@ -77,6 +78,8 @@ def _same(a: Any, b: Any) -> bool:
 
 class _Checker:
     def __init__(self, b: bag.Bag, result: VerifyResult) -> None:
+        self.protocol = protocol_check.protocol()
+        self.recomputed_nights: list[dict[str, Any]] = []
         self.files = b.files
         self.r = result
         self.parsed: dict[str, Any] = {}
@@ -142,9 +145,17 @@ class _Checker:
                 self.bad(name, "belongs to a session that subject.json does not list")
 
     def eligibility(self) -> None:
+        """The decision against the protocol's thresholds, its own criteria and the recomputed nights."""
         e = self.parsed.get("data/eligibility.json")
-        if e is not None and (not isinstance(e, dict) or "decision" not in e):
+        if e is None:
+            return
+        if not isinstance(e, dict) or "decision" not in e:
             self.bad("data/eligibility.json", "has no 'decision'")
+            return
+        for problem in protocol_check.threshold_problems(e, self.protocol):
+            self.bad("data/eligibility.json", problem + " (a protocol deviation, or an edited bundle)")
+        for problem in protocol_check.decision_problems(e, self.recomputed_nights, self.protocol):
+            self.bad("data/eligibility.json", problem)
 
     def nights(self) -> None:
         for name in sorted(self.files):
@@ -158,8 +169,11 @@ class _Checker:
                 continue  # already reported as missing or unparsable
             try:
                 report = self.parsed[name]["report"]
+                for problem in protocol_check.night_definition_problems(report, self.protocol):
+                    self.bad(name, problem + " (a protocol deviation, or an edited bundle)")
                 data = night_from_csv(samples, gaps)
                 again = night_report(data, config_from_report(report))
+                self.recomputed_nights.append({"session_id": sid, **night_report(data, self.protocol.analysis)})
             except Exception as exc:
                 self.bad(f"data/samples_{sid}.csv", f"cannot be analysed with night_{sid}.json's definitions ({type(exc).__name__}: {exc})")
                 continue
@@ -227,7 +241,7 @@ def verify_bundle(path: Path | str) -> VerifyResult:
     c = _Checker(b, result)
     c.parse_all()
     c.expected_files()
+    c.nights()  # first: the decision is checked against the nights recomputed here
     c.eligibility()
-    c.nights()
     c.audit()
     return result

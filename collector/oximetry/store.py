@@ -38,7 +38,7 @@ SAMPLE_COLUMNS = ("host_utc_ms", "device_time", "spo2_pct", "pulse_bpm", "pai_pc
 def insert_samples(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]], *, at: float) -> None:
     """Rows in the writer's column order (:data:`collector.storage.writer.SAMPLE_COLUMNS`), sealed as one batch."""
     conn.executemany(INSERT_SAMPLE, rows)
-    seals.seal_new_rows(conn, at=at)
+    seals.seal_inserted(conn, rows, at=at)
 
 
 def sample_rows(conn: sqlite3.Connection, session_id: int) -> list[tuple[Any, ...]]:

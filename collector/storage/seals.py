@@ -11,9 +11,10 @@ carry it, so a truncated or edited tail is told apart from the recorded one.
 from __future__ import annotations
 
 import hashlib
+import marshal
 import sqlite3
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from collector.clock import utc_iso
 
@@ -22,9 +23,20 @@ COLUMNS = ("session_id", "host_utc_ms", "device_time", "spo2_pct", "pulse_bpm", 
            "status_raw", "counter")
 
 
-def rows_digest(rows: list[tuple[Any, ...]]) -> str:
-    """The digest of rows read back from SQLite (their Python reprs are exact: ints, floats, text, None)."""
-    return hashlib.sha256(repr(rows).encode("utf-8")).hexdigest()
+def _canonical(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Rows as SQLite gives them back: floats in the REAL columns (an int 95 reads back as 95.0; NaN is
+    stored as NULL), ints elsewhere.  Written out inline: this runs for every stored sample."""
+    return [(int(s), int(t), None if d is None else str(d),
+             None if sp is None or sp != sp else float(sp), None if pu is None or pu != pu else float(pu),
+             None if pa is None or pa != pa else float(pa), int(v), int(pv), int(fl),
+             None if st is None else int(st), None if ct is None else int(ct))
+            for s, t, d, sp, pu, pa, v, pv, fl, st, ct in rows]
+
+
+def rows_digest(rows: Sequence[tuple[Any, ...]]) -> str:
+    """SHA-256 of rows in their stored form (marshal format 2: no back-references, so equal values give equal bytes
+    whether or not they are the same objects; fixed for ints, floats, text, None)."""
+    return hashlib.sha256(marshal.dumps(_canonical(rows), 2)).hexdigest()
 
 
 def seal_hash(prev: str, first_rowid: int, last_rowid: int, digest: str) -> str:
@@ -42,22 +54,41 @@ def head(conn: sqlite3.Connection) -> tuple[int, str] | None:
     return None if row is None else (int(row[0]), str(row[1]))
 
 
+def _last_seal(conn: sqlite3.Connection) -> tuple[int, str]:
+    last = conn.execute("SELECT last_rowid, seal_hash FROM sample_seals ORDER BY id DESC LIMIT 1").fetchone()
+    return (int(last[0]), str(last[1])) if last else (0, GENESIS)
+
+
+def _insert_seal(conn: sqlite3.Connection, prev: str, first: int, last: int, n: int, digest: str, at: float) -> tuple[int, str]:
+    h = seal_hash(prev, first, last, digest)
+    cur = conn.execute(
+        "INSERT INTO sample_seals (committed_utc, first_rowid, last_rowid, n_rows, rows_sha256, prev_hash, seal_hash)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)", (utc_iso(at), first, last, n, digest, prev, h))
+    assert cur.lastrowid is not None
+    return int(cur.lastrowid), h
+
+
+def seal_inserted(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]], *, at: float) -> tuple[int, str] | None:
+    """Seal the rows one ``executemany`` just inserted (the fast path: no re-read; same transaction)."""
+    if not rows:
+        return None
+    last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
+    first = last - len(rows) + 1
+    after, prev = _last_seal(conn)
+    if first != after + 1:  # rows outside the batch are unsealed (an older database): seal everything by re-reading
+        return seal_new_rows(conn, at=at)
+    return _insert_seal(conn, prev, first, last, len(rows), rows_digest(rows), at)
+
+
 def seal_new_rows(conn: sqlite3.Connection, *, at: float) -> tuple[int, str] | None:
-    """Seal every sample row after the last sealed one (the caller holds the write transaction)."""
-    last = conn.execute("SELECT id, last_rowid, seal_hash FROM sample_seals ORDER BY id DESC LIMIT 1").fetchone()
-    after, prev = (int(last[1]), str(last[2])) if last else (0, GENESIS)
+    """Seal every sample row after the last sealed one, read back (the caller holds the write transaction)."""
+    after, prev = _last_seal(conn)
     top = conn.execute("SELECT MAX(rowid) FROM spo2_samples").fetchone()[0]
     if top is None or top <= after:
         return None
     first = conn.execute("SELECT MIN(rowid) FROM spo2_samples WHERE rowid > ?", (after,)).fetchone()[0]
     rows = _rows(conn, first, top)
-    digest = rows_digest(rows)
-    h = seal_hash(prev, first, top, digest)
-    cur = conn.execute(
-        "INSERT INTO sample_seals (committed_utc, first_rowid, last_rowid, n_rows, rows_sha256, prev_hash, seal_hash)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)", (utc_iso(at), first, top, len(rows), digest, prev, h))
-    assert cur.lastrowid is not None
-    return int(cur.lastrowid), h
+    return _insert_seal(conn, prev, first, top, len(rows), rows_digest(rows), at)
 
 
 @dataclass(frozen=True)

@@ -247,7 +247,7 @@ class Writer:
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             self._conn.executemany(INSERT_SAMPLE, rows)
-            seals.seal_new_rows(self._conn, at=time.time())  # the batch and its seal land together
+            seals.seal_inserted(self._conn, rows, at=time.time())  # the batch and its seal land together
             self._conn.execute("COMMIT")
         except sqlite3.IntegrityError as exc:
             self._rollback()
