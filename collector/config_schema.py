@@ -149,6 +149,7 @@ class SpirometerModel(Table):
     gdt_trial_separator: str = "_"
     gdt_untrialled_is_summary: bool = True
     hl7_ack_timeout_s: Positive = 10.0
+    hl7_single_obr_is_summary: bool = True
 
 
 class DefaultModel(Table):

@@ -32,6 +32,9 @@ class SpirometerModel:
     gdt_trial_separator: str | None = "_"
     gdt_untrialled_is_summary: bool = True
     hl7_ack_timeout_s: float = 10.0  # how long the device waits for our ACK
+    # An HL7 message whose only result OBR has no trial index is the device's session result;
+    # False for a device documented to send one message per blow without a trial number.
+    hl7_single_obr_is_summary: bool = True
 
     def encoder_codes(self) -> dict[str, str]:
         """parameter -> device code (for the simulator's encoders)."""
@@ -59,7 +62,8 @@ def model_from_dict(name: str, d: Mapping[str, Any]) -> SpirometerModel:
     if bad:
         raise UnknownSpirometerModel(f"spirometer model {name}: unknown parameter(s) {', '.join(bad)} in codes; use one of {', '.join(sorted(KNOWN_PARAMS))}")
     port = PortSettings(**d.get("port", {}))
-    keep = {k: d[k] for k in ("gdt_charset", "gdt_trial_separator", "gdt_untrialled_is_summary", "hl7_ack_timeout_s") if k in d}
+    keep = {k: d[k] for k in ("gdt_charset", "gdt_trial_separator", "gdt_untrialled_is_summary", "hl7_ack_timeout_s",
+                                        "hl7_single_obr_is_summary") if k in d}
     return SpirometerModel(name, d["protocol"], port, codes, **keep)
 
 
@@ -74,7 +78,7 @@ def make_decoder(model: SpirometerModel, clock: TimeSource | None = None) -> Spi
     """The sans-I/O decoder for a model: feed it the transport's bytes."""
     codes: dict[str, str | CodeMapEntry] = dict(model.codes)
     if model.protocol == "hl7":
-        return MllpReceiver(codes, clock=clock)
+        return MllpReceiver(codes, clock=clock, single_obr_is_summary=model.hl7_single_obr_is_summary)
     if model.protocol == "gdt":
         return GdtStreamParser(codes, model.gdt_trial_separator, model.gdt_charset, model.gdt_untrialled_is_summary)
     raise UnknownSpirometerModel(f"spirometer model {model.name}: protocol {model.protocol!r} is not hl7 or gdt")
