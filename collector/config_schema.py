@@ -150,6 +150,8 @@ class SpirometerModel(Table):
     gdt_untrialled_is_summary: bool = True
     hl7_ack_timeout_s: Positive = 10.0
     hl7_single_obr_is_summary: bool = True
+    gdt_text_labels: dict[str, Annotated[str, AfterValidator(_known_param)]] = Field(
+        default_factory=dict, description="GDT text result label (6205/6220/6228) -> parameter")
 
 
 class DefaultModel(Table):

@@ -39,6 +39,7 @@ from drivers.spirometry.results import (
     convert_unit,
     parse_number,
     parse_reference_range,
+    ratio_contradiction,
 )
 
 SB = 0x0B  # start block (VT)
@@ -517,6 +518,7 @@ class MllpReceiver:
                 observations.extend(g.observations)
                 continue
             results.append(self._result(g, d, control_id, subject, roles[g.index]))
+        warnings.extend(f"device summary: {w}" for r in results if r.summary and (w := ratio_contradiction(r)))
         if not results:
             warnings.append("message carried no spirometry values")
         return subject, results, unknown, warnings, observations

@@ -35,6 +35,8 @@ class SpirometerModel:
     # An HL7 message whose only result OBR has no trial index is the device's session result;
     # False for a device documented to send one message per blow without a trial number.
     hl7_single_obr_is_summary: bool = True
+    # GDT free-text result lines (6205/6220/6228): label -> parameter; empty = the default labels.
+    gdt_text_labels: Mapping[str, str] = field(default_factory=dict)
 
     def encoder_codes(self) -> dict[str, str]:
         """parameter -> device code (for the simulator's encoders)."""
@@ -58,12 +60,12 @@ MODELS: dict[str, SpirometerModel] = {
 def model_from_dict(name: str, d: Mapping[str, Any]) -> SpirometerModel:
     """Build a model from config (TOML table); validates the code map targets."""
     codes = dict(d.get("codes", {}))
-    bad = sorted(set(codes.values()) - KNOWN_PARAMS)
+    bad = sorted((set(codes.values()) | set(dict(d.get("gdt_text_labels", {})).values())) - KNOWN_PARAMS)
     if bad:
         raise UnknownSpirometerModel(f"spirometer model {name}: unknown parameter(s) {', '.join(bad)} in codes; use one of {', '.join(sorted(KNOWN_PARAMS))}")
     port = PortSettings(**d.get("port", {}))
     keep = {k: d[k] for k in ("gdt_charset", "gdt_trial_separator", "gdt_untrialled_is_summary", "hl7_ack_timeout_s",
-                                        "hl7_single_obr_is_summary") if k in d}
+                                        "hl7_single_obr_is_summary", "gdt_text_labels") if k in d}
     return SpirometerModel(name, d["protocol"], port, codes, **keep)
 
 
@@ -80,5 +82,6 @@ def make_decoder(model: SpirometerModel, clock: TimeSource | None = None) -> Spi
     if model.protocol == "hl7":
         return MllpReceiver(codes, clock=clock, single_obr_is_summary=model.hl7_single_obr_is_summary)
     if model.protocol == "gdt":
-        return GdtStreamParser(codes, model.gdt_trial_separator, model.gdt_charset, model.gdt_untrialled_is_summary)
+        return GdtStreamParser(codes, model.gdt_trial_separator, model.gdt_charset, model.gdt_untrialled_is_summary,
+                               dict(model.gdt_text_labels))
     raise UnknownSpirometerModel(f"spirometer model {model.name}: protocol {model.protocol!r} is not hl7 or gdt")
