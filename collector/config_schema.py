@@ -189,6 +189,7 @@ class Eligibility(Table):
     diagnosis_months_max: int = Field(ge=0, description="whole calendar months >= 0")
     accepted_wfn_categories: list[Literal[WFN_CATEGORIES]] = Field(  # type: ignore[valid-type]
         min_length=1, description="a non-empty list of " + ", ".join(WFN_CATEGORIES))
+    crf_decimals: int = Field(ge=0, le=4, description="whole decimals from 0 to 4 (the case report form's precision)")
 
     @model_validator(mode="after")
     def _ordered(self) -> "Eligibility":
