@@ -165,6 +165,8 @@ class Spirometry(Table):
     fvc_threshold_pct: float = Field(gt=0, le=100, description="a percentage of predicted, > 0 and <= 100")
     fvc_grades: list[Grade] = Field(min_length=1, description="a non-empty list of grades from " + ", ".join(GRADES))
     fvc_grades_review: list[Grade] = Field(description="a list of grades from " + ", ".join(GRADES))
+    device_summary_acceptable: bool = Field(description="true or false: a session with only the device's own summary decides without review")
+    hesitation_fails: bool = Field(description="true or false: hesitation over 2 s fails acceptability (default: a warning)")
     socket_hosts: list[Name] = Field(description="a list of host names or addresses")
     gdt_idle_s: Positive
     backoff_initial_s: Positive

@@ -460,7 +460,7 @@ def mask_record(lines: Iterable[tuple[str, bytes]]) -> bytes:
     """The record re-encoded line for line with patient fields 3xxx (but sex, height, weight) as ``*``.
 
     Each masked content keeps its byte length, so line lengths and field 8100 still match and the
-    audit copy parses like the original."""
+    audit copy frames like the original (its masked birth date no longer reads as a date)."""
     out: list[bytes] = []
     for fid, content in lines:
         if fid.startswith("3") and fid not in SUBJECT_FIELDS_SHOWN:

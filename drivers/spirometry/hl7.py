@@ -156,11 +156,15 @@ def mask_identifying(payload: bytes) -> bytes:
     """
     start = payload.lstrip(b"\r\n \x00")
     fs = chr(start[3]) if start.startswith(b"MSH") and len(start) > 3 else "|"
+    if fs.isalnum() or fs.isspace() or fs == "\x00":
+        fs = "|"
     text = payload.decode("latin-1")
     out: list[str] = []
     for seg in re.split(r"(\r\n|\r|\n)", text):
         name = seg[:3]
-        if name == "PID" or name in IDENTIFYING_SEGMENTS:
+        if (name == "PID" or name in IDENTIFYING_SEGMENTS) and seg[3:4] not in ("", fs):
+            seg = name + MASK  # not split by the declared separator: mask all of it
+        elif name == "PID" or name in IDENTIFYING_SEGMENTS:
             fields = seg.split(fs)
             keep = _PID_KEPT if name == "PID" else {1}
             seg = fs.join(f if (i == 0 or i in keep or not f) else MASK for i, f in enumerate(fields))

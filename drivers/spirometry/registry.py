@@ -54,6 +54,11 @@ MODELS: dict[str, SpirometerModel] = {
     # Generic entries: LOINC-only HL7 and a GDT link with no test-id map yet (fill from the vendor document).
     "generic-hl7": SpirometerModel("generic-hl7", "hl7", PortSettings(baudrate=9600)),
     "generic-gdt": SpirometerModel("generic-gdt", "gdt", PortSettings(baudrate=9600)),
+    # Best-test-only GDT exports (8410 test / 8420 value / 8421 unit / 8460 reference / 8470 "Best Test",
+    # as Spirotrac-style software writes them): test ids as named in such exports; check the vendor's list.
+    "gdt-best-test": SpirometerModel("gdt-best-test", "gdt", PortSettings(baudrate=9600),
+                                     {"FVC": "fvc", "FEV1": "fev1", "FEV1/FVC": "fev1_fvc", "FEV1%FVC": "fev1_fvc", "PEF": "pef"},
+                                     gdt_charset="3", gdt_trial_separator=None),
 }
 
 
