@@ -476,3 +476,45 @@ def test_shutdown_interrupts_and_the_next_start_resumes_with_a_daemon_down_gap(t
         assert actions[-1] == "session_stopped"
         assert h.rows("SELECT COUNT(*) FROM spirometry_manoeuvres WHERE session_id = ?", sid) == [(3,)]
     asyncio.run(main())
+
+
+def test_a_lab_session_result_alone_is_the_devices_fvc_with_its_grade_unknown(tmp_path: Path) -> None:
+    """A lung-function lab's ORU (anthropometry OBR + one session-result OBR) over the line: stored as the
+    device's summary with every OBX, judged as such (needs review), nothing identifying kept."""
+    from collector.eligibility.service import evaluate_subject
+
+    async def main() -> tuple[Harness, int, dict[str, Any]]:
+        async with harness(tmp_path) as h:
+            sim = SpirometerSimulator(dataclasses.replace(load_scenario(ALS), shape="lab-summary"), "hl7")
+            ep = TcpEndpoint(sim.on_bytes)
+            sid = (await h.svc.start(SUBJECT, await ep.open(), model="generic-hl7"))["id"]
+            await asyncio.wait_for(ep.client_connected.wait(), WAIT)
+            [out] = await asyncio.wait_for(sim.run_session(ep.write), WAIT)
+            assert out.ack == "AA"
+            result = (await h.next_result())["result"]
+            await ep.close()
+            return h, sid, result
+
+    h, sid, result = asyncio.run(main())
+    assert result["fvc_basis"] == "device_summary" and result["valid"] is True and result["fvc_l"] == 2.20
+    assert result["fvc"] is None and "quality grade is unknown" in result["grade_review"]
+    assert result["rules"]["plateau"].startswith("plateau: volume change <= 0.025 L")
+    assert result["lower_row_fvc_pct_predicted"] is not None and result["interpolation_decides"] is False
+    obs = h.rows("SELECT code, mapped_to, ref_text, ref_low, abnormal_flags, manoeuvre_id IS NULL FROM spirometry_observations"
+                 " WHERE session_id = ? ORDER BY id", sid)
+    assert ("MMEF", None, "1.9-4.8", 1.9, None, 0) in obs and ("19876-2", "fvc", "> 3.50", 3.5, "L", 0) in obs
+    assert ("8302-2", "height", None, None, None, 1) in obs and any(o[0] == "COMMENT" for o in obs)
+    conn = sqlite3.connect(h.db)
+    try:
+        crit = next(c for c in evaluate_subject(conn, SUBJECT, now=1.75e9)["criteria"] if c["id"] == "fvc")
+        dump = "\n".join(str(r) for t in ("spirometry_manoeuvres", "spirometry_observations", "spirometry_results", "events", "audit",
+                                           "spirometry_messages") for r in conn.execute(f"SELECT * FROM {t}"))
+    finally:
+        conn.close()
+    assert crit["state"] == "needs_review" and "device's own session summary" in crit["reason"]
+    for token in ("TESTPATIENT", "SIMONE", "Simulation Road", "19640502", "SIM-0001", "5555"):
+        assert token not in dump, token
+    r = CliRunner().invoke(cli_main, ["--db", str(h.db), "spirometry", "show", str(sid)])
+    assert r.exit_code == 0, r.output
+    assert "device's own session summary" in r.output and "NEEDS REVIEW" in r.output
+    assert "MMEF MMEF 25-75 = 2.10 L/s  ref 1.9-4.8  -> not mapped (kept)" in r.output and "TESTPATIENT" not in r.output
