@@ -275,7 +275,7 @@ class SpirometryRecorder:
         log.warning("spirometry session %s: device data refused: %s", sid, err)  # DecodeError text holds no patient data
 
         def write(c: sqlite3.Connection) -> None:
-            if err.masked_raw is not None:
+            if err.masked_raw is not None and sid is not None:
                 store.insert_raw_message(c, sid, at=t, source=err.source, message_id=err.message_id, status="refused",
                                          reason=err.reason, masked_raw=err.masked_raw)
             repo.add_event(c, sid, t_ms=_ms(t), kind="spirometry_refused", detail=detail)
