@@ -151,6 +151,9 @@ class SpirometerModel(Table):
     gdt_trial_separator: str = "_"
     gdt_untrialled_is_summary: bool = True
     hl7_ack_timeout_s: Positive = 10.0
+    hl7_single_obr_is_summary: bool = True
+    gdt_text_labels: dict[str, Annotated[str, AfterValidator(_known_param)]] = Field(
+        default_factory=dict, description="GDT text result label (6205/6220/6228) -> parameter")
 
 
 class DefaultModel(Table):
@@ -164,6 +167,8 @@ class Spirometry(Table):
     fvc_threshold_pct: float = Field(gt=0, le=100, description="a percentage of predicted, > 0 and <= 100")
     fvc_grades: list[Grade] = Field(min_length=1, description="a non-empty list of grades from " + ", ".join(GRADES))
     fvc_grades_review: list[Grade] = Field(description="a list of grades from " + ", ".join(GRADES))
+    device_summary_acceptable: bool = Field(description="true or false: a session with only the device's own summary decides without review")
+    hesitation_fails: bool = Field(description="true or false: hesitation over 2 s fails acceptability (default: a warning)")
     socket_hosts: list[Name] = Field(description="a list of host names or addresses")
     gdt_idle_s: Positive
     backoff_initial_s: Positive
@@ -188,6 +193,7 @@ class Eligibility(Table):
     diagnosis_months_max: int = Field(ge=0, description="whole calendar months >= 0")
     accepted_wfn_categories: list[Literal[WFN_CATEGORIES]] = Field(  # type: ignore[valid-type]
         min_length=1, description="a non-empty list of " + ", ".join(WFN_CATEGORIES))
+    crf_decimals: int = Field(ge=0, le=4, description="whole decimals from 0 to 4 (the case report form's precision)")
 
     @model_validator(mode="after")
     def _ordered(self) -> "Eligibility":

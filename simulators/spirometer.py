@@ -33,8 +33,9 @@ from typing import Any, Awaitable, Callable
 from collector.clock import SystemClock
 from drivers.spirometry.gdt import encode_gdt
 from drivers.spirometry.hl7 import MllpFramer, encode_oru, frame, parse_ack
-from drivers.spirometry.registry import get_model
+from drivers.spirometry.registry import MODELS, get_model
 from drivers.spirometry.results import Curve, ManoeuvreResult, SubjectData
+from simulators.vendor_shapes import SHAPES, best_of, gdt_best_test, gdt_text, lab_oru
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
 FLAWS = {"early_termination", "cough", "large_bev"}
@@ -54,6 +55,7 @@ class Scenario:
     ack_timeout_s: float = 5.0
     start: str | None = None
     best_summary: ManoeuvreResult | None = None
+    shape: str = "trials"  # see simulators.vendor_shapes.SHAPES
 
 
 def _curve(fvc: float, fev1: float, fet: float, cough: bool) -> Curve:
@@ -136,7 +138,11 @@ def load_scenario(path: str | Path, protocol: str | None = None) -> Scenario:
         if fvcs and fev1s:
             best = ManoeuvreResult("hl7", None, start, "FVC", fvc_l=max(fvcs), fev1_l=max(fev1s), summary=True)
     model = dev.get("model", f"sim-{proto}")
-    return Scenario(subject, mans, proto, model, dev.get("messages", "session"), float(dev.get("ack_timeout_s", 5.0)), start, best)
+    shape = str(dev.get("shape", "trials"))
+    if shape not in SHAPES:
+        raise ScenarioError(f"[device] shape {shape!r} unknown; use one of {', '.join(SHAPES)}")
+    return Scenario(subject, mans, proto, model, dev.get("messages", "session"), float(dev.get("ack_timeout_s", 5.0)), start, best,
+                    shape)
 
 
 @dataclass
@@ -160,7 +166,8 @@ class SpirometerSimulator:
 
     def __post_init__(self) -> None:
         self.protocol = self.protocol or self.scenario.protocol
-        self.model = get_model(self.scenario.model if self.scenario.model.endswith(self.protocol) else f"sim-{self.protocol}")
+        self.model = get_model(self.scenario.model if self.scenario.model in MODELS and MODELS[self.scenario.model].protocol == self.protocol
+                               else f"sim-{self.protocol}")
         self.ack_timeout_s = self.ack_timeout_s if self.ack_timeout_s is not None else self.scenario.ack_timeout_s
         self._framer = MllpFramer()
         self._acks: dict[str, asyncio.Future[tuple[str, str]]] = {}
@@ -171,6 +178,16 @@ class SpirometerSimulator:
         """(message id, exact bytes to send) for the whole session."""
         sc, codes = self.scenario, self.model.encoder_codes()
         stamp = (sc.start or "2000-01-01T00:00:00").replace("-", "").replace(":", "").replace("T", "")
+        if sc.shape != "trials":
+            wanted = "hl7" if sc.shape == "lab-summary" else "gdt"
+            if self.protocol != wanted:
+                raise ScenarioError(f"shape {sc.shape} is {wanted}; run it with --protocol {wanted}")
+            best = best_of(sc.manoeuvres)
+            if sc.shape == "lab-summary":
+                mid = f"LAB{stamp}"
+                return [(mid, frame(lab_oru(best, sc.subject, mid)))]
+            encode = gdt_text if sc.shape == "gdt-text" else gdt_best_test
+            return [(f"gdt-{stamp}", encode(best, sc.subject))]
         if self.protocol == "gdt":
             results = sc.manoeuvres + ([sc.best_summary] if sc.best_summary else [])
             return [(f"gdt-{stamp}", encode_gdt(results, sc.subject, codes, sc.start, charset=self.model.gdt_charset))]

@@ -349,14 +349,15 @@ def test_failing_night_named_in_reason():
 
 @pytest.mark.parametrize("height, weight, nutrition, expected", [
     ("200", "74", "yes", "met"),  # 18.5 exactly
-    ("200", "73.96", "yes", "not_met"),  # 18.49
+    ("200", "73.96", "yes", "needs_review"),  # 18.49: the case report form's 1 decimal writes 18.5
+    ("200", "73.76", "yes", "not_met"),  # 18.44 is written 18.4: fails either way
     ("170", "53.465", "yes", "met"),  # 18.5 exactly; float arithmetic gives 18.499999...
-    ("170", "53.464", "yes", "not_met"),
+    ("170", "53.464", "yes", "needs_review"),  # 18.4996 -> 18.5 on the form
     ("175", "70", "no", "not_met"),  # investigator judges nutrition poor
     ("200", "73.96", "no", "not_met"),
     ("175", "70", None, "pending"),
     (None, "70", "yes", "pending"),
-    ("200", "73.96", None, "not_met"),  # a failing part decides even if another is missing
+    ("200", "73.76", None, "not_met"),  # a failing part decides even if another is missing
 ])
 def test_bmi(height, weight, nutrition, expected):
     over = {"height_cm": height, "weight_kg": weight, "nutrition_good": nutrition}
@@ -368,7 +369,37 @@ def test_bmi(height, weight, nutrition, expected):
 
 def test_bmi_display_never_rounds_up_to_pass():
     c = run({"height_cm": "200", "weight_kg": "73.999"}).criterion("bmi")
-    assert c.state == "not_met" and "18.49" in c.reason
+    assert c.state == "needs_review" and "BMI 18.4998 kg/m2" in c.reason and "written 18.5" in c.reason
+    assert "18.50 " not in c.reason and c.value["crf_bmi"] == 18.5
+
+
+def test_bmi_crf_precision_is_the_config_key():
+    """BMI 18.46 rounds to 18.5 at one decimal (review) but to 18.46 at two (a plain fail)."""
+    facts = {"height_cm": "200", "weight_kg": "73.84"}  # 18.46
+    assert run(facts).criterion("bmi").state == "needs_review"
+    two = run(facts, th=Thresholds(crf_decimals=2)).criterion("bmi")
+    assert two.state == "not_met" and "BMI 18.46 kg/m2" in two.reason and two.value["crf_decimals"] == 2
+
+
+def test_fvc_rounding_onto_the_limit_needs_review_and_is_never_shown_equal():
+    c = run(spiro=[spiro(49.96)]).criterion("fvc")
+    assert c.state == "needs_review" and "best FVC 49.96 % predicted" in c.reason and "written 50.0 %" in c.reason
+    c = run(spiro=[spiro(49.99)], th=Thresholds(crf_decimals=2)).criterion("fvc")
+    assert c.state == "not_met" and "49.99 % predicted" in c.reason and c.reason.endswith("< 50 %")
+    c = run(spiro=[spiro(49.996)], th=Thresholds(crf_decimals=2)).criterion("fvc")
+    assert c.state == "needs_review" and "49.996 %" in c.reason  # 2 decimals would print 50.00
+    assert run(spiro=[spiro(50.04)]).criterion("fvc").state == "met"  # 50.0 on the form: same side
+
+
+def test_fvc_lower_row_gli_lookup_on_the_other_side_needs_review():
+    both = run(spiro=[spiro(50.1, lower_row_fvc_pct_predicted=49.9)]).criterion("fvc")
+    assert both.state == "needs_review" and "lower quarter-year row" in both.reason and "49.9 %" in both.reason
+    assert run(spiro=[spiro(50.3, lower_row_fvc_pct_predicted=50.2)]).criterion("fvc").state == "met"
+
+
+def test_t90_above_limit_never_printed_equal_to_it():
+    c = run(nights=[N("n1", 2.004, True)]).criterion("nocturnal_spo2")
+    assert c.state == "not_met" and "T90 2.004 %" in c.reason
 
 
 # ----------------------------------------------------------------------- staff yes/no criteria

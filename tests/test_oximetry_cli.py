@@ -178,6 +178,6 @@ def test_report_errors_are_one_line_with_what_to_do(tmp_path: Path) -> None:
 def test_pct_text_never_hides_the_side_of_the_threshold() -> None:
     assert pct_text(2.0, 2.0) == "2.00 %"
     assert pct_text(2.004, 2.0) == "2.004 %"
-    assert pct_text(2.0000001, 2.0) == "2.000000100 %"
+    assert pct_text(2.0000001, 2.0) == "2.0000001 %"
     assert pct_text(1.996, 2.0) == "2.00 %"  # rounds up to the threshold but 2.00 passes, same side
     assert pct_text(None) == "n/a"

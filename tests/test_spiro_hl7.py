@@ -62,7 +62,8 @@ def test_full_message_values_units_and_ack() -> None:
     assert r.device_quality == ("A", "no cough")
     assert dict(r.device_derived) == {"fvc_pct_pred": 50.4, "fvc_lln": 3.10}  # OBX-7 "> x" read as the LLN
     assert r.reference_ranges == (("fvc", "> 3.10"),)
-    assert r.time == "2025-03-10T09:30:00" and r.number == 1 and r.manoeuvre_type == "FVC"
+    # One result OBR without a trial index: the device's session result, not blow #1 (decided by structure)
+    assert r.time == "2025-03-10T09:30:00" and r.number is None and r.summary and r.manoeuvre_type == "FVC"
     assert [u.code for u in r.unknown] == ["99999-9"]  # unknown kept raw
     s = ev.subject
     assert s is not None and s.sex == "male" and s.height_cm == 178 and s.weight_kg == 74.5 and s.birth_date == "1964-05-02"

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sqlite3
 import sys
@@ -34,6 +35,8 @@ POSIX = not sys.platform.startswith("win")
 needs_pty = pytest.mark.skipif(not POSIX, reason="pseudo-terminals are POSIX only")
 SUBJECT = "SCR-0101"
 FACTS = {"sex": "male", "height_cm": "178", "birth_date": "1964-05-02", "screening_date": "2025-03-10"}
+# The short scenario's simulated device holds this person (its subject block): a contradiction refuses messages.
+SHORT_FACTS = {"sex": "female", "height_cm": "165.5", "birth_date": "1970-11-23", "screening_date": "2025-03-10"}
 AGE = decimal_age(__import__("datetime").date(1964, 5, 2), __import__("datetime").date(2025, 3, 10))
 
 
@@ -254,7 +257,7 @@ def test_bad_port_through_the_cli_is_one_line_and_non_zero(tmp_path: Path) -> No
 
 def test_missing_facts_are_named_then_recompute_fills_the_numbers(tmp_path: Path) -> None:
     async def main() -> tuple[Harness, int]:
-        async with harness(tmp_path, facts={"sex": "female"}) as h:
+        async with harness(tmp_path, facts={"sex": "male"}) as h:
             sim = SpirometerSimulator(load_scenario(ALS), "hl7")
             ep = TcpEndpoint(sim.on_bytes)
             info = await h.svc.start(SUBJECT, await ep.open(), model="sim-hl7")
@@ -278,7 +281,7 @@ def test_missing_facts_are_named_then_recompute_fills_the_numbers(tmp_path: Path
     started = h.rows("SELECT started_utc FROM sessions WHERE id = ?", sid)[0][0]
     from datetime import date, datetime
     on = datetime.fromisoformat(started.replace("Z", "+00:00")).astimezone().date()
-    expected = gli.predict("female", decimal_age(date(1970, 11, 23), on), 165.0, fvc_l=2.20)
+    expected = gli.predict("male", decimal_age(date(1970, 11, 23), on), 165.0, fvc_l=2.20)
     assert out["prediction"]["percent_predicted_fvc"] == pytest.approx(expected.fvc.percent_predicted, abs=1e-9)
     assert out["inputs"]["age_on_basis"] == "session start (local date)"
     r = runner.invoke(cli_main, ["--db", str(h.db), "spirometry", "show", str(sid)])
@@ -291,7 +294,7 @@ def test_age_outside_the_equation_is_refused_not_extrapolated(tmp_path: Path) ->
     async def main() -> dict[str, Any]:
         facts = {"sex": "male", "height_cm": "178", "birth_date": "1925-01-01", "screening_date": "2025-03-10"}
         async with harness(tmp_path, facts=facts) as h:
-            sim = SpirometerSimulator(load_scenario(ALS), "hl7")
+            sim = SpirometerSimulator(dataclasses.replace(load_scenario(ALS), subject=None), "hl7")  # device sends no PID
             ep = TcpEndpoint(sim.on_bytes)
             await h.svc.start(SUBJECT, await ep.open(), model="sim-hl7")
             await asyncio.wait_for(ep.client_connected.wait(), WAIT)
@@ -308,7 +311,7 @@ def test_impossible_values_are_refused_kept_in_the_capture_and_the_session_goes_
     capture = tmp_path / "capture.jsonl"
 
     async def main() -> Harness:
-        async with harness(tmp_path, capture=capture) as h:
+        async with harness(tmp_path, facts={**SHORT_FACTS, "height_cm": "160"}, capture=capture) as h:
             sim = SpirometerSimulator(load_scenario(SHORT), "hl7")
             ep = TcpEndpoint(sim.on_bytes)
             sid = (await h.svc.start(SUBJECT, await ep.open(), model="sim-hl7"))["id"]
@@ -329,19 +332,51 @@ def test_impossible_values_are_refused_kept_in_the_capture_and_the_session_goes_
             events = h.rows("SELECT kind, detail_json FROM events WHERE session_id = ? AND kind LIKE 'spirometry%' ORDER BY id", sid)
             assert [e[0] for e in events] == ["spirometry_refused", "spirometry_message_notes", "spirometry_duplicate_message"]
             assert "negative volume: FVC -3.02 L" in json.loads(events[0][1])["reason"]
-            # The simulated device holds another person's data than the recorded facts: named, values not copied.
-            assert json.loads(events[1][1])["device_subject_differs"] == ["sex", "height_cm", "birth_date"]
-            assert "1970" not in events[1][1] and "165" not in events[1][1]
+            # A height other than the recorded one is noted (named, value not copied), not a contradiction.
+            assert json.loads(events[1][1])["device_subject_differs"] == ["height_cm"]
+            assert "165" not in events[1][1]
             assert h.rows("SELECT COUNT(*) FROM audit WHERE action = 'spirometry_message_refused' AND session_id = ?", sid) == [(1,)]
+            assert [r[0] for r in h.rows("SELECT status FROM spirometry_messages WHERE session_id = ? ORDER BY id", sid)] == \
+                ["refused", "accepted", "duplicate"]
             await ep.close()
             return h
 
     asyncio.run(main())
     records = [json.loads(line) for line in capture.read_text().splitlines()]
-    rx = bytes.fromhex("".join(r["hex"] for r in records if r.get("characteristic") == "rx"))
-    assert b"||-3.02|L|" in rx, "the refused bytes are kept in the raw capture"
+    assert not any(r.get("characteristic") == "rx" for r in records), "raw line bytes (with the PID) are not captured"
+    rx = bytes.fromhex("".join(r["hex"] for r in records if r.get("characteristic") == "rx-masked"))
+    assert b"||-3.02|L|" in rx, "the refused message is kept in the capture, masked"
+    assert b"SIM-0002" not in rx and b"19701123" not in rx and b"PID|1||***|" in rx
     assert any(r.get("event") == "refused" for r in records)
     assert sum(1 for r in records if r.get("characteristic") == "tx") == 3  # AE, AA, AA
+
+
+def test_a_device_holding_another_persons_sex_or_birth_date_is_refused_with_ae(tmp_path: Path) -> None:
+    """PID sex/birth date against the recorded facts: refused whole, nothing attached, no value copied anywhere."""
+    async def main() -> Harness:
+        async with harness(tmp_path) as h:  # facts: a man born 1964; the short scenario's device holds a woman born 1970
+            sim = SpirometerSimulator(load_scenario(SHORT), "hl7")
+            ep = TcpEndpoint(sim.on_bytes)
+            sid = (await h.svc.start(SUBJECT, await ep.open(), model="sim-hl7"))["id"]
+            await asyncio.wait_for(ep.client_connected.wait(), WAIT)
+            m1, d1 = sim.messages()[0]
+            out = await asyncio.wait_for(sim.send_message(m1, d1, ep.write), WAIT)
+            assert out.ack == "AE" and "contradicts" in out.ack_text
+            assert h.rows("SELECT COUNT(*) FROM spirometry_manoeuvres WHERE session_id = ?", sid) == [(0,)]
+            [(detail,)] = h.rows("SELECT detail_json FROM events WHERE session_id = ? AND kind = 'spirometry_refused'", sid)
+            d = json.loads(detail)
+            assert "contradicts subject SCR-0101's recorded sex and birth_date" in d["reason"]
+            assert d["device_subject_differs"] == ["sex", "height_cm", "birth_date"]
+            dump = "\n".join(str(r) for t in ("events", "audit", "spirometry_messages", "spirometry_observations")
+                              for r in h.rows(f"SELECT * FROM {t}"))
+            assert "1970" not in dump and "SIM-0002" not in dump and "female" not in dump
+            [(status, raw)] = h.rows("SELECT status, raw_masked FROM spirometry_messages WHERE session_id = ?", sid)
+            assert status == "subject_mismatch" and b"PID|1||***|" in raw and b"|F" in raw
+            assert h.svc.recorders[sid].refused == 1
+            await ep.close()
+            return h
+
+    asyncio.run(main())
 
 
 @needs_pty
@@ -349,7 +384,7 @@ def test_cable_pulled_mid_session_is_a_port_lost_gap_and_the_port_reopens(tmp_pa
     link = tmp_path / "ttySPIRO"
 
     async def main() -> tuple[Harness, int]:
-        async with harness(tmp_path) as h:
+        async with harness(tmp_path, facts=SHORT_FACTS) as h:
             sim = SpirometerSimulator(load_scenario(SHORT), "hl7")  # one message per manoeuvre
             state = {"ep": PtyEndpoint(sim.on_bytes, link)}
             state["ep"].open()
@@ -410,7 +445,7 @@ def test_shutdown_interrupts_and_the_next_start_resumes_with_a_daemon_down_gap(t
         sim = SpirometerSimulator(load_scenario(SHORT), "hl7")
         ep = TcpEndpoint(sim.on_bytes)
         url = await ep.open()
-        async with harness(tmp_path) as h:
+        async with harness(tmp_path, facts=SHORT_FACTS) as h:
             sid = (await h.svc.start(SUBJECT, url, model="sim-hl7"))["id"]
             await asyncio.wait_for(ep.client_connected.wait(), WAIT)
             mid, data = sim.messages()[0]
@@ -441,3 +476,45 @@ def test_shutdown_interrupts_and_the_next_start_resumes_with_a_daemon_down_gap(t
         assert actions[-1] == "session_stopped"
         assert h.rows("SELECT COUNT(*) FROM spirometry_manoeuvres WHERE session_id = ?", sid) == [(3,)]
     asyncio.run(main())
+
+
+def test_a_lab_session_result_alone_is_the_devices_fvc_with_its_grade_unknown(tmp_path: Path) -> None:
+    """A lung-function lab's ORU (anthropometry OBR + one session-result OBR) over the line: stored as the
+    device's summary with every OBX, judged as such (needs review), nothing identifying kept."""
+    from collector.eligibility.service import evaluate_subject
+
+    async def main() -> tuple[Harness, int, dict[str, Any]]:
+        async with harness(tmp_path) as h:
+            sim = SpirometerSimulator(dataclasses.replace(load_scenario(ALS), shape="lab-summary"), "hl7")
+            ep = TcpEndpoint(sim.on_bytes)
+            sid = (await h.svc.start(SUBJECT, await ep.open(), model="generic-hl7"))["id"]
+            await asyncio.wait_for(ep.client_connected.wait(), WAIT)
+            [out] = await asyncio.wait_for(sim.run_session(ep.write), WAIT)
+            assert out.ack == "AA"
+            result = (await h.next_result())["result"]
+            await ep.close()
+            return h, sid, result
+
+    h, sid, result = asyncio.run(main())
+    assert result["fvc_basis"] == "device_summary" and result["valid"] is True and result["fvc_l"] == 2.20
+    assert result["fvc"] is None and "quality grade is unknown" in result["grade_review"]
+    assert result["rules"]["plateau"].startswith("plateau: volume change <= 0.025 L")
+    assert result["lower_row_fvc_pct_predicted"] is not None and result["interpolation_decides"] is False
+    obs = h.rows("SELECT code, mapped_to, ref_text, ref_low, abnormal_flags, manoeuvre_id IS NULL FROM spirometry_observations"
+                 " WHERE session_id = ? ORDER BY id", sid)
+    assert ("MMEF", None, "1.9-4.8", 1.9, None, 0) in obs and ("19876-2", "fvc", "> 3.50", 3.5, "L", 0) in obs
+    assert ("8302-2", "height", None, None, None, 1) in obs and any(o[0] == "COMMENT" for o in obs)
+    conn = sqlite3.connect(h.db)
+    try:
+        crit = next(c for c in evaluate_subject(conn, SUBJECT, now=1.75e9)["criteria"] if c["id"] == "fvc")
+        dump = "\n".join(str(r) for t in ("spirometry_manoeuvres", "spirometry_observations", "spirometry_results", "events", "audit",
+                                           "spirometry_messages") for r in conn.execute(f"SELECT * FROM {t}"))
+    finally:
+        conn.close()
+    assert crit["state"] == "needs_review" and "device's own session summary" in crit["reason"]
+    for token in ("TESTPATIENT", "SIMONE", "Simulation Road", "19640502", "SIM-0001", "5555"):
+        assert token not in dump, token
+    r = CliRunner().invoke(cli_main, ["--db", str(h.db), "spirometry", "show", str(sid)])
+    assert r.exit_code == 0, r.output
+    assert "device's own session summary" in r.output and "NEEDS REVIEW" in r.output
+    assert "MMEF MMEF 25-75 = 2.10 L/s  ref 1.9-4.8  -> not mapped (kept)" in r.output and "TESTPATIENT" not in r.output

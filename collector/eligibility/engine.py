@@ -18,6 +18,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
+from collector.limit_text import crf_round, crf_rounding_crosses, limit_text
 from collector.eligibility.facts import (
     WFN_CATEGORIES,
     ContraceptionAnswer,
@@ -72,12 +73,15 @@ RULES: dict[str, str] = {
     "days = 24), would change the result",
     "prior_treatment": "prior_treatment_failed = yes and the prior treatments listed (prior_treatments)",
     "fvc": "largest FVC % predicted over valid (acceptable, repeatable: ATS/ERS 2019 FVC grade A-C) FVC sessions with the configured equation; "
-    ">= fvc_pct_min ([spirometry] fvc_threshold_pct) passes; needs_review if the other equation's best falls on the other side",
+    ">= fvc_pct_min ([spirometry] fvc_threshold_pct) passes; needs_review if the other equation's best falls on the other side, "
+    "if the GLI spline read at the lower quarter-year row (no interpolation) falls on the other side, or if rounding to the case "
+    "report form's precision ([eligibility] crf_decimals, half up) would move it across the limit",
     "nocturnal_spo2": "every valid night T90 (SpO2 < 90 %, % of analysed time) <= t90_pct_max ([oximetry] t90_threshold_pct); any valid night "
     "above fails; invalid nights do not count; a borderline valid night needs review unless another valid night "
     "already fails; no valid night -> pending",
     "bmi": "weight_kg / (height_cm / 100)^2 computed exactly from the typed decimals, >= bmi_min, and "
-    "nutrition_good = yes",
+    "nutrition_good = yes; needs_review if rounding to the case report form's precision ([eligibility] crf_decimals, "
+    "half up) would move it across bmi_min",
     "contraception": "yes, or not_applicable with a reason",
     "cooperation": "yes",
 }
@@ -103,6 +107,7 @@ class Thresholds:
     diagnosis_months_max: int = 24
     accepted_wfn_categories: tuple[str, ...] = WFN_CATEGORIES
     equation: str = "gli-global-2022"
+    crf_decimals: int = 1  # decimals the case report form records FVC % predicted and BMI with
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -115,6 +120,7 @@ class Thresholds:
             "diagnosis_months_max": self.diagnosis_months_max,
             "accepted_wfn_categories": list(self.accepted_wfn_categories),
             "equation": self.equation,
+            "crf_decimals": self.crf_decimals,
         }
 
 
@@ -136,6 +142,7 @@ def thresholds_from_config(config: Mapping[str, Any]) -> Thresholds:
             diagnosis_months_max=int(el["diagnosis_months_max"]),
             accepted_wfn_categories=tuple(c for c in WFN_CATEGORIES if c in cats),
             equation=str(sp["equation"]),
+            crf_decimals=int(el.get("crf_decimals", 1)),
         )
     except KeyError as exc:
         raise EligibilityConfigError(f"eligibility config: {exc.args[0]} is not set; load the config with collector.config.load_config") from None
@@ -171,6 +178,7 @@ class SpirometryResult:
     analysed_at: str | None = None
     note: str = ""  # why the session is not valid, if it is not
     review: str = ""  # why a valid session still needs a person (a grade accepted only by a site rule)
+    lower_row_fvc_pct_predicted: float | None = None  # configured equation, splines read at the lower 0.25-year row
 
     def pct_for(self, equation: str) -> float | None:
         if self.equation == equation:
@@ -339,8 +347,15 @@ def _val(facts: Mapping[str, RecordedFact], name: str) -> Any:
     return None if rec is None else rec.value
 
 
-def _fmt_pct(x: float) -> str:
-    return f"{x:.2f} %"
+def _fmt_pct(x: float, limit: float | None = None) -> str:
+    """A T90 figure; against its limit it never prints equal to the limit when above it."""
+    return limit_text(x, limit, "le", 2) + " %"
+
+
+def _crf_note(what: str, value: Any, limit: Any, decimals: int, unit: str) -> str:
+    shown = crf_round(value, decimals)
+    return (f"{what} is written {shown}{unit} on the case report form ({decimals} decimal{'s' if decimals != 1 else ''}), "
+            f"on the other side of {limit:g}{unit}")
 
 
 # --------------------------------------------------------------------------- criteria
@@ -532,16 +547,25 @@ def _fvc(facts: Mapping[str, RecordedFact], sessions: Sequence[SpirometryResult]
     other_eq = next(e for e in EQUATIONS if e != eq)
     others = [(p, s) for s in usable if (p := s.pct_for(other_eq)) is not None and math.isfinite(p)]
     other_pct = max((p for p, _ in others), default=None)
+    lim, dec = th.fvc_pct_min, th.crf_decimals
     value = {"fvc_pct_predicted": pct, "equation": eq, "session_id": best.session_id, "fvc_l": best.fvc_l,
-             "grade": best.grade, "other_equation": other_eq, "other_fvc_pct_predicted": other_pct}
+             "grade": best.grade, "other_equation": other_eq, "other_fvc_pct_predicted": other_pct,
+             "lower_row_fvc_pct_predicted": best.lower_row_fvc_pct_predicted,
+             "crf_fvc_pct_predicted": float(crf_round(pct, dec)), "crf_decimals": dec}
     inputs.sort(key=lambda i: i["source"] != f"session:{best.session_id}")  # deciding session first
     grade = f", grade {best.grade}" if best.grade else ""
-    head = f"best FVC {pct:.1f} % predicted ({eq}, session {best.session_id}{grade})"
+    head = f"best FVC {limit_text(pct, lim, 'ge', dec)} % predicted ({eq}, session {best.session_id}{grade})"
     review: list[str] = []
     if best.review:
         review.append(best.review)
     if other_pct is not None and (other_pct >= th.fvc_pct_min) != ok:
-        review.append(f"{other_eq} gives {other_pct:.1f} %, on the other side of {th.fvc_pct_min:g} %")
+        review.append(f"{other_eq} gives {limit_text(other_pct, lim, 'ge', dec)} %, on the other side of {lim:g} %")
+    low = best.lower_row_fvc_pct_predicted
+    if low is not None and math.isfinite(low) and (low >= lim) != ok:
+        review.append(f"the GLI splines read at the lower quarter-year row (as rspiro and spiref do) give "
+                      f"{limit_text(low, lim, 'ge', dec)} %, on the other side of {lim:g} % (interpolated: {limit_text(pct, lim, 'ge', dec)} %)")
+    if crf_rounding_crosses(pct, lim, "ge", dec):
+        review.append(_crf_note(f"FVC {limit_text(pct, lim, 'ge', dec)} % predicted", pct, lim, dec, " %"))
     sex, height = _val(facts, "sex"), _val(facts, "height_cm")
     if best.sex is not None and sex is not None and best.sex != sex:
         review.append(f"prediction used sex {best.sex} but sex is recorded as {sex}: recompute")
@@ -551,9 +575,9 @@ def _fvc(facts: Mapping[str, RecordedFact], sessions: Sequence[SpirometryResult]
     if review:
         r = _result("fvc", "needs_review", f"{head}: " + "; ".join(review), value, res_inputs)
     elif ok:
-        r = _result("fvc", "met", f"{head} >= {th.fvc_pct_min:g} %", value, res_inputs)
+        r = _result("fvc", "met", f"{head} >= {lim:g} %", value, res_inputs)
     else:
-        r = _result("fvc", "not_met", f"{head} < {th.fvc_pct_min:g} %", value, res_inputs)
+        r = _result("fvc", "not_met", f"{head} < {lim:g} %", value, res_inputs)
     # The deciding session is the provenance of a device criterion.
     r.source, r.recorded_by, r.recorded_at = f"session:{best.session_id}", "device", best.analysed_at
     return r
@@ -581,7 +605,7 @@ def _nocturnal(nights: Sequence[NightResult], th: Thresholds) -> CriterionResult
     inv = (f"; invalid night(s) not counted: {', '.join(n.session_id for n in invalid)}" if invalid else "")
 
     def desc(ns: Iterable[NightResult]) -> str:
-        return ", ".join(f"{n.session_id} T90 {_fmt_pct(n.t90_pct)}" for n in ns)  # type: ignore[arg-type]
+        return ", ".join(f"{n.session_id} T90 {_fmt_pct(n.t90_pct, limit)}" for n in ns)  # type: ignore[arg-type]
 
     def with_source(r: CriterionResult, deciding: Sequence[NightResult]) -> CriterionResult:
         if deciding:
@@ -619,11 +643,6 @@ def bmi_exact(height_cm: Decimal, weight_kg: Decimal) -> Fraction:
     return Fraction(weight_kg) / (h * h)
 
 
-def _floor2(x: Fraction) -> str:
-    """Two decimals rounded down, so a displayed 18.50 never hides a failing 18.4999."""
-    return f"{math.floor(x * 100) / 100:.2f}"
-
-
 def _bmi(facts: Mapping[str, RecordedFact], th: Thresholds) -> CriterionResult:
     h_rec, w_rec = facts.get("height_cm"), facts.get("weight_kg")
     n_state, n_reason, n_value, n_input = _yes_no("bmi", "nutrition_good", facts, "investigator judges nutrition good")
@@ -637,9 +656,15 @@ def _bmi(facts: Mapping[str, RecordedFact], th: Thresholds) -> CriterionResult:
         parts.append(("pending", f"{' and '.join(missing)} not recorded"))
     else:
         bmi = bmi_exact(Decimal(h), Decimal(w))
-        value.update(bmi=round(float(bmi), 4), height_cm=float(h), weight_kg=float(w))
-        text = f"BMI {_floor2(bmi)} kg/m2 ({float(w):g} kg, {float(h):g} cm)"
-        if bmi >= Fraction(th.bmi_min):
+        dec = th.crf_decimals
+        value.update(bmi=round(float(bmi), 4), height_cm=float(h), weight_kg=float(w),
+                     crf_bmi=float(crf_round(bmi, dec)), crf_decimals=dec)
+        shown = limit_text(bmi, th.bmi_min, "ge", 2)
+        text = f"BMI {shown} kg/m2 ({float(w):g} kg, {float(h):g} cm)"
+        if crf_rounding_crosses(bmi, th.bmi_min, "ge", dec):
+            side = ">=" if bmi >= Fraction(th.bmi_min) else "<"
+            parts.append(("needs_review", f"{text} {side} {th.bmi_min}: " + _crf_note(f"BMI {shown}", bmi, th.bmi_min, dec, "")))
+        elif bmi >= Fraction(th.bmi_min):
             parts.append(("met", f"{text} >= {th.bmi_min}"))
         else:
             parts.append(("not_met", f"{text} < {th.bmi_min}"))

@@ -151,6 +151,7 @@ def _spirometry(conn: sqlite3.Connection, subject_id: str) -> tuple[list[Spirome
             grade=r["grade_fvc"], manoeuvre=(detail.get("manoeuvre_type") if isinstance(detail, dict) else None) or "FVC",
             sex=r["sex"], height_cm=r["height_cm"], analysed_at=r["computed_utc"], note=note or "",
             review=str(detail.get("grade_review") or "") if isinstance(detail, dict) else "",
+            lower_row_fvc_pct_predicted=detail.get("lower_row_fvc_pct_predicted") if isinstance(detail, dict) else None,
         ))
     return results, pending
 

@@ -11,17 +11,15 @@ import math
 from typing import Any
 
 from collector.clock import utc_iso
+from collector.limit_text import limit_text
 
 
 def pct_text(value: float | None, threshold: float | None = None) -> str:
-    """A percentage with enough decimals that rounding never hides which side of the threshold it is on."""
+    """A percentage with enough decimals that rounding never hides which side of the threshold it is on
+    (T90 passes at or below it; a value above it is never printed equal to it)."""
     if value is None:
         return "n/a"
-    for k in (2, 3, 4, 6, 9):
-        s = f"{value:.{k}f}"
-        if threshold is None or (float(s) > threshold) == (value > threshold):
-            return s + " %"
-    return f"{value!r} %"
+    return limit_text(value, threshold, "le", 2) + " %"
 
 
 def hms(seconds: float | None) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from collector.errors import InvalidInput
+from collector.limit_text import limit_text
 from collector.output import emit_json
 from collector.spirometry import gli, store
 
@@ -71,6 +72,8 @@ def render(d: dict[str, Any]) -> list[str]:
             line += f"{'not judged':23} {skipped[m['id']]['reason']}"
         else:
             line += f"{'':23} (not yet assessed)"
+        if j and j.get("warnings"):
+            line += f"  (warning: {', '.join(j['warnings'])})"
         if m["device_quality"]:
             line += f"  [device: {', '.join(map(str, m['device_quality']))}]"
         out.append(line)
@@ -90,10 +93,17 @@ def render(d: dict[str, Any]) -> list[str]:
         out.append(f"more attempts needed: {', '.join(res.get('more_attempts_reasons', []))}")
     elif res.get("more_attempts_reasons"):
         out.append(f"session incomplete: {', '.join(res['more_attempts_reasons'])}")
+    if res.get("fvc_basis") == "device_summary":
+        review = "accepted by the site setting" if res.get("device_summary_acceptable") else "NEEDS REVIEW"
+        out.append(f"FVC from the device's own session summary (no manoeuvres received): quality grade unknown, {review}")
+    elif (ds := res.get("device_summary")) and ds.get("differs_from_manoeuvres_l") is not None:
+        out.append(f"device summary FVC {ds['fvc_l']:.2f} L (ours from the manoeuvres differs by {ds['differs_from_manoeuvres_l']:+.3f} L;"
+                   " ours decides)")
+    thr = res.get("threshold_pct")
     p, o = res.get("prediction"), res.get("other_prediction")
     if p:
         eth = f", {p['ethnicity']}" if p.get("ethnicity") else ""
-        out.append(f"FVC {p['fvc_l']:.2f} L = {p['percent_predicted_fvc']:.1f} % predicted ({p['equation']}{eth}): predicted "
+        out.append(f"FVC {p['fvc_l']:.2f} L = {limit_text(p['percent_predicted_fvc'], thr, 'ge', 1)} % predicted ({p['equation']}{eth}): predicted "
                    f"{p['predicted_fvc_l']:.2f} L, LLN {p['lln_fvc_l']:.2f} L, z {p['z_fvc']:.2f}"
                    f" (age {p['age_years']:.1f} y, {p['height_cm']:g} cm, {p['sex']})")
         if p.get("percent_predicted_fev1") is not None:
@@ -102,11 +112,28 @@ def render(d: dict[str, Any]) -> list[str]:
     if o:
         eth = f", {o['ethnicity']}" if o.get("ethnicity") else ""
         flag = f"  -> the equation decides at {res['threshold_pct']:g} %: NEEDS REVIEW" if res.get("equation_decides") else ""
-        out.append(f"other equation ({o['equation']}{eth}): {o['percent_predicted_fvc']:.1f} % predicted{flag}")
+        out.append(f"other equation ({o['equation']}{eth}): {limit_text(o['percent_predicted_fvc'], thr, 'ge', 1)} % predicted{flag}")
+    if res.get("lower_row_fvc_pct_predicted") is not None:
+        flag = f"  -> on the other side of {thr:g} %: NEEDS REVIEW" if res.get("interpolation_decides") else ""
+        out.append(f"GLI splines at the lower quarter-year row (no interpolation): "
+                   f"{limit_text(res['lower_row_fvc_pct_predicted'], thr, 'ge', 1)} % predicted{flag}")
     if res:
         out.append(f"valid: {'yes' if res.get('valid') else 'NO'}{('  (' + res['note'] + ')') if res.get('note') else ''}")
     else:
         out.append("no result yet")
+    for rule in (res.get("rules") or {}).values():
+        out.append(f"rule: {rule}")
+    obs = d.get("observations") or []
+    if obs:
+        out.append("")
+        out.append(f"observations as the device sent them ({len(obs)}; mapped ones name their parameter):")
+        for ob in obs:
+            ref = f"  ref {ob['ref_text']}" if ob.get("ref_text") else ""
+            flags = f"  flags {ob['abnormal_flags']}" if ob.get("abnormal_flags") else ""
+            label = f" {ob['text']}" if ob.get("text") else ""
+            unit = f" {ob['unit']}" if ob.get("unit") else ""
+            out.append(f"  group {ob['grp']}: {ob['code']}{label} = {ob['value']}{unit}{ref}{flags}"
+                       f"  -> {ob['mapped_to'] or 'not mapped (kept)'}")
     refused = [e for e in d["events"] if e["kind"] == "spirometry_refused"]
     for e in refused:
         out.append(f"refused from the device: {e['detail'].get('reason')}"

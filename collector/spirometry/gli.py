@@ -255,19 +255,26 @@ def _curves(equation: str) -> dict[tuple[str, str], _Curve]:
     return curves
 
 
-def _interp(values: NDArray[np.float64], age0: float, age: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Linear interpolation of a 0.25-year table (ages must already be in range)."""
+#: How the 0.25-year spline tables are read between rows: linear interpolation (the GLI
+#: calculators, pyspiro; ours) or the row at or below the age (rspiro's GLI Global path, spiref).
+SPLINE_LOOKUPS = ("interpolate", "lower_row")
+
+
+def _interp(values: NDArray[np.float64], age0: float, age: NDArray[np.float64], lookup: str = "interpolate") -> NDArray[np.float64]:
+    """A 0.25-year table at ``age`` (ages must already be in range): interpolated, or the lower row."""
     pos = (age - age0) / _AGE_STEP
-    lo = np.clip(np.floor(pos).astype(np.int64), 0, len(values) - 2)
+    lo = np.clip(np.floor(pos + 1e-9).astype(np.int64), 0, len(values) - 2)
+    if lookup == "lower_row":
+        return values[lo]
     frac = pos - lo
     return values[lo] + frac * (values[lo + 1] - values[lo])
 
 
 def _lms(curve: _Curve, age: NDArray[np.float64], height: NDArray[np.float64],
-         ethnicity: NDArray[Any] | None) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+         ethnicity: NDArray[Any] | None, lookup: str = "interpolate") -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
     ln_age = np.log(age)
-    m_lin = curve.a0 + curve.a1 * np.log(height) + curve.a2 * ln_age + _interp(curve.m_spline, curve.age0, age)
-    s_lin = curve.p0 + curve.p1 * ln_age + _interp(curve.s_spline, curve.age0, age)
+    m_lin = curve.a0 + curve.a1 * np.log(height) + curve.a2 * ln_age + _interp(curve.m_spline, curve.age0, age, lookup)
+    s_lin = curve.p0 + curve.p1 * ln_age + _interp(curve.s_spline, curve.age0, age, lookup)
     if ethnicity is not None:
         for group, (a_key, p_key) in _GROUP_TERMS.items():
             if a_key is None or p_key is None:  # the reference group has no terms
@@ -275,7 +282,7 @@ def _lms(curve: _Curve, age: NDArray[np.float64], height: NDArray[np.float64],
             is_group = ethnicity == group
             m_lin = m_lin + curve.group[a_key] * is_group
             s_lin = s_lin + curve.group[p_key] * is_group
-    l_val = curve.q0 + curve.q1 * ln_age + _interp(curve.l_spline, curve.age0, age)
+    l_val = curve.q0 + curve.q1 * ln_age + _interp(curve.l_spline, curve.age0, age, lookup)
     return l_val, np.exp(m_lin), np.exp(s_lin)
 
 
@@ -412,6 +419,7 @@ def predict_many(
     fvc_l: ArrayLike | None = None,
     fev1_l: ArrayLike | None = None,
     strict: bool = False,
+    spline_lookup: str = "interpolate",
 ) -> PredictionArrays:
     """Vectorised predictions for many subjects (arrays broadcast together).
 
@@ -420,6 +428,8 @@ def predict_many(
     ethnicity or equation strings always raise (fix the mapping at the edge).
     """
     _check_equation(equation, ethnicity)
+    if spline_lookup not in SPLINE_LOOKUPS:
+        raise InvalidInputError(f"spline_lookup must be one of {', '.join(SPLINE_LOOKUPS)}")
     age = np.atleast_1d(np.asarray(age_years, dtype=np.float64))
     height = np.atleast_1d(np.asarray(height_cm, dtype=np.float64))
     sex_arr = np.atleast_1d(_as_sex_array(sex))
@@ -464,7 +474,7 @@ def predict_many(
             if not rows.any():
                 continue
             lv, mv, sv = _lms(curves[(sex_name, outcome)], age_safe[rows], height_safe[rows],
-                              eth_b[rows] if eth_b is not None else None)
+                              eth_b[rows] if eth_b is not None else None, spline_lookup)
             m[rows], s[rows], l[rows] = mv, sv, lv
         m[~ok] = s[~ok] = l[~ok] = np.nan
         x = measured[outcome]
@@ -533,6 +543,7 @@ def predict(
     ethnicity: str | None = None,
     fvc_l: float | None = None,
     fev1_l: float | None = None,
+    spline_lookup: str = "interpolate",
 ) -> Prediction:
     """Predicted values, LLN and (when measured values are given) z and % predicted.
 
@@ -551,7 +562,7 @@ def predict(
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"age {age_years!r} / height {height_cm!r} must be numbers (years, cm)") from exc
     arrays = predict_many(sex, age, height, equation=equation, ethnicity=ethnicity,
-                          fvc_l=fvc, fev1_l=fev1, strict=True)
+                          fvc_l=fvc, fev1_l=fev1, strict=True, spline_lookup=spline_lookup)
 
     def one(name: str) -> OutcomePrediction:
         o = arrays.outcome(name)

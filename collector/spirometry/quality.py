@@ -24,10 +24,13 @@ Criteria per manoeuvre (FEV1 and FVC judged separately)::
     no leak                                         Y        Y         -           -
     maximal inspiration (FIVC - FVC <= max(0.100 L, 5 % FVC); device flag)
                                                     Y        Y         -           -
-    hesitation <= 2 s (design file, start of test)  Y        Y         -           -
+    hesitation <= 2 s: a reported warning (``hesitation_over_2s``); a failure of
+    acceptability only with ``hesitation_fails=True``: the 2019 acceptability
+    table does not list it, the text of the start-of-test section does
 
-EOFE is met by any of: plateau (volume change < 0.025 L in the last 1 s,
-strictly less); FET >= 15 s; or FVC within the repeatability tolerance of, or
+EOFE is met by any of: plateau (volume change <= 0.025 L in the last 1 s: the
+2019 table's "<= 0.025 L"; its text says "less than", and the choice is
+recorded as PLATEAU_RULE in every result); FET >= 15 s; or FVC within the repeatability tolerance of, or
 greater than, the largest FVC observed in the *prior* manoeuvres of the
 session (the rule that lets ALS patients, who often cannot reach a plateau,
 still produce acceptable blows).
@@ -70,7 +73,10 @@ FIVC_ABS_LIMIT_ML = 100  # FIVC - FVC <= 0.100 L or 5 % of FVC, whichever is gre
 FIVC_FVC_PERCENT = 5
 HESITATION_LIMIT_MS = 2000
 FET_EOFE_MS = 15000  # FET >= 15 s
-PLATEAU_LIMIT_ML = 25  # last-second volume change < 0.025 L (strict)
+PLATEAU_LIMIT_ML = 25  # last-second volume change <= 0.025 L (the 2019 table; its text says "less than")
+PLATEAU_RULE = "plateau: volume change <= 0.025 L in the last 1 s of expiration (ATS/ERS 2019 table; the text says 'less than')"
+HESITATION_RULE_WARN = "hesitation > 2 s: reported as a warning, not an acceptability criterion (not in the ATS/ERS 2019 table)"
+HESITATION_RULE_FAIL = "hesitation > 2 s: fails acceptability of FEV1 and FVC (site setting hesitation_fails)"
 
 # Grading thresholds (Table 10): grade -> max difference of the two largest acceptable values.
 ADULT_THRESHOLDS_ML = {"A": 150, "B": 150, "C": 200, "D": 250}
@@ -171,6 +177,7 @@ class ManoeuvreAssessment:
     fvc: Judgement
     eofe_met: bool
     eofe_by: tuple[str, ...]  # 'plateau', 'fet_15s', 'fvc_repeatable_with_prior'
+    warnings: tuple[str, ...] = ()  # reported, not deciding (e.g. 'hesitation_over_2s')
 
 
 @dataclass(frozen=True)
@@ -255,7 +262,7 @@ def _start_reasons(m: Manoeuvre) -> list[str]:
     return reasons
 
 
-def _acceptability_only_reasons(m: Manoeuvre) -> list[str]:
+def _acceptability_only_reasons(m: Manoeuvre, hesitation_fails: bool = False) -> list[str]:
     """Criteria required for acceptability (not usability) of both outcomes."""
     reasons: list[str] = []
     if m.obstructed:
@@ -268,16 +275,20 @@ def _acceptability_only_reasons(m: Manoeuvre) -> list[str]:
         fivc_ml, fvc_ml = _ml(m.fivc_l), _ml(m.fvc_l)
         if fivc_ml > fvc_ml and 100 * (fivc_ml - fvc_ml) > max(100 * FIVC_ABS_LIMIT_ML, FIVC_FVC_PERCENT * fvc_ml):
             reasons.append("fivc_exceeds_fvc")
-    if m.hesitation_s is not None and _ms(m.hesitation_s) > HESITATION_LIMIT_MS:
+    if hesitation_fails and _hesitation_long(m):
         reasons.append("hesitation_too_long")
     return reasons
+
+
+def _hesitation_long(m: Manoeuvre) -> bool:
+    return m.hesitation_s is not None and _ms(m.hesitation_s) > HESITATION_LIMIT_MS
 
 
 def _eofe(m: Manoeuvre, prior_max_fvc_ml: int | None, tolerance_ml: int) -> tuple[str, ...]:
     met: list[str] = []
     change = m.last_second_change_ml()
     if change is not None:
-        if change < PLATEAU_LIMIT_ML:
+        if change <= PLATEAU_LIMIT_ML:
             met.append("plateau")
     elif m.plateau and not m.early_termination:
         met.append("plateau")
@@ -338,6 +349,7 @@ def assess_session(
     *,
     age_years: float | None = None,
     max_attempts: int = MAX_ATTEMPTS,
+    hesitation_fails: bool = False,
 ) -> SessionAssessment:
     """Judge every manoeuvre (in ``number`` order) and summarise the session.
 
@@ -357,7 +369,8 @@ def assess_session(
     prior_max: int | None = None
     for m in ordered:
         start = _start_reasons(m)
-        acc_only = _acceptability_only_reasons(m)
+        acc_only = _acceptability_only_reasons(m, hesitation_fails)
+        warnings = ("hesitation_over_2s",) if _hesitation_long(m) and not hesitation_fails else ()
         tol = repeatability_tolerance_ml(age_years, prior_max or 0)
         eofe_by = _eofe(m, prior_max, tol)
 
@@ -376,7 +389,7 @@ def assess_session(
         fvc = _judge(fvc_acc_fail, fvc_usable_fail)
 
         results.append(ManoeuvreAssessment(number=m.number, fev1=fev1, fvc=fvc,
-                                           eofe_met=bool(eofe_by), eofe_by=eofe_by))
+                                           eofe_met=bool(eofe_by), eofe_by=eofe_by, warnings=warnings))
         fev1_items.append((m, fev1))
         fvc_items.append((m, fvc))
         if _volume_trustworthy(m):

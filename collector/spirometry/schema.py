@@ -55,4 +55,66 @@ CREATE TABLE spirometry_results (
 CREATE INDEX spirometry_results_session ON spirometry_results(session_id, id);
 """
 
-MIGRATIONS: tuple[Migration, ...] = (Migration("spirometry manoeuvres and results", TABLES_SQL),)
+# Every line the device sent (mapped or not) and every message as received, identifying fields masked.
+OBSERVATIONS_SQL = """
+CREATE TABLE spirometry_observations (
+    id INTEGER PRIMARY KEY,
+    session_id INTEGER NOT NULL REFERENCES sessions(id),
+    manoeuvre_id INTEGER REFERENCES spirometry_manoeuvres(id),  -- NULL: a group with no result (anthropometry, comments)
+    message_id TEXT,
+    grp INTEGER,                         -- OBR index (HL7) or test group (GDT; 0 = a text line)
+    code TEXT NOT NULL,
+    text TEXT,
+    system TEXT,
+    value_type TEXT,
+    value TEXT,
+    unit TEXT,
+    ref_text TEXT,                       -- OBX-7 / 8460 verbatim
+    ref_low REAL,
+    ref_high REAL,
+    abnormal_flags TEXT,
+    status TEXT,
+    sub_id TEXT,
+    mapped_to TEXT                       -- the parameter it filled; NULL when not mapped
+);
+CREATE INDEX spirometry_observations_session ON spirometry_observations(session_id, id);
+
+CREATE TABLE spirometry_messages (
+    id INTEGER PRIMARY KEY,
+    session_id INTEGER NOT NULL REFERENCES sessions(id),
+    received_utc TEXT NOT NULL,
+    source TEXT NOT NULL,                -- hl7 / gdt
+    message_id TEXT,
+    status TEXT NOT NULL,                -- accepted / refused / duplicate / subject_mismatch
+    reason TEXT,
+    sha256 TEXT,                         -- of the masked copy
+    raw_masked BLOB                      -- stays at the site: never exported
+);
+CREATE INDEX spirometry_messages_session ON spirometry_messages(session_id, id);
+"""
+
+# What a spirometer sent and what it meant are never changed: a new message or result is a new row.
+APPEND_ONLY_SQL = """
+CREATE TRIGGER spirometry_manoeuvres_no_update BEFORE UPDATE ON spirometry_manoeuvres
+BEGIN SELECT RAISE(ABORT, 'spirometry rows are append-only'); END;
+CREATE TRIGGER spirometry_manoeuvres_no_delete BEFORE DELETE ON spirometry_manoeuvres
+BEGIN SELECT RAISE(ABORT, 'spirometry rows are append-only'); END;
+CREATE TRIGGER spirometry_results_no_update BEFORE UPDATE ON spirometry_results
+BEGIN SELECT RAISE(ABORT, 'spirometry rows are append-only'); END;
+CREATE TRIGGER spirometry_results_no_delete BEFORE DELETE ON spirometry_results
+BEGIN SELECT RAISE(ABORT, 'spirometry rows are append-only'); END;
+CREATE TRIGGER spirometry_observations_no_update BEFORE UPDATE ON spirometry_observations
+BEGIN SELECT RAISE(ABORT, 'spirometry rows are append-only'); END;
+CREATE TRIGGER spirometry_observations_no_delete BEFORE DELETE ON spirometry_observations
+BEGIN SELECT RAISE(ABORT, 'spirometry rows are append-only'); END;
+CREATE TRIGGER spirometry_messages_no_update BEFORE UPDATE ON spirometry_messages
+BEGIN SELECT RAISE(ABORT, 'spirometry rows are append-only'); END;
+CREATE TRIGGER spirometry_messages_no_delete BEFORE DELETE ON spirometry_messages
+BEGIN SELECT RAISE(ABORT, 'spirometry rows are append-only'); END;
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration("spirometry manoeuvres and results", TABLES_SQL),
+    Migration("spirometry observations and masked messages", OBSERVATIONS_SQL),
+    Migration("spirometry append-only", APPEND_ONLY_SQL),
+)

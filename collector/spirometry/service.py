@@ -9,6 +9,13 @@ Why it is built this way:
   audit row) -> acknowledge.  The device hears "accepted" only once the data is
   durable; a message it resends because an ACK was lost is recognised by its
   id and not stored twice.
+* What the device says about the person is never stored: its sex and birth date are only
+  compared with the subject's recorded facts, and a contradiction refuses the whole message
+  (an event, an audit row and an HL7 ``AE``) instead of attaching another person's blows to
+  this subject.  The hospital number the device holds is expected to differ from the
+  pseudonym and is not compared.  Each message is kept as received with every identifying
+  field masked (``spirometry_messages``, never exported), and the capture file gets that
+  masked copy rather than the raw line bytes.
 * After every accepted message the whole session is re-evaluated from the
   database (collector.spirometry.store), so the live result, ``spirometry
   recompute`` and ``spirometry show`` cannot disagree.
@@ -39,6 +46,8 @@ from drivers.spirometry.results import DecodedMessage, DecodeError, SpiroEvent
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("gdt", "hl7")
+#: Device subject fields that, when they differ from the recorded facts, mean another person's results.
+CONTRADICTING_FIELDS = ("sex", "birth_date")
 SHUTDOWN_REASON = "daemon_shutdown"
 DEFAULT_MODELS = {"hl7": "generic-hl7", "gdt": "generic-gdt"}
 
@@ -123,9 +132,13 @@ class SpirometryRecorder:
 
     # -- transport callbacks (event loop) -------------------------------------------------
     def _on_data(self, t: float, data: bytes) -> None:
-        if self.daemon.capture is not None:
-            self.daemon.capture.frame(t, self.url, self.model.protocol, "rx", data)
+        # Raw line bytes are not captured: they carry the device's patient data.  Each message goes
+        # to the capture masked once decoded (_capture_masked).
         self.queue.put_nowait(("data", t, data))
+
+    def _capture_masked(self, t: float, masked: bytes | None) -> None:
+        if self.daemon.capture is not None and masked is not None:
+            self.daemon.capture.frame(t, self.url, self.model.protocol, "rx-masked", masked)
 
     def _on_link(self, ev: LinkEvent) -> None:
         if self.daemon.capture is not None:
@@ -195,18 +208,37 @@ class SpirometryRecorder:
         sid, subject = self.session_id, self.subject_id
         assert sid is not None
         blows = [r for r in msg.results if not r.summary]
+        self._capture_masked(t, msg.masked_raw)
+        contradicted: list[str] = []
+
+        def raw(c: sqlite3.Connection, status: str, reason: str | None = None) -> None:
+            store.insert_raw_message(c, sid, at=t, source=msg.source, message_id=msg.message_id, status=status, reason=reason,
+                                     masked_raw=msg.masked_raw)
 
         def write(c: sqlite3.Connection) -> list[int] | None:
             if store.message_already_stored(c, sid, msg.message_id):
+                raw(c, "duplicate")
                 repo.add_event(c, sid, t_ms=_ms(t), kind="spirometry_duplicate_message", detail={"message_id": msg.message_id})
                 audit.append(c, at=t, actor="collector", action="spirometry_message_duplicate", subject_id=subject, session_id=sid,
                              new={"message_id": msg.message_id}, reason="device resent a message already stored (ACK lost?)")
                 return None
+            mismatch = _subject_mismatch(c, subject, msg)  # type: ignore[arg-type]
+            contradicted[:] = [m for m in mismatch if m in CONTRADICTING_FIELDS]
+            if contradicted:
+                reason = (f"the device's patient data contradicts subject {subject}'s recorded {' and '.join(contradicted)}: "
+                          f"check that the device holds this subject (nothing stored)")
+                raw(c, "subject_mismatch", reason)
+                repo.add_event(c, sid, t_ms=_ms(t), kind="spirometry_refused",
+                               detail={"source": msg.source, "reason": reason, "location": "PID" if msg.source == "hl7" else "3103/3110",
+                                       "message_id": msg.message_id, "device_subject_differs": mismatch})
+                audit.append(c, at=t, actor="collector", action="spirometry_message_refused", subject_id=subject, session_id=sid,
+                             new={"message_id": msg.message_id, "device_subject_differs": mismatch}, reason=reason)
+                return None
+            raw(c, "accepted")
             ids = store.insert_message(c, sid, msg, at=t)
             detail: dict[str, Any] = {}
             if msg.warnings:
                 detail["warnings"] = list(msg.warnings)
-            mismatch = _subject_mismatch(c, subject, msg)  # type: ignore[arg-type]
             if mismatch:
                 detail["device_subject_differs"] = mismatch
             if detail:
@@ -217,6 +249,13 @@ class SpirometryRecorder:
             return ids
 
         ids = await self.daemon.write(write)
+        if contradicted:
+            self.refused += 1
+            log.warning("spirometry session %s: message %s refused: the device's %s contradict the subject's recorded facts",
+                        sid, msg.message_id, "/".join(contradicted))
+            if msg.refuse_ack is not None:
+                await self._send(msg.refuse_ack)
+            return
         if msg.ack is not None:
             await self._send(msg.ack)  # after the commit: "accepted" means stored
         if ids is None:
@@ -230,11 +269,15 @@ class SpirometryRecorder:
         sid, subject = self.session_id, self.subject_id
         self.refused += 1
         detail = {"source": err.source, "reason": err.reason, "location": err.location, "message_id": err.message_id}
+        self._capture_masked(t, err.masked_raw)
         if self.daemon.capture is not None:
             self.daemon.capture.event(t, self.url, self.model.protocol, "refused", str(err))
         log.warning("spirometry session %s: device data refused: %s", sid, err)  # DecodeError text holds no patient data
 
         def write(c: sqlite3.Connection) -> None:
+            if err.masked_raw is not None and sid is not None:
+                store.insert_raw_message(c, sid, at=t, source=err.source, message_id=err.message_id, status="refused",
+                                         reason=err.reason, masked_raw=err.masked_raw)
             repo.add_event(c, sid, t_ms=_ms(t), kind="spirometry_refused", detail=detail)
             audit.append(c, at=t, actor="collector", action="spirometry_message_refused", subject_id=subject, session_id=sid,
                          new={"message_id": err.message_id, "location": err.location}, reason=err.reason)

@@ -19,6 +19,16 @@ Decisions recorded here (and in every result row's JSON):
   patients who cannot repeat): such a session is valid with ``grade_review``
   set, and the criterion is ``needs_review`` whenever it decides.  Both lists
   are recorded in every result.
+* A session with only the device's own summary (its best values, no manoeuvres) is judged
+  honestly: the FVC is the device's, its quality grade unknown (``fvc_basis`` =
+  ``device_summary``); such a session is valid with ``grade_review`` set (the criterion is
+  ``needs_review``) unless the site sets ``device_summary_acceptable``.  When manoeuvres
+  arrived, they decide and the device summary is kept for comparison only.
+* The % predicted is also computed with the GLI splines read at the lower quarter-year row
+  (rspiro, spiref) instead of interpolated: ``lower_row_fvc_pct_predicted``; eligibility flags
+  the criterion when the two fall on different sides of its limit.
+* Plateau and hesitation rules are recorded in ``rules`` (quality.PLATEAU_RULE and the
+  hesitation rule the site chose with ``hesitation_fails``).
 * Age is decimal years ``days / 365.25`` (the GLI calculators' convention)
   from the ``birth_date`` fact to the ``screening_date`` fact, or to the
   session's start date (host local date, as the eligibility service does)
@@ -40,9 +50,17 @@ import sqlite_utils
 from collector.clock import utc_iso
 from collector.eligibility.store import current_facts
 from collector.spirometry import gli
-from collector.spirometry.quality import InvalidManoeuvreError, Manoeuvre, OutcomeSummary, assess_session
+from collector.spirometry.quality import (
+    HESITATION_RULE_FAIL,
+    HESITATION_RULE_WARN,
+    PLATEAU_RULE,
+    InvalidManoeuvreError,
+    Manoeuvre,
+    OutcomeSummary,
+    assess_session,
+)
 from collector.storage import repo
-from drivers.spirometry.results import DecodedMessage, ManoeuvreResult
+from drivers.spirometry.results import DecodedMessage, ManoeuvreResult, Observation
 
 #: Device quality code (case-insensitive) -> quality.Manoeuvre flag.  Config adds to / overrides it.
 DEFAULT_QUALITY_CODES: dict[str, str] = {
@@ -88,9 +106,24 @@ def _raw_json(r: ManoeuvreResult) -> str:
     return json.dumps(raw, sort_keys=True)
 
 
+def _insert_observations(conn: sqlite3.Connection, session_id: int, manoeuvre_id: int | None, message_id: str | None,
+                         observations: Iterable[Observation]) -> None:
+    for o in observations:
+        ref = o.reference
+        conn.execute(
+            "INSERT INTO spirometry_observations (session_id, manoeuvre_id, message_id, grp, code, text, system, value_type,"
+            " value, unit, ref_text, ref_low, ref_high, abnormal_flags, status, sub_id, mapped_to)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (session_id, manoeuvre_id, message_id, o.group, o.code, o.text, o.system, o.value_type, o.value, o.unit,
+             ref.text if ref else None, ref.low if ref else None, ref.high if ref else None, o.abnormal_flags, o.status,
+             o.sub_id, o.mapped_to))
+
+
 def insert_message(conn: sqlite3.Connection, session_id: int, msg: DecodedMessage, *, at: float) -> list[int]:
-    """Store every result of an accepted message (device summaries flagged); returns the row ids."""
+    """Store every result of an accepted message (device summaries flagged) and every observation line
+    it carried, mapped or not; returns the manoeuvre row ids."""
     ids = []
+    _insert_observations(conn, session_id, None, msg.message_id, msg.observations)
     for r in msg.results:
         cur = conn.execute(
             "INSERT INTO spirometry_manoeuvres (session_id, received_utc, message_id, number, manoeuvre_type, posture, is_summary,"
@@ -101,7 +134,32 @@ def insert_message(conn: sqlite3.Connection, session_id: int, msg: DecodedMessag
              json.dumps(list(r.device_quality)), _curves_json(r), _raw_json(r)),
         )
         ids.append(repo.inserted_id(cur))
+        _insert_observations(conn, session_id, ids[-1], r.message_id or msg.message_id, r.observations)
     return ids
+
+
+def insert_raw_message(conn: sqlite3.Connection, session_id: int, *, at: float, source: str, message_id: str | None,
+                       status: str, reason: str | None, masked_raw: bytes | None) -> int:
+    """Keep the device's message as received, identifying fields masked, for audit at the site (never exported)."""
+    import hashlib
+
+    digest = hashlib.sha256(masked_raw).hexdigest() if masked_raw is not None else None
+    cur = conn.execute(
+        "INSERT INTO spirometry_messages (session_id, received_utc, source, message_id, status, reason, sha256, raw_masked)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (session_id, utc_iso(at), source, message_id, status, reason, digest, masked_raw))
+    return repo.inserted_id(cur)
+
+
+def observation_rows(conn: sqlite3.Connection, session_id: int) -> list[dict[str, Any]]:
+    """Every observation line of a session as the device sent it (mapped or not), in arrival order."""
+    return repo._rows(conn, "SELECT * FROM spirometry_observations WHERE session_id = ? ORDER BY id", (session_id,))
+
+
+def message_rows(conn: sqlite3.Connection, session_id: int, *, with_raw: bool = False) -> list[dict[str, Any]]:
+    """The session's received messages (status, reason, digest; the masked text only when asked)."""
+    cols = "*" if with_raw else "id, session_id, received_utc, source, message_id, status, reason, sha256, length(raw_masked) AS raw_bytes"
+    return repo._rows(conn, f"SELECT {cols} FROM spirometry_messages WHERE session_id = ? ORDER BY id", (session_id,))
 
 
 def message_already_stored(conn: sqlite3.Connection, session_id: int, message_id: str | None) -> bool:
@@ -236,6 +294,8 @@ def evaluate(
     quality_codes: Mapping[str, str] | None = None,
     fvc_grades: Sequence[str] = FVC_GRADES,
     fvc_grades_review: Sequence[str] = (),
+    device_summary_acceptable: bool = False,
+    hesitation_fails: bool = False,
 ) -> dict[str, Any]:
     """The session's result from its stored manoeuvre rows (see the module docstring for the rules)."""
     if equation not in gli.EQUATIONS:
@@ -246,10 +306,13 @@ def evaluate(
     not_assessed: list[dict[str, Any]] = []
     types: set[str] = set()
     number_of: dict[int, int | None] = {}
+    summaries: list[Mapping[str, Any]] = []
     for row in rows:
         ident = {"row_id": row["id"], "number": row["number"]}
         if row["is_summary"]:
             not_assessed.append({**ident, "reason": "device summary (its own best values), not a blow"})
+            if (row["manoeuvre_type"] or "FVC") == "FVC" and row["fvc_l"] is not None:
+                summaries.append(row)
             continue
         mtype = row["manoeuvre_type"] or ("FVC" if row["fvc_l"] is not None else "SVC")
         types.add(mtype)
@@ -278,21 +341,46 @@ def evaluate(
         "fvc_grades": list(fvc_grades), "fvc_grades_review": list(fvc_grades_review), "grade_review": None,
         "fvc": None, "fev1": None, "more_attempts_needed": True, "more_attempts_reasons": [],
         "prediction": None, "other_prediction": None, "prediction_refused": None, "equation_decides": None,
+        "fvc_basis": None, "device_summary": None, "device_summary_acceptable": device_summary_acceptable,
+        "lower_row_fvc_pct_predicted": None, "interpolation_decides": None,
+        "rules": {"plateau": PLATEAU_RULE, "hesitation": HESITATION_RULE_FAIL if hesitation_fails else HESITATION_RULE_WARN,
+                  "spline_lookup": "interpolated between quarter-year rows (lower-row lookup computed for comparison)"},
     }
     notes: list[str] = []
     if blows:
-        a = assess_session(blows, age_years=inputs.age_years)
+        a = assess_session(blows, age_years=inputs.age_years, hesitation_fails=hesitation_fails)
         for item, ma in zip(per_row, a.manoeuvres):
             item.update(fvc={"status": ma.fvc.status, "reasons": list(ma.fvc.reasons)},
                         fev1={"status": ma.fev1.status, "reasons": list(ma.fev1.reasons)},
-                        eofe_by=list(ma.eofe_by))
+                        eofe_by=list(ma.eofe_by), warnings=list(ma.warnings))
         result.update(fvc=_summary_dict(a.fvc, number_of), fev1=_summary_dict(a.fev1, number_of),
                       more_attempts_needed=a.more_attempts_needed, more_attempts_reasons=list(a.more_attempts_reasons))
         fvc_l, fev1_l = a.fvc.reported_l, a.fev1.reported_l
+        result["fvc_basis"] = "manoeuvres"
+    elif summaries:
+        last = summaries[-1]  # the device's newest session result
+        fvc_l, fev1_l = last["fvc_l"], last["fev1_l"]
+        result["fvc_basis"] = "device_summary"
+        result["more_attempts_needed"] = False
+        result["more_attempts_reasons"] = ["device_summary_only"]
     else:
         fvc_l = fev1_l = None
         notes.append("no FVC manoeuvre" + (" (SVC only; the protocol asks for FVC)" if "SVC" in types else " received yet"))
+    if summaries:
+        last = summaries[-1]
+        result["device_summary"] = {"row_id": last["id"], "fvc_l": last["fvc_l"], "fev1_l": last["fev1_l"],
+                                    "summaries": len(summaries),
+                                    "differs_from_manoeuvres_l": (round(last["fvc_l"] - fvc_l, 3)
+                                                                  if blows and fvc_l is not None else None)}
     valid = False
+    if not blows and summaries:
+        valid = True
+        if device_summary_acceptable:
+            notes.append("FVC from the device's own session summary (no manoeuvres received; quality grade unknown), "
+                         "accepted by the site setting device_summary_acceptable")
+        else:
+            result["grade_review"] = ("FVC is the device's own session summary (no manoeuvres received): its ATS/ERS quality "
+                                      "grade is unknown; confirm it from the device report, or send the manoeuvres")
     if blows:
         g = a.fvc.grade
         if a.fvc.reported_basis == "acceptable" and g in fvc_grades:
@@ -318,6 +406,9 @@ def evaluate(
                 preds = {eq: gli.predict(inputs.sex, inputs.age_years, inputs.height_cm, equation=eq,  # type: ignore[arg-type]
                                          ethnicity=ethnicity_2012 if eq == gli.GLI_2012 else None, fvc_l=fvc_l, fev1_l=fev1_l)
                          for eq in (equation, other)}
+                lower = gli.predict(inputs.sex, inputs.age_years, inputs.height_cm, equation=equation,  # type: ignore[arg-type]
+                                    ethnicity=ethnicity_2012 if equation == gli.GLI_2012 else None, fvc_l=fvc_l,
+                                    spline_lookup="lower_row")
             except gli.SpirometryReferenceError as exc:
                 result["prediction_refused"] = str(exc)
                 notes.append(f"% predicted refused: {exc}")
@@ -327,6 +418,9 @@ def evaluate(
                 p1 = preds[equation].fvc.percent_predicted
                 p2 = preds[other].fvc.percent_predicted
                 result["equation_decides"] = (p1 >= threshold_pct) != (p2 >= threshold_pct)  # type: ignore[operator]
+                p3 = lower.fvc.percent_predicted
+                result["lower_row_fvc_pct_predicted"] = p3
+                result["interpolation_decides"] = (p1 >= threshold_pct) != (p3 >= threshold_pct)  # type: ignore[operator]
     result["valid"] = valid
     result["manoeuvre_type"] = "FVC" if blows else ("SVC" if "SVC" in types else None)
     result["fvc_l"], result["fev1_l"] = fvc_l, fev1_l
@@ -408,7 +502,9 @@ def evaluation_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
             "threshold_pct": float(cfg.get("fvc_threshold_pct", 50.0)),
             "quality_codes": dict(cfg.get("quality_codes", {})),
             "fvc_grades": _grades(cfg, "fvc_grades", FVC_GRADES),
-            "fvc_grades_review": _grades(cfg, "fvc_grades_review", ())}
+            "fvc_grades_review": _grades(cfg, "fvc_grades_review", ()),
+            "device_summary_acceptable": bool(cfg.get("device_summary_acceptable", False)),
+            "hesitation_fails": bool(cfg.get("hesitation_fails", False))}
 
 
 def session_detail(conn: sqlite3.Connection, session_id: int) -> dict[str, Any]:
@@ -429,6 +525,8 @@ def session_detail(conn: sqlite3.Connection, session_id: int) -> dict[str, Any]:
         "session": session,
         "device": device,
         "manoeuvres": manoeuvres,
+        "observations": observation_rows(conn, session_id),
+        "messages": message_rows(conn, session_id),
         "result": latest_result(conn, session_id),
         "events": events,
         "gaps": repo.session_gaps(conn, session_id),

@@ -25,7 +25,7 @@ for the start of an 8000 line so a good record after garbage still decodes.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping
 
 from drivers.protocols.common import ParserStats
@@ -37,6 +37,7 @@ from drivers.spirometry.results import (
     DecodeError,
     ManoeuvreResult,
     ManoeuvreType,
+    Observation,
     RawField,
     SpiroEvent,
     SubjectData,
@@ -44,10 +45,14 @@ from drivers.spirometry.results import (
     check_subject,
     convert_unit,
     parse_number,
+    parse_reference_range,
+    ratio_contradiction,
 )
 
 RECORD_EXAM_DATA = "6310"
+RECORD_REQUEST = "6302"
 GDT_VERSION = "02.10"
+GDT_VERSIONS = frozenset({"02.00", "02.10", "03.00", "03.01", "3.0", "3.00", "2.1", "2.10"})
 MAX_LINE = 999  # LLL has three digits
 _LINE = re.compile(rb"(\d{3})(\d{4})(.*)", re.S)
 _START = re.compile(rb"(\d{3})8000")
@@ -57,9 +62,29 @@ _DIN66003_DEC = str.maketrans({"@": "§", "[": "Ä", "\\": "Ö", "]": "Ü", "{":
 _DIN66003_ENC = {v: k for k, v in {"@": "§", "[": "Ä", "\\": "Ö", "]": "Ü", "{": "ä", "|": "ö", "}": "ü", "~": "ß"}.items()}
 CHARSETS = {"1": "din66003", "2": "cp437", "3": "latin-1"}
 
-# Fields that identify a person and that we never keep (names, address, insurance).
-IDENTIFYING_DROPPED = {"3101", "3102", "3104", "3105", "3106", "3107", "3108", "3119"}
+# Fields that identify a person and that we never keep: every patient field 3xxx (names, title,
+# insurance number, address, phone, ...) except the ones the equations need.  3000 (patient
+# number) and 3103 (birth date) are read only to compare with the subject's recorded facts.
+SUBJECT_FIELDS_READ = {"3000", "3103", "3110", "3622", "3623"}
+SUBJECT_FIELDS_SHOWN = {"3110", "3622", "3623"}  # left unmasked in the audit copy
 _GROUP_FIELDS = {"8411", "8418", "8420", "8421", "8422", "8460", "8461", "8462", "8470", "8480"}
+# Free-text result fields (validated GDT outputs often put the results here): 6205 findings,
+# 6220 findings text, 6228 result table text; one line per field occurrence.
+TEXT_RESULT_FIELDS = ("6205", "6220", "6228")
+#: Labels of text result lines -> parameter, when a model names none of its own (``gdt_text_labels``).
+DEFAULT_TEXT_LABELS: dict[str, str] = {
+    "FVC": "fvc", "FEV1": "fev1", "FEV1/FVC": "fev1_fvc", "FEV1%FVC": "fev1_fvc", "FEV1/FVC%": "fev1_fvc",
+    "PEF": "pef", "VC": "vc", "FET": "fet", "BEV": "bev", "EV": "bev",
+}
+_PCT_PRED = {"fvc": "fvc_pct_pred", "fev1": "fev1_pct_pred"}
+_PRED = {"fvc": "fvc_pred", "fev1": "fev1_pred"}
+# "FVC 3.21 L 85 %", "FVC: 3,21 l (85 % Soll)", "FEV1/FVC = 78 %": label, value, unit, then an
+# optional number followed by % (the % predicted).
+_TEXT_LINE = re.compile(
+    r"\s*(?P<label>[A-Za-z][A-Za-z0-9/%._-]*?)\s*(?:[:=]\s*|\s+)(?P<value>[0-9]+(?:[.,][0-9]+)?)\s*"
+    r"(?P<unit>[A-Za-z/%]+(?:\s?\(?BTPS\)?)?)?"
+    r"(?:[\s,;(]+(?P<pct>[0-9]+(?:[.,][0-9]+)?)\s*%[^0-9]*)?\s*")
+_TRIAL_SUFFIX = re.compile(r"[0-9]{1,3}")  # ASCII digits only: str.isdigit() also takes superscripts
 
 
 def decode_text(raw: bytes, charset_code: str) -> str:
@@ -111,6 +136,7 @@ class _Trial:
 
     values: dict[str, tuple[float, Bronchodilator | None]] = field(default_factory=dict)
     texts: dict[str, list[str]] = field(default_factory=dict)
+    observations: list[Observation] = field(default_factory=list)
 
 
 @dataclass
@@ -138,8 +164,10 @@ class GdtStreamParser:
         trial_separator: str | None = "_",
         default_charset: str = "2",
         untrialled_is_summary: bool = True,
+        text_labels: Mapping[str, str] | None = None,
     ) -> None:
         self.test_map = {k.upper(): (v if isinstance(v, CodeMapEntry) else CodeMapEntry(v)) for k, v in test_map.items()}
+        self.text_labels = {k.upper(): v for k, v in (text_labels if text_labels else DEFAULT_TEXT_LABELS).items()}
         self.trial_separator = trial_separator
         self.default_charset = default_charset
         self.untrialled_is_summary = untrialled_is_summary
@@ -244,11 +272,13 @@ class GdtStreamParser:
 
     # record decoding ---------------------------------------------------------------------
     def _decode(self, rec: _Record) -> SpiroEvent:
+        masked = mask_record(rec.lines)
         try:
-            return self._decode_inner(rec)
+            ev = self._decode_inner(rec)
         except Exception as exc:  # a decoder bug must not kill the daemon
             self.stats.error(f"internal decoder error: {type(exc).__name__}")
-            return DecodeError("gdt", f"internal decoder error ({type(exc).__name__}); record not accepted")
+            ev = DecodeError("gdt", f"internal decoder error ({type(exc).__name__}); record not accepted")
+        return replace(ev, masked_raw=masked)
 
     def _refuse(self, why: str, location: str | None = None, mid: str | None = None) -> DecodeError:
         self.stats.error(why)
@@ -266,18 +296,23 @@ class GdtStreamParser:
         subj: dict[str, object] = {}
         unknown: list[RawField] = []
         groups: list[dict[str, str]] = []
+        text_lines: list[tuple[str, str]] = []
         date = time = None
         dropped = 0
         for fid, text in fields[1:]:
-            if fid == "8410":
+            if fid in TEXT_RESULT_FIELDS:
+                text_lines.append((fid, text))
+            elif fid.startswith("3") and fid not in SUBJECT_FIELDS_READ:
+                dropped += 1
+            elif fid == "8410":
                 groups.append({"8410": text.strip()})
             elif fid in _GROUP_FIELDS and groups:
                 groups[-1].setdefault(fid, text.strip())
             elif fid in ("8100", "9206", "8001", "8315", "8316"):
                 continue
             elif fid == "9218":
-                if text.strip() != GDT_VERSION:
-                    warnings.append(f"GDT version {text.strip()!r} (expected {GDT_VERSION})")
+                if text.strip() not in GDT_VERSIONS:
+                    warnings.append(f"GDT version {text.strip()!r} (read as 2.1 / 3.0)")
             elif fid == "3000":
                 subj["patient_id"] = text.strip()
             elif fid == "3103":
@@ -302,25 +337,29 @@ class GdtStreamParser:
                 time = _gdt_time(text)
                 if time is None:
                     return self._refuse("field 6201 exam time is not HHMM[SS]", "6201")
-            elif fid in IDENTIFYING_DROPPED:
-                dropped += 1
             else:
                 unknown.append(RawField(fid, text))
         if dropped:
-            warnings.append(f"{dropped} identifying field(s) (name/address) dropped")
+            warnings.append(f"{dropped} identifying field(s) (name, address, insurance) dropped")
         subject = SubjectData(**subj) if subj else None  # type: ignore[arg-type]
         if subject is not None and (why := check_subject(subject)):
             return self._refuse(why, "3622/3623")
         when = f"{date}T{time}" if date and time else date
         mid = f"gdt-{when}" if when else None  # never the patient number: ids end up in logs
         trials: dict[int | None, _Trial] = {}
+        loose: list[Observation] = []
         for gi, g in enumerate(groups, 1):
             tid = g["8410"]
             entry = self._lookup(tid)
+            obs = Observation(gi, tid, g.get("8420", ""), g.get("8411") or None, "GDT-8410", None, g.get("8421") or None,
+                              parse_reference_range(g.get("8460", "")), g.get("8422") or None, None, g.get("8470") or None,
+                              entry.param if entry else None)
             if entry is None:
                 unknown.append(RawField(tid, g.get("8420", ""), g.get("8421") or None, g.get("8411") or None, "GDT-8410"))
+                loose.append(obs)
                 continue
             bucket = trials.setdefault(entry.trial, _Trial())
+            bucket.observations.append(obs)
             p, value_text, unit = entry.param, g.get("8420", ""), g.get("8421")
             if p in ("quality", "posture", "manoeuvre_type", "time"):
                 bucket.texts.setdefault(p, []).append(value_text or g.get("8480", ""))
@@ -338,6 +377,15 @@ class GdtStreamParser:
             if prev is not None and abs(prev[0] - conv) > 1e-9:
                 return self._refuse(f"{p} reported twice with different values for one trial", f"8410 group {gi}", mid)
             bucket.values[p] = (conv, entry.bronchodilator)
+            ref = parse_number(g.get("8460", ""))  # reference (predicted) value, same unit
+            if ref is not None and p in _PRED:
+                pred, _ = convert_unit(p, ref, unit)
+                if pred is not None:
+                    bucket.values.setdefault(_PRED[p], (pred, entry.bronchodilator))
+        for li, (fid, line) in enumerate(text_lines, 1):
+            why = self._text_line(fid, li, line, trials, loose)
+            if why:
+                return self._refuse(why, f"field {fid} line {li}", mid)
         results: list[ManoeuvreResult] = []
         for trial in sorted(trials, key=lambda t: (t is None, t or 0)):
             vals, texts = trials[trial].values, trials[trial].texts
@@ -358,14 +406,44 @@ class GdtStreamParser:
                 device_quality=tuple(texts.get("quality", [])),
                 device_derived=tuple((k, v) for k, (v, _) in vals.items() if k not in MEASURED_PARAMS),
                 subject=subject, summary=trial is None and self.untrialled_is_summary, message_id=mid,
+                observations=tuple(trials[trial].observations),
             )
             if why := check_result(r):
                 return self._refuse(why, f"trial {trial}" if trial is not None else "untrialled values", mid)
             results.append(r)
+        warnings.extend(f"device summary: {w}" for r in results if r.summary and (w := ratio_contradiction(r)))
         if not results:
             warnings.append("record carried no mapped spirometry values")
         self.stats.frames += 1
-        return DecodedMessage("gdt", mid, tuple(results), subject, None, tuple(unknown), tuple(warnings))
+        return DecodedMessage("gdt", mid, tuple(results), subject, None, tuple(unknown), tuple(warnings), tuple(loose))
+
+    def _text_line(self, fid: str, li: int, line: str, trials: dict[int | None, _Trial], loose: list[Observation]) -> str | None:
+        """One free-text result line: ``label value [unit] [pct %]`` into the untrialled (summary) values."""
+        m = _TEXT_LINE.fullmatch(line)
+        param = self.text_labels.get(m.group("label").upper()) if m else None
+        if m is None or param is None:
+            loose.append(Observation(0, fid, line.strip(), system="GDT-text", sub_id=str(li)))
+            return None
+        value = parse_number(m.group("value"))
+        unit = (m.group("unit") or "").replace("(", " ").replace(")", "").strip() or None
+        if value is None:
+            return f"{param} value is not a number"
+        if param == "fev1_fvc" and unit is None and value > 1:
+            unit = "%"
+        conv, why = convert_unit(param, value, unit)
+        if conv is None:
+            return str(why)
+        bucket = trials.setdefault(None, _Trial())
+        prev = bucket.values.get(param)
+        if prev is not None and abs(prev[0] - conv) > 1e-9:
+            return f"{param} reported twice with different values"
+        bucket.values[param] = (conv, None)
+        pct = parse_number(m.group("pct") or "")
+        if pct is not None and param in _PCT_PRED:
+            bucket.values[_PCT_PRED[param]] = (pct, None)
+        bucket.observations.append(Observation(0, fid, line.strip(), m.group("label"), "GDT-text", None, unit, None, None, None,
+                                               str(li), param))
+        return None
 
     def _lookup(self, tid: str) -> CodeMapEntry | None:
         e = self.test_map.get(tid.upper())
@@ -373,9 +451,22 @@ class GdtStreamParser:
             return e
         if self.trial_separator and self.trial_separator in tid:
             base, _, suffix = tid.rpartition(self.trial_separator)
-            if suffix.isdigit() and (b := self.test_map.get(base.upper())) is not None:
+            if _TRIAL_SUFFIX.fullmatch(suffix) and (b := self.test_map.get(base.upper())) is not None:
                 return CodeMapEntry(b.param, b.bronchodilator, int(suffix))
         return None
+
+
+def mask_record(lines: Iterable[tuple[str, bytes]]) -> bytes:
+    """The record re-encoded line for line with patient fields 3xxx (but sex, height, weight) as ``*``.
+
+    Each masked content keeps its byte length, so line lengths and field 8100 still match and the
+    audit copy frames like the original (its masked birth date no longer reads as a date)."""
+    out: list[bytes] = []
+    for fid, content in lines:
+        if fid.startswith("3") and fid not in SUBJECT_FIELDS_SHOWN:
+            content = b"*" * len(content)
+        out.append(f"{len(content) + 9:03d}{fid}".encode("ascii") + content + b"\r\n")
+    return b"".join(out)
 
 
 def parse_gdt_file(data: bytes, test_map: Mapping[str, str | CodeMapEntry], **kw: object) -> list[SpiroEvent]:

@@ -30,6 +30,7 @@ from drivers.spirometry.results import (
     DecodeError,
     ManoeuvreResult,
     ManoeuvreType,
+    Observation,
     RawField,
     SpiroEvent,
     SubjectData,
@@ -37,6 +38,8 @@ from drivers.spirometry.results import (
     check_subject,
     convert_unit,
     parse_number,
+    parse_reference_range,
+    ratio_contradiction,
 )
 
 SB = 0x0B  # start block (VT)
@@ -71,8 +74,10 @@ ENCODE_LOINC = {"fvc": ("19870-5", "FVC"), "fev1": ("20150-9", "FEV1"), "fev1_fv
 
 _OBR_SVC = re.compile(r"\b(SVC|SLOW|VC\b)", re.I)
 _OBR_FVC = re.compile(r"(FVC|FORCED)", re.I)
-_OBR_SUMMARY = re.compile(r"(BEST|SUMMARY|SESSION)", re.I)
-_LLN_RANGE = re.compile(r">=?\s*([0-9]+(?:[.,][0-9]+)?)")
+# Segments that carry a person's identity (beyond PID): next of kin, guarantor, insurance, roles.
+IDENTIFYING_SEGMENTS = frozenset({"NK1", "GT1", "IN1", "IN2", "IN3", "PD1", "ROL", "MRG", "ACC"})
+_PID_KEPT = {1, 8}  # set id and administrative sex; every other PID field is masked in the audit copy
+MASK = "***"
 
 
 # --- delimiters and escapes --------------------------------------------------------------
@@ -139,6 +144,32 @@ def escape(text: str, d: Delimiters) -> str:
 def frame(message: bytes) -> bytes:
     """Wrap a message in the MLLP block."""
     return bytes([SB]) + message + bytes([EB, CR])
+
+
+def mask_identifying(payload: bytes) -> bytes:
+    """The message with every identifying field replaced by ``***`` (the site's audit copy).
+
+    PID keeps only its set id (PID-1) and sex (PID-8): the name, birth date, hospital and other
+    identifiers, address, phone numbers and the rest are masked, as are whole segments that name
+    people (next of kin, guarantor, insurance).  Works on any bytes, parseable or not, and keeps
+    everything else byte for byte so the copy still shows what the device sent.
+    """
+    start = payload.lstrip(b"\r\n \x00")
+    fs = chr(start[3]) if start.startswith(b"MSH") and len(start) > 3 else "|"
+    if fs.isalnum() or fs.isspace() or fs == "\x00":
+        fs = "|"
+    text = payload.decode("latin-1")
+    out: list[str] = []
+    for seg in re.split(r"(\r\n|\r|\n)", text):
+        name = seg[:3]
+        if (name == "PID" or name in IDENTIFYING_SEGMENTS) and seg[3:4] not in ("", fs):
+            seg = name + MASK  # not split by the declared separator: mask all of it
+        elif name == "PID" or name in IDENTIFYING_SEGMENTS:
+            fields = seg.split(fs)
+            keep = _PID_KEPT if name == "PID" else {1}
+            seg = fs.join(f if (i == 0 or i in keep or not f) else MASK for i, f in enumerate(fields))
+        out.append(seg)
+    return "".join(out).encode("latin-1")
 
 
 # --- MLLP framer --------------------------------------------------------------------------
@@ -333,6 +364,15 @@ class _Group:
     ranges: list[tuple[str, str]] = field(default_factory=list)
     curves: list[Curve] = field(default_factory=list)
     unknown: list[RawField] = field(default_factory=list)
+    observations: list[Observation] = field(default_factory=list)
+    trial: int | None = None  # from a manoeuvre-number OBX: this OBR is that trial
+
+    def has_measure(self) -> bool:
+        return any(k in self.values for k in ("fvc", "fev1", "fev1_fvc", "pef", "bev", "fet", "vc")) or bool(self.curves)
+
+    def service_code(self, d: Delimiters) -> str:
+        """OBR-4 identifier (upper case): repeated OBRs with one code are one trial each."""
+        return _comp(self.obr.get(4), d, 1).strip().upper() if self.obr is not None else ""
 
 
 class _Refuse(Exception):
@@ -362,8 +402,10 @@ class MllpReceiver:
         app_name: str = "ALSCOLLECTOR",
         facility: str = "",
         max_frame: int = MAX_FRAME_BYTES,
+        single_obr_is_summary: bool = True,
     ) -> None:
         self.local = _norm_map(local_codes)
+        self.single_obr_is_summary = single_obr_is_summary
         self.stats = ParserStats()
         self._framer = MllpFramer(max_frame)
         self._now: Callable[[], float] = clock.now if clock is not None else _wall_clock_now
@@ -397,31 +439,40 @@ class MllpReceiver:
         return out
 
     def _decode(self, payload: bytes) -> SpiroEvent:
+        masked = mask_identifying(payload)
         try:
             msg = parse_message(payload)
         except Hl7ParseError as exc:
             self.stats.error(str(exc), len(payload))
-            return DecodeError("hl7", f"{exc}; no acknowledgement possible")
+            return DecodeError("hl7", f"{exc}; no acknowledgement possible", masked_raw=masked)
         d = msg.delimiters
         msh = msg.segments[0]
         control_id = _comp(msh.get(10), d)
         if not control_id:
-            return self._refuse(msg, "", _Refuse("MSH-10 message control id is empty", "MSH-10", "101"), "AR")
+            return self._refuse(msg, "", _Refuse("MSH-10 message control id is empty", "MSH-10", "101"), "AR", masked)
         mcode, mevent = _comp(msh.get(9), d, 1), _comp(msh.get(9), d, 2)
         if mcode.upper() != "ORU" or mevent.upper() not in ("R01", ""):
-            return self._refuse(msg, control_id, _Refuse(f"unsupported message type {mcode}^{mevent} (expected ORU^R01)", "MSH-9", "200"), "AR")
+            return self._refuse(msg, control_id, _Refuse(f"unsupported message type {mcode}^{mevent} (expected ORU^R01)", "MSH-9", "200"),
+                                "AR", masked)
+        version = _comp(msh.get(12), d)
         try:
-            subject, results, unknown, warnings = self._interpret(msg, control_id)
+            subject, results, unknown, warnings, observations = self._interpret(msg, control_id)
         except _Refuse as r:
-            return self._refuse(msg, control_id, r, "AE")
+            return self._refuse(msg, control_id, r, "AE", masked)
+        if version and not re.fullmatch(r"2\.(3|3\.1|4|5|5\.1|6)", version):
+            warnings.append(f"HL7 version {version!r} (read as 2.3-2.6)")
         self.stats.frames += 1
-        return DecodedMessage("hl7", control_id, tuple(results), subject, self._ack(msg, control_id, "AA"), tuple(unknown), tuple(warnings))
+        refuse = self._ack(msg, control_id, "AE", "patient data contradicts the session's subject", "102")
+        return DecodedMessage("hl7", control_id, tuple(results), subject, self._ack(msg, control_id, "AA"), tuple(unknown),
+                              tuple(warnings), tuple(observations), masked, refuse)
 
-    def _refuse(self, msg: Hl7Message, control_id: str, r: _Refuse, code: str) -> DecodeError:
+    def _refuse(self, msg: Hl7Message, control_id: str, r: _Refuse, code: str, masked: bytes | None = None) -> DecodeError:
         self.stats.error(r.reason)
-        return DecodeError("hl7", r.reason, control_id or None, r.location, self._ack(msg, control_id, code, r.reason, r.code))
+        return DecodeError("hl7", r.reason, control_id or None, r.location, self._ack(msg, control_id, code, r.reason, r.code), masked)
 
-    def _interpret(self, msg: Hl7Message, control_id: str) -> tuple[SubjectData | None, list[ManoeuvreResult], list[RawField], list[str]]:
+    def _interpret(
+        self, msg: Hl7Message, control_id: str,
+    ) -> tuple[SubjectData | None, list[ManoeuvreResult], list[RawField], list[str], list[Observation]]:
         d = msg.delimiters
         subj: dict[str, object] = {}
         warnings: list[str] = []
@@ -452,7 +503,7 @@ class MllpReceiver:
                     groups.append(current)
                     warnings.append("OBX before any OBR")
                 self._obx(seg, d, current, subj, f"OBR {current.index} / OBX {seg.get(1) or '?'}", warnings)
-            elif seg.name not in ("PV1", "PV2", "ORC", "NTE", "SFT", "PD1", "NK1", "EVN", "TQ1", "SPM"):
+            elif seg.name not in ("PV1", "PV2", "ORC", "NTE", "SFT", "PD1", "NK1", "EVN", "TQ1", "SPM", "CTI", "TXA"):
                 unknown_segments.add(seg.name)
         if unknown_segments:
             warnings.append("segments ignored: " + ",".join(sorted(unknown_segments)))
@@ -461,19 +512,48 @@ class MllpReceiver:
             why = check_subject(subject)
             if why:
                 raise _Refuse(why, "PID/OBX", "102")
+        roles = self._roles([g for g in groups if g.has_measure()], d)
         results: list[ManoeuvreResult] = []
         unknown: list[RawField] = []
-        n = 0
+        observations: list[Observation] = []
         for g in groups:
-            r = self._result(g, d, control_id, subject, n + 1)
-            if r is None:
+            if g.index not in roles:
                 unknown.extend(g.unknown)
+                observations.extend(g.observations)
                 continue
-            n += 0 if r.summary else 1
-            results.append(r)
+            results.append(self._result(g, d, control_id, subject, roles[g.index]))
+        warnings.extend(f"device summary: {w}" for r in results if r.summary and (w := ratio_contradiction(r)))
         if not results:
             warnings.append("message carried no spirometry values")
-        return subject, results, unknown, warnings
+        return subject, results, unknown, warnings, observations
+
+    def _roles(self, measuring: list["_Group"], d: Delimiters) -> dict[int, int | None]:
+        """OBR index -> manoeuvre number, or None for the device's session-level result.
+
+        Decided by the message's structure, never by the words in OBR-4: an OBR with a trial index
+        (a manoeuvre-number OBX) is that trial; OBRs without one that repeat the same OBR-4 service
+        code are one trial each, numbered in order; any other OBR without a trial index is the
+        device's session result (best values), unless the model says its devices send one blow
+        per message (``single_obr_is_summary=False``) and nothing else in the message is a trial.
+        """
+        roles: dict[int, int | None] = {}
+        by_code: dict[str, list[int]] = {}
+        for g in measuring:
+            if g.trial is None:
+                by_code.setdefault(g.service_code(d), []).append(g.index)
+        has_trials = any(g.trial is not None for g in measuring) or any(len(v) > 1 for v in by_code.values())
+        for g in measuring:
+            if g.trial is not None:
+                roles[g.index] = g.trial
+                continue
+            same = by_code[g.service_code(d)]
+            if len(same) > 1:
+                roles[g.index] = same.index(g.index) + 1
+            elif not has_trials and not self.single_obr_is_summary:
+                roles[g.index] = 1
+            else:
+                roles[g.index] = None
+        return roles
 
     def _lookup(self, obx3: str, d: Delimiters) -> tuple[CodeMapEntry | None, str, str, str]:
         code, text, system = _comp(obx3, d, 1), _comp(obx3, d, 2), _comp(obx3, d, 3)
@@ -493,11 +573,19 @@ class MllpReceiver:
         raw_value = seg.get(5)
         unit = _comp(seg.get(6), d, 1) or _comp(seg.get(6), d, 2)
         status = _comp(seg.get(11), d).upper()
+        ref_text = unescape(seg.get(7), d)
+        param = entry.param if entry is not None else None
+        shown = unescape(raw_value, d)
+        if param in ("curve_volume_time", "curve_flow_volume"):
+            shown = f"({len([x for x in raw_value.split(d.repetition) if x])} points)"
+        g.observations.append(Observation(
+            g.index, code, shown, text or None, system or None, vtype or None, unit or None, parse_reference_range(ref_text),
+            unescape(seg.get(8), d) or None, status or None, unescape(seg.get(4), d) or None, param))
         if status in ("X", "D", "W"):
             warnings.append(f"{where}: result status {status}, value ignored")
             return
         if entry is None:
-            g.unknown.append(RawField(code, unescape(raw_value, d), unit or None, text or None, system or None))
+            g.unknown.append(RawField(code, shown, unit or None, text or None, system or None))
             return
         p = entry.param
         if p in ("curve_volume_time", "curve_flow_volume"):
@@ -506,6 +594,11 @@ class MllpReceiver:
         if p in ("quality", "posture", "manoeuvre_type", "time", "manoeuvre_number"):
             vals = [unescape(r, d) for r in raw_value.split(d.repetition) if r]
             g.texts.setdefault(p, []).extend(vals)
+            if p == "manoeuvre_number" and vals:
+                n = parse_number(vals[0])
+                if n is None or n != int(n) or n < 0:
+                    raise _Refuse("manoeuvre number is not a whole number", where, "102")
+                g.trial = int(n)
             return
         first = raw_value.split(d.repetition)[0]
         if vtype == "SN":  # structured numeric: comparator^number
@@ -533,12 +626,11 @@ class MllpReceiver:
         if prev is not None and abs(prev[0] - conv) > 1e-9:
             raise _Refuse(f"{p} reported twice with different values in one OBR", where, "102")
         g.values[p] = (conv, entry.bronchodilator)
-        ref = unescape(seg.get(7), d)
-        if ref:
-            g.ranges.append((p, ref))
-            m = _LLN_RANGE.fullmatch(ref.strip())
-            if m and p in ("fvc", "fev1") and (lln := parse_number(m.group(1))) is not None:
-                lln_l, _ = convert_unit(p, lln, unit)  # labs put the LLN in OBX-7 as "> x"
+        if ref_text:
+            g.ranges.append((p, ref_text))
+            rr = parse_reference_range(ref_text)
+            if rr is not None and rr.low is not None and rr.high is None and p in ("fvc", "fev1"):
+                lln_l, _ = convert_unit(p, rr.low, unit)  # labs put the LLN in OBX-7 as "> x"
                 if lln_l is not None:
                     g.values[f"{p}_lln"] = (lln_l, entry.bronchodilator)
 
@@ -563,12 +655,9 @@ class MllpReceiver:
                 ys.append(y * scale)
         return Curve("volume_time" if p == "curve_volume_time" else "flow_volume", tuple(xs), tuple(ys))
 
-    def _result(self, g: _Group, d: Delimiters, control_id: str, subject: SubjectData | None, ordinal: int) -> ManoeuvreResult | None:
+    def _result(self, g: _Group, d: Delimiters, control_id: str, subject: SubjectData | None, number: int | None) -> ManoeuvreResult:
         where = f"OBR {g.index}"
         v = g.values
-        has_measure = any(k in v for k in ("fvc", "fev1", "fev1_fvc", "pef", "bev", "fet", "vc")) or g.curves
-        if not has_measure:
-            return None
         phases = {ph for (_, ph) in v.values() if ph}
         if len(phases) > 1:
             raise _Refuse("OBR mixes pre- and post-bronchodilator values", where, "102")
@@ -577,13 +666,6 @@ class MllpReceiver:
         mtype: ManoeuvreType | None = "SVC" if _OBR_SVC.search(mtype_txt) else "FVC" if _OBR_FVC.search(mtype_txt) else None
         if mtype is None:
             mtype = "FVC" if "fvc" in v else "SVC" if "vc" in v else None
-        summary = bool(_OBR_SUMMARY.search(obr_text))
-        number: int | None = None if summary else ordinal  # a device "best values" OBR is not a blow
-        if g.texts.get("manoeuvre_number"):
-            n = parse_number(g.texts["manoeuvre_number"][0])
-            if n is None or n != int(n) or n < 0:
-                raise _Refuse("manoeuvre number is not a whole number", where, "102")
-            number = int(n)
         t = None
         if g.texts.get("time"):
             t = hl7_ts_to_iso(g.texts["time"][0])
@@ -612,8 +694,9 @@ class MllpReceiver:
             curves=tuple(g.curves),
             subject=subject,
             unknown=tuple(g.unknown),
-            summary=summary,
+            summary=number is None,
             message_id=control_id,
+            observations=tuple(g.observations),
         )
         why = check_result(r)
         if why:
@@ -723,7 +806,8 @@ def encode_oru(
         obr_n += 1
         seq = 0
         label = "Best values" if r.summary else f"{r.manoeuvre_type or 'FVC'} manoeuvre"
-        segs.append(f.join(["OBR", str(obr_n), "", "", f"{r.manoeuvre_type or 'FVC'}{c}{escape(label, d)}{c}L", "", "", _hl7_ts(r.time)]))
+        service = f"{r.manoeuvre_type or 'FVC'}{'-BEST' if r.summary else ''}"
+        segs.append(f.join(["OBR", str(obr_n), "", "", f"{service}{c}{escape(label, d)}{c}L", "", "", _hl7_ts(r.time)]))
         for p, val, unit in (("fvc", r.fvc_l, "L"), ("fev1", r.fev1_l, "L"), ("fev1_fvc", r.fev1_fvc, "{ratio}"), ("pef", r.pef_l_s, "L/s"),
                              ("bev", r.bev_l, "L"), ("fet", r.fet_s, "s"), ("vc", r.vc_l, "L")):
             if val is None:

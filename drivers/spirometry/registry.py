@@ -32,6 +32,11 @@ class SpirometerModel:
     gdt_trial_separator: str | None = "_"
     gdt_untrialled_is_summary: bool = True
     hl7_ack_timeout_s: float = 10.0  # how long the device waits for our ACK
+    # An HL7 message whose only result OBR has no trial index is the device's session result;
+    # False for a device documented to send one message per blow without a trial number.
+    hl7_single_obr_is_summary: bool = True
+    # GDT free-text result lines (6205/6220/6228): label -> parameter; empty = the default labels.
+    gdt_text_labels: Mapping[str, str] = field(default_factory=dict)
 
     def encoder_codes(self) -> dict[str, str]:
         """parameter -> device code (for the simulator's encoders)."""
@@ -49,17 +54,23 @@ MODELS: dict[str, SpirometerModel] = {
     # Generic entries: LOINC-only HL7 and a GDT link with no test-id map yet (fill from the vendor document).
     "generic-hl7": SpirometerModel("generic-hl7", "hl7", PortSettings(baudrate=9600)),
     "generic-gdt": SpirometerModel("generic-gdt", "gdt", PortSettings(baudrate=9600)),
+    # Best-test-only GDT exports (8410 test / 8420 value / 8421 unit / 8460 reference / 8470 "Best Test",
+    # as Spirotrac-style software writes them): test ids as named in such exports; check the vendor's list.
+    "gdt-best-test": SpirometerModel("gdt-best-test", "gdt", PortSettings(baudrate=9600),
+                                     {"FVC": "fvc", "FEV1": "fev1", "FEV1/FVC": "fev1_fvc", "FEV1%FVC": "fev1_fvc", "PEF": "pef"},
+                                     gdt_charset="3", gdt_trial_separator=None),
 }
 
 
 def model_from_dict(name: str, d: Mapping[str, Any]) -> SpirometerModel:
     """Build a model from config (TOML table); validates the code map targets."""
     codes = dict(d.get("codes", {}))
-    bad = sorted(set(codes.values()) - KNOWN_PARAMS)
+    bad = sorted((set(codes.values()) | set(dict(d.get("gdt_text_labels", {})).values())) - KNOWN_PARAMS)
     if bad:
         raise UnknownSpirometerModel(f"spirometer model {name}: unknown parameter(s) {', '.join(bad)} in codes; use one of {', '.join(sorted(KNOWN_PARAMS))}")
     port = PortSettings(**d.get("port", {}))
-    keep = {k: d[k] for k in ("gdt_charset", "gdt_trial_separator", "gdt_untrialled_is_summary", "hl7_ack_timeout_s") if k in d}
+    keep = {k: d[k] for k in ("gdt_charset", "gdt_trial_separator", "gdt_untrialled_is_summary", "hl7_ack_timeout_s",
+                                        "hl7_single_obr_is_summary", "gdt_text_labels") if k in d}
     return SpirometerModel(name, d["protocol"], port, codes, **keep)
 
 
@@ -74,7 +85,8 @@ def make_decoder(model: SpirometerModel, clock: TimeSource | None = None) -> Spi
     """The sans-I/O decoder for a model: feed it the transport's bytes."""
     codes: dict[str, str | CodeMapEntry] = dict(model.codes)
     if model.protocol == "hl7":
-        return MllpReceiver(codes, clock=clock)
+        return MllpReceiver(codes, clock=clock, single_obr_is_summary=model.hl7_single_obr_is_summary)
     if model.protocol == "gdt":
-        return GdtStreamParser(codes, model.gdt_trial_separator, model.gdt_charset, model.gdt_untrialled_is_summary)
+        return GdtStreamParser(codes, model.gdt_trial_separator, model.gdt_charset, model.gdt_untrialled_is_summary,
+                               dict(model.gdt_text_labels))
     raise UnknownSpirometerModel(f"spirometer model {model.name}: protocol {model.protocol!r} is not hl7 or gdt")

@@ -13,13 +13,29 @@ addresses and insurance numbers are not kept at all.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, Protocol, Union
 
 from drivers.protocols.common import ParserStats
 
 # Plausibility limits: beyond these a value is a decoding fault, not a patient.
+# Volumes: the reference equations start at age 3, whose smallest predicted FVC (about 0.5 L, LLN
+# about 0.4 L) is still far above 0.10 L; a severely restricted ALS patient keeps several hundred
+# millilitres.  A forced or slow vital capacity below 0.10 L is a zeroing, unit or decoding fault.
+MIN_VOLUME_L = 0.10  # FVC and VC
+MIN_FEV1_L = 0.05  # FEV1 may be a little below the smallest FVC (it is <= FVC anyway)
 MAX_VOLUME_L = 12.0  # no human FVC/VC reaches 12 L
+# A device's FEV1/FVC against FEV1 / FVC: volumes come rounded to 0.01 L (error up to 0.005 L
+# each) and the ratio to 0.01 or 1 %; beyond this tolerance the three figures contradict each
+# other and the message is refused (a device summary may take the ratio from its "best test"
+# rather than from the largest FEV1 and FVC, so there it is a warning, not a refusal).
+RATIO_TOLERANCE = 0.02
+
+
+def ratio_tolerance(fvc_l: float, ratio: float) -> float:
+    """Allowed |device FEV1/FVC - FEV1/FVC|: 0.02 plus what rounding 0.005 L off both volumes can move."""
+    return RATIO_TOLERANCE + 0.005 * (1.0 + ratio) / fvc_l
 MAX_FLOW_L_S = 25.0  # PEF above 25 L/s is not physiological
 MAX_FET_S = 60.0
 MAX_BEV_L = 5.0
@@ -39,6 +55,70 @@ class RawField:
     unit: str | None = None
     text: str | None = None  # OBX-3 text or GDT test name
     system: str | None = None  # OBX-3 coding system (LN, L, 99xxx)
+
+
+@dataclass(frozen=True, slots=True)
+class ReferenceRange:
+    """An OBX-7 reference range in one of its HL7 forms: ``> x``, ``>= x``, ``< y``, ``<= y``, ``x-y``."""
+
+    text: str
+    low: float | None = None
+    high: float | None = None
+    low_inclusive: bool = True
+    high_inclusive: bool = True
+
+    def as_dict(self) -> dict[str, object]:
+        return {"text": self.text, "low": self.low, "high": self.high,
+                "low_inclusive": self.low_inclusive, "high_inclusive": self.high_inclusive}
+
+
+_NUM = r"[+-]?[0-9]+(?:[.,][0-9]+)?"
+_RANGE_BOUND = re.compile(rf"(>=|<=|>|<|=>|=<)\s*({_NUM})")
+_RANGE_SPAN = re.compile(rf"({_NUM})\s*(?:-|–|\.\.|to)\s*({_NUM})")
+
+
+def parse_reference_range(text: str) -> ReferenceRange | None:
+    """The bounds of an OBX-7 text; None when empty; bounds left None when the text is free prose."""
+    t = text.strip()
+    if not t:
+        return None
+    if (m := _RANGE_BOUND.fullmatch(t)) is not None:
+        op, v = m.group(1), parse_number(m.group(2))
+        if op in (">", ">=", "=>"):
+            return ReferenceRange(t, low=v, low_inclusive=op != ">")
+        return ReferenceRange(t, high=v, high_inclusive=op != "<")
+    if (m := _RANGE_SPAN.fullmatch(t)) is not None:
+        lo, hi = parse_number(m.group(1)), parse_number(m.group(2))
+        if lo is not None and hi is not None and lo <= hi:
+            return ReferenceRange(t, low=lo, high=hi)
+    return ReferenceRange(t)
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One result line exactly as the device sent it (HL7 OBX, GDT test group or text line), mapped or not.
+
+    ``mapped_to`` names the parameter it filled (None when unmapped); ``group`` is the OBR (HL7)
+    or test group (GDT) it came from.  Subject lines (PID, GDT 3xxx) never become observations.
+    """
+
+    group: int
+    code: str
+    value: str
+    text: str | None = None
+    system: str | None = None
+    value_type: str | None = None
+    unit: str | None = None
+    reference: ReferenceRange | None = None
+    abnormal_flags: str | None = None
+    status: str | None = None
+    sub_id: str | None = None
+    mapped_to: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {"group": self.group, "code": self.code, "text": self.text, "system": self.system, "value_type": self.value_type,
+                "value": self.value, "unit": self.unit, "reference": self.reference.as_dict() if self.reference else None,
+                "abnormal_flags": self.abnormal_flags, "status": self.status, "sub_id": self.sub_id, "mapped_to": self.mapped_to}
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +195,7 @@ class ManoeuvreResult:
     unknown: tuple[RawField, ...] = ()
     summary: bool = False
     message_id: str | None = None
+    observations: tuple[Observation, ...] = ()  # every line this result was read from, mapped or not
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +207,7 @@ class DecodeError:
     message_id: str | None = None
     location: str | None = None  # e.g. "OBR 2 / OBX 3" or "line 14"
     ack: bytes | None = None  # HL7: the AE/AR acknowledgement to send back
+    masked_raw: bytes | None = None  # the message as received, subject fields masked (site audit copy)
 
     def __str__(self) -> str:
         where = f" at {self.location}" if self.location else ""
@@ -144,6 +226,9 @@ class DecodedMessage:
     ack: bytes | None = None  # HL7: the AA acknowledgement to send back
     unknown: tuple[RawField, ...] = ()  # message-level fields we did not map
     warnings: tuple[str, ...] = ()
+    observations: tuple[Observation, ...] = ()  # lines of groups that carried no result (anthropometry, comments)
+    masked_raw: bytes | None = None  # the message as received, subject fields masked (site audit copy)
+    refuse_ack: bytes | None = None  # HL7: the AE to send instead of ``ack`` when the collector refuses it after decoding
 
 
 SpiroEvent = Union[DecodedMessage, DecodeError]
@@ -173,15 +258,19 @@ def check_result(r: ManoeuvreResult) -> str | None:
     for name, v in named.items():
         if _bad(v):
             return f"{name} is not a finite number"
-    for name, v in (("FVC", r.fvc_l), ("FEV1", r.fev1_l), ("VC", r.vc_l)):
+    for name, v, low in (("FVC", r.fvc_l, MIN_VOLUME_L), ("FEV1", r.fev1_l, MIN_FEV1_L), ("VC", r.vc_l, MIN_VOLUME_L)):
         if v is not None and v < 0:
             return f"negative volume: {name} {v:g} L"
+        if v is not None and v < low:
+            return f"implausible volume: {name} {v:g} L (< {low:g} L: no person aged 3 or more blows so little; zeroing or unit fault?)"
         if v is not None and v > MAX_VOLUME_L:
             return f"implausible volume: {name} {v:g} L (> {MAX_VOLUME_L:g} L)"
     if r.fev1_l is not None and r.fvc_l is not None and r.fev1_l > r.fvc_l:
         return f"FEV1 {r.fev1_l:g} L exceeds FVC {r.fvc_l:g} L"
     if r.fev1_fvc is not None and not (0.0 <= r.fev1_fvc <= 1.0):
         return f"FEV1/FVC {r.fev1_fvc:g} outside 0..1"
+    if not r.summary and (why := ratio_contradiction(r)):
+        return why
     if r.pef_l_s is not None and not (0.0 <= r.pef_l_s <= MAX_FLOW_L_S):
         return f"implausible PEF {r.pef_l_s:g} L/s"
     if r.bev_l is not None and not (0.0 <= r.bev_l <= MAX_BEV_L):
@@ -193,6 +282,18 @@ def check_result(r: ManoeuvreResult) -> str | None:
             return f"{c.kind} curve has {len(c.x)} x values but {len(c.y)} y values"
         if any(not math.isfinite(v) for v in c.x + c.y):
             return f"{c.kind} curve has a non-finite sample"
+    return None
+
+
+def ratio_contradiction(r: ManoeuvreResult) -> str | None:
+    """Reason the device's FEV1/FVC contradicts its FEV1 and FVC (see RATIO_TOLERANCE), or None."""
+    if r.fev1_fvc is None or r.fev1_l is None or r.fvc_l is None or r.fvc_l <= 0:
+        return None
+    own = r.fev1_l / r.fvc_l
+    tol = ratio_tolerance(r.fvc_l, own)
+    if abs(r.fev1_fvc - own) > tol:
+        return (f"device FEV1/FVC {r.fev1_fvc:.3f} contradicts FEV1 {r.fev1_l:g} L / FVC {r.fvc_l:g} L = {own:.3f}"
+                f" (tolerance {tol:.3f})")
     return None
 
 
@@ -264,13 +365,16 @@ def convert_unit(param: str, value: float, unit: str | None) -> tuple[float | No
     return (value if factor == 1.0 else round(value * factor, 9)), None
 
 
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?")
+
+
 def parse_number(text: str) -> float | None:
-    """Decimal number as devices send it ('2.20', '2,20', ' 3 '); None if not one."""
+    """Decimal number as devices send it ('2.20', '2,20', ' 3 '); None if not one.
+
+    Only the ASCII digits 0-9 count: Python's float() also reads Arabic-Indic or full-width
+    digits, which no device sends and which would otherwise pass as numbers."""
     t = text.strip().replace(",", ".")
-    if not t:
+    if not t or _DECIMAL.fullmatch(t) is None:
         return None
-    try:
-        v = float(t)
-    except ValueError:
-        return None
+    v = float(t)
     return v if math.isfinite(v) else None
