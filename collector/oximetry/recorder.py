@@ -207,7 +207,7 @@ class NightRecorder:
             "last_sample_utc": utc_iso(last) if last is not None else None,
             "seconds_since_last_sample": round(now - last, 1) if last is not None else None,
             "parser": {"frames": self.pipeline.parser.stats.frames, "errors": self.pipeline.parser.stats.errors,
-                       "lost_packets": self.pipeline.parser.stats.lost_packets},
+                       "lost_packets": self.pipeline.lost_packets},
             "link": {"connects": self.link.stats.connects, "disconnects": self.link.stats.disconnects,
                      "watchdog_resets": self.link.stats.watchdog_resets, "last_error": self.link.stats.last_error},
             "live": snap,
