@@ -27,7 +27,7 @@ from collector.oximetry.pipeline import ReadingPipeline, to_row
 from collector.storage import repo
 from collector.storage.writer import SAMPLE_COLUMNS, Writer
 from drivers.protocols import plx
-from drivers.protocols.common import OximeterEvent, OximeterReading, Sample
+from drivers.protocols.common import OximeterEvent, OximeterReading
 from drivers.protocols.registry import make_parser
 
 CHAR = plx.PLX_CONTINUOUS_UUID
@@ -42,9 +42,9 @@ def night_frames(n: int, seed: int) -> list[bytes]:
 
 
 def reading_of(events: list[OximeterEvent]) -> OximeterReading:
-    (sample,) = events
-    assert isinstance(sample, Sample)
-    return sample.reading
+    (reading,) = events
+    assert isinstance(reading, OximeterReading)
+    return reading
 
 
 def setup_sessions(db_path: Path, beds: int) -> list[int]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.protocols.common import LostPackets, Sample
+from drivers.protocols.common import LostPackets, OximeterReading, Sample
 from drivers.protocols.berrymed import BERRYMED_NOTIFY_UUID, BerryMedParser, encode_packet
 from drivers.protocols.nonin import NONIN_CONTINUOUS_UUID, NoninParser, encode_frame
 from drivers.protocols.plx import (
@@ -30,6 +30,8 @@ def _check_event(ev) -> None:
     if isinstance(ev, Sample):
         assert isinstance(ev.t, float)
         _check_reading(ev.reading)
+    elif isinstance(ev, OximeterReading):
+        _check_reading(ev)
 
 
 def _check_reading(r) -> None:
@@ -49,9 +51,9 @@ def test_plx_garbage_never_raises_and_counts(notifications):
         after = (p.stats.frames, p.stats.errors)
         assert sum(after) == sum(before) + 1  # every notification is a frame or an error
     good = encode_continuous(93, 65, meas_status=0x20, dev_status=0, pai=3.1)
-    ((_, r),) = p.feed(0.0, PLX_CONTINUOUS_UUID, good)
+    (r,) = p.feed(0.0, PLX_CONTINUOUS_UUID, good)
     assert (r.spo2_pct, r.pulse_bpm, r.valid) == (93.0, 65.0, True)
-    ((_, r),) = p.feed(0.0, PLX_SPOT_CHECK_UUID, encode_spot_check(94, 66))
+    (r,) = p.feed(0.0, PLX_SPOT_CHECK_UUID, encode_spot_check(94, 66))
     assert r.spo2_pct == 94.0
 
 
@@ -65,7 +67,7 @@ def test_nonin_garbage_never_raises_and_next_frame_decodes(notifications):
             _check_event(ev)
         assert p.stats.frames + p.stats.errors == before + 1
         assert p.stats.lost_packets >= 0
-    *_, (_, r) = p.feed(0.0, NONIN_CONTINUOUS_UUID, encode_frame(95, 61, counter=42))
+    *_, r = p.feed(0.0, NONIN_CONTINUOUS_UUID, encode_frame(95, 61, counter=42))
     assert (r.spo2_pct, r.pulse_bpm, r.counter) == (95.0, 61.0, 42)
 
 
@@ -79,7 +81,7 @@ def test_nonin_lost_packets_never_decrease(counters):
         lost = sum(ev.count for ev in events if isinstance(ev, LostPackets))
         assert lost >= 0 and p.stats.lost_packets == seen + lost  # the events are the whole story
         seen = p.stats.lost_packets
-        assert sum(isinstance(ev, Sample) for ev in events) == 1  # every frame is stored
+        assert sum(isinstance(ev, OximeterReading) for ev in events) == 1  # every frame is stored
     assert p.stats.frames == len(counters)
 
 

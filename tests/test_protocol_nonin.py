@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from drivers.protocols.common import CounterReset, Flag, LostPackets, Sample
+from drivers.protocols.common import CounterReset, Flag, LostPackets, OximeterReading
 from drivers.protocols.nonin import (
     NONIN_CONTINUOUS_UUID,
     NONIN_SERVICE_UUID,
@@ -19,8 +19,8 @@ from drivers.protocols.registry import PROFILES, UnknownProtocol, guess_protocol
 def feed1(p: NoninParser, data: bytes, t: float = 0.0):
     """The reading of a frame that carries no counter news."""
     out = p.feed(t, NONIN_CONTINUOUS_UUID, data)
-    assert len(out) == 1 and isinstance(out[0], Sample)
-    return out[0].reading
+    assert len(out) == 1 and isinstance(out[0], OximeterReading)
+    return out[0]
 
 
 def test_good_vector():
@@ -72,7 +72,7 @@ def test_counter_gap_is_a_lost_packets_event_with_wrap():
     feed1(p, encode_frame(95, 60, counter=65533), 1.0)
     feed1(p, encode_frame(95, 60, counter=65534), 2.0)
     lost, sample = p.feed(6.0, NONIN_CONTINUOUS_UUID, encode_frame(95, 60, counter=2))  # 65535, 0, 1 missing
-    assert lost == LostPackets(6.0, 3) and isinstance(sample, Sample) and sample.reading.counter == 2
+    assert lost == LostPackets(6.0, 3) and isinstance(sample, OximeterReading) and sample.counter == 2
     assert p.stats.lost_packets == 3
     feed1(p, encode_frame(95, 60, counter=3))
     assert p.stats.lost_packets == 3

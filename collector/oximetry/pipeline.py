@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 # Rows wait at most this long (real time) before they are queued for the writer,
 # which commits at most flush_interval_s later: together well within a second.
 HANDOVER_S = 0.1
+TAIL_MEMO_LIMIT = 4096
 
 
 def row_tail(r: OximeterReading) -> tuple[Any, ...]:
@@ -36,31 +37,6 @@ def row_tail(r: OximeterReading) -> tuple[Any, ...]:
 
 def to_row(session_id: int, t: float, r: OximeterReading) -> SampleRow:
     return (session_id, round(t * 1000), *row_tail(r))
-
-
-class _TailMemo:
-    """Stored columns per reading object, for codecs that hand out one frozen reading per distinct frame.
-
-    Keyed by ``id``: the memo holds the reading itself, so its id cannot be reused by
-    another object while the entry lives.  Bounded, so a codec that makes a new
-    reading per frame (a packet counter in it) only costs a clear now and then.
-    """
-
-    __slots__ = ("_memo",)
-    LIMIT = 4096
-
-    def __init__(self) -> None:
-        self._memo: dict[int, tuple[OximeterReading, tuple[Any, ...]]] = {}
-
-    def tail(self, r: OximeterReading) -> tuple[Any, ...]:
-        hit = self._memo.get(id(r))
-        if hit is not None and hit[0] is r:
-            return hit[1]
-        tail = row_tail(r)
-        if len(self._memo) >= self.LIMIT:
-            self._memo.clear()
-        self._memo[id(r)] = (r, tail)
-        return tail
 
 
 class ReadingPipeline:
@@ -89,7 +65,9 @@ class ReadingPipeline:
         self.last_reading: OximeterReading | None = None
         self._pending: list[SampleRow] = []
         self._handed_over = time.monotonic()
-        self._tails = _TailMemo()
+        # Stored columns per reading object: codecs hand out one frozen reading per distinct frame.
+        # Keyed by id(); the entry holds the reading, so its id cannot be reused while the entry lives.
+        self._tails: dict[int, tuple[OximeterReading, tuple[Any, ...]]] = {}
 
     # -- input -----------------------------------------------------------------------------
     def feed(self, t: float, characteristic: str, data: bytes) -> int:
@@ -98,7 +76,9 @@ class ReadingPipeline:
         frames_before = stats.frames
         events = self.parser.feed(t, characteristic, data)
         for ev in events:
-            if type(ev) is Sample:
+            if type(ev) is OximeterReading:  # received now: the per-second path
+                self._store(t, ev)
+            elif type(ev) is Sample:  # a reading that stands for another time (a reduced second)
                 self._store(ev.t, ev.reading)
             else:
                 self._other(ev)
@@ -128,6 +108,8 @@ class ReadingPipeline:
         for ev in self.parser.end_of_input():
             if type(ev) is Sample:
                 self._store(ev.t, ev.reading)
+            elif type(ev) is OximeterReading:
+                self._store(t, ev)
             else:
                 self._other(ev)
         self.hand_over()
@@ -143,7 +125,15 @@ class ReadingPipeline:
     # -- output ----------------------------------------------------------------------------
     def _store(self, t: float, r: OximeterReading) -> None:
         """One reading: a pending row and the live figures (``feed`` hands over when one is due)."""
-        self._pending.append((self.session_id, round(t * 1000), *self._tails.tail(r)))
+        hit = self._tails.get(id(r))
+        if hit is not None and hit[0] is r:
+            tail = hit[1]
+        else:
+            tail = row_tail(r)
+            if len(self._tails) >= TAIL_MEMO_LIMIT:
+                self._tails.clear()  # bounded: a codec that makes a new reading per frame costs a clear now and then
+            self._tails[id(r)] = (r, tail)
+        self._pending.append((self.session_id, round(t * 1000), *tail))
         self.samples += 1
         self.last_sample_t = t
         self.last_reading = r

@@ -1,10 +1,13 @@
 """Types shared by every oximeter codec.
 
 A codec turns the bytes of one device, stamped with the host time they arrived,
-into frozen events (:data:`OximeterEvent`): a :class:`Sample` per stored reading,
-:class:`LostPackets` when the device's packet counter jumps, :class:`RacpReply`
-for a control-point answer, :class:`PlxFeatures` for what a device says it
-supports.  It never raises on bad input: it counts the error in
+into frozen events (:data:`OximeterEvent`): an :class:`OximeterReading` for a
+reading received at that time, a :class:`Sample` for a reading that stands for
+another host time (BerryMed's one reading a second is the last packet of that
+second), :class:`LostPackets` when the device's packet counter jumps,
+:class:`RacpReply` for a control-point answer, :class:`PlxFeatures` for what a
+device says it supports.  A bare reading costs nothing per sample: the codec may
+hand out one frozen object for every copy of a frame.  It never raises on bad input: it counts the error in
 :class:`ParserStats` and resynchronises.  The normalised ``flags`` bitmask lets
 storage and analysis treat all devices alike, while ``status_raw`` keeps the
 device's own bits verbatim.
@@ -119,11 +122,10 @@ def apply_range_rules(spo2: float | None, pulse: float | None, flags: int) -> in
 
 
 class Sample(NamedTuple):
-    """A reading to store, with the host time (UTC epoch seconds) it stands for.
+    """A reading with the host time (UTC epoch seconds) it stands for, when that is not the feed's.
 
-    A tuple, so it is immutable and cheap: one is made per stored second.  The time
-    is the receipt time of the frame that carried it (for BerryMed, of the packet
-    the codec kept for that second).
+    BerryMed's codec emits one per second, stamped with the receipt time of the
+    packet it kept for that second.
     """
 
     t: float
@@ -224,7 +226,7 @@ class PlxFeatures:
         return bool(self.supported & (1 << 7))
 
 
-OximeterEvent = Union[Sample, LostPackets, CounterReset, RacpReply, PlxFeatures]
+OximeterEvent = Union[OximeterReading, Sample, LostPackets, CounterReset, RacpReply, PlxFeatures]
 
 
 @dataclass(slots=True)
@@ -267,3 +269,4 @@ class DeviceProfile:
     expected_period_s: float  # nominal interval between notifications carrying readings
     read_uuids: tuple[str, ...] = ()  # characteristics to read once after connect (features, info)
     start_writes: tuple[tuple[str, bytes], ...] = field(default=())  # (uuid, payload) after subscribing
+    pair: bool = False  # the device expects bonding: pair on connect when the stack is not paired yet

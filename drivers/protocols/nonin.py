@@ -30,7 +30,6 @@ from drivers.protocols.common import (
     OximeterEvent,
     OximeterReading,
     ParserStats,
-    Sample,
     apply_range_rules,
 )
 
@@ -141,8 +140,8 @@ class NoninParser:
         self.battery_v = frame.battery_v
         self.low_battery = bool(frame.status & NoninStatus.LOW_BATTERY)
         counter_event = self._track_counter(t, frame.counter)
-        sample = Sample(t, frame.reading)
-        return [sample] if counter_event is None else [counter_event, sample]
+        reading = frame.reading
+        return [reading] if counter_event is None else [counter_event, reading]
 
     def end_of_input(self) -> list[OximeterEvent]:
         return []  # one notification is one frame: nothing is held back

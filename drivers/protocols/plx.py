@@ -32,7 +32,6 @@ from drivers.protocols.common import (
     RacpCode as RacpCode,
     RacpOpcode as RacpOpcode,
     RacpReply as RacpReply,
-    Sample,
     apply_range_rules,
 )
 from drivers.protocols.sfloat import SFloat, Special, encode_sfloat, read_sfloat
@@ -354,9 +353,10 @@ def spot_check_reading(frame: PlxSpotCheck) -> OximeterReading:
 class PlxParser:
     """Sans-I/O PLX codec: ``feed(t, characteristic, data)`` per notification/indication/read.
 
-    Events out: a :class:`Sample` per continuous or spot-check frame (spot-checks
-    carry their device time; those with measurement-status bit 9 are stored
-    records sent back through RACP), :class:`PlxFeatures` for a features read,
+    Events out: an :class:`OximeterReading` per continuous or spot-check frame
+    (received at ``t``; spot-checks carry their device time, and those with
+    measurement-status bit 9 are stored records sent back through RACP),
+    :class:`PlxFeatures` for a features read,
     :class:`RacpReply` for a control-point answer.  The features are also kept in
     ``features`` (state the transport asks about later); the most recent full
     continuous frame (with fast/slow values) in ``last_continuous``.
@@ -374,21 +374,25 @@ class PlxParser:
     def feed(self, t: float, characteristic: str, data: bytes) -> list[OximeterEvent]:
         uuid = normalize_uuid(characteristic)
         data = bytes(data)
+        if uuid == PLX_CONTINUOUS_UUID:
+            # The per-second path: a night repeats a few hundred distinct frames, each decoded once.
+            hit = self._continuous_cache.get(data)
+            if hit is not None:
+                self.last_continuous = hit[0]
+                self.stats.frames += 1
+                return [hit[1]]
         out: list[OximeterEvent]
         try:
             if uuid == PLX_CONTINUOUS_UUID:
-                # A night repeats a few hundred distinct frames: decode each once.
-                hit = self._continuous_cache.get(data)
-                if hit is None:
-                    frame = decode_continuous(data)
-                    hit = (frame, continuous_reading(frame))
-                    if len(self._continuous_cache) >= 4096:
-                        self._continuous_cache.clear()
-                    self._continuous_cache[data] = hit
-                self.last_continuous = hit[0]
-                out = [Sample(t, hit[1])]
+                frame = decode_continuous(data)
+                reading = continuous_reading(frame)
+                if len(self._continuous_cache) >= 4096:
+                    self._continuous_cache.clear()
+                self._continuous_cache[data] = (frame, reading)
+                self.last_continuous = frame
+                out = [reading]
             elif uuid == PLX_SPOT_CHECK_UUID:
-                out = [Sample(t, spot_check_reading(decode_spot_check(data)))]
+                out = [spot_check_reading(decode_spot_check(data))]
             elif uuid == PLX_FEATURES_UUID:
                 self.features = decode_features(data)
                 out = [self.features]
