@@ -104,9 +104,9 @@ def test_invalidating_bits(kwargs, flag):
     assert pkt.reading.flags & flag and not pkt.reading.valid
 
 
-def test_no_signal_bit_only_flags_weak():
+def test_no_signal_bit_makes_the_reading_invalid():
     (pkt,) = packets(BerryMedParser(), encode_packet(95, 70, no_signal=True))
-    assert pkt.reading.flags == Flag.WEAK_SIGNAL and pkt.reading.valid
+    assert pkt.reading.flags == Flag.WEAK_SIGNAL | Flag.DEVICE_INVALID and not pkt.reading.valid
 
 
 def test_encoder_reproduces_design_vectors():

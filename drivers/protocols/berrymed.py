@@ -63,9 +63,9 @@ class BerryMedPacket:
         if self.probe_unplugged:
             flags |= Flag.PROBE_UNPLUGGED
         if self.no_signal:
-            # Public decoders disagree on the name of this bit; it is not one of the
-            # design's invalidating conditions, so it only marks the signal as weak.
-            flags |= Flag.WEAK_SIGNAL
+            # BerryMed's protocol sheet: byte 0 bit 4 = "no signal": the value shown is not a
+            # measurement, so the reading is invalid (not merely weak) and never counts for T90.
+            flags |= Flag.WEAK_SIGNAL | Flag.DEVICE_INVALID
         return apply_range_rules(self.spo2, self.pulse, flags)
 
     @property
