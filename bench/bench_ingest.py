@@ -27,6 +27,7 @@ from collector.oximetry.pipeline import ReadingPipeline, to_row
 from collector.storage import repo
 from collector.storage.writer import SAMPLE_COLUMNS, Writer
 from drivers.protocols import plx
+from drivers.protocols.common import OximeterEvent, OximeterReading
 from drivers.protocols.registry import make_parser
 
 CHAR = plx.PLX_CONTINUOUS_UUID
@@ -38,6 +39,12 @@ def night_frames(n: int, seed: int) -> list[bytes]:
     spo2 = np.clip(np.rint(95 + rng.normal(0, 1.2, n)), 80, 100).astype(int)
     pulse = np.clip(np.rint(65 + rng.normal(0, 3, n)), 40, 120).astype(int)
     return [plx.encode_continuous(int(s), int(p), meas_status=1 << 5, dev_status=0) for s, p in zip(spo2, pulse)]
+
+
+def reading_of(events: list[OximeterEvent]) -> OximeterReading:
+    (reading,) = events
+    assert isinstance(reading, OximeterReading)
+    return reading
 
 
 def setup_sessions(db_path: Path, beds: int) -> list[int]:
@@ -86,7 +93,7 @@ def main() -> None:
 
     # Rows for the comparisons: decoded the same way, outside the timing.
     parser = make_parser("plx")
-    rows = [to_row(session_ids[b], T0 + i, parser.feed(CHAR, frames[b][i])[0]) for i in range(n) for b in range(args.beds)]
+    rows = [to_row(session_ids[b], T0 + i, reading_of(parser.feed(T0 + i, CHAR, frames[b][i]))) for i in range(n) for b in range(args.beds)]
 
     # 2. Raw executemany, one transaction (pre-decoded rows: storage only).
     raw_db = tmp / "raw.sqlite"

@@ -101,6 +101,8 @@ class Ble(Table):
     scan_timeout_s: Positive
     watchdog_periods: int = Field(ge=1, description="an integer >= 1")
     backoff_s: list[Positive] = Field(min_length=1, description="a non-empty list of numbers > 0")
+    connect_attempts: int = Field(ge=1, le=10, description="an integer from 1 to 10")
+    max_beds_per_adapter: int = Field(ge=1, le=10, description="an integer from 1 to 10")
 
 
 class Site(Table):

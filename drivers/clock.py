@@ -7,6 +7,7 @@ collector's clocks, so drivers/ stays usable (and testable) without the collecto
 
 from __future__ import annotations
 
+import contextlib
 from typing import Protocol
 
 
@@ -23,4 +24,12 @@ class Clock(TimeSource, Protocol):
 
     async def sleep(self, seconds: float) -> None:
         """Wait ``seconds`` of this clock's time (virtual time in tests)."""
+        ...
+
+    def frozen(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Hold this clock's time while the caller waits on something real (a scan, a connect).
+
+        A no-op for real time; a virtual clock must not run ahead of the radio.
+        Never sleep on this clock inside.
+        """
         ...

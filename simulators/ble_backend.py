@@ -122,8 +122,7 @@ class SimulatedClientBackend(BaseBleakClient):
         if device is None:
             raise BleakDeviceNotFoundError(self.address, f"Device with address {self.address} was not found.")
         if not device.reachable:
-            # A real stack waits for the connect timeout; the virtual clock makes that cheap.
-            await self._air.clock.sleep(min(self._timeout, 5.0))
+            # A connect is radio time, which the collector holds its virtual clock for: fail at once.
             raise BleakError(f"{self.address}: connection timed out (device out of range)")
         self._device = device
         self.services = self._build_services(device)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 import numpy as np
 
@@ -68,6 +68,8 @@ class SimulatedOximeter:
         self.started_at: float | None = None
         #: (host time, tick index) of every tick delivered to a subscriber: the truth for tests.
         self.delivered: list[tuple[float, int]] = []
+        #: Awaited after every tick that reached the air (a stack over real I/O sets it: see simulators.bluez).
+        self.settle: Callable[[], Awaitable[None]] | None = None
         self._client: SimulatedClientBackend | None = None
         self._subs: dict[str, Callable[[bytearray], None]] = {}
         self._rng = np.random.default_rng(scenario.seed + 1)
@@ -146,6 +148,8 @@ class SimulatedOximeter:
                 if self.reachable:
                     self.reachable = False
                     self._drop_link()
+                    if self.settle is not None:
+                        await self.settle()
                 continue
             self.reachable = True
             if state == SILENT:
@@ -162,4 +166,6 @@ class SimulatedOximeter:
             for payload in encode_tick(self.scenario.protocol, state, spo2[k], pulse[k], k):
                 sink(bytearray(payload))
             self.delivered.append((self.clock.now(), k))
+            if self.settle is not None:
+                await self.settle()
         self.finished.set()

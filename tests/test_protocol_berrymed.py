@@ -10,7 +10,7 @@ from drivers.protocols.berrymed import (
     OneHzReducer,
     encode_packet,
 )
-from drivers.protocols.common import Flag, OximeterReading
+from drivers.protocols.common import Flag, OximeterReading, Sample
 
 GOOD = bytes.fromhex("c6 3c 06 48 61")
 PR140 = bytes.fromhex("84 32 47 0c 60")
@@ -37,9 +37,16 @@ def test_status_raw_is_byte0_and_byte2():
     assert pkt.reading.status_raw == (0xC6 << 8) | 0x06
 
 
-def test_feed_returns_readings():
-    rs = BerryMedParser().feed(BERRYMED_NOTIFY_UUID.upper(), GOOD + PR140)
-    assert [r.spo2_pct for r in rs] == [97.0, 96.0]
+def test_feed_reduces_to_one_sample_per_second():
+    p = BerryMedParser()
+    assert p.feed(10.2, BERRYMED_NOTIFY_UUID.upper(), GOOD) == []  # the second is still open
+    assert p.feed(10.7, BERRYMED_NOTIFY_UUID, PR140) == []
+    (s,) = p.feed(11.1, BERRYMED_NOTIFY_UUID, GOOD)  # a packet of the next second closes 10 s
+    assert isinstance(s, Sample) and s.t == 10.7 and s.reading.spo2_pct == 96.0
+    p.feed(11.5, BERRYMED_NOTIFY_UUID, NOFINGER[:3])  # a partial packet when the link drops
+    (last,) = p.end_of_input()
+    assert last.t == 11.1 and last.reading.spo2_pct == 97.0
+    assert p.end_of_input() == [] and len(p._buf) == 0
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 3, 4, 5, 7, 20])
@@ -83,7 +90,7 @@ def test_reset_drops_partial_packet():
 
 def test_unexpected_characteristic_counted():
     p = BerryMedParser()
-    assert p.feed("00002a5f-0000-1000-8000-00805f9b34fb", GOOD) == []
+    assert p.feed(0.0, "00002a5f-0000-1000-8000-00805f9b34fb", GOOD) == []
     assert p.stats.errors == 1
 
 
@@ -97,9 +104,9 @@ def test_invalidating_bits(kwargs, flag):
     assert pkt.reading.flags & flag and not pkt.reading.valid
 
 
-def test_no_signal_bit_only_flags_weak():
+def test_no_signal_bit_makes_the_reading_invalid():
     (pkt,) = packets(BerryMedParser(), encode_packet(95, 70, no_signal=True))
-    assert pkt.reading.flags == Flag.WEAK_SIGNAL and pkt.reading.valid
+    assert pkt.reading.flags == Flag.WEAK_SIGNAL | Flag.DEVICE_INVALID and not pkt.reading.valid
 
 
 def test_encoder_reproduces_design_vectors():

@@ -7,6 +7,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from drivers.protocols.common import LostPackets, OximeterReading, Sample
 from drivers.protocols.berrymed import BERRYMED_NOTIFY_UUID, BerryMedParser, encode_packet
 from drivers.protocols.nonin import NONIN_CONTINUOUS_UUID, NoninParser, encode_frame
 from drivers.protocols.plx import (
@@ -25,6 +26,14 @@ chunks = st.lists(st.binary(max_size=40), max_size=8)
 plx_uuids = st.sampled_from([PLX_CONTINUOUS_UUID, PLX_SPOT_CHECK_UUID, PLX_FEATURES_UUID, RACP_UUID, "2a5f", "bogus"])
 
 
+def _check_event(ev) -> None:
+    if isinstance(ev, Sample):
+        assert isinstance(ev.t, float)
+        _check_reading(ev.reading)
+    elif isinstance(ev, OximeterReading):
+        _check_reading(ev)
+
+
 def _check_reading(r) -> None:
     assert r.spo2_pct is None or isinstance(r.spo2_pct, float)
     assert r.pulse_bpm is None or isinstance(r.pulse_bpm, float)
@@ -37,14 +46,14 @@ def test_plx_garbage_never_raises_and_counts(notifications):
     p = PlxParser()
     for uuid, data in notifications:
         before = (p.stats.frames, p.stats.errors)
-        for r in p.feed(uuid, data):
-            _check_reading(r)
+        for ev in p.feed(0.0, uuid, data):
+            _check_event(ev)
         after = (p.stats.frames, p.stats.errors)
         assert sum(after) == sum(before) + 1  # every notification is a frame or an error
     good = encode_continuous(93, 65, meas_status=0x20, dev_status=0, pai=3.1)
-    (r,) = p.feed(PLX_CONTINUOUS_UUID, good)
+    (r,) = p.feed(0.0, PLX_CONTINUOUS_UUID, good)
     assert (r.spo2_pct, r.pulse_bpm, r.valid) == (93.0, 65.0, True)
-    (r,) = p.feed(PLX_SPOT_CHECK_UUID, encode_spot_check(94, 66))
+    (r,) = p.feed(0.0, PLX_SPOT_CHECK_UUID, encode_spot_check(94, 66))
     assert r.spo2_pct == 94.0
 
 
@@ -54,11 +63,11 @@ def test_nonin_garbage_never_raises_and_next_frame_decodes(notifications):
     p = NoninParser()
     for data in notifications:
         before = p.stats.frames + p.stats.errors
-        for r in p.feed(NONIN_CONTINUOUS_UUID, data):
-            _check_reading(r)
+        for ev in p.feed(0.0, NONIN_CONTINUOUS_UUID, data):
+            _check_event(ev)
         assert p.stats.frames + p.stats.errors == before + 1
         assert p.stats.lost_packets >= 0
-    (r,) = p.feed(NONIN_CONTINUOUS_UUID, encode_frame(95, 61, counter=42))
+    *_, r = p.feed(0.0, NONIN_CONTINUOUS_UUID, encode_frame(95, 61, counter=42))
     assert (r.spo2_pct, r.pulse_bpm, r.counter) == (95.0, 61.0, 42)
 
 
@@ -68,9 +77,11 @@ def test_nonin_lost_packets_never_decrease(counters):
     p = NoninParser()
     seen = 0
     for c in counters:
-        p.feed(NONIN_CONTINUOUS_UUID, encode_frame(95, 60, counter=c))
-        assert p.stats.lost_packets >= seen
+        events = p.feed(0.0, NONIN_CONTINUOUS_UUID, encode_frame(95, 60, counter=c))
+        lost = sum(ev.count for ev in events if isinstance(ev, LostPackets))
+        assert lost >= 0 and p.stats.lost_packets == seen + lost  # the events are the whole story
         seen = p.stats.lost_packets
+        assert sum(isinstance(ev, OximeterReading) for ev in events) == 1  # every frame is stored
     assert p.stats.frames == len(counters)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from drivers.protocols.common import Flag
+from drivers.protocols.common import CounterReset, Flag, LostPackets, OximeterReading
 from drivers.protocols.nonin import (
     NONIN_CONTINUOUS_UUID,
     NONIN_SERVICE_UUID,
@@ -16,9 +16,10 @@ from drivers.protocols.nonin import (
 from drivers.protocols.registry import PROFILES, UnknownProtocol, guess_protocol, make_parser, profile
 
 
-def feed1(p: NoninParser, data: bytes):
-    out = p.feed(NONIN_CONTINUOUS_UUID, data)
-    assert len(out) == 1
+def feed1(p: NoninParser, data: bytes, t: float = 0.0):
+    """The reading of a frame that carries no counter news."""
+    out = p.feed(t, NONIN_CONTINUOUS_UUID, data)
+    assert len(out) == 1 and isinstance(out[0], OximeterReading)
     return out[0]
 
 
@@ -41,7 +42,7 @@ def test_searching_sensor_off_vector():
 def test_uuids_lower_case_and_upper_accepted():
     assert NONIN_SERVICE_UUID == "46a970e0-0d5f-11e2-8b5e-0002a5d5c51b"
     p = NoninParser()
-    assert p.feed(NONIN_CONTINUOUS_UUID.upper(), encode_frame(97, 60, counter=1))
+    assert p.feed(0.0, NONIN_CONTINUOUS_UUID.upper(), encode_frame(97, 60, counter=1))
 
 
 @pytest.mark.parametrize(
@@ -66,10 +67,12 @@ def test_smartpoint_and_encryption_bits_do_not_flag():
     assert r.flags == Flag.NONE
 
 
-def test_counter_gap_counts_lost_packets_with_wrap():
+def test_counter_gap_is_a_lost_packets_event_with_wrap():
     p = NoninParser()
-    for c in (65533, 65534, 2):  # 65535, 0, 1 missing
-        feed1(p, encode_frame(95, 60, counter=c))
+    feed1(p, encode_frame(95, 60, counter=65533), 1.0)
+    feed1(p, encode_frame(95, 60, counter=65534), 2.0)
+    lost, sample = p.feed(6.0, NONIN_CONTINUOUS_UUID, encode_frame(95, 60, counter=2))  # 65535, 0, 1 missing
+    assert lost == LostPackets(6.0, 3) and isinstance(sample, OximeterReading) and sample.counter == 2
     assert p.stats.lost_packets == 3
     feed1(p, encode_frame(95, 60, counter=3))
     assert p.stats.lost_packets == 3
@@ -77,8 +80,10 @@ def test_counter_gap_counts_lost_packets_with_wrap():
 
 def test_counter_duplicate_and_restart_are_not_loss():
     p = NoninParser()
-    for c in (1000, 1000, 5):
-        feed1(p, encode_frame(95, 60, counter=c))
+    feed1(p, encode_frame(95, 60, counter=1000))
+    feed1(p, encode_frame(95, 60, counter=1000))
+    reset, _ = p.feed(9.0, NONIN_CONTINUOUS_UUID, encode_frame(95, 60, counter=5))
+    assert reset == CounterReset(9.0, 5)
     assert p.stats.lost_packets == 0 and p.duplicates == 1 and p.counter_resets == 1
 
 
@@ -95,7 +100,7 @@ def test_counter_duplicate_and_restart_are_not_loss():
 )
 def test_garbage_counted_then_next_frame_decodes(hexstr):
     p = NoninParser()
-    assert p.feed(NONIN_CONTINUOUS_UUID, bytes.fromhex(hexstr)) == []
+    assert p.feed(0.0, NONIN_CONTINUOUS_UUID, bytes.fromhex(hexstr)) == []
     assert p.stats.errors == 1 and p.stats.frames == 0
     r = feed1(p, bytes.fromhex("0a 54 1e 01 2c 00 7b 61 00 48"))
     assert r.spo2_pct == 97.0 and p.stats.frames == 1

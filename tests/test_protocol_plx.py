@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from drivers.protocols.common import INVALIDATING, Flag
+from drivers.protocols.common import INVALIDATING, Flag, PlxFeatures, RacpReply, Sample
 from drivers.protocols.plx import (
     PLX_CONTINUOUS_UUID,
     PLX_FEATURES_UUID,
@@ -33,7 +33,8 @@ from drivers.protocols.sfloat import Special, decode_sfloat, encode_sfloat, sflo
 
 
 def feed1(p: PlxParser, uuid: str, hexstr: str):
-    out = p.feed(uuid, bytes.fromhex(hexstr))
+    """The one event a notification gives (a reading stands for the receipt time)."""
+    out = p.feed(12.5, uuid, bytes.fromhex(hexstr))
     assert len(out) == 1
     return out[0]
 
@@ -238,9 +239,9 @@ def test_status_raw_layout():
 
 def test_short_frame_is_counted_and_dropped_then_next_decodes():
     p = PlxParser()
-    assert p.feed(PLX_CONTINUOUS_UUID, bytes.fromhex("1c 5f 00 5a 00 20 00 00 00 00 57")) == []
+    assert p.feed(0.0, PLX_CONTINUOUS_UUID, bytes.fromhex("1c 5f 00 5a 00 20 00 00 00 00 57")) == []
     assert p.stats.errors == 1 and p.stats.frames == 0 and p.stats.last_error
-    assert p.feed(PLX_CONTINUOUS_UUID, b"") == []
+    assert p.feed(0.0, PLX_CONTINUOUS_UUID, b"") == []
     assert p.stats.errors == 2
     r = feed1(p, PLX_CONTINUOUS_UUID, "00 61 00 48 00")
     assert r.spo2_pct == 97.0 and p.stats.frames == 1
@@ -254,7 +255,7 @@ def test_trailing_bytes_ignored():
 
 def test_unknown_characteristic_counted_not_raised():
     p = PlxParser()
-    assert p.feed("00002a37-0000-1000-8000-00805f9b34fb", b"\x00\x50") == []
+    assert p.feed(0.0, "00002a37-0000-1000-8000-00805f9b34fb", b"\x00\x50") == []
     assert p.stats.errors == 1
 
 
@@ -270,9 +271,8 @@ def test_fast_slow_kept_on_parser():
 def test_features_with_24_bit_device_status_support():
     p = PlxParser()
     data = bytes.fromhex("ff 00") + (0xFFE0).to_bytes(2, "little") + bytes([0xFF, 0xFF, 0x01])
-    assert p.feed(PLX_FEATURES_UUID, data) == []
-    f = p.features
-    assert f is not None
+    (f,) = p.feed(0.0, PLX_FEATURES_UUID, data)
+    assert isinstance(f, PlxFeatures) and f is p.features
     assert f.supported == 0xFF and f.meas_status_support == 0xFFE0
     assert f.dev_status_support == 0x01FFFF  # third byte read: the field is 24 bits
     assert f.has_storage and f.has_spot_timestamp and f.has_fast and f.has_slow and f.has_pai and f.multiple_bonds
@@ -281,15 +281,15 @@ def test_features_with_24_bit_device_status_support():
 
 def test_features_minimal_and_short():
     p = PlxParser()
-    p.feed(PLX_FEATURES_UUID, bytes.fromhex("0c 00"))
+    p.feed(0.0, PLX_FEATURES_UUID, bytes.fromhex("0c 00"))
     assert p.features is not None and p.features.meas_status_support is None and p.features.has_storage
-    p.feed(PLX_FEATURES_UUID, bytes.fromhex("03 00 e0 ff ff ff"))  # needs 7 bytes
+    p.feed(0.0, PLX_FEATURES_UUID, bytes.fromhex("03 00 e0 ff ff ff"))  # needs 7 bytes
     assert p.stats.errors == 1
 
 
 def test_features_encoder_round_trip():
     p = PlxParser()
-    p.feed(PLX_FEATURES_UUID, encode_features(0x0C, meas_status_support=0x0220, dev_status_support=0x00A800))
+    p.feed(0.0, PLX_FEATURES_UUID, encode_features(0x0C, meas_status_support=0x0220, dev_status_support=0x00A800))
     assert p.features.supported == 0x0F
     assert (p.features.meas_status_support, p.features.dev_status_support) == (0x0220, 0x00A800)
 
@@ -301,19 +301,28 @@ def test_racp_request_encoders():
     assert encode_racp_abort() == bytes.fromhex("03 00")
 
 
-def test_racp_responses():
+def test_racp_responses_are_events():
     p = PlxParser()
-    assert p.feed(RACP_UUID, bytes.fromhex("05 00 2a 01")) == []
-    assert p.last_racp.count == 0x012A and p.last_racp.ok
-    p.feed(RACP_UUID, bytes.fromhex("06 00 01 06"))
-    assert p.last_racp.request_opcode == RacpOpcode.REPORT_RECORDS and p.last_racp.no_records and not p.last_racp.ok
-    p.feed(RACP_UUID, encode_racp_response(RacpOpcode.DELETE_RECORDS, RacpCode.SUCCESS))
-    assert p.last_racp.ok and p.last_racp.request_opcode == 0x02
-    p.feed(RACP_UUID, encode_racp_count_response(7))
-    assert p.last_racp.count == 7
-    before = p.last_racp
-    p.feed(RACP_UUID, bytes.fromhex("06 00"))
-    assert p.stats.errors == 1 and p.last_racp is before
+    (r,) = p.feed(3.0, RACP_UUID, bytes.fromhex("05 00 2a 01"))
+    assert r == RacpReply(3.0, count=0x012A) and r.ok and not r.done
+    (r,) = p.feed(4.0, RACP_UUID, bytes.fromhex("06 00 01 06"))
+    assert r.request_opcode == RacpOpcode.REPORT_RECORDS and r.no_records and not r.ok and r.done
+    (r,) = p.feed(5.0, RACP_UUID, encode_racp_response(RacpOpcode.DELETE_RECORDS, RacpCode.SUCCESS))
+    assert r.ok and r.request_opcode == 0x02
+    (r,) = p.feed(6.0, RACP_UUID, encode_racp_count_response(7))
+    assert r.count == 7
+    assert p.feed(7.0, RACP_UUID, bytes.fromhex("06 00")) == []
+    assert p.stats.errors == 1
+
+
+def test_events_are_frozen():
+    import dataclasses
+
+    (r,) = PlxParser().feed(1.0, PLX_CONTINUOUS_UUID, bytes.fromhex("00 61 00 48 00"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.flags = 0  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        Sample(1.0, r).t = 2.0  # type: ignore[misc]
 
 
 def test_stored_record_is_flagged_from_storage():

@@ -2,8 +2,10 @@
 
 The same pipeline serves a live BLE session and a replayed capture, so a replay
 reproduces exactly the rows the live session stored.  It is synchronous and
-cheap per frame: decode, (reduce), build a row tuple, queue it for the writer,
-update the O(1) live figures.
+cheap per frame: the codec decodes (and, for BerryMed, reduces to one reading a
+second) into events; a sample becomes a row tuple queued for the writer and
+updates the O(1) live figures; lost packets become a gap; device replies go to
+``on_device_event`` for the transport side to act on.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any, Callable
 from collector.oximetry.causes import BREAKING_CAUSES
 from collector.storage import repo
 from collector.storage.writer import SampleRow, Writer
-from drivers.protocols.common import OximeterReading
+from drivers.protocols.common import LostPackets, OximeterEvent, OximeterReading, Sample
 from drivers.protocols.registry import make_parser
 
 log = logging.getLogger(__name__)
@@ -25,15 +27,16 @@ log = logging.getLogger(__name__)
 # Rows wait at most this long (real time) before they are queued for the writer,
 # which commits at most flush_interval_s later: together well within a second.
 HANDOVER_S = 0.1
+TAIL_MEMO_LIMIT = 4096
+
+
+def row_tail(r: OximeterReading) -> tuple[Any, ...]:
+    """The stored columns that depend on the reading alone (everything after session and time)."""
+    return (r.device_time, r.spo2_pct, r.pulse_bpm, r.pai_pct, int(r.valid), int(r.pulse_valid), int(r.flags), r.status_raw, r.counter)
 
 
 def to_row(session_id: int, t: float, r: OximeterReading) -> SampleRow:
-    tail = r.row_tail
-    if tail is None:
-        tail = r.row_tail = (
-            r.device_time, r.spo2_pct, r.pulse_bpm, r.pai_pct, int(r.valid), int(r.pulse_valid), int(r.flags), r.status_raw, r.counter,
-        )
-    return (session_id, round(t * 1000), *tail)
+    return (session_id, round(t * 1000), *row_tail(r))
 
 
 class ReadingPipeline:
@@ -47,6 +50,7 @@ class ReadingPipeline:
         *,
         live: Any = None,
         on_event: Callable[[float, str, dict[str, Any]], None] | None = None,
+        on_device_event: Callable[[OximeterEvent], None] | None = None,
     ) -> None:
         self.session_id = session_id
         self.protocol = protocol
@@ -54,35 +58,43 @@ class ReadingPipeline:
         self.parser = make_parser(protocol)
         self.live = live
         self.on_event = on_event
+        self.on_device_event = on_device_event
         self.samples = 0
+        self.lost_packets = 0
         self.last_sample_t: float | None = None
         self.last_reading: OximeterReading | None = None
         self._pending: list[SampleRow] = []
         self._handed_over = time.monotonic()
-        self._reducer = None
-        if protocol == "berrymed":
-            from drivers.protocols.berrymed import OneHzReducer
-
-            self._reducer = OneHzReducer()
+        # Stored columns per reading object: codecs hand out one frozen reading per distinct frame.
+        # Keyed by id(); the entry holds the reading, so its id cannot be reused while the entry lives.
+        self._tails: dict[int, tuple[OximeterReading, tuple[Any, ...]]] = {}
 
     # -- input -----------------------------------------------------------------------------
     def feed(self, t: float, characteristic: str, data: bytes) -> int:
         """Decode one notification; returns the number of frames decoded (the watchdog's signal)."""
         stats = self.parser.stats
-        lost_before = stats.lost_packets
         frames_before = stats.frames
-        readings = self.parser.feed(characteristic, data)
-        if stats.lost_packets > lost_before and self.last_sample_t is not None:
-            missed = stats.lost_packets - lost_before
-            start_ms, end_ms = round(self.last_sample_t * 1000), round(t * 1000)
-            self._submit(lambda c: repo.add_gap(c, self.session_id, start_ms=start_ms, end_ms=end_ms, cause="lost_packets", detail=f"{missed} packets"))
-        for r in readings:
-            if self._reducer is None:
-                self._store(t, r)
+        events = self.parser.feed(t, characteristic, data)
+        for ev in events:
+            if type(ev) is OximeterReading:  # received now: the per-second path
+                self._store(t, ev)
+            elif type(ev) is Sample:  # a reading that stands for another time (a reduced second)
+                self._store(ev.t, ev.reading)
             else:
-                for t_r, reduced in self._reducer.push(t, r):
-                    self._store(t_r, reduced)
+                self._other(ev)
+        if events and time.monotonic() - self._handed_over >= HANDOVER_S:
+            self.hand_over()
         return stats.frames - frames_before
+
+    def _other(self, ev: OximeterEvent) -> None:
+        if isinstance(ev, LostPackets):
+            self.lost_packets += ev.count
+            if self.last_sample_t is not None:
+                start_ms, end_ms = round(self.last_sample_t * 1000), round(ev.t * 1000)
+                detail = f"{ev.count} packets"
+                self._submit(lambda c: repo.add_gap(c, self.session_id, start_ms=start_ms, end_ms=end_ms, cause="lost_packets", detail=detail))
+        if self.on_device_event is not None:
+            self.on_device_event(ev)
 
     def hand_over(self, now: float | None = None) -> None:
         """Queue pending rows for the writer (batched: one queue item per ~0.1 s, not per frame)."""
@@ -93,9 +105,13 @@ class ReadingPipeline:
 
     def interrupt(self, t: float, cause: str) -> None:
         """The recording stops here (link lost, daemon stopping): end the hold of the last sample."""
-        if self._reducer is not None:
-            for t_r, reduced in self._reducer.flush():
-                self._store(t_r, reduced)
+        for ev in self.parser.end_of_input():
+            if type(ev) is Sample:
+                self._store(ev.t, ev.reading)
+            elif type(ev) is OximeterReading:
+                self._store(t, ev)
+            else:
+                self._other(ev)
         self.hand_over()
         if self.live is not None and cause in BREAKING_CAUSES:
             try:
@@ -108,8 +124,16 @@ class ReadingPipeline:
 
     # -- output ----------------------------------------------------------------------------
     def _store(self, t: float, r: OximeterReading) -> None:
-        """One reading: a pending row, the live figures, and a hand-over when one is due."""
-        self._pending.append(to_row(self.session_id, t, r))
+        """One reading: a pending row and the live figures (``feed`` hands over when one is due)."""
+        hit = self._tails.get(id(r))
+        if hit is not None and hit[0] is r:
+            tail = hit[1]
+        else:
+            tail = row_tail(r)
+            if len(self._tails) >= TAIL_MEMO_LIMIT:
+                self._tails.clear()  # bounded: a codec that makes a new reading per frame costs a clear now and then
+            self._tails[id(r)] = (r, tail)
+        self._pending.append((self.session_id, round(t * 1000), *tail))
         self.samples += 1
         self.last_sample_t = t
         self.last_reading = r
@@ -119,9 +143,6 @@ class ReadingPipeline:
                     self._emit(event)
             except Exception:  # the stored samples are what counts; live figures are provisional
                 log.exception("session %s: live figures failed; samples are still stored", self.session_id)
-        now = time.monotonic()
-        if now - self._handed_over >= HANDOVER_S:
-            self.hand_over(now)
 
     def _emit(self, event: Any) -> None:
         detail = dataclasses.asdict(event)

@@ -21,6 +21,7 @@ from collector.oximetry.analysis.report import NightData
 from collector.oximetry.live import analysis_config, make_live, snapshot_dict
 from collector.oximetry.pipeline import ReadingPipeline
 from collector.storage import repo
+from drivers.ble.adapters import AdapterSlots
 from drivers.ble.link import LinkTarget, OximeterLink
 from drivers.protocols.registry import PROFILES
 
@@ -42,6 +43,7 @@ class NightRecorder:
         target: LinkTarget,
         resume_from: float | None = None,
         open_gap_id: int | None = None,
+        slots: AdapterSlots | None = None,
     ) -> None:
         self.daemon = daemon
         self.session_id: int = session["id"]
@@ -69,6 +71,8 @@ class NightRecorder:
             scan_timeout_s=ble["scan_timeout_s"],
             watchdog_periods=ble["watchdog_periods"],
             backoff_s=tuple(ble["backoff_s"]),
+            connect_attempts=ble["connect_attempts"],
+            slots=slots,
         )
         self.events: list[dict[str, Any]] = []
         self._gap_future = None
@@ -207,7 +211,7 @@ class NightRecorder:
             "last_sample_utc": utc_iso(last) if last is not None else None,
             "seconds_since_last_sample": round(now - last, 1) if last is not None else None,
             "parser": {"frames": self.pipeline.parser.stats.frames, "errors": self.pipeline.parser.stats.errors,
-                       "lost_packets": self.pipeline.parser.stats.lost_packets},
+                       "lost_packets": self.pipeline.lost_packets},
             "link": {"connects": self.link.stats.connects, "disconnects": self.link.stats.disconnects,
                      "watchdog_resets": self.link.stats.watchdog_resets, "last_error": self.link.stats.last_error},
             "live": snap,

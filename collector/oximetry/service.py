@@ -21,6 +21,7 @@ from collector.oximetry.pipeline import HANDOVER_S
 from collector.oximetry.recorder import NightRecorder
 from collector.storage import repo
 from drivers.ble import scan as ble_scan
+from drivers.ble.adapters import AdapterFull, AdapterSlots
 from drivers.ble.link import LinkTarget
 from drivers.protocols.registry import PROFILES
 
@@ -40,6 +41,8 @@ class NightService:
         self.daemon = daemon
         self.recorders: dict[int, NightRecorder] = {}
         self._handover_task: asyncio.Task[None] | None = None
+        # Beds per adapter and one connect at a time per adapter (see drivers.ble.adapters).
+        self.slots = AdapterSlots(limit=int(daemon.config["ble"]["max_beds_per_adapter"]))
 
     # -- hand-over -------------------------------------------------------------------------
     def _ensure_handover(self) -> None:
@@ -123,6 +126,10 @@ class NightService:
             if daemon.closing:
                 raise Conflict("the collector daemon is stopping; start the session again once it is running")
             self._check_free(subject_id, oximeter, found.address)
+            try:
+                self.slots.reserve(found.address)
+            except AdapterFull as exc:
+                raise Conflict(f"oximeter {oximeter!r} not started: {exc}") from None
             daemon.check_clock()  # a step before the first night re-anchors instead of carrying into it
             now = daemon.clock.now()
 
@@ -132,8 +139,12 @@ class NightService:
                                         settings={"protocol": protocol, "oximetry": daemon.config["oximetry"]})
                 return repo.get_session(c, sid)
 
-            session = await daemon.write(create)
-            rec = NightRecorder(daemon, session, protocol=protocol, target=LinkTarget(found.address))
+            try:
+                session = await daemon.write(create)
+            except BaseException:
+                self.slots.release(found.address)
+                raise
+            rec = NightRecorder(daemon, session, protocol=protocol, target=LinkTarget(found.address), slots=self.slots)
             self._run(rec)
         timeout = ble["connect_timeout_s"] + ble["scan_timeout_s"]
         try:
@@ -161,6 +172,7 @@ class NightService:
         rec = self.recorders.pop(session_id, None)
         if rec is not None:
             await rec.stop(t)
+            self.slots.release(rec.target.spec)
 
     async def session_closed_hook(self, session: dict[str, Any]) -> dict[str, Any]:
         """After a night is closed and flushed: its final report (what ``session stop`` prints)."""
@@ -207,8 +219,13 @@ class NightService:
                 await daemon.write(functools.partial(
                     repo.audit.append, at=now, actor="collector", action="session_resumed", subject_id=row["subject_id"],
                     session_id=row["id"], reason="collector restarted after an unclean stop"))
+            try:
+                self.slots.reserve(row["device_address"])
+            except AdapterFull as exc:
+                log.error("session %s (subject %s) not resumed: %s", row["id"], row["subject_id"], exc)
+                continue
             rec = NightRecorder(daemon, row, protocol=row["device_protocol"], target=LinkTarget(row["device_address"]),
-                                resume_from=min(since, now), open_gap_id=open_gaps[row["id"]])
+                                resume_from=min(since, now), open_gap_id=open_gaps[row["id"]], slots=self.slots)
             conn = daemon.open_reader()
             try:
                 stored = store.load_night(conn, row["id"])
@@ -232,6 +249,8 @@ class NightService:
                 log.error("session %s could not be closed as interrupted (%s); it stays open and resumes on the next start", sid, exc.message)
             except Exception:
                 log.exception("session %s could not be closed as interrupted; it stays open and resumes on the next start", sid)
+        for rec in self.recorders.values():
+            self.slots.release(rec.target.spec)
         self.recorders.clear()
         if self._handover_task is not None:
             self._handover_task.cancel()

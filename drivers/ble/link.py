@@ -1,11 +1,18 @@
 """Keeps one BLE oximeter connected for as long as a session needs it.
 
-Transport only: it finds the device, connects (a new ``BleakClient`` per
-attempt), subscribes, hands every notification's bytes to ``on_data`` and
-reports link state.  It never decodes.  A data watchdog forces a reconnect
-when the link goes silent while the stack still says "connected", and every
-wait uses the injected clock.  ``backend``/``scanner_backend`` are passed to
-bleak unchanged: that is how the simulator plugs in.
+Transport only: it finds the device, connects, subscribes, hands every
+notification's bytes to ``on_data`` and reports link state.  It never decodes.
+
+Connecting follows what BlueZ needs: a fresh ``BLEDevice`` per attempt (the
+stack's current object for the address, or a new scan when the stack forgot
+it), stale connections a crash left behind closed once at start, and
+``bleak-retry-connector``'s ``establish_connection`` (a new client per
+connection, retries by error kind, pairing when the profile asks for it), one
+connect at a time per adapter.  A data watchdog forces a reconnect when the
+link goes silent while the stack still says "connected", and every wait of our
+own uses the injected clock.  ``backend``/``scanner_backend`` are passed to
+bleak unchanged (None: the platform's own stack); that is how the simulator
+plugs in.
 """
 
 from __future__ import annotations
@@ -21,7 +28,9 @@ from bleak.backends.client import BaseBleakClient
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 from bleak.exc import BleakError
+from bleak_retry_connector import close_stale_connections, establish_connection, get_device
 
+from drivers.ble.adapters import AdapterSlots
 from drivers.clock import Clock
 from drivers.protocols.common import DeviceProfile
 
@@ -89,6 +98,8 @@ class OximeterLink:
         watchdog_periods: float = 5.0,
         backoff_s: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0),
         disconnect_timeout_s: float = 5.0,
+        connect_attempts: int = 2,
+        slots: AdapterSlots | None = None,
     ) -> None:
         self.target = target
         self.profile = profile
@@ -103,6 +114,8 @@ class OximeterLink:
         self.silence_limit_s = max(watchdog_periods * profile.expected_period_s, 5.0)
         self.backoff_s = backoff_s
         self.disconnect_timeout_s = disconnect_timeout_s
+        self.connect_attempts = max(1, connect_attempts)
+        self.slots = slots or AdapterSlots()
         self.stats = LinkStats()
         self.state = "searching"
         self.address: str | None = None
@@ -111,6 +124,7 @@ class OximeterLink:
         self._client: BleakClient | None = None
         self._lost = asyncio.Event()
         self._lost_at = 0.0
+        self._stale_closed = False
 
     # -- public ----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -137,29 +151,36 @@ class OximeterLink:
     # -- one connection ------------------------------------------------------------------------
     async def _session(self) -> None:
         device = await self._find()
+        if not self._stale_closed:
+            # A crash can leave the device connected in BlueZ, and most oximeters accept one central.
+            await close_stale_connections(device)
+            self._stale_closed = True
         self._lost = asyncio.Event()
-        client = BleakClient(
-            device, disconnected_callback=self._on_disconnect, timeout=self.connect_timeout_s, backend=self.backend
-        )
-        self._client = client
         self.state = "connecting"
-        try:
-            await client.connect()
-            self.address = client.address
-            info = await self._read_info(client)
-            for uuid in self.profile.read_uuids:
-                try:
-                    self.on_data(self.clock.now(), uuid, bytes(await client.read_gatt_char(uuid)))
-                except BleakError as exc:
-                    log.info("%s: optional read %s failed: %s", self.target.spec, uuid, exc)
-            for uuid in self.profile.notify_uuids:
-                await client.start_notify(uuid, functools.partial(self._notify, client))
-            for uuid, payload in self.profile.start_writes:
-                await client.write_gatt_char(uuid, payload, response=True)
-        except BaseException:
-            # Never leave a half-set-up connection behind: most oximeters accept one central.
-            await self._close()
-            raise
+        # Parallel connects on one adapter abort each other; a connect takes radio (real) time.
+        async with self.slots.connecting(), self.clock.frozen():
+            client = await establish_connection(
+                BleakClient, device, self.target.spec, disconnected_callback=self._on_disconnect,
+                max_attempts=self.connect_attempts, pair=self.profile.pair,
+                timeout=self.connect_timeout_s, backend=self.backend,
+            )
+            self._client = client
+            try:
+                self.address = client.address
+                info = await self._read_info(client)
+                for uuid in self.profile.read_uuids:
+                    try:
+                        self.on_data(self.clock.now(), uuid, bytes(await client.read_gatt_char(uuid)))
+                    except BleakError as exc:
+                        log.info("%s: optional read %s failed: %s", self.target.spec, uuid, exc)
+                for uuid in self.profile.notify_uuids:
+                    await client.start_notify(uuid, functools.partial(self._notify, client))
+                for uuid, payload in self.profile.start_writes:
+                    await client.write_gatt_char(uuid, payload, response=True)
+            except BaseException:
+                # Never leave a half-set-up connection behind: most oximeters accept one central.
+                await self._close()
+                raise
         connected_at = self.clock.now()
         self.last_frame_t = connected_at
         self.state = "connected"
@@ -172,18 +193,24 @@ class OximeterLink:
         self.on_lost(self._lost_at if cause == "device_disconnected" else self.clock.now(), cause, self.last_frame_t)
         await self._close()
 
-    async def _find(self) -> BLEDevice | str:
-        # Once connected we know the address (on macOS the per-host UUID): reconnect
-        # to it directly, and let the backend's connect timeout bound the wait.
+    async def _find(self) -> BLEDevice:
+        """A fresh device object for this attempt (a stale one makes BlueZ answer "not found")."""
         if self.address is not None:
-            return self.address
+            if self.backend is not None:
+                return BLEDevice(self.address, self.target.spec, {})  # a plug-in backend resolves addresses itself
+            # The stack's current object for the address; None when it dropped it, then scan again.
+            current = await get_device(self.address)
+            if current is not None:
+                return current
         # Only what is set: bleak's own default stands for an unset backend.
         extra: BleakScanner.ExtraArgs = {}
         if self.scanner_backend is not None:
             extra["backend"] = self.scanner_backend
         if self.target.service_uuid:
             extra["service_uuids"] = [self.target.service_uuid]
-        found = await BleakScanner.find_device_by_filter(self.target.matches, timeout=self.scan_timeout_s, **extra)
+        target = self.target if self.address is None else LinkTarget(self.address)
+        async with self.clock.frozen():  # a scan takes radio (real) time
+            found = await BleakScanner.find_device_by_filter(target.matches, timeout=self.scan_timeout_s, **extra)
         if found is None:
             raise DeviceNotFound(f"no advertisement from {self.target.spec!r} within {self.scan_timeout_s:g} s")
         return found

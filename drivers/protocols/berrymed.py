@@ -14,8 +14,10 @@ parser resynchronises on it (skipped bytes are counted).
 
 ``status_raw`` of a reading is ``(byte0 << 8) | byte2`` verbatim.
 
-Storage wants one reading per second, not 100: :class:`OneHzReducer` does that
-(see its docstring for the rule and why).
+Storage wants one reading per second, not 100: the codec reduces the stream
+itself (:class:`OneHzReducer`, see its docstring for the rule and why), so
+``feed`` returns one :class:`Sample` per host second and ``feed_packets`` the raw
+packets (with the pleth) for whoever wants them.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from drivers.protocols.common import Flag, OximeterReading, ParserStats, apply_range_rules
+from drivers.protocols.common import Flag, OximeterEvent, OximeterReading, ParserStats, Sample, apply_range_rules
 
 BERRYMED_SERVICE_UUID = "49535343-fe7d-4ae5-8fa9-9fafd205e455"
 BERRYMED_NOTIFY_UUID = "49535343-1e4d-4bd9-ba61-23c647249616"
@@ -61,9 +63,9 @@ class BerryMedPacket:
         if self.probe_unplugged:
             flags |= Flag.PROBE_UNPLUGGED
         if self.no_signal:
-            # Public decoders disagree on the name of this bit; it is not one of the
-            # design's invalidating conditions, so it only marks the signal as weak.
-            flags |= Flag.WEAK_SIGNAL
+            # BerryMed's protocol sheet: byte 0 bit 4 = "no signal": the value shown is not a
+            # measurement, so the reading is invalid (not merely weak) and never counts for T90.
+            flags |= Flag.WEAK_SIGNAL | Flag.DEVICE_INVALID
         return apply_range_rules(self.spo2, self.pulse, flags)
 
     @property
@@ -99,10 +101,12 @@ def decode_packet(p: bytes) -> BerryMedPacket:
 
 
 class BerryMedParser:
-    """Stream codec: bytes in any chunking -> one packet (and reading) per 5-byte packet.
+    """Stream codec: bytes in any chunking -> one :class:`Sample` per host second.
 
-    ``feed`` returns readings (the OximeterParser interface); ``feed_packets`` returns
-    :class:`BerryMedPacket` objects, which also carry the pleth sample.
+    ``feed`` (the OximeterParser interface) decodes the packets and reduces them to
+    one reading per second; a second is emitted when a packet of a later second
+    arrives, or by ``end_of_input``.  ``feed_packets`` returns every
+    :class:`BerryMedPacket` (they also carry the pleth sample), unreduced.
     """
 
     protocol = "berrymed"
@@ -110,9 +114,18 @@ class BerryMedParser:
     def __init__(self) -> None:
         self.stats = ParserStats()
         self._buf = bytearray()
+        self._reducer = OneHzReducer()
 
-    def feed(self, characteristic: str, data: bytes) -> list[OximeterReading]:
-        return [p.reading for p in self.feed_packets(characteristic, data)]
+    def feed(self, t: float, characteristic: str, data: bytes) -> list[OximeterEvent]:
+        out: list[OximeterEvent] = []
+        for p in self.feed_packets(characteristic, data):
+            out += self._reducer.push(t, p.reading)
+        return out
+
+    def end_of_input(self) -> list[OximeterEvent]:
+        """Emit the open second and drop a partial packet (its tail will never come after a drop)."""
+        self._buf.clear()
+        return list(self._reducer.flush())
 
     def feed_packets(self, characteristic: str, data: bytes) -> list[BerryMedPacket]:
         uuid = characteristic.strip().lower()
@@ -195,6 +208,9 @@ _CONDITION_FLAGS = (
 )
 
 
+_CONDITION = int(_CONDITION_FLAGS)
+
+
 class OneHzReducer:
     """Reduce the ~100 Hz packet stream to one stored reading per whole host second.
 
@@ -220,35 +236,35 @@ class OneHzReducer:
     def __init__(self) -> None:
         self._second: int | None = None
         self._last: tuple[float, OximeterReading] | None = None
-        self._state = Flag.NONE
+        self._state = 0
         self.packets_in_second = 0
 
-    def push(self, t_host: float, reading: OximeterReading) -> list[tuple[float, OximeterReading]]:
-        """Add one packet's reading; returns the reading of a second that just closed, if any."""
+    def push(self, t_host: float, reading: OximeterReading) -> list[Sample]:
+        """Add one packet's reading; returns the sample of a second that just closed, if any."""
         sec = math.floor(t_host)
-        out: list[tuple[float, OximeterReading]] = []
+        out: list[Sample] = []
         if self._second is not None and sec > self._second:
             out = self.flush()
         if self._second is None:
             self._second = sec
         self._last = (t_host, reading)
-        self._state |= reading.flags & _CONDITION_FLAGS
+        self._state |= reading.flags & _CONDITION
         self.packets_in_second += 1
         return out
 
-    def flush(self) -> list[tuple[float, OximeterReading]]:
+    def flush(self) -> list[Sample]:
         """Emit the open second (call at the end of a recording or on disconnect)."""
         if self._last is None:
             return []
         t, r = self._last
         flags = r.flags | self._state
         out = r if flags == r.flags else _with_flags(r, flags)
-        self._second, self._last, self._state = None, None, Flag.NONE
+        self._second, self._last, self._state = None, None, 0
         self.packets_in_second = 0
-        return [(t, out)]
+        return [Sample(t, out)]
 
 
-def _with_flags(r: OximeterReading, flags: Flag) -> OximeterReading:
+def _with_flags(r: OximeterReading, flags: int) -> OximeterReading:
     return OximeterReading(
         spo2_pct=r.spo2_pct,
         pulse_bpm=r.pulse_bpm,

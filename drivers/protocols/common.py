@@ -1,16 +1,23 @@
 """Types shared by every oximeter codec.
 
-A codec turns the bytes of one device into :class:`OximeterReading` objects and
-never raises on bad input: it counts the error in :class:`ParserStats` and
-resynchronises.  The normalised ``flags`` bitmask lets storage and analysis treat
-all devices alike, while ``status_raw`` keeps the device's own bits verbatim.
+A codec turns the bytes of one device, stamped with the host time they arrived,
+into frozen events (:data:`OximeterEvent`): an :class:`OximeterReading` for a
+reading received at that time, a :class:`Sample` for a reading that stands for
+another host time (BerryMed's one reading a second is the last packet of that
+second), :class:`LostPackets` when the device's packet counter jumps,
+:class:`RacpReply` for a control-point answer, :class:`PlxFeatures` for what a
+device says it supports.  A bare reading costs nothing per sample: the codec may
+hand out one frozen object for every copy of a frame.  It never raises on bad input: it counts the error in
+:class:`ParserStats` and resynchronises.  The normalised ``flags`` bitmask lets
+storage and analysis treat all devices alike, while ``status_raw`` keeps the
+device's own bits verbatim.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import NamedTuple, Protocol, Union
 
 # Physiological plausibility limits (oximetry.md, "What counts as a valid sample").
 SPO2_MIN_PCT = 50.0
@@ -67,13 +74,14 @@ _SPO2_MISSING, _SPO2_OUT_OF_RANGE = int(Flag.SPO2_MISSING), int(Flag.SPO2_OUT_OF
 _PULSE_MISSING, _PULSE_OUT_OF_RANGE = int(Flag.PULSE_MISSING), int(Flag.PULSE_OUT_OF_RANGE)
 
 
-@dataclass(slots=True)  # not frozen: built once per sample, and frozen __init__ costs ~3x
+@dataclass(frozen=True, slots=True)
 class OximeterReading:
-    """One decoded SpO2/pulse reading, before it gets a host timestamp.
+    """One decoded SpO2/pulse reading (the values; :class:`Sample` adds the host time).
 
     ``spo2_pct``/``pulse_bpm`` are ``None`` when the device sent its "missing"
     code.  ``valid`` is the single answer analysis needs: may this SpO2 value
-    count toward T90?  Pulse validity is separate (``pulse_valid``).
+    count toward T90?  Pulse validity is separate (``pulse_valid``).  Frozen, so a
+    codec may hand out the same object for every identical frame.
     """
 
     spo2_pct: float | None
@@ -86,9 +94,6 @@ class OximeterReading:
     device_time: str | None = None  # device clock as ISO-8601 without zone (device local)
     counter: int | None = None  # device packet counter, when it has one
     kind: str = "continuous"  # "continuous" or "spot_check"
-    # Storage columns derived from the fields above, memoised by the pipeline: a codec
-    # may hand out the same (never mutated) reading for every identical frame.
-    row_tail: tuple[Any, ...] | None = field(default=None, init=False, compare=False, repr=False)
 
     @property
     def valid(self) -> bool:
@@ -116,6 +121,114 @@ def apply_range_rules(spo2: float | None, pulse: float | None, flags: int) -> in
     return flags
 
 
+class Sample(NamedTuple):
+    """A reading with the host time (UTC epoch seconds) it stands for, when that is not the feed's.
+
+    BerryMed's codec emits one per second, stamped with the receipt time of the
+    packet it kept for that second.
+    """
+
+    t: float
+    reading: OximeterReading
+
+
+@dataclass(frozen=True, slots=True)
+class LostPackets:
+    """The device's packet counter jumped: ``count`` frames never arrived before the one at ``t``."""
+
+    t: float
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class CounterReset:
+    """The packet counter stepped back (device restart): not a loss, but worth a note."""
+
+    t: float
+    counter: int
+
+
+class RacpOpcode(enum.IntEnum):
+    REPORT_RECORDS = 0x01
+    DELETE_RECORDS = 0x02
+    ABORT = 0x03
+    REPORT_COUNT = 0x04
+    COUNT_RESPONSE = 0x05
+    RESPONSE_CODE = 0x06
+
+
+class RacpCode(enum.IntEnum):
+    SUCCESS = 0x01
+    OPCODE_NOT_SUPPORTED = 0x02
+    INVALID_OPERATOR = 0x03
+    OPERATOR_NOT_SUPPORTED = 0x04
+    INVALID_OPERAND = 0x05
+    NO_RECORDS = 0x06
+    ABORT_UNSUCCESSFUL = 0x07
+    PROCEDURE_NOT_COMPLETED = 0x08
+    OPERAND_NOT_SUPPORTED = 0x09
+
+
+@dataclass(frozen=True, slots=True)
+class RacpReply:
+    """A Record Access Control Point indication: a record count or a response code to a request."""
+
+    t: float
+    count: int | None = None  # set for "number of stored records" (opcode 0x05)
+    request_opcode: int | None = None  # set for a response code (opcode 0x06)
+    code: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.count is not None or self.code == RacpCode.SUCCESS
+
+    @property
+    def no_records(self) -> bool:
+        return self.code == RacpCode.NO_RECORDS
+
+    @property
+    def done(self) -> bool:
+        """A response code ends the procedure it answers (records, if any, came before it)."""
+        return self.code is not None
+
+
+@dataclass(frozen=True, slots=True)
+class PlxFeatures:
+    """PLX Features (0x2A60).  The device-and-sensor-status support field is 24 bits wide."""
+
+    supported: int
+    meas_status_support: int | None = None
+    dev_status_support: int | None = None
+
+    @property
+    def has_storage(self) -> bool:
+        """The device keeps spot-check records that RACP can back-fill."""
+        return bool(self.supported & (1 << 2))
+
+    @property
+    def has_spot_timestamp(self) -> bool:
+        return bool(self.supported & (1 << 3))
+
+    @property
+    def has_fast(self) -> bool:
+        return bool(self.supported & (1 << 4))
+
+    @property
+    def has_slow(self) -> bool:
+        return bool(self.supported & (1 << 5))
+
+    @property
+    def has_pai(self) -> bool:
+        return bool(self.supported & (1 << 6))
+
+    @property
+    def multiple_bonds(self) -> bool:
+        return bool(self.supported & (1 << 7))
+
+
+OximeterEvent = Union[OximeterReading, Sample, LostPackets, CounterReset, RacpReply, PlxFeatures]
+
+
 @dataclass(slots=True)
 class ParserStats:
     """Counters every codec keeps; exposed in status and the closing report."""
@@ -133,12 +246,16 @@ class ParserStats:
 
 
 class OximeterParser(Protocol):
-    """What the BLE driver needs from a codec: bytes of one characteristic in, readings out."""
+    """What the collector needs from a codec: stamped bytes of one characteristic in, events out."""
 
     stats: ParserStats
 
-    def feed(self, characteristic: str, data: bytes) -> list[OximeterReading]:
-        """Decode one notification (or stream chunk); never raises."""
+    def feed(self, t: float, characteristic: str, data: bytes) -> list[OximeterEvent]:
+        """Decode one notification (or stream chunk) received at host time ``t``; never raises."""
+        ...
+
+    def end_of_input(self) -> list[OximeterEvent]:
+        """The link dropped or the recording ends: emit what is held back, drop partial frames."""
         ...
 
 
@@ -152,3 +269,4 @@ class DeviceProfile:
     expected_period_s: float  # nominal interval between notifications carrying readings
     read_uuids: tuple[str, ...] = ()  # characteristics to read once after connect (features, info)
     start_writes: tuple[tuple[str, bytes], ...] = field(default=())  # (uuid, payload) after subscribing
+    pair: bool = False  # the device expects bonding: pair on connect when the stack is not paired yet

@@ -10,10 +10,12 @@ A notification is one frame: one whose length byte disagrees with its size is
 counted and dropped, and the next notification decodes.  A frame longer than 10
 bytes is accepted only when its length byte says so (fields past byte 9 ignored).
 
-The packet counter should rise by one per frame; a forward jump adds the missed
-count to ``stats.lost_packets``.  A backward step (or a jump of more than half the
-16-bit range) is taken as a device restart, not loss, and counted in
-``counter_resets``; a repeated counter in ``duplicates``.
+The packet counter should rise by one per frame; a forward jump is a
+:class:`LostPackets` event with the missed count (also totalled in
+``stats.lost_packets`` for status).  A backward step (or a jump of more than half
+the 16-bit range) is taken as a device restart, not loss: a :class:`CounterReset`
+event (counted in ``counter_resets``); a repeated counter is counted in
+``duplicates`` and its frame still stored (the device sent it).
 """
 
 from __future__ import annotations
@@ -21,7 +23,15 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from drivers.protocols.common import Flag, OximeterReading, ParserStats, apply_range_rules
+from drivers.protocols.common import (
+    CounterReset,
+    Flag,
+    LostPackets,
+    OximeterEvent,
+    OximeterReading,
+    ParserStats,
+    apply_range_rules,
+)
 
 NONIN_SERVICE_UUID = "46a970e0-0d5f-11e2-8b5e-0002a5d5c51b"
 NONIN_CONTINUOUS_UUID = "0aad7ea0-0d60-11e2-8e3c-0002a5d5c51b"  # notify, 1 Hz
@@ -115,7 +125,7 @@ class NoninParser:
         self.battery_v: float | None = None
         self.low_battery = False
 
-    def feed(self, characteristic: str, data: bytes) -> list[OximeterReading]:
+    def feed(self, t: float, characteristic: str, data: bytes) -> list[OximeterEvent]:
         uuid = characteristic.strip().lower()
         data = bytes(data)
         if uuid != NONIN_CONTINUOUS_UUID:
@@ -127,22 +137,30 @@ class NoninParser:
             self.stats.error(str(exc), len(data))
             return []
         self.stats.frames += 1
-        self._track_counter(frame.counter)
         self.battery_v = frame.battery_v
         self.low_battery = bool(frame.status & NoninStatus.LOW_BATTERY)
-        return [frame.reading]
+        counter_event = self._track_counter(t, frame.counter)
+        reading = frame.reading
+        return [reading] if counter_event is None else [counter_event, reading]
 
-    def _track_counter(self, counter: int) -> None:
+    def end_of_input(self) -> list[OximeterEvent]:
+        return []  # one notification is one frame: nothing is held back
+
+    def _track_counter(self, t: float, counter: int) -> OximeterEvent | None:
         last, self.last_counter = self.last_counter, counter
         if last is None:
-            return
+            return None
         step = (counter - last) & 0xFFFF
+        if step == 1:
+            return None
         if step == 0:
             self.duplicates += 1
-        elif step > 0x8000:
+            return None
+        if step > 0x8000:
             self.counter_resets += 1
-        else:
-            self.stats.lost_packets += step - 1
+            return CounterReset(t, counter)
+        self.stats.lost_packets += step - 1
+        return LostPackets(t, step - 1)
 
 
 def encode_frame(

@@ -23,7 +23,17 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from drivers.protocols.common import Flag, OximeterReading, ParserStats, apply_range_rules
+from drivers.protocols.common import (
+    Flag,
+    OximeterEvent,
+    OximeterReading,
+    ParserStats,
+    PlxFeatures as PlxFeatures,
+    RacpCode as RacpCode,
+    RacpOpcode as RacpOpcode,
+    RacpReply as RacpReply,
+    apply_range_rules,
+)
 from drivers.protocols.sfloat import SFloat, Special, encode_sfloat, read_sfloat
 
 
@@ -202,78 +212,6 @@ class PlxSpotCheck:
         return bool(self.flags & SpotFlags.CLOCK_NOT_SET)
 
 
-@dataclass(frozen=True, slots=True)
-class PlxFeatures:
-    """0x2A60.  The device-and-sensor-status support field is 24 bits wide."""
-
-    supported: int
-    meas_status_support: int | None = None
-    dev_status_support: int | None = None
-
-    @property
-    def has_storage(self) -> bool:
-        """The device keeps spot-check records that RACP can back-fill."""
-        return bool(self.supported & (1 << 2))
-
-    @property
-    def has_spot_timestamp(self) -> bool:
-        return bool(self.supported & (1 << 3))
-
-    @property
-    def has_fast(self) -> bool:
-        return bool(self.supported & (1 << 4))
-
-    @property
-    def has_slow(self) -> bool:
-        return bool(self.supported & (1 << 5))
-
-    @property
-    def has_pai(self) -> bool:
-        return bool(self.supported & (1 << 6))
-
-    @property
-    def multiple_bonds(self) -> bool:
-        return bool(self.supported & (1 << 7))
-
-
-class RacpOpcode(enum.IntEnum):
-    REPORT_RECORDS = 0x01
-    DELETE_RECORDS = 0x02
-    ABORT = 0x03
-    REPORT_COUNT = 0x04
-    COUNT_RESPONSE = 0x05
-    RESPONSE_CODE = 0x06
-
-
-class RacpCode(enum.IntEnum):
-    SUCCESS = 0x01
-    OPCODE_NOT_SUPPORTED = 0x02
-    INVALID_OPERATOR = 0x03
-    OPERATOR_NOT_SUPPORTED = 0x04
-    INVALID_OPERAND = 0x05
-    NO_RECORDS = 0x06
-    ABORT_UNSUCCESSFUL = 0x07
-    PROCEDURE_NOT_COMPLETED = 0x08
-    OPERAND_NOT_SUPPORTED = 0x09
-
-
-@dataclass(frozen=True, slots=True)
-class RacpResult:
-    """A RACP indication: either a record count or a response code to a request."""
-
-    count: int | None = None  # set for "number of stored records" (opcode 0x05)
-    request_opcode: int | None = None  # set for a response code (opcode 0x06)
-    code: int | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.count is not None or self.code == RacpCode.SUCCESS
-
-    @property
-    def no_records(self) -> bool:
-        return self.code == RacpCode.NO_RECORDS
-
-
 # --- pure decoders -----------------------------------------------------------------
 
 def _need(data: bytes, n: int, what: str) -> None:
@@ -351,11 +289,12 @@ def decode_features(data: bytes) -> PlxFeatures:
     return PlxFeatures(supported, meas, dev)
 
 
-def decode_racp(data: bytes) -> RacpResult:
+def decode_racp(data: bytes, t: float = 0.0) -> RacpReply:
+    """A RACP indication received at host time ``t``."""
     if len(data) >= 4 and data[0] == RacpOpcode.COUNT_RESPONSE and data[1] == 0x00:
-        return RacpResult(count=int.from_bytes(data[2:4], "little"))
+        return RacpReply(t, count=int.from_bytes(data[2:4], "little"))
     if len(data) >= 4 and data[0] == RacpOpcode.RESPONSE_CODE and data[1] == 0x00:
-        return RacpResult(request_opcode=data[2], code=data[3])
+        return RacpReply(t, request_opcode=data[2], code=data[3])
     raise PlxFrameError(f"RACP: unexpected indication {data.hex(' ')}")
 
 
@@ -412,10 +351,15 @@ def spot_check_reading(frame: PlxSpotCheck) -> OximeterReading:
 # --- the parser ----------------------------------------------------------------------
 
 class PlxParser:
-    """Sans-I/O PLX codec: ``feed(characteristic, data)`` per notification/indication/read.
+    """Sans-I/O PLX codec: ``feed(t, characteristic, data)`` per notification/indication/read.
 
-    Features (0x2A60) land in ``features``; RACP indications in ``last_racp``; the most
-    recent full continuous frame (with fast/slow values) in ``last_continuous``.
+    Events out: an :class:`OximeterReading` per continuous or spot-check frame
+    (received at ``t``; spot-checks carry their device time, and those with
+    measurement-status bit 9 are stored records sent back through RACP),
+    :class:`PlxFeatures` for a features read,
+    :class:`RacpReply` for a control-point answer.  The features are also kept in
+    ``features`` (state the transport asks about later); the most recent full
+    continuous frame (with fast/slow values) in ``last_continuous``.
     """
 
     protocol = "plx"
@@ -423,34 +367,37 @@ class PlxParser:
     def __init__(self) -> None:
         self.stats = ParserStats()
         self.features: PlxFeatures | None = None
-        self.last_racp: RacpResult | None = None
         self.last_continuous: PlxContinuous | None = None
-        # frame bytes -> (frame, reading); readings are shared, so they must never be mutated
+        # frame bytes -> (frame, reading); readings are frozen, so one object serves every copy of a frame
         self._continuous_cache: dict[bytes, tuple[PlxContinuous, OximeterReading]] = {}
 
-    def feed(self, characteristic: str, data: bytes) -> list[OximeterReading]:
+    def feed(self, t: float, characteristic: str, data: bytes) -> list[OximeterEvent]:
         uuid = normalize_uuid(characteristic)
         data = bytes(data)
+        if uuid == PLX_CONTINUOUS_UUID:
+            # The per-second path: a night repeats a few hundred distinct frames, each decoded once.
+            hit = self._continuous_cache.get(data)
+            if hit is not None:
+                self.last_continuous = hit[0]
+                self.stats.frames += 1
+                return [hit[1]]
+        out: list[OximeterEvent]
         try:
             if uuid == PLX_CONTINUOUS_UUID:
-                # A night repeats a few hundred distinct frames: decode each once.
-                hit = self._continuous_cache.get(data)
-                if hit is None:
-                    frame = decode_continuous(data)
-                    hit = (frame, continuous_reading(frame))
-                    if len(self._continuous_cache) >= 4096:
-                        self._continuous_cache.clear()
-                    self._continuous_cache[data] = hit
-                self.last_continuous = hit[0]
-                out = [hit[1]]
+                frame = decode_continuous(data)
+                reading = continuous_reading(frame)
+                if len(self._continuous_cache) >= 4096:
+                    self._continuous_cache.clear()
+                self._continuous_cache[data] = (frame, reading)
+                self.last_continuous = frame
+                out = [reading]
             elif uuid == PLX_SPOT_CHECK_UUID:
                 out = [spot_check_reading(decode_spot_check(data))]
             elif uuid == PLX_FEATURES_UUID:
                 self.features = decode_features(data)
-                out = []
+                out = [self.features]
             elif uuid == RACP_UUID:
-                self.last_racp = decode_racp(data)
-                out = []
+                out = [decode_racp(data, t)]
             else:
                 self.stats.error(f"PLX: data on unexpected characteristic {uuid}", len(data))
                 return []
@@ -459,6 +406,9 @@ class PlxParser:
             return []
         self.stats.frames += 1
         return out
+
+    def end_of_input(self) -> list[OximeterEvent]:
+        return []  # every notification is a whole frame: nothing is held back
 
 
 # --- encoders (the codec in reverse: simulators, tests, RACP requests) -----------------

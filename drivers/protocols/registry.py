@@ -27,6 +27,7 @@ PROFILES: dict[str, DeviceProfile] = {
         service_uuid=nonin.NONIN_SERVICE_UUID,
         notify_uuids=(nonin.NONIN_CONTINUOUS_UUID,),
         expected_period_s=1.0,
+        pair=True,  # Nonin oximeters expect bonding (sites can pre-pair, see the README)
     ),
     # Packets come every ~10-20 ms, but the watchdog period is 1 s: BLE stacks batch
     # notifications, and a silence of several seconds is what signals a dead link.
