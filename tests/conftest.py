@@ -99,3 +99,77 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = 
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "collector.sqlite"
+
+
+# -- operators: tests act as a logged-in operator, as a person does ---------------------------------------
+TEST_PASSWORD = "test password 1"
+TEST_SCRYPT_N = 2**10  # the lowest cost [operator] scrypt_n allows: tests hash quickly, production keeps its own
+ROLE_PREFERENCE = ("investigator", "technician", "data_manager", "admin")
+SETUP_ADMIN = "test.admin"
+
+
+def operator_token(db: Path, name: str = "tester", role: str = "admin") -> str:
+    """A login token for operator NAME with ROLE, as ``collector login`` makes one (the operator is added or given ROLE)."""
+    from collector.storage.db import open_db, transaction
+    from collector.users import store
+
+    conn = open_db(db).conn
+    try:
+        with transaction(conn):
+            names = {u["name"]: u for u in store.list_users(conn)}
+            if role != "admin" and SETUP_ADMIN not in names and not any(u["role"] == "admin" for u in names.values() if u["name"] != name):
+                store.add_user(conn, SETUP_ADMIN, TEST_PASSWORD, by=SETUP_ADMIN, at=T0, role="admin", scrypt_n=TEST_SCRYPT_N)
+            if name not in names:
+                store.add_user(conn, name, TEST_PASSWORD, by=SETUP_ADMIN, at=T0, role=role, scrypt_n=TEST_SCRYPT_N)
+            elif names[name]["role"] != role:
+                store.set_role(conn, name, role, by=SETUP_ADMIN, at=T0)
+            token, _ = store.create_token(conn, name, kind="cli", at=time.time())
+    finally:
+        conn.close()
+    return token
+
+
+def operator_env(db: Path, name: str = "tester", role: str = "admin") -> dict[str, str]:
+    """Environment for a CLI call (CliRunner ``env=`` or a subprocess) acting as NAME with ROLE."""
+    return {"COLLECTOR_TOKEN": operator_token(db, name, role)}
+
+
+def role_for(args: list[str] | tuple[str, ...]) -> str | None:
+    """A role allowed to run the command named at the start of ARGS (None: it needs no login)."""
+    import click
+
+    from collector.cli import main
+    from collector.context import access_of
+
+    cmd: click.Command = main
+    rest = list(args)
+    while rest:
+        a = rest.pop(0)
+        if a in ("--db", "--config"):
+            rest = rest[1:]
+        elif isinstance(cmd, click.Group) and a in cmd.commands:
+            cmd = cmd.commands[a]
+        elif not a.startswith("-"):
+            break
+    access = access_of(cmd)
+    if access is None or access.roles is None:
+        return None
+    if access.when is not None and f"--{access.when.replace('_', '-')}" not in args:
+        return None
+    return next(r for r in ROLE_PREFERENCE if r in access.roles)
+
+
+def invoke(db: Path, *args: str, operator: str = "tester", config: Path | None = None, env: dict[str, str] | None = None,
+           **kwargs: Any) -> Any:
+    """``collector --db DB [--config CONFIG] ARGS`` through click's CliRunner, logged in as OPERATOR with a role
+    the command allows (the audit trail then names OPERATOR)."""
+    from click.testing import CliRunner
+
+    from collector.cli import main
+
+    role = role_for(args)
+    env = dict(env or {})
+    if role is not None:
+        env.update(operator_env(db, operator, role))
+    opts = ["--db", str(db)] + (["--config", str(config)] if config else [])
+    return CliRunner().invoke(main, [*opts, *args], env=env, **kwargs)

@@ -26,7 +26,7 @@ from collector.web.trend import session_trend
 from simulators.ble_backend import SimulatedAir
 from simulators.oximeter import SimulatedOximeter
 from simulators.scenario import Interval
-from conftest import T0, fast_config, scenario
+from conftest import T0, fast_config, scenario, invoke
 
 
 async def _night_with_alerts(db_path: Path, sc: Any, config: dict[str, Any]) -> dict[str, Any]:
@@ -139,7 +139,7 @@ def test_password_hashes_are_salted_and_checked() -> None:
 
 def test_user_cli_add_list_disable(tmp_path: Path) -> None:
     db = tmp_path / "c.sqlite"
-    run = lambda *args, input=None: CliRunner().invoke(cli, ["--db", str(db), "--by", "admin", *args], input=input)  # noqa: E731
+    run = lambda *args, input=None: invoke(db, *args, operator="admin", input=input)  # noqa: E731
     r = run("user", "add", "alice", "--password-stdin", input="long enough pw\n")
     assert r.exit_code == 0, r.output
     r = run("user", "add", "alice", "--password-stdin", input="long enough pw\n")

@@ -7,7 +7,9 @@ from typing import Any
 import click
 
 from collector.clock import SystemClock
-from collector.context import Ctx, pass_ctx
+from collector.context import Ctx, no_login, pass_ctx, requires
+from collector.eligibility.roles import check_fact_role
+from collector.users.roles import ANY_ROLE, INVESTIGATOR, TECHNICIAN
 from collector.eligibility.service import criteria_report, evaluate_subject, record_decision_change, set_fact, thresholds_for_config
 from collector.output import emit_json, table
 
@@ -24,13 +26,18 @@ def criteria() -> None:
 @click.argument("fact")
 @click.argument("value")
 @click.option("--reason", help="Why an existing value is corrected (required for a correction).")
-@click.option("--by", "by", help="Who records it (default: the global --by, else the config's operator).")
 @click.option("--json", "as_json", is_flag=True, help="Print the recorded fact as JSON.")
 @pass_ctx
-def criteria_set(c: Ctx, subject_id: str, fact: str, value: str, reason: str | None, by: str | None, as_json: bool) -> None:
-    """Record FACT = VALUE for SUBJECT_ID (a correction appends a new row and needs --reason)."""
+@requires(INVESTIGATOR, TECHNICIAN)
+def criteria_set(c: Ctx, subject_id: str, fact: str, value: str, reason: str | None, as_json: bool) -> None:
+    """Record FACT = VALUE for SUBJECT_ID (a correction appends a new row and needs --reason).
+
+    Investigators record every fact; technicians the measurements (height_cm, weight_kg).
+    """
+    assert c.principal is not None
+    check_fact_role(fact, c.principal.role)
     now = SystemClock().now()
-    out = c.write(lambda conn: set_fact(conn, subject_id, fact, value, by=by or c.by, at=now, reason=reason, config=c.config))
+    out = c.write(lambda conn: set_fact(conn, subject_id, fact, value, by=c.by, at=now, reason=reason, config=c.config))
     if as_json:
         emit_json(out)
         return
@@ -47,6 +54,7 @@ def criteria_set(c: Ctx, subject_id: str, fact: str, value: str, reason: str | N
 @click.argument("subject_id")
 @click.option("--json", "as_json", is_flag=True, help="Print current values and history as JSON.")
 @pass_ctx
+@no_login("reads only")
 def criteria_show(c: Ctx, subject_id: str, as_json: bool) -> None:
     """Current facts of SUBJECT_ID and every value ever recorded (identifying values withheld)."""
     rep = criteria_report(c.conn(), subject_id)
@@ -63,6 +71,7 @@ def criteria_show(c: Ctx, subject_id: str, as_json: bool) -> None:
 @click.argument("subject_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON (keys in the README).")
 @pass_ctx
+@requires(*ANY_ROLE)
 def eligibility(c: Ctx, subject_id: str, as_json: bool) -> None:
     """Decide SUBJECT_ID's eligibility now: a state and reason per criterion.
 

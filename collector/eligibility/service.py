@@ -536,10 +536,15 @@ def make_router(daemon: Any, auth: Any) -> Any:
     async def criteria(subject_id: str) -> dict[str, Any]:
         return await asyncio.to_thread(read, lambda c: criteria_report(c, subject_id))
 
+    from collector.eligibility.roles import check_fact_role
+    from collector.users.roles import INVESTIGATOR, TECHNICIAN, Principal
+
     @router.post("/subjects/{subject_id}/facts", status_code=201)
-    async def add_fact(subject_id: str, body: FactIn) -> dict[str, Any]:
+    async def add_fact(subject_id: str, body: FactIn,
+                       principal: Principal = Depends(auth.roles(INVESTIGATOR, TECHNICIAN))) -> dict[str, Any]:
+        check_fact_role(body.fact, principal.role)
         now = daemon.clock.now()
-        by = body.by or daemon.operator
+        by = principal.name
         out = await daemon.write(lambda c: set_fact(c, subject_id, body.fact, body.value, by=by, at=now, reason=body.reason,
                                                      config=daemon.config))
         svc = daemon.services.get("eligibility")
