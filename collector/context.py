@@ -42,7 +42,7 @@ class Access:
 
     roles: frozenset[str] | None
     first_user: bool = False  # on a database without operators, anyone may run it once (the first user is admin)
-    when: str | None = None  # the roles apply only when this option is given (report --recompute); else it reads only
+    when: str | None = None  # log in up front only with this option (report --recompute); else when it first writes
     why: str = ""
     writes: bool = True
 
@@ -56,10 +56,13 @@ class Ctx:
     principal: Principal | None = None
     access: Access | None = None
     token: str | None = field(default=None, repr=False)
+    deferred: NotAuthorised | None = None
 
     @property
     def by(self) -> str:
         """The verified operator the audit trail records; only commands that declared their roles have one."""
+        if self.principal is None and self.deferred is not None:
+            raise self.deferred  # a command that writes only sometimes (report without a stored one), not logged in
         if self.principal is None:
             raise NotAuthorised("this needs a logged-in operator; log in with: collector login NAME")
         return self.principal.name
@@ -69,7 +72,7 @@ class Ctx:
 
         require_database(self.db_path, create=self.create)
         conn = open_db(self.db_path).conn
-        if self.principal is None and not (self.access is not None and self.access.writes and self.access.when is None):
+        if self.principal is None and not (self.access is not None and self.access.writes):
             conn.execute("PRAGMA query_only = ON")  # a command without an operator cannot change anything
         return conn
 
@@ -146,6 +149,11 @@ def requires(*roles: str, first_user: bool = False, when: str | None = None) -> 
             c.access = access
             if access.when is None or kwargs.get(access.when):
                 c.principal = c.authenticate(access)
+            else:
+                try:  # log in now (not inside the command's write transaction); complain only if it writes
+                    c.principal = c.authenticate(access)
+                except NotAuthorised as exc:
+                    c.deferred = exc
             return fn(*args, **kwargs)
 
         return _declare(wrapper, access)  # type: ignore[arg-type]

@@ -105,28 +105,42 @@ def db_path(tmp_path: Path) -> Path:
 TEST_PASSWORD = "test password 1"
 TEST_SCRYPT_N = 2**10  # the lowest cost [operator] scrypt_n allows: tests hash quickly, production keeps its own
 ROLE_PREFERENCE = ("investigator", "technician", "data_manager", "admin")
-SETUP_ADMIN = "test.admin"
 
 
 def operator_token(db: Path, name: str = "tester", role: str = "admin") -> str:
-    """A login token for operator NAME with ROLE, as ``collector login`` makes one (the operator is added or given ROLE)."""
+    """A login token for operator NAME with ROLE, as ``collector login`` makes one.
+
+    Test setup only: the operator is written (or given ROLE) straight into its table, without
+    the audit row ``collector user add`` writes, so each test's audit trail holds what it tests.
+    """
+    from collector.clock import utc_iso
     from collector.storage.db import open_db, transaction
     from collector.users import store
+    from collector.users.passwords import hash_password
 
     conn = open_db(db).conn
     try:
         with transaction(conn):
-            names = {u["name"]: u for u in store.list_users(conn)}
-            if role != "admin" and SETUP_ADMIN not in names and not any(u["role"] == "admin" for u in names.values() if u["name"] != name):
-                store.add_user(conn, SETUP_ADMIN, TEST_PASSWORD, by=SETUP_ADMIN, at=T0, role="admin", scrypt_n=TEST_SCRYPT_N)
-            if name not in names:
-                store.add_user(conn, name, TEST_PASSWORD, by=SETUP_ADMIN, at=T0, role=role, scrypt_n=TEST_SCRYPT_N)
-            elif names[name]["role"] != role:
-                store.set_role(conn, name, role, by=SETUP_ADMIN, at=T0)
+            if conn.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone() is None:
+                conn.execute("INSERT INTO users (name, password_hash, role, created_utc, created_by, password_changed_utc) "
+                             "VALUES (?, ?, ?, ?, 'test-setup', ?)", (name, _test_hash(), role, utc_iso(T0), utc_iso(T0)))
+            else:
+                conn.execute("UPDATE users SET role = ? WHERE name = ?", (role, name))
             token, _ = store.create_token(conn, name, kind="cli", at=time.time())
     finally:
         conn.close()
     return token
+
+
+_HASH: list[str] = []
+
+
+def _test_hash() -> str:
+    from collector.users.passwords import hash_password
+
+    if not _HASH:
+        _HASH.append(hash_password(TEST_PASSWORD, n=TEST_SCRYPT_N))
+    return _HASH[0]
 
 
 def operator_env(db: Path, name: str = "tester", role: str = "admin") -> dict[str, str]:
@@ -153,8 +167,6 @@ def role_for(args: list[str] | tuple[str, ...]) -> str | None:
             break
     access = access_of(cmd)
     if access is None or access.roles is None:
-        return None
-    if access.when is not None and f"--{access.when.replace('_', '-')}" not in args:
         return None
     return next(r for r in ROLE_PREFERENCE if r in access.roles)
 

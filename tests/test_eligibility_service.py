@@ -22,7 +22,7 @@ from collector.storage.db import open_db
 from simulators.ble_backend import SimulatedAir
 from simulators.oximeter import SimulatedOximeter
 from simulators.scenario import parse_scenario
-from conftest import invoke
+from conftest import invoke, operator_token
 
 T0 = 1_750_000_000.0  # 2025-06-15T15:06:40Z: the virtual night starts here
 
@@ -374,7 +374,7 @@ def test_api_routes(db: Path) -> None:
         b = Bench(db)
         try:
             app = create_app(b.daemon, "tok")
-            headers = {"Authorization": "Bearer tok"}
+            headers = {"Authorization": f"Bearer {operator_token(db, 'dr.c', 'investigator')}"}
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
                 r = await client.post("/api/v1/subjects/SCR-0001/facts", json={"fact": "sex", "value": "female", "by": "dr.c"},
                                       headers=headers)

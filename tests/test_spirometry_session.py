@@ -25,7 +25,7 @@ from collector.spirometry.store import decimal_age
 from collector.storage import audit
 from collector.storage.db import open_db
 from simulators.spirometer import SCENARIO_DIR, PtyEndpoint, SpirometerSimulator, TcpEndpoint, load_scenario
-from conftest import invoke
+from conftest import invoke, operator_env, operator_token
 
 pytestmark = pytest.mark.timeout(60)
 WAIT = 10.0
@@ -166,7 +166,7 @@ def test_gdt_session_over_socket_url_through_the_api(tmp_path: Path) -> None:
             ep = TcpEndpoint(sim.on_bytes)
             url = await ep.open()
             app = create_app(h.daemon, "tok")
-            auth = {"Authorization": "Bearer tok"}
+            auth = {"Authorization": f"Bearer {operator_token(h.db, 'nurse', 'technician')}"}
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
                 r = await client.post("/api/v1/spirometry/sessions", headers=auth, json={
                     "subject_id": SUBJECT, "kind": "spirometry", "spirometer": url, "protocol": "gdt", "model": "sim-gdt", "by": "nurse"})
@@ -229,7 +229,7 @@ def test_bad_port_through_the_cli_is_one_line_and_non_zero(tmp_path: Path) -> No
         ready = asyncio.Event()
         task = asyncio.create_task(serve(db, fast_config(), port=0, ready=ready))
         await asyncio.wait_for(ready.wait(), WAIT)
-        runner = CliRunner()
+        runner = CliRunner(env=operator_env(db, "nurse", "technician"))
         try:
             add = await asyncio.to_thread(runner.invoke, cli_main, ["--db", str(db), "subject", "add", SUBJECT])
             assert add.exit_code == 0, add.output
