@@ -81,7 +81,7 @@ def subject() -> None:
 def subject_add(c: Ctx, subject_id: str, as_json: bool) -> None:
     """Register SUBJECT_ID (e.g. SCR-0042); never a name."""
     now = SystemClock().now()
-    row = c.write(lambda conn: repo.add_subject(conn, subject_id, by=c.by, at=now))
+    row = c.write(lambda conn: repo.add_subject(conn, subject_id, by=c.by, at=now, pattern=c.config["site"]["subject_id_pattern"]))
     emit_json(row) if as_json else click.echo(f"subject {row['id']} added")
 
 

@@ -223,3 +223,57 @@ def test_one_client_cannot_lock_an_operator_out_of_the_page(tmp_path: Path) -> N
         assert len(audit(db, "operator_login_failed")) == 5
     finally:
         daemon.writer.close()
+
+
+# -- subject IDs that cannot identify anyone -------------------------------------------------------------
+@pytest.mark.parametrize(("subject_id", "words"), [
+    ("19640502-1234", "a date"), ("SCR-19640502", "a date"), ("1964-05-02", "a date"), ("02-05-1964", "a date"),
+    ("13812345678", "a phone number"), ("138-1234-5678", "a phone number"), ("11010519491231002X", "a national ID"),
+])
+def test_ids_that_look_like_personal_numbers_are_refused_even_under_a_wide_site_pattern(subject_id: str, words: str) -> None:
+    from collector.errors import InvalidInput
+    from collector.storage.repo import validate_new_subject_id
+
+    for pattern in (None, r"^.+$"):
+        with pytest.raises(InvalidInput, match=words):
+            validate_new_subject_id(subject_id, pattern)
+
+
+def test_the_site_pattern_decides_the_shape(tmp_path: Path) -> None:
+    from conftest import invoke
+
+    db = tmp_path / "p.sqlite"
+    for sid, ok in (("SCR-0001", True), ("SCR-001234", True), ("JohnSmith1", False), ("scr-0001", False), ("SCR-01", False)):
+        r = invoke(db, "subject", "add", sid)
+        assert (r.exit_code == 0) is ok, (sid, r.output)
+        if not ok:
+            assert r.exit_code == 2 and "subject_id_pattern" in r.stderr or "invalid subject ID" in r.stderr, r.stderr
+    site = tmp_path / "site.toml"
+    site.write_text('[site]\nsubject_id_pattern = "^[A-Z]{2,5}[0-9]{3,6}$"\n')
+    assert invoke(db, "subject", "add", "ABC123", config=site).exit_code == 0
+    r = invoke(db, "subject", "add", "AB19640502", config=site)
+    assert r.exit_code == 2 and "a date" in r.stderr
+
+
+def test_a_fact_entered_in_error_is_retracted_kept_and_its_criterion_pending(tmp_path: Path) -> None:
+    import json
+
+    from conftest import invoke
+
+    db = tmp_path / "f.sqlite"
+    assert invoke(db, "subject", "add", "SCR-0001", operator="dr.a").exit_code == 0
+    assert invoke(db, "criteria", "set", "SCR-0001", "wfn_category", "probable", operator="dr.a").exit_code == 0
+    crit = lambda: next(c for c in json.loads(invoke(db, "eligibility", "SCR-0001", "--json").output)["criteria"] if c["id"] == "als_diagnosis")  # noqa: E731
+    r = invoke(db, "criteria", "retract", "SCR-0001", "wfn_category", operator="dr.a")
+    assert r.exit_code == 2 and "--reason" in r.stderr
+    r = invoke(db, "criteria", "retract", "SCR-0001", "wfn_category", "--reason", "another patient's chart", operator="dr.a")
+    assert r.exit_code == 0 and "entered in error" in r.output, r.output
+    assert crit()["state"] == "pending"
+    rep = json.loads(invoke(db, "criteria", "show", "SCR-0001", "--json").output)
+    assert rep["current"] == []
+    assert [(h["value"], h["entered_in_error"], h["retraction"]) for h in rep["history"]] == [("probable", True, False), (None, False, True)]
+    shown = invoke(db, "criteria", "show", "SCR-0001").output
+    assert "\u0336" in shown and "[entered in error]" in shown
+    assert audit(db, "criterion_retracted")[0][0] == "dr.a"
+    r = invoke(db, "criteria", "retract", "SCR-0001", "wfn_category", "--reason", "again", operator="dr.a")
+    assert r.exit_code == 2 and "no current value" in r.stderr

@@ -31,7 +31,7 @@ READS = "reads"  # no login needed, read-only connection
 SELF = "self"    # no login needed, and it may write: the login itself, the daemon, the demo, bundle files
 
 CLI_MATRIX: dict[str, Any] = {
-    "criteria set": {I, T}, "criteria show": READS, "eligibility": set(ROLES),
+    "criteria set": {I, T}, "criteria retract": {I, T}, "criteria show": READS, "eligibility": set(ROLES),
     "demo": SELF, "run": SELF, "login": SELF, "logout": SELF, "merge": SELF,
     "export": {D}, "verify": READS, "import": {T}, "replay": {T}, "report": {T, I},
     "predict": READS, "scan": READS, "status": READS, "verify-audit": READS,

@@ -10,7 +10,7 @@ from collector.clock import SystemClock
 from collector.context import Ctx, no_login, pass_ctx, requires
 from collector.eligibility.roles import check_fact_role
 from collector.users.roles import ANY_ROLE, INVESTIGATOR, TECHNICIAN
-from collector.eligibility.service import criteria_report, evaluate_subject, record_decision_change, set_fact, thresholds_for_config
+from collector.eligibility.service import criteria_report, evaluate_subject, record_decision_change, retract, set_fact, thresholds_for_config
 from collector.output import emit_json, table
 
 __all__ = ["COMMANDS", "criteria", "eligibility"]
@@ -50,6 +50,31 @@ def criteria_set(c: Ctx, subject_id: str, fact: str, value: str, reason: str | N
     click.echo(f"eligibility: {out['decision']['decision']}")
 
 
+@criteria.command("retract")
+@click.argument("subject_id")
+@click.argument("fact")
+@click.option("--reason", required=True, help="Why the value was entered in error (kept in the history and the audit trail).")
+@click.option("--json", "as_json", is_flag=True, help="Print the retraction and the decision as JSON.")
+@pass_ctx
+@requires(INVESTIGATOR, TECHNICIAN)
+def criteria_retract(c: Ctx, subject_id: str, fact: str, reason: str, as_json: bool) -> None:
+    """Mark FACT of SUBJECT_ID as entered in error: kept in the history (struck through), the criterion back to pending."""
+    assert c.principal is not None
+    check_fact_role(fact, c.principal.role)
+    now = SystemClock().now()
+    out = c.write(lambda conn: retract(conn, subject_id, fact, by=c.by, at=now, reason=reason, config=c.config))
+    if as_json:
+        emit_json(out)
+        return
+    click.echo(f"{fact} of {subject_id} retracted as entered in error (row {out['fact']['retracted_row']} kept, struck through in the history)")
+    click.echo(f"eligibility: {out['decision']['decision']}")
+
+
+def _struck(text: str) -> str:
+    """Text struck through (combining long stroke overlay), as the history shows a value entered in error."""
+    return "".join(ch + "\u0336" for ch in text)
+
+
 @criteria.command("show")
 @click.argument("subject_id")
 @click.option("--json", "as_json", is_flag=True, help="Print current values and history as JSON.")
@@ -64,7 +89,9 @@ def criteria_show(c: Ctx, subject_id: str, as_json: bool) -> None:
     click.echo(f"current facts of {subject_id}:")
     table(rep["current"], ["fact", "value", "recorded_by", "recorded_at", "source"])
     click.echo("history:")
-    table(rep["history"], ["id", "fact", "value", "recorded_by", "recorded_at", "reason", "supersedes"])
+    history = [{**r, "value": "(retracted)" if r["retraction"] else
+                (_struck(str(r["value"])) + " [entered in error]" if r["entered_in_error"] else r["value"])} for r in rep["history"]]
+    table(history, ["id", "fact", "value", "recorded_by", "recorded_at", "reason", "supersedes"])
 
 
 @click.command("eligibility")
