@@ -20,12 +20,12 @@ import sqlite3
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar, cast
 
 import click
 
 from collector.errors import NotAuthorised
-from collector.storage.db import open_db, transaction
+from collector.storage.db import make_read_only, open_db, transaction
 from collector.users.roles import ANY_ROLE, Principal, check_roles, describe
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ class Ctx:
         require_database(self.db_path, create=self.create)
         conn = open_db(self.db_path).conn
         if self.principal is None and not (self.access is not None and self.access.writes):
-            conn.execute("PRAGMA query_only = ON")  # a command without an operator cannot change anything
+            make_read_only(conn)  # a command without an operator cannot change anything
         return conn
 
     def write(self, fn: Callable[[Any], Any]) -> Any:
@@ -156,7 +156,7 @@ def requires(*roles: str, first_user: bool = False, when: str | None = None) -> 
                     c.deferred = exc
             return fn(*args, **kwargs)
 
-        return _declare(wrapper, access)  # type: ignore[arg-type]
+        return cast(F, _declare(wrapper, access))
 
     return decorate
 
@@ -173,7 +173,7 @@ def no_login(why: str, *, writes: bool = False) -> Callable[[F], F]:
                 c.access = access
             return fn(*args, **kwargs)
 
-        return _declare(wrapper, access)  # type: ignore[arg-type]
+        return cast(F, _declare(wrapper, access))
 
     return decorate
 

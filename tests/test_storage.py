@@ -25,7 +25,8 @@ def test_pragmas_and_migrations_are_idempotent(db_path):
 
 
 # Names recorded by every database made so far: renaming one would run it again on those databases.
-RELEASED_MIGRATIONS = ["core capture tables", "eligibility facts", "night reports", "spirometry manoeuvres and results", "operators"]
+RELEASED_MIGRATIONS = ["core capture tables", "eligibility facts", "night reports", "spirometry manoeuvres and results", "operators",
+                       "operator_roles_tokens"]
 NIGHT_AND_CORE_TABLES = {"subjects", "devices", "sessions", "spo2_samples", "gaps", "events", "night_reports", "audit"}
 
 
