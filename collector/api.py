@@ -1,6 +1,8 @@
-"""Local control API: HTTP + JSON over 127.0.0.1, bearer-token authenticated.
+"""Local control API: HTTP + JSON over 127.0.0.1; every change is made by a logged-in operator.
 
-The CLI uses it today and the technician's web page will use the same routes.
+The CLI and the technician's page use the same routes.  Who may call a state-changing
+route is declared on it with ``Depends(auth.roles(...))`` (collector/web/auth.py).
+Request bodies over ``[api] max_body_kb`` are refused before anything reads them.
 Every error is ``{"error": "<one line saying what is wrong and what to do>"}``.
 """
 
@@ -14,13 +16,15 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from collector import __version__, features
-from collector.errors import CollectorError, Conflict, DeviceError, InvalidInput, NotFound
+from collector.errors import CollectorError, Conflict, DeviceError, InvalidInput, NotAuthorised, NotFound
+from collector.users.roles import INVESTIGATOR, TECHNICIAN
+from collector.web.limits import BodyLimit
 from collector.web.service import install as install_web
 
 # Session IDs are SQLite integers: anything outside is refused as a 422, never a 500.
 SessionId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="session ID")]
 
-STATUS_FOR = {InvalidInput: 422, NotFound: 404, Conflict: 409, DeviceError: 503}
+STATUS_FOR = {InvalidInput: 422, NotFound: 404, Conflict: 409, DeviceError: 503, NotAuthorised: 403}
 
 
 # -- request bodies -----------------------------------------------------------------------------
@@ -46,6 +50,7 @@ def create_app(daemon: Any, token: str) -> FastAPI:
     app = FastAPI(title="ALS screening collector", version=__version__, description=__doc__)
     # Auth: the bearer token (CLI) or a logged-in operator's cookie + CSRF header (the page at /).
     auth = install_web(app, daemon, token)
+    app.add_middleware(BodyLimit, max_bytes=int(daemon.config["api"]["max_body_kb"]) * 1024)  # outermost: before routing and auth
 
     @app.exception_handler(CollectorError)
     async def collector_error(_: Request, exc: CollectorError) -> JSONResponse:
@@ -69,7 +74,7 @@ def create_app(daemon: Any, token: str) -> FastAPI:
     async def status() -> dict[str, Any]:
         return daemon.status()
 
-    @app.post("/api/v1/subjects", status_code=201, dependencies=[Depends(auth)])
+    @app.post("/api/v1/subjects", status_code=201, dependencies=[Depends(auth.roles(TECHNICIAN, INVESTIGATOR))])
     async def add_subject(body: SubjectIn) -> dict[str, Any]:
         return await daemon.add_subject(body.id, by=body.by)
 
@@ -79,7 +84,7 @@ def create_app(daemon: Any, token: str) -> FastAPI:
             raise InvalidInput("timeout_s must be between 0.5 and 60 seconds")
         return await daemon.scan(timeout_s)
 
-    @app.post("/api/v1/sessions", status_code=201, dependencies=[Depends(auth)])
+    @app.post("/api/v1/sessions", status_code=201, dependencies=[Depends(auth.roles(TECHNICIAN))])
     async def start_session(body: SessionIn) -> dict[str, Any]:
         return await daemon.start_night(body.subject_id, body.oximeter, protocol=body.protocol, by=body.by)
 
@@ -87,7 +92,7 @@ def create_app(daemon: Any, token: str) -> FastAPI:
     async def get_session(session_id: SessionId) -> dict[str, Any]:
         return daemon.session_info(session_id)
 
-    @app.post("/api/v1/sessions/{session_id}/stop", dependencies=[Depends(auth)])
+    @app.post("/api/v1/sessions/{session_id}/stop", dependencies=[Depends(auth.roles(TECHNICIAN))])
     async def stop_session(session_id: SessionId, body: StopIn) -> dict[str, Any]:
         return await daemon.stop_session(session_id, by=body.by, reason=body.reason)
 

@@ -13,6 +13,7 @@ import csv
 import json
 import logging
 import math
+import os
 import sqlite3
 import sys
 from pathlib import Path
@@ -24,10 +25,11 @@ from collector import __version__, features
 from collector.clock import SystemClock, utc_iso
 from collector.config import load_config
 from collector.errors import CollectorError, Conflict, DaemonUnavailable, InvalidInput, StorageError
-from collector.context import Ctx, pass_ctx
+from collector.context import Ctx, no_login, pass_ctx, requires
 from collector.output import emit_json, table
 from collector.storage import audit, repo
 from collector.storage.db import default_db_path, transaction
+from collector.users.roles import ANY_ROLE, INVESTIGATOR, TECHNICIAN
 
 
 def storage_problem(db: Any, exc: BaseException) -> str:
@@ -63,19 +65,21 @@ class CollectorGroup(click.Group):
               help="SQLite database file (default: $COLLECTOR_DB, else collector.sqlite in the user data directory).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), envvar="COLLECTOR_CONFIG",
               help="Site configuration file (TOML) overriding the packaged defaults (default: config.toml in the user data directory, if present).")
-@click.option("--by", default=None, envvar="COLLECTOR_OPERATOR", help="Operator name for the audit trail (default from config).")
 @click.option("--create", is_flag=True,
               help="Allow creating a new, empty database where one was used before and is now missing (deleted or moved).")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.version_option(__version__, prog_name="collector")
 @click.pass_context
-def main(ctx: click.Context, db: Path | None, config_path: Path | None, by: str | None, create: bool, verbose: int) -> None:
-    """Bedside collector for ALS trial screening: overnight oximetry, spirometry, eligibility."""
+def main(ctx: click.Context, db: Path | None, config_path: Path | None, create: bool, verbose: int) -> None:
+    """Bedside collector for ALS trial screening: overnight oximetry, spirometry, eligibility.
+
+    Commands that change anything act as the operator logged in with: collector login NAME.
+    """
+    os.umask(0o077)  # the database, its journals, tokens and exports: this user only (0600 files, 0700 directories)
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = load_config(config_path)
-    ctx.obj = Ctx(db_path=(db or default_db_path()).expanduser().resolve(), config=config, by=by or config["operator"]["name"],
-                  db_explicit=db is not None, create=create)
+    ctx.obj = Ctx(db_path=(db or default_db_path()).expanduser().resolve(), config=config, db_explicit=db is not None, create=create)
 
 
 # -- subjects -----------------------------------------------------------------------------------
@@ -88,16 +92,18 @@ def subject() -> None:
 @click.argument("subject_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the new subject as JSON.")
 @pass_ctx
+@requires(TECHNICIAN, INVESTIGATOR)
 def subject_add(c: Ctx, subject_id: str, as_json: bool) -> None:
     """Register SUBJECT_ID (e.g. SCR-0042); never a name."""
     now = SystemClock().now()
-    row = c.write(lambda conn: repo.add_subject(conn, subject_id, by=c.by, at=now))
+    row = c.write(lambda conn: repo.add_subject(conn, subject_id, by=c.by, at=now, pattern=c.config["site"]["subject_id_pattern"]))
     emit_json(row) if as_json else click.echo(f"subject {row['id']} added")
 
 
 @subject.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print the subjects as JSON.")
 @pass_ctx
+@no_login("reads only")
 def subject_list(c: Ctx, as_json: bool) -> None:
     """List subjects."""
     rows = repo.list_subjects(c.conn())
@@ -120,6 +126,7 @@ def session() -> None:
 @click.option("--model", help="Spirometer model from the config (port settings and code maps).")
 @click.option("--json", "as_json", is_flag=True, help="Print the new session as JSON.")
 @pass_ctx
+@requires(TECHNICIAN)
 def session_start(c: Ctx, subject_id: str, kind: str, oximeter: str | None, protocol: str | None,
                   spirometer: str | None, model: str | None, as_json: bool) -> None:
     """Start a session; the daemon must be running (collector run)."""
@@ -127,11 +134,11 @@ def session_start(c: Ctx, subject_id: str, kind: str, oximeter: str | None, prot
     if kind == "night":
         if not oximeter:
             raise InvalidInput("a night session needs --oximeter ADDRESS (list what is in range with: collector scan)")
-        body = {"subject_id": subject_id, "kind": "night", "oximeter": oximeter, "protocol": protocol, "by": c.by}
+        body = {"subject_id": subject_id, "kind": "night", "oximeter": oximeter, "protocol": protocol}
     else:
         if not spirometer:
             raise InvalidInput("a spirometry session needs --spirometer PORT (e.g. /dev/ttyUSB0, COM3 or socket://127.0.0.1:5000)")
-        body = {"subject_id": subject_id, "kind": "spirometry", "spirometer": spirometer, "protocol": protocol, "model": model, "by": c.by}
+        body = {"subject_id": subject_id, "kind": "spirometry", "spirometer": spirometer, "protocol": protocol, "model": model}
     info = c.client().post("/api/v1/sessions" if kind == "night" else "/api/v1/spirometry/sessions", body)
     if as_json:
         emit_json(info)
@@ -144,10 +151,11 @@ def session_start(c: Ctx, subject_id: str, kind: str, oximeter: str | None, prot
 @click.option("--reason", help="Why it is stopped (recorded in the audit trail).")
 @click.option("--json", "as_json", is_flag=True, help="Print the stopped session (and its night report) as JSON.")
 @pass_ctx
+@requires(TECHNICIAN)
 def session_stop(c: Ctx, session_id: int, reason: str | None, as_json: bool) -> None:
     """Stop an open session (recording ends; the final report is computed)."""
     try:
-        info = c.client().post(f"/api/v1/sessions/{session_id}/stop", {"by": c.by, "reason": reason})
+        info = c.client().post(f"/api/v1/sessions/{session_id}/stop", {"reason": reason})
     except DaemonUnavailable:
         info = _stop_offline(c, session_id, reason)
     if as_json:
@@ -185,6 +193,7 @@ def _stop_offline(c: Ctx, session_id: int, reason: str | None) -> dict[str, Any]
 @click.option("--state", type=click.Choice(["open", "stopped", "interrupted"]), help="Only sessions in this state.")
 @click.option("--json", "as_json", is_flag=True, help="Print the sessions as JSON.")
 @pass_ctx
+@no_login("reads only")
 def session_list(c: Ctx, subject_id: str | None, state: str | None, as_json: bool) -> None:
     """List sessions."""
     rows = repo.list_sessions(c.conn(), subject_id, state)
@@ -215,6 +224,7 @@ def _sample_records(conn: Any, session_id: int) -> Iterable[dict[str, Any]]:
 @click.option("--csv", "fmt", flag_value="csv", default=True, help="CSV (default).")
 @click.option("--json", "fmt", flag_value="json", help="JSON array.")
 @pass_ctx
+@no_login("reads only")
 def session_samples(c: Ctx, session_id: int, fmt: str) -> None:
     """Every stored reading of a session: host UTC, device time, SpO2, pulse, validity, status flags."""
     conn = c.conn()
@@ -254,6 +264,7 @@ def _parse_speed(value: str) -> float:
 @click.option("--speed", default="1", help="Virtual-time factor for simulated devices ('max' = as fast as possible).")
 @click.option("--capture", type=click.Path(dir_okay=False, path_type=Path), help="Write every raw frame to this JSON Lines file.")
 @pass_ctx
+@no_login("the daemon: what people do through it is authenticated by its API", writes=True)
 def run(c: Ctx, host: str | None, port: int | None, scenarios: tuple[Path, ...], speed: str, capture: Path | None) -> None:
     """Run the collector daemon (recording + local control API) until SIGTERM/Ctrl-C."""
     from collector.client import daemon_running
@@ -273,6 +284,7 @@ def run(c: Ctx, host: str | None, port: int | None, scenarios: tuple[Path, ...],
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the daemon's status as JSON.")
 @pass_ctx
+@no_login("reads only")
 def status(c: Ctx, as_json: bool) -> None:
     """Live figures for every bed (needs the daemon)."""
     st = c.client().get("/api/v1/status")
@@ -305,6 +317,7 @@ def status(c: Ctx, as_json: bool) -> None:
 @click.option("--all", "show_all", is_flag=True, help="Also devices with no known oximeter service.")
 @click.option("--json", "as_json", is_flag=True, help="Print the devices found as JSON.")
 @pass_ctx
+@no_login("reads only")
 def scan(c: Ctx, timeout_s: float, show_all: bool, as_json: bool) -> None:
     """List oximeters in Bluetooth range (through the daemon when it runs)."""
     from drivers.ble import scan as ble_scan
@@ -329,6 +342,7 @@ def scan(c: Ctx, timeout_s: float, show_all: bool, as_json: bool) -> None:
 @click.option("--db", "demo_db", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Database for the demo (default: collector-demo.sqlite in the current directory).")
 @pass_ctx
+@no_login("records into its own demo database", writes=True)
 def demo(c: Ctx, speed: str, scenario: Path | None, demo_db: Path | None) -> None:
     """Record a whole simulated night through the daemon into a SQLite file and report it."""
     from collector.demo import run_demo
@@ -342,6 +356,7 @@ def demo(c: Ctx, speed: str, scenario: Path | None, demo_db: Path | None) -> Non
               help="The audit chain head an export or upload recorded (bag-info Audit-Chain-Head): it must still be in the chain.")
 @click.option("--json", "as_json", is_flag=True, help="Print the check's result as JSON.")
 @pass_ctx
+@no_login("reads only")
 def verify_audit(c: Ctx, expect_head: str | None, as_json: bool) -> None:
     """Check the audit trail's hash chain and the seals of every stored sample; report the first break."""
     from collector.storage import seals

@@ -9,19 +9,21 @@ from typing import Any
 import httpx
 
 from collector.runtime import runtime_path, token_path
-from collector.errors import CollectorError, Conflict, DaemonUnavailable, DeviceError, InvalidInput, NotFound
+from collector.errors import CollectorError, Conflict, DaemonUnavailable, DeviceError, InvalidInput, NotAuthorised, NotFound
 
-_ERRORS = {404: NotFound, 409: Conflict, 422: InvalidInput, 400: InvalidInput, 503: DeviceError}
+_ERRORS = {401: NotAuthorised, 403: NotAuthorised, 404: NotFound, 409: Conflict, 422: InvalidInput, 400: InvalidInput, 503: DeviceError}
 
 
 class DaemonClient:
-    def __init__(self, db_path: Path, *, timeout_s: float = 60.0) -> None:
+    def __init__(self, db_path: Path, *, timeout_s: float = 60.0, token: str | None = None) -> None:
+        """``token``: the operator's login token (commands that change something); else the daemon's
+        local token, which may only read."""
         self.db_path = db_path
         self.timeout_s = timeout_s
         hint = f"start it with: collector --db {db_path} run"
         try:
             info = json.loads(runtime_path(db_path).read_text(encoding="utf-8"))
-            self.token = token_path(db_path).read_text(encoding="ascii").strip()
+            self.token = token or token_path(db_path).read_text(encoding="ascii").strip()
         except FileNotFoundError:
             raise DaemonUnavailable(f"the collector daemon is not running for {db_path}; {hint}") from None
         except (OSError, ValueError) as exc:

@@ -82,8 +82,26 @@ class Table(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
+def _power_of_two(value: int) -> int:
+    if value & (value - 1):
+        raise ValueError("must be a power of two")
+    return value
+
+
+def _regex(value: str) -> str:
+    import re
+
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a regular expression ({exc})") from None
+    return value
+
+
 class Operator(Table):
     name: Name = Field(description="a non-empty name")
+    scrypt_n: Annotated[int, AfterValidator(_power_of_two)] = Field(
+        ge=2**10, le=2**20, description="a power of two from 1024 to 1048576 (default 16384)")
 
 
 class Storage(Table):
@@ -94,6 +112,7 @@ class Storage(Table):
 class Api(Table):
     host: Name = Field(description="a host name or address")
     port: int = Field(ge=1, le=65535, description="an integer from 1 to 65535")
+    max_body_kb: int = Field(ge=1, le=1024 * 1024, description="an integer number of KiB from 1 to 1048576")
 
 
 class Ble(Table):
@@ -107,6 +126,7 @@ class Ble(Table):
 
 class Site(Table):
     name: Name = Field(description="a non-empty site name")
+    subject_id_pattern: Annotated[str, AfterValidator(_regex)] = Field(description="a regular expression for screening IDs")
 
 
 class Export(Table):
@@ -121,6 +141,7 @@ class Web(Table):
     alert_no_sample_s: Positive
     alert_finger_out_s: Positive
     disk_min_free_mb: Positive
+    max_streams_per_operator: int = Field(ge=1, le=100, description="an integer from 1 to 100")
 
 
 class Oximetry(Table):

@@ -184,7 +184,8 @@ class Daemon:
     # -- commands --------------------------------------------------------------------------
     async def add_subject(self, subject_id: str, *, by: str | None = None) -> dict[str, Any]:
         now = self.clock.now()
-        return await self.write(lambda c: repo.add_subject(c, subject_id, by=by or self.operator, at=now))
+        return await self.write(lambda c: repo.add_subject(c, subject_id, by=by or self.operator, at=now,
+                                                           pattern=self.config["site"]["subject_id_pattern"]))
 
     async def scan(self, timeout_s: float = 5.0) -> list[dict[str, Any]]:
         return await self.nights.scan(timeout_s)

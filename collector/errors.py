@@ -37,3 +37,9 @@ class DaemonUnavailable(CollectorError):
 
 class DeviceError(CollectorError):
     exit_code = 7
+
+
+class NotAuthorised(CollectorError):
+    """Not logged in, the login expired, a wrong password, or a role that may not do this."""
+
+    exit_code = 10

@@ -99,3 +99,89 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = 
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "collector.sqlite"
+
+
+# -- operators: tests act as a logged-in operator, as a person does ---------------------------------------
+TEST_PASSWORD = "test password 1"
+TEST_SCRYPT_N = 2**10  # the lowest cost [operator] scrypt_n allows: tests hash quickly, production keeps its own
+ROLE_PREFERENCE = ("investigator", "technician", "data_manager", "admin")
+
+
+def operator_token(db: Path, name: str = "tester", role: str = "admin") -> str:
+    """A login token for operator NAME with ROLE, as ``collector login`` makes one.
+
+    Test setup only: the operator is written (or given ROLE) straight into its table, without
+    the audit row ``collector user add`` writes, so each test's audit trail holds what it tests.
+    """
+    from collector.clock import utc_iso
+    from collector.storage.db import open_db, transaction
+    from collector.users import store
+    from collector.users.passwords import hash_password
+
+    conn = open_db(db).conn
+    try:
+        with transaction(conn):
+            if conn.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone() is None:
+                conn.execute("INSERT INTO users (name, password_hash, role, created_utc, created_by, password_changed_utc) "
+                             "VALUES (?, ?, ?, ?, 'test-setup', ?)", (name, _test_hash(), role, utc_iso(T0), utc_iso(T0)))
+            else:
+                conn.execute("UPDATE users SET role = ? WHERE name = ?", (role, name))
+            token, _ = store.create_token(conn, name, kind="cli", at=time.time())
+    finally:
+        conn.close()
+    return token
+
+
+_HASH: list[str] = []
+
+
+def _test_hash() -> str:
+    from collector.users.passwords import hash_password
+
+    if not _HASH:
+        _HASH.append(hash_password(TEST_PASSWORD, n=TEST_SCRYPT_N))
+    return _HASH[0]
+
+
+def operator_env(db: Path, name: str = "tester", role: str = "admin") -> dict[str, str]:
+    """Environment for a CLI call (CliRunner ``env=`` or a subprocess) acting as NAME with ROLE."""
+    return {"COLLECTOR_TOKEN": operator_token(db, name, role)}
+
+
+def role_for(args: list[str] | tuple[str, ...]) -> str | None:
+    """A role allowed to run the command named at the start of ARGS (None: it needs no login)."""
+    import click
+
+    from collector.cli import main
+    from collector.context import access_of
+
+    cmd: click.Command = main
+    rest = list(args)
+    while rest:
+        a = rest.pop(0)
+        if a in ("--db", "--config"):
+            rest = rest[1:]
+        elif isinstance(cmd, click.Group) and a in cmd.commands:
+            cmd = cmd.commands[a]
+        elif not a.startswith("-"):
+            break
+    access = access_of(cmd)
+    if access is None or access.roles is None:
+        return None
+    return next(r for r in ROLE_PREFERENCE if r in access.roles)
+
+
+def invoke(db: Path, *args: str, operator: str = "tester", config: Path | None = None, env: dict[str, str] | None = None,
+           **kwargs: Any) -> Any:
+    """``collector --db DB [--config CONFIG] ARGS`` through click's CliRunner, logged in as OPERATOR with a role
+    the command allows (the audit trail then names OPERATOR)."""
+    from click.testing import CliRunner
+
+    from collector.cli import main
+
+    role = role_for(args)
+    env = dict(env or {})
+    if role is not None:
+        env.update(operator_env(db, operator, role))
+    opts = ["--db", str(db)] + (["--config", str(config)] if config else [])
+    return CliRunner().invoke(main, [*opts, *args], env=env, **kwargs)

@@ -11,10 +11,11 @@ from click.testing import CliRunner
 
 from collector.cli import main
 from collector.storage import audit
+from conftest import invoke
 
 
 def cli(db: Path, *args: str):
-    return CliRunner().invoke(main, ["--db", str(db), "--by", "nurse.a", *args])
+    return invoke(db, *args, operator="nurse.a")
 
 
 @pytest.fixture

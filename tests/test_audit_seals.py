@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from collector.cli import main
 from simulators.scenario import parse_scenario
-from tests.conftest import run_night
+from tests.conftest import invoke, run_night
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -97,7 +97,7 @@ def test_samples_and_reports_cannot_be_changed_through_sqlite() -> None:
 
 
 def test_a_truncated_audit_trail_is_caught_against_the_head_an_export_recorded(night_db: Path, tmp_path: Path) -> None:
-    r = CliRunner().invoke(main, ["--db", str(night_db), "--by", "dm", "export", "SCR-0001", "--out", str(tmp_path / "out"), "--json"])
+    r = invoke(night_db, "export", "SCR-0001", "--out", str(tmp_path / "out"), "--json")
     if r.exit_code != 0:
         pytest.skip(f"export refused here: {r.output.strip()}")
     info = (next((tmp_path / "out").glob("*")) / "bag-info.txt").read_text()

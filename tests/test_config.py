@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from collector.cli import main
 from collector.config import default_config_path, defaults, load_config
 from collector.config_schema import Config, validate
+from conftest import invoke as cli_invoke
 
 BAD = [
     pytest.param("[oximetry]\nmax_hold_sec = 10.0\n",
@@ -49,7 +50,7 @@ BAD = [
 def invoke(tmp_path: Path, text: str, *args: str):
     cfg = tmp_path / "site.toml"
     cfg.write_text(text, encoding="utf-8")
-    return cfg, CliRunner().invoke(main, ["--db", str(tmp_path / "c.sqlite"), "--config", str(cfg), *args])
+    return cfg, cli_invoke(tmp_path / "c.sqlite", *args, config=cfg)
 
 
 def one_error_line(result) -> str:
@@ -117,16 +118,15 @@ def test_data_directory_config_is_read_without_config_option(tmp_path: Path, mon
     site.parent.mkdir(parents=True)
     site.write_text("[eligibility]\nbmi_min = 23.0\n")
     db = str(tmp_path / "c.sqlite")
-    runner = CliRunner()
-    assert runner.invoke(main, ["--db", db, "subject", "add", "SCR-0001"]).exit_code == 0
-    r = runner.invoke(main, ["--db", db, "eligibility", "SCR-0001", "--json"])
+    assert cli_invoke(db, "subject", "add", "SCR-0001").exit_code == 0
+    r = cli_invoke(db, "eligibility", "SCR-0001", "--json")
     assert r.exit_code == 0, r.output
     assert '"bmi_min": 23.0' in r.output
     # --config replaces it (the data-directory file is not merged in as well)
     other = tmp_path / "other.toml"
     other.write_text("[site]\nname = 'x'\n")
-    r = runner.invoke(main, ["--db", db, "--config", str(other), "eligibility", "SCR-0001", "--json"])
+    r = cli_invoke(db, "eligibility", "SCR-0001", "--json", config=other)
     assert '"bmi_min": 18.5' in r.output
     site.write_text("[oximetry]\nmax_hold_sec = 10\n")
-    r = runner.invoke(main, ["--db", db, "subject", "list"])
+    r = cli_invoke(db, "subject", "list")
     assert r.exit_code == 2 and str(site) in one_error_line(r)

@@ -22,6 +22,7 @@ from collector.storage.db import open_db
 from simulators.ble_backend import SimulatedAir
 from simulators.oximeter import SimulatedOximeter
 from simulators.scenario import parse_scenario
+from conftest import invoke, operator_token
 
 T0 = 1_750_000_000.0  # 2025-06-15T15:06:40Z: the virtual night starts here
 
@@ -47,7 +48,7 @@ FAIL_NIGHT = {"night": {"duration_s": 4.5 * 3600, "baseline_spo2": 95, "seed": 3
 
 
 def cli(db: Path, *args: str, by: str = "nurse.a"):
-    return CliRunner().invoke(main, ["--db", str(db), "--by", by, *args], catch_exceptions=False)
+    return invoke(db, *args, operator=by, catch_exceptions=False)
 
 
 def counts(db: Path) -> tuple[int, int]:
@@ -84,7 +85,7 @@ def test_set_show_correct_round_trip(db: Path) -> None:
     # The same value again is a no-op, not an error and not a new row.
     r = cli(db, "criteria", "set", "SCR-0001", "height_cm", "172.5")
     assert r.exit_code == 0 and "unchanged" in r.output
-    r = cli(db, "criteria", "set", "SCR-0001", "height_cm", "174", "--reason", "remeasured without shoes", "--by", "dr.b")
+    r = cli(db, "criteria", "set", "SCR-0001", "height_cm", "174", "--reason", "remeasured without shoes", by="dr.b")
     assert r.exit_code == 0 and "corrected" in r.output
 
     show = json.loads(cli(db, "criteria", "show", "SCR-0001", "--json").output)
@@ -151,7 +152,7 @@ def test_site_config_thresholds_are_used(db: Path, tmp_path: Path) -> None:
         cli(db, "criteria", "set", "SCR-0001", fact, value)
     base = json.loads(cli(db, "eligibility", "SCR-0001", "--json").output)
     assert next(c for c in base["criteria"] if c["id"] == "bmi")["state"] == "met"  # 22.86 >= 18.5
-    r = CliRunner().invoke(main, ["--db", str(db), "--config", str(cfg), "eligibility", "SCR-0001", "--json"])
+    r = invoke(db, "--config", str(cfg), "eligibility", "SCR-0001", "--json")
     site = json.loads(r.output)
     assert site["thresholds"]["bmi_min"] == 23.0
     assert next(c for c in site["criteria"] if c["id"] == "bmi")["state"] == "not_met"
@@ -179,7 +180,7 @@ def test_bad_input_one_line_error_nothing_recorded(db: Path, args: list[str], wo
     assert cli(db, "criteria", "set", "SCR-0001", "screening_date", "2025-01-15").exit_code == 0
     assert cli(db, "criteria", "set", "SCR-0001", "wfn_category", "probable").exit_code == 0
     before = counts(db)
-    r = CliRunner().invoke(main, ["--db", str(db), *args])
+    r = invoke(db, *args)
     assert r.exit_code == code, r.output
     lines = [l for l in r.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], r.stderr
@@ -373,7 +374,7 @@ def test_api_routes(db: Path) -> None:
         b = Bench(db)
         try:
             app = create_app(b.daemon, "tok")
-            headers = {"Authorization": "Bearer tok"}
+            headers = {"Authorization": f"Bearer {operator_token(db, 'dr.c', 'investigator')}"}
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
                 r = await client.post("/api/v1/subjects/SCR-0001/facts", json={"fact": "sex", "value": "female", "by": "dr.c"},
                                       headers=headers)

@@ -23,7 +23,7 @@ from collector.export.verify import verify_bundle
 from collector.storage import audit, repo
 from collector.storage.db import open_db
 from simulators.scenario import Interval
-from conftest import T0, run_night, scenario
+from conftest import T0, run_night, scenario, invoke
 
 SUBJECT = "SCR-0042"
 BIRTH = "1971-04-23"
@@ -33,7 +33,7 @@ ADDRESS = "C4:7F:51:00:AB:12"
 
 
 def _cli(db: Path, *args: str) -> object:
-    return CliRunner().invoke(main, ["--db", str(db), "--by", "tester", *args], catch_exceptions=False)
+    return invoke(db, *args, catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")
@@ -325,9 +325,9 @@ def test_merge_two_bundles_counts_rows_and_refuses_a_bad_one(site):
 
 
 def test_export_arguments_are_checked(site):
-    r = CliRunner().invoke(main, ["--db", str(site["db"]), "export", "--out", str(site["tmp"] / "x")])
+    r = invoke(site["db"], *["export", "--out", str(site["tmp"] / "x")])
     assert r.exit_code == 2 and "exactly one of" in r.output
-    r = CliRunner().invoke(main, ["--db", str(site["db"]), "export", "SCR-9999", "--out", str(site["tmp"] / "x")])
+    r = invoke(site["db"], *["export", "SCR-9999", "--out", str(site["tmp"] / "x")])
     assert r.exit_code == 4
     r = _cli(site["db"], "export", "--session", str(site["spiro"]), "--out", str(site["tmp"] / "one"), "--json")
     assert r.exit_code == 0

@@ -26,6 +26,7 @@ from collector.eligibility.store import record_fact
 from collector.storage.db import open_db
 from simulators.spirometer import SCENARIO_DIR, SpirometerSimulator, TcpEndpoint, load_scenario
 from test_eligibility_service import GOOD_FACTS, PASS_NIGHT, Bench, record_good_facts, state
+from conftest import invoke
 
 pytestmark = pytest.mark.timeout(120)
 TOKEN = {"Authorization": "Bearer tok"}
@@ -42,8 +43,7 @@ def site(tmp_path: Path, text: str, name: str = "site.toml") -> Path:
 
 def run_cli(db: Path, config: Path | None, *args: str) -> Any:
     """The real CLI; ``--json`` output parsed."""
-    opts = ["--db", str(db), "--by", "nurse.a"] + (["--config", str(config)] if config else [])
-    r = CliRunner().invoke(main, [*opts, *args], catch_exceptions=False)
+    r = invoke(db, *args, operator="nurse.a", config=config, catch_exceptions=False)
     assert r.exit_code == 0, r.output
     return json.loads(r.stdout)
 
@@ -63,7 +63,7 @@ async def api_get(daemon: Daemon, path: str) -> Any:
 # --------------------------------------------------------------------------- T90 limit
 def test_t90_limit_from_the_site_file_governs_report_alerts_page_and_eligibility(tmp_path: Path) -> None:
     db = tmp_path / "c.sqlite"
-    assert CliRunner().invoke(main, ["--db", str(db), "subject", "add", "SCR-0001"]).exit_code == 0
+    assert invoke(db, "subject", "add", "SCR-0001").exit_code == 0
     record_good_facts(db, "SCR-0001")
     cfg_file = site(tmp_path, "[oximetry]\nt90_threshold_pct = 5.0\n")
 
@@ -183,10 +183,9 @@ def test_fvc_limit_and_equation_from_the_site_file_govern_result_and_eligibility
 # --------------------------------------------------------------------------- WFN categories
 def test_accepted_wfn_categories_from_the_site_file(tmp_path: Path) -> None:
     db = tmp_path / "c.sqlite"
-    assert CliRunner().invoke(main, ["--db", str(db), "subject", "add", "SCR-0001"]).exit_code == 0
+    assert invoke(db, "subject", "add", "SCR-0001").exit_code == 0
     for fact, value in [*GOOD_FACTS, ("screening_date", "2025-06-15")]:
-        r = CliRunner().invoke(main, ["--db", str(db), "--by", "nurse.a", "criteria", "set", "SCR-0001", fact,
-                                      "possible" if fact == "wfn_category" else value])
+        r = invoke(db, "criteria", "set", "SCR-0001", fact, "possible" if fact == "wfn_category" else value, operator="nurse.a")
         assert r.exit_code == 0, r.output
     cfg_file = site(tmp_path, '[eligibility]\naccepted_wfn_categories = ["definite", "probable", "probable_lab_supported"]\n')
 

@@ -18,7 +18,7 @@ from collector.storage import repo
 from collector.storage.db import open_db
 from collector.storage.writer import INSERT_SAMPLE
 from simulators.scenario import Interval
-from conftest import T0, fast_config, run_night, scenario
+from conftest import T0, fast_config, run_night, scenario, invoke
 
 STABLE_KEYS = {
     "recording_s", "analysed_s", "analysed_pct", "t90_s", "t90_pct", "t90_pct_of_recording", "t90_pct_inclusive",
@@ -27,7 +27,7 @@ STABLE_KEYS = {
 
 
 def cli(db: Path, *args: str):
-    return CliRunner().invoke(main, ["--db", str(db), "--by", "tech.b", *args])
+    return invoke(db, *args, operator="tech.b")
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def test_recompute_stores_a_new_row_with_an_audit_row(simulated: tuple[Path, int
     # a site changes max_hold_s; the recomputation uses it, the old row stays
     cfg = tmp_path / "site.toml"
     cfg.write_text("[oximetry]\nmax_hold_s = 0.5\n")
-    r = CliRunner().invoke(main, ["--db", str(db), "--config", str(cfg), "--by", "tech.b", "report", str(sid), "--recompute", "--json"])
+    r = invoke(db, "report", str(sid), "--recompute", "--json", config=cfg, operator="tech.b")
     assert r.exit_code == 0, r.output
     new = json.loads(r.stdout)
     assert new["report_id"] > old["report_id"] and new["definitions"]["max_hold_s"] == 0.5

@@ -22,6 +22,7 @@ from collector.cli import main as cli_main
 from collector.clock import SystemClock
 from simulators.scenario import parse_scenario
 from tests.conftest import T0, NightRun, fast_config, run_night
+from conftest import invoke
 
 pytestmark = pytest.mark.timeout(180)
 HOURS = 5
@@ -86,11 +87,11 @@ def test_a_clock_step_during_a_passing_night_asks_for_review(tmp_path: Path) -> 
     db = tmp_path / "collector.sqlite"
     run = record(db, 4 * 3600.0)
     assert run.stopped[0]["report"]["decision"] == "pass"
-    r = CliRunner().invoke(cli_main, ["--db", str(db), "eligibility", "SCR-0001", "--json"])
+    r = invoke(db, "eligibility", "SCR-0001", "--json")
     assert r.exit_code == 0, r.output
     crit = next(c for c in json.loads(r.output)["criteria"] if c["id"] == "nocturnal_spo2")
     assert crit["state"] == "needs_review" and "host clock stepped" in crit["reason"]
-    r = CliRunner().invoke(cli_main, ["--db", str(db), "report", str(run.session_ids[0])])
+    r = invoke(db, *["report", str(run.session_ids[0])])
     assert "host clock stepped by +14400.0 s" in r.output and "durations are unchanged" in r.output
 
 

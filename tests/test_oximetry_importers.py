@@ -27,13 +27,14 @@ from collector.oximetry.importers.edf_night import parse_edf_night, round_to_res
 from collector.oximetry.importers.o2ring_csv import parse_o2ring_csv, parse_ring_time
 from collector.oximetry.importers.ingest import parse_night, sample_flags
 from drivers.protocols.common import Flag, OximeterReading, apply_range_rules
+from conftest import invoke
 
 START = "2025-03-06T22:00:00Z"
 START_S = dt.datetime(2025, 3, 6, 22, 0, tzinfo=dt.timezone.utc).timestamp()
 
 
 def cli(db: Path, *args: str):
-    return CliRunner().invoke(main, ["--db", str(db), "--by", "tech.a", *args])
+    return invoke(db, *args, operator="tech.a")
 
 
 @pytest.fixture

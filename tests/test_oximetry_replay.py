@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from collector.cli import main
 from simulators.scenario import Interval
-from conftest import run_night, scenario
+from conftest import run_night, scenario, invoke
 
 
 def rows(db, sid):
@@ -29,8 +29,8 @@ def test_replay_reproduces_samples_and_gaps(tmp_path):
     first = json.loads(capture.read_text().splitlines()[0])
     assert set(first) >= {"t", "device", "protocol"}
     runner = CliRunner()
-    assert runner.invoke(main, ["--db", str(replay_db), "subject", "add", "SCR-0200"]).exit_code == 0
-    res = runner.invoke(main, ["--db", str(replay_db), "replay", str(capture), "--subject", "SCR-0200", "--json"])
+    assert invoke(replay_db, "subject", "add", "SCR-0200").exit_code == 0
+    res = invoke(replay_db, "replay", str(capture), "--subject", "SCR-0200", "--json")
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     replay_sid = out["sessions"][0]["session_id"]
@@ -46,8 +46,8 @@ def test_corrupt_capture_names_the_line_and_writes_nothing(tmp_path):
     good = '{"t": "2025-01-01T00:00:00Z", "device": "X1", "protocol": "plx", "characteristic": "00002a5f-0000-1000-8000-00805f9b34fb", "hex": "0061004800"}'
     capture.write_text(good + "\n" + good.replace('"hex": "0061004800"', '"hex": "zz"') + "\n")
     runner = CliRunner()
-    runner.invoke(main, ["--db", str(db), "subject", "add", "SCR-0201"])
-    res = runner.invoke(main, ["--db", str(db), "replay", str(capture), "--subject", "SCR-0201"])
+    invoke(db, "subject", "add", "SCR-0201")
+    res = invoke(db, "replay", str(capture), "--subject", "SCR-0201")
     assert res.exit_code == 2
     assert "line 2" in res.output and res.output.startswith("error: ")
     assert sqlite3.connect(db).execute("SELECT COUNT(*) FROM sessions").fetchone()[0] == 0
@@ -58,9 +58,9 @@ def test_a_capture_of_several_beds_is_replayed_one_device_at_a_time(tmp_path):
     line = '{{"t": "2025-01-01T00:00:0{i}Z", "device": "{d}", "protocol": "plx", "characteristic": "00002a5f-0000-1000-8000-00805f9b34fb", "hex": "0061004800"}}'
     capture.write_text("\n".join(line.format(i=i, d=d) for i in range(3) for d in ("BED-A", "BED-B")) + "\n")
     runner = CliRunner()
-    runner.invoke(main, ["--db", str(db), "subject", "add", "SCR-0202"])
-    res = runner.invoke(main, ["--db", str(db), "replay", str(capture), "--subject", "SCR-0202"])
+    invoke(db, "subject", "add", "SCR-0202")
+    res = invoke(db, "replay", str(capture), "--subject", "SCR-0202")
     assert res.exit_code == 2 and "--device" in res.output and "BED-A" in res.output
-    res = runner.invoke(main, ["--db", str(db), "replay", str(capture), "--subject", "SCR-0202", "--device", "BED-B", "--json"])
+    res = invoke(db, "replay", str(capture), "--subject", "SCR-0202", "--device", "BED-B", "--json")
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["sessions"][0]["samples"] == 3

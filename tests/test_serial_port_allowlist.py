@@ -18,6 +18,7 @@ import pytest
 from collector.errors import DeviceError, InvalidInput
 from drivers.serial_transport import PortNotAllowed, check_port_url
 from tests.test_spirometry_session import SUBJECT, harness
+from conftest import operator_token
 
 pytestmark = pytest.mark.timeout(60)
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -71,7 +72,7 @@ def test_the_spy_url_through_the_api_is_refused_and_the_database_survives(tmp_pa
         async with harness(tmp_path) as h:
             size_before = h.db.stat().st_size
             app = create_app(h.daemon, "tok")
-            auth = {"Authorization": "Bearer tok"}
+            auth = {"Authorization": f"Bearer {operator_token(h.db, 'nurse', 'technician')}"}
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
                 for url in (f"spy:///dev/null?file={h.db}", f"spy://{h.db}", "loop://"):
                     r = await client.post("/api/v1/spirometry/sessions", headers=auth, json={

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import operator_env, role_for
+
 from conftest import wait_until
 
 SCENARIO = """
@@ -28,7 +30,7 @@ seed = 5
 
 def collector(db: Path, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "collector", "--db", str(db), *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "COLLECTOR_OPERATOR": "tester"})
+                          env={**os.environ, **operator_env(db, "tester", role_for(args) or "admin")})
     if check and proc.returncode != 0:
         raise AssertionError(f"collector {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
     return proc

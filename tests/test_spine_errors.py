@@ -10,9 +10,12 @@ from click.testing import CliRunner
 from collector.cli import main
 from collector.errors import InvalidInput
 from simulators.scenario import load_scenario
+from conftest import invoke, operator_env
 
 
 def run(*args):
+    if args[:1] == ("--db",) and args[2:3] in (("subject",), ("session",)):
+        return invoke(args[1], *args[2:])  # logged in as an operator who may add subjects
     return CliRunner().invoke(main, list(args))
 
 
@@ -78,12 +81,20 @@ def test_a_write_on_a_read_only_database_is_one_line_not_a_traceback(tmp_path):
     import subprocess
 
     db = tmp_path / "collector.sqlite"
-    assert CliRunner().invoke(main, ["--db", str(db), "subject", "add", "SCR-0001"]).exit_code == 0
+    assert invoke(db, "subject", "add", "SCR-0001").exit_code == 0
+    env = operator_env(db, "tester", "technician")  # logged in before the file becomes read-only
     if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(db)], capture_output=True).returncode != 0:
         pytest.skip("cannot make the file immutable here (chattr)")
     try:
-        r = CliRunner().invoke(main, ["--db", str(db), "subject", "add", "SCR-0002"])
+        # A process of its own: SQLite shares one open file per inode within a process, so an earlier
+        # connection of this test process would still write.
+        import os
+        import sys
+
+        r = subprocess.run([sys.executable, "-m", "collector", "--db", str(db), "subject", "add", "SCR-0002"],
+                           capture_output=True, text=True, env={**os.environ, **env}, timeout=60)
     finally:
         subprocess.run(["chattr", "-i", str(db)], check=True)
-    assert r.exit_code == 3 and r.output.count("\n") == 1 and "Traceback" not in r.output, r.output
-    assert "read-only" in r.output and "nothing was changed" in r.output
+    out = r.stdout + r.stderr
+    assert r.returncode == 3 and out.count("\n") == 1 and "Traceback" not in out, out
+    assert "read-only" in out and "nothing was changed" in out

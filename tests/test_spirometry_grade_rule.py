@@ -18,6 +18,7 @@ from collector.cli import main as cli_main
 from collector.spirometry.store import FVC_GRADES, evaluation_settings
 from simulators.spirometer import PtyEndpoint, SpirometerSimulator, load_scenario
 from tests.test_spirometry_session import POSIX, SUBJECT, WAIT, harness
+from conftest import invoke
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.skipif(not POSIX, reason="pseudo-terminals are POSIX only")]
 
@@ -59,7 +60,7 @@ def run_session(tmp_path: Path, scenario: str, **spirometry_cfg: Any) -> tuple[d
             return h.db, result
 
     db, result = asyncio.run(main())
-    r = CliRunner().invoke(cli_main, ["--db", str(db), "eligibility", SUBJECT, "--json"])
+    r = invoke(db, "eligibility", SUBJECT, "--json")
     assert r.exit_code == 0, r.output
     return result, json.loads(r.output)
 

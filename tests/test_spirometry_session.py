@@ -26,6 +26,7 @@ from collector.spirometry.store import decimal_age
 from collector.storage import audit
 from collector.storage.db import open_db
 from simulators.spirometer import SCENARIO_DIR, PtyEndpoint, SpirometerSimulator, TcpEndpoint, load_scenario
+from conftest import invoke, operator_env, operator_token
 
 pytestmark = pytest.mark.timeout(60)
 WAIT = 10.0
@@ -168,7 +169,7 @@ def test_gdt_session_over_socket_url_through_the_api(tmp_path: Path) -> None:
             ep = TcpEndpoint(sim.on_bytes)
             url = await ep.open()
             app = create_app(h.daemon, "tok")
-            auth = {"Authorization": "Bearer tok"}
+            auth = {"Authorization": f"Bearer {operator_token(h.db, 'nurse', 'technician')}"}
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
                 r = await client.post("/api/v1/spirometry/sessions", headers=auth, json={
                     "subject_id": SUBJECT, "kind": "spirometry", "spirometer": url, "protocol": "gdt", "model": "sim-gdt", "by": "nurse"})
@@ -231,7 +232,7 @@ def test_bad_port_through_the_cli_is_one_line_and_non_zero(tmp_path: Path) -> No
         ready = asyncio.Event()
         task = asyncio.create_task(serve(db, fast_config(), port=0, ready=ready))
         await asyncio.wait_for(ready.wait(), WAIT)
-        runner = CliRunner()
+        runner = CliRunner(env=operator_env(db, "nurse", "technician"))
         try:
             add = await asyncio.to_thread(runner.invoke, cli_main, ["--db", str(db), "subject", "add", SUBJECT])
             assert add.exit_code == 0, add.output
@@ -275,7 +276,7 @@ def test_missing_facts_are_named_then_recompute_fills_the_numbers(tmp_path: Path
     assert h.rows("SELECT fvc_pct_predicted, predicted_fvc_l FROM spirometry_results WHERE session_id = ?", sid) == [(None, None)]
     record_facts(h.db, SUBJECT, {"height_cm": "165", "birth_date": "1970-11-23"})
     runner = CliRunner()
-    r = runner.invoke(cli_main, ["--db", str(h.db), "spirometry", "recompute", str(sid), "--json"])
+    r = invoke(h.db, "spirometry", "recompute", str(sid), "--json")
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
     started = h.rows("SELECT started_utc FROM sessions WHERE id = ?", sid)[0][0]
@@ -284,7 +285,7 @@ def test_missing_facts_are_named_then_recompute_fills_the_numbers(tmp_path: Path
     expected = gli.predict("male", decimal_age(date(1970, 11, 23), on), 165.0, fvc_l=2.20)
     assert out["prediction"]["percent_predicted_fvc"] == pytest.approx(expected.fvc.percent_predicted, abs=1e-9)
     assert out["inputs"]["age_on_basis"] == "session start (local date)"
-    r = runner.invoke(cli_main, ["--db", str(h.db), "spirometry", "show", str(sid)])
+    r = invoke(h.db, "spirometry", "show", str(sid))
     assert r.exit_code == 0, r.output
     assert "grade A" in r.output and "% predicted (gli-global-2022)" in r.output and "valid: yes" in r.output
     assert "1970" not in r.output  # the birth date never leaves the facts table

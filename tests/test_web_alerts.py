@@ -26,7 +26,7 @@ from collector.web.trend import session_trend
 from simulators.ble_backend import SimulatedAir
 from simulators.oximeter import SimulatedOximeter
 from simulators.scenario import Interval
-from conftest import T0, fast_config, scenario
+from conftest import T0, fast_config, invoke, operator_token, scenario
 
 
 async def _night_with_alerts(db_path: Path, sc: Any, config: dict[str, Any]) -> dict[str, Any]:
@@ -111,22 +111,37 @@ def test_disk_and_storage_alerts(db_path: Path) -> None:
         daemon.writer.close()
 
 
-def test_session_store_and_throttle_units() -> None:
-    t = [0.0]
-    store = SessionStore(idle_s=60, max_s=600, now=lambda: t[0])
+def test_session_store_and_throttle_units(tmp_path: Path) -> None:
+    t = [1000.0]
+    db = tmp_path / "s.sqlite"
+    operator_token(db, "alice", "technician")
+    store = SessionStore(db, idle_s=60, max_s=600, now=lambda: t[0])
     key, s = store.create("alice", "password")
-    assert store.get(key) is s and store.get("nope") is None and store.get(None) is None
-    t[0] = 59
-    assert store.get(key) is s
-    t[0] = 120
+    got = store.get(key)
+    assert got is not None and got.operator == "alice" and got.role == "technician" and got.csrf == s.csrf
+    assert store.get("nope") is None and store.get(None) is None
+    t[0] += 59
+    assert store.get(key) is not None
+    t[0] += 120
     assert store.get(key) is None
-    throttle = LoginThrottle(limit=2, window_s=100, lock_s=30, now=lambda: t[0])
-    throttle.failed("Alice")
-    assert throttle.locked_for("alice") == 0
-    throttle.failed("alice")
-    assert throttle.locked_for("ALICE") == pytest.approx(30)
+    # one client and one name: locked after `limit` failures, for that client only
+    throttle = LoginThrottle(limit=2, window_s=100, lock_s=30, client_limit=5, global_per_min=1000, now=lambda: t[0])
+    throttle.failed("Alice", "10.0.0.9")
+    assert throttle.locked_for("alice", "10.0.0.9") == 0
+    throttle.failed("alice", "10.0.0.9")
+    assert throttle.locked_for("ALICE", "10.0.0.9") == pytest.approx(30)
+    assert throttle.locked_for("alice", "127.0.0.1") == 0  # the operator at the ward laptop is not locked out
     t[0] += 31
-    assert throttle.locked_for("alice") == 0
+    assert throttle.locked_for("alice", "10.0.0.9") == 0
+    # one client spraying one password over many names
+    for i in range(5):
+        throttle.failed(f"name{i}", "10.0.0.7")
+    assert throttle.locked_for("somebody-new", "10.0.0.7") > 0 and throttle.locked_for("somebody-new", "10.0.0.8") == 0
+    # everyone: a flood is slowed, briefly
+    flood = LoginThrottle(global_per_min=3, now=lambda: t[0])
+    for i in range(3):
+        flood.failed(f"n{i}", f"10.1.0.{i}")
+    assert 0 < flood.locked_for("alice", "127.0.0.1") <= 60
 
 
 # -- operators ----------------------------------------------------------------------------------------
@@ -139,20 +154,20 @@ def test_password_hashes_are_salted_and_checked() -> None:
 
 def test_user_cli_add_list_disable(tmp_path: Path) -> None:
     db = tmp_path / "c.sqlite"
-    run = lambda *args, input=None: CliRunner().invoke(cli, ["--db", str(db), "--by", "admin", *args], input=input)  # noqa: E731
-    r = run("user", "add", "alice", "--password-stdin", input="long enough pw\n")
+    run = lambda *args, input=None: invoke(db, *args, operator="admin", input=input)  # noqa: E731
+    r = run("user", "add", "alice", "--role", "technician", "--password-stdin", input="long enough pw\n")
     assert r.exit_code == 0, r.output
-    r = run("user", "add", "alice", "--password-stdin", input="long enough pw\n")
+    r = run("user", "add", "alice", "--role", "technician", "--password-stdin", input="long enough pw\n")
     assert r.exit_code == 5 and "already exists" in r.output
-    r = run("user", "add", "bob", "--password-stdin", input="short\n")
+    r = run("user", "add", "bob", "--role", "technician", "--password-stdin", input="short\n")
     assert r.exit_code == 2 and "8-200 characters" in r.output
-    r = run("user", "add", "9lives", "--password-stdin", input="long enough pw\n")
+    r = run("user", "add", "9lives", "--role", "technician", "--password-stdin", input="long enough pw\n")
     assert r.exit_code == 2 and "operator name" in r.output
-    r = run("user", "add", "carol", input="prompted pw 1\nprompted pw 1\n")
+    r = run("user", "add", "carol", "--role", "investigator", input="prompted pw 1\nprompted pw 1\n")
     assert r.exit_code == 0, r.output
     r = run("user", "list", "--json")
     rows = json.loads(r.output)
-    assert [u["name"] for u in rows] == ["alice", "carol"] and all("hash" not in json.dumps(u) for u in rows)
+    assert [(u["name"], u["role"]) for u in rows] == [("admin", "admin"), ("alice", "technician"), ("carol", "investigator")] and all("hash" not in json.dumps(u) for u in rows)
     assert run("user", "disable", "alice").exit_code == 0
     assert run("user", "password", "carol", "--password-stdin", input="a new password\n").exit_code == 0
     conn = open_db(db).conn

@@ -20,7 +20,7 @@ from collector.daemon import Daemon
 from collector.features import build_daemon
 from collector.storage.db import open_db
 from collector.users import store as users
-from conftest import fast_config
+from conftest import fast_config, operator_token
 
 TOKEN = "test-token-0123456789"
 PASSWORD = "correct horse battery"
@@ -158,17 +158,29 @@ def test_login_body_must_be_json(app_env) -> None:
     assert client.cookies.get("collector_session") is None
 
 
-def test_bearer_token_still_works_for_the_cli(app_env) -> None:
-    _, _, client, _ = app_env
-    r = client.post("/api/v1/subjects", json={"id": "SCR-0005", "by": "cli-user"}, headers={"Authorization": f"Bearer {TOKEN}"})
-    assert r.status_code == 201 and r.json()["created_by"] == "cli-user"
-
-
-def test_local_token_logs_an_operator_in(app_env) -> None:
+def test_a_cli_login_token_acts_as_its_registered_operator(app_env) -> None:
     daemon, _, client, _ = app_env
+    bearer = {"Authorization": f"Bearer {operator_token(daemon.db_path, 'cli.user', 'technician')}"}
+    r = client.post("/api/v1/subjects", json={"id": "SCR-0005"}, headers=bearer)
+    assert r.status_code == 201 and r.json()["created_by"] == "cli.user"
+    r = client.post("/api/v1/subjects", json={"id": "SCR-0006", "by": "somebody.else"}, headers=bearer)
+    assert r.status_code == 403 and "logged-in operator" in r.json()["error"]
+    assert [row["actor"] for row in audit_rows(daemon.db_path, "subject_created")] == ["cli.user"]
+
+
+def test_the_daemons_local_token_reads_but_never_acts(app_env) -> None:
+    """It used to act under any name it was given, registered or not, and log anyone in on the page."""
+    daemon, app, client, _ = app_env
+    local = {"Authorization": f"Bearer {TOKEN}"}
+    assert client.get("/api/v1/status", headers=local).status_code == 200
+    for method, path in routes(app, MUTATING):
+        r = client.request(method, path, json={"by": "night.nurse"}, headers=local)
+        assert r.status_code in (401, 403), (method, path, r.status_code, r.text)
+    r = client.post("/api/v1/subjects", json={"id": "SCR-0005", "by": "night.nurse"}, headers=local)
+    assert r.status_code == 403 and "collector login" in r.json()["error"]
     r = client.post("/api/v1/login", json={"name": "night.nurse", "password": TOKEN})
-    assert r.status_code == 200 and r.json()["via"] == "token"
-    assert audit_rows(daemon.db_path, "operator_login")[-1]["actor"] == "night.nurse"
+    assert r.status_code == 401
+    assert not audit_rows(daemon.db_path, "subject_created") and not audit_rows(daemon.db_path, "operator_login")
 
 
 def test_wrong_password_unknown_and_disabled_operators_are_refused(app_env) -> None:
@@ -239,8 +251,9 @@ def test_logout_ends_the_session(app_env) -> None:
     ],
 )
 def test_bad_input_gets_a_clear_4xx(app_env, method: str, path: str, body: Any, fragment: str) -> None:
-    _, _, client, _ = app_env
-    r = client.request(method, path, json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+    daemon, _, client, _ = app_env
+    bearer = TOKEN if method == "GET" else operator_token(daemon.db_path, "tech.t", "technician")
+    r = client.request(method, path, json=body, headers={"Authorization": f"Bearer {bearer}"})
     assert 400 <= r.status_code < 500, (r.status_code, r.text)
     assert fragment in r.json()["error"], r.json()
 

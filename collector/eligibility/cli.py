@@ -7,8 +7,10 @@ from typing import Any
 import click
 
 from collector.clock import SystemClock
-from collector.context import Ctx, pass_ctx
-from collector.eligibility.service import criteria_report, evaluate_subject, record_decision_change, set_fact, thresholds_for_config
+from collector.context import Ctx, no_login, pass_ctx, requires
+from collector.eligibility.roles import check_fact_role
+from collector.users.roles import ANY_ROLE, INVESTIGATOR, TECHNICIAN
+from collector.eligibility.service import criteria_report, evaluate_subject, record_decision_change, retract, set_fact, thresholds_for_config
 from collector.output import emit_json, table
 
 __all__ = ["COMMANDS", "criteria", "eligibility"]
@@ -24,13 +26,18 @@ def criteria() -> None:
 @click.argument("fact")
 @click.argument("value")
 @click.option("--reason", help="Why an existing value is corrected (required for a correction).")
-@click.option("--by", "by", help="Who records it (default: the global --by, else the config's operator).")
 @click.option("--json", "as_json", is_flag=True, help="Print the recorded fact as JSON.")
 @pass_ctx
-def criteria_set(c: Ctx, subject_id: str, fact: str, value: str, reason: str | None, by: str | None, as_json: bool) -> None:
-    """Record FACT = VALUE for SUBJECT_ID (a correction appends a new row and needs --reason)."""
+@requires(INVESTIGATOR, TECHNICIAN)
+def criteria_set(c: Ctx, subject_id: str, fact: str, value: str, reason: str | None, as_json: bool) -> None:
+    """Record FACT = VALUE for SUBJECT_ID (a correction appends a new row and needs --reason).
+
+    Investigators record every fact; technicians the measurements (height_cm, weight_kg).
+    """
+    assert c.principal is not None
+    check_fact_role(fact, c.principal.role)
     now = SystemClock().now()
-    out = c.write(lambda conn: set_fact(conn, subject_id, fact, value, by=by or c.by, at=now, reason=reason, config=c.config))
+    out = c.write(lambda conn: set_fact(conn, subject_id, fact, value, by=c.by, at=now, reason=reason, config=c.config))
     if as_json:
         emit_json(out)
         return
@@ -43,10 +50,36 @@ def criteria_set(c: Ctx, subject_id: str, fact: str, value: str, reason: str | N
     click.echo(f"eligibility: {out['decision']['decision']}")
 
 
+@criteria.command("retract")
+@click.argument("subject_id")
+@click.argument("fact")
+@click.option("--reason", required=True, help="Why the value was entered in error (kept in the history and the audit trail).")
+@click.option("--json", "as_json", is_flag=True, help="Print the retraction and the decision as JSON.")
+@pass_ctx
+@requires(INVESTIGATOR, TECHNICIAN)
+def criteria_retract(c: Ctx, subject_id: str, fact: str, reason: str, as_json: bool) -> None:
+    """Mark FACT of SUBJECT_ID as entered in error: kept in the history (struck through), the criterion back to pending."""
+    assert c.principal is not None
+    check_fact_role(fact, c.principal.role)
+    now = SystemClock().now()
+    out = c.write(lambda conn: retract(conn, subject_id, fact, by=c.by, at=now, reason=reason, config=c.config))
+    if as_json:
+        emit_json(out)
+        return
+    click.echo(f"{fact} of {subject_id} retracted as entered in error (row {out['fact']['retracted_row']} kept, struck through in the history)")
+    click.echo(f"eligibility: {out['decision']['decision']}")
+
+
+def _struck(text: str) -> str:
+    """Text struck through (combining long stroke overlay), as the history shows a value entered in error."""
+    return "".join(ch + "\u0336" for ch in text)
+
+
 @criteria.command("show")
 @click.argument("subject_id")
 @click.option("--json", "as_json", is_flag=True, help="Print current values and history as JSON.")
 @pass_ctx
+@no_login("reads only")
 def criteria_show(c: Ctx, subject_id: str, as_json: bool) -> None:
     """Current facts of SUBJECT_ID and every value ever recorded (identifying values withheld)."""
     rep = criteria_report(c.conn(), subject_id)
@@ -56,13 +89,16 @@ def criteria_show(c: Ctx, subject_id: str, as_json: bool) -> None:
     click.echo(f"current facts of {subject_id}:")
     table(rep["current"], ["fact", "value", "recorded_by", "recorded_at", "source"])
     click.echo("history:")
-    table(rep["history"], ["id", "fact", "value", "recorded_by", "recorded_at", "reason", "supersedes"])
+    history = [{**r, "value": "(retracted)" if r["retraction"] else
+                (_struck(str(r["value"])) + " [entered in error]" if r["entered_in_error"] else r["value"])} for r in rep["history"]]
+    table(history, ["id", "fact", "value", "recorded_by", "recorded_at", "reason", "supersedes"])
 
 
 @click.command("eligibility")
 @click.argument("subject_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON (keys in the README).")
 @pass_ctx
+@requires(*ANY_ROLE)
 def eligibility(c: Ctx, subject_id: str, as_json: bool) -> None:
     """Decide SUBJECT_ID's eligibility now: a state and reason per criterion.
 

@@ -30,7 +30,7 @@ from collector.eligibility.engine import (
     summarise,
     thresholds_from_config,
 )
-from collector.eligibility.facts import IDENTIFYING_FACTS, FactError, display_value
+from collector.eligibility.facts import FACTS, IDENTIFYING_FACTS, FactError, display_value
 from collector.eligibility.store import (
     CorrectionReasonRequiredError,
     FactStoreError,
@@ -335,20 +335,49 @@ def set_fact(
                      "reason": shown_reason, "supersedes": rec.supersedes}, "changed": changed, "decision": result}
 
 
+def retract(conn: sqlite3.Connection, subject_id: str, fact: str, *, by: str, at: float, reason: str,
+            config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Mark FACT's current value as entered in error, inside the caller's transaction: a null row with the reason
+    (the value is kept in the history), an audit row, and the criterion back to ``pending``."""
+    from collector.eligibility.store import retract_fact
+
+    repo.get_subject(conn, subject_id)
+    if fact not in FACTS:
+        raise InvalidInput(f"unknown fact {fact!r}; known facts: {', '.join(sorted(FACTS))}")
+    db = sqlite_utils.Database(conn, recursive_triggers=False)
+    before = current_facts(db, subject_id).get(fact)
+    try:
+        rec = retract_fact(db, subject_id, fact, by=by, reason=reason, now_utc=at)
+    except (CorrectionReasonRequiredError, FactStoreError) as exc:
+        raise InvalidInput(str(exc).replace("(--reason)", "(--reason TEXT)")) from None
+    audit.append(conn, at=at, actor=by, action="criterion_retracted", subject_id=subject_id,
+                 old=_fact_audit_value(fact, before) if before is not None else None, new={"fact": fact, "row": rec.id, "value": None},
+                 reason=f"{WITHHELD} (see criteria_facts row {rec.id})" if fact in IDENTIFYING_FACTS else rec.reason)
+    result = evaluate_subject(conn, subject_id, now=at, thresholds=thresholds_for_config(config))
+    record_decision_change(conn, subject_id, result, at=at, actor=by, reason=f"{fact} retracted (entered in error)")
+    return {"fact": {"fact": fact, "row": rec.id, "retracted_row": rec.supersedes, "recorded_by": rec.recorded_by,
+                     "recorded_at": rec.recorded_at, "reason": WITHHELD if fact in IDENTIFYING_FACTS else rec.reason},
+            "decision": result}
+
+
 def criteria_report(conn: sqlite3.Connection, subject_id: str) -> dict[str, Any]:
     """Current value and full history of every fact (identifying values withheld)."""
     repo.get_subject(conn, subject_id)
     db = sqlite_utils.Database(conn, recursive_triggers=False)
 
+    history = fact_history(db, subject_id)
+    retracted = {r.supersedes for r in history if r.value is None and r.supersedes is not None}
+
     def row(r: Any) -> dict[str, Any]:
         return {"id": r.id, "fact": r.fact, "value": display_value(r.fact, r.value) if r.value is not None else None,
+                "entered_in_error": r.id in retracted, "retraction": r.value is None,
                 "recorded_by": r.recorded_by, "recorded_at": r.recorded_at, "source": r.source,
                 "reason": WITHHELD if r.fact in IDENTIFYING_FACTS and r.reason else r.reason,
                 "supersedes": r.supersedes}
 
     return {"subject_id": subject_id,
             "current": [row(r) for _, r in sorted(current_facts(db, subject_id).items())],
-            "history": [row(r) for r in fact_history(db, subject_id)]}
+            "history": [row(r) for r in history]}
 
 
 # --------------------------------------------------------------------------- configuration changes
@@ -537,10 +566,15 @@ def make_router(daemon: Any, auth: Any) -> Any:
     async def criteria(subject_id: str) -> dict[str, Any]:
         return await asyncio.to_thread(read, lambda c: criteria_report(c, subject_id))
 
+    from collector.eligibility.roles import check_fact_role
+    from collector.users.roles import INVESTIGATOR, TECHNICIAN, Principal
+
     @router.post("/subjects/{subject_id}/facts", status_code=201)
-    async def add_fact(subject_id: str, body: FactIn) -> dict[str, Any]:
+    async def add_fact(subject_id: str, body: FactIn,
+                       principal: Principal = Depends(auth.roles(INVESTIGATOR, TECHNICIAN))) -> dict[str, Any]:
+        check_fact_role(body.fact, principal.role)
         now = daemon.clock.now()
-        by = body.by or daemon.operator
+        by = principal.name
         out = await daemon.write(lambda c: set_fact(c, subject_id, body.fact, body.value, by=by, at=now, reason=body.reason,
                                                      config=daemon.config))
         svc = daemon.services.get("eligibility")

@@ -13,7 +13,8 @@ from pathlib import Path
 import click
 from pydantic import BaseModel, Field
 
-from collector.context import Ctx, pass_ctx
+from collector.context import Ctx, no_login, pass_ctx, requires
+from collector.users.roles import DATA_MANAGER
 from collector.clock import SystemClock
 from collector.errors import InvalidInput
 from collector.output import emit_json
@@ -36,6 +37,7 @@ class ExportIn(BaseModel):
 @click.option("--zip", "as_zip", is_flag=True, help="Write each bundle as a .zip instead of a folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the bundles written as JSON.")
 @pass_ctx
+@requires(DATA_MANAGER)
 def export_cmd(c: Ctx, subject_id: str | None, session_id: int | None, export_all: bool, out_dir: Path,
                as_zip: bool, as_json: bool) -> None:
     """Write a BagIt bundle per subject for the central study team (no names, no birth dates)."""
@@ -69,6 +71,7 @@ def export_cmd(c: Ctx, subject_id: str | None, session_id: int | None, export_al
 @click.command("verify")
 @click.argument("bundle", type=click.Path(exists=True, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the verification result as JSON.")
+@no_login("reads bundle files only")
 def verify_cmd(bundle: Path, as_json: bool) -> None:
     """Check a bundle (folder or zip) without any database; exits non-zero naming each bad file."""
     from .verify import verify_bundle
@@ -90,6 +93,7 @@ def verify_cmd(bundle: Path, as_json: bool) -> None:
 @click.argument("bundles", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="DuckDB file (created or extended).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was merged as JSON.")
+@no_login("works on bundle files and the study team's DuckDB file, not the database", writes=True)
 def merge_cmd(bundles: tuple[Path, ...], out: Path, as_json: bool) -> None:
     """Load verified bundles into one DuckDB file (tables samples, nights, spirometry, criteria, decisions)."""
     from .merge import merge_bundles
@@ -117,7 +121,7 @@ def make_router(daemon: Any, auth: Any) -> Any:
 
     router = APIRouter(dependencies=[Depends(auth)])
 
-    @router.post("/exports", status_code=201)
+    @router.post("/exports", status_code=201, dependencies=[Depends(auth.roles(DATA_MANAGER))])
     async def make_exports(body: ExportIn) -> dict[str, Any]:
         out_dir = Path(daemon.config.get("export", {}).get("dir") or daemon.db_path.with_name("exports"))
         subjects = [repo.validate_subject_id(s) for s in body.subject_ids]

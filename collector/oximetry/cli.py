@@ -17,7 +17,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
 
-from collector.context import Ctx, pass_ctx
+from collector.context import Ctx, pass_ctx, requires
+from collector.users.roles import INVESTIGATOR, TECHNICIAN
 from collector.output import emit_json
 from collector.clock import SystemClock, utc_iso
 from collector.errors import InvalidInput, StorageError
@@ -89,6 +90,7 @@ def write_png(c: Ctx, info: dict[str, Any], path: Path, tz: tzinfo = timezone.ut
 @click.option("--tz", "tz_name", help="Time zone for the picture's time axis (IANA name; default UTC).")
 @click.option("--recompute", is_flag=True, help="Recompute from the stored samples with the current config and store it (audited).")
 @pass_ctx
+@requires(TECHNICIAN, INVESTIGATOR, when="recompute")
 def report_cmd(c: Ctx, session_id: int, as_json: bool, png: Path | None, tz_name: str | None, recompute: bool) -> None:
     """The overnight report of night SESSION_ID (the stored one; computed if none is stored)."""
     tz = _zone(tz_name)
@@ -118,6 +120,7 @@ def report_cmd(c: Ctx, session_id: int, as_json: bool, png: Path | None, tz_name
 @click.option("--channel", help="edf: label of the SpO2 channel (default: first labelled SpO2/SaO2, else unit %).")
 @click.option("--json", "as_json", is_flag=True, help="Print the new session, its samples and report as JSON.")
 @pass_ctx
+@requires(TECHNICIAN)
 def import_cmd(c: Ctx, file: Path, subject_id: str, fmt: str, start: str | None, tz_name: str | None,
                utc_offset: str | None, channel: str | None, as_json: bool) -> None:
     """Import a night recorded elsewhere as a new night session with its report."""
@@ -160,6 +163,7 @@ def import_cmd(c: Ctx, file: Path, subject_id: str, fmt: str, start: str | None,
 @click.option("--device", help="Only this device's frames (required when the capture holds several beds).")
 @click.option("--json", "as_json", is_flag=True, help="Print the replayed sessions as JSON.")
 @pass_ctx
+@requires(TECHNICIAN)
 def replay_cmd(c: Ctx, capture_file: Path, subject_id: str, device: str | None, as_json: bool) -> None:
     """Feed a raw capture through the same decoders into a new night session (timestamps kept)."""
     from collector.oximetry.replay import replay_capture

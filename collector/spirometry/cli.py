@@ -11,8 +11,10 @@ from typing import Any
 
 import click
 
+from collector.context import no_login, requires
 from collector.errors import InvalidInput
 from collector.limit_text import limit_text
+from collector.users.roles import INVESTIGATOR, TECHNICIAN
 from collector.output import emit_json
 from collector.spirometry import gli, store
 
@@ -32,6 +34,7 @@ def spirometry() -> None:
 @click.argument("session_id", type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
 @click.pass_obj
+@no_login("reads only")
 def show(c: Any, session_id: int, as_json: bool) -> None:
     """Manoeuvres with their acceptability and reasons, grades, chosen FVC and % predicted."""
     conn = c.conn()
@@ -147,6 +150,7 @@ def render(d: dict[str, Any]) -> list[str]:
 @click.argument("session_id", type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print the recomputed result as JSON.")
 @click.pass_obj
+@requires(TECHNICIAN, INVESTIGATOR)
 def recompute(c: Any, session_id: int, as_json: bool) -> None:
     """Re-evaluate a session from its stored manoeuvres and the current facts (after recording sex/height/birth date)."""
     from collector.clock import SystemClock
@@ -187,6 +191,7 @@ def recompute(c: Any, session_id: int, as_json: bool) -> None:
               help="GLI-2012 ethnic group (default from config [spirometry] ethnicity_2012: other).")
 @click.option("--json", "as_json", is_flag=True, help="Print the predicted values as JSON.")
 @click.pass_obj
+@no_login("computes only")
 def predict(c: Any, sex: str, age: float, height_cm: float, fvc_l: float | None, fev1_l: float | None,
             equation: str | None, ethnicity: str | None, as_json: bool) -> None:
     """GLI predicted values, LLN, z-scores and % predicted for one person (never extrapolated)."""

@@ -597,7 +597,9 @@ def make_router(daemon: Any, auth: Any) -> Any:
 
     router = APIRouter(dependencies=[Depends(auth)], tags=["spirometry"])
 
-    @router.post("/spirometry/sessions", status_code=201)
+    from collector.users.roles import INVESTIGATOR, TECHNICIAN
+
+    @router.post("/spirometry/sessions", status_code=201, dependencies=[Depends(auth.roles(TECHNICIAN))])
     async def start_session(body: SpirometrySessionIn) -> dict[str, Any]:
         return await daemon.services["spirometry"].start(body.subject_id, body.spirometer, protocol=body.protocol,
                                                          model=body.model, by=body.by)
@@ -606,7 +608,7 @@ def make_router(daemon: Any, auth: Any) -> Any:
     async def get_session(session_id: int) -> dict[str, Any]:
         return daemon.services["spirometry"].detail(session_id)
 
-    @router.post("/spirometry/sessions/{session_id}/recompute")
+    @router.post("/spirometry/sessions/{session_id}/recompute", dependencies=[Depends(auth.roles(TECHNICIAN, INVESTIGATOR))])
     async def recompute(session_id: int) -> dict[str, Any]:
         return await daemon.services["spirometry"].recompute(session_id)
 

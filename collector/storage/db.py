@@ -64,6 +64,12 @@ def connect(path: Path | str, *, check_same_thread: bool = True, synchronous: st
     return conn
 
 
+def make_read_only(conn: sqlite3.Connection) -> sqlite3.Connection:
+    """Any write on ``conn`` fails from now on (commands that only read)."""
+    conn.execute("PRAGMA query_only = ON")
+    return conn
+
+
 @contextlib.contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """One write transaction: everything in the block lands, or nothing does.

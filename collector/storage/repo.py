@@ -19,6 +19,39 @@ from collector.storage import audit
 SUBJECT_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{2,31}")  # used with fullmatch: no trailing newline
 
 
+DEFAULT_SUBJECT_ID_PATTERN = r"^[A-Z]{2,5}-[0-9]{3,6}$"  # [site] subject_id_pattern
+_DATE_RES = (
+    re.compile(r"(?<!\d)(19|20)\d\d(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])(?!\d)"),    # 19640502
+    re.compile(r"(?<!\d)(19|20)\d\d[-./_](0?[1-9]|1[0-2])[-./_](0?[1-9]|[12]\d|3[01])(?!\d)"),  # 1964-05-02
+    re.compile(r"(?<!\d)(0?[1-9]|[12]\d|3[01])[-./_](0?[1-9]|1[0-2])[-./_](19|20)\d\d(?!\d)"),  # 02.05.1964
+)
+
+
+def identifying_look(subject_id: str) -> str | None:
+    """What a subject ID looks like if it could identify a person (a date, a phone or a national ID number), else None."""
+    if any(r.search(subject_id) for r in _DATE_RES):
+        return "a date (a birth date?)"
+    digits = sum(c.isdigit() for c in subject_id)
+    if re.search(r"\d{15,}[\dXx]?", subject_id):
+        return "a national ID number"
+    if re.search(r"\d{7,}", subject_id) or digits >= 10:
+        return "a phone number"
+    return None
+
+
+def validate_new_subject_id(subject_id: str, pattern: str | None = None) -> str:
+    """A new subject's ID: the site's pattern, and never an ID that looks like a date, a phone or a national ID number
+    (refused whatever the pattern allows)."""
+    validate_subject_id(subject_id)
+    look = identifying_look(subject_id)
+    if look is not None:
+        raise InvalidInput(f"subject ID {subject_id!r} looks like {look}: use the pseudonymous screening ID from the screening log, never a personal number")
+    pattern = pattern or DEFAULT_SUBJECT_ID_PATTERN
+    if not re.fullmatch(pattern, subject_id):
+        raise InvalidInput(f"subject ID {subject_id!r} does not match the site's screening ID pattern {pattern} ([site] subject_id_pattern), e.g. SCR-0042")
+    return subject_id
+
+
 def validate_subject_id(subject_id: str) -> str:
     """Pseudonymous IDs only: 3-32 letters/digits/-/_ with at least one digit (a bare name is refused)."""
     if not SUBJECT_ID_RE.fullmatch(subject_id or "") or not any(c.isdigit() for c in subject_id):
@@ -51,8 +84,8 @@ def _row(conn: sqlite3.Connection, sql: str, params: Any = ()) -> dict[str, Any]
 
 
 # -- subjects ---------------------------------------------------------------------------
-def add_subject(conn: sqlite3.Connection, subject_id: str, *, by: str, at: float) -> dict[str, Any]:
-    validate_subject_id(subject_id)
+def add_subject(conn: sqlite3.Connection, subject_id: str, *, by: str, at: float, pattern: str | None = None) -> dict[str, Any]:
+    validate_new_subject_id(subject_id, pattern)
     if _row(conn, "SELECT id FROM subjects WHERE id = ?", (subject_id,)):
         raise Conflict(f"subject {subject_id} already exists; use it as it is (collector session list --subject {subject_id})")
     conn.execute("INSERT INTO subjects (id, created_utc, created_by) VALUES (?, ?, ?)", (subject_id, utc_iso(at), by))

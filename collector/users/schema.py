@@ -1,8 +1,9 @@
-"""The operators' table (see collector/users/store.py), registered in collector/schemas.py.
+"""The operators' tables (see collector/users/store.py), registered in collector/schemas.py.
 
-Operators log in to the technician's page; their password is stored only as a salted
-scrypt hash (see collector/users/passwords.py).  Login sessions live in the daemon's memory and are
-not stored: a restarted daemon asks everyone to log in again, which is the safe default.
+Operators log in to the page and the CLI; a password is stored only as a salted scrypt
+hash (collector/users/passwords.py), a login token only as its SHA-256, so a copied
+database reveals neither.  Login tokens are rows, not memory: a daemon restarted at
+3 a.m. keeps everyone logged in until their idle limit.
 """
 
 from __future__ import annotations
@@ -20,4 +21,21 @@ CREATE TABLE users (
 );
 """
 
-MIGRATIONS: tuple[Migration, ...] = (Migration("operators", USERS_SQL),)
+# Operators who existed before roles could add operators and do everything: they become
+# admins (an admin then gives each the role it should have with: collector user role NAME ROLE).
+ROLES_SQL = """
+ALTER TABLE users ADD COLUMN role TEXT NOT NULL DEFAULT 'admin'
+    CHECK (role IN ('technician', 'investigator', 'data_manager', 'admin'));
+
+CREATE TABLE login_tokens (
+    token_sha256 TEXT PRIMARY KEY,       -- hex SHA-256 of the token; the token itself is never stored
+    operator TEXT NOT NULL REFERENCES users(name),
+    kind TEXT NOT NULL CHECK (kind IN ('cli', 'web')),
+    csrf TEXT,                           -- the page's CSRF token (web logins only); useless without the cookie
+    created_s REAL NOT NULL,             -- wall-clock epoch seconds
+    last_seen_s REAL NOT NULL
+);
+CREATE INDEX login_tokens_operator ON login_tokens (operator);
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (Migration("operators", USERS_SQL), Migration("operator_roles_tokens", ROLES_SQL))

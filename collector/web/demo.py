@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -82,7 +83,7 @@ class RunningDaemon:
     proc: subprocess.Popen[str]
     db_path: Path
     base_url: str
-    token: str
+    token: str  # a CLI login token of the first operator (else the daemon's local token, which only reads)
     log_path: Path
 
     def stop(self) -> None:
@@ -99,11 +100,26 @@ def collector_cmd() -> list[str]:
     return [sys.executable, "-c", "from collector.cli import main; main(prog_name='collector')"]
 
 
-def add_operator(db_path: Path, name: str, password: str, config: Path | None = None) -> None:
-    cmd = collector_cmd() + ["--db", str(db_path)] + (["--config", str(config)] if config else []) + ["--by", "admin", "user", "add", name, "--password-stdin"]
-    out = subprocess.run(cmd, input=password + "\n", capture_output=True, text=True, timeout=60)
+def _collector(db_path: Path, config: Path | None, *args: str, password: str, token: str | None = None) -> str:
+    cmd = collector_cmd() + ["--db", str(db_path)] + (["--config", str(config)] if config else []) + list(args)
+    env = {**os.environ, **({"COLLECTOR_TOKEN": token} if token else {})}
+    out = subprocess.run(cmd, input=password + "\n", capture_output=True, text=True, timeout=60, env=env)
     if out.returncode != 0:
-        raise RuntimeError(f"collector user add failed: {out.stderr.strip()}")
+        raise RuntimeError(f"collector {' '.join(args[:2])} failed: {out.stderr.strip()}")
+    return out.stdout.strip()
+
+
+def add_operators(db_path: Path, operators: dict[str, str], config: Path | None = None) -> str | None:
+    """The ward's admin (the first operator) adds OPERATORS as technicians; returns a CLI token of the first one."""
+    if not operators:
+        return None
+    admin_password = secrets.token_urlsafe(16)
+    _collector(db_path, config, "user", "add", "ward.admin", "--password-stdin", password=admin_password)
+    admin = _collector(db_path, config, "login", "ward.admin", "--password-stdin", "--print-token", password=admin_password)
+    for name, password in operators.items():
+        _collector(db_path, config, "user", "add", name, "--role", "technician", "--password-stdin", password=password, token=admin)
+    first, password = next(iter(operators.items()))
+    return _collector(db_path, config, "login", first, "--password-stdin", "--print-token", password=password)
 
 
 def launch(workdir: Path, *, speed: float = 60.0, operators: dict[str, str] | None = None, timeout_s: float = 30.0,
@@ -117,8 +133,7 @@ def launch(workdir: Path, *, speed: float = 60.0, operators: dict[str, str] | No
         path = workdir / f"{address}.toml"
         path.write_text(text, encoding="utf-8")
         scenarios += ["--simulate", str(path)]
-    for name, password in (operators or {}).items():
-        add_operator(db_path, name, password, config)
+    operator_token = add_operators(db_path, operators or {}, config)
     log_path = workdir / "daemon.log"
     log = open(log_path, "w", encoding="utf-8")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -132,7 +147,7 @@ def launch(workdir: Path, *, speed: float = 60.0, operators: dict[str, str] | No
             raise RuntimeError(f"the daemon exited with {proc.returncode}: {log_path.read_text(encoding='utf-8')[-2000:]}")
         if runtime_path(db_path).exists() and token_path(db_path).exists():
             info = json.loads(runtime_path(db_path).read_text(encoding="utf-8"))
-            token = token_path(db_path).read_text(encoding="ascii").strip()
+            token = operator_token or token_path(db_path).read_text(encoding="ascii").strip()
             return RunningDaemon(proc, db_path, f"http://{info['host']}:{info['port']}", token, log_path)
         if time.monotonic() > deadline:
             proc.kill()

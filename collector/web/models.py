@@ -15,13 +15,15 @@ class LoginIn(BaseModel):
 
 class LoginOut(BaseModel):
     operator: str
+    role: str = Field(description="technician, investigator, data_manager or admin")
     csrf_token: str = Field(description="send it as X-CSRF-Token on every state-changing request")
-    via: Literal["password", "token"]
+    via: Literal["password"]
     expires_in_s: float = Field(description="seconds until the login expires if the page stays idle")
 
 
 class MeOut(BaseModel):
     operator: str | None = Field(description="logged-in operator; null for bearer-token calls")
+    role: str | None = Field(default=None, description="the operator's role")
     csrf_token: str | None
     expires_in_s: float | None
 

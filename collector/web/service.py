@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
 from pathlib import Path
 from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from collector.clock import utc_iso
@@ -27,7 +27,8 @@ from collector.storage import repo
 from collector.web import models
 from collector.web.alerts import DEFAULTS as ALERT_DEFAULTS
 from collector.web.alerts import FINGER_FLAGS, AlertEngine
-from collector.web.auth import COOKIE_NAME, LoginThrottle, SessionStore, current_operator, make_auth
+from collector.users.roles import ANY_ROLE, INVESTIGATOR, TECHNICIAN
+from collector.web.auth import COOKIE_NAME, Auth, LoginThrottle, SessionStore, current_operator, make_auth
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ WEB_DEFAULTS: dict[str, float] = {
     "session_idle_min": 30.0,   # a login expires after this long without any request (an open page keeps it alive)
     "session_max_h": 12.0,      # and in any case this long after logging in (one night shift)
     "stream_interval_s": 1.0,   # live updates: never more often than once a second
+    "max_streams_per_operator": 4.0,  # live-update connections one login may hold open
     **ALERT_DEFAULTS,
 }
 SECURITY_HEADERS = {
@@ -84,8 +86,10 @@ class WebService:
         if any(v <= 0 for v in self.settings.values()):
             raise InvalidInput("[web] settings must be positive numbers; fix the config file")
         self.settings["stream_interval_s"] = max(1.0, self.settings["stream_interval_s"])
-        self.sessions = SessionStore(idle_s=self.settings["session_idle_min"] * 60, max_s=self.settings["session_max_h"] * 3600)
+        self.sessions = SessionStore(daemon.db_path, idle_s=self.settings["session_idle_min"] * 60,
+                                     max_s=self.settings["session_max_h"] * 3600)
         self.throttle = LoginThrottle()
+        self.streams: dict[str, int] = {}  # open live-update connections per operator
         self.alerts = AlertEngine(daemon, self.settings)
         self.token: str | None = None
         self.closing = asyncio.Event()
@@ -145,7 +149,7 @@ def _service(daemon: Any) -> WebService:
     return daemon.services.get("web") or attach(daemon)
 
 
-def install(app: FastAPI, daemon: Any, token: str) -> Any:
+def install(app: FastAPI, daemon: Any, token: str) -> Auth:
     """Called by collector/api.py: build the auth dependency and serve the page at ``/``."""
     web = _service(daemon)
     web.token = token
@@ -172,39 +176,38 @@ def make_router(daemon: Any, auth: Any) -> APIRouter:
     protected = [Depends(auth)]
 
     @router.post("/login", response_model=models.LoginOut, responses={401: {"description": "wrong name or password"}, 429: {"description": "too many failed logins"}})
-    async def login(body: models.LoginIn, response: Response) -> dict[str, Any] | JSONResponse:
+    async def login(body: models.LoginIn, request: Request, response: Response) -> dict[str, Any] | JSONResponse:
         """Log an operator in: sets the HttpOnly session cookie and returns the CSRF token."""
-        from collector.users.passwords import NAME_RE
         from collector.users.store import verify_login
 
-        wait = web.throttle.locked_for(body.name)
+        client = request.client.host if request.client else "unknown"
+        wait = web.throttle.locked_for(body.name, client)
         if wait > 0:
-            return JSONResponse({"error": f"too many failed logins for {body.name}; wait {wait:.0f} s and try again"}, status_code=429)
-        via = None
-        if web.token and NAME_RE.fullmatch(body.name) and secrets.compare_digest(body.password.encode(), web.token.encode()):
-            via = "token"
-        else:
-            conn = daemon.open_reader()
-            try:
-                ok = await asyncio.to_thread(verify_login, conn, body.name, body.password)
-            finally:
-                conn.close()
-            via = "password" if ok else None
-        if via is None:
-            web.throttle.failed(body.name)
-            log.warning("failed login for operator %r", body.name)
-            return JSONResponse({"error": "wrong operator name or password (operators are added with: collector user add NAME)"}, status_code=401)
-        web.throttle.succeeded(body.name)
-        key, session = web.sessions.create(body.name, via)
+            return JSONResponse({"error": f"too many failed logins; wait {wait:.0f} s and try again"}, status_code=429,
+                                headers={"Retry-After": str(max(1, round(wait)))})
+        conn = daemon.open_reader()
+        try:
+            ok = await asyncio.to_thread(verify_login, conn, body.name, body.password)
+        finally:
+            conn.close()
         now = daemon.clock.now()
+        if not ok:
+            web.throttle.failed(body.name, client)
+            log.warning("failed login for operator %r", body.name)
+            await daemon.write(lambda c: repo.audit.append(c, at=now, actor=body.name[:64], action="operator_login_failed", new={"via": "page"}))
+            return JSONResponse({"error": "wrong operator name or password (an admin adds operators with: collector user add NAME --role ROLE)"}, status_code=401)
+        web.throttle.succeeded(body.name, client)
+        via = "password"
+        key, session = await asyncio.to_thread(web.sessions.create, body.name, via)
         await daemon.write(lambda c: repo.audit.append(c, at=now, actor=body.name, action="operator_login", new={"via": via}))
         response.set_cookie(COOKIE_NAME, key, httponly=True, samesite="strict", path="/", max_age=int(web.sessions.max_s))
-        return {"operator": session.operator, "csrf_token": session.csrf, "via": via, "expires_in_s": web.sessions.remaining_s(session)}
+        return {"operator": session.operator, "role": session.role, "csrf_token": session.csrf, "via": via,
+                "expires_in_s": web.sessions.remaining_s(session)}
 
-    @router.post("/logout", response_model=models.OkOut, dependencies=protected)
+    @router.post("/logout", response_model=models.OkOut, dependencies=[Depends(auth.roles(*ANY_ROLE))])
     async def logout(request: Request, response: Response) -> dict[str, Any]:
         """End the login session of this page."""
-        session = web.sessions.drop(request.cookies.get(COOKIE_NAME))
+        session = await asyncio.to_thread(web.sessions.drop, request.cookies.get(COOKIE_NAME))
         if session is not None:
             now = daemon.clock.now()
             await daemon.write(lambda c: repo.audit.append(c, at=now, actor=session.operator, action="operator_logout"))
@@ -214,10 +217,11 @@ def make_router(daemon: Any, auth: Any) -> APIRouter:
     @router.get("/me", response_model=models.MeOut, dependencies=protected)
     async def me(request: Request) -> dict[str, Any]:
         """Who is logged in, and the CSRF token the page must send (after a reload)."""
-        session = web.sessions.get(request.cookies.get(COOKIE_NAME), touch=False)
+        session = await asyncio.to_thread(web.sessions.get, request.cookies.get(COOKIE_NAME), touch=False)
         if session is None or current_operator.get() is None:
-            return {"operator": None, "csrf_token": None, "expires_in_s": None}
-        return {"operator": session.operator, "csrf_token": session.csrf, "expires_in_s": web.sessions.remaining_s(session)}
+            return {"operator": None, "role": None, "csrf_token": None, "expires_in_s": None}
+        return {"operator": session.operator, "role": session.role, "csrf_token": session.csrf,
+                "expires_in_s": web.sessions.remaining_s(session)}
 
     @router.get("/web/config", response_model=models.WebConfigOut, dependencies=protected)
     async def web_config() -> dict[str, Any]:
@@ -249,11 +253,31 @@ def make_router(daemon: Any, auth: Any) -> APIRouter:
         """Live updates for the page (server-sent events), at most one per second."""
         key = request.cookies.get(COOKIE_NAME) if current_operator.get() is not None else None
         operator = current_operator.get()
+        who = operator or "local-token"
+        cap = int(web.settings["max_streams_per_operator"])
+        if web.streams.get(who, 0) >= cap:
+            return JSONResponse({"error": f"{who} already has {cap} live connections open; close another page and reload"},  # type: ignore[return-value]
+                                status_code=429)
+        web.streams[who] = web.streams.get(who, 0) + 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                web.streams[who] -= 1
 
         async def events() -> AsyncIterator[str]:
+            try:
+                async for chunk in _events():
+                    yield chunk
+            finally:
+                release()
+
+        async def _events() -> AsyncIterator[str]:
             yield "retry: 3000\n\n"
             while not web.closing.is_set():
-                if key is not None and web.sessions.get(key) is None:
+                if key is not None and await asyncio.to_thread(web.sessions.get, key) is None:
                     yield "event: expired\ndata: {}\n\n"
                     return
                 yield f"event: update\ndata: {json.dumps(web.picture(operator), separators=(',', ':'))}\n\n"
@@ -264,14 +288,15 @@ def make_router(daemon: Any, auth: Any) -> APIRouter:
                 if await request.is_disconnected():
                     return
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+                                 background=BackgroundTask(release))
 
     @router.get("/alerts", response_model=list[models.AlertOut], dependencies=protected)
     async def list_alerts() -> list[dict[str, Any]]:
         """Alerts showing now (unacknowledged ones stay until acknowledged)."""
         return web.alerts.evaluate()
 
-    @router.post("/alerts/{alert_id}/ack", response_model=models.AlertOut, dependencies=protected,
+    @router.post("/alerts/{alert_id}/ack", response_model=models.AlertOut, dependencies=[Depends(auth.roles(TECHNICIAN, INVESTIGATOR))],
                  responses={404: {"description": "no such alert showing"}, 409: {"description": "already acknowledged"}})
     async def ack_alert(body: models.AckIn, alert_id: int = _path_id("alert")) -> dict[str, Any]:
         """Acknowledge an alert; the audit trail records who, when, and the note."""
