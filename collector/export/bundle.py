@@ -115,10 +115,12 @@ def _night_files(conn: sqlite3.Connection, s: dict[str, Any], config: dict[str, 
 
     arr = np.array([(r[0], np.nan if r[2] is None else r[2], np.nan if r[3] is None else r[3], r[5], r[6]) for r in rows],
                    dtype=np.float64).reshape(-1, 5)
-    edf_bytes, grid = edf.night_edf(
+    edf_args = dict(
         t_ms=arr[:, 0].astype(np.int64), spo2=arr[:, 1], pulse=arr[:, 2], valid=arr[:, 3].astype(bool),
         pulse_valid=arr[:, 4].astype(bool), gaps=gaps, events=events, pseudonym=pseudonym,
         equipment=(device or {}).get("model") or (device or {}).get("protocol") or "X", session_id=sid)
+    edf_bytes, grid = edf.night_edf(**edf_args, layout=edf.CONTINUOUS)  # type: ignore[arg-type]
+    edf_d_bytes, _ = edf.night_edf(**edf_args, layout=edf.DISCONTINUOUS)  # type: ignore[arg-type]
 
     data = load_night(conn, sid)
     with tempfile.TemporaryDirectory() as tmp:
@@ -137,6 +139,7 @@ def _night_files(conn: sqlite3.Connection, s: dict[str, Any], config: dict[str, 
         f"events_{sid}.csv": csvs.write_csv(csvs.EVENT_COLUMNS, event_rows),
         f"night_{sid}.json": _json(night_json),
         f"night_{sid}.edf": edf_bytes,
+        f"night_{sid}.discontinuous.edf": edf_d_bytes,
         f"night_{sid}.png": png_bytes,
     }
     return files, {"session_id": sid, "start_utc": start_utc, "report": report, "png": png_bytes}
