@@ -103,8 +103,22 @@ class Ble(Table):
     backoff_s: list[Positive] = Field(min_length=1, description="a non-empty list of numbers > 0")
 
 
+def _timezone(value: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError("an IANA time zone name such as Asia/Shanghai") from None
+    return value
+
+
+TimeZone = Annotated[str, AfterValidator(_timezone)]
+
+
 class Site(Table):
     name: Name = Field(description="a non-empty site name")
+    timezone: TimeZone = Field(description="an IANA time zone name such as Asia/Shanghai")
 
 
 class Export(Table):

@@ -33,7 +33,10 @@ ADDRESS = "C4:7F:51:00:AB:12"
 
 
 def _cli(db: Path, *args: str) -> object:
-    return CliRunner().invoke(main, ["--db", str(db), "--by", "tester", *args], catch_exceptions=False)
+    cfg = db.with_name("site.toml")
+    if not cfg.exists():
+        cfg.write_text('[site]\nname = "Test Hospital 1"\n')
+    return CliRunner().invoke(main, ["--db", str(db), "--config", str(cfg), "--by", "tester", *args], catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")
@@ -297,31 +300,108 @@ def test_rounding_to_the_form_precision_never_lands_on_the_fvc_limit():
     assert out == {"fvc_pct_predicted": 49.96, "other_fvc_pct_predicted": 50.0, "x": {"percent_predicted_fvc": 61.2}}
 
 
-def test_merge_two_bundles_counts_rows_and_refuses_a_bad_one(site):
+def _other_site(tmp: Path) -> Path:
+    """A second laptop: its own database (own site UUID), the same subject ID and session numbers."""
+    from collector.config import defaults
+    from collector.oximetry import store as oximetry_store
+    from collector.storage.db import transaction
+
+    db = tmp / "other" / "site.sqlite"
+    db.parent.mkdir()
+    conn = open_db(db).conn
+    t = (T0 * 1000 + np.arange(3 * 3600) * 1000).astype(np.int64)
+    with transaction(conn):
+        repo.add_subject(conn, SUBJECT, by="tester", at=T0)
+        sid = repo.add_recorded_session(conn, subject_id=SUBJECT, kind="night", origin="simulated", started_at=T0,
+                                        stopped_at=T0 + 3 * 3600, by="tester", settings={})
+        oximetry_store.insert_samples(conn, [(sid, int(x), None, 96.0, 60.0, None, 1, 1, 0, None, None) for x in t])
+        oximetry_store.finalise(conn, sid, defaults(), at=T0 + 3 * 3600, actor="tester", reason="night ended")
+    conn.close()
+    db.with_name("site.toml").write_text('[site]\nname = "Test Hospital 2"\n')
+    r = _cli(db, "export", SUBJECT, "--out", str(tmp / "other" / "out"), "--json")
+    assert r.exit_code == 0, r.output
+    return Path(json.loads(r.output)[0]["path"])
+
+
+def _tables(path: Path) -> dict:
     import duckdb
 
-    out = site["tmp"] / "study.duckdb"
-    r = _cli(site["db"], "merge", str(site["folder"]), str(site["zip"]), "--out", str(out), "--json")
-    assert r.exit_code == 0, r.output
+    con = duckdb.connect(str(path))
+    try:
+        return {t: sorted(con.execute(f"SELECT * EXCLUDE (bundle_id) FROM {t}").fetchall(), key=repr)
+                for t in ("samples", "nights", "spirometry", "criteria", "decisions")} | {
+                "sessions": sorted(con.execute("SELECT site_uuid, session_uuid, bundle_id FROM sessions").fetchall())}
+    finally:
+        con.close()
+
+
+def test_merge_keeps_the_newest_export_of_each_session_in_any_order(site, monkeypatch):
+    import duckdb
+
+    monkeypatch.setitem(__import__("sys").modules, "pandas", None)  # a plain install has no pandas
+    other = _other_site(site["tmp"])
     n = sqlite3.connect(site["db"]).execute("SELECT COUNT(*) FROM spo2_samples").fetchone()[0]
-    con = duckdb.connect(str(out))
-    count = lambda t: con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]  # noqa: E731
-    assert count("samples") == 2 * n
-    assert count("nights") == 2 and count("spirometry") == 2 and count("decisions") == 2
+    outs = []
+    for k, order in enumerate(([site["folder"], site["zip"], other], [other, site["zip"], site["folder"]])):
+        out = site["tmp"] / f"study{k}.duckdb"
+        r = _cli(site["db"], "merge", *map(str, order), "--out", str(out), "--json")
+        assert r.exit_code == 0, r.output
+        outs.append(out)
+    a, b = _tables(outs[0]), _tables(outs[1])
+    assert a == b, "the order bundles arrive in does not matter"
+    con = duckdb.connect(str(outs[0]))
+    count = lambda t, w="TRUE": con.execute(f"SELECT COUNT(*) FROM {t} WHERE {w}").fetchone()[0]  # noqa: E731
+    assert count("bundles") == 3
+    assert count("samples") == n + 3 * 3600, "two exports of one night are one night; the other site's night is its own"
+    assert count("nights") == 2 and count("spirometry") == 1 and count("decisions") == 2
+    assert con.execute("SELECT COUNT(DISTINCT site_uuid), COUNT(DISTINCT (site_uuid, session_uuid)) FROM samples").fetchone() == (2, 2)
+    assert con.execute("SELECT COUNT(*), COUNT(DISTINCT session_id) FROM nights").fetchone() == (2, 1)  # both sites' session 1
+    newest = con.execute("SELECT bundle_id FROM bundles WHERE site = 'Test Hospital 1' ORDER BY export_utc DESC, bundle_id DESC LIMIT 1").fetchone()[0]
+    assert con.execute("SELECT DISTINCT bundle_id FROM samples WHERE site = 'Test Hospital 1'").fetchall() == [(newest,)]
     elig = json.loads((site["folder"] / "data/eligibility.json").read_text())
-    assert count("criteria") == 2 * len(elig["criteria"]) > 0
+    assert count("criteria", "site = 'Test Hospital 1'") == len(elig["criteria"]) > 0
     t90 = json.loads((site["folder"] / f"data/night_{site['session']}.json").read_text())["report"]["t90_pct"]
-    assert con.execute("SELECT DISTINCT t90_pct FROM nights").fetchall() == [(t90,)]
+    assert con.execute("SELECT t90_pct FROM nights WHERE site = 'Test Hospital 1'").fetchall() == [(t90,)]
     con.close()
     # the same bundles again add nothing; a tampered bundle is refused and nothing is loaded
-    again = _cli(site["db"], "merge", str(site["folder"]), "--out", str(out), "--json")
-    assert json.loads(again.output)["rows_added"]["samples"] == 0
+    again = _cli(site["db"], "merge", str(site["folder"]), str(other), "--out", str(outs[0]), "--json")
+    assert json.loads(again.output)["rows_added"]["samples"] == 0 and _tables(outs[0]) == a
     bad = _copy(site, "bad_merge")
     (bad / "data/report.pdf").write_bytes(b"%PDF-1.4 nothing\n%%EOF\n")
-    r = CliRunner().invoke(main, ["merge", str(bad), "--out", str(out)])
+    r = CliRunner().invoke(main, ["merge", str(bad), "--out", str(outs[0])])
     assert r.exit_code != 0 and "refusing to merge" in r.output
-    con = duckdb.connect(str(out))
-    assert con.execute("SELECT COUNT(*) FROM bundles").fetchone()[0] == 2
+    assert _tables(outs[0]) == a
+
+
+def test_export_refuses_the_default_site_name(site, tmp_path):
+    r = CliRunner().invoke(main, ["--db", str(site["db"]), "export", SUBJECT, "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert "[site] name" in r.output and "unnamed-site" in r.output
+    assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
+
+
+def test_every_row_carries_site_and_session_uuid(site):
+    import uuid
+
+    root = site["folder"]
+    subject = json.loads((root / "data/subject.json").read_text())
+    site_uuid = subject["site_uuid"]
+    assert uuid.UUID(site_uuid).version == 4
+    sessions = {s["id"]: s["session_uuid"] for s in subject["sessions"]}
+    assert len(set(sessions.values())) == len(sessions)
+    for path in (root / "data").glob("*.csv"):
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        assert list(df.columns[:2]) == ["site_uuid", "session_uuid"], path.name
+        assert set(df["site_uuid"]) <= {site_uuid}, path.name
+        if path.name != "audit.csv":
+            sid = int(path.stem.split("_")[1])
+            assert set(df["session_uuid"]) <= {sessions[sid]}, path.name
+    info = bag.parse_info((root / "bag-info.txt").read_bytes())
+    assert info["Site-UUID"] == [site_uuid]
+    # the zip made later by --all names the same sessions with the same UUIDs
+    with zipfile.ZipFile(site["zip"]) as zf:
+        again = json.loads(zf.read(next(n for n in zf.namelist() if n.endswith("data/subject.json"))))
+    assert {s["id"]: s["session_uuid"] for s in again["sessions"]} == sessions and again["site_uuid"] == site_uuid
 
 
 def test_export_arguments_are_checked(site):

@@ -25,8 +25,8 @@ def test_pragmas_and_migrations_are_idempotent(db_path):
 
 
 # Names recorded by every database made so far: renaming one would run it again on those databases.
-RELEASED_MIGRATIONS = ["core capture tables", "eligibility facts", "night reports", "spirometry manoeuvres and results", "operators"]
-NIGHT_AND_CORE_TABLES = {"subjects", "devices", "sessions", "spo2_samples", "gaps", "events", "night_reports", "audit"}
+RELEASED_MIGRATIONS = ["core capture tables", "eligibility facts", "night reports", "spirometry manoeuvres and results", "operators", "site identity"]
+NIGHT_AND_CORE_TABLES = {"subjects", "devices", "sessions", "spo2_samples", "gaps", "events", "night_reports", "audit", "site_identity"}
 
 
 def _layout(conn: sqlite3.Connection) -> list[tuple[str, ...]]:

@@ -100,6 +100,9 @@ def merge_cmd(bundles: tuple[Path, ...], out: Path, as_json: bool) -> None:
         return
     added = ", ".join(f"{k} {v}" for k, v in result["rows_added"].items())
     click.echo(f"{out}: merged {result['bundles']} bundle(s); rows added: {added}")
+    if result["sessions_replaced"] or result["sessions_older_than_loaded"]:
+        click.echo(f"sessions replaced by a newer export: {result['sessions_replaced']}; "
+                   f"older exports of loaded sessions left out: {result['sessions_older_than_loaded']}")
     if result["already_merged"]:
         click.echo(f"already merged, skipped: {', '.join(result['already_merged'])}")
 

@@ -133,7 +133,25 @@ CREATE INDEX night_reports_session ON night_reports(session_id, id);
 
 # The night tables stay here for now; moving them to collector/oximetry/schema.py is one more
 # entry in collector/schemas.py (their names and SQL unchanged).
+# One row: this database's identity, a random UUID (version 4) made when the database is created
+# (or upgraded to this migration).  Exports carry it so bundles from two laptops never collide.
+SITE_IDENTITY_SQL = """
+CREATE TABLE site_identity (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    site_uuid TEXT NOT NULL,
+    created_utc TEXT NOT NULL
+);
+INSERT INTO site_identity (id, site_uuid, created_utc) VALUES (1,
+    lower(hex(randomblob(4))) || '-' || lower(hex(randomblob(2))) || '-4' || substr(lower(hex(randomblob(2))), 2) || '-'
+    || substr('89ab', 1 + abs(random()) % 4, 1) || substr(lower(hex(randomblob(2))), 2) || '-' || lower(hex(randomblob(6))),
+    strftime('%Y-%m-%dT%H:%M:%fZ', 'now'));
+CREATE TRIGGER site_identity_no_update BEFORE UPDATE ON site_identity
+BEGIN SELECT RAISE(ABORT, 'the site identity never changes'); END;
+"""
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("core capture tables", CORE_SQL),
     Migration("night reports", NIGHT_REPORTS_SQL),
+    Migration("site identity", SITE_IDENTITY_SQL),
 )
