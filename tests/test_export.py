@@ -415,3 +415,65 @@ def test_export_arguments_are_checked(site):
     assert sorted(p.name for p in (one / "data").iterdir() if p.name.startswith(("night", "spiro"))) == [
         f"spirometry_{site['spiro']}.csv", f"spirometry_{site['spiro']}.json"]
     assert verify_bundle(one).ok
+
+
+def _odm_schema():
+    import importlib.resources
+
+    import xmlschema
+
+    return xmlschema.XMLSchema(str(importlib.resources.files("odmlib") / "schemas/odm/1.3.2/ODM1-3-2.xsd"))
+
+
+def test_odm_export_validates_against_the_odm_1_3_2_schema(site, tmp_path):
+    import xml.etree.ElementTree as ET
+
+    from collector.export.odm import NS
+
+    r = _cli(site["db"], "export", SUBJECT, "--format", "odm", "--out", str(tmp_path), "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    odm_bytes = Path(out["odm"]).read_bytes()
+    _odm_schema().validate(io.BytesIO(odm_bytes))  # raises with the first violation
+    for form in BIRTH_FORMS + [ADDRESS]:
+        assert form.encode() not in odm_bytes
+    ns = {"o": NS}
+    root = ET.fromstring(odm_bytes)
+    subj = root.findall("o:ClinicalData/o:SubjectData", ns)
+    assert [s.get("SubjectKey") for s in subj] == [SUBJECT]
+    items = {i.get("ItemOID"): i for i in subj[0].iter(f"{{{NS}}}ItemData")}
+    night = json.loads((site["folder"] / f"data/night_{site['session']}.json").read_text())["report"]
+    assert float(items["IT.T90"].get("Value")) == night["t90_pct"]
+    assert items["IT.T90"].find("o:MeasurementUnitRef", ns).get("MeasurementUnitOID") == "MU.pct"
+    assert float(items["IT.FVC"].get("Value")) == 3.2 and items["IT.FVC_GRADE"].get("Value") == "A"
+    assert items["IT.FVC"].find("o:AuditRecord/o:SourceID", ns).text.endswith(f"spirometry_{site['spiro']}.json; GLI-Global-2022 collector " + __import__("collector").__version__)
+    groups = subj[0].findall(".//o:ItemGroupData", ns)
+    assert {(g.get("ItemGroupOID"), g.get("ItemGroupRepeatKey")) for g in groups} == {
+        ("IG.OXIMETRY", str(site["session"])), ("IG.SPIROMETRY", str(site["spiro"])), ("IG.ELIGIBILITY", None)}
+    audit_rows = pd.read_csv(site["folder"] / "data/audit.csv")
+    records = root.findall("o:ClinicalData/o:AuditRecords/o:AuditRecord", ns)
+    assert len(records) >= len(audit_rows) > 0  # the ODM export's own audit row came after the bundle
+    assert records[0].find("o:SourceID", ns).text == f"audit {audit_rows['id'][0]} {audit_rows['row_hash'][0]}"
+    # results.csv: long format, UCUM units, the method and its version on every row
+    res = pd.read_csv(out["results"], dtype=str, keep_default_na=False)
+    assert list(res.columns[:5]) == ["site_uuid", "site", "subject", "visit", "repeat"]
+    t90 = res[res["test"] == "t90_pct"].iloc[0]
+    assert (t90["unit"], t90["visit"], float(t90["value"])) == ("%", "SE.SCREENING", night["t90_pct"])
+    assert t90["method"] == night["definitions"]["t90"] and t90["method_version"].startswith("collector ")
+    assert set(res["unit"]) <= {"%", "L", "/h", "a", "h", "1", ""}
+    assert len(res) == len(items)
+
+
+def test_odm_signature_hook_writes_valid_signatures(site):
+    from collector.config import defaults
+    from collector.export.bundle import build_subject_bag
+    from collector.export.odm import Signature, odm_document
+
+    cfg = {**defaults(), "site": {"name": "Test Hospital 1", "timezone": "Asia/Shanghai"}}
+    files = build_subject_bag(open_db(site["db"]).conn, SUBJECT, config=cfg, by="tester", now=T0 + 9000)[1]
+    sig = Signature(subject=SUBJECT, user="dr-li", meaning="I reviewed the screening data", legal_reason="investigator review",
+                    at_utc="2025-12-30T08:00:00.000Z")
+    doc = odm_document([files], cfg["export"]["odm"], file_oid="ODM.T", created_utc="2025-12-30T09:00:00.000Z",
+                       software="collector 0", exported_by="tester", signatures=[sig])
+    _odm_schema().validate(io.BytesIO(doc))
+    assert b"<Signature>" in doc and b'SignatureDef OID="SD.1"' in doc
