@@ -241,7 +241,9 @@ def test_verify_recomputes_t90_and_checks_the_audit_chain_beyond_the_manifests(s
     text = (root / "data/audit.csv").read_text()
     _rebag(root, "data/audit.csv", text.replace("session_started", "session_startet", 1).encode())
     res = verify_bundle(root)
-    assert [f for f, _ in res.problems] == ["data/audit.csv"] and "edited" in res.problems[0][1]
+    problems = dict(res.problems)
+    assert sorted(problems) == ["data/audit.csv", "data/report.pdf"] and "edited" in problems["data/audit.csv"]
+    assert "payload hash" in problems["data/report.pdf"], "the printed report no longer matches the re-packed payload"
 
 
 def test_no_birth_date_or_device_address_anywhere(site):
@@ -477,3 +479,53 @@ def test_odm_signature_hook_writes_valid_signatures(site):
                        software="collector 0", exported_by="tester", signatures=[sig])
     _odm_schema().validate(io.BytesIO(doc))
     assert b"<Signature>" in doc and b'SignatureDef OID="SD.1"' in doc
+
+
+def _squash(text: str) -> str:
+    return "".join(text.split())
+
+
+def test_report_pdf_has_full_reasons_local_times_page_numbers_hash_and_vector_nights(site):
+    import pypdf
+
+    root = site["folder"]
+    reader = pypdf.PdfReader(root / "data/report.pdf")
+    pages = [p.extract_text() for p in reader.pages]
+    payload_hash = bag.parse_info((root / "bag-info.txt").read_bytes())["Payload-SHA256-Without-Report"][0]
+    files = {p.relative_to(root).as_posix(): p.read_bytes() for p in (root / "data").iterdir() if p.name != "report.pdf"}
+    assert payload_hash == bag.sha256(bag.manifest_text(files))
+    assert len(pages) == 2  # the summary, then the one night on its own landscape page
+    for k, text in enumerate(pages, 1):
+        assert f"page {k} of {len(pages)}" in text and payload_hash in _squash(text)
+    assert all(not p.images for p in reader.pages), "night pictures are vector drawings, not embedded images"
+    assert reader.pages[1].mediabox.width > reader.pages[1].mediabox.height
+    summary = pages[0]
+    assert "…" not in summary and "(UTC+08:00)" in summary and "CST" in summary
+    elig = json.loads((root / "data/eligibility.json").read_text())
+    for c in elig["criteria"]:
+        assert _squash(c["reason"]) in _squash(summary), c["id"]
+    night = json.loads((root / f"data/night_{site['session']}.json").read_text())
+    from collector.export.pdf import local_time
+
+    assert local_time(night["session"]["started_utc"], "Asia/Shanghai")[:10] in summary
+    assert "UTC+08:00" in pages[1]  # the night's time axis is in the site's zone too
+
+
+def test_long_reasons_flow_over_pages_in_full():
+    import pypdf
+
+    from collector.export.pdf import summary_pdf
+
+    reason = "the value recorded on the case report form differs from the device printout " * 8
+    crit = [{"id": f"criterion_{k}", "state": "needs_review", "reason": f"{k}: {reason}"} for k in range(20)]
+    data = summary_pdf(pseudonym="SCR-0001", site="Test Hospital 1", site_uuid="00000000-0000-4000-8000-000000000000",
+                       timezone="Europe/Berlin", export_utc="2025-07-01T10:00:00.000Z", software="collector 0",
+                       age_years=50, eligibility={"decision": "incomplete", "summary": [reason], "criteria": crit},
+                       nights=[], spirometry=[], payload_hash="ab" * 32)
+    reader = pypdf.PdfReader(io.BytesIO(data))
+    text = "".join(p.extract_text() for p in reader.pages)
+    assert len(reader.pages) > 3
+    for k in range(20):
+        assert _squash(f"{k}: {reason}") in _squash(text)
+    assert _squash("2025-07-01 12:00 CEST (UTC+02:00)") in _squash(text)  # the line may wrap inside it
+    assert all(f"page {k} of {len(reader.pages)}" in p.extract_text() for k, p in enumerate(reader.pages, 1))

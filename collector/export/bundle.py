@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 
@@ -136,7 +137,8 @@ def _night_files(conn: sqlite3.Connection, s: dict[str, Any], config: dict[str, 
     data = load_night(conn, sid)
     with tempfile.TemporaryDirectory() as tmp:
         png = Path(tmp) / "night.png"
-        plot_night(data, report, png, config_from_report(report), title=f"Overnight oximetry: subject {pseudonym}, session {sid}")
+        plot_night(data, report, png, config_from_report(report), title=f"Overnight oximetry: subject {pseudonym}, session {sid}",
+                   tz=ZoneInfo(site_timezone(config)))
         png_bytes = png.read_bytes()
 
     start_utc = None if report.get("start_s") is None else utc_iso(report["start_s"])
@@ -252,6 +254,15 @@ def site_name(config: dict[str, Any]) -> str:
     return name
 
 
+def site_timezone(config: dict[str, Any]) -> str:
+    return str((config.get("site") or {}).get("timezone") or "Asia/Shanghai")
+
+
+def payload_hash_without_report(payload: dict[str, bytes]) -> str:
+    """SHA-256 of the payload manifest without ``data/report.pdf`` (the report prints it on every page)."""
+    return bag.sha256(bag.manifest_text({f"data/{k}": v for k, v in payload.items() if k != "report.pdf"}))
+
+
 def build_subject_bag(conn: sqlite3.Connection, subject_id: str, *, config: dict[str, Any], by: str, now: float,
                       session_ids: list[int] | None = None) -> tuple[str, dict[str, bytes], ExportResult]:
     """All files of the bag in memory (nothing written, no audit row)."""
@@ -298,8 +309,10 @@ def build_subject_bag(conn: sqlite3.Connection, subject_id: str, *, config: dict
         "skipped_open_sessions": skipped, "devices": devices,
         "audit_chain_head": {"id": head[0], "row_hash": head[1]} if head else None,
     })
-    payload["report.pdf"] = pdf.summary_pdf(pseudonym=subject_id, site=site, export_utc=utc_iso(now), software=software,
-                                            age_years=age, eligibility=eligibility, nights=nights, spirometry=spiro)
+    payload_hash = payload_hash_without_report(payload)
+    payload["report.pdf"] = pdf.summary_pdf(pseudonym=subject_id, site=site, site_uuid=site_id, timezone=site_timezone(config),
+                                            export_utc=utc_iso(now), software=software, age_years=age, eligibility=eligibility,
+                                            nights=nights, spirometry=spiro, payload_hash=payload_hash)
     info = [
         ("Source-Organization", site), ("Site-UUID", site_id), ("Bag-Software-Agent", software),
         ("Bagging-Date", datetime.fromtimestamp(now, tz=timezone.utc).date().isoformat()),
@@ -308,6 +321,7 @@ def build_subject_bag(conn: sqlite3.Connection, subject_id: str, *, config: dict
         ("Sessions", " ".join(str(i) for i in ids) or "none"),
         *[("Device", _device_label(d)) for d in devices],
         ("Audit-Chain-Head", f"{head[0]} {head[1]}" if head else "empty"),
+        (pdf.HASH_LABEL, payload_hash),
     ]
     files = bag.build_bag(payload, [(k, scrub.text(v)) for k, v in info])
     leaks = scrub.leaks(files)

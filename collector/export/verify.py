@@ -117,8 +117,16 @@ class _Checker:
         if not data.startswith(b"%PDF-") or b"%%EOF" not in data[-1024:]:
             raise ValueError("not a complete PDF (header or %%EOF trailer missing)")
         pages = len(re.findall(rb"/Type\s*/Page(?![a-zA-Z])", data))
-        if not 1 <= pages <= 3:
-            raise ValueError(f"has {pages} pages, expected 1 to 3")
+        if pages < 1:
+            raise ValueError("has no pages")
+        info = bag.parse_info(self.files.get(bag.BAG_INFO, b""))
+        printed = (info.get("Payload-SHA256-Without-Report") or [None])[0]
+        if printed is not None:
+            payload = {k: v for k, v in self.files.items() if k.startswith("data/") and k != name}
+            if printed != bag.sha256(bag.manifest_text(payload)):
+                raise ValueError("the payload hash in bag-info.txt does not match the payload without report.pdf")
+            if printed.encode() not in data:
+                raise ValueError("does not carry the bundle's payload hash (a report from another bundle?)")
 
     # -- cross-file checks -------------------------------------------------------------------
     def expected_files(self) -> None:
