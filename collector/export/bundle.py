@@ -127,12 +127,12 @@ def _night_files(conn: sqlite3.Connection, s: dict[str, Any], config: dict[str, 
 
     arr = np.array([(r[0], np.nan if r[2] is None else r[2], np.nan if r[3] is None else r[3], r[5], r[6]) for r in rows],
                    dtype=np.float64).reshape(-1, 5)
-    edf_args = dict(
+    edf_args: dict[str, Any] = dict(
         t_ms=arr[:, 0].astype(np.int64), spo2=arr[:, 1], pulse=arr[:, 2], valid=arr[:, 3].astype(bool),
         pulse_valid=arr[:, 4].astype(bool), gaps=gaps, events=events, pseudonym=pseudonym,
         equipment=(device or {}).get("model") or (device or {}).get("protocol") or "X", session_id=sid)
-    edf_bytes, grid = edf.night_edf(**edf_args, layout=edf.CONTINUOUS)  # type: ignore[arg-type]
-    edf_d_bytes, _ = edf.night_edf(**edf_args, layout=edf.DISCONTINUOUS)  # type: ignore[arg-type]
+    edf_bytes, grid = edf.night_edf(**edf_args, layout=edf.CONTINUOUS)
+    edf_d_bytes, _ = edf.night_edf(**edf_args, layout=edf.DISCONTINUOUS)
 
     data = load_night(conn, sid)
     with tempfile.TemporaryDirectory() as tmp:

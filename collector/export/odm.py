@@ -284,15 +284,16 @@ def odm_document(bundles: list[dict[str, bytes]], odm_config: dict[str, Any], *,
             if item.get("unit"):
                 doc.el(idata, "MeasurementUnitRef", MeasurementUnitOID=doc.unit_oid(item["unit"]))
     seen: set[str] = set()
-    for subj, rows in audit_rows:
-        rows = [r for r in rows if f"AR.{subj['site_uuid'][:8]}.{r['id']}" not in seen]
-        if not rows:
+    for subj, all_rows in audit_rows:
+        fresh = [a for a in all_rows if f"AR.{subj['site_uuid'][:8]}.{a['id']}" not in seen]
+        if not fresh:
             continue
         ars = doc.el(clinical, "AuditRecords")
-        for r in rows:
-            seen.add(f"AR.{subj['site_uuid'][:8]}.{r['id']}")
-            what = r["action"] + (f" ({r['reason']})" if r["reason"] else "")
-            _audit_record(doc, ars, user=r["actor"] or "unknown", site_uuid=subj["site_uuid"], at=r["at_utc"], reason=what,
-                          source=f"audit {r['id']} {r['row_hash']}", record_id=f"AR.{subj['site_uuid'][:8]}.{r['id']}")
+        for a in fresh:
+            rid = f"AR.{subj['site_uuid'][:8]}.{a['id']}"  # xs:ID: unique in the file
+            seen.add(rid)
+            what = a["action"] + (f" ({a['reason']})" if a["reason"] else "")
+            _audit_record(doc, ars, user=a["actor"] or "unknown", site_uuid=subj["site_uuid"], at=a["at_utc"], reason=what,
+                          source=f"audit {a['id']} {a['row_hash']}", record_id=rid)
     ET.indent(root)
     return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="utf-8", xml_declaration=False) + b"\n"

@@ -120,7 +120,7 @@ class _Checker:
         if pages < 1:
             raise ValueError("has no pages")
         info = bag.parse_info(self.files.get(bag.BAG_INFO, b""))
-        printed = (info.get("Payload-SHA256-Without-Report") or [None])[0]
+        printed = next(iter(info.get("Payload-SHA256-Without-Report") or []), None)
         if printed is not None:
             payload = {k: v for k, v in self.files.items() if k.startswith("data/") and k != name}
             if printed != bag.sha256(bag.manifest_text(payload)):
