@@ -124,13 +124,78 @@ class Ble(Table):
     max_beds_per_adapter: int = Field(ge=1, le=10, description="an integer from 1 to 10")
 
 
+def _timezone(value: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError("an IANA time zone name such as Asia/Shanghai") from None
+    return value
+
+
+TimeZone = Annotated[str, AfterValidator(_timezone)]
+
+
 class Site(Table):
     name: Name = Field(description="a non-empty site name")
     subject_id_pattern: Annotated[str, AfterValidator(_regex)] = Field(description="a regular expression for screening IDs")
+    timezone: TimeZone = Field(description="an IANA time zone name such as Asia/Shanghai")
+
+
+def _oid(value: str) -> str:
+    import re
+
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}", value):
+        raise ValueError("an OID: a letter or '_' then letters, digits, '.', '_' or '-' (at most 64)")
+    return value
+
+
+Oid = Annotated[str, AfterValidator(_oid)]
+ODM_TESTS = ("t90_pct", "analysed_h", "nadir_spo2", "odi4_per_h", "night_valid", "fvc_l", "fev1_l", "predicted_fvc_l",
+             "lln_fvc_l", "fvc_pct_predicted", "z_fvc", "grade_fvc", "spirometry_valid", "decision", "age_years")
+
+
+class OdmItem(Table):
+    oid: Oid
+    name: Name = Field(description="the item's name in the study's case report form")
+    unit: str = Field(default="", description="a UCUM unit (e.g. %, L, /h, a), or empty for none")
+    codelist: str = Field(default="", description="an OID of [export.odm.codelists], or empty")
+
+
+class OdmCodeList(Table):
+    name: Name = Field(description="a non-empty code list name")
+    items: dict[str, Name] = Field(min_length=1, description="coded value -> decode text")
+
+
+class Odm(Table):
+    study_oid: Oid
+    study_name: Name = Field(description="a non-empty study name")
+    protocol_name: Name = Field(description="a non-empty protocol name")
+    metadata_version_oid: Oid
+    study_event_oid: Oid
+    form_oid: Oid
+    oximetry_group_oid: Oid
+    spirometry_group_oid: Oid
+    eligibility_group_oid: Oid
+    items: dict[Literal[ODM_TESTS], OdmItem] = Field(  # type: ignore[valid-type]
+        description="test -> item table, tests from " + ", ".join(ODM_TESTS))
+    codelists: dict[str, OdmCodeList] = Field(description="OID -> code list table")
+
+    @model_validator(mode="after")
+    def _known_codelists(self) -> "Odm":
+        for test, item in self.items.items():
+            if item.codelist and item.codelist not in self.codelists:
+                raise ValueError(f"items.{test}.codelist {item.codelist!r} is not in [export.odm.codelists]")
+        oids = [i.oid for i in self.items.values()]
+        if len(set(oids)) != len(oids):
+            raise ValueError("every item needs its own oid")
+        return self
 
 
 class Export(Table):
     dir: str = Field(description="a directory path, or empty for 'exports' next to the database")
+    odm: Odm
 
 
 class Web(Table):

@@ -33,7 +33,10 @@ ADDRESS = "C4:7F:51:00:AB:12"
 
 
 def _cli(db: Path, *args: str) -> object:
-    return invoke(db, *args, catch_exceptions=False)
+    cfg = db.with_name("site.toml")
+    if not cfg.exists():
+        cfg.write_text('[site]\nname = "Test Hospital 1"\n')
+    return invoke(db, *args, config=cfg, catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +99,7 @@ def test_bundle_is_a_bagit_bag_with_the_promised_files(site):
     assert (root / "bagit.txt").read_bytes() == b"BagIt-Version: 1.0\nTag-File-Character-Encoding: UTF-8\n"
     names = sorted(p.relative_to(root / "data").as_posix() for p in (root / "data").iterdir())
     assert names == sorted([f"samples_{sid}.csv", f"gaps_{sid}.csv", f"events_{sid}.csv", f"night_{sid}.json",
-                            f"night_{sid}.edf", f"night_{sid}.png", f"spirometry_{sp}.csv", f"spirometry_{sp}.json",
+                            f"night_{sid}.edf", f"night_{sid}.discontinuous.edf", f"night_{sid}.png", f"spirometry_{sp}.csv", f"spirometry_{sp}.json",
                             "eligibility.json", "audit.csv", "report.pdf", "subject.json"])
     info = bag.parse_info((root / "bag-info.txt").read_bytes())
     assert info["Subject-Pseudonym"] == [SUBJECT] and info["Source-Organization"]
@@ -238,7 +241,9 @@ def test_verify_recomputes_t90_and_checks_the_audit_chain_beyond_the_manifests(s
     text = (root / "data/audit.csv").read_text()
     _rebag(root, "data/audit.csv", text.replace("session_started", "session_startet", 1).encode())
     res = verify_bundle(root)
-    assert [f for f, _ in res.problems] == ["data/audit.csv"] and "edited" in res.problems[0][1]
+    problems = dict(res.problems)
+    assert sorted(problems) == ["data/audit.csv", "data/report.pdf"] and "edited" in problems["data/audit.csv"]
+    assert "payload hash" in problems["data/report.pdf"], "the printed report no longer matches the re-packed payload"
 
 
 def test_no_birth_date_or_device_address_anywhere(site):
@@ -297,31 +302,108 @@ def test_rounding_to_the_form_precision_never_lands_on_the_fvc_limit():
     assert out == {"fvc_pct_predicted": 49.96, "other_fvc_pct_predicted": 50.0, "x": {"percent_predicted_fvc": 61.2}}
 
 
-def test_merge_two_bundles_counts_rows_and_refuses_a_bad_one(site):
+def _other_site(tmp: Path) -> Path:
+    """A second laptop: its own database (own site UUID), the same subject ID and session numbers."""
+    from collector.config import defaults
+    from collector.oximetry import store as oximetry_store
+    from collector.storage.db import transaction
+
+    db = tmp / "other" / "site.sqlite"
+    db.parent.mkdir()
+    conn = open_db(db).conn
+    t = (T0 * 1000 + np.arange(3 * 3600) * 1000).astype(np.int64)
+    with transaction(conn):
+        repo.add_subject(conn, SUBJECT, by="tester", at=T0)
+        sid = repo.add_recorded_session(conn, subject_id=SUBJECT, kind="night", origin="simulated", started_at=T0,
+                                        stopped_at=T0 + 3 * 3600, by="tester", settings={})
+        oximetry_store.insert_samples(conn, [(sid, int(x), None, 96.0, 60.0, None, 1, 1, 0, None, None) for x in t], at=T0 + 3 * 3600)
+        oximetry_store.finalise(conn, sid, defaults(), at=T0 + 3 * 3600, actor="tester", reason="night ended")
+    conn.close()
+    db.with_name("site.toml").write_text('[site]\nname = "Test Hospital 2"\n')
+    r = _cli(db, "export", SUBJECT, "--out", str(tmp / "other" / "out"), "--json")
+    assert r.exit_code == 0, r.output
+    return Path(json.loads(r.output)[0]["path"])
+
+
+def _tables(path: Path) -> dict:
     import duckdb
 
-    out = site["tmp"] / "study.duckdb"
-    r = _cli(site["db"], "merge", str(site["folder"]), str(site["zip"]), "--out", str(out), "--json")
-    assert r.exit_code == 0, r.output
+    con = duckdb.connect(str(path))
+    try:
+        return {t: sorted(con.execute(f"SELECT * EXCLUDE (bundle_id) FROM {t}").fetchall(), key=repr)
+                for t in ("samples", "nights", "spirometry", "criteria", "decisions")} | {
+                "sessions": sorted(con.execute("SELECT site_uuid, session_uuid, bundle_id FROM sessions").fetchall())}
+    finally:
+        con.close()
+
+
+def test_merge_keeps_the_newest_export_of_each_session_in_any_order(site, monkeypatch):
+    import duckdb
+
+    monkeypatch.setitem(__import__("sys").modules, "pandas", None)  # a plain install has no pandas
+    other = _other_site(site["tmp"])
     n = sqlite3.connect(site["db"]).execute("SELECT COUNT(*) FROM spo2_samples").fetchone()[0]
-    con = duckdb.connect(str(out))
-    count = lambda t: con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]  # noqa: E731
-    assert count("samples") == 2 * n
-    assert count("nights") == 2 and count("spirometry") == 2 and count("decisions") == 2
+    outs = []
+    for k, order in enumerate(([site["folder"], site["zip"], other], [other, site["zip"], site["folder"]])):
+        out = site["tmp"] / f"study{k}.duckdb"
+        r = _cli(site["db"], "merge", *map(str, order), "--out", str(out), "--json")
+        assert r.exit_code == 0, r.output
+        outs.append(out)
+    a, b = _tables(outs[0]), _tables(outs[1])
+    assert a == b, "the order bundles arrive in does not matter"
+    con = duckdb.connect(str(outs[0]))
+    count = lambda t, w="TRUE": con.execute(f"SELECT COUNT(*) FROM {t} WHERE {w}").fetchone()[0]  # noqa: E731
+    assert count("bundles") == 3
+    assert count("samples") == n + 3 * 3600, "two exports of one night are one night; the other site's night is its own"
+    assert count("nights") == 2 and count("spirometry") == 1 and count("decisions") == 2
+    assert con.execute("SELECT COUNT(DISTINCT site_uuid), COUNT(DISTINCT (site_uuid, session_uuid)) FROM samples").fetchone() == (2, 2)
+    assert con.execute("SELECT COUNT(*), COUNT(DISTINCT session_id) FROM nights").fetchone() == (2, 1)  # both sites' session 1
+    newest = con.execute("SELECT bundle_id FROM bundles WHERE site = 'Test Hospital 1' ORDER BY export_utc DESC, bundle_id DESC LIMIT 1").fetchone()[0]
+    assert con.execute("SELECT DISTINCT bundle_id FROM samples WHERE site = 'Test Hospital 1'").fetchall() == [(newest,)]
     elig = json.loads((site["folder"] / "data/eligibility.json").read_text())
-    assert count("criteria") == 2 * len(elig["criteria"]) > 0
+    assert count("criteria", "site = 'Test Hospital 1'") == len(elig["criteria"]) > 0
     t90 = json.loads((site["folder"] / f"data/night_{site['session']}.json").read_text())["report"]["t90_pct"]
-    assert con.execute("SELECT DISTINCT t90_pct FROM nights").fetchall() == [(t90,)]
+    assert con.execute("SELECT t90_pct FROM nights WHERE site = 'Test Hospital 1'").fetchall() == [(t90,)]
     con.close()
     # the same bundles again add nothing; a tampered bundle is refused and nothing is loaded
-    again = _cli(site["db"], "merge", str(site["folder"]), "--out", str(out), "--json")
-    assert json.loads(again.output)["rows_added"]["samples"] == 0
+    again = _cli(site["db"], "merge", str(site["folder"]), str(other), "--out", str(outs[0]), "--json")
+    assert json.loads(again.output)["rows_added"]["samples"] == 0 and _tables(outs[0]) == a
     bad = _copy(site, "bad_merge")
     (bad / "data/report.pdf").write_bytes(b"%PDF-1.4 nothing\n%%EOF\n")
-    r = CliRunner().invoke(main, ["merge", str(bad), "--out", str(out)])
+    r = CliRunner().invoke(main, ["merge", str(bad), "--out", str(outs[0])])
     assert r.exit_code != 0 and "refusing to merge" in r.output
-    con = duckdb.connect(str(out))
-    assert con.execute("SELECT COUNT(*) FROM bundles").fetchone()[0] == 2
+    assert _tables(outs[0]) == a
+
+
+def test_export_refuses_the_default_site_name(site, tmp_path):
+    r = invoke(site["db"], "export", SUBJECT, "--out", str(tmp_path / "x"))
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert "[site] name" in r.output and "unnamed-site" in r.output
+    assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
+
+
+def test_every_row_carries_site_and_session_uuid(site):
+    import uuid
+
+    root = site["folder"]
+    subject = json.loads((root / "data/subject.json").read_text())
+    site_uuid = subject["site_uuid"]
+    assert uuid.UUID(site_uuid).version == 4
+    sessions = {s["id"]: s["session_uuid"] for s in subject["sessions"]}
+    assert len(set(sessions.values())) == len(sessions)
+    for path in (root / "data").glob("*.csv"):
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        assert list(df.columns[:2]) == ["site_uuid", "session_uuid"], path.name
+        assert set(df["site_uuid"]) <= {site_uuid}, path.name
+        if path.name != "audit.csv":
+            sid = int(path.stem.split("_")[1])
+            assert set(df["session_uuid"]) <= {sessions[sid]}, path.name
+    info = bag.parse_info((root / "bag-info.txt").read_bytes())
+    assert info["Site-UUID"] == [site_uuid]
+    # the zip made later by --all names the same sessions with the same UUIDs
+    with zipfile.ZipFile(site["zip"]) as zf:
+        again = json.loads(zf.read(next(n for n in zf.namelist() if n.endswith("data/subject.json"))))
+    assert {s["id"]: s["session_uuid"] for s in again["sessions"]} == sessions and again["site_uuid"] == site_uuid
 
 
 def test_export_arguments_are_checked(site):
@@ -383,3 +465,115 @@ def test_verify_holds_a_bundle_to_the_protocol_not_to_what_it_says_of_itself(sit
     root = _copy(site, "decision_only")
     _edit_json(root, "data/eligibility.json", lambda doc: doc.__setitem__("decision", "eligible"))
     assert any("decision is 'eligible' but its criteria give" in p for _, p in verify_bundle(root).problems)
+
+
+def _odm_schema():
+    import importlib.resources
+
+    import xmlschema
+
+    return xmlschema.XMLSchema(str(importlib.resources.files("odmlib") / "schemas/odm/1.3.2/ODM1-3-2.xsd"))
+
+
+def test_odm_export_validates_against_the_odm_1_3_2_schema(site, tmp_path):
+    import xml.etree.ElementTree as ET
+
+    from collector.export.odm import NS
+
+    r = _cli(site["db"], "export", SUBJECT, "--format", "odm", "--out", str(tmp_path), "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    odm_bytes = Path(out["odm"]).read_bytes()
+    _odm_schema().validate(io.BytesIO(odm_bytes))  # raises with the first violation
+    for form in BIRTH_FORMS + [ADDRESS]:
+        assert form.encode() not in odm_bytes
+    ns = {"o": NS}
+    root = ET.fromstring(odm_bytes)
+    subj = root.findall("o:ClinicalData/o:SubjectData", ns)
+    assert [s.get("SubjectKey") for s in subj] == [SUBJECT]
+    items = {i.get("ItemOID"): i for i in subj[0].iter(f"{{{NS}}}ItemData")}
+    night = json.loads((site["folder"] / f"data/night_{site['session']}.json").read_text())["report"]
+    assert float(items["IT.T90"].get("Value")) == night["t90_pct"]
+    assert items["IT.T90"].find("o:MeasurementUnitRef", ns).get("MeasurementUnitOID") == "MU.pct"
+    assert float(items["IT.FVC"].get("Value")) == 3.2 and items["IT.FVC_GRADE"].get("Value") == "A"
+    assert items["IT.FVC"].find("o:AuditRecord/o:SourceID", ns).text.endswith(f"spirometry_{site['spiro']}.json; GLI-Global-2022 collector " + __import__("collector").__version__)
+    groups = subj[0].findall(".//o:ItemGroupData", ns)
+    assert {(g.get("ItemGroupOID"), g.get("ItemGroupRepeatKey")) for g in groups} == {
+        ("IG.OXIMETRY", str(site["session"])), ("IG.SPIROMETRY", str(site["spiro"])), ("IG.ELIGIBILITY", None)}
+    audit_rows = pd.read_csv(site["folder"] / "data/audit.csv")
+    records = root.findall("o:ClinicalData/o:AuditRecords/o:AuditRecord", ns)
+    assert len(records) >= len(audit_rows) > 0  # the ODM export's own audit row came after the bundle
+    assert records[0].find("o:SourceID", ns).text == f"audit {audit_rows['id'][0]} {audit_rows['row_hash'][0]}"
+    # results.csv: long format, UCUM units, the method and its version on every row
+    res = pd.read_csv(out["results"], dtype=str, keep_default_na=False)
+    assert list(res.columns[:5]) == ["site_uuid", "site", "subject", "visit", "repeat"]
+    t90 = res[res["test"] == "t90_pct"].iloc[0]
+    assert (t90["unit"], t90["visit"], float(t90["value"])) == ("%", "SE.SCREENING", night["t90_pct"])
+    assert t90["method"] == night["definitions"]["t90"] and t90["method_version"].startswith("collector ")
+    assert set(res["unit"]) <= {"%", "L", "/h", "a", "h", "1", ""}
+    assert len(res) == len(items)
+
+
+def test_odm_signature_hook_writes_valid_signatures(site):
+    from collector.config import defaults
+    from collector.export.bundle import build_subject_bag
+    from collector.export.odm import Signature, odm_document
+
+    cfg = {**defaults(), "site": {"name": "Test Hospital 1", "timezone": "Asia/Shanghai"}}
+    files = build_subject_bag(open_db(site["db"]).conn, SUBJECT, config=cfg, by="tester", now=T0 + 9000)[1]
+    sig = Signature(subject=SUBJECT, user="dr-li", meaning="I reviewed the screening data", legal_reason="investigator review",
+                    at_utc="2025-12-30T08:00:00.000Z")
+    doc = odm_document([files], cfg["export"]["odm"], file_oid="ODM.T", created_utc="2025-12-30T09:00:00.000Z",
+                       software="collector 0", exported_by="tester", signatures=[sig])
+    _odm_schema().validate(io.BytesIO(doc))
+    assert b"<Signature>" in doc and b'SignatureDef OID="SD.1"' in doc
+
+
+def _squash(text: str) -> str:
+    return "".join(text.split())
+
+
+def test_report_pdf_has_full_reasons_local_times_page_numbers_hash_and_vector_nights(site):
+    import pypdf
+
+    root = site["folder"]
+    reader = pypdf.PdfReader(root / "data/report.pdf")
+    pages = [p.extract_text() for p in reader.pages]
+    payload_hash = bag.parse_info((root / "bag-info.txt").read_bytes())["Payload-SHA256-Without-Report"][0]
+    files = {p.relative_to(root).as_posix(): p.read_bytes() for p in (root / "data").iterdir() if p.name != "report.pdf"}
+    assert payload_hash == bag.sha256(bag.manifest_text(files))
+    assert len(pages) == 2  # the summary, then the one night on its own landscape page
+    for k, text in enumerate(pages, 1):
+        assert f"page {k} of {len(pages)}" in text and payload_hash in _squash(text)
+    assert all(not p.images for p in reader.pages), "night pictures are vector drawings, not embedded images"
+    assert reader.pages[1].mediabox.width > reader.pages[1].mediabox.height
+    summary = pages[0]
+    assert "…" not in summary and "(UTC+08:00)" in summary and "CST" in summary
+    elig = json.loads((root / "data/eligibility.json").read_text())
+    for c in elig["criteria"]:
+        assert _squash(c["reason"]) in _squash(summary), c["id"]
+    night = json.loads((root / f"data/night_{site['session']}.json").read_text())
+    from collector.export.pdf import local_time
+
+    assert local_time(night["session"]["started_utc"], "Asia/Shanghai")[:10] in summary
+    assert "UTC+08:00" in pages[1]  # the night's time axis is in the site's zone too
+
+
+def test_long_reasons_flow_over_pages_in_full():
+    import pypdf
+
+    from collector.export.pdf import summary_pdf
+
+    reason = "the value recorded on the case report form differs from the device printout " * 8
+    crit = [{"id": f"criterion_{k}", "state": "needs_review", "reason": f"{k}: {reason}"} for k in range(20)]
+    data = summary_pdf(pseudonym="SCR-0001", site="Test Hospital 1", site_uuid="00000000-0000-4000-8000-000000000000",
+                       timezone="Europe/Berlin", export_utc="2025-07-01T10:00:00.000Z", software="collector 0",
+                       age_years=50, eligibility={"decision": "incomplete", "summary": [reason], "criteria": crit},
+                       nights=[], spirometry=[], payload_hash="ab" * 32)
+    reader = pypdf.PdfReader(io.BytesIO(data))
+    text = "".join(p.extract_text() for p in reader.pages)
+    assert len(reader.pages) > 3
+    for k in range(20):
+        assert _squash(f"{k}: {reason}") in _squash(text)
+    assert _squash("2025-07-01 12:00 CEST (UTC+02:00)") in _squash(text)  # the line may wrap inside it
+    assert all(f"page {k} of {len(reader.pages)}" in p.extract_text() for k, p in enumerate(reader.pages, 1))

@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import sqlite3
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 
@@ -71,16 +73,25 @@ def _device_label(d: dict[str, Any] | None) -> str:
             f" firmware {d.get('firmware') or 'not reported'}")
 
 
-def _session_meta(s: dict[str, Any], device: dict[str, Any] | None) -> dict[str, Any]:
+def session_uuid(site_uuid: str, session_id: int) -> str:
+    """A session's UUID: the same on every export of it, different on every site (UUID v5 under the site UUID)."""
+    return str(uuid.uuid5(uuid.UUID(site_uuid), f"session/{session_id}"))
+
+
+def _session_meta(s: dict[str, Any], device: dict[str, Any] | None, ident: dict[str, str]) -> dict[str, Any]:
     keep = ("id", "subject_id", "kind", "state", "origin", "started_utc", "stopped_utc")
-    return {**{k: s[k] for k in keep}, "device": device}
+    return {**ident, **{k: s[k] for k in keep}, "device": device}
+
+
+def _ident(site: str, sid: int) -> dict[str, str]:
+    return {"site_uuid": site, "session_uuid": session_uuid(site, sid)}
 
 
 # ----------------------------------------------------------------------------- nights
 
 
 def _night_files(conn: sqlite3.Connection, s: dict[str, Any], config: dict[str, Any], scrub: Scrubber,
-                 pseudonym: str, device: dict[str, Any] | None) -> tuple[dict[str, bytes], dict[str, Any]]:
+                 pseudonym: str, device: dict[str, Any] | None, site: str) -> tuple[dict[str, bytes], dict[str, Any]]:
     from collector.oximetry.analysis.plot import plot_night
     from collector.oximetry.store import compute_report, latest_report, load_night, sample_rows
     from collector.oximetry.causes import BREAKING_CAUSES
@@ -88,6 +99,7 @@ def _night_files(conn: sqlite3.Connection, s: dict[str, Any], config: dict[str, 
     from .verify import config_from_report
 
     sid = s["id"]
+    ident = _ident(site, sid)
     rows = sample_rows(conn, sid)
     names: dict[int, str] = {}
     samples = []
@@ -95,17 +107,17 @@ def _night_files(conn: sqlite3.Connection, s: dict[str, Any], config: dict[str, 
         fn = names.get(flags)
         if fn is None:
             fn = names[flags] = _flag_names(flags)
-        samples.append({"host_utc": csvs.iso_ms(t_ms), "device_time": scrub.text(dt), "spo2_pct": spo2, "pulse_bpm": pulse,
+        samples.append({**ident, "host_utc": csvs.iso_ms(t_ms), "device_time": scrub.text(dt), "spo2_pct": spo2, "pulse_bpm": pulse,
                         "pai_pct": pai, "valid": valid, "pulse_valid": pvalid, "flags": flags, "flag_names": fn,
                         "status_raw": raw, "counter": counter})
     gaps = repo.session_gaps(conn, sid)
     events = repo.session_events(conn, sid)
-    gap_rows = [{"start_utc": csvs.iso_ms(g["start_utc_ms"]),
+    gap_rows = [{**ident, "start_utc": csvs.iso_ms(g["start_utc_ms"]),
                  "end_utc": None if g["end_utc_ms"] is None else csvs.iso_ms(g["end_utc_ms"]),
                  "duration_s": None if g["end_utc_ms"] is None else (g["end_utc_ms"] - g["start_utc_ms"]) / 1000.0,
                  "cause": g["cause"], "breaks_hold": g["cause"] in BREAKING_CAUSES, "detail": scrub.text(g["detail"])}
                 for g in gaps]
-    event_rows = [{"t_utc": csvs.iso_ms(e["t_utc_ms"]), "kind": e["kind"], "detail_json": scrub.text(e["detail_json"])}
+    event_rows = [{**ident, "t_utc": csvs.iso_ms(e["t_utc_ms"]), "kind": e["kind"], "detail_json": scrub.text(e["detail_json"])}
                   for e in events]
 
     stored = latest_report(conn, sid)
@@ -115,20 +127,23 @@ def _night_files(conn: sqlite3.Connection, s: dict[str, Any], config: dict[str, 
 
     arr = np.array([(r[0], np.nan if r[2] is None else r[2], np.nan if r[3] is None else r[3], r[5], r[6]) for r in rows],
                    dtype=np.float64).reshape(-1, 5)
-    edf_bytes, grid = edf.night_edf(
+    edf_args: dict[str, Any] = dict(
         t_ms=arr[:, 0].astype(np.int64), spo2=arr[:, 1], pulse=arr[:, 2], valid=arr[:, 3].astype(bool),
         pulse_valid=arr[:, 4].astype(bool), gaps=gaps, events=events, pseudonym=pseudonym,
         equipment=(device or {}).get("model") or (device or {}).get("protocol") or "X", session_id=sid)
+    edf_bytes, grid = edf.night_edf(**edf_args, layout=edf.CONTINUOUS)
+    edf_d_bytes, _ = edf.night_edf(**edf_args, layout=edf.DISCONTINUOUS)
 
     data = load_night(conn, sid)
     with tempfile.TemporaryDirectory() as tmp:
         png = Path(tmp) / "night.png"
-        plot_night(data, report, png, config_from_report(report), title=f"Overnight oximetry: subject {pseudonym}, session {sid}")
+        plot_night(data, report, png, config_from_report(report), title=f"Overnight oximetry: subject {pseudonym}, session {sid}",
+                   tz=ZoneInfo(site_timezone(config)))
         png_bytes = png.read_bytes()
 
     start_utc = None if report.get("start_s") is None else utc_iso(report["start_s"])
     night_json = {
-        "schema": SCHEMA, "session": _session_meta(s, device), "report_source": source, "report": report,
+        "schema": SCHEMA, "session": _session_meta(s, device, ident), "report_source": source, "report": report,
         "edf_grid": {**grid.as_dict(), "start_utc": csvs.iso_ms(grid.start_ms)},
     }
     files = {
@@ -137,19 +152,21 @@ def _night_files(conn: sqlite3.Connection, s: dict[str, Any], config: dict[str, 
         f"events_{sid}.csv": csvs.write_csv(csvs.EVENT_COLUMNS, event_rows),
         f"night_{sid}.json": _json(night_json),
         f"night_{sid}.edf": edf_bytes,
+        f"night_{sid}.discontinuous.edf": edf_d_bytes,
         f"night_{sid}.png": png_bytes,
     }
-    return files, {"session_id": sid, "start_utc": start_utc, "report": report, "png": png_bytes}
+    return files, {**ident, "session_id": sid, "start_utc": start_utc, "report": report, "png": png_bytes, "data": data}
 
 
 # ----------------------------------------------------------------------------- spirometry
 
 
 def _spirometry_files(conn: sqlite3.Connection, s: dict[str, Any], scrub: Scrubber, device: dict[str, Any] | None,
-                      fvc_limit: float) -> tuple[dict[str, bytes], dict[str, Any] | None]:
+                      fvc_limit: float, site: str) -> tuple[dict[str, bytes], dict[str, Any] | None]:
     """Every manoeuvre with its quality flags and the newest result (raw device messages stay local:
     they can carry the name and birth date the device was given)."""
     sid = s["id"]
+    ident = _ident(site, sid)
     man = spirometry_store.manoeuvre_rows(conn, sid)
     result = spirometry_store.latest_result_row(conn, sid)
     out_man = []
@@ -162,13 +179,13 @@ def _spirometry_files(conn: sqlite3.Connection, s: dict[str, Any], scrub: Scrubb
         result = dict(result)
         result["result"] = json.loads(result.pop("result_json") or "{}")
         result = coarsen(scrub.obj(result), fvc_threshold_pct=fvc_limit)
-    csv_rows = [{**m, "device_quality_json": json.dumps(m["device_quality"], sort_keys=True)} for m in out_man]
+    csv_rows = [{**ident, **m, "device_quality_json": json.dumps(m["device_quality"], sort_keys=True)} for m in out_man]
     files = {
         f"spirometry_{sid}.csv": csvs.write_csv(csvs.MANOEUVRE_COLUMNS, csv_rows),
-        f"spirometry_{sid}.json": _json({"schema": SCHEMA, "session": _session_meta(s, device),
+        f"spirometry_{sid}.json": _json({"schema": SCHEMA, "session": _session_meta(s, device, ident),
                                          "manoeuvres": out_man, "result": result}),
     }
-    return files, (None if result is None else {**result, "session_id": sid})
+    return files, (None if result is None else {**ident, **result, "session_id": sid})
 
 
 # ----------------------------------------------------------------------------- subject level
@@ -209,12 +226,13 @@ def _age_at_screening(conn: sqlite3.Connection, subject_id: str, eligibility: di
     return age_on(birth.value, on), on.isoformat()
 
 
-def _audit_extract(conn: sqlite3.Connection, subject_id: str, session_ids: list[int], scrub: Scrubber) -> bytes:
+def _audit_extract(conn: sqlite3.Connection, subject_id: str, session_ids: list[int], scrub: Scrubber, site: str) -> bytes:
     rows = audit.rows_about(conn, subject_id, session_ids)
     out = []
     for r in rows:
         withheld = [f for f in csvs.AUDIT_TEXT if scrub.hits(r.get(f))]
-        r = {**r, **{f: scrub.text(r[f]) for f in withheld}}
+        ident = {"site_uuid": site, "session_uuid": None if r.get("session_id") is None else session_uuid(site, r["session_id"])}
+        r = {**r, **ident, **{f: scrub.text(r[f]) for f in withheld}}
         out.append(csvs.audit_row_out(r, withheld))
     return csvs.write_csv(csvs.AUDIT_COLUMNS, out)
 
@@ -225,6 +243,24 @@ def _json(obj: Any) -> bytes:
 
 def _stamp(now: float) -> str:
     return datetime.fromtimestamp(now, tz=timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def site_name(config: dict[str, Any]) -> str:
+    """``[site] name``; the packaged default is refused so two laptops' bundles never share a name."""
+    name = str((config.get("site") or {}).get("name") or DEFAULT_SITE).strip()
+    if name == DEFAULT_SITE:
+        raise InvalidInput(f'the site has no name yet ([site] name is "{DEFAULT_SITE}"); '
+                           'set it in the site config, e.g. [site] name = "Example Hospital Neurology", then export again')
+    return name
+
+
+def site_timezone(config: dict[str, Any]) -> str:
+    return str((config.get("site") or {}).get("timezone") or "Asia/Shanghai")
+
+
+def payload_hash_without_report(payload: dict[str, bytes]) -> str:
+    """SHA-256 of the payload manifest without ``data/report.pdf`` (the report prints it on every page)."""
+    return bag.sha256(bag.manifest_text({f"data/{k}": v for k, v in payload.items() if k != "report.pdf"}))
 
 
 def build_subject_bag(conn: sqlite3.Connection, subject_id: str, *, config: dict[str, Any], by: str, now: float,
@@ -239,7 +275,8 @@ def build_subject_bag(conn: sqlite3.Connection, subject_id: str, *, config: dict
         raise Conflict(f"session {skipped[0]} is still recording; stop it first (collector session stop {skipped[0]}), then export")
     sessions = [s for s in sessions if s["state"] != "open"]
     scrub = Scrubber(forbidden_tokens(conn, subject_id))
-    site = str((config.get("site") or {}).get("name") or DEFAULT_SITE)
+    site = site_name(config)
+    site_id = repo.site_uuid(conn)
     software = f"collector {__version__}"
     payload: dict[str, bytes] = {}
     nights, spiro, devices = [], [], []
@@ -248,10 +285,10 @@ def build_subject_bag(conn: sqlite3.Connection, subject_id: str, *, config: dict
         if device and device not in devices:
             devices.append(device)
         if s["kind"] == "night":
-            files, night = _night_files(conn, s, config, scrub, subject_id, device)
+            files, night = _night_files(conn, s, config, scrub, subject_id, device, site_id)
             nights.append(night)
         else:
-            files, spiro_result = _spirometry_files(conn, s, scrub, device, float(config["spirometry"]["fvc_threshold_pct"]))
+            files, spiro_result = _spirometry_files(conn, s, scrub, device, float(config["spirometry"]["fvc_threshold_pct"]), site_id)
             if spiro_result is not None:
                 spiro.append(spiro_result)
         payload.update(files)
@@ -262,21 +299,24 @@ def build_subject_bag(conn: sqlite3.Connection, subject_id: str, *, config: dict
     ids = [s["id"] for s in sessions]
     all_ids = [s["id"] for s in repo.list_sessions(conn, subject_id)]
     payload["eligibility.json"] = _json(eligibility)
-    payload["audit.csv"] = _audit_extract(conn, subject_id, all_ids, scrub)
+    payload["audit.csv"] = _audit_extract(conn, subject_id, all_ids, scrub, site_id)
     head = audit.head(conn)
     seal = seals.head(conn)
     payload["subject.json"] = _json({
-        "schema": SCHEMA, "pseudonym": subject_id, "site": site, "software": software, "export_utc": utc_iso(now),
+        "schema": SCHEMA, "pseudonym": subject_id, "site": site, "site_uuid": site_id, "software": software, "export_utc": utc_iso(now),
         "age_at_screening_years": age, "screening_date": screening_date,
-        "sessions": [{"id": s["id"], "kind": s["kind"], "state": s["state"]} for s in sessions],
+        "sessions": [{"id": s["id"], "session_uuid": session_uuid(site_id, s["id"]), "kind": s["kind"], "state": s["state"],
+                      "started_utc": s["started_utc"]} for s in sessions],
         "skipped_open_sessions": skipped, "devices": devices,
         "audit_chain_head": {"id": head[0], "row_hash": head[1]} if head else None,
         "samples_seal_head": {"id": seal[0], "seal_hash": seal[1]} if seal else None,
     })
-    payload["report.pdf"] = pdf.summary_pdf(pseudonym=subject_id, site=site, export_utc=utc_iso(now), software=software,
-                                            age_years=age, eligibility=eligibility, nights=nights, spirometry=spiro)
+    payload_hash = payload_hash_without_report(payload)
+    payload["report.pdf"] = pdf.summary_pdf(pseudonym=subject_id, site=site, site_uuid=site_id, timezone=site_timezone(config),
+                                            export_utc=utc_iso(now), software=software, age_years=age, eligibility=eligibility,
+                                            nights=nights, spirometry=spiro, payload_hash=payload_hash)
     info = [
-        ("Source-Organization", site), ("Bag-Software-Agent", software),
+        ("Source-Organization", site), ("Site-UUID", site_id), ("Bag-Software-Agent", software),
         ("Bagging-Date", datetime.fromtimestamp(now, tz=timezone.utc).date().isoformat()),
         ("External-Identifier", subject_id), ("Subject-Pseudonym", subject_id), ("Export-Time-UTC", utc_iso(now)),
         ("Exported-By", by), ("Software-Version", __version__),
@@ -284,6 +324,7 @@ def build_subject_bag(conn: sqlite3.Connection, subject_id: str, *, config: dict
         *[("Device", _device_label(d)) for d in devices],
         ("Audit-Chain-Head", f"{head[0]} {head[1]}" if head else "empty"),
         ("Samples-Seal-Head", f"{seal[0]} {seal[1]}" if seal else "empty"),
+        (pdf.HASH_LABEL, payload_hash),
     ]
     files = bag.build_bag(payload, [(k, scrub.text(v)) for k, v in info])
     leaks = scrub.leaks(files)

@@ -16,13 +16,14 @@ from typing import Any, Iterable
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MS = timedelta(milliseconds=1)
 
-SAMPLE_COLUMNS = ["host_utc", "device_time", "spo2_pct", "pulse_bpm", "pai_pct", "valid", "pulse_valid",
+IDENTITY = ["site_uuid", "session_uuid"]  # first on every row: where and in which session it was recorded
+SAMPLE_COLUMNS = [*IDENTITY, "host_utc", "device_time", "spo2_pct", "pulse_bpm", "pai_pct", "valid", "pulse_valid",
                   "flags", "flag_names", "status_raw", "counter"]
-GAP_COLUMNS = ["start_utc", "end_utc", "duration_s", "cause", "breaks_hold", "detail"]
-EVENT_COLUMNS = ["t_utc", "kind", "detail_json"]
-AUDIT_COLUMNS = ["id", "at_utc", "actor", "action", "subject_id", "session_id", "old_value", "new_value", "reason",
+GAP_COLUMNS = [*IDENTITY, "start_utc", "end_utc", "duration_s", "cause", "breaks_hold", "detail"]
+EVENT_COLUMNS = [*IDENTITY, "t_utc", "kind", "detail_json"]
+AUDIT_COLUMNS = [*IDENTITY, "id", "at_utc", "actor", "action", "subject_id", "session_id", "old_value", "new_value", "reason",
                  "prev_hash", "row_hash", "null_fields", "withheld_fields"]
-MANOEUVRE_COLUMNS = ["id", "received_utc", "number", "manoeuvre_type", "posture", "is_summary", "fvc_l", "fev1_l",
+MANOEUVRE_COLUMNS = [*IDENTITY, "id", "received_utc", "number", "manoeuvre_type", "posture", "is_summary", "fvc_l", "fev1_l",
                      "fev1_fvc", "pef_l_s", "bev_l", "fet_s", "device_quality_json"]
 
 

@@ -1,111 +1,171 @@
-"""report.pdf: the one-to-three page screening summary the investigator signs.
+"""report.pdf: the screening summary a data manager files and the investigator signs.
 
-Drawn with matplotlib (already a dependency: no extra package).  Page 1 holds the
-decision, every criterion, the nights and spirometry tables and the signature
-lines; pages 2-3 hold the night pictures, two per page (at most four nights;
-further nights are listed on page 1 and their pictures are in the bundle).
-Everything shown comes from the bundle's own files, never from personal data.
+Drawn with matplotlib (already a dependency).  The summary flows over as many A4
+portrait pages as it needs: every reason is wrapped in full, never cut.  Each night
+follows on its own A4 landscape page, drawn as vector graphics (the same figure as
+the bundle's PNG, not a picture of it).  Times are shown in the site's zone with the
+UTC offset (``[site] timezone``); the bundle's own files stay UTC.
+
+Every page's footer carries the page number and the bundle's payload hash: the
+SHA-256 of the payload manifest lines of every payload file except ``report.pdf``
+itself (a PDF cannot contain the hash of a manifest that lists the PDF).  The same
+hash is in ``bag-info.txt`` (``Payload-SHA256-Without-Report``) and in the PDF's
+Keywords, so ``collector verify`` ties the paper to the bundle.
 """
 
 from __future__ import annotations
 
 import io
 import textwrap
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.image as mpimg  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
 A4_PORTRAIT_IN = (8.27, 11.69)
-MAX_PICTURE_NIGHTS = 4
+LEFT, RIGHT, TOP, BOTTOM = 0.07, 0.93, 0.965, 0.07
+HASH_LABEL = "Payload-SHA256-Without-Report"
+
+
+def local_time(utc_text: str | None, tz: str) -> str:
+    """``2025-12-29T09:20:00.000Z`` -> ``2025-12-29 17:20 CST (UTC+08:00)`` in the site's zone."""
+    if not utc_text:
+        return "n/a"
+    t = datetime.fromisoformat(utc_text.replace("Z", "+00:00")).astimezone(ZoneInfo(tz))
+    off = t.strftime("%z")
+    return f"{t:%Y-%m-%d %H:%M} {t.tzname()} (UTC{off[:3]}:{off[3:]})"
 
 
 def _f(v: Any, spec: str = ".2f") -> str:
     return "n/a" if v is None else format(v, spec)
 
 
-def _text(fig: Any, y: float, s: str, size: float = 9, **kw: Any) -> float:
-    """Write wrapped text from the top; returns the next free y (figure fraction)."""
-    lines = []
-    for para in s.split("\n"):
-        lines.extend(textwrap.wrap(para, width=int(1000 / size)) or [""])
-    fig.text(0.07, y, "\n".join(lines), fontsize=size, va="top", family="DejaVu Sans", **kw)
-    return y - len(lines) * size * 1.45 / 72 / A4_PORTRAIT_IN[1] - 0.006
+def _chars(width_frac: float, size: float) -> int:
+    """Characters of DejaVu Sans at ``size`` pt that fit a column ``width_frac`` of the page wide (kept on the safe side)."""
+    return max(4, int(width_frac * A4_PORTRAIT_IN[0] * 72 / (size * 0.62)))
 
 
-def _table(fig: Any, y: float, header: list[str], rows: list[list[str]], widths: list[float], size: float = 7.5) -> float:
-    x0 = 0.07
-    step = size * 1.5 / 72 / A4_PORTRAIT_IN[1]
-    for r, row in enumerate([header, *rows]):
-        x = x0
-        for text, w in zip(row, widths):
-            fig.text(x, y, textwrap.shorten(text, width=max(4, int(w * 170 * 7.5 / size)), placeholder="…"),
-                     fontsize=size, va="top", fontweight="bold" if r == 0 else "normal")
+class _Pages:
+    """A cursor over portrait summary pages: text and tables flow onto a new page when one is full."""
+
+    def __init__(self) -> None:
+        self.figs: list[Any] = []
+        self.y = 0.0
+        self.new()
+
+    def new(self) -> None:
+        self.figs.append(plt.figure(figsize=A4_PORTRAIT_IN))
+        self.y = TOP
+
+    @staticmethod
+    def step(size: float) -> float:
+        return size * 1.4 / 72 / A4_PORTRAIT_IN[1]
+
+    def text(self, s: str, size: float = 9, gap: float = 0.004, **kw: Any) -> None:
+        lines: list[str] = []
+        for para in s.split("\n"):
+            lines.extend(textwrap.wrap(para, width=_chars(RIGHT - LEFT, size), break_long_words=True) or [""])
+        for line in lines:
+            if self.y - self.step(size) < BOTTOM + 0.02:
+                self.new()
+            self.figs[-1].text(LEFT, self.y, line, fontsize=size, va="top", family="DejaVu Sans", **kw)
+            self.y -= self.step(size)
+        self.y -= gap
+
+    def table(self, header: list[str], rows: list[list[str]], widths: list[float], size: float = 7.5) -> None:
+        for r, row in enumerate([header, *rows]):
+            cells = [textwrap.wrap(text, width=_chars(w - 0.01, size), break_long_words=True) or [""]
+                     for text, w in zip(row, widths)]
+            height = max(len(c) for c in cells) * self.step(size) + 0.002
+            if self.y - height < BOTTOM + 0.02:
+                self.new()
+                if r:
+                    self.table_row(header, [[h] for h in header], widths, size, bold=True)
+            self.table_row(row, cells, widths, size, bold=r == 0)
+        self.y -= 0.008
+
+    def table_row(self, row: list[str], cells: list[list[str]], widths: list[float], size: float, bold: bool) -> None:
+        x = LEFT
+        for lines, w in zip(cells, widths):
+            self.figs[-1].text(x, self.y, "\n".join(lines), fontsize=size, va="top", linespacing=1.2,
+                               fontweight="bold" if bold else "normal", family="DejaVu Sans")
             x += w
-        y -= step
-    return y - 0.008
+        self.y -= max(len(c) for c in cells) * self.step(size) + 0.002
 
 
 def summary_pdf(
     *,
     pseudonym: str,
     site: str,
+    site_uuid: str,
+    timezone: str,
     export_utc: str,
     software: str,
     age_years: int | None,
     eligibility: dict[str, Any],
     nights: list[dict[str, Any]],
     spirometry: list[dict[str, Any]],
+    payload_hash: str,
 ) -> bytes:
-    """``nights``: dicts with session_id, start_utc, report, png (bytes); ``spirometry``: result rows (dicts)."""
+    """``nights``: dicts with session_id, start_utc, report, data (NightData); ``spirometry``: result rows (dicts)."""
+    from collector.oximetry.analysis.plot import night_figure
+
+    from .verify import config_from_report
+
+    p = _Pages()
+    p.text(f"ALS cell-therapy trial: screening summary, subject {pseudonym}", 14, fontweight="bold")
+    p.text(f"Site {site} (site UUID {site_uuid})    exported {local_time(export_utc, timezone)}    {software}    "
+           f"age at screening {age_years if age_years is not None else 'not recorded'}", 8.5)
+    p.text(f"Times are in {timezone}; the bundle's files keep UTC.", 8, color="#444444")
+    p.y -= 0.006
+    p.text(f"Decision: {str(eligibility.get('decision', 'not evaluated')).upper()}", 13, fontweight="bold")
+    for reason in eligibility.get("summary") or eligibility.get("reasons") or []:
+        p.text(f"• {reason}", 8.5, gap=0.001)
+    crit = eligibility.get("criteria") or []
+    if crit:
+        p.y -= 0.006
+        p.table(["criterion", "state", "reason"], [[str(c.get("id")), str(c.get("state")), str(c.get("reason"))] for c in crit],
+                [0.17, 0.12, 0.57])
+    p.text("Nights (T90 = time with SpO2 < 90 % as % of analysed time; criterion T90 <= 2 %)", 10, fontweight="bold")
+    rows = [[str(n["session_id"]), local_time(n.get("start_utc"), timezone),
+             _f(n["report"].get("t90_pct")), f"{(n['report'].get('analysed_s') or 0) / 3600:.2f}",
+             _f(n["report"].get("analysed_pct"), ".1f"), _f(n["report"].get("nadir_spo2"), ".0f"),
+             _f(n["report"].get("odi4_per_h"), ".1f"), str(n["report"].get("decision")),
+             "yes" if n["report"].get("needs_review") else ""] for n in nights]
+    p.table(["session", "start", "T90 %", "analysed h", "analysed %", "nadir", "ODI4/h", "night", "review"],
+            rows or [["(none)"] + [""] * 8], [0.07, 0.22, 0.07, 0.09, 0.09, 0.06, 0.07, 0.07, 0.07])
+    p.text("Spirometry (best FVC of an acceptable, repeatable session)", 10, fontweight="bold")
+    srows = [[str(s.get("session_id")), "yes" if s.get("valid") else "no", str(s.get("equation")),
+              _f(s.get("fvc_l")), _f(s.get("predicted_fvc_l")), _f(s.get("fvc_pct_predicted"), ".1f"),
+              _f(s.get("z_fvc")), _f(s.get("lln_fvc_l")), str(s.get("grade_fvc") or "")] for s in spirometry]
+    p.table(["session", "valid", "equation", "FVC L", "pred L", "% pred", "z", "LLN L", "grade"],
+            srows or [["(none)"] + [""] * 8], [0.07, 0.06, 0.2, 0.08, 0.08, 0.08, 0.07, 0.08, 0.08])
+    if nights:
+        p.text(f"Each night follows on its own page ({len(nights)} night{'s' if len(nights) != 1 else ''}).", 8)
+    if p.y < BOTTOM + 0.1:
+        p.new()
+    p.y = min(p.y, BOTTOM + 0.09)
+    p.text("Investigator: I have reviewed the data above.\n\n"
+           "Name: ______________________________   Signature: ______________________   Date: ____________", 10)
+    figs = list(p.figs)
+    for n in nights:
+        figs.append(night_figure(n["data"], n["report"], config_from_report(n["report"]),
+                                 title=f"Overnight oximetry: subject {pseudonym}, session {n['session_id']}",
+                                 tz=ZoneInfo(timezone)))
     buf = io.BytesIO()
-    with PdfPages(buf, metadata={"Title": f"Screening summary {pseudonym}", "Creator": software}) as pdf:
-        fig = plt.figure(figsize=A4_PORTRAIT_IN)
-        y = _text(fig, 0.965, f"ALS cell-therapy trial: screening summary, subject {pseudonym}", 14, fontweight="bold")
-        y = _text(fig, y, f"Site {site}    exported {export_utc}    {software}    "
-                          f"age at screening {age_years if age_years is not None else 'not recorded'}", 8.5)
-        decision = str(eligibility.get("decision", "not evaluated")).upper()
-        y = _text(fig, y - 0.01, f"Decision: {decision}", 13, fontweight="bold")
-        for reason in eligibility.get("summary") or eligibility.get("reasons") or []:
-            y = _text(fig, y, f"• {reason}", 8.5)
-        crit = eligibility.get("criteria") or []
-        if crit:
-            y = _table(fig, y - 0.008, ["criterion", "state", "reason"],
-                       [[str(c.get("id")), str(c.get("state")), str(c.get("reason"))] for c in crit], [0.16, 0.12, 0.6])
-        y = _text(fig, y, "Nights (T90 = time with SpO2 < 90 % as % of analysed time; criterion T90 <= 2 %)", 10, fontweight="bold")
-        rows = [[str(n["session_id"]), str(n.get("start_utc") or "")[:16],
-                 _f(n["report"].get("t90_pct")), f"{n['report'].get('analysed_s', 0) / 3600:.2f}",
-                 _f(n["report"].get("analysed_pct"), ".1f"), _f(n["report"].get("nadir_spo2"), ".0f"),
-                 _f(n["report"].get("odi4_per_h"), ".1f"), str(n["report"].get("decision")),
-                 "yes" if n["report"].get("needs_review") else ""] for n in nights]
-        y = _table(fig, y, ["session", "start (UTC)", "T90 %", "analysed h", "analysed %", "nadir", "ODI4/h",
-                            "night", "review"], rows or [["(none)"] + [""] * 8],
-                   [0.07, 0.17, 0.08, 0.1, 0.1, 0.07, 0.08, 0.09, 0.08])
-        y = _text(fig, y, "Spirometry (best FVC of an acceptable, repeatable session)", 10, fontweight="bold")
-        srows = [[str(s.get("session_id")), "yes" if s.get("valid") else "no", str(s.get("equation")),
-                  _f(s.get("fvc_l")), _f(s.get("predicted_fvc_l")), _f(s.get("fvc_pct_predicted"), ".1f"),
-                  _f(s.get("z_fvc")), _f(s.get("lln_fvc_l")), str(s.get("grade_fvc") or "")] for s in spirometry]
-        y = _table(fig, y, ["session", "valid", "equation", "FVC L", "pred L", "% pred", "z", "LLN L", "grade"],
-                   srows or [["(none)"] + [""] * 8], [0.07, 0.06, 0.2, 0.08, 0.08, 0.08, 0.07, 0.08, 0.08])
-        if len(nights) > MAX_PICTURE_NIGHTS:
-            y = _text(fig, y, f"Pictures of the first {MAX_PICTURE_NIGHTS} nights follow; the others are in the bundle.", 8)
-        _text(fig, 0.12, "Investigator: I have reviewed the data above.\n\n"
-                         "Name: ______________________________   Signature: ______________________   Date: ____________", 10)
-        pdf.savefig(fig)
-        plt.close(fig)
-        shown = nights[:MAX_PICTURE_NIGHTS]
-        for page in range(0, len(shown), 2):
-            fig = plt.figure(figsize=A4_PORTRAIT_IN)
-            for k, n in enumerate(shown[page:page + 2]):
-                ax = fig.add_axes((0.03, 0.52 - 0.47 * k, 0.94, 0.44))
-                ax.imshow(mpimg.imread(io.BytesIO(n["png"]), format="png"))
-                ax.set_axis_off()
-                ax.set_title(f"Night, session {n['session_id']}", fontsize=10)
+    meta = {"Title": f"Screening summary {pseudonym}", "Creator": software, "Subject": f"site {site_uuid}",
+            "Keywords": f"{HASH_LABEL} {payload_hash}"}
+    with matplotlib.rc_context({"pdf.fonttype": 42}), PdfPages(buf, metadata=meta) as pdf:  # TrueType: searchable text
+        for k, fig in enumerate(figs, 1):
+            fig.text(0.5, 0.018, f"Subject {pseudonym}  ·  {site}  ·  bundle payload SHA-256 (without this report) "
+                                 f"{payload_hash}  ·  page {k} of {len(figs)}", fontsize=6.5, ha="center",
+                     family="DejaVu Sans", color="#333333")
             pdf.savefig(fig)
             plt.close(fig)
     return buf.getvalue()

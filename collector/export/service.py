@@ -35,12 +35,14 @@ class ExportIn(BaseModel):
 @click.option("--all", "export_all", is_flag=True, help="One bundle per subject, for every subject.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder to write bundles into.")
 @click.option("--zip", "as_zip", is_flag=True, help="Write each bundle as a .zip instead of a folder.")
+@click.option("--format", "fmt", type=click.Choice(["bagit", "odm"]), default="bagit", show_default=True,
+              help="bagit: a bundle per subject; odm: one CDISC ODM 1.3.2 file for the EDC and a long-format results.csv.")
 @click.option("--json", "as_json", is_flag=True, help="Print the bundles written as JSON.")
 @pass_ctx
 @requires(DATA_MANAGER)
 def export_cmd(c: Ctx, subject_id: str | None, session_id: int | None, export_all: bool, out_dir: Path,
-               as_zip: bool, as_json: bool) -> None:
-    """Write a BagIt bundle per subject for the central study team (no names, no birth dates)."""
+               as_zip: bool, fmt: str, as_json: bool) -> None:
+    """Write a BagIt bundle per subject for the central study team (no names, no birth dates), or ODM for the EDC."""
     from .bundle import export_subject
 
     if sum(bool(x) for x in (subject_id, session_id is not None, export_all)) != 1:
@@ -56,6 +58,17 @@ def export_cmd(c: Ctx, subject_id: str | None, session_id: int | None, export_al
             raise InvalidInput("there are no subjects to export; add one with: collector subject add SCR-0001")
     else:
         subjects = [repo.validate_subject_id(subject_id or "")]
+    if fmt == "odm":
+        from .odm_export import export_odm
+
+        if as_zip:
+            raise InvalidInput("--zip applies to bundles only; leave it out with --format odm")
+        o = export_odm(conn, subjects, out_dir, config=c.config, by=c.by, now=SystemClock().now(), session_ids=sessions)
+        if as_json:
+            emit_json(o.as_dict())
+        else:
+            click.echo(f"{o.odm}: ODM 1.3.2 for {len(o.subjects)} subject(s); {o.results}: results in long format")
+        return
     results = []
     for sid in subjects:
         r = export_subject(conn, sid, out_dir, config=c.config, by=c.by, now=SystemClock().now(),
@@ -104,6 +117,9 @@ def merge_cmd(bundles: tuple[Path, ...], out: Path, as_json: bool) -> None:
         return
     added = ", ".join(f"{k} {v}" for k, v in result["rows_added"].items())
     click.echo(f"{out}: merged {result['bundles']} bundle(s); rows added: {added}")
+    if result["sessions_replaced"] or result["sessions_older_than_loaded"]:
+        click.echo(f"sessions replaced by a newer export: {result['sessions_replaced']}; "
+                   f"older exports of loaded sessions left out: {result['sessions_older_than_loaded']}")
     if result["already_merged"]:
         click.echo(f"already merged, skipped: {', '.join(result['already_merged'])}")
 

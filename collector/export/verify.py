@@ -27,7 +27,7 @@ from . import bag, csvs, edf, protocol_check
 # Figures recomputed from the CSV and compared with the exported report.
 CHECKED_FIGURES = ("n_samples", "n_usable_samples", "recording_s", "analysed_s", "t90_s", "t90_pct", "t90_s_inclusive",
                    "night_valid", "meets_t90_criterion", "decision", "borderline")
-_SESSION_FILE = re.compile(r"^data/(samples|gaps|events|night|spirometry)_(\d+)\.(csv|json|edf|png)$")
+_SESSION_FILE = re.compile(r"^data/(samples|gaps|events|night|spirometry)_(\d+)(\.discontinuous)?\.(csv|json|edf|png)$")
 
 
 @dataclass
@@ -120,8 +120,16 @@ class _Checker:
         if not data.startswith(b"%PDF-") or b"%%EOF" not in data[-1024:]:
             raise ValueError("not a complete PDF (header or %%EOF trailer missing)")
         pages = len(re.findall(rb"/Type\s*/Page(?![a-zA-Z])", data))
-        if not 1 <= pages <= 3:
-            raise ValueError(f"has {pages} pages, expected 1 to 3")
+        if pages < 1:
+            raise ValueError("has no pages")
+        info = bag.parse_info(self.files.get(bag.BAG_INFO, b""))
+        printed = next(iter(info.get("Payload-SHA256-Without-Report") or []), None)
+        if printed is not None:
+            payload = {k: v for k, v in self.files.items() if k.startswith("data/") and k != name}
+            if printed != bag.sha256(bag.manifest_text(payload)):
+                raise ValueError("the payload hash in bag-info.txt does not match the payload without report.pdf")
+            if printed.encode() not in data:
+                raise ValueError("does not carry the bundle's payload hash (a report from another bundle?)")
 
     # -- cross-file checks -------------------------------------------------------------------
     def expected_files(self) -> None:
@@ -134,7 +142,7 @@ class _Checker:
         for s in subject.get("sessions", []):
             sid = s["id"]
             names = ([f"samples_{sid}.csv", f"gaps_{sid}.csv", f"events_{sid}.csv", f"night_{sid}.json",
-                      f"night_{sid}.edf", f"night_{sid}.png"] if s["kind"] == "night"
+                      f"night_{sid}.edf", f"night_{sid}.discontinuous.edf", f"night_{sid}.png"] if s["kind"] == "night"
                      else [f"spirometry_{sid}.csv", f"spirometry_{sid}.json"])
             for n in names:
                 if f"data/{n}" not in self.files:
@@ -184,21 +192,32 @@ class _Checker:
             self._edf(sid, data)
 
     def _edf(self, sid: str, data: NightData) -> None:
-        sig = self.parsed.get(f"data/night_{sid}.edf")
-        if sig is None:
-            return
-        name = f"data/night_{sid}.edf"
-        for label, values, ok, rng in ((edf.SPO2_LABEL, data.spo2, data.valid, edf.SPO2_RANGE),
-                                       (edf.PULSE_LABEL, data.pulse, data.pulse_valid, edf.PULSE_RANGE)):
-            if label not in sig:
-                self.bad(name, f"has no {label} signal")
+        """Both EDF files hold the CSV's valid values, in order, each at its own second on the grid."""
+        g = edf.grid(np.rint(data.t_s * 1000.0).astype(np.int64))
+        for name in (f"data/night_{sid}.edf", f"data/night_{sid}.discontinuous.edf"):
+            sig = self.parsed.get(name)
+            if sig is None:
                 continue
-            got = sig[label]["data"][sig[label]["digital"] != rng[1][0]]
-            with np.errstate(invalid="ignore"):
-                want = np.clip(values[ok & np.isfinite(values)], 0.0, rng[0][1])
-            if got.size != want.size or not np.allclose(got, want, atol=0.051):
-                self.bad(name, f"{label} holds {got.size} valid values but samples_{sid}.csv has {want.size}, "
-                               "or they differ")
+            for label, values, ok, rng in ((edf.SPO2_LABEL, data.spo2, data.valid, edf.SPO2_RANGE),
+                                           (edf.PULSE_LABEL, data.pulse, data.pulse_valid, edf.PULSE_RANGE)):
+                if label not in sig:
+                    self.bad(name, f"has no {label} signal")
+                    continue
+                present = sig[label]["digital"] != rng[1][0]
+                got = sig[label]["data"][present]
+                with np.errstate(invalid="ignore"):
+                    use = ok & np.isfinite(values)
+                want = np.clip(values[use], 0.0, rng[0][1])
+                if got.size != want.size or not np.allclose(got, want, atol=0.051):
+                    self.bad(name, f"{label} holds {got.size} valid values but samples_{sid}.csv has {want.size}, "
+                                   "or they differ")
+                    continue
+                starts = sig["record_starts_s"]
+                fs = int(sig[label]["fs"])
+                spr = present.size // max(1, starts.size)
+                at = (np.repeat(starts, spr) * fs + np.tile(np.arange(spr), starts.size))[present]
+                if not np.array_equal(np.rint(at).astype(np.int64), g.cells[use]):
+                    self.bad(name, f"{label} values are not at the seconds of samples_{sid}.csv's host times")
 
     def audit(self) -> None:
         rows = self.parsed.get("data/audit.csv")

@@ -327,3 +327,11 @@ def latest_event(conn: sqlite3.Connection, session_id: int, kind: str) -> dict[s
 
 def session_events(conn: sqlite3.Connection, session_id: int) -> list[dict[str, Any]]:
     return _rows(conn, "SELECT * FROM events WHERE session_id = ? ORDER BY t_utc_ms, id", (session_id,))
+
+
+def site_uuid(conn: sqlite3.Connection) -> str:
+    """This database's site UUID (made by the ``site identity`` migration)."""
+    row = conn.execute("SELECT site_uuid FROM site_identity WHERE id = 1").fetchone()
+    if row is None:
+        raise RuntimeError("the database has no site identity row; open it with collector.storage.db.open_db to migrate it")
+    return str(row[0])

@@ -139,9 +139,27 @@ BEGIN SELECT RAISE(ABORT, 'stored samples are never deleted'); END;
 """
 
 
+# One row: this database's identity, a random UUID (version 4) made when the database is created
+# (or upgraded to this migration).  Exports carry it so bundles from two laptops never collide.
+SITE_IDENTITY_SQL = """
+CREATE TABLE site_identity (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    site_uuid TEXT NOT NULL,
+    created_utc TEXT NOT NULL
+);
+INSERT INTO site_identity (id, site_uuid, created_utc) VALUES (1,
+    lower(hex(randomblob(4))) || '-' || lower(hex(randomblob(2))) || '-4' || substr(lower(hex(randomblob(2))), 2) || '-'
+    || substr('89ab', 1 + abs(random()) % 4, 1) || substr(lower(hex(randomblob(2))), 2) || '-' || lower(hex(randomblob(6))),
+    strftime('%Y-%m-%dT%H:%M:%fZ', 'now'));
+CREATE TRIGGER site_identity_no_update BEFORE UPDATE ON site_identity
+BEGIN SELECT RAISE(ABORT, 'the site identity never changes'); END;
+"""
+
+
 # The night reports live with the oximetry package (collector/oximetry/schema.py); the samples
 # stay here because the core writer commits and seals them.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("core capture tables", CORE_SQL),
     Migration("sample seals", SAMPLE_SEALS_SQL),
+    Migration("site identity", SITE_IDENTITY_SQL),
 )

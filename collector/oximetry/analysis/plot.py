@@ -100,6 +100,21 @@ def plot_night(
 ) -> Path:
     """Render the night to ``path`` (A4 landscape).  ``title`` must not contain personal data."""
     path = Path(path)
+    fig = night_figure(data, report, config, title, tz)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def night_figure(
+    data: NightData,
+    report: dict[str, Any],
+    config: AnalysisConfig = AnalysisConfig(),
+    title: str = "Overnight oximetry",
+    tz: tzinfo = timezone.utc,
+) -> Any:
+    """The night's A4 landscape figure (the caller saves and closes it: a page of a vector PDF, a PNG)."""
     tl = timeline(data, config)
     origin = datetime(1970, 1, 1, tzinfo=timezone.utc)
     to_num = lambda ms: mdates.date2num(origin) + np.asarray(ms, dtype=np.float64) / 86_400_000.0  # noqa: E731
@@ -159,17 +174,16 @@ def plot_night(
     if np.isfinite(py).any():
         pmin, pmax = np.nanmin(py), np.nanmax(py)
         ax_p.set_ylim(max(20.0, pmin - 10), min(250.0, pmax + 10))
-    tzname = datetime.now(tz).tzname() or "UTC"
+    ref = datetime.fromtimestamp(tl.t_ms[0] / 1000.0, tz) if tl.t_ms.size else datetime.now(tz)
+    off = ref.strftime("%z") or "+0000"
+    tzname = f"{ref.tzname() or 'UTC'}, UTC{off[:3]}:{off[3:]}"
     ax_p.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=tz))
     ax_p.xaxis.set_major_locator(mdates.HourLocator(tz=tz))
     ax_p.set_xlabel(f"Time ({tzname})", fontsize=11)
     if tl.t_ms.size:
         pad = max(60_000, (tl.t_ms[-1] - tl.t_ms[0]) // 100)
         ax_s.set_xlim(to_num(tl.t_ms[0] - pad), to_num(tl.t_ms[-1] + pad))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return fig
 
 
-__all__ = ["plot_night", "A4_LANDSCAPE_IN"]
+__all__ = ["plot_night", "night_figure", "A4_LANDSCAPE_IN"]
