@@ -97,9 +97,10 @@ def test_samples_and_reports_cannot_be_changed_through_sqlite() -> None:
 
 
 def test_a_truncated_audit_trail_is_caught_against_the_head_an_export_recorded(night_db: Path, tmp_path: Path) -> None:
-    r = invoke(night_db, "export", "SCR-0001", "--out", str(tmp_path / "out"), "--json")
-    if r.exit_code != 0:
-        pytest.skip(f"export refused here: {r.output.strip()}")
+    site = tmp_path / "site.toml"
+    site.write_text('[site]\nname = "Test Hospital 1"\n', encoding="utf-8")
+    r = invoke(night_db, "export", "SCR-0001", "--out", str(tmp_path / "out"), "--json", config=site)
+    assert r.exit_code == 0, r.output
     info = (next((tmp_path / "out").glob("*")) / "bag-info.txt").read_text()
     head = next(line.split(": ", 1)[1] for line in info.splitlines() if line.startswith("Audit-Chain-Head"))
     assert verify(night_db, "--expect-head", head)[0] == 0
