@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collector.storage.schema import Migration
+from collector.storage.schema import Migration, append_only
 
 NIGHT_REPORTS_SQL = """
 CREATE TABLE night_reports (
@@ -19,12 +19,7 @@ CREATE TABLE night_reports (
 CREATE INDEX night_reports_session ON night_reports(session_id, id);
 """
 
-REPORTS_APPEND_ONLY_SQL = """
-CREATE TRIGGER night_reports_no_update BEFORE UPDATE ON night_reports
-BEGIN SELECT RAISE(ABORT, 'night reports are append-only: store a new report instead'); END;
-CREATE TRIGGER night_reports_no_delete BEFORE DELETE ON night_reports
-BEGIN SELECT RAISE(ABORT, 'night reports are append-only'); END;
-"""
+REPORTS_APPEND_ONLY_SQL = append_only("night_reports", what="night reports are append-only: store a new report instead")
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("night reports", NIGHT_REPORTS_SQL),  # name kept: databases made before the move have it applied

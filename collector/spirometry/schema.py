@@ -6,7 +6,7 @@ and must never change (a renamed migration would run again on existing databases
 
 from __future__ import annotations
 
-from collector.storage.schema import Migration
+from collector.storage.schema import Migration, append_only
 
 TABLES_SQL = """
 CREATE TABLE spirometry_manoeuvres (
@@ -94,24 +94,8 @@ CREATE INDEX spirometry_messages_session ON spirometry_messages(session_id, id);
 """
 
 # What a spirometer sent and what it meant are never changed: a new message or result is a new row.
-APPEND_ONLY_SQL = """
-CREATE TRIGGER spirometry_manoeuvres_no_update BEFORE UPDATE ON spirometry_manoeuvres
-BEGIN SELECT RAISE(ABORT, 'spirometry rows are append-only'); END;
-CREATE TRIGGER spirometry_manoeuvres_no_delete BEFORE DELETE ON spirometry_manoeuvres
-BEGIN SELECT RAISE(ABORT, 'spirometry rows are append-only'); END;
-CREATE TRIGGER spirometry_results_no_update BEFORE UPDATE ON spirometry_results
-BEGIN SELECT RAISE(ABORT, 'spirometry rows are append-only'); END;
-CREATE TRIGGER spirometry_results_no_delete BEFORE DELETE ON spirometry_results
-BEGIN SELECT RAISE(ABORT, 'spirometry rows are append-only'); END;
-CREATE TRIGGER spirometry_observations_no_update BEFORE UPDATE ON spirometry_observations
-BEGIN SELECT RAISE(ABORT, 'spirometry rows are append-only'); END;
-CREATE TRIGGER spirometry_observations_no_delete BEFORE DELETE ON spirometry_observations
-BEGIN SELECT RAISE(ABORT, 'spirometry rows are append-only'); END;
-CREATE TRIGGER spirometry_messages_no_update BEFORE UPDATE ON spirometry_messages
-BEGIN SELECT RAISE(ABORT, 'spirometry rows are append-only'); END;
-CREATE TRIGGER spirometry_messages_no_delete BEFORE DELETE ON spirometry_messages
-BEGIN SELECT RAISE(ABORT, 'spirometry rows are append-only'); END;
-"""
+APPEND_ONLY_SQL = append_only("spirometry_manoeuvres", "spirometry_results", "spirometry_observations", "spirometry_messages",
+                              what="spirometry rows are append-only")
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("spirometry manoeuvres and results", TABLES_SQL),

@@ -12,6 +12,13 @@ from __future__ import annotations
 from typing import NamedTuple
 
 
+def append_only(*tables: str, what: str) -> str:
+    """Triggers that refuse UPDATE and DELETE on ``tables`` (rows that decide or record are never changed)."""
+    return "".join(
+        f"CREATE TRIGGER {t}_no_{verb} BEFORE {verb.upper()} ON {t}\nBEGIN SELECT RAISE(ABORT, '{what}'); END;\n"
+        for t in tables for verb in ("update", "delete"))
+
+
 class Migration(NamedTuple):
     """One step of a package's schema, applied once and recorded in ``schema_migrations`` by name.
 
@@ -128,15 +135,7 @@ CREATE TABLE sample_seals (
     prev_hash TEXT NOT NULL,
     seal_hash TEXT NOT NULL
 );
-CREATE TRIGGER sample_seals_no_update BEFORE UPDATE ON sample_seals
-BEGIN SELECT RAISE(ABORT, 'sample seals are append-only'); END;
-CREATE TRIGGER sample_seals_no_delete BEFORE DELETE ON sample_seals
-BEGIN SELECT RAISE(ABORT, 'sample seals are append-only'); END;
-CREATE TRIGGER spo2_samples_no_update BEFORE UPDATE ON spo2_samples
-BEGIN SELECT RAISE(ABORT, 'stored samples are never changed'); END;
-CREATE TRIGGER spo2_samples_no_delete BEFORE DELETE ON spo2_samples
-BEGIN SELECT RAISE(ABORT, 'stored samples are never deleted'); END;
-"""
+""" + append_only("sample_seals", "spo2_samples", what="stored samples and their seals are append-only")
 
 
 # One row: this database's identity, a random UUID (version 4) made when the database is created
