@@ -8,6 +8,7 @@ report is recomputed from what was stored and compared with the live figures.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import sys
 import time
@@ -40,6 +41,9 @@ def next_demo_subject(db_path: Path) -> str:
 def _fmt_hms(seconds: float) -> str:
     seconds = int(max(0, seconds))
     return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+END_GRACE_S = 120.0  # virtual seconds after the scenario's end before the demo stops waiting for the device
 
 
 async def run_demo(
@@ -78,6 +82,11 @@ async def run_demo(
         last_line = 0.0
         while not playing.done():
             await asyncio.sleep(0.2 if not math.isinf(speed) else 0.05)
+            if device.started_at is not None and clock.now() > device.started_at + scenario.duration_s + END_GRACE_S:
+                # The scenario's night is over on the virtual clock: never wait on a device that has gone quiet
+                # (a reconnecting link on a racing virtual clock would otherwise keep the demo running for ever).
+                playing.cancel()
+                break
             bed = daemon.nights.recorders[session_id].status(clock.now())
             for ev in bed["events"][seen_events:]:
                 echo(f"\n  ! {ev['kind']} at {ev['t_utc']}: T90 {ev.get('t90_pct', 0):.2f} %" if tty else f"  ! {ev['kind']} at {ev['t_utc']}")
@@ -95,6 +104,9 @@ async def run_demo(
             elif time.monotonic() - last_line >= 2.0 or done >= 1:
                 echo(line)
                 last_line = time.monotonic()
+        if not playing.done() or playing.cancelled():
+            with contextlib.suppress(asyncio.CancelledError):
+                await playing
         if tty:
             sys.stdout.write("\n")
         live = daemon.nights.recorders[session_id].status(clock.now())["live"]
