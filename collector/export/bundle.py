@@ -7,6 +7,7 @@ for it, and only then written; the export itself is recorded as an audit row
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import tempfile
@@ -14,7 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -161,8 +162,14 @@ def _night_files(conn: sqlite3.Connection, s: dict[str, Any], config: dict[str, 
 # ----------------------------------------------------------------------------- spirometry
 
 
+def _coarsener(config: dict[str, Any]) -> Callable[[Any], Any]:
+    """Exported figures at the form's precision, never rounded onto the FVC limit (both from the one config)."""
+    return functools.partial(coarsen, fvc_threshold_pct=float(config["spirometry"]["fvc_threshold_pct"]),
+                             pct_decimals=int(config["eligibility"]["crf_decimals"]))
+
+
 def _spirometry_files(conn: sqlite3.Connection, s: dict[str, Any], scrub: Scrubber, device: dict[str, Any] | None,
-                      fvc_limit: float, site: str) -> tuple[dict[str, bytes], dict[str, Any] | None]:
+                      coarsen_figures: Callable[[Any], Any], site: str) -> tuple[dict[str, bytes], dict[str, Any] | None]:
     """Every manoeuvre with its quality flags and the newest result (raw device messages stay local:
     they can carry the name and birth date the device was given)."""
     sid = s["id"]
@@ -178,7 +185,7 @@ def _spirometry_files(conn: sqlite3.Connection, s: dict[str, Any], scrub: Scrubb
     if result is not None:
         result = dict(result)
         result["result"] = json.loads(result.pop("result_json") or "{}")
-        result = coarsen(scrub.obj(result), fvc_threshold_pct=fvc_limit)
+        result = coarsen_figures(scrub.obj(result))
     csv_rows = [{**ident, **m, "device_quality_json": json.dumps(m["device_quality"], sort_keys=True)} for m in out_man]
     files = {
         f"spirometry_{sid}.csv": csvs.write_csv(csvs.MANOEUVRE_COLUMNS, csv_rows),
@@ -288,12 +295,11 @@ def build_subject_bag(conn: sqlite3.Connection, subject_id: str, *, config: dict
             files, night = _night_files(conn, s, config, scrub, subject_id, device, site_id)
             nights.append(night)
         else:
-            files, spiro_result = _spirometry_files(conn, s, scrub, device, float(config["spirometry"]["fvc_threshold_pct"]), site_id)
+            files, spiro_result = _spirometry_files(conn, s, scrub, device, _coarsener(config), site_id)
             if spiro_result is not None:
                 spiro.append(spiro_result)
         payload.update(files)
-    eligibility = coarsen(scrub.obj(_eligibility(conn, subject_id, now, config)),
-                          fvc_threshold_pct=float(config["spirometry"]["fvc_threshold_pct"]))
+    eligibility = _coarsener(config)(scrub.obj(_eligibility(conn, subject_id, now, config)))
     first = min((s["started_utc"] for s in repo.list_sessions(conn, subject_id)), default=None)
     age, screening_date = _age_at_screening(conn, subject_id, eligibility, first)
     ids = [s["id"] for s in sessions]

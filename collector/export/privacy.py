@@ -115,13 +115,13 @@ def _safe_round(value: float, digits: int, threshold: float | None) -> float:
     return value
 
 
-def coarsen(obj: Any, *, fvc_threshold_pct: float | None = None) -> Any:
+def coarsen(obj: Any, *, fvc_threshold_pct: float | None = None, pct_decimals: int = 1) -> Any:
     """Whole-year ages and CRF-precision reference values in an exported structure.
 
     A decimal age next to the date it was computed on gives the birth date back to the day,
     and so do full-precision predicted values with height and sex (the equations are public).
     Exports therefore carry the age in completed years, predicted/LLN/ULN volumes to 0.01 L,
-    z-scores to 0.01 and % predicted to 0.1 (more digits only where 0.1 would move a value onto
+    z-scores to 0.01 and % predicted to the case report form's ``[eligibility] crf_decimals`` (more digits only where that rounding would move a value onto
     the other side of the FVC limit).  The site database keeps the exact figures.
     """
     if isinstance(obj, dict):
@@ -138,10 +138,10 @@ def coarsen(obj: Any, *, fvc_threshold_pct: float | None = None) -> Any:
                     out[k] = round(v, 2)
                     continue
                 if "pct_predicted" in k or k.startswith("percent_predicted"):
-                    out[k] = _safe_round(v, 1, fvc_threshold_pct)
+                    out[k] = _safe_round(v, pct_decimals, fvc_threshold_pct)
                     continue
-            out[k] = coarsen(v, fvc_threshold_pct=fvc_threshold_pct)
+            out[k] = coarsen(v, fvc_threshold_pct=fvc_threshold_pct, pct_decimals=pct_decimals)
         return out
     if isinstance(obj, list):
-        return [coarsen(v, fvc_threshold_pct=fvc_threshold_pct) for v in obj]
+        return [coarsen(v, fvc_threshold_pct=fvc_threshold_pct, pct_decimals=pct_decimals) for v in obj]
     return obj
