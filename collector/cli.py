@@ -277,6 +277,9 @@ def run(c: Ctx, host: str | None, port: int | None, scenarios: tuple[Path, ...],
     from collector.storage.presence import require_database
 
     require_database(c.db_path, create=c.create)
+    from collector.host.logfiles import add_log_file
+
+    add_log_file(c.db_path, c.config)
     sys.exit(asyncio.run(serve(c.db_path, c.config, host=host, port=port, scenarios=list(scenarios),
                                speed=_parse_speed(speed), capture=capture)))
 

@@ -292,6 +292,13 @@ class Eligibility(Table):
         return self
 
 
+class Host(Table):
+    disk_nights: int = Field(ge=1, le=1000, description="an integer from 1 to 1000")
+    keep_awake: bool = Field(description="true or false")
+    log_max_mb: int = Field(ge=1, le=1000, description="an integer from 1 to 1000")
+    log_files: int = Field(ge=1, le=100, description="an integer from 1 to 100")
+
+
 class Config(Table):
     """The whole configuration after the site file is merged over the packaged defaults."""
 
@@ -305,6 +312,7 @@ class Config(Table):
     oximetry: Oximetry
     spirometry: Spirometry
     eligibility: Eligibility
+    host: Host
 
 
 # --------------------------------------------------------------------------- error messages

@@ -6,7 +6,7 @@ clock, and hands each kind of session to its feature service
 sessions): a failing device never stops the others.  Feature modules use only
 the public surface below (``write``, ``flush``, ``open_reader``, ``notify``,
 ``services``, ``listeners``, ``status_providers``, ``startup_hooks``,
-``shutdown_hooks``, ``lock``, ``clock``, ``config``, ``capture``, and ``writer``
+``shutdown_hooks``, ``session_facts``, ``lock``, ``clock``, ``config``, ``capture``, and ``writer``
 for the recorders' fire-and-forget rows: ``writer.submit``, ``writer.add_samples``,
 ``writer.failed``).  On SIGTERM/SIGINT the services keep open sessions as
 ``interrupted``; on the next start they resume in the same session with the
@@ -94,6 +94,8 @@ class Daemon:
         self.status_providers: dict[str, Callable[[], Any]] = {}
         self.shutdown_hooks: list[Callable[[], Awaitable[None]]] = []
         self.startup_hooks: list[Callable[[], Awaitable[Any]]] = []  # awaited by resume_open_sessions()
+        #: Facts stored in the settings of every live session opened (e.g. the clock's synchronisation).
+        self.session_facts: dict[str, Callable[[], Any]] = {}
         self.closing = False
         self.clock_watch = ClockStepWatch(self.clock)
 
@@ -131,6 +133,10 @@ class Daemon:
             raise StorageError(self.writer.lost.message if self.writer.lost else
                                f"the database file {self.db_path} is missing; restore it from its backup and restart the collector")
         return open_db(self.db_path, check_same_thread=False).conn
+
+    def facts_for_session(self) -> dict[str, Any]:
+        """What every live session records about the machine it was recorded on."""
+        return {name: fact() for name, fact in self.session_facts.items()}
 
     def recording(self) -> bool:
         """Whether any service has a session recording now."""

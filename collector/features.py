@@ -23,6 +23,8 @@ import click
 from collector.eligibility import cli as eligibility_cli
 from collector.eligibility import service as eligibility_service
 from collector.export import service as export_service
+from collector.host import cli as host_cli
+from collector.host import service as host_service
 from collector.oximetry import cli as oximetry_cli
 from collector.oximetry import service as oximetry_service
 from collector.spirometry import cli as spirometry_cli
@@ -52,6 +54,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature("export", make_router=export_service.make_router, commands=tuple(export_service.COMMANDS)),
     Feature("web", web_service.attach, web_service.make_router),
     Feature("operators", commands=tuple(users_cli.COMMANDS)),
+    Feature("host", host_service.attach, commands=tuple(host_cli.COMMANDS)),
 )
 
 

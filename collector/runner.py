@@ -20,6 +20,7 @@ from collector.clock import Clock, SystemClock, VirtualClock
 from collector.errors import InvalidInput, StorageError
 from collector.storage.lock import DatabaseLock
 from collector.features import build_daemon
+from collector.host import sd_notify
 from collector.runtime import load_or_create_token, remove_runtime, write_runtime
 
 log = logging.getLogger(__name__)
@@ -147,11 +148,13 @@ async def _serve_locked(db_path: Path, config: dict[str, Any], *, host: str, por
     write_runtime(db_path, host=host, port=bound_port, pid=os.getpid())
     log.info("collector daemon on http://%s:%s (db %s), resumed sessions: %s", host, bound_port, db_path, resumed or "none")
     print(f"collector daemon ready on http://{host}:{bound_port} (database {db_path}); resumed sessions: {resumed or 'none'}", flush=True)
+    sd_notify.notify(f"READY=1\nSTATUS=recording; resumed sessions: {resumed or 'none'}")
     if ready is not None:
         ready.set()
     try:
         await stop.wait()
     finally:
+        sd_notify.notify("STOPPING=1")
         log.info("stopping: API first (requests in flight get up to 5 s), then the sessions")
         server.should_exit = True
         try:

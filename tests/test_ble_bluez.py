@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import shutil
 import sqlite3
-import subprocess
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,41 +19,15 @@ from simulators.bluez import FakeBluez
 from simulators.oximeter import SimulatedOximeter
 from simulators.scenario import Interval, Scenario
 from conftest import T0, fast_config, scenario
-
-BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <listen>unix:path={socket}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-  </policy>
-</busconfig>
-"""
-
+from private_bus import start_private_bus, stop_private_bus
 
 @pytest.fixture
 def system_bus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A private dbus-daemon standing in for the system bus (bleak's BlueZ backend connects to it)."""
-    exe = shutil.which("dbus-daemon")
-    if exe is None:
-        pytest.skip("dbus-daemon not installed (Debian package 'dbus', which .ci/run installs): BlueZ harness skipped")
-    config = tmp_path / "bus.conf"
-    config.write_text(BUS_CONFIG.format(socket=tmp_path / "bus.sock"), encoding="utf-8")
-    proc = subprocess.Popen([exe, "--config-file", str(config), "--nofork", "--print-address"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdout is not None
-    address = proc.stdout.readline().decode().strip()  # printed once the bus listens: no waiting by time
-    if not address:
-        proc.kill()
-        pytest.fail(f"dbus-daemon did not start: {proc.stderr.read().decode() if proc.stderr else ''}")
+    proc, address = start_private_bus(tmp_path)
     monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", address)
     yield address
-    proc.terminate()
-    proc.wait(10)
+    stop_private_bus(proc)
 
 
 def mac(i: int) -> str:

@@ -34,7 +34,7 @@ CLI_MATRIX: dict[str, Any] = {
     "criteria set": {I, T}, "criteria retract": {I, T}, "criteria show": READS, "eligibility": set(ROLES),
     "demo": SELF, "run": SELF, "login": SELF, "logout": SELF, "merge": SELF,
     "export": {D}, "verify": READS, "import": {T}, "replay": {T}, "report": {T, I},
-    "predict": READS, "scan": READS, "status": READS, "verify-audit": READS,
+    "predict": READS, "scan": READS, "status": READS, "verify-audit": READS, "doctor": READS, "service unit": READS,
     "session list": READS, "session samples": READS, "session start": {T}, "session stop": {T},
     "spirometry recompute": {T, I}, "spirometry show": READS,
     "subject add": {T, I}, "subject list": READS,

@@ -70,6 +70,7 @@ class NightService:
         self.recorders[rec.session_id] = rec
         rec.start()
         self._ensure_handover()
+        self.daemon.notify("session_recording", {"session_id": rec.session_id, "kind": "night"})
 
     # -- commands --------------------------------------------------------------------------
     async def scan(self, timeout_s: float = 5.0) -> list[dict[str, Any]]:
@@ -136,7 +137,8 @@ class NightService:
             def create(c: sqlite3.Connection) -> dict[str, Any]:
                 device_id = repo.upsert_device(c, kind="oximeter", protocol=protocol, address=found.address, at=now, name=found.name)
                 sid = repo.open_session(c, subject_id=subject_id, kind="night", device_id=device_id, by=by, at=now, origin=origin,
-                                        settings={"protocol": protocol, "oximetry": daemon.config["oximetry"]})
+                                        settings={"protocol": protocol, "oximetry": daemon.config["oximetry"],
+                                                  **daemon.facts_for_session()})
                 return repo.get_session(c, sid)
 
             try:

@@ -452,7 +452,8 @@ class SpirometryService:
                 raise DeviceError(str(exc)) from None
             now = self.daemon.clock.now()
             settings = {"protocol": m.protocol, "model": m.name, "port": dataclasses.asdict(m.port),
-                        **{k: v for k, v in store.evaluation_settings(self.cfg).items() if k != "quality_codes"}}
+                        **{k: v for k, v in store.evaluation_settings(self.cfg).items() if k != "quality_codes"},
+                        **self.daemon.facts_for_session()}
 
             def create(c: sqlite3.Connection) -> dict[str, Any]:
                 device_id = repo.upsert_device(c, kind="spirometer", protocol=m.protocol, address=port_url, at=now, model=m.name)
@@ -468,6 +469,7 @@ class SpirometryService:
             rec.bind(session)
             self.recorders[session["id"]] = rec
             rec.start()
+            self.daemon.notify("session_recording", {"session_id": session["id"], "kind": "spirometry"})
         return self.session_info(session["id"])
 
     def session_info(self, session_id: int) -> dict[str, Any]:
@@ -556,6 +558,7 @@ class SpirometryService:
             rec = SpirometryRecorder(self, m, row["device_address"])
             rec.bind(row, gap_id=gap_id)
             self.recorders[row["id"]] = rec
+            self.daemon.notify("session_recording", {"session_id": row["id"], "kind": "spirometry"})
             await rec.transport.start()  # keeps trying until the port is there
             rec.start()
             resumed.append(row["id"])

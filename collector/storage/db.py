@@ -165,3 +165,13 @@ def _split_sql(sql: str) -> list[str]:
     if rest and not all(l.strip().startswith("--") or not l.strip() for l in current):
         statements.append(rest)
     return statements
+
+
+def quick_check(path: Path | str) -> list[str]:
+    """SQLite's own integrity check of the file (read-only); empty when the file is sound."""
+    conn = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
+    try:
+        rows = [r[0] for r in conn.execute("PRAGMA quick_check")]
+    finally:
+        conn.close()
+    return [] if rows == ["ok"] else rows
