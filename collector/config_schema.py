@@ -141,6 +141,7 @@ class Site(Table):
     name: Name = Field(description="a non-empty site name")
     subject_id_pattern: Annotated[str, AfterValidator(_regex)] = Field(description="a regular expression for screening IDs")
     timezone: TimeZone = Field(description="an IANA time zone name such as Asia/Shanghai")
+    language: Literal["zh-CN", "en"] = Field(description="zh-CN or en")
 
 
 def _oid(value: str) -> str:

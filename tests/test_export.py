@@ -73,9 +73,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> dict:
     audit.append(conn, at=T0 + 8200, actor="tester", action="note", subject_id=SUBJECT, new={"birth": "23.04.1971"})
     conn.execute("COMMIT")
     out = tmp / "out"
-    r1 = _cli(db, "export", SUBJECT, "--out", str(out), "--json")
+    r1 = _cli(db, "export", SUBJECT, "--out", str(out), "--json", "--lang", "en")
     assert r1.exit_code == 0, r1.output
-    r2 = _cli(db, "export", "--all", "--out", str(out / "zips"), "--zip", "--json")
+    r2 = _cli(db, "export", "--all", "--out", str(out / "zips"), "--zip", "--json", "--lang", "en")
     assert r2.exit_code == 0, r2.output
     folder = Path(json.loads(r1.output)[0]["path"])
     zipped = Path(json.loads(r2.output)[0]["path"])
@@ -519,7 +519,7 @@ def test_odm_signature_hook_writes_valid_signatures(site):
     from collector.export.bundle import build_subject_bag
     from collector.export.odm import Signature, odm_document
 
-    cfg = {**defaults(), "site": {"name": "Test Hospital 1", "timezone": "Asia/Shanghai"}}
+    cfg = {**defaults(), "site": {**defaults()["site"], "name": "Test Hospital 1", "timezone": "Asia/Shanghai"}}
     files = build_subject_bag(open_db(site["db"]).conn, SUBJECT, config=cfg, by="tester", now=T0 + 9000)[1]
     sig = Signature(subject=SUBJECT, user="dr-li", meaning="I reviewed the screening data", legal_reason="investigator review",
                     at_utc="2025-12-30T08:00:00.000Z")

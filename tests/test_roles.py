@@ -38,7 +38,7 @@ CLI_MATRIX: dict[str, Any] = {
     "session list": READS, "session samples": READS, "session start": {T}, "session stop": {T},
     "spirometry recompute": {T, I}, "spirometry show": READS,
     "subject add": {T, I}, "subject list": READS,
-    "user add": {A}, "user disable": {A}, "user list": READS, "user password": {A}, "user role": {A},
+    "user add": {A}, "user disable": {A}, "user list": READS, "user password": {A}, "user role": {A}, "user language": set(ROLES),
     "whoami": set(ROLES),
 }
 

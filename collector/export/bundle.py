@@ -320,7 +320,8 @@ def build_subject_bag(conn: sqlite3.Connection, subject_id: str, *, config: dict
     payload_hash = payload_hash_without_report(payload)
     payload["report.pdf"] = pdf.summary_pdf(pseudonym=subject_id, site=site, site_uuid=site_id, timezone=site_timezone(config),
                                             export_utc=utc_iso(now), software=software, age_years=age, eligibility=eligibility,
-                                            nights=nights, spirometry=spiro, payload_hash=payload_hash)
+                                            nights=nights, spirometry=spiro, payload_hash=payload_hash,
+                                            lang=config["site"]["language"])
     info = [
         ("Source-Organization", site), ("Site-UUID", site_id), ("Bag-Software-Agent", software),
         ("Bagging-Date", datetime.fromtimestamp(now, tz=timezone.utc).date().isoformat()),

@@ -16,9 +16,11 @@ Keywords, so ``collector verify`` ties the paper to the bundle.
 from __future__ import annotations
 
 import io
+import re
 import textwrap
+import unicodedata
 from datetime import datetime
-from typing import Any
+from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
 import matplotlib
@@ -28,9 +30,53 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
+from collector.i18n import N_, fonts, translator  # noqa: E402
+
 A4_PORTRAIT_IN = (8.27, 11.69)
 LEFT, RIGHT, TOP, BOTTOM = 0.07, 0.93, 0.965, 0.07
 HASH_LABEL = "Payload-SHA256-Without-Report"
+
+
+DECISIONS = {"eligible": N_("ELIGIBLE"), "ineligible": N_("INELIGIBLE"), "incomplete": N_("INCOMPLETE"),
+             "not evaluated": N_("NOT EVALUATED")}
+STATES = {"met": N_("met"), "not_met": N_("not met"), "pending": N_("pending"), "needs_review": N_("needs review")}
+CRITERIA = {"consent": N_("informed consent"), "age": N_("age 18-60"), "als_diagnosis": N_("ALS diagnosis (WFN)"),
+            "prior_treatment": N_("prior treatment failed"), "fvc": N_("FVC % predicted"),
+            "nocturnal_spo2": N_("nocturnal SpO2 (T90)"), "bmi": N_("BMI"), "contraception": N_("contraception"),
+            "cooperation": N_("cooperation")}
+NIGHTS = {"pass": N_("pass"), "fail": N_("fail"), "invalid": N_("invalid")}
+
+
+def _width(text: str) -> int:
+    """Display width in Latin-character units: a CJK character is about two."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+_TOKENS = re.compile(r"\s+|[\u2e80-\u9fff\u3000-\u303f\uff00-\uffef]|[^\s\u2e80-\u9fff\u3000-\u303f\uff00-\uffef]+")
+
+
+def wrap(text: str, width: int) -> list[str]:
+    """Wrap at spaces in Latin text and between any two characters of Chinese (which has no spaces)."""
+    if _width(text) == len(text):
+        return textwrap.wrap(text, width=width, break_long_words=True) or [""]
+    lines: list[str] = []
+    line = ""
+    for token in _TOKENS.findall(text):
+        if token.isspace():
+            line += " " if line else ""
+            continue
+        while _width(token) > width:  # a Latin word longer than a line (a hash): cut it
+            if line.strip():
+                lines.append(line.rstrip())
+            lines.append(token[:width])
+            line, token = "", token[width:]
+        if line.strip() and _width(line + token) > width:
+            lines.append(line.rstrip())
+            line = token
+        else:
+            line += token
+    lines.append(line.rstrip())
+    return lines
 
 
 def local_time(utc_text: str | None, tz: str) -> str:
@@ -70,18 +116,17 @@ class _Pages:
     def text(self, s: str, size: float = 9, gap: float = 0.004, **kw: Any) -> None:
         lines: list[str] = []
         for para in s.split("\n"):
-            lines.extend(textwrap.wrap(para, width=_chars(RIGHT - LEFT, size), break_long_words=True) or [""])
+            lines.extend(wrap(para, _chars(RIGHT - LEFT, size)))
         for line in lines:
             if self.y - self.step(size) < BOTTOM + 0.02:
                 self.new()
-            self.figs[-1].text(LEFT, self.y, line, fontsize=size, va="top", family="DejaVu Sans", **kw)
+            self.figs[-1].text(LEFT, self.y, line, fontsize=size, va="top", family=fonts.families(), **kw)
             self.y -= self.step(size)
         self.y -= gap
 
     def table(self, header: list[str], rows: list[list[str]], widths: list[float], size: float = 7.5) -> None:
         for r, row in enumerate([header, *rows]):
-            cells = [textwrap.wrap(text, width=_chars(w - 0.01, size), break_long_words=True) or [""]
-                     for text, w in zip(row, widths)]
+            cells = [wrap(text, _chars(w - 0.01, size)) for text, w in zip(row, widths)]
             height = max(len(c) for c in cells) * self.step(size) + 0.002
             if self.y - height < BOTTOM + 0.02:
                 self.new()
@@ -94,7 +139,7 @@ class _Pages:
         x = LEFT
         for lines, w in zip(cells, widths):
             self.figs[-1].text(x, self.y, "\n".join(lines), fontsize=size, va="top", linespacing=1.2,
-                               fontweight="bold" if bold else "normal", family="DejaVu Sans")
+                               fontweight="bold" if bold else "normal", family=fonts.families())
             x += w
         self.y -= max(len(c) for c in cells) * self.step(size) + 0.002
 
@@ -112,60 +157,71 @@ def summary_pdf(
     nights: list[dict[str, Any]],
     spirometry: list[dict[str, Any]],
     payload_hash: str,
+    lang: str = "en",
 ) -> bytes:
     """``nights``: dicts with session_id, start_utc, report, data (NightData); ``spirometry``: result rows (dicts)."""
     from collector.oximetry.analysis.plot import night_figure
 
     from .verify import config_from_report
 
+    _ = translator(lang)
     p = _Pages()
-    p.text(f"ALS cell-therapy trial: screening summary, subject {pseudonym}", 14, fontweight="bold")
-    p.text(f"Site {site} (site UUID {site_uuid})    exported {local_time(export_utc, timezone)}    {software}    "
-           f"age at screening {age_years if age_years is not None else 'not recorded'}", 8.5)
-    p.text(f"Times are in {timezone}; the bundle's files keep UTC.", 8, color="#444444")
+    p.text(_("ALS cell-therapy trial: screening summary, subject {subject}").format(subject=pseudonym), 14, fontweight="bold")
+    age = str(age_years) if age_years is not None else _("not recorded")
+    p.text(_("Site {site} (site UUID {uuid})    exported {when}    {software}    age at screening {age}").format(
+        site=site, uuid=site_uuid, when=local_time(export_utc, timezone), software=software, age=age), 8.5)
+    p.text(_("Times are in {zone}; the bundle's files keep UTC.").format(zone=timezone), 8, color="#444444")
     p.y -= 0.006
-    p.text(f"Decision: {str(eligibility.get('decision', 'not evaluated')).upper()}", 13, fontweight="bold")
+    decision = str(eligibility.get("decision", "not evaluated"))
+    p.text(_("Decision: {decision}").format(decision=_(DECISIONS.get(decision, decision.upper()))), 13, fontweight="bold")
     for reason in eligibility.get("summary") or eligibility.get("reasons") or []:
         p.text(f"• {reason}", 8.5, gap=0.001)
     crit = eligibility.get("criteria") or []
     if crit:
         p.y -= 0.006
-        p.table(["criterion", "state", "reason"], [[str(c.get("id")), str(c.get("state")), str(c.get("reason"))] for c in crit],
+        p.table([_("criterion"), _("state"), _("reason")],
+                [[_(CRITERIA.get(str(c.get("id")), str(c.get("id")))), _(STATES.get(str(c.get("state")), str(c.get("state")))),
+                  str(c.get("reason"))] for c in crit],
                 [0.17, 0.12, 0.57])
-    p.text("Nights (T90 = time with SpO2 < 90 % as % of analysed time; criterion T90 <= 2 %)", 10, fontweight="bold")
+    limits = sorted({float(n["report"]["definitions"]["threshold_pct"]) for n in nights if n["report"].get("definitions")})
+    p.text(_("Nights (T90 = time with SpO2 < 90 % as % of analysed time; criterion T90 <= {limit} %)").format(
+        limit=" / ".join(f"{v:g}" for v in limits)) if limits else
+           _("Nights (T90 = time with SpO2 < 90 % as % of analysed time)"), 10, fontweight="bold")
     rows = [[str(n["session_id"]), local_time(n.get("start_utc"), timezone),
              _f(n["report"].get("t90_pct")), f"{(n['report'].get('analysed_s') or 0) / 3600:.2f}",
              _f(n["report"].get("analysed_pct"), ".1f"), _f(n["report"].get("nadir_spo2"), ".0f"),
-             _f(n["report"].get("odi4_per_h"), ".1f"), str(n["report"].get("decision")),
-             "yes" if n["report"].get("needs_review") else ""] for n in nights]
-    p.table(["session", "start", "T90 %", "analysed h", "analysed %", "nadir", "ODI4/h", "night", "review"],
-            rows or [["(none)"] + [""] * 8], [0.07, 0.22, 0.07, 0.09, 0.09, 0.06, 0.07, 0.07, 0.07])
-    p.text("Spirometry (best FVC of an acceptable, repeatable session)", 10, fontweight="bold")
-    srows = [[str(s.get("session_id")), "yes" if s.get("valid") else "no", str(s.get("equation")),
+             _f(n["report"].get("odi4_per_h"), ".1f"), _(NIGHTS.get(str(n["report"].get("decision")), str(n["report"].get("decision")))),
+             _("yes") if n["report"].get("needs_review") else ""] for n in nights]
+    p.table([_("session"), _("start"), _("T90 %"), _("analysed h"), _("analysed %"), _("nadir"), _("ODI4/h"), _("night"), _("review")],
+            rows or [[_("(none)")] + [""] * 8], [0.07, 0.22, 0.07, 0.09, 0.09, 0.06, 0.07, 0.07, 0.07])
+    p.text(_("Spirometry (best FVC of an acceptable, repeatable session)"), 10, fontweight="bold")
+    srows = [[str(s.get("session_id")), _("yes") if s.get("valid") else _("no"), str(s.get("equation")),
               _f(s.get("fvc_l")), _f(s.get("predicted_fvc_l")), _f(s.get("fvc_pct_predicted"), ".1f"),
               _f(s.get("z_fvc")), _f(s.get("lln_fvc_l")), str(s.get("grade_fvc") or "")] for s in spirometry]
-    p.table(["session", "valid", "equation", "FVC L", "pred L", "% pred", "z", "LLN L", "grade"],
-            srows or [["(none)"] + [""] * 8], [0.07, 0.06, 0.2, 0.08, 0.08, 0.08, 0.07, 0.08, 0.08])
+    p.table([_("session"), _("valid"), _("equation"), _("FVC L"), _("pred L"), _("% pred"), "z", _("LLN L"), _("grade")],
+            srows or [[_("(none)")] + [""] * 8], [0.07, 0.06, 0.2, 0.08, 0.08, 0.08, 0.07, 0.08, 0.08])
     if nights:
-        p.text(f"Each night follows on its own page ({len(nights)} night{'s' if len(nights) != 1 else ''}).", 8)
+        p.text(_("Each night follows on its own page ({count}).").format(count=len(nights)), 8)
     if p.y < BOTTOM + 0.1:
         p.new()
     p.y = min(p.y, BOTTOM + 0.09)
-    p.text("Investigator: I have reviewed the data above.\n\n"
-           "Name: ______________________________   Signature: ______________________   Date: ____________", 10)
+    p.text(_("Investigator: I have reviewed the data above.") + "\n\n" +
+           _("Name: ______________________________   Signature: ______________________   Date: ____________"), 10)
     figs = list(p.figs)
     for n in nights:
         figs.append(night_figure(n["data"], n["report"], config_from_report(n["report"]),
-                                 title=f"Overnight oximetry: subject {pseudonym}, session {n['session_id']}",
-                                 tz=ZoneInfo(timezone)))
+                                 title=_("Overnight oximetry: subject {subject}, session {session}").format(
+                                     subject=pseudonym, session=n["session_id"]),
+                                 tz=ZoneInfo(timezone), lang=lang))
     buf = io.BytesIO()
     meta = {"Title": f"Screening summary {pseudonym}", "Creator": software, "Subject": f"site {site_uuid}",
             "Keywords": f"{HASH_LABEL} {payload_hash}"}
     with matplotlib.rc_context({"pdf.fonttype": 42}), PdfPages(buf, metadata=meta) as pdf:  # TrueType: searchable text
         for k, fig in enumerate(figs, 1):
-            fig.text(0.5, 0.018, f"Subject {pseudonym}  ·  {site}  ·  bundle payload SHA-256 (without this report) "
-                                 f"{payload_hash}  ·  page {k} of {len(figs)}", fontsize=6.5, ha="center",
-                     family="DejaVu Sans", color="#333333")
+            fig.text(0.5, 0.018, _("Subject {subject}  ·  {site}  ·  bundle payload SHA-256 (without this report) "
+                                   "{hash}  ·  page {page} of {pages}").format(
+                subject=pseudonym, site=site, hash=payload_hash, page=k, pages=len(figs)), fontsize=6.5, ha="center",
+                     family=fonts.families(), color="#333333")
             pdf.savefig(fig)
             plt.close(fig)
     return buf.getvalue()

@@ -37,17 +37,23 @@ class ExportIn(BaseModel):
 @click.option("--zip", "as_zip", is_flag=True, help="Write each bundle as a .zip instead of a folder.")
 @click.option("--format", "fmt", type=click.Choice(["bagit", "odm"]), default="bagit", show_default=True,
               help="bagit: a bundle per subject; odm: one CDISC ODM 1.3.2 file for the EDC and a long-format results.csv.")
+@click.option("--lang", type=click.Choice(["zh-CN", "en"]),
+              help="Language of report.pdf (default: your own, see collector user language; else [site] language).")
 @click.option("--json", "as_json", is_flag=True, help="Print the bundles written as JSON.")
 @pass_ctx
 @requires(DATA_MANAGER)
 def export_cmd(c: Ctx, subject_id: str | None, session_id: int | None, export_all: bool, out_dir: Path,
-               as_zip: bool, fmt: str, as_json: bool) -> None:
+               as_zip: bool, fmt: str, lang: str | None, as_json: bool) -> None:
     """Write a BagIt bundle per subject for the central study team (no names, no birth dates), or ODM for the EDC."""
+    from collector.users.store import get_language
+
     from .bundle import export_subject
 
     if sum(bool(x) for x in (subject_id, session_id is not None, export_all)) != 1:
         raise InvalidInput("give exactly one of SUBJECT, --session ID or --all (e.g. collector export SCR-0042 --out bundles/)")
     conn = c.conn()
+    language = lang or get_language(conn, c.by) or c.config["site"]["language"]
+    c.config = {**c.config, "site": {**c.config["site"], "language": language}}  # the reader's language, this export only
     sessions: list[int] | None = None
     if session_id is not None:
         subjects = [repo.get_session(conn, session_id)["subject_id"]]

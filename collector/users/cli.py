@@ -14,8 +14,9 @@ from collector.output import emit_json, table
 from collector.storage import audit
 from collector.users.passwords import validate_name, validate_password
 from collector.users.roles import ADMIN, ANY_ROLE, ROLES
+from collector.i18n import LANGUAGES
 from collector.users.store import (add_user, count_users, create_token, drop_token, find_token, list_users, set_disabled,
-                                   set_password, set_role, verify_login)
+                                   set_language, set_password, set_role, verify_login)
 
 
 def read_password(from_stdin: bool, *, confirm: bool = True) -> str:
@@ -160,6 +161,22 @@ def user_disable(c: Ctx, name: str, enable: bool) -> None:
     """Stop operator NAME from logging in and end its logins (kept for the audit trail, never deleted)."""
     row = c.write(lambda conn: set_disabled(conn, name, not enable, by=c.by, at=SystemClock().now()))
     click.echo(f"operator {row['name']} {'disabled' if row['disabled'] else 'enabled'}")
+
+
+@user_group.command("language")
+@click.argument("language", type=click.Choice([*LANGUAGES, "site"]))
+@click.option("--user", "name", metavar="NAME", help="Another operator's language (admins only); default: your own.")
+@pass_ctx
+@requires(*ANY_ROLE)
+def user_language(c: Ctx, language: str, name: str | None) -> None:
+    """Choose the language the page, alerts and report.pdf are shown in (site: the site's [site] language)."""
+    who = name or c.by
+    if who != c.by and (c.principal is None or c.principal.role != ADMIN):
+        raise NotAuthorised(f"only an admin may set another operator's language; set your own with: collector user language {language}")
+    chosen = None if language == "site" else language
+    c.write(lambda conn: set_language(conn, who, chosen, by=c.by, at=SystemClock().now()))
+    click.echo(f"{who} reads {LANGUAGES.get(chosen or c.config['site']['language'])} "
+               f"({chosen or 'the site language, ' + c.config['site']['language']})")
 
 
 @user_group.command("list")

@@ -38,4 +38,10 @@ CREATE TABLE login_tokens (
 CREATE INDEX login_tokens_operator ON login_tokens (operator);
 """
 
-MIGRATIONS: tuple[Migration, ...] = (Migration("operators", USERS_SQL), Migration("operator_roles_tokens", ROLES_SQL))
+# The language each operator reads the page, alerts and report.pdf in (NULL: the site's [site] language).
+LANGUAGE_SQL = """
+ALTER TABLE users ADD COLUMN language TEXT CHECK (language IS NULL OR language IN ('zh-CN', 'en'));
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (Migration("operators", USERS_SQL), Migration("operator_roles_tokens", ROLES_SQL),
+                                     Migration("operator_language", LANGUAGE_SQL))

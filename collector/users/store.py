@@ -93,6 +93,20 @@ def get_user(conn: sqlite3.Connection, name: str) -> dict[str, Any]:
     return _public(row)
 
 
+def get_language(conn: sqlite3.Connection, name: str) -> str | None:
+    """The operator's chosen language, or None (the site's language applies)."""
+    row = conn.execute("SELECT language FROM users WHERE name = ?", (name,)).fetchone()
+    return None if row is None else row[0]
+
+
+def set_language(conn: sqlite3.Connection, name: str, language: str | None, *, by: str, at: float) -> None:
+    get_user(conn, name)
+    old = get_language(conn, name)
+    conn.execute("UPDATE users SET language = ? WHERE name = ?", (language, name))
+    audit.append(conn, at=at, actor=by, action="operator_language", old={"name": name, "language": old},
+                 new={"name": name, "language": language})
+
+
 def list_users(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     rows = conn.execute(f"SELECT {_COLUMNS} FROM users ORDER BY name")
     return [_public(r) for r in rows.fetchall()]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone, tzinfo
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import matplotlib
 
@@ -19,6 +19,8 @@ matplotlib.use("Agg")
 import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from collector.i18n import N_, fonts, translator  # noqa: E402
 
 from .report import AnalysisConfig, NightData, gap_intervals, pulse_usable_array, timeline  # noqa: E402
 
@@ -58,35 +60,36 @@ def _fmt(v: Any, spec: str = ".1f", unit: str = "") -> str:
     return "n/a" if v is None else f"{v:{spec}}{unit}"
 
 
-def _summary_lines(report: dict[str, Any]) -> list[str]:
+NIGHT_DECISIONS = {"pass": N_("PASS"), "fail": N_("FAIL"), "invalid": N_("INVALID")}
+NIGHT_INVALID_REASONS = {"analysed_time_below_minimum": N_("analysed time below the minimum"),
+                         "analysed_pct_below_minimum": N_("analysed share of the recording below the minimum")}
+
+
+def _summary_lines(report: dict[str, Any], _: Callable[[str], str]) -> list[str]:
     d = report["definitions"]
-    decision = report["decision"].upper()
+    decision = _(NIGHT_DECISIONS[report["decision"]])
     if report.get("borderline"):
-        decision += "  (BORDERLINE: review)"
-    line1 = (
-        f"Decision: {decision}    T90 {_fmt(report['t90_pct'], '.2f', ' %')} of analysed time "
-        f"(threshold {d['threshold_pct']:g} %)    Night "
-        f"{'VALID' if report['night_valid'] else 'INVALID: ' + ', '.join(report['night_invalid_reasons'])}"
-    )
-    line2 = (
-        f"Recording {report['recording_s'] / 3600:.2f} h    Analysed {report['analysed_s'] / 3600:.2f} h "
-        f"({_fmt(report['analysed_pct'], '.1f', ' %')})    T90 {report['t90_s'] / 60:.1f} min    "
-        f"T90 (<=90) {_fmt(report['t90_pct_inclusive'], '.2f', ' %')}    "
-        f"T90 of recording {_fmt(report['t90_pct_of_recording'], '.2f', ' %')}"
-    )
-    line3 = (
-        f"Nadir {_fmt(report['nadir_spo2'], '.0f', ' %')}    Sustained nadir (>=8 s) "
-        f"{_fmt(report['sustained_nadir_spo2'], '.0f', ' %')}    Mean {_fmt(report['mean_spo2'], '.1f', ' %')}    "
-        f"T88 {_fmt(report['t88_pct'], '.2f', ' %')}    Longest <=88 % {report['longest_run_le88_s'] / 60:.1f} min    "
-        f"ODI3 {_fmt(report['odi3_per_h'], '.1f', '/h')}    ODI4 {_fmt(report['odi4_per_h'], '.1f', '/h')}    "
-        f"Gaps {report['gaps']['count']} ({report['gaps']['total_s'] / 60:.1f} min)"
-    )
-    line4 = (
-        f"Definition {d['t90']}: SpO2 < 90 strictly, zero-order hold <= {d['max_hold_s']:g} s, "
-        f"gaps excluded from numerator and denominator.\nODI: {report['odi_algorithm']['name']}, "
-        f"{report['odi_algorithm']['window_s']:g} s baseline, events "
-        f"{report['odi_algorithm']['min_event_s']:g}-{report['odi_algorithm']['max_event_s']:g} s."
-    )
+        decision += _("  (BORDERLINE: review)")
+    night = _("VALID") if report["night_valid"] else _("INVALID: {reasons}").format(
+        reasons=", ".join(_(NIGHT_INVALID_REASONS.get(r, r)) for r in report["night_invalid_reasons"]))
+    line1 = _("Decision: {decision}    T90 {t90} of analysed time (threshold {threshold} %)    Night {night}").format(
+        decision=decision, t90=_fmt(report["t90_pct"], ".2f", " %"), threshold=f"{d['threshold_pct']:g}", night=night)
+    line2 = _("Recording {recording} h    Analysed {analysed} h ({analysed_pct})    T90 {t90_min} min    "
+              "T90 (<=90) {t90_incl}    T90 of recording {t90_rec}").format(
+        recording=f"{report['recording_s'] / 3600:.2f}", analysed=f"{report['analysed_s'] / 3600:.2f}",
+        analysed_pct=_fmt(report["analysed_pct"], ".1f", " %"), t90_min=f"{report['t90_s'] / 60:.1f}",
+        t90_incl=_fmt(report["t90_pct_inclusive"], ".2f", " %"), t90_rec=_fmt(report["t90_pct_of_recording"], ".2f", " %"))
+    line3 = _("Nadir {nadir}    Sustained nadir (>=8 s) {sustained}    Mean {mean}    T88 {t88}    "
+              "Longest <=88 % {longest} min    ODI3 {odi3}    ODI4 {odi4}    Gaps {gaps} ({gap_min} min)").format(
+        nadir=_fmt(report["nadir_spo2"], ".0f", " %"), sustained=_fmt(report["sustained_nadir_spo2"], ".0f", " %"),
+        mean=_fmt(report["mean_spo2"], ".1f", " %"), t88=_fmt(report["t88_pct"], ".2f", " %"),
+        longest=f"{report['longest_run_le88_s'] / 60:.1f}", odi3=_fmt(report["odi3_per_h"], ".1f", "/h"),
+        odi4=_fmt(report["odi4_per_h"], ".1f", "/h"), gaps=report["gaps"]["count"], gap_min=f"{report['gaps']['total_s'] / 60:.1f}")
+    odi = report["odi_algorithm"]
+    line4 = _("Definition {definition}: SpO2 < 90 strictly, zero-order hold <= {hold} s, gaps excluded from numerator "
+              "and denominator.") .format(definition=d["t90"], hold=f"{d['max_hold_s']:g}") + "\n" + _(
+        "ODI: {name}, {window} s baseline, events {min}-{max} s.").format(
+        name=odi["name"], window=f"{odi['window_s']:g}", min=f"{odi['min_event_s']:g}", max=f"{odi['max_event_s']:g}")
     return [line1, line2, line3, line4]
 
 
@@ -97,10 +100,11 @@ def plot_night(
     config: AnalysisConfig = AnalysisConfig(),
     title: str = "Overnight oximetry",
     tz: tzinfo = timezone.utc,
+    lang: str = "en",
 ) -> Path:
     """Render the night to ``path`` (A4 landscape).  ``title`` must not contain personal data."""
     path = Path(path)
-    fig = night_figure(data, report, config, title, tz)
+    fig = night_figure(data, report, config, title, tz, lang)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
@@ -113,8 +117,18 @@ def night_figure(
     config: AnalysisConfig = AnalysisConfig(),
     title: str = "Overnight oximetry",
     tz: tzinfo = timezone.utc,
+    lang: str = "en",
 ) -> Any:
-    """The night's A4 landscape figure (the caller saves and closes it: a page of a vector PDF, a PNG)."""
+    """The night's A4 landscape figure (the caller saves and closes it: a page of a vector PDF, a PNG).
+
+    ``lang``: the reader's language for every label (``title`` comes translated by the caller).
+    """
+    with plt.rc_context({"font.family": fonts.families()}):
+        return _night_figure(data, report, config, title, tz, translator(lang))
+
+
+def _night_figure(data: NightData, report: dict[str, Any], config: AnalysisConfig, title: str, tz: tzinfo,
+                  _: Callable[[str], str]) -> Any:
     tl = timeline(data, config)
     origin = datetime(1970, 1, 1, tzinfo=timezone.utc)
     to_num = lambda ms: mdates.date2num(origin) + np.asarray(ms, dtype=np.float64) / 86_400_000.0  # noqa: E731
@@ -126,7 +140,7 @@ def night_figure(
     ax_p = fig.add_subplot(gs[2], sharex=ax_s)
 
     ax_t.axis("off")
-    lines = _summary_lines(report)
+    lines = _summary_lines(report, _)
     colour = {"pass": "#1a7f37", "fail": "#b42318", "invalid": "#9a6700"}[report["decision"]]
     ax_t.text(0.0, 1.0, title, fontsize=15, fontweight="bold", va="top", transform=ax_t.transAxes)
     ax_t.text(0.0, 0.77, lines[0], fontsize=12, fontweight="bold", color=colour, va="top", transform=ax_t.transAxes)
@@ -135,10 +149,10 @@ def night_figure(
 
     x, y = _step_xy(tl.t_ms, tl.hold_end_ms, data.spo2, tl.usable)
     xn = to_num(x)
-    ax_s.plot(xn, y, color="#1f4e99", lw=0.45, label="SpO2 (held samples)")
+    ax_s.plot(xn, y, color="#1f4e99", lw=0.45, label=_("SpO2 (held samples)"))
     with np.errstate(invalid="ignore"):
         ax_s.fill_between(xn, y, 90.0, where=y < 90.0, color="#d62728", alpha=0.8, lw=0, zorder=3,
-                          label="time < 90 % (counted)")
+                          label=_("time < 90 % (counted)"))
     below = _below_intervals(tl.t_ms, tl.hold_end_ms, data.spo2, tl.usable)
     if below:  # a rug along the bottom keeps short dips visible at whole-night scale
         ax_s.broken_barh([(to_num(a), (b - a) / 86_400_000.0) for a, b in below], (0.0, 0.035),
@@ -152,7 +166,7 @@ def night_figure(
             ax.broken_barh(
                 [(to_num(a * 1000.0), (b - a) / 86_400.0) for a, b in gaps],
                 (0, 1), transform=ax.get_xaxis_transform(), color="#bbbbbb", alpha=0.5, lw=0,
-                label="gap (not analysed)" if ax is ax_s else None,
+                label=_("gap (not analysed)") if ax is ax_s else None,
             )
     for ev in report.get("suspected_deep_desaturation", []):
         ax_s.axvspan(to_num(ev["start_s"] * 1000.0), to_num(ev["end_s"] * 1000.0), color="#9467bd", alpha=0.35, lw=0)
@@ -160,7 +174,7 @@ def night_figure(
     if report.get("nadir_spo2") is not None:
         lo = max(50.0, min(80.0, 5.0 * np.floor((report["nadir_spo2"] - 2.0) / 5.0)))
     ax_s.set_ylim(lo, 101)
-    ax_s.set_ylabel("SpO2 (%)", fontsize=11)
+    ax_s.set_ylabel(_("SpO2 (%)"), fontsize=11)
     ax_s.grid(True, color="#dddddd", lw=0.6)
     ax_s.legend(loc="lower left", bbox_to_anchor=(0.0, 0.045), fontsize=9, framealpha=0.9, ncol=3)
     ax_s.tick_params(labelbottom=False, labelsize=10)
@@ -168,7 +182,7 @@ def night_figure(
     pu = pulse_usable_array(data.pulse, data.pulse_valid)
     px, py = _step_xy(tl.t_ms, tl.hold_end_ms, data.pulse, pu)
     ax_p.plot(to_num(px), py, color="#444444", lw=0.6)
-    ax_p.set_ylabel("Pulse (bpm)", fontsize=11)
+    ax_p.set_ylabel(_("Pulse (bpm)"), fontsize=11)
     ax_p.grid(True, color="#dddddd", lw=0.6)
     ax_p.tick_params(labelsize=10)
     if np.isfinite(py).any():
@@ -179,7 +193,7 @@ def night_figure(
     tzname = f"{ref.tzname() or 'UTC'}, UTC{off[:3]}:{off[3:]}"
     ax_p.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=tz))
     ax_p.xaxis.set_major_locator(mdates.HourLocator(tz=tz))
-    ax_p.set_xlabel(f"Time ({tzname})", fontsize=11)
+    ax_p.set_xlabel(_("Time ({zone})").format(zone=tzname), fontsize=11)
     if tl.t_ms.size:
         pad = max(60_000, (tl.t_ms[-1] - tl.t_ms[0]) // 100)
         ax_s.set_xlim(to_num(tl.t_ms[0] - pad), to_num(tl.t_ms[-1] + pad))
