@@ -25,6 +25,7 @@ from collector.eligibility import service as eligibility_service
 from collector.export import service as export_service
 from collector.host import cli as host_cli
 from collector.host import service as host_service
+from collector.i18n import routes as i18n_routes
 from collector.oximetry import cli as oximetry_cli
 from collector.oximetry import service as oximetry_service
 from collector.spirometry import cli as spirometry_cli
@@ -55,6 +56,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature("web", web_service.attach, web_service.make_router),
     Feature("operators", commands=tuple(users_cli.COMMANDS)),
     Feature("host", host_service.attach, commands=tuple(host_cli.COMMANDS)),
+    Feature("languages", make_router=i18n_routes.make_router),
 )
 
 

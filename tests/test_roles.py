@@ -52,6 +52,7 @@ API_MATRIX: dict[tuple[str, str], set[str]] = {
     ("POST", "/api/v1/exports"): {D},
     ("POST", "/api/v1/alerts/{alert_id}/ack"): {T, I},
     ("POST", "/api/v1/logout"): set(ROLES),
+    ("POST", "/api/v1/me/language"): set(ROLES),
 }
 PUBLIC_ROUTES = {("POST", "/api/v1/login")}
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}

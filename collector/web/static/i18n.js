@@ -1,0 +1,27 @@
+// The page's strings in the operator's language: t("English msgid", {name: value}) and
+// data-i18n="msgid" on elements (data-i18n-placeholder / data-i18n-title for attributes).
+// The catalogue comes from /api/v1/i18n/<lang>; a msgid without translation shows as itself.
+"use strict";
+
+const I18N = { language: "en", messages: {} };
+
+function t(msgid, params) {
+  const text = I18N.messages[msgid] || msgid;
+  if (!params) return text;
+  return text.replace(/\{([a-z_0-9]+)\}/g, (m, key) => (key in params ? String(params[key]) : m));
+}
+
+function applyI18n(root) {
+  const scope = root || document;
+  scope.querySelectorAll("[data-i18n]").forEach((el) => { el.textContent = t(el.dataset.i18n); });
+  scope.querySelectorAll("[data-i18n-placeholder]").forEach((el) => { el.placeholder = t(el.dataset.i18nPlaceholder); });
+  scope.querySelectorAll("[data-i18n-title]").forEach((el) => { el.title = t(el.dataset.i18nTitle); });
+  document.documentElement.lang = I18N.language;
+}
+
+async function loadLanguage(language, fetchJson) {
+  const cat = await fetchJson(`/api/v1/i18n/${encodeURIComponent(language)}`);
+  I18N.language = cat.language;
+  I18N.messages = cat.messages || {};
+  applyI18n(document);
+}
