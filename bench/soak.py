@@ -136,6 +136,10 @@ class Run:
     notes: list[str] = field(default_factory=list)
 
 
+def say(text: str) -> None:
+    print(f"[soak {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
 def rss_kb(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -204,13 +208,15 @@ def last_sent(work: Path) -> float | None:
 
 def drive(a: argparse.Namespace, work: Path, db: Path, cfg: Path, mnt: Path | None) -> Run:
     run = Run()
-    kill_marks = [T0 + k * a.kill_every_h * 3600 for k in range(1, int(a.hours / a.kill_every_h) + 1)
-                  if k * a.kill_every_h < a.hours - 1e-9]
+    # 137 s past the mark: a kill never coincides with a scheduled BLE drop (those fall on whole 5 min)
+    kill_marks = [T0 + k * a.kill_every_h * 3600 + 137 for k in range(1, int(a.hours / a.kill_every_h) + 1)
+                  if k * a.kill_every_h * 3600 + 137 < a.hours * 3600 - 60]
     df_start, df_end = T0 + a.disk_full_at_h * 3600, T0 + (a.disk_full_at_h + a.disk_full_h) * 3600
     if mnt is None:
         run.notes.append("disk-full hour skipped: not root, so no tmpfs to fill (run as root for it)")
     ballast = (mnt / "ballast") if mnt is not None else None
     filled = False
+    last_said = T0
     log = open(work / "daemon.log", "a", encoding="utf-8")
     proc = spawn(a, work, db, cfg, None, log)
     assert proc.stdout is not None
@@ -224,6 +230,9 @@ def drive(a: argparse.Namespace, work: Path, db: Path, cfg: Path, mnt: Path | No
         if not line.startswith("t "):
             continue
         v = float(line.split()[1])
+        if v - last_said >= 1800:
+            last_said = v
+            say(f"virtual hour {(v - T0) / 3600:.2f}")
         if not run.rss_kb or v - run.rss_kb[-1][0] >= 600:
             run.rss_kb.append((v, rss_kb(proc.pid)))
         if ballast is not None and not filled and df_start <= v < df_end:
@@ -231,11 +240,13 @@ def drive(a: argparse.Namespace, work: Path, db: Path, cfg: Path, mnt: Path | No
             filled = True
             run.disk_full = (v, v)
             run.notes.append(f"disk full from virtual hour {(v - T0) / 3600:.2f} ({n / 2**20:.0f} MiB ballast)")
+            say(run.notes[-1])
         if ballast is not None and filled and v >= df_end and ballast.exists():
             ballast.unlink()
             assert run.disk_full is not None
             run.disk_full = (run.disk_full[0], v)
             run.notes.append(f"disk space back at virtual hour {(v - T0) / 3600:.2f}")
+            say(run.notes[-1])
         if kill_marks and v >= kill_marks[0]:
             mark = kill_marks.pop(0)
             if ballast is not None and df_start - 60 <= mark <= df_end + 60:
@@ -245,6 +256,7 @@ def drive(a: argparse.Namespace, work: Path, db: Path, cfg: Path, mnt: Path | No
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=60)
             run.kills.append((wall, v))
+            say(f"SIGKILL {len(run.kills)} at virtual hour {(v - T0) / 3600:.2f}")
             proc = spawn(a, work, db, cfg, last_sent(work), log)
             assert proc.stdout is not None
     log.close()
@@ -259,14 +271,19 @@ def check(a: argparse.Namespace, work: Path, db: Path, config: dict[str, Any], r
     out: list[str] = []
     ok = True
     conn = sqlite3.connect(db)
-    sessions = conn.execute("SELECT s.id, d.address FROM sessions s JOIN devices d ON d.id = s.device_id ORDER BY s.id").fetchall()
+    from collector.clock import parse_utc
+
+    sessions = conn.execute("SELECT s.id, d.address, s.stopped_utc FROM sessions s JOIN devices d ON d.id = s.device_id"
+                            " ORDER BY s.id").fetchall()
     kill_walls = np.array(sorted(w for w, _ in run.kills))
     worst_wall = worst_virtual = 0.0
     unexplained = holes_uncovered = 0
     sent_total = stored_total = 0
-    for sid, address in sessions:
+    for sid, address, stopped in sessions:
         bed = int(address.rsplit("-", 1)[1])
         raw = np.loadtxt(work / f"bed{bed}.log", ndmin=2) if (work / f"bed{bed}.log").stat().st_size else np.zeros((0, 2))
+        if stopped:  # ticks after the session was stopped are not part of the night
+            raw = raw[raw[:, 0] <= parse_utc(stopped) * 1000]
         sent_ms, sent_wall = raw[:, 0].astype(np.int64), raw[:, 1]
         stored = np.array([r[0] for r in conn.execute("SELECT host_utc_ms FROM spo2_samples WHERE session_id = ? ORDER BY host_utc_ms",
                                                       (sid,))], dtype=np.int64)
@@ -283,6 +300,9 @@ def check(a: argparse.Namespace, work: Path, db: Path, config: dict[str, Any], r
             before = kill_walls[j] - sent_wall[k] if j < kill_walls.size else np.inf
             if before > a.window:
                 unexplained += 1
+                if unexplained <= 5:
+                    out.append(f"session {sid}: tick at virtual hour {(sent_ms[k] / 1000 - T0) / 3600:.4f} not stored "
+                               f"({before:.1f} s wall before the next kill)")
                 continue
             worst_wall = max(worst_wall, float(before))
             # virtual seconds lost before this kill on this bed

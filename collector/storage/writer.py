@@ -178,7 +178,8 @@ class Writer:
                 pending.extend(item)
                 if len(pending) >= self.max_batch or time.monotonic() >= deadline:
                     pending = self._commit_samples(pending)
-                    deadline = time.monotonic() + RETRY_S if pending else None
+                    self._retry_deferred(pending)
+                    deadline = time.monotonic() + RETRY_S if pending or self._deferred else None
                 continue
             # A control call or a flush marker: commit samples first to keep ordering.
             pending = self._commit_samples(pending)
