@@ -18,6 +18,7 @@ import uvicorn
 from collector.api import create_app
 from collector.clock import Clock, SystemClock, VirtualClock
 from collector.errors import InvalidInput, StorageError
+from collector.storage import writable
 from collector.storage.lock import DatabaseLock
 from collector.features import build_daemon
 from collector.host import sd_notify
@@ -96,6 +97,7 @@ async def serve(
     if speed != 1 and not scenarios:
         raise InvalidInput("--speed only applies to simulated devices; add --simulate SCENARIO")
 
+    writable.check(db_path)  # an unwritable -shm/-wal: one line and exit 3 here, not SIGBUS mid-night
     db_lock = DatabaseLock(db_path).acquire()  # before anything is resumed: a second daemon stops here
     try:
         return await _serve_locked(db_path, config, host=host, port=port, scenarios=list(scenarios), speed=speed,

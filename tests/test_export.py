@@ -242,7 +242,9 @@ def test_verify_recomputes_t90_and_checks_the_audit_chain_beyond_the_manifests(s
     _rebag(root, "data/audit.csv", text.replace("session_started", "session_startet", 1).encode())
     res = verify_bundle(root)
     problems = dict(res.problems)
-    assert sorted(problems) == ["data/audit.csv", "data/report.pdf"] and "edited" in problems["data/audit.csv"]
+    assert sorted(problems) == ["data/audit.csv", "data/report.pdf", "manifest-sha256.txt", "tagmanifest-sha256.txt"]
+    assert "edited" in problems["data/audit.csv"]
+    assert "site signed" in problems["manifest-sha256.txt"], "re-packed manifests are not the ones the site key signed"
     assert "payload hash" in problems["data/report.pdf"], "the printed report no longer matches the re-packed payload"
 
 

@@ -35,6 +35,7 @@ CLI_MATRIX: dict[str, Any] = {
     "demo": SELF, "run": SELF, "login": SELF, "logout": SELF, "merge": SELF,
     "export": {D}, "verify": READS, "import": {T}, "replay": {T}, "report": {T, I},
     "predict": READS, "scan": READS, "status": READS, "verify-audit": READS, "doctor": READS, "service unit": READS,
+    "site key show": {D, A},
     "session list": READS, "session samples": READS, "session start": {T}, "session stop": {T},
     "spirometry recompute": {T, I}, "spirometry show": READS,
     "subject add": {T, I}, "subject list": READS,

@@ -20,6 +20,8 @@ MANIFEST = "manifest-sha256.txt"
 TAGMANIFEST = "tagmanifest-sha256.txt"
 BAG_INFO = "bag-info.txt"
 TAG_FILES = ("bagit.txt", BAG_INFO, MANIFEST)
+# Tag files a bag may carry beyond the tag manifest: the site signature covers both manifests itself.
+OPTIONAL_TAG_FILES = ("site-signature.json",)
 _LINE = re.compile(r"^([0-9a-f]{64})  (\S(?:.*\S)?)$")
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
 
@@ -187,7 +189,7 @@ def check_bag(bag: Bag) -> list[tuple[str, str]]:
         for rel in files:
             if rel.startswith("data/") and rel not in man:
                 problems.append((rel, f"is not listed in {MANIFEST} (file added)"))
-    known = set(TAG_FILES) | {TAGMANIFEST}
+    known = set(TAG_FILES) | {TAGMANIFEST} | set(OPTIONAL_TAG_FILES)
     for rel in files:
         if not rel.startswith("data/") and rel not in known:
             problems.append((rel, "unexpected file outside data/ (file added)"))

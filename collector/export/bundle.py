@@ -27,7 +27,7 @@ from collector.spirometry import store as spirometry_store
 from collector.storage import audit, repo, seals
 from collector.storage.db import transaction
 
-from . import bag, csvs, edf, pdf
+from . import bag, csvs, edf, pdf, signature
 from .privacy import Scrubber, coarsen, forbidden_tokens
 
 SCHEMA = "collector-export/1"
@@ -354,6 +354,8 @@ def export_subject(conn: sqlite3.Connection, subject_id: str, out_dir: Path, *, 
     result.path = target
     try:
         with transaction(conn):  # the audit row and the files land together or not at all
+            files[signature.SIGNATURE_FILE] = signature.sign_bundle(conn, name, files, at=now)  # logs the signed heads
+            result.files[signature.SIGNATURE_FILE] = bag.sha256(files[signature.SIGNATURE_FILE])
             audit.append(conn, at=now, actor=by, action="export_made", subject_id=subject_id,
                          new={"bundle": name, "zip": as_zip, "sessions": result.sessions, "files": result.files})
             try:

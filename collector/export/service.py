@@ -14,7 +14,7 @@ import click
 from pydantic import BaseModel, Field
 
 from collector.context import Ctx, no_login, pass_ctx, requires
-from collector.users.roles import DATA_MANAGER
+from collector.users.roles import ADMIN, DATA_MANAGER
 from collector.clock import SystemClock
 from collector.errors import InvalidInput
 from collector.output import emit_json
@@ -89,13 +89,26 @@ def export_cmd(c: Ctx, subject_id: str | None, session_id: int | None, export_al
 
 @click.command("verify")
 @click.argument("bundle", type=click.Path(exists=True, path_type=Path))
+@click.option("--site-key", "site_key_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The site's registered public key (PEM, from collector site key show); the bundle must be signed with it.")
+@click.option("--trusted-keys", "trusted_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of registered site public keys (*.pem); the bundle must be signed with one of them.")
+@click.option("--earlier", "earlier_paths", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="An earlier bundle, signature file or folder of them from the same site: the chains must agree with what it signed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the verification result as JSON.")
 @no_login("reads bundle files only")
-def verify_cmd(bundle: Path, as_json: bool) -> None:
+def verify_cmd(bundle: Path, site_key_files: tuple[Path, ...], trusted_dir: Path | None, earlier_paths: tuple[Path, ...],
+               as_json: bool) -> None:
     """Check a bundle (folder or zip) without any database; exits non-zero naming each bad file."""
+    from . import signature
     from .verify import verify_bundle
 
-    result = verify_bundle(bundle)
+    try:
+        keys = signature.load_keys(list(site_key_files), trusted_dir) if site_key_files or trusted_dir else None
+    except ValueError as exc:
+        raise InvalidInput(f"{exc}; give the PEM that collector site key show printed") from None
+    earlier = [d for p in earlier_paths for d in signature.read_earlier(p)]
+    result = verify_bundle(bundle, site_keys=keys, earlier=earlier)
     if as_json:
         emit_json(result.as_dict())
     else:
@@ -130,7 +143,36 @@ def merge_cmd(bundles: tuple[Path, ...], out: Path, as_json: bool) -> None:
         click.echo(f"already merged, skipped: {', '.join(result['already_merged'])}")
 
 
-COMMANDS = [export_cmd, verify_cmd, merge_cmd]
+@click.group("site")
+def site_group() -> None:
+    """This database's site identity and signing key."""
+
+
+@site_group.group("key")
+def site_key_group() -> None:
+    """The site's Ed25519 signing key (bundles and uploads are signed with it)."""
+
+
+@site_key_group.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print the site UUID, fingerprint and public key as JSON.")
+@pass_ctx
+@requires(DATA_MANAGER, ADMIN)
+def site_key_show(c: Ctx, as_json: bool) -> None:
+    """Print the site's public key (PEM) and fingerprint to register with the study team (made on first use)."""
+    from collector.storage import site_key
+    from collector.storage.db import transaction
+
+    now = SystemClock().now()
+    with transaction(c.conn()) as conn:
+        key = site_key.site_public_key(conn, at=now)
+        site = repo.site_uuid(conn)
+    if as_json:
+        emit_json({"site_uuid": site, "fingerprint": key.fingerprint, "created_utc": key.created_utc, "public_key_pem": key.pem})
+        return
+    click.echo(f"site {site}\nfingerprint {key.fingerprint} (made {key.created_utc})\n{key.pem}", nl=False)
+
+
+COMMANDS = [export_cmd, verify_cmd, merge_cmd, site_group]
 
 
 def make_router(daemon: Any, auth: Any) -> Any:

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from collector.oximetry.analysis.report import AnalysisConfig, NightData, night_report
 from collector.storage.audit import GENESIS, row_hash
 
-from . import bag, csvs, edf, protocol_check
+from . import bag, csvs, edf, protocol_check, signature
 
 # Figures recomputed from the CSV and compared with the exported report.
 CHECKED_FIGURES = ("n_samples", "n_usable_samples", "recording_s", "analysed_s", "t90_s", "t90_pct", "t90_s_inclusive",
@@ -246,8 +247,14 @@ class _Checker:
                             + (f", {withheld} with personal data withheld (hash not recomputable)" if withheld else ""))
 
 
-def verify_bundle(path: Path | str) -> VerifyResult:
-    """All problems of a bundle (folder or zip); ``result.ok`` when there are none."""
+def verify_bundle(path: Path | str, *, site_keys: dict[str, Ed25519PublicKey] | None = None,
+                  earlier: list[bytes] | None = None) -> VerifyResult:
+    """All problems of a bundle (folder or zip); ``result.ok`` when there are none.
+
+    ``site_keys``: the registered public keys (by fingerprint) the site signature must be made with;
+    ``earlier``: signature documents of the site's earlier bundles or uploads, whose chain heads
+    this bundle must agree with (:mod:`.signature`).
+    """
     path = Path(path)
     result = VerifyResult(path.name)
     try:
@@ -263,4 +270,7 @@ def verify_bundle(path: Path | str) -> VerifyResult:
     c.nights()  # first: the decision is checked against the nights recomputed here
     c.eligibility()
     c.audit()
+    sig_problems, sig_notes = signature.check(b.files, site_keys, earlier or [])
+    result.problems.extend(sig_problems)
+    result.notes.extend(sig_notes)
     return result

@@ -153,7 +153,7 @@ class ReadingPipeline:
 
     def _submit(self, fn: Callable[[Any], Any]) -> None:
         self.hand_over()  # keep stored order: samples first, then what they caused
-        self.writer.submit(fn).add_done_callback(self._log_failure)
+        self.writer.submit(fn, retry=True).add_done_callback(self._log_failure)
 
     def _log_failure(self, fut: Future[Any]) -> None:
         exc = fut.exception()

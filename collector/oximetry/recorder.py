@@ -114,7 +114,7 @@ class NightRecorder:
                 session_id=self.session_id, new={k: v for k, v in info.items() if k != "address"},
             )
 
-        self.daemon.writer.submit(write)
+        self.daemon.writer.submit(write, retry=True)
 
     def _on_lost(self, t: float, cause: str, last_frame_t: float | None) -> None:
         start = last_frame_t if cause == "watchdog_silence" and last_frame_t is not None else t
@@ -129,7 +129,7 @@ class NightRecorder:
                 session_id=self.session_id, new={"cause": cause},
             )
 
-        self.daemon.writer.submit(write)
+        self.daemon.writer.submit(write, retry=True)
 
     def _on_event(self, t: float, kind: str, detail: dict[str, Any]) -> None:
         self.events.append({"t_utc": utc_iso(t), "kind": kind, **detail})
@@ -142,7 +142,7 @@ class NightRecorder:
             return  # already in a gap: keep its original start and cause
         start_ms = int(round(start * 1000))
         self._gap_future = self.daemon.writer.submit(
-            lambda c: repo.open_gap(c, self.session_id, start_ms=start_ms, cause=cause, detail=detail)
+            lambda c: repo.open_gap(c, self.session_id, start_ms=start_ms, cause=cause, detail=detail), retry=True
         )
 
     def _close_gap(self, end: float) -> None:
@@ -150,7 +150,8 @@ class NightRecorder:
         if fut is None:
             return
         end_ms = int(round(end * 1000))
-        self.daemon.writer.submit(lambda c: repo.close_gap(c, fut.result(), end_ms=end_ms))
+        # retry: kept in order behind its open_gap when the disk is full, so fut.result() never waits on the writer itself
+        self.daemon.writer.submit(lambda c: repo.close_gap(c, fut.result(), end_ms=end_ms), retry=True)
 
     # -- restart -------------------------------------------------------------------------------
     def restore(self, stored: NightData) -> None:

@@ -19,6 +19,7 @@ import platformdirs
 import sqlite_utils
 
 from collector.errors import StorageError
+from collector.storage import writable
 from collector.storage.schema import Migration
 
 APP_NAME = "als-screening-collector"
@@ -50,6 +51,7 @@ def connect(path: Path | str, *, check_same_thread: bool = True, synchronous: st
     if synchronous not in SYNCHRONOUS_MODES:
         raise StorageError(f"[storage] synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, not {synchronous!r}; fix the config file")
     path = Path(path)
+    writable.check(path)  # an unwritable -shm/-wal would end the process by SIGBUS, not with an error
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(path), timeout=30.0, check_same_thread=check_same_thread, isolation_level=None)

@@ -155,10 +155,35 @@ BEGIN SELECT RAISE(ABORT, 'the site identity never changes'); END;
 """
 
 
+# The site's signing key (collector/storage/site_key.py): its public half, made on first use, and the
+# log of every chain head the site signed (exports, uploads).  The private key is a file next to the database.
+SITE_KEY_SQL = """
+CREATE TABLE site_keys (
+    id INTEGER PRIMARY KEY,
+    public_key_pem TEXT NOT NULL,        -- Ed25519, SubjectPublicKeyInfo PEM: what the study team registers
+    fingerprint TEXT NOT NULL UNIQUE,    -- SHA256:<hex of the raw 32-byte key's SHA-256>
+    created_utc TEXT NOT NULL
+);
+CREATE TABLE signed_heads (
+    id INTEGER PRIMARY KEY,
+    signed_utc TEXT NOT NULL,
+    purpose TEXT NOT NULL,               -- bundle, upload, ...
+    label TEXT NOT NULL,                 -- the bundle's name or the upload's identifier
+    audit_id INTEGER,                    -- the audit chain head signed (NULL: empty chain)
+    audit_hash TEXT,
+    seal_id INTEGER,                     -- the sample seal head signed (NULL: no samples yet)
+    seal_hash TEXT,
+    statement_json TEXT NOT NULL,        -- the exact bytes signed
+    signature TEXT NOT NULL              -- base64 Ed25519 signature of statement_json
+);
+""" + append_only("site_keys", "signed_heads", what="the site key and the signed chain heads are append-only")
+
+
 # The night reports live with the oximetry package (collector/oximetry/schema.py); the samples
 # stay here because the core writer commits and seals them.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("core capture tables", CORE_SQL),
     Migration("sample seals", SAMPLE_SEALS_SQL),
     Migration("site identity", SITE_IDENTITY_SQL),
+    Migration("site key and signed heads", SITE_KEY_SQL),
 )

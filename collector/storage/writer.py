@@ -47,11 +47,13 @@ SampleRow = tuple[Any, ...]
 
 
 class _Call:
-    __slots__ = ("fn", "future")
+    __slots__ = ("fn", "future", "retry", "started")
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any], retry: bool = False) -> None:
         self.fn = fn
         self.future: Future[Any] = Future()
+        self.retry = retry  # kept and tried again on a transient error (disk full), like samples
+        self.started = False
 
 
 class _Flush:
@@ -85,6 +87,7 @@ class Writer:
         self.samples_committed = 0
         self.commits = 0
         self.failed: BaseException | None = None
+        self._deferred: list[_Call] = []  # retryable records that met a transient error, oldest first
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="db-writer", daemon=True)
         self._thread.start()
@@ -103,9 +106,13 @@ class Writer:
             self._check_open()
             self._queue.put(rows)
 
-    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> "Future[T]":
-        """Run ``fn(conn)`` in one transaction on the writer thread, after every queued sample."""
-        call = _Call(fn)
+    def submit(self, fn: Callable[[sqlite3.Connection], T], *, retry: bool = False) -> "Future[T]":
+        """Run ``fn(conn)`` in one transaction on the writer thread, after every queued sample.
+
+        ``retry``: a record nobody waits for (a gap, an event): on a transient error (disk full,
+        locked, I/O) it is kept, in order, and tried again with the samples instead of being lost.
+        """
+        call = _Call(fn, retry)
         try:
             self._check_open()
         except StorageError as exc:
@@ -155,10 +162,15 @@ class Writer:
                 item = None
             if item is None:  # flush interval elapsed
                 pending = self._commit_samples(pending)
-                deadline = time.monotonic() + RETRY_S if pending else None
+                self._retry_deferred(pending)
+                deadline = time.monotonic() + RETRY_S if pending or self._deferred else None
                 continue
             if item is _STOP:
-                self._commit_samples(pending)
+                pending = self._commit_samples(pending)
+                self._retry_deferred(pending)
+                if pending or self._deferred:
+                    log.critical("stopping with %d samples and %d records not written (%s)", len(pending), len(self._deferred),
+                                 self.failed)
                 return
             if isinstance(item, (list, tuple)):
                 if deadline is None:
@@ -166,18 +178,24 @@ class Writer:
                 pending.extend(item)
                 if len(pending) >= self.max_batch or time.monotonic() >= deadline:
                     pending = self._commit_samples(pending)
-                    deadline = time.monotonic() + RETRY_S if pending else None
+                    self._retry_deferred(pending)
+                    deadline = time.monotonic() + RETRY_S if pending or self._deferred else None
                 continue
             # A control call or a flush marker: commit samples first to keep ordering.
             pending = self._commit_samples(pending)
-            deadline = time.monotonic() + RETRY_S if pending else None
+            self._retry_deferred(pending)
             if isinstance(item, _Flush):
-                if pending:
-                    item.future.set_exception(StorageError(f"{len(pending)} samples are waiting for the database: {self.failed}"))
+                if pending or self._deferred:
+                    item.future.set_exception(StorageError(
+                        f"{len(pending)} samples and {len(self._deferred)} records are waiting for the database: {self.failed}"))
                 else:
                     item.future.set_result(None)
-            else:
-                self._run_call(item)
+            elif item.retry and (self._deferred or pending):
+                self._deferred.append(item)  # behind the samples and records that wait: stored order is kept
+            elif not self._run_call(item):
+                log.error("cannot write a record (%s); keeping it and retrying with the samples", self.failed)
+                self._deferred.append(item)
+            deadline = time.monotonic() + RETRY_S if pending or self._deferred else None
 
     def _seal_legacy_rows(self) -> None:
         """Samples stored before sealing existed (an older database) get one seal at start."""
@@ -294,21 +312,44 @@ class Writer:
         self.failed = None
         return []
 
-    def _run_call(self, call: _Call) -> None:
-        if not call.future.set_running_or_notify_cancel():
-            return  # the caller gave up (cancelled) before it ran: do nothing
+    def _retry_deferred(self, pending: list[SampleRow]) -> None:
+        """Once samples commit again, the records kept back are written, oldest first."""
+        if pending or not self._deferred:
+            return
+        n = len(self._deferred)
+        while self._deferred:
+            if not self._run_call(self._deferred[0]):
+                return
+            self._deferred.pop(0)
+        self.failed = None
+        log.info("%d records kept back while the database could not be written are stored", n)
+
+    def _run_call(self, call: _Call) -> bool:
+        """Run a call; False when it was kept back for a retry."""
+        if not call.started:
+            if not call.future.set_running_or_notify_cancel():
+                return True  # the caller gave up (cancelled) before it ran: do nothing
+            call.started = True
         if not self._check_file():
             call.future.set_exception(self.lost or StorageError("the database file is gone"))
-            return
+            return True
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             result = call.fn(self._conn)
             self._conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            self._rollback()
+            if not call.retry:
+                call.future.set_exception(exc)
+                return True
+            self.failed = exc
+            return False
         except BaseException as exc:  # the caller gets the exception through the future
             self._rollback()
             call.future.set_exception(exc)
         else:
             call.future.set_result(result)
+        return True
 
     def _rollback(self) -> None:
         try:
