@@ -7,6 +7,7 @@ the BLE traffic would test the recorder, not the export.
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,8 @@ def store_night(conn: Any, subject: str, start: float, *, hours: float = 8.0, ga
     t = (start * 1000 + np.arange(n) * 1000 + rng.integers(-40, 40, n)).astype(np.int64)
     keep = np.ones(n, dtype=bool)
     spans = []
-    step = max(60, (n - 400) // max(1, gaps))
+    gaps = min(gaps, (n - 400) // 60)  # short nights hold fewer gaps
+    step = (n - 400) // max(1, gaps)
     for s in (60 + np.arange(gaps) * step)[:gaps]:
         k = int(rng.integers(3, 40))
         keep[s:s + k] = False
@@ -72,7 +74,7 @@ class Site:
             if subject not in {s["id"] for s in repo.list_subjects(self.conn)}:
                 repo.add_subject(self.conn, subject, by="tester", at=T0)
         base = len(repo.list_sessions(self.conn, subject))
-        return [store_night(self.conn, subject, T0 + (base + k) * 86400, seed=hash((subject, base + k)) % 10_000, **night)
+        return [store_night(self.conn, subject, T0 + (base + k) * 86400, seed=zlib.crc32(f"{subject}/{base + k}".encode()), **night)
                 for k in range(nights)]
 
     def export(self, subject: str, out: Path, *, at: float) -> Path:

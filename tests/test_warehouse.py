@@ -196,3 +196,18 @@ def _tamper(zip_path: Path) -> bytes:
                 data, done = b"\n".join(lines), True
             dst.writestr(info, data)
     return buf.getvalue()
+
+
+def test_only_safe_site_subject_and_session_names_become_folders():
+    from collector.warehouse.sync import _filed_problem
+
+    site = "0b9c2a8e-3f55-4a3e-9a61-0c1d2e3f4a5b"
+    ok = {"site_uuid": site, "pseudonym": "SCR-0001", "sessions": [{"session_uuid": "1b9c2a8e-3f55-4a3e-9a61-0c1d2e3f4a5b"}]}
+    key = f"p/site={site}/subject=SCR-0001/SCR-0001_x.zip"
+    assert _filed_problem(key, ok, "SCR-0001_x") is None
+    assert "filed under" in _filed_problem(key, {**ok, "pseudonym": "SCR-0002"}, "SCR-0001_x")
+    assert "named" in _filed_problem(key, ok, "SCR-0001_y")
+    assert "cannot be used" in _filed_problem(f"p/site={site}/subject=../SCR-0001_x.zip", {**ok, "pseudonym": ".."}, "SCR-0001_x")
+    bad_session = {**ok, "sessions": [{"session_uuid": "../../etc"}]}
+    assert "not a UUID" in _filed_problem(key, bad_session, "SCR-0001_x")
+    assert "canonical" in _filed_problem(key.replace(site, site.upper()), {**ok, "site_uuid": site.upper()}, "SCR-0001_x")

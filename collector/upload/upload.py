@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import sqlite3
 import zipfile
 from dataclasses import dataclass, field
@@ -94,10 +95,10 @@ def inspect_bundle(path: Path) -> BundleInfo:
         raise BundleRefused(f"{path.name} fails verification ({len(result.problems)} problems, first {f}: {problem}); "
                             "nothing was queued: run collector verify on it and export again")
     b = bag.read_bag(path)
-    info = bag.parse_info(b.files[bag.BAG_INFO])
+    subject = json.loads(b.files["data/subject.json"])
     data = path.read_bytes()
-    return BundleInfo(path, b.name, hashlib.sha256(data).hexdigest(), len(data), info["Site-UUID"][0],
-                      info["Subject-Pseudonym"][0])
+    return BundleInfo(path, b.name, hashlib.sha256(data).hexdigest(), len(data), str(subject.get("site_uuid")),
+                      str(subject.get("pseudonym")))
 
 
 def queue(conn: sqlite3.Connection, paths: list[Path], url: S3Url, *, by: str, now: float) -> list[dict[str, Any]]:

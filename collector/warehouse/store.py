@@ -22,7 +22,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+import duckdb
+
+from collector.errors import Conflict, StorageError
 from collector.export import merge
+
+DuckError = duckdb.Error
 
 SESSION_TABLES = ("samples", "nights", "spirometry")
 SUBJECT_TABLES = ("criteria", "decisions")
@@ -60,12 +65,21 @@ class Catalogue:
     """``DIR/study.duckdb`` held open for one sync (DuckDB lets one process write it at a time)."""
 
     def __init__(self, out_dir: Path) -> None:
-        import duckdb
-
         self.dir = Path(out_dir).resolve()
         self.parquet = self.dir / "parquet"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.con = duckdb.connect(str(self.dir / "study.duckdb"))
+        path = self.dir / "study.duckdb"
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.con = duckdb.connect(str(path))
+        except OSError as exc:
+            raise StorageError(f"cannot create the warehouse folder {self.dir} ({exc.strerror or exc}); check its permissions") from None
+        except duckdb.IOException as exc:
+            if "lock" in str(exc).lower():
+                raise Conflict(f"{path} is in use by another sync or program; wait for it to finish, then run again") from None
+            raise StorageError(f"cannot open {path} ({str(exc).splitlines()[0]}); check the file and its folder") from None
+        except duckdb.Error as exc:
+            raise StorageError(f"cannot open {path} ({str(exc).splitlines()[0]}); is it a DuckDB catalogue made by "
+                               "collector warehouse sync?") from None
         self.con.execute(CATALOGUE_SQL)
 
     def close(self) -> None:

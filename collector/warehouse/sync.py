@@ -19,7 +19,8 @@ from collector.clock import utc_iso
 from collector.export import bag
 from collector.export.verify import verify_bundle
 from collector.upload import s3
-from collector.upload.target import KEY, S3Url
+from collector.errors import StorageError
+from collector.upload.target import KEY, S3Url, canonical_uuid, safe_segment
 
 from . import store
 
@@ -55,8 +56,18 @@ def _fetch(client: Any, bucket: str, key: str, etag: str, dest: Path) -> None:
 
 
 def _filed_problem(key: str, subject: dict[str, Any], name: str) -> str | None:
+    """The key must name the bundle's own site, subject and name; they become folder names, so they must be safe."""
     m = KEY.match(key)
     assert m is not None
+    try:
+        if canonical_uuid(str(subject.get("site_uuid"))) != subject.get("site_uuid"):
+            return f"holds site UUID {subject.get('site_uuid')!r}, not in its canonical form"
+        safe_segment(str(subject.get("pseudonym")), "subject ID")
+        for s in subject.get("sessions") or []:
+            if canonical_uuid(str(s.get("session_uuid"))) != s.get("session_uuid"):
+                return f"holds session UUID {s.get('session_uuid')!r}, not in its canonical form"
+    except ValueError as exc:
+        return str(exc)
     if m["site"] != subject.get("site_uuid") or m["subject"] != subject.get("pseudonym"):
         return (f"is filed under site={m['site']}/subject={m['subject']} but holds site {subject.get('site_uuid')} "
                 f"subject {subject.get('pseudonym')}")
@@ -122,11 +133,15 @@ def sync(url: S3Url, out_dir: Path, *, config: dict[str, Any], now: float, clien
                     cat.duplicate(key, etag, size, bundle_id, first, at)
                     result.duplicates.append(key)
                     continue
-                staged = store.stage(b, bundle_id)
                 try:
-                    written = cat.load(staged, key=key, etag=etag, size=size, bundle_id=bundle_id, at=at)
-                finally:
-                    staged.close()
+                    staged = store.stage(b, bundle_id)
+                    try:
+                        written = cat.load(staged, key=key, etag=etag, size=size, bundle_id=bundle_id, at=at)
+                    finally:
+                        staged.close()
+                except (OSError, store.DuckError) as exc:
+                    raise StorageError(f"cannot write the warehouse in {cat.dir} ({exc}); check the folder's permissions and "
+                                       "free space; bundles loaded so far are kept: run the sync again") from None
                 for t, n in written.items():
                     rows[t] += n
                 result.loaded.append(key)
