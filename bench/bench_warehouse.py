@@ -39,30 +39,35 @@ def _size(paths: list[Path]) -> int:
 
 
 def build(root: Path, subjects: int, nights: int, hours: float) -> tuple[list[Path], list[Path]]:
+    """Sites and bundle zips; resumes a build that was stopped (subjects already exported are kept)."""
+    from collector.storage import repo
     from site_bundles import Site
 
-    done = root / "built.txt"
-    if done.exists():
-        zips = sorted(root.glob("site*/out/*.zip"))
-        return sorted(root.glob("site*/site.sqlite")), zips
     t = time.perf_counter()
     sites = [Site(root / f"site{k}", f"Bench Hospital {k}") for k in (1, 2)]
     zips = []
     t_export = 0.0
+    made = 0
     for i in range(subjects):
         s = sites[i % 2]
         subject = f"SCR-{i + 1:04d}"
-        s.subject(subject, nights=nights, hours=hours, gaps=150, desat=0.005 + 0.04 * (i % 7) / 6)
+        done = sorted((s.root / "out").glob(f"{subject}_*.zip"))
+        if done:
+            zips.append(done[-1])
+            continue
+        have = len(repo.list_sessions(s.conn, subject)) if subject in {x["id"] for x in repo.list_subjects(s.conn)} else 0
+        if nights - have > 0:
+            s.subject(subject, nights=nights - have, hours=hours, gaps=150, desat=0.005 + 0.04 * (i % 7) / 6)
         e = time.perf_counter()
         zips.append(s.export(subject, s.root / "out", at=T0 + 60 * 86400 + i))
         t_export += time.perf_counter() - e
-        if (i + 1) % 10 == 0:
-            print(f"  built {i + 1}/{subjects} subjects ({time.perf_counter() - t:.0f} s)", flush=True)
+        made += 1
+        if made % 10 == 0:
+            print(f"  built {made} more subjects, {i + 1}/{subjects} in all ({time.perf_counter() - t:.0f} s)", flush=True)
     for s in sites:
         s.close()
-    done.write_text("ok\n")
-    print(f"built {subjects} subjects x {nights} nights of {hours:g} h on 2 sites in {time.perf_counter() - t:.0f} s "
-          f"(export {t_export:.0f} s)")
+    if made:
+        print(f"built {made} subjects x {nights} nights of {hours:g} h in {time.perf_counter() - t:.0f} s (export {t_export:.0f} s)")
     return [s.db for s in sites], zips
 
 
