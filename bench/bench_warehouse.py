@@ -19,6 +19,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +53,9 @@ def build(root: Path, subjects: int, nights: int, hours: float) -> tuple[list[Pa
         s = sites[i % 2]
         subject = f"SCR-{i + 1:04d}"
         done = sorted((s.root / "out").glob(f"{subject}_*.zip"))
+        if done and not zipfile.is_zipfile(done[-1]):  # cut while it was written: export it again
+            done[-1].unlink()
+            done = []
         if done:
             zips.append(done[-1])
             continue
