@@ -78,6 +78,13 @@ def describe(exc: BaseException, where: str) -> str:
     return f"the object store failed on {where} ({text}); try again later"
 
 
+def checksum_mismatch(exc: BaseException) -> bool:
+    """botocore found the downloaded bytes differ from the object's stored checksum."""
+    from botocore import exceptions as bx
+
+    return isinstance(exc, bx.FlexibleChecksumError)
+
+
 def not_found(exc: BaseException) -> bool:
     return error_code(exc) in ("404", "NoSuchKey", "NotFound")
 

@@ -111,11 +111,11 @@ def sync(url: S3Url, out_dir: Path, *, config: dict[str, Any], now: float, clien
                 try:
                     _fetch(client, url.bucket, key, etag, local)
                 except Exception as exc:
-                    if s3.is_connection_problem(exc) or s3.error_code(exc) in ("PreconditionFailed", "412", "NoSuchKey", "404"):
-                        raise s3.ObjectStoreError(f"{s3.describe(exc, f's3://{url.bucket}/{key}')}; what was loaded so far "
-                                                  "is kept: run the sync again") from None
-                    reject(f"cannot be read back intact ({s3.describe(exc, key)})")
-                    continue
+                    if s3.checksum_mismatch(exc):
+                        reject("its bytes do not match the SHA-256 checksum the store holds for it (changed or damaged)")
+                        continue
+                    raise s3.ObjectStoreError(f"{s3.describe(exc, f's3://{url.bucket}/{key}')}; what was loaded so far "
+                                              "is kept: run the sync again") from None
                 check = verify_bundle(local)
                 if not check.ok:
                     f, p = check.problems[0]
@@ -146,8 +146,10 @@ def sync(url: S3Url, out_dir: Path, *, config: dict[str, Any], now: float, clien
                     rows[t] += n
                 result.loaded.append(key)
         result.rows = rows
-        cat.refresh_views()
         result.rejected_total = cat.counts()["rejected"]
     finally:
-        cat.close()
+        try:
+            cat.refresh_views()  # also after a failed run: what was loaded is queryable
+        finally:
+            cat.close()
     return result
