@@ -229,3 +229,41 @@ def test_credentials_come_only_from_the_aws_chain(s3, site, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     r = invoke(site["site"].db, "upload", "--pending", config=_config(site, s3.url, "nocreds"))
     assert r.exit_code == 0 and "uploaded to" in r.output, r.output
+
+
+def test_s3_addresses_and_keys():
+    from collector.errors import InvalidInput
+    from collector.upload.target import KEY, object_key, parse_s3_url
+
+    u = parse_s3_url("s3://study-bundles/a/b/")
+    assert (u.bucket, u.prefix, str(u)) == ("study-bundles", "a/b", "s3://study-bundles/a/b")
+    site = "0b9c2a8e-3f55-4a3e-9a61-0c1d2e3f4a5b"
+    key = object_key(u, site_uuid=site.upper(), subject_id="SCR-0042", bundle="SCR-0042_20261201T000000Z")
+    assert key == f"a/b/site={site}/subject=SCR-0042/SCR-0042_20261201T000000Z.zip"
+    assert KEY.match(key)["subject"] == "SCR-0042"
+    assert object_key(parse_s3_url("s3://study-bundles"), site_uuid=site, subject_id="SCR-1", bundle="x").startswith("site=")
+    for bad in ("s3://", "s3://A_B/x", "http://b/x", "s3://study-bundles/a//b", "s3://study-bundles/../x"):
+        with pytest.raises(InvalidInput):
+            parse_s3_url(bad)
+    for subject in ("../x", "a/b", "a=b", "", "SCR 1"):
+        with pytest.raises(ValueError):
+            object_key(u, site_uuid=site, subject_id=subject, bundle="x")
+
+
+def test_s3_address_parser_never_crashes_on_garbage():
+    from hypothesis import given, settings, strategies as st
+
+    from collector.errors import InvalidInput
+    from collector.upload.target import parse_s3_url
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.one_of(st.text(), st.text().map(lambda t: "s3://" + t)))
+    def check(text: str) -> None:
+        try:
+            u = parse_s3_url(text)
+        except InvalidInput as exc:
+            assert "\n" not in exc.message
+        else:
+            assert u.bucket and not u.prefix.startswith("/") and not u.prefix.endswith("/")
+
+    check()
