@@ -199,6 +199,27 @@ class Export(Table):
     odm: Odm
 
 
+def _endpoint(value: str) -> str:
+    if value and not value.startswith(("http://", "https://")):
+        raise ValueError("an http:// or https:// URL, or empty")
+    return value
+
+
+class ObjectStore(Table):
+    endpoint_url: Annotated[str, AfterValidator(_endpoint)] = Field(
+        description="an http(s):// URL of an S3-compatible server, or empty (AWS_ENDPOINT_URL, else AWS S3)")
+    region: str = Field(max_length=64, description="an AWS region name such as eu-central-1, or empty")
+    addressing_style: Literal["auto", "path", "virtual"]
+    connect_timeout_s: Positive
+    read_timeout_s: Positive
+    max_attempts: int = Field(ge=1, le=20, description="an integer from 1 to 20")
+
+
+class Upload(Table):
+    retention_mode: Literal["COMPLIANCE", "GOVERNANCE"]
+    retention_days: int = Field(ge=1, le=36500, description="a whole number of days from 1 to 36500")
+
+
 class Web(Table):
     session_idle_min: Positive
     session_max_h: Positive
@@ -309,6 +330,8 @@ class Config(Table):
     ble: Ble
     site: Site
     export: Export
+    object_store: ObjectStore
+    upload: Upload
     web: Web
     oximetry: Oximetry
     spirometry: Spirometry

@@ -30,7 +30,9 @@ from collector.oximetry import cli as oximetry_cli
 from collector.oximetry import service as oximetry_service
 from collector.spirometry import cli as spirometry_cli
 from collector.spirometry import service as spirometry_service
+from collector.upload import cli as upload_cli
 from collector.users import cli as users_cli
+from collector.warehouse import cli as warehouse_cli
 from collector.web import service as web_service
 
 if TYPE_CHECKING:
@@ -53,6 +55,8 @@ FEATURES: tuple[Feature, ...] = (
     Feature("spirometry", spirometry_service.attach, spirometry_service.make_router, tuple(spirometry_cli.COMMANDS)),
     Feature("eligibility", eligibility_service.attach, eligibility_service.make_router, tuple(eligibility_cli.COMMANDS)),
     Feature("export", make_router=export_service.make_router, commands=tuple(export_service.COMMANDS)),
+    Feature("upload", commands=tuple(upload_cli.COMMANDS)),
+    Feature("warehouse", commands=tuple(warehouse_cli.COMMANDS)),
     Feature("web", web_service.attach, web_service.make_router),
     Feature("operators", commands=tuple(users_cli.COMMANDS)),
     Feature("host", host_service.attach, commands=tuple(host_cli.COMMANDS)),

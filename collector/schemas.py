@@ -12,9 +12,10 @@ from collector.oximetry import schema as oximetry
 from collector.spirometry import schema as spirometry
 from collector.storage import schema as core
 from collector.storage.schema import Migration
+from collector.upload import schema as upload
 from collector.users import schema as users
 
-PACKAGES = (core, oximetry, eligibility, spirometry, users)
+PACKAGES = (core, oximetry, eligibility, spirometry, users, upload)
 
 
 def migrations() -> list[Migration]:

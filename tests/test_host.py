@@ -290,9 +290,9 @@ def test_doctor_lists_stable_serial_names_and_checks_the_disk(tmp_path):
     assert "1000 nights" in finding.summary
 
 
-def test_doctor_cli_prints_every_check_with_what_to_do_and_exits_11_on_a_failure(db_path, system_bus):
+def test_doctor_cli_prints_every_check_with_what_to_do_and_exits_12_on_a_failure(db_path, system_bus):
     res = invoke(db_path, "doctor")
-    assert res.exit_code == 11, res.output  # no Bluetooth service on the private bus
+    assert res.exit_code == 12, res.output  # no Bluetooth service on the private bus
     for name in ("bluetooth", "permissions", "serial", "disk", "clock", "database", "daemon"):
         assert name in res.output
     assert "-> install and start BlueZ" in res.output

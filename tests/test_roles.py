@@ -41,6 +41,7 @@ CLI_MATRIX: dict[str, Any] = {
     "subject add": {T, I}, "subject list": READS,
     "user add": {A}, "user disable": {A}, "user list": READS, "user password": {A}, "user role": {A}, "user language": set(ROLES),
     "whoami": set(ROLES),
+    "upload": {D}, "warehouse sync": SELF,
 }
 
 API_MATRIX: dict[tuple[str, str], set[str]] = {

@@ -183,3 +183,24 @@ def merge_bundles(paths: list[Path], out: Path) -> dict[str, Any]:
         con.close()
     return {"out": str(out), "bundles": len(paths) - len(skipped), "already_merged": skipped, "rows_added": loader.added,
             "sessions_replaced": loader.replaced, "sessions_older_than_loaded": loader.older}
+
+
+def stage_bundle(b: bag.Bag, bundle_id: str) -> Any:
+    """One verified bundle's rows in an in-memory DuckDB with the merge tables (the warehouse writes them to Parquet)."""
+    import duckdb
+
+    con = duckdb.connect(":memory:")
+    for name, cols in TABLES.items():
+        con.execute(f"CREATE TABLE {name} ({cols})")
+    with tempfile.TemporaryDirectory() as tmp:
+        _Loader(con, Path(tmp)).bundle(b, bundle_id)
+    return con
+
+
+def columns(table: str) -> list[tuple[str, str]]:
+    """(name, type) of a merge table's columns, in order."""
+    out = []
+    for part in TABLES[table].split(","):
+        name, kind = part.split()[:2]
+        out.append((name, kind))
+    return out

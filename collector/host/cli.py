@@ -13,7 +13,7 @@ from collector.context import Ctx, no_login, pass_ctx
 from collector.output import emit_json
 
 #: Exit status when a check failed (a finding that must be fixed before a night).
-DOCTOR_FAILED = 11
+DOCTOR_FAILED = 12
 
 _MARK = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
 
@@ -25,7 +25,7 @@ _MARK = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
 def doctor(c: Ctx, as_json: bool) -> None:
     """Check this laptop before a night: Bluetooth, permissions, ports, disk, clock, database, daemon.
 
-    Each finding says what to do. Exit status 11 when a check failed; warnings alone exit 0.
+    Each finding says what to do. Exit status 12 when a check failed; warnings alone exit 0.
     """
     from collector.host.doctor import Setup, run_checks
 

@@ -1,0 +1,1 @@
+"""Bundles to object storage: ``collector upload`` and its queue of pending uploads."""
