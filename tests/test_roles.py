@@ -36,7 +36,7 @@ CLI_MATRIX: dict[str, Any] = {
     "export": {D}, "verify": READS, "import": {T}, "replay": {T}, "report": {T, I},
     "predict": READS, "scan": READS, "status": READS, "verify-audit": READS,
     "session list": READS, "session samples": READS, "session start": {T}, "session stop": {T},
-    "spirometry recompute": {T, I}, "spirometry show": READS,
+    "spirometry recompute": {T, I}, "spirometry show": READS, "spirometry import": {T},
     "subject add": {T, I}, "subject list": READS,
     "user add": {A}, "user disable": {A}, "user list": READS, "user password": {A}, "user role": {A},
     "whoami": set(ROLES),

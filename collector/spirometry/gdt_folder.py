@@ -292,10 +292,8 @@ class GdtFolderRecorder:
         return 1
 
     async def recompute(self, t: float) -> dict[str, Any]:
-        from collector.spirometry.service import evaluate_and_store
-
         assert self.session_id is not None and self.subject_id is not None
-        self.last_result = await evaluate_and_store(self.daemon, self.service.cfg, self.session_id, self.subject_id, t)
+        self.last_result = await self.service.evaluate_and_store(self.session_id, self.subject_id, t)
         return self.last_result
 
     def status(self) -> dict[str, Any]:

@@ -544,6 +544,10 @@ class SpirometryService:
             rec.start()
         return self.session_info(session["id"])
 
+    async def evaluate_and_store(self, session_id: int, subject_id: str, t: float) -> dict[str, Any]:
+        """Judge a session again from the database and store the result (recorders of every kind use this)."""
+        return await evaluate_and_store(self.daemon, self.cfg, session_id, subject_id, t)
+
     def session_info(self, session_id: int) -> dict[str, Any]:
         info = self.daemon.session_info(session_id)
         rec = self.recorders.get(session_id)
