@@ -129,3 +129,12 @@ def test_a_file_of_another_person_is_refused(db: Path, tmp_path: Path) -> None:
     r = invoke(db, "spirometry", "import", str(f), "--subject", SUBJECT, "--format", "ndd-xml")
     assert r.exit_code == 2 and "contradicts" in r.output and "sex" in r.output
     assert rows(db, "SELECT COUNT(*) FROM sessions") == [(0,)]
+
+
+def test_the_documented_csv_example_imports(db: Path, tmp_path: Path) -> None:
+    doc = (Path(__file__).parent.parent / "docs" / "spirometry-vendors.md").read_text()
+    block = doc.split("### The collector's trial CSV", 1)[1]
+    lines = [line[4:] for line in block.splitlines() if line.startswith("    ")]
+    out = imported(db, tmp_path, "doc.csv", ("\n".join(lines) + "\n").encode(), "csv")
+    assert out["manoeuvres"] == 3 and out["summaries"] == 1
+    assert {m["number"]: m["fvc"]["status"] for m in out["result"]["manoeuvres"]}[3] != "acceptable"

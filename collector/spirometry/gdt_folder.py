@@ -57,8 +57,12 @@ def is_folder_address(address: str | None) -> bool:
 
 def check_folder(raw: str) -> Path:
     """The exchange folder as an absolute path; one-line refusal when it is not a usable directory."""
-    path = Path(raw).expanduser()
-    if not path.is_dir():
+    try:
+        path = Path(raw).expanduser()
+        usable = path.is_dir()
+    except (RuntimeError, ValueError, OSError):  # "~nobody", NUL bytes
+        usable = False
+    if not usable:
         raise InvalidInput(f"GDT folder {raw} does not exist or is not a directory; create it or fix --gdt-dir / [spirometry] gdt_dir")
     if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
         raise InvalidInput(f"GDT folder {raw} is not readable and writable by the collector; fix its permissions")
