@@ -326,3 +326,30 @@ def test_kill_9_between_pick_up_and_move_processes_the_file_exactly_once(tmp_pat
         assert actions.count("spirometry_file_processed") == 1
     finally:
         conn.close()
+
+
+def test_a_backlog_of_result_files_is_taken_once_each(tmp_path: Path) -> None:
+    """A weekend's backlog: 40 result files (200 trials) waiting when the session starts, plus a stray file."""
+    from dataclasses import replace
+
+    from drivers.spirometry.gdt import encode_gdt
+    from drivers.spirometry.registry import get_model
+
+    async def main() -> None:
+        async with folder(tmp_path) as f:
+            sc = load_scenario(ALS, "gdt")
+            subject = replace(sc.subject, patient_id=SUBJECT) if sc.subject else None
+            codes = get_model("sim-gdt").encoder_codes()
+            for i in range(40):
+                (f.dir / f"ALSCSPIR.{i:03d}").write_bytes(
+                    encode_gdt(sc.manoeuvres, subject, codes, f"2025-03-10T09:{i:02d}:00", charset="3"))
+            (f.dir / "notes.txt").write_text("not a GDT file")
+            sid = (await f.svc.start(SUBJECT, "", gdt_dir=str(f.dir), model="sim-gdt", by="nurse"))["id"]
+            assert await f.poll_until_moved(sid, polls=3) == 40
+            assert len(list((f.dir / "done").iterdir())) == 40 and (f.dir / "notes.txt").exists()
+            assert f.rows("SELECT COUNT(*), COUNT(DISTINCT sha256) FROM spirometry_files") == [(40, 40)]
+            assert f.rows("SELECT COUNT(*) FROM spirometry_manoeuvres WHERE session_id = ?", sid) == [(200,)]
+            assert f.rows("SELECT COUNT(*) FROM spirometry_results WHERE session_id = ?", sid) == [(40,)]
+            assert await f.poll_until_moved(sid, polls=2) == 0
+
+    asyncio.run(main())

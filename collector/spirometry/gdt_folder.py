@@ -308,6 +308,7 @@ class GdtFolderRecorder:
             "model": self.model.name, "device": str(self.folder_path), "link_state": "watching folder",
             "started_utc": self.started_utc, "messages": self.messages, "manoeuvres": self.manoeuvres, "refused": self.refused,
             "duplicates": self.duplicates, "files_moved": self.moved, "last_error": self.last_error,
+            "parser": {"frames": self.messages, "errors": self.refused}, "link": {"connects": 0, "last_error": self.last_error},
             "result": {"valid": r.get("valid"), "fvc_l": r.get("fvc_l"), "grade_fvc": (r.get("fvc") or {}).get("grade"),
                        "equation": r.get("equation"), "fvc_pct_predicted": p.get("percent_predicted_fvc"),
                        "more_attempts_needed": r.get("more_attempts_needed"), "note": r.get("note")} if r else None,
