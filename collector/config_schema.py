@@ -261,6 +261,7 @@ class Spirometry(Table):
     socket_hosts: list[Name] = Field(description="a list of host names or addresses")
     gdt_idle_s: Positive
     gdt_dir: str = Field(description="a folder path, or \"\" for none")
+    gdt_dir_roots: list[Name] = Field(description="a list of folder paths")
     gdt_poll_s: Positive
     gdt_settle_s: NonNegative
     gdt_incomplete_s: Positive

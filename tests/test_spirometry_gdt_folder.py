@@ -38,10 +38,11 @@ SUBJECT = "SCR-0101"
 FACTS = {"sex": "male", "height_cm": "178", "weight_kg": "74", "birth_date": "1964-05-02", "screening_date": "2025-03-10"}
 
 
-def folder_config(**spiro: Any) -> dict[str, Any]:
+def folder_config(root: Path, **spiro: Any) -> dict[str, Any]:
+    """Fast polls driven by the test; exchange folders allowed under root (the test's tmp_path)."""
     cfg = defaults()
     cfg["storage"]["flush_interval_s"] = 0.05
-    cfg["spirometry"].update(gdt_poll_s=3600.0, gdt_settle_s=0.0, **spiro)
+    cfg["spirometry"].update(gdt_poll_s=3600.0, gdt_settle_s=0.0, gdt_dir_roots=[str(root)], **spiro)
     return cfg
 
 
@@ -57,7 +58,7 @@ class Folder:
         self.db = tmp_path / "collector.sqlite"
         self.dir = tmp_path / "gdt"
         self.dir.mkdir()
-        self.daemon = build_daemon(self.db, config=folder_config(**spiro))
+        self.daemon = build_daemon(self.db, config=folder_config(tmp_path, **spiro))
 
     @property
     def svc(self) -> Any:
@@ -213,6 +214,11 @@ def test_folder_session_refusals_are_one_line(tmp_path: Path) -> None:
         async with folder(tmp_path) as f:
             with pytest.raises(InvalidInput, match="does not exist"):
                 await f.svc.start(SUBJECT, "", gdt_dir=str(f.dir / "missing"), by="nurse")
+            outside = tmp_path.parent / f"{tmp_path.name}-outside"
+            outside.mkdir()
+            with pytest.raises(InvalidInput, match="gdt_dir_roots"):
+                await f.svc.start(SUBJECT, "", gdt_dir=str(outside), by="nurse")
+            assert not any(outside.iterdir())  # nothing written outside the allowed folders
             with pytest.raises(InvalidInput, match="not both"):
                 await f.svc.start(SUBJECT, "socket://127.0.0.1:1", gdt_dir=str(f.dir), by="nurse")
             with pytest.raises(InvalidInput, match="speaks hl7"):
@@ -245,7 +251,7 @@ def test_files_that_arrive_while_the_daemon_is_down_are_taken_after_resume(tmp_p
             sid = (await f.svc.start(SUBJECT, "", gdt_dir=str(f.dir), model="sim-gdt", by="nurse"))["id"]
         assert f.rows("SELECT state FROM sessions WHERE id = ?", sid) == [("interrupted",)]
         GdtFolderDevice(f.dir, load_scenario(ALS, "gdt"), "trials").respond(SUBJECT)
-        again = build_daemon(f.db, config=folder_config())
+        again = build_daemon(f.db, config=folder_config(tmp_path))  # resuming needs no allow-list check: the session holds its folder
         try:
             assert await again.resume_open_sessions() == [sid]
             rec = again.services["spirometry"].recorders[sid]
@@ -283,7 +289,7 @@ def test_kill_9_between_pick_up_and_move_processes_the_file_exactly_once(tmp_pat
     db, gdt = tmp_path / "collector.sqlite", tmp_path / "gdt"
     gdt.mkdir()
     cfg = tmp_path / "site.toml"
-    cfg.write_text("[spirometry]\ngdt_poll_s = 0.05\ngdt_settle_s = 0.0\n")
+    cfg.write_text(f"[spirometry]\ngdt_poll_s = 0.05\ngdt_settle_s = 0.0\ngdt_dir_roots = [{json.dumps(str(tmp_path))}]\n")
     _collector(db, cfg, "subject", "add", SUBJECT)
     for name, value in FACTS.items():
         _collector(db, cfg, "criteria", "set", SUBJECT, name, value)

@@ -30,7 +30,7 @@ import re
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from collector.errors import InvalidInput
 from collector.spirometry import files, store
@@ -55,8 +55,12 @@ def is_folder_address(address: str | None) -> bool:
     return bool(address) and str(address).startswith(ADDRESS_PREFIX)
 
 
-def check_folder(raw: str) -> Path:
-    """The exchange folder as an absolute path; one-line refusal when it is not a usable directory."""
+def check_folder(raw: str, roots: Sequence[str] = ()) -> Path:
+    """The exchange folder as an absolute path; one-line refusal when it is not a usable directory.
+
+    Like serial ports, folders come from an allow-list: the collector writes a request into the folder
+    and moves files out of it, so only ``roots`` (the site's ``gdt_dir`` and ``gdt_dir_roots``) and
+    folders inside them are used."""
     try:
         path = Path(raw).expanduser()
         usable = path.is_dir()
@@ -66,7 +70,12 @@ def check_folder(raw: str) -> Path:
         raise InvalidInput(f"GDT folder {raw} does not exist or is not a directory; create it or fix --gdt-dir / [spirometry] gdt_dir")
     if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
         raise InvalidInput(f"GDT folder {raw} is not readable and writable by the collector; fix its permissions")
-    return path.resolve()
+    resolved = path.resolve()
+    allowed = [Path(r).expanduser().resolve() for r in roots if r]
+    if not any(resolved == a or a in resolved.parents for a in allowed):
+        raise InvalidInput(f"GDT folder {raw} is not under a folder the site allows; add it to [spirometry] gdt_dir_roots "
+                           f"(allowed now: {', '.join(map(str, allowed)) or 'none'})")
+    return resolved
 
 
 @dataclass

@@ -504,7 +504,7 @@ class SpirometryService:
         if protocol not in (None, "gdt"):
             raise InvalidInput("a GDT exchange folder carries GDT records: drop --protocol or use --protocol gdt")
         m = resolve_model(self.cfg, "gdt", model)
-        folder = check_folder(gdt_dir)
+        folder = check_folder(gdt_dir, [str(self.cfg.get("gdt_dir") or ""), *self.cfg.get("gdt_dir_roots", [])])
         address = folder_address(folder)
         async with self._mutex():
             self._check_free(subject_id, address)
