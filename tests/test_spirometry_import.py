@@ -138,3 +138,16 @@ def test_the_documented_csv_example_imports(db: Path, tmp_path: Path) -> None:
     out = imported(db, tmp_path, "doc.csv", ("\n".join(lines) + "\n").encode(), "csv")
     assert out["manoeuvres"] == 3 and out["summaries"] == 1
     assert {m["number"]: m["fvc"]["status"] for m in out["result"]["manoeuvres"]}[3] != "acceptable"
+
+
+def test_an_imported_session_exports_and_verifies_without_personal_data(db: Path, tmp_path: Path) -> None:
+    imported(db, tmp_path, "export.xml", ndd_xml(ALS.manoeuvres, ALS.subject), "ndd-xml")
+    cfg = tmp_path / "site.toml"
+    cfg.write_text('[site]\nname = "Test Hospital 1"\n')
+    out = tmp_path / "bundles"
+    r = invoke(db, "export", SUBJECT, "--out", str(out), config=cfg)
+    assert r.exit_code == 0, r.output
+    bag = next(out.iterdir())
+    blob = b"".join(p.read_bytes() for p in bag.rglob("*") if p.is_file())
+    assert FAKE_NAME[0].encode() not in blob and FAKE_STREET.encode() not in blob and b"SIM-0001" not in blob
+    assert invoke(db, "verify", str(bag)).exit_code == 0
