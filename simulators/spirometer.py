@@ -15,6 +15,7 @@ Python API (tests)::
 CLI::
 
     python -m simulators.spirometer --protocol hl7 --scenario FILE [--tcp PORT | --pty [--link PATH]]
+    python -m simulators.spirometer --scenario FILE --gdt-dir DIR [--shape trials|gdt-text|gdt-best-test]
 """
 
 from __future__ import annotations
@@ -456,7 +457,24 @@ class TcpEndpoint:
 # --- CLI -----------------------------------------------------------------------------------
 
 
+async def _folder(args: argparse.Namespace) -> int:
+    """Act as the device's software on a GDT exchange folder: wait for the request, write the result."""
+    dev = GdtFolderDevice(Path(args.gdt_dir), load_scenario(args.scenario, "gdt"), args.shape)
+    print(f"simulated GDT software ({args.shape}) on {dev.folder}; waiting for {dev.request_path.name}", flush=True)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + args.wait
+    while not dev.request_path.exists():
+        if loop.time() > deadline:
+            print(f"error: no request {dev.request_path.name} within {args.wait:g} s", file=sys.stderr)
+            return 1
+        await asyncio.sleep(0.2)
+    print(f"wrote {dev.respond()}", flush=True)
+    return 0
+
+
 async def _main(args: argparse.Namespace) -> int:
+    if args.gdt_dir is not None:
+        return await _folder(args)
     sim = SpirometerSimulator(load_scenario(args.scenario, args.protocol), args.protocol)
     if args.tcp is not None:
         ep = TcpEndpoint(sim.on_bytes, args.tcp)
@@ -490,6 +508,9 @@ def main(argv: list[str] | None = None) -> int:
     where = ap.add_mutually_exclusive_group()
     where.add_argument("--tcp", type=int, metavar="PORT", help="listen on 127.0.0.1:PORT (0 = any free port)")
     where.add_argument("--pty", action="store_true", help="use a pseudo-terminal (default)")
+    where.add_argument("--gdt-dir", help="act as the device's GDT software on this exchange folder (the file route)")
+    ap.add_argument("--shape", choices=FOLDER_SHAPES, default="trials", help="--gdt-dir: the result record's shape")
+    ap.add_argument("--wait", type=float, default=600.0, help="--gdt-dir: seconds to wait for the collector's request")
     ap.add_argument("--link", help="stable symlink to the pty slave (pty mode)")
     ap.add_argument("--start-delay", type=float, default=3.0, help="seconds before sending (pty mode)")
     ap.add_argument("--linger", type=float, default=5.0, help="seconds to keep the pty open after the session")

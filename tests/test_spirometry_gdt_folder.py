@@ -359,3 +359,13 @@ def test_a_backlog_of_result_files_is_taken_once_each(tmp_path: Path) -> None:
             assert await f.poll_until_moved(sid, polls=2) == 0
 
     asyncio.run(main())
+
+
+def test_simulator_command_line_answers_a_request_in_a_folder(tmp_path: Path) -> None:
+    from drivers.spirometry.gdt import encode_request
+    from simulators.spirometer import main as sim_main
+
+    (tmp_path / "SPIRALSC.gdt").write_bytes(encode_request(SUBJECT, receiver_id="SPIR", sender_id="ALSC"))
+    assert sim_main(["--scenario", str(ALS), "--gdt-dir", str(tmp_path), "--shape", "gdt-best-test"]) == 0
+    data = (tmp_path / "ALSCSPIR.gdt").read_bytes()
+    assert b"Best Test" in data and SUBJECT.encode() in data and not (tmp_path / "SPIRALSC.gdt").exists()
