@@ -369,3 +369,16 @@ def test_simulator_command_line_answers_a_request_in_a_folder(tmp_path: Path) ->
     assert sim_main(["--scenario", str(ALS), "--gdt-dir", str(tmp_path), "--shape", "gdt-best-test"]) == 0
     data = (tmp_path / "ALSCSPIR.gdt").read_bytes()
     assert b"Best Test" in data and SUBJECT.encode() in data and not (tmp_path / "SPIRALSC.gdt").exists()
+
+
+def test_stopping_the_session_withdraws_an_unanswered_request(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with folder(tmp_path) as f:
+            sid = (await f.svc.start(SUBJECT, "", gdt_dir=str(f.dir), by="nurse"))["id"]
+            request = f.dir / "SPIRALSC.gdt"
+            assert request.exists()
+            await f.daemon.stop_session(sid, by="nurse")
+            assert not request.exists()  # no later test on the device runs under this subject's request
+            assert f.rows("SELECT state FROM sessions WHERE id = ?", sid) == [("stopped",)]
+
+    asyncio.run(main())

@@ -190,6 +190,7 @@ class GdtFolderRecorder:
         self.messages = self.refused = self.duplicates = self.manoeuvres = self.moved = 0
         self.last_result: dict[str, Any] | None = None
         self.last_error: str | None = None
+        self.request: bytes | None = None  # what this session wrote (withdrawn at stop if still there)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def bind(self, session: dict[str, Any], gap_id: int | None = None) -> None:
@@ -205,6 +206,15 @@ class GdtFolderRecorder:
         async with self._poll_lock:
             pass  # a poll under way finishes its file first
 
+    def withdraw_request(self) -> None:
+        """The session stopped: a request the device has not taken is removed, so no later test runs under it."""
+        target = self.folder.root / self.request_name
+        try:
+            if target.exists() and target.read_bytes() == self.request:
+                target.unlink()
+        except OSError as exc:
+            log.warning("spirometry session %s: could not remove the unanswered GDT request: %s", self.session_id, exc.strerror)
+
     async def _run(self) -> None:
         while True:
             try:
@@ -219,10 +229,12 @@ class GdtFolderRecorder:
     def request_bytes(self, facts: dict[str, Any]) -> bytes:
         cfg = self.service.cfg
         birth = facts.get("birth_date") if cfg.get("gdt_request_birth_date", False) else None
-        return encode_request(self.subject_id or "", receiver_id=str(cfg.get("gdt_device_id", "SPIR")),
+        request = encode_request(self.subject_id or "", receiver_id=str(cfg.get("gdt_device_id", "SPIR")),
                               sender_id=str(cfg.get("gdt_collector_id", "ALSC")), version=str(cfg.get("gdt_version", "02.10")),
                               sex=facts.get("sex"), height_cm=facts.get("height_cm"), weight_kg=facts.get("weight_kg"),
                               birth_date=birth)
+        self.request = request
+        return request
 
     # -- one poll ----------------------------------------------------------------------------
     async def poll(self) -> int:
@@ -240,7 +252,7 @@ class GdtFolderRecorder:
         try:
             raw = path.read_bytes()
         except OSError as exc:
-            self.last_error = f"cannot read {path.name}: {exc.strerror}"
+            self.last_error = f"cannot read a result file in the GDT folder: {exc.strerror}"  # names may identify: not logged
             return 0
         digest = files.sha256(raw)
         conn = self.daemon.open_reader()
@@ -253,8 +265,8 @@ class GdtFolderRecorder:
             reason = prev["reason"] if prev["status"] == "rejected" else None
             if prev["session_id"] != sid or prev["route"] != "gdt-folder":
                 return self._move(path, "rejected", f"this file was already processed ({prev['route']}) into session "
-                                                    f"{prev['session_id']}: not read again")
-            return self._move(path, prev["status"], reason)
+                                                    f"{prev['session_id']}: not read again", digest)
+            return self._move(path, prev["status"], reason, digest)
         ev = files.decode_file(raw, "gdt", self.model)
         if isinstance(ev, DecodedMessage) and ev.subject is not None and ev.subject.patient_id not in (None, "", subject):
             ev = DecodeError("gdt", f"patient number (3000) is not this session's pseudonym {subject}: another subject's "
@@ -292,13 +304,15 @@ class GdtFolderRecorder:
         else:
             self.refused += 1
             log.warning("spirometry session %s: GDT file refused: %s", sid, reason)
-        return self._move(path, status, reason)
+        return self._move(path, status, reason, digest)
 
-    def _move(self, path: Path, status: str, reason: str | None) -> int:
+    def _move(self, path: Path, status: str, reason: str | None, digest: str) -> int:
         try:
             self.folder.move(path, status, reason)
         except OSError as exc:  # stored already: the next poll finds its hash and moves it
-            self.last_error = f"cannot move {path.name} to {DONE if status == 'accepted' else REJECTED}/: {exc.strerror or exc}"
+            # The file is named by its hash: device software may put a patient's name in a file name.
+            self.last_error = (f"cannot move result file sha256 {digest[:12]} to {DONE if status == 'accepted' else REJECTED}/: "
+                               f"{exc.strerror or type(exc).__name__}")
             log.error("spirometry session %s: %s (it is stored; moving it again at the next poll)", self.session_id, self.last_error)
             return 0
         self.moved += 1

@@ -584,6 +584,8 @@ class SpirometryService:
         rec = self.recorders.pop(session_id, None)
         if rec is not None:
             await rec.stop(t)
+            if isinstance(rec, GdtFolderRecorder):
+                rec.withdraw_request()
 
     async def shutdown(self) -> None:
         """Daemon shutdown: ports closed, open sessions kept as ``interrupted`` (resumed on the next start)."""
