@@ -124,11 +124,13 @@ def session() -> None:
 @click.option("--protocol", help="Device protocol if it cannot be told from the advertisement (plx, nonin, berrymed; spirometers: hl7, gdt).")
 @click.option("--spirometer", help="Spirometer port: /dev/ttyUSB0, COM3, or socket://host:port (spirometry sessions).")
 @click.option("--model", help="Spirometer model from the config (port settings and code maps).")
+@click.option("--gdt-dir", "gdt_dir", help="Spirometry through a GDT exchange folder instead of a port: the request is written "
+              "there and result files are taken from it (default [spirometry] gdt_dir with --protocol gdt).")
 @click.option("--json", "as_json", is_flag=True, help="Print the new session as JSON.")
 @pass_ctx
 @requires(TECHNICIAN)
 def session_start(c: Ctx, subject_id: str, kind: str, oximeter: str | None, protocol: str | None,
-                  spirometer: str | None, model: str | None, as_json: bool) -> None:
+                  spirometer: str | None, model: str | None, gdt_dir: str | None, as_json: bool) -> None:
     """Start a session; the daemon must be running (collector run)."""
     repo.validate_subject_id(subject_id)
     if kind == "night":
@@ -136,9 +138,16 @@ def session_start(c: Ctx, subject_id: str, kind: str, oximeter: str | None, prot
             raise InvalidInput("a night session needs --oximeter ADDRESS (list what is in range with: collector scan)")
         body = {"subject_id": subject_id, "kind": "night", "oximeter": oximeter, "protocol": protocol}
     else:
-        if not spirometer:
-            raise InvalidInput("a spirometry session needs --spirometer PORT (e.g. /dev/ttyUSB0, COM3 or socket://127.0.0.1:5000)")
-        body = {"subject_id": subject_id, "kind": "spirometry", "spirometer": spirometer, "protocol": protocol, "model": model}
+        if spirometer and gdt_dir:
+            raise InvalidInput("give either --spirometer PORT or --gdt-dir DIR, not both")
+        spiro = c.config.get("spirometry") or {}
+        if not spirometer and not gdt_dir and not (spiro.get("gdt_dir") and protocol in (None, "gdt")):
+            raise InvalidInput("a spirometry session needs --spirometer PORT (e.g. /dev/ttyUSB0, COM3 or socket://127.0.0.1:5000)"
+                               " or --gdt-dir DIR")
+        if gdt_dir:
+            gdt_dir = str(Path(gdt_dir).expanduser().resolve())  # the daemon may run in another directory
+        body = {"subject_id": subject_id, "kind": "spirometry", "spirometer": spirometer, "protocol": protocol, "model": model,
+                "gdt_dir": gdt_dir}
     info = c.client().post("/api/v1/sessions" if kind == "night" else "/api/v1/spirometry/sessions", body)
     if as_json:
         emit_json(info)

@@ -72,6 +72,7 @@ Grade = Annotated[str, AfterValidator(_grade)]
 StopBits = Annotated[float, AfterValidator(_stopbits)]
 Name = Annotated[str, AfterValidator(_nonempty)]
 Positive = Annotated[float, Field(gt=0, description="a number > 0")]
+GdtId = Annotated[str, Field(pattern=r"^[A-Za-z0-9]{4}$", description="4 letters or digits (a GDT short id)")]
 NonNegative = Annotated[float, Field(ge=0, description="a number >= 0")]
 Percent = Annotated[float, Field(ge=0, le=100, description="a percentage from 0 to 100")]
 
@@ -281,6 +282,15 @@ class Spirometry(Table):
     hesitation_fails: bool = Field(description="true or false: hesitation over 2 s fails acceptability (default: a warning)")
     socket_hosts: list[Name] = Field(description="a list of host names or addresses")
     gdt_idle_s: Positive
+    gdt_dir: str = Field(description="a folder path, or \"\" for none")
+    gdt_dir_roots: list[Name] = Field(description="a list of folder paths")
+    gdt_poll_s: Positive
+    gdt_settle_s: NonNegative
+    gdt_incomplete_s: Positive
+    gdt_collector_id: GdtId
+    gdt_device_id: GdtId
+    gdt_version: Literal["02.10", "03.00"]
+    gdt_request_birth_date: bool = Field(description="true or false: the GDT request carries the birth date")
     backoff_initial_s: Positive
     backoff_max_s: Positive
     default_model: DefaultModel

@@ -15,11 +15,13 @@ Python API (tests)::
 CLI::
 
     python -m simulators.spirometer --protocol hl7 --scenario FILE [--tcp PORT | --pty [--link PATH]]
+    python -m simulators.spirometer --scenario FILE --gdt-dir DIR [--shape trials|gdt-text|gdt-best-test]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import asyncio
 import math
 import os
@@ -31,7 +33,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from collector.clock import SystemClock
-from drivers.spirometry.gdt import encode_gdt
+from drivers.spirometry.gdt import encode_gdt, parse_request
 from drivers.spirometry.hl7 import MllpFramer, encode_oru, frame, parse_ack
 from drivers.spirometry.registry import MODELS, get_model
 from drivers.spirometry.results import Curve, ManoeuvreResult, SubjectData
@@ -254,6 +256,84 @@ class SpirometerSimulator:
 # --- endpoints ---------------------------------------------------------------------------
 
 
+FOLDER_SHAPES = ("trials", "gdt-text", "gdt-best-test")
+
+
+@dataclass
+class GdtFolderDevice:
+    """A spirometer's PC software on a GDT exchange folder (the GDT file route).
+
+    It reads the collector's request (``<device id><collector id>.gdt``, 6302) and deletes it, as a
+    GDT receiver does, then writes its result record (6310) for the requested patient number as
+    ``<collector id><device id>.gdt`` (``.001``, ``.002``... when that name is taken), in one of
+    three vendors' shapes: ``trials`` (one 8410 group per parameter and trial, ``FVC_1``...),
+    ``gdt-text`` (results in the 6220/6228 text fields) or ``gdt-best-test`` (best-test values
+    with 8460 reference and 8470 "Best Test").  Files are written to a hidden name and renamed,
+    unless a test asks for a file written in pieces (:meth:`write_partial`).
+    """
+
+    folder: Path
+    scenario: Scenario
+    shape: str = "trials"
+    collector_id: str = "ALSC"
+    device_id: str = "SPIR"
+
+    def __post_init__(self) -> None:
+        if self.shape not in FOLDER_SHAPES:
+            raise ScenarioError(f"GDT folder shape {self.shape!r} unknown; use one of {', '.join(FOLDER_SHAPES)}")
+        self.folder = Path(self.folder)
+
+    @property
+    def request_path(self) -> Path:
+        return self.folder / f"{self.device_id}{self.collector_id}.gdt"
+
+    def read_request(self, consume: bool = True) -> dict[str, str]:
+        """The request's fields ({} when there is none); deleted after reading like a GDT receiver does."""
+        try:
+            data = self.request_path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        if consume:
+            self.request_path.unlink()
+        return parse_request(data)
+
+    def result_bytes(self, patient_id: str | None) -> bytes:
+        sc = self.scenario
+        subject = dataclasses.replace(sc.subject or SubjectData(), patient_id=patient_id) if patient_id else sc.subject
+        if self.shape == "gdt-text":
+            return gdt_text(best_of(sc.manoeuvres), subject)
+        if self.shape == "gdt-best-test":
+            return gdt_best_test(best_of(sc.manoeuvres), subject)
+        codes = get_model("sim-gdt").encoder_codes()
+        return encode_gdt(sc.manoeuvres, subject, codes, sc.start, charset="3")
+
+    def result_path(self) -> Path:
+        base = f"{self.collector_id}{self.device_id}"
+        path, n = self.folder / f"{base}.gdt", 0
+        while path.exists():
+            n += 1
+            path = self.folder / f"{base}.{n:03d}"
+        return path
+
+    def respond(self, patient_id: str | None = None) -> Path:
+        """Answer the pending request (or write for ``patient_id``): the whole file appears at once."""
+        pid = patient_id or self.read_request().get("3000")
+        data = self.result_bytes(pid)
+        path = self.result_path()
+        tmp = self.folder / f".{path.name}.part"
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        return path
+
+    def write_partial(self, patient_id: str, fraction: float = 0.5) -> tuple[Path, bytes]:
+        """Write the first part of a result file in place (as software that writes slowly does); returns the rest."""
+        data = self.result_bytes(patient_id)
+        cut = max(1, int(len(data) * fraction))
+        path = self.result_path()
+        path.write_bytes(data[:cut])
+        return path, data[cut:]
+
+
 class PtyEndpoint:
     """A pseudo-terminal whose slave side plays the device's serial port (POSIX only)."""
 
@@ -377,7 +457,24 @@ class TcpEndpoint:
 # --- CLI -----------------------------------------------------------------------------------
 
 
+async def _folder(args: argparse.Namespace) -> int:
+    """Act as the device's software on a GDT exchange folder: wait for the request, write the result."""
+    dev = GdtFolderDevice(Path(args.gdt_dir), load_scenario(args.scenario, "gdt"), args.shape)
+    print(f"simulated GDT software ({args.shape}) on {dev.folder}; waiting for {dev.request_path.name}", flush=True)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + args.wait
+    while not dev.request_path.exists():
+        if loop.time() > deadline:
+            print(f"error: no request {dev.request_path.name} within {args.wait:g} s", file=sys.stderr)
+            return 1
+        await asyncio.sleep(0.2)
+    print(f"wrote {dev.respond()}", flush=True)
+    return 0
+
+
 async def _main(args: argparse.Namespace) -> int:
+    if args.gdt_dir is not None:
+        return await _folder(args)
     sim = SpirometerSimulator(load_scenario(args.scenario, args.protocol), args.protocol)
     if args.tcp is not None:
         ep = TcpEndpoint(sim.on_bytes, args.tcp)
@@ -411,6 +508,9 @@ def main(argv: list[str] | None = None) -> int:
     where = ap.add_mutually_exclusive_group()
     where.add_argument("--tcp", type=int, metavar="PORT", help="listen on 127.0.0.1:PORT (0 = any free port)")
     where.add_argument("--pty", action="store_true", help="use a pseudo-terminal (default)")
+    where.add_argument("--gdt-dir", help="act as the device's GDT software on this exchange folder (the file route)")
+    ap.add_argument("--shape", choices=FOLDER_SHAPES, default="trials", help="--gdt-dir: the result record's shape")
+    ap.add_argument("--wait", type=float, default=600.0, help="--gdt-dir: seconds to wait for the collector's request")
     ap.add_argument("--link", help="stable symlink to the pty slave (pty mode)")
     ap.add_argument("--start-delay", type=float, default=3.0, help="seconds before sending (pty mode)")
     ap.add_argument("--linger", type=float, default=5.0, help="seconds to keep the pty open after the session")

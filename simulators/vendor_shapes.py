@@ -11,15 +11,23 @@ never get past the decoder.
 * ``gdt-text``: a GDT 2.1 record (6310) with the results in free-text fields 6220/6228.
 * ``gdt-best-test``: a GDT record of best-test values only: 8410 test, 8411 name, 8420 value,
   8421 unit, 8460 reference value, 8470 "Best Test" (the Spirotrac-style export).
+* ``ndd-xml``: an ndd EasyWare / EasyOne Connect XML export: one ``Trial`` per blow with its
+  ``ResultParameter`` values (FVC, FEV1, PEF, BEV, FET, EOTV = the last-second volume), the
+  device's ``Accepted`` verdict and quality codes; patient names and birth date included.
+* ``csv``: the collector's own trial CSV (drivers/spirometry/csv_trials.py).
 """
 
 from __future__ import annotations
+
+from xml.sax.saxutils import escape as xml_escape
 
 from drivers.spirometry.gdt import RECORD_EXAM_DATA, encode_line
 from drivers.spirometry.hl7 import Delimiters, escape
 from drivers.spirometry.results import ManoeuvreResult, SubjectData
 
 SHAPES = ("trials", "lab-summary", "gdt-text", "gdt-best-test")
+#: Shapes written as files (the GDT folder device and import tests): the line shapes plus exports.
+FILE_SHAPES = ("trials", "gdt-text", "gdt-best-test", "ndd-xml", "csv")
 #: Simulated name and address the device holds (never to be seen past the decoder).
 FAKE_NAME = ("TESTPATIENT", "SIMONE")
 FAKE_STREET = "1 Simulation Road"
@@ -126,3 +134,71 @@ def best_of(manoeuvres: list[ManoeuvreResult]) -> ManoeuvreResult:
     time = manoeuvres[0].time if manoeuvres else None
     return ManoeuvreResult("hl7", None, time, "FVC", fvc_l=max(fvcs), fev1_l=max(fev1s), pef_l_s=max(pefs) if pefs else None,
                            summary=True)
+
+
+def _last_second_volume(m: ManoeuvreResult) -> float:
+    """What a device would measure over the last second: flat for a finished blow, steep for an early stop."""
+    return 0.012 if "early_termination" not in m.device_quality else 0.180
+
+
+def device_accepts(m: ManoeuvreResult) -> bool:
+    """The simulated device's own verdict: it flags early stops and coughs but lets a large BEV through
+    (an older BEV rule), so the large-BEV blow is where it and ATS/ERS 2019 disagree."""
+    return not ({"early_termination", "cough"} & set(m.device_quality))
+
+
+def ndd_xml(manoeuvres: list[ManoeuvreResult], subject: SubjectData | None, *, test_date: str | None = None) -> bytes:
+    """An ndd XML export of one FVC test (names, ID and birth date as the software writes them)."""
+    s = subject or SubjectData()
+    when = test_date or (manoeuvres[0].time if manoeuvres else None) or "2025-03-10T09:30:00"
+    sex = {"male": "Male", "female": "Female"}.get(s.sex or "", "")
+    out = ['<?xml version="1.0" encoding="utf-8"?>', '<ndd Version="ndd.EasyWarePro.V1">', '  <Command Type="Export"/>',
+           "  <Patients>", f'    <Patient ID="{xml_escape(s.patient_id or "4711")}">',
+           f"      <LastName>{FAKE_NAME[0]}</LastName>", f"      <FirstName>{FAKE_NAME[1]}</FirstName>",
+           "      <PatientDataAtPresent>", f"        <Street>{FAKE_STREET}</Street>"]
+    if s.birth_date:
+        out.append(f"        <DateOfBirth>{s.birth_date}</DateOfBirth>")
+    if sex:
+        out.append(f"        <Gender>{sex}</Gender>")
+    if s.height_cm is not None:
+        out.append(f"        <Height>{s.height_cm / 100:.2f}</Height>")
+    if s.weight_kg is not None:
+        out.append(f"        <Weight>{s.weight_kg:g}</Weight>")
+    out += ["      </PatientDataAtPresent>", "      <Intervals>", "        <Interval>", "          <Tests>",
+            '            <Test TypeOfTest="FVC">', f"              <TestDate>{when}</TestDate>",
+            "              <QualityGrade>A</QualityGrade>", "              <Trials>"]
+    for i, m in enumerate(manoeuvres, 1):
+        out += ["                <Trial>", f"                  <Date>{m.time or when}</Date>",
+                f"                  <Number>{m.number or i}</Number>", f"                  <Rank>{i}</Rank>",
+                f"                  <Accepted>{'true' if device_accepts(m) else 'false'}</Accepted>"]
+        for q in m.device_quality:
+            if q != "ok":
+                out.append(f"                  <QualityCode>{xml_escape(q)}</QualityCode>")
+        out.append("                  <ResultParameters>")
+        for pid, v, unit in (("FVC", m.fvc_l, "L"), ("FEV1", m.fev1_l, "L"), ("PEF", m.pef_l_s, "L/s"), ("BEV", m.bev_l, "L"),
+                             ("FET", m.fet_s, "s"), ("EOTV", _last_second_volume(m), "L"), ("FEF2575", 1.9, "L/s")):
+            if v is not None:
+                out += [f'                    <ResultParameter ID="{pid}">', f"                      <DataValue>{v:.3f}</DataValue>",
+                        f"                      <Unit>{unit}</Unit>", "                    </ResultParameter>"]
+        out += ["                  </ResultParameters>", "                </Trial>"]
+    out += ["              </Trials>", "            </Test>", "          </Tests>", "        </Interval>", "      </Intervals>",
+            "    </Patient>", "  </Patients>", "</ndd>", ""]
+    return "\n".join(out).encode("utf-8")
+
+
+def trials_csv(manoeuvres: list[ManoeuvreResult], *, with_summary: bool = False) -> bytes:
+    """The collector's trial CSV for a session (drivers/spirometry/csv_trials.py)."""
+    lines = ["# spirometry trials, one row per blow (collector CSV layout)",
+             "trial,type,fvc_l,fev1_l,pef_l_s,bev_l,fet_s,last_second_volume_l,hesitation_s,device_acceptable,quality"]
+
+    def f(v: float | None) -> str:
+        return "" if v is None else f"{v:.3f}"
+
+    for i, m in enumerate(manoeuvres, 1):
+        quality = ";".join(q for q in m.device_quality if q != "ok")
+        lines.append(f"{m.number or i},{m.manoeuvre_type or 'FVC'},{f(m.fvc_l)},{f(m.fev1_l)},{f(m.pef_l_s)},{f(m.bev_l)},"
+                     f"{f(m.fet_s)},{f(_last_second_volume(m))},0.4,{'yes' if device_accepts(m) else 'no'},{quality}")
+    if with_summary and manoeuvres:
+        b = best_of(manoeuvres)
+        lines.append(f"best,FVC,{f(b.fvc_l)},{f(b.fev1_l)},{f(b.pef_l_s)},,,,,,")
+    return ("\n".join(lines) + "\n").encode("utf-8")

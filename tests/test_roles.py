@@ -37,7 +37,7 @@ CLI_MATRIX: dict[str, Any] = {
     "predict": READS, "scan": READS, "status": READS, "verify-audit": READS, "doctor": READS, "service unit": READS,
     "site key show": {D, A},
     "session list": READS, "session samples": READS, "session start": {T}, "session stop": {T},
-    "spirometry recompute": {T, I}, "spirometry show": READS,
+    "spirometry recompute": {T, I}, "spirometry show": READS, "spirometry import": {T},
     "subject add": {T, I}, "subject list": READS,
     "user add": {A}, "user disable": {A}, "user list": READS, "user password": {A}, "user role": {A}, "user language": set(ROLES),
     "whoami": set(ROLES),

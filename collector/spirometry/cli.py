@@ -7,6 +7,7 @@ whether or not the daemon runs.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import click
@@ -17,6 +18,7 @@ from collector.limit_text import limit_text
 from collector.users.roles import INVESTIGATOR, TECHNICIAN
 from collector.output import emit_json
 from collector.spirometry import gli, store
+from collector.spirometry.files import FORMATS
 
 
 def _f(v: Any, fmt: str = ".2f", none: str = "--") -> str:
@@ -175,6 +177,49 @@ def recompute(c: Any, session_id: int, as_json: bool) -> None:
             return
         for line in render(store.session_detail(conn, session_id)):
             click.echo(line)
+    finally:
+        conn.close()
+
+
+@spirometry.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--subject", "subject_id", required=True, help="Subject's screening ID (pseudonym, never a name).")
+@click.option("--format", "fmt", required=True, type=click.Choice(list(FORMATS)),
+              help="hl7: one ORU^R01 message; gdt: one 6310 record; ndd-xml: ndd EasyWare/EasyOne Connect XML; "
+                   "csv: the collector's trial layout (docs/spirometry-vendors.md).")
+@click.option("--model", help="Spirometer model whose code map reads the file (hl7/gdt; default the protocol's default model).")
+@click.option("--json", "as_json", is_flag=True, help="Print the new session and its result as JSON.")
+@click.pass_obj
+@requires(TECHNICIAN)
+def import_cmd(c: Any, file: Path, subject_id: str, fmt: str, model: str | None, as_json: bool) -> None:
+    """Import a spirometry session from a vendor export file: manoeuvres or summary, judged like a live session."""
+    from collector.clock import SystemClock
+    from collector.spirometry.files import MAX_FILE_BYTES, import_file
+    from collector.spirometry.service import resolve_model
+
+    cfg = c.config.get("spirometry") or {}
+    m = resolve_model(cfg, fmt, model) if fmt in ("hl7", "gdt") else None
+    if model is not None and m is None:
+        raise InvalidInput(f"--model applies to --format hl7 or gdt, not {fmt}")
+    try:
+        if file.stat().st_size > MAX_FILE_BYTES:
+            raise InvalidInput(f"{file} is larger than {MAX_FILE_BYTES // 1_000_000} MB: not one spirometry export")
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {file}: {exc.strerror}; check the path and permissions") from None
+    conn = c.conn()
+    try:
+        out = import_file(conn, raw, fmt, subject_id=subject_id, by=c.by, at=SystemClock().now(), cfg=cfg, model=m)
+        if as_json:
+            emit_json(out)
+            return
+        click.echo(f"session {out['session_id']}: imported {out['manoeuvres']} manoeuvre(s)"
+                   f"{' and the device summary' if out['summaries'] else ''} ({fmt}) for subject {subject_id}")
+        for d in out["disagreements"]:
+            click.echo(f"  trial {d['number']}: the device says {'acceptable' if d['device_acceptable'] else 'not acceptable'}, "
+                       f"ATS/ERS 2019 says {d['ours']} ({', '.join(d['our_reasons']) or 'no reason'}): event recorded")
+        for line in render(store.session_detail(conn, out["session_id"])):
+            click.echo("  " + line if line else line)
     finally:
         conn.close()
 

@@ -97,8 +97,25 @@ CREATE INDEX spirometry_messages_session ON spirometry_messages(session_id, id);
 APPEND_ONLY_SQL = append_only("spirometry_manoeuvres", "spirometry_results", "spirometry_observations", "spirometry_messages",
                               what="spirometry rows are append-only")
 
+# Every result file taken from a GDT exchange folder or imported (by content hash): a file is
+# processed once, whatever its name, and the row is written in the transaction that stores it.
+FILES_SQL = """
+CREATE TABLE spirometry_files (
+    id INTEGER PRIMARY KEY,
+    sha256 TEXT NOT NULL UNIQUE,         -- of the file's bytes
+    session_id INTEGER REFERENCES sessions(id),
+    route TEXT NOT NULL,                 -- gdt-folder / import
+    format TEXT NOT NULL,                -- hl7 / gdt / ndd-xml / csv
+    status TEXT NOT NULL,                -- accepted / rejected
+    reason TEXT,
+    bytes INTEGER NOT NULL,
+    processed_utc TEXT NOT NULL
+);
+""" + append_only("spirometry_files", what="spirometry file records are append-only")
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("spirometry manoeuvres and results", TABLES_SQL),
     Migration("spirometry observations and masked messages", OBSERVATIONS_SQL),
     Migration("spirometry append-only", APPEND_ONLY_SQL),
+    Migration("spirometry files", FILES_SQL),
 )

@@ -38,6 +38,7 @@ from pydantic import BaseModel, Field
 
 from collector.errors import Conflict, DeviceError, InvalidInput
 from collector.spirometry import store
+from collector.spirometry.gdt_folder import GdtFolderRecorder, check_folder, folder_address, is_folder_address
 from collector.storage import audit, repo
 from drivers.serial_transport import LinkEvent, PortNotAllowed, SerialPortError, SerialTransport, check_port_url
 from drivers.spirometry.registry import SpirometerModel, UnknownSpirometerModel, get_model, make_decoder, model_from_dict
@@ -400,7 +401,7 @@ class SpirometryService:
 
     def __init__(self, daemon: Any) -> None:
         self.daemon = daemon
-        self.recorders: dict[int, SpirometryRecorder] = {}
+        self.recorders: dict[int, SpirometryRecorder | GdtFolderRecorder] = {}
         self._lock: asyncio.Lock | None = None
 
     @property
@@ -414,14 +415,24 @@ class SpirometryService:
 
     async def start(
         self, subject_id: str, port_url: str, *, protocol: str | None = None, model: str | None = None,
-        by: str | None = None, origin: str = "live",
+        by: str | None = None, origin: str = "live", gdt_dir: str | None = None,
     ) -> dict[str, Any]:
-        """Open the port, then create the session; nothing is created when the port cannot be opened."""
+        """Open the port, then create the session; nothing is created when the port cannot be opened.
+
+        With ``gdt_dir`` (or no port, a GDT model and ``[spirometry] gdt_dir`` set) the session is fed
+        through a GDT exchange folder instead (collector.spirometry.gdt_folder)."""
         by = by or self.daemon.operator
         repo.validate_subject_id(subject_id)
         port_url = (port_url or "").strip()
+        if gdt_dir is not None and port_url:
+            raise InvalidInput("give either --spirometer PORT or --gdt-dir DIR, not both")
+        if gdt_dir is None and not port_url and self.cfg.get("gdt_dir") and protocol in (None, "gdt"):
+            gdt_dir = str(self.cfg["gdt_dir"])
+        if gdt_dir is not None:
+            return await self._start_folder(subject_id, gdt_dir, protocol=protocol, model=model, by=by or "collector", origin=origin)
         if not port_url:
-            raise InvalidInput("a spirometry session needs --spirometer PORT (e.g. /dev/ttyUSB0, COM3 or socket://127.0.0.1:5000)")
+            raise InvalidInput("a spirometry session needs --spirometer PORT (e.g. /dev/ttyUSB0, COM3 or socket://127.0.0.1:5000)"
+                               " or --gdt-dir DIR")
         try:
             check_port_url(port_url, socket_hosts(self.cfg))
         except PortNotAllowed as exc:
@@ -472,6 +483,73 @@ class SpirometryService:
             self.daemon.notify("session_recording", {"session_id": session["id"], "kind": "spirometry"})
         return self.session_info(session["id"])
 
+    def _check_free(self, subject_id: str, address: str) -> None:
+        conn = self.daemon.open_reader()
+        try:
+            repo.get_subject(conn, subject_id)
+            for s in repo.list_sessions(conn, subject_id=subject_id, state="open"):
+                if s["kind"] == "spirometry":
+                    raise Conflict(f"subject {subject_id} already has an open spirometry session ({s['id']}); "
+                                   f"stop it first: collector session stop {s['id']}")
+            for s in repo.list_sessions(conn, state="open"):
+                if s["device_address"] is not None and _same_port(s["device_address"], address):
+                    raise Conflict(f"{address} is already recording session {s['id']} (subject {s['subject_id']}); "
+                                   f"stop that session first (collector session stop {s['id']})")
+        finally:
+            conn.close()
+
+    async def _start_folder(self, subject_id: str, gdt_dir: str, *, protocol: str | None, model: str | None, by: str,
+                            origin: str) -> dict[str, Any]:
+        """A session on a GDT exchange folder: the request record written first, then the session created."""
+        from collector.eligibility.store import current_facts
+
+        if protocol not in (None, "gdt"):
+            raise InvalidInput("a GDT exchange folder carries GDT records: drop --protocol or use --protocol gdt")
+        m = resolve_model(self.cfg, "gdt", model)
+        folder = check_folder(gdt_dir, [str(self.cfg.get("gdt_dir") or ""), *self.cfg.get("gdt_dir_roots", [])])
+        address = folder_address(folder)
+        async with self._mutex():
+            self._check_free(subject_id, address)
+            for rec in self.recorders.values():
+                if _same_port(rec.url, address):
+                    raise Conflict(f"GDT folder {folder} is already used by session {rec.session_id}; stop it first")
+            conn = self.daemon.open_reader()
+            try:
+                facts = {k: v.value for k, v in current_facts(sqlite_utils.Database(conn), subject_id).items()}
+            finally:
+                conn.close()
+            rec = GdtFolderRecorder(self, m, folder)
+            rec.subject_id = subject_id
+            facts = {"sex": facts.get("sex"), "height_cm": _float(facts.get("height_cm")),
+                     "weight_kg": _float(facts.get("weight_kg")),
+                     "birth_date": facts["birth_date"].isoformat() if facts.get("birth_date") is not None else None}
+            try:
+                rec.folder.prepare()
+                request = rec.folder.write_request(rec.request_bytes(facts))
+            except OSError as exc:
+                raise DeviceError(f"cannot write the GDT request into {folder}: {exc.strerror or exc}; check the folder") from None
+            now = self.daemon.clock.now()
+            settings = {"protocol": "gdt", "model": m.name, "route": "gdt-folder", "gdt_dir": str(folder),
+                        "gdt_request": {"file": request.name, "version": str(self.cfg.get("gdt_version", "02.10")),
+                                        "fields": _request_fields(request.read_bytes())},
+                        **{k: v for k, v in store.evaluation_settings(self.cfg).items() if k != "quality_codes"}}
+
+            def create(c: sqlite3.Connection) -> dict[str, Any]:
+                device_id = repo.upsert_device(c, kind="spirometer", protocol="gdt", address=address, at=now, model=m.name)
+                sid = repo.open_session(c, subject_id=subject_id, kind="spirometry", device_id=device_id, by=by, at=now,
+                                        origin=origin, settings=settings)
+                return repo.get_session(c, sid)
+
+            session = await self.daemon.write(create)
+            rec.bind(session)
+            self.recorders[session["id"]] = rec
+            rec.start()
+        return self.session_info(session["id"])
+
+    async def evaluate_and_store(self, session_id: int, subject_id: str, t: float) -> dict[str, Any]:
+        """Judge a session again from the database and store the result (recorders of every kind use this)."""
+        return await evaluate_and_store(self.daemon, self.cfg, session_id, subject_id, t)
+
     def session_info(self, session_id: int) -> dict[str, Any]:
         info = self.daemon.session_info(session_id)
         rec = self.recorders.get(session_id)
@@ -508,6 +586,8 @@ class SpirometryService:
         rec = self.recorders.pop(session_id, None)
         if rec is not None:
             await rec.stop(t)
+            if isinstance(rec, GdtFolderRecorder):
+                rec.withdraw_request()
 
     async def shutdown(self) -> None:
         """Daemon shutdown: ports closed, open sessions kept as ``interrupted`` (resumed on the next start)."""
@@ -540,6 +620,11 @@ class SpirometryService:
             if not row["device_address"]:
                 log.error("spirometry session %s has no port recorded; cannot resume it", row["id"])
                 continue
+            folder_rec: GdtFolderRecorder | None = None
+            if is_folder_address(row["device_address"]):
+                from pathlib import Path
+
+                folder_rec = GdtFolderRecorder(self, m, Path(settings.get("gdt_dir") or row["device_address"].split(":", 1)[1]))
             now = self.daemon.clock.now()
             since_iso = row["stopped_utc"] if row["state"] == "interrupted" and row["stopped_utc"] else (last[row["id"]] or row["started_utc"])
             from collector.clock import parse_utc
@@ -555,6 +640,13 @@ class SpirometryService:
                 return repo.open_gap(c, row["id"], start_ms=since_ms, cause="daemon_down", detail="collector was not running")
 
             gap_id = await self.daemon.write(reopen)
+            if folder_rec is not None:  # files that arrived meanwhile wait in the folder: nothing was lost
+                folder_rec.bind(row, gap_id=gap_id)
+                self.recorders[row["id"]] = folder_rec
+                folder_rec.start()
+                resumed.append(row["id"])
+                log.info("resumed spirometry session %s (GDT folder) for subject %s", row["id"], row["subject_id"])
+                continue
             rec = SpirometryRecorder(self, m, row["device_address"])
             rec.bind(row, gap_id=gap_id)
             self.recorders[row["id"]] = rec
@@ -567,6 +659,17 @@ class SpirometryService:
 
     def status(self) -> list[dict[str, Any]]:
         return [rec.status() for rec in self.recorders.values()]
+
+
+def _float(v: Any) -> float | None:
+    return float(v) if v is not None else None
+
+
+def _request_fields(data: bytes) -> list[str]:
+    """Field ids the request record carried (recorded in the session settings; values stay out)."""
+    from drivers.spirometry.gdt import parse_request
+
+    return sorted(parse_request(data))
 
 
 def _same_port(a: str, b: str) -> bool:
@@ -589,7 +692,8 @@ def attach(daemon: Any) -> None:
 class SpirometrySessionIn(BaseModel):
     subject_id: str = Field(min_length=1, max_length=64)
     kind: Literal["spirometry"] = "spirometry"
-    spirometer: str = Field(min_length=1, max_length=300, description="serial port: /dev/ttyUSB0, COM3 or socket://host:port")
+    spirometer: str | None = Field(default=None, max_length=300, description="serial port: /dev/ttyUSB0, COM3 or socket://host:port")
+    gdt_dir: str | None = Field(default=None, min_length=1, max_length=1000, description="GDT exchange folder (instead of a port)")
     protocol: str | None = Field(default=None, max_length=20, description="hl7 or gdt")
     model: str | None = Field(default=None, max_length=100, description="spirometer model from the config")
     by: str | None = Field(default=None, max_length=100)
@@ -604,8 +708,8 @@ def make_router(daemon: Any, auth: Any) -> Any:
 
     @router.post("/spirometry/sessions", status_code=201, dependencies=[Depends(auth.roles(TECHNICIAN))])
     async def start_session(body: SpirometrySessionIn) -> dict[str, Any]:
-        return await daemon.services["spirometry"].start(body.subject_id, body.spirometer, protocol=body.protocol,
-                                                         model=body.model, by=body.by)
+        return await daemon.services["spirometry"].start(body.subject_id, body.spirometer or "", protocol=body.protocol,
+                                                         model=body.model, by=body.by, gdt_dir=body.gdt_dir)
 
     @router.get("/spirometry/sessions/{session_id}")
     async def get_session(session_id: int) -> dict[str, Any]:

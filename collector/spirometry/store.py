@@ -100,6 +100,9 @@ def _raw_json(r: ManoeuvreResult) -> str:
         "bronchodilator": r.bronchodilator,
         "vc_l": r.vc_l,
         "device_derived": dict(r.device_derived),
+        "last_second_volume_l": r.last_second_volume_l,
+        "hesitation_s": r.hesitation_s,
+        "device_acceptable": r.device_acceptable,
         "reference_ranges": [list(x) for x in r.reference_ranges],
         "unknown": [{"code": u.code, "value": u.value, "unit": u.unit, "text": u.text, "system": u.system} for u in r.unknown],
     }
@@ -168,6 +171,38 @@ def message_already_stored(conn: sqlite3.Connection, session_id: int, message_id
         return False
     return conn.execute("SELECT 1 FROM spirometry_manoeuvres WHERE session_id = ? AND message_id = ? LIMIT 1",
                         (session_id, message_id)).fetchone() is not None
+
+
+def find_file(conn: sqlite3.Connection, sha256: str) -> dict[str, Any] | None:
+    """The record of a result file with these bytes processed before (folder or import), if any."""
+    return repo._row(conn, "SELECT * FROM spirometry_files WHERE sha256 = ?", (sha256,))
+
+
+def insert_file(conn: sqlite3.Connection, *, sha256: str, session_id: int | None, route: str, fmt: str, status: str,
+                reason: str | None, nbytes: int, at: float) -> int:
+    """Record that a result file was processed; in the transaction that stored (or refused) its content."""
+    cur = conn.execute(
+        "INSERT INTO spirometry_files (sha256, session_id, route, format, status, reason, bytes, processed_utc)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (sha256, session_id, route, fmt, status, reason, nbytes, utc_iso(at)))
+    return repo.inserted_id(cur)
+
+
+def quality_disagreements(result: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Trials where the device's own acceptability verdict differs from our ATS/ERS 2019 FVC judgement."""
+    judged = {m["row_id"]: m for m in result.get("manoeuvres", []) if "fvc" in m}
+    out = []
+    for row in rows:
+        raw = row.get("raw") or (json.loads(row["raw_json"]) if row.get("raw_json") else {})
+        device = raw.get("device_acceptable")
+        j = judged.get(row["id"])
+        if device is None or j is None:
+            continue
+        ours = j["fvc"]["status"] == "acceptable"
+        if bool(device) != ours:
+            out.append({"row_id": row["id"], "number": row["number"], "device_acceptable": bool(device),
+                        "ours": j["fvc"]["status"], "our_reasons": list(j["fvc"]["reasons"]),
+                        "device_codes": list(row.get("device_quality") or [])})
+    return out
 
 
 def manoeuvre_rows(conn: sqlite3.Connection, session_id: int) -> list[dict[str, Any]]:
@@ -325,8 +360,11 @@ def evaluate(
         flags, used, ignored = _flags(row["device_quality"], code_map)
         attempt = len(blows) + 1
         try:
+            raw = row.get("raw") or {}
             m = Manoeuvre(number=attempt, fvc_l=row["fvc_l"], fev1_l=row["fev1_l"], pef_l_s=row["pef_l_s"],
-                          bev_l=row["bev_l"], fet_s=row["fet_s"], curve=_volume_time(row["curves"]), **flags)
+                          bev_l=row["bev_l"], fet_s=row["fet_s"], curve=_volume_time(row["curves"]),
+                          last_second_volume_change_l=raw.get("last_second_volume_l"), hesitation_s=raw.get("hesitation_s"),
+                          **flags)
         except InvalidManoeuvreError as exc:
             not_assessed.append({**ident, "reason": str(exc).replace(f"manoeuvre {attempt}: ", "")})
             continue

@@ -536,3 +536,78 @@ def encode_gdt(
     if total > 99999:
         raise ValueError("GDT record longer than 99999 bytes")
     return head + encode_line("8100", f"{total:05d}", charset) + b"".join(body)
+
+
+#: GDT versions a request record can be written in (field 9218).
+REQUEST_VERSIONS = ("02.10", "03.00")
+
+
+def encode_request(
+    patient_id: str,
+    *,
+    receiver_id: str,
+    sender_id: str,
+    version: str = GDT_VERSION,
+    charset: str = "3",
+    sex: str | None = None,
+    height_cm: float | None = None,
+    weight_kg: float | None = None,
+    birth_date: str | None = None,
+    software: str = "als-screening-collector",
+) -> bytes:
+    """A request record (6302, "new examination") for the device's software.
+
+    Only what a device needs to run the test is written: the patient number (3000, the screening
+    pseudonym, also as the name 3101 because device software refuses an empty name), and when
+    known sex (3110), height (3622) and weight (3623); the birth date (3103) only when the caller
+    passes one (a site setting).  GDT 2.1 records carry their length in 8100; GDT 3.0 dropped the
+    record length and names the sending software (0103) instead.
+    """
+    if version not in REQUEST_VERSIONS:
+        raise ValueError(f"GDT request version {version!r}: use one of {', '.join(REQUEST_VERSIONS)}")
+    body: list[bytes] = [encode_line("8315", receiver_id, charset), encode_line("8316", sender_id, charset)]
+    if version == "03.00":
+        body.append(encode_line("0103", software, charset))
+    body += [encode_line("9206", charset, charset), encode_line("9218", version, charset),
+             encode_line("3000", patient_id, charset), encode_line("3101", patient_id, charset)]
+    if birth_date:
+        y, m, d = birth_date.split("-")
+        body.append(encode_line("3103", f"{d}{m}{y}", charset))
+    if sex in ("male", "female"):
+        body.append(encode_line("3110", "1" if sex == "male" else "2", charset))
+    if height_cm is not None:
+        body.append(encode_line("3622", f"{height_cm:g}", charset))
+    if weight_kg is not None:
+        body.append(encode_line("3623", f"{weight_kg:g}", charset))
+    head = encode_line("8000", RECORD_REQUEST, charset)
+    if version == "03.00":
+        return head + b"".join(body)
+    total = len(head) + 14 + sum(len(b) for b in body)
+    return head + encode_line("8100", f"{total:05d}", charset) + b"".join(body)
+
+
+def parse_request(data: bytes) -> dict[str, str]:
+    """The fields of a 6302 request record (the simulated device reads it); {} when it is not one."""
+    out: dict[str, str] = {}
+    for line in data.split(b"\r\n"):
+        m = _LINE.fullmatch(line)
+        if m is None or int(m.group(1)) != len(line) + 2:
+            continue
+        out.setdefault(m.group(2).decode(), m.group(3).decode("latin-1"))
+    return out if out.get("8000") == RECORD_REQUEST else {}
+
+
+def declared_record_length(head: bytes) -> int | None:
+    """The 8100 record length a file's first record declares (None when it declares none).
+
+    A GDT 2.x writer states the whole record's byte count up front: a file still shorter than that
+    is being written (the exchange-folder watcher waits for it)."""
+    lines = head.split(b"\r\n", 3)[:3]
+    if not lines or not _START.match(lines[0]):
+        return None
+    for line in lines[1:]:
+        m = _LINE.fullmatch(line)
+        if m is not None and m.group(2) == b"8100" and int(m.group(1)) == len(line) + 2:
+            n = parse_number(m.group(3).decode("ascii", "replace"))
+            return int(n) if n is not None and n == int(n) and n > 0 else None
+    return None

@@ -43,6 +43,8 @@ HEIGHT_CM_RANGE = (40.0, 250.0)
 WEIGHT_KG_RANGE = (2.0, 400.0)
 
 ManoeuvreType = Literal["FVC", "SVC"]
+#: Where a result came from: a line codec or a vendor export file parser.
+Source = Literal["hl7", "gdt", "ndd-xml", "csv"]
 Bronchodilator = Literal["pre", "post"]
 
 
@@ -174,7 +176,7 @@ class ManoeuvreResult:
     figures, kept for cross-checking only (the collector recomputes them).
     """
 
-    source: Literal["hl7", "gdt"]
+    source: Source
     number: int | None = None
     time: str | None = None  # device local time, ISO-8601 without zone
     manoeuvre_type: ManoeuvreType | None = None
@@ -196,13 +198,19 @@ class ManoeuvreResult:
     summary: bool = False
     message_id: str | None = None
     observations: tuple[Observation, ...] = ()  # every line this result was read from, mapped or not
+    # Measured by some exporters (ndd XML, our CSV) and judged by ATS/ERS: the volume change in the
+    # last 1 s of expiration (the plateau) and the hesitation time.
+    last_second_volume_l: float | None = None
+    hesitation_s: float | None = None
+    # The device's own acceptability verdict for this trial (kept to compare with ours, never deciding).
+    device_acceptable: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class DecodeError:
     """Why bytes from the device were refused; one line, no patient data in it."""
 
-    source: Literal["hl7", "gdt"]
+    source: Source
     reason: str
     message_id: str | None = None
     location: str | None = None  # e.g. "OBR 2 / OBX 3" or "line 14"
@@ -219,7 +227,7 @@ class DecodeError:
 class DecodedMessage:
     """A whole message/record accepted from the device."""
 
-    source: Literal["hl7", "gdt"]
+    source: Source
     message_id: str | None
     results: tuple[ManoeuvreResult, ...]
     subject: SubjectData | None = None
@@ -254,7 +262,8 @@ def _bad(x: float | None) -> bool:
 
 def check_result(r: ManoeuvreResult) -> str | None:
     """Reason the values are impossible, or None when they are plausible."""
-    named = {"FVC": r.fvc_l, "FEV1": r.fev1_l, "FEV1/FVC": r.fev1_fvc, "PEF": r.pef_l_s, "BEV": r.bev_l, "FET": r.fet_s, "VC": r.vc_l}
+    named = {"FVC": r.fvc_l, "FEV1": r.fev1_l, "FEV1/FVC": r.fev1_fvc, "PEF": r.pef_l_s, "BEV": r.bev_l, "FET": r.fet_s, "VC": r.vc_l,
+             "last-second volume": r.last_second_volume_l, "hesitation": r.hesitation_s}
     for name, v in named.items():
         if _bad(v):
             return f"{name} is not a finite number"
@@ -277,6 +286,10 @@ def check_result(r: ManoeuvreResult) -> str | None:
         return f"implausible back-extrapolated volume {r.bev_l:g} L"
     if r.fet_s is not None and not (0.0 <= r.fet_s <= MAX_FET_S):
         return f"implausible forced expiratory time {r.fet_s:g} s"
+    if r.last_second_volume_l is not None and not (0.0 <= r.last_second_volume_l <= MAX_BEV_L):
+        return f"implausible last-second volume change {r.last_second_volume_l:g} L"
+    if r.hesitation_s is not None and not (0.0 <= r.hesitation_s <= MAX_FET_S):
+        return f"implausible hesitation time {r.hesitation_s:g} s"
     for c in r.curves:
         if len(c.x) != len(c.y):
             return f"{c.kind} curve has {len(c.x)} x values but {len(c.y)} y values"
