@@ -40,6 +40,7 @@ CLI_MATRIX: dict[str, Any] = {
     "subject add": {T, I}, "subject list": READS,
     "user add": {A}, "user disable": {A}, "user list": READS, "user password": {A}, "user role": {A},
     "whoami": set(ROLES),
+    "review list": READS, "review resolve": {I}, "sign": {I}, "signatures": READS, "user full-name": {A},
 }
 
 API_MATRIX: dict[tuple[str, str], set[str]] = {

@@ -112,6 +112,8 @@ def summary_pdf(
     nights: list[dict[str, Any]],
     spirometry: list[dict[str, Any]],
     payload_hash: str,
+    signatures: list[dict[str, Any]] | None = None,
+    export_signed: bool = False,
 ) -> bytes:
     """``nights``: dicts with session_id, start_utc, report, data (NightData); ``spirometry``: result rows (dicts)."""
     from collector.oximetry.analysis.plot import night_figure
@@ -148,11 +150,18 @@ def summary_pdf(
             srows or [["(none)"] + [""] * 8], [0.07, 0.06, 0.2, 0.08, 0.08, 0.08, 0.07, 0.08, 0.08])
     if nights:
         p.text(f"Each night follows on its own page ({len(nights)} night{'s' if len(nights) != 1 else ''}).", 8)
-    if p.y < BOTTOM + 0.1:
-        p.new()
-    p.y = min(p.y, BOTTOM + 0.09)
-    p.text("Investigator: I have reviewed the data above.\n\n"
-           "Name: ______________________________   Signature: ______________________   Date: ____________", 10)
+    p.y -= 0.006
+    p.text("Electronic signatures", 10, fontweight="bold")
+    for sig in signatures or []:
+        what = {"eligibility_decision": "the eligibility decision", "review_resolution": f"review resolution {sig['record_ref']}",
+                "export": "this export"}.get(sig["record_type"], sig["record_type"])
+        state = "valid" if sig["valid"] else f"NO LONGER VALID: {sig['invalid_reason']}"
+        p.text(f"{sig['full_name']} ({sig['role']}): {sig['meaning']}, {what}, signed {sig['signed_local']} ({state}); "
+               f"signed content SHA-256 {sig['content_sha256']}", 8.5, gap=0.002)
+    if not signatures:
+        p.text("No electronic signature recorded yet (the investigator signs with: collector sign SUBJECT --meaning approved).", 8.5)
+    if export_signed:
+        p.text("This export is signed (responsible for this export) in signatures.json; that signature covers this report.", 8.5)
     figs = list(p.figs)
     for n in nights:
         figs.append(night_figure(n["data"], n["report"], config_from_report(n["report"]),

@@ -27,6 +27,7 @@ from . import bag, csvs, edf, protocol_check
 # Figures recomputed from the CSV and compared with the exported report.
 CHECKED_FIGURES = ("n_samples", "n_usable_samples", "recording_s", "analysed_s", "t90_s", "t90_pct", "t90_s_inclusive",
                    "night_valid", "meets_t90_criterion", "decision", "borderline")
+SIGNATURES = "data/signatures.json"
 _SESSION_FILE = re.compile(r"^data/(samples|gaps|events|night|spirometry)_(\d+)(\.discontinuous)?\.(csv|json|edf|png)$")
 
 
@@ -36,6 +37,7 @@ class VerifyResult:
     problems: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     files: int = 0
+    signatures: list[dict[str, Any]] = field(default_factory=list)  # each person's signature: valid or why not
 
     @property
     def ok(self) -> bool:
@@ -43,7 +45,8 @@ class VerifyResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {"bundle": self.bundle, "ok": self.ok, "files": self.files,
-                "problems": [{"file": f, "problem": p} for f, p in self.problems], "notes": self.notes}
+                "problems": [{"file": f, "problem": p} for f, p in self.problems], "notes": self.notes,
+                "signatures": self.signatures}
 
 
 def config_from_report(report: dict[str, Any]) -> AnalysisConfig:
@@ -125,7 +128,7 @@ class _Checker:
         info = bag.parse_info(self.files.get(bag.BAG_INFO, b""))
         printed = next(iter(info.get("Payload-SHA256-Without-Report") or []), None)
         if printed is not None:
-            payload = {k: v for k, v in self.files.items() if k.startswith("data/") and k != name}
+            payload = {k: v for k, v in self.files.items() if k.startswith("data/") and k != name and k != SIGNATURES}
             if printed != bag.sha256(bag.manifest_text(payload)):
                 raise ValueError("the payload hash in bag-info.txt does not match the payload without report.pdf")
             if printed.encode() not in data:
@@ -246,6 +249,56 @@ class _Checker:
                             + (f", {withheld} with personal data withheld (hash not recomputable)" if withheld else ""))
 
 
+    def signatures(self) -> None:
+        """Each signature's content against its hash, and against the record in this bundle it signs."""
+        from collector.signatures.content import content_hash, decision_content
+
+        if SIGNATURES not in self.files:
+            self.r.notes.append("no signatures.json: a bundle from before electronic signatures, or none were recorded")
+            return
+        doc = self.parsed.get(SIGNATURES)
+        sigs = doc.get("signatures") if isinstance(doc, dict) else None
+        if not isinstance(sigs, list):
+            self.bad(SIGNATURES, "has no list of 'signatures'")
+            return
+        elig = self.parsed.get("data/eligibility.json")
+        files = {k: bag.sha256(v) for k, v in self.files.items() if k.startswith("data/") and k != SIGNATURES}
+        for sig in sigs:
+            if not isinstance(sig, dict) or not all(k in sig for k in ("uuid", "record_type", "content", "content_sha256")):
+                self.bad(SIGNATURES, "holds an entry that is not a signature (uuid, record_type, content, content_sha256)")
+                continue
+            label = (f"signature {sig['uuid']} ({sig.get('meaning')} by {sig.get('full_name')}, {sig.get('signed_local')}, "
+                     f"{sig['record_type'].replace('_', ' ')})")
+            try:
+                digest = content_hash(sig["content"])
+            except (TypeError, ValueError) as exc:
+                self.bad(SIGNATURES, f"{label}: its content cannot be canonicalised ({exc})")
+                continue
+            why = ""
+            if digest != sig["content_sha256"]:
+                self.bad(SIGNATURES, f"{label}: its content does not match its SHA-256 (altered after signing)")
+                self.r.signatures.append({"uuid": sig["uuid"], "record_type": sig["record_type"], "valid": False,
+                                          "why": "content altered"})
+                continue
+            if sig["record_type"] == "eligibility_decision":
+                if not isinstance(elig, dict) or content_hash(decision_content(elig)) != digest:
+                    why = "the eligibility decision in this bundle is not the one signed (it changed after signing)"
+            elif sig["record_type"] == "export":
+                signed = sig["content"].get("files") if isinstance(sig["content"], dict) else None
+                if signed != files:
+                    changed = sorted(k for k in set(files) | set(signed or {}) if (signed or {}).get(k) != files.get(k))
+                    why = f"the bundle's files are not the ones signed ({', '.join(changed[:5]) or 'no file list'})"
+            elif sig["record_type"] != "review_resolution":
+                why = f"unknown record type {sig['record_type']!r}"
+            valid = not why
+            if not valid and sig.get("valid") is not False:
+                self.bad(SIGNATURES, f"{label}: NOT VALID: {why}")
+            self.r.signatures.append({"uuid": sig["uuid"], "record_type": sig["record_type"], "meaning": sig.get("meaning"),
+                                      "full_name": sig.get("full_name"), "signed_local": sig.get("signed_local"),
+                                      "valid": valid, "why": why or None})
+            self.r.notes.append(f"{label}: " + ("valid" if valid else f"NO LONGER VALID: {why}"))
+
+
 def verify_bundle(path: Path | str) -> VerifyResult:
     """All problems of a bundle (folder or zip); ``result.ok`` when there are none."""
     path = Path(path)
@@ -263,4 +316,5 @@ def verify_bundle(path: Path | str) -> VerifyResult:
     c.nights()  # first: the decision is checked against the nights recomputed here
     c.eligibility()
     c.audit()
+    c.signatures()
     return result

@@ -38,4 +38,11 @@ CREATE TABLE login_tokens (
 CREATE INDEX login_tokens_operator ON login_tokens (operator);
 """
 
-MIGRATIONS: tuple[Migration, ...] = (Migration("operators", USERS_SQL), Migration("operator_roles_tokens", ROLES_SQL))
+# The printed name an electronic signature shows (21 CFR 11.50); operators made before it have none
+# until an admin gives it: collector user full-name NAME "Full Name".
+FULL_NAME_SQL = """
+ALTER TABLE users ADD COLUMN full_name TEXT CHECK (full_name IS NULL OR length(trim(full_name)) > 0);
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (Migration("operators", USERS_SQL), Migration("operator_roles_tokens", ROLES_SQL),
+                                     Migration("operator full names", FULL_NAME_SQL))
