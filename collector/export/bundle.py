@@ -282,10 +282,11 @@ def payload_hash_without_report(payload: dict[str, bytes]) -> str:
 
 
 def _record_signatures(conn: sqlite3.Connection, subject_id: str, eligibility: dict[str, Any]) -> list[dict[str, Any]]:
-    """The people's signatures about the subject, each valid or not against the decision as exported."""
+    """The people's signatures about the subject's records, each valid or not against the decision as exported
+    (signatures of earlier exports belong to those bundles and stay out)."""
     from collector.signatures.service import subject_signatures
 
-    return subject_signatures(conn, subject_id, eligibility)
+    return [s for s in subject_signatures(conn, subject_id, eligibility) if s["record_type"] != "export"]
 
 
 def build_subject_bag(conn: sqlite3.Connection, subject_id: str, *, config: dict[str, Any], by: str, now: float,
