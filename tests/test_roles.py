@@ -53,6 +53,8 @@ API_MATRIX: dict[tuple[str, str], set[str]] = {
     ("POST", "/api/v1/exports"): {D},
     ("POST", "/api/v1/alerts/{alert_id}/ack"): {T, I},
     ("POST", "/api/v1/logout"): set(ROLES),
+    ("POST", "/api/v1/subjects/{subject_id}/reviews"): {I},
+    ("POST", "/api/v1/subjects/{subject_id}/signatures"): {I},
 }
 PUBLIC_ROUTES = {("POST", "/api/v1/login")}
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}

@@ -663,6 +663,39 @@ class FactIn(BaseModel):
     by: str | None = Field(default=None, max_length=100)
 
 
+class ReviewIn(BaseModel):
+    """POST /subjects/{id}/reviews: resolve a needs_review criterion; the password is asked again (a signed act)."""
+
+    criterion: str = Field(min_length=1, max_length=64)
+    decision: str = Field(pattern="^(met|not_met)$")
+    reason: str = Field(min_length=1, max_length=2000)
+    password: str = Field(min_length=1, max_length=200)
+    by: str | None = Field(default=None, max_length=100)
+
+
+class SignIn(BaseModel):
+    """POST /subjects/{id}/signatures: sign the eligibility decision as it is now."""
+
+    meaning: str = Field(pattern="^(approved|reviewed)$")
+    password: str = Field(min_length=1, max_length=200)
+    by: str | None = Field(default=None, max_length=100)
+
+
+def _page_signer(daemon: Any, name: str, password: str, what: str) -> dict[str, Any]:
+    from collector.errors import NotAuthorised
+    from collector.signatures import service as signatures
+
+    conn = daemon.open_reader()
+    try:
+        return signatures.signer(conn, name, password, at=daemon.clock.now(), what=what)
+    except NotAuthorised:
+        now = daemon.clock.now()
+        daemon.writer.submit(lambda w: signatures.refusal(w, name, at=now, what=what)).result(timeout=30)
+        raise
+    finally:
+        conn.close()
+
+
 def make_router(daemon: Any, auth: Any) -> Any:
     from fastapi import APIRouter, Depends
 
@@ -699,6 +732,35 @@ def make_router(daemon: Any, auth: Any) -> Any:
         if svc is not None:
             svc._remember(subject_id, out["decision"], None)
         return out
+
+    @router.get("/reviews")
+    async def reviews(subject: str | None = None) -> list[dict[str, Any]]:
+        th = thresholds_for_config(daemon.config)
+        return await asyncio.to_thread(read, lambda c: review_items(c, subject, now=daemon.clock.now(), thresholds=th))
+
+    @router.get("/subjects/{subject_id}/signatures")
+    async def signatures_of(subject_id: str) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(read, lambda c: subject_signatures(c, subject_id, now=daemon.clock.now(), config=daemon.config))
+
+    @router.post("/subjects/{subject_id}/reviews", status_code=201)
+    async def resolve(subject_id: str, body: ReviewIn, principal: Principal = Depends(auth.roles(INVESTIGATOR))) -> dict[str, Any]:
+        user = await asyncio.to_thread(_page_signer, daemon, principal.name, body.password,
+                                       f"review of {body.criterion} of {subject_id}")
+        now = daemon.clock.now()
+        out = await daemon.write(lambda c: resolve_review(c, subject_id, body.criterion, decision=body.decision, reason=body.reason,
+                                                          user=user, at=now, config=daemon.config))
+        svc = daemon.services.get("eligibility")
+        if svc is not None:
+            svc._remember(subject_id, out["decision"], None)
+        return out
+
+    @router.post("/subjects/{subject_id}/signatures", status_code=201)
+    async def sign(subject_id: str, body: SignIn, principal: Principal = Depends(auth.roles(INVESTIGATOR))) -> dict[str, Any]:
+        user = await asyncio.to_thread(_page_signer, daemon, principal.name, body.password,
+                                       f"{body.meaning}: eligibility decision of {subject_id}")
+        now = daemon.clock.now()
+        return dict(await daemon.write(lambda c: sign_decision(c, subject_id, meaning=body.meaning, user=user, at=now,
+                                                               config=daemon.config)))
 
     return router
 
