@@ -47,6 +47,10 @@ def test_a_review_is_listed_with_its_evidence_resolved_signed_and_reopened_when_
     assert {i["fact"] for i in bmi["evidence"]["inputs"]} >= {"height_cm", "weight_kg"} and len(bmi["evidence_sha256"]) == 64
     assert "evidence SHA-256" in invoke(db, "review", "list").output
 
+    assert invoke(db, "criteria", "set", "SCR-0001", "birth_date", "1979-04-02", operator="dr.a").exit_code == 0
+    r = invoke(db, "review", "resolve", "SCR-0001", "bmi", "--decision", "not_met", "--reason", "born 1979-04-02, BMI low",
+               "--password-stdin", operator="dr.a", input=PW)
+    assert r.exit_code == 2 and "birth date" in r.output  # a signed reason travels in bundles: it cannot quote it
     r = invoke(db, "review", "resolve", "SCR-0001", "bmi", "--decision", "not_met", "--reason", "18.495 is below 18.5",
                "--password-stdin", operator="dr.a", input="not my password\n")
     assert r.exit_code == 10 and "wrong password" in r.output

@@ -437,6 +437,11 @@ def resolve_review(conn: sqlite3.Connection, subject_id: str, criterion: str, *,
     reason = " ".join((reason or "").split())
     if not reason:
         raise InvalidInput("a resolution needs its reason: --reason TEXT (what you looked at and why the decision stands)")
+    from collector.export.privacy import Scrubber, forbidden_tokens
+
+    if Scrubber(forbidden_tokens(conn, subject_id)).hits(reason):
+        # The signed reason travels in bundles; it cannot be withheld afterwards without breaking its signature.
+        raise InvalidInput("the reason quotes the subject's birth date or a device address; write it without them")
     th = thresholds_for_config(config)
     raw = evaluate_subject(conn, subject_id, now=at, thresholds=th, apply_reviews=False)
     crit = next(c for c in raw["criteria"] if c["id"] == criterion)
