@@ -165,3 +165,27 @@ def test_the_odm_export_carries_the_approval_as_a_signature(db: Path, tmp_path: 
     text = odm.decode()
     assert "<Signature>" in text and "<Meaning>approved</Meaning>" in text and "<FullName>Li Wei</FullName>" in text
     assert "SignatureRef" in text and "LegalReason" in text
+
+
+
+
+def test_the_signature_check_never_crashes_on_garbage() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from collector.export.verify import check_signatures
+
+    scalars = st.none() | st.booleans() | st.integers(-2**60, 2**60) | st.floats() | st.text(max_size=20)
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                          max_leaves=20)
+    sig = st.fixed_dictionaries({"uuid": st.text(max_size=8) | st.integers(), "record_type": st.sampled_from(
+        ["eligibility_decision", "export", "review_resolution", "other"]) | values, "content_sha256": st.text(max_size=64),
+        "content": values}, optional={"valid": values, "meaning": values})
+
+    @settings(max_examples=300, deadline=None)
+    @given(doc=st.fixed_dictionaries({"signatures": st.lists(sig | values, max_size=4)}) | values, elig=values)
+    def run(doc, elig) -> None:
+        problems, entries, notes = check_signatures(doc, elig, {"data/a.csv": "0" * 64})
+        assert all(isinstance(p, str) for p in problems)
+
+    run()

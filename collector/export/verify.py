@@ -251,52 +251,68 @@ class _Checker:
 
     def signatures(self) -> None:
         """Each signature's content against its hash, and against the record in this bundle it signs."""
-        from collector.signatures.content import content_hash, decision_content
-
         if SIGNATURES not in self.files:
             self.r.notes.append("no signatures.json: a bundle from before electronic signatures, or none were recorded")
             return
-        doc = self.parsed.get(SIGNATURES)
-        sigs = doc.get("signatures") if isinstance(doc, dict) else None
-        if not isinstance(sigs, list):
-            self.bad(SIGNATURES, "has no list of 'signatures'")
-            return
-        elig = self.parsed.get("data/eligibility.json")
+        if SIGNATURES not in self.parsed:
+            return  # reported as unparsable
         files = {k: bag.sha256(v) for k, v in self.files.items() if k.startswith("data/") and k != SIGNATURES}
-        for sig in sigs:
-            if not isinstance(sig, dict) or not all(k in sig for k in ("uuid", "record_type", "content", "content_sha256")):
-                self.bad(SIGNATURES, "holds an entry that is not a signature (uuid, record_type, content, content_sha256)")
-                continue
-            label = (f"signature {sig['uuid']} ({sig.get('meaning')} by {sig.get('full_name')}, {sig.get('signed_local')}, "
-                     f"{sig['record_type'].replace('_', ' ')})")
+        problems, entries, notes = check_signatures(self.parsed[SIGNATURES], self.parsed.get("data/eligibility.json"), files)
+        for p in problems:
+            self.bad(SIGNATURES, p)
+        self.r.signatures.extend(entries)
+        self.r.notes.extend(notes)
+
+
+def check_signatures(doc: Any, eligibility: Any, files: dict[str, str]) -> tuple[list[str], list[dict[str, Any]], list[str]]:
+    """signatures.json against itself and the bundle: (problems, one entry per signature, notes).  Never raises."""
+    from collector.signatures.content import content_hash, decision_content
+
+    problems: list[str] = []
+    entries: list[dict[str, Any]] = []
+    notes: list[str] = []
+    sigs = doc.get("signatures") if isinstance(doc, dict) else None
+    if not isinstance(sigs, list):
+        return ["has no list of 'signatures'"], entries, notes
+    for sig in sigs:
+        if not (isinstance(sig, dict) and isinstance(sig.get("uuid"), str) and isinstance(sig.get("record_type"), str)
+                and isinstance(sig.get("content_sha256"), str) and "content" in sig):
+            problems.append("holds an entry that is not a signature (uuid, record_type, content, content_sha256)")
+            continue
+        kind = sig["record_type"]
+        label = f"signature {sig['uuid']} ({sig.get('meaning')} by {sig.get('full_name')}, {sig.get('signed_local')}, {kind.replace('_', ' ')})"
+        try:
+            digest = content_hash(sig["content"])
+        except (TypeError, ValueError, OverflowError) as exc:
+            problems.append(f"{label}: its content cannot be canonicalised ({type(exc).__name__})")
+            continue
+        if digest != sig["content_sha256"]:
+            problems.append(f"{label}: its content does not match its SHA-256 (altered after signing)")
+            entries.append({"uuid": sig["uuid"], "record_type": kind, "valid": False, "why": "content altered"})
+            continue
+        why = ""
+        if kind == "eligibility_decision":
             try:
-                digest = content_hash(sig["content"])
-            except (TypeError, ValueError) as exc:
-                self.bad(SIGNATURES, f"{label}: its content cannot be canonicalised ({exc})")
-                continue
-            why = ""
-            if digest != sig["content_sha256"]:
-                self.bad(SIGNATURES, f"{label}: its content does not match its SHA-256 (altered after signing)")
-                self.r.signatures.append({"uuid": sig["uuid"], "record_type": sig["record_type"], "valid": False,
-                                          "why": "content altered"})
-                continue
-            if sig["record_type"] == "eligibility_decision":
-                if not isinstance(elig, dict) or content_hash(decision_content(elig)) != digest:
-                    why = "the eligibility decision in this bundle is not the one signed (it changed after signing)"
-            elif sig["record_type"] == "export":
-                signed = sig["content"].get("files") if isinstance(sig["content"], dict) else None
-                if signed != files:
-                    changed = sorted(k for k in set(files) | set(signed or {}) if (signed or {}).get(k) != files.get(k))
-                    why = f"the bundle's files are not the ones signed ({', '.join(changed[:5]) or 'no file list'})"
-            elif sig["record_type"] != "review_resolution":
-                why = f"unknown record type {sig['record_type']!r}"
-            valid = not why
-            if not valid and sig.get("valid") is not False:
-                self.bad(SIGNATURES, f"{label}: NOT VALID: {why}")
-            self.r.signatures.append({"uuid": sig["uuid"], "record_type": sig["record_type"], "meaning": sig.get("meaning"),
-                                      "full_name": sig.get("full_name"), "signed_local": sig.get("signed_local"),
-                                      "valid": valid, "why": why or None})
-            self.r.notes.append(f"{label}: " + ("valid" if valid else f"NO LONGER VALID: {why}"))
+                same = isinstance(eligibility, dict) and content_hash(decision_content(eligibility)) == digest
+            except (TypeError, ValueError, OverflowError):
+                same = False
+            if not same:
+                why = "the eligibility decision in this bundle is not the one signed (it changed after signing)"
+        elif kind == "export":
+            signed = sig["content"].get("files") if isinstance(sig["content"], dict) else None
+            if signed != files:
+                signed_files = signed if isinstance(signed, dict) else {}
+                changed = sorted(str(k) for k in set(files) | set(signed_files) if signed_files.get(k) != files.get(k))
+                why = f"the bundle's files are not the ones signed ({', '.join(changed[:5]) or 'no file list'})"
+        elif kind != "review_resolution":
+            why = f"unknown record type {kind!r}"
+        valid = not why
+        if not valid and sig.get("valid") is not False:
+            problems.append(f"{label}: NOT VALID: {why}")
+        entries.append({"uuid": sig["uuid"], "record_type": kind, "meaning": sig.get("meaning"), "full_name": sig.get("full_name"),
+                        "signed_local": sig.get("signed_local"), "valid": valid, "why": why or None})
+        notes.append(f"{label}: " + ("valid" if valid else f"NO LONGER VALID: {why}"))
+    return problems, entries, notes
 
 
 def verify_bundle(path: Path | str) -> VerifyResult:
