@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collector.eligibility import schema as eligibility
 from collector.oximetry import schema as oximetry
+from collector.signatures import schema as signatures
 from collector.spirometry import schema as spirometry
 from collector.storage import schema as core
 from collector.storage.schema import Migration
 from collector.upload import schema as upload
 from collector.users import schema as users
 
-PACKAGES = (core, oximetry, eligibility, spirometry, users, upload)
+PACKAGES = (core, oximetry, eligibility, spirometry, users, upload, signatures)
 
 
 def migrations() -> list[Migration]:

@@ -100,7 +100,7 @@ def test_bundle_is_a_bagit_bag_with_the_promised_files(site):
     names = sorted(p.relative_to(root / "data").as_posix() for p in (root / "data").iterdir())
     assert names == sorted([f"samples_{sid}.csv", f"gaps_{sid}.csv", f"events_{sid}.csv", f"night_{sid}.json",
                             f"night_{sid}.edf", f"night_{sid}.discontinuous.edf", f"night_{sid}.png", f"spirometry_{sp}.csv", f"spirometry_{sp}.json",
-                            "eligibility.json", "audit.csv", "report.pdf", "subject.json"])
+                            "eligibility.json", "audit.csv", "report.pdf", "signatures.json", "subject.json"])
     info = bag.parse_info((root / "bag-info.txt").read_bytes())
     assert info["Subject-Pseudonym"] == [SUBJECT] and info["Source-Organization"]
     assert info["Device"] == ["oximeter SIM-PLX serial SIM0001 firmware 1.0.0-sim"]
@@ -542,7 +542,7 @@ def test_report_pdf_has_full_reasons_local_times_page_numbers_hash_and_vector_ni
     reader = pypdf.PdfReader(root / "data/report.pdf")
     pages = [p.extract_text() for p in reader.pages]
     payload_hash = bag.parse_info((root / "bag-info.txt").read_bytes())["Payload-SHA256-Without-Report"][0]
-    files = {p.relative_to(root).as_posix(): p.read_bytes() for p in (root / "data").iterdir() if p.name != "report.pdf"}
+    files = {p.relative_to(root).as_posix(): p.read_bytes() for p in (root / "data").iterdir() if p.name not in ("report.pdf", "signatures.json")}
     assert payload_hash == bag.sha256(bag.manifest_text(files))
     assert len(pages) == 2  # the summary, then the one night on its own landscape page
     for k, text in enumerate(pages, 1):

@@ -42,6 +42,7 @@ CLI_MATRIX: dict[str, Any] = {
     "user add": {A}, "user disable": {A}, "user list": READS, "user password": {A}, "user role": {A}, "user language": set(ROLES),
     "whoami": set(ROLES),
     "upload": {D}, "warehouse sync": SELF,
+    "review list": READS, "review resolve": {I}, "sign": {I}, "signatures": READS, "user full-name": {A},
 }
 
 API_MATRIX: dict[tuple[str, str], set[str]] = {
@@ -55,6 +56,8 @@ API_MATRIX: dict[tuple[str, str], set[str]] = {
     ("POST", "/api/v1/alerts/{alert_id}/ack"): {T, I},
     ("POST", "/api/v1/logout"): set(ROLES),
     ("POST", "/api/v1/me/language"): set(ROLES),
+    ("POST", "/api/v1/subjects/{subject_id}/reviews"): {I},
+    ("POST", "/api/v1/subjects/{subject_id}/signatures"): {I},
 }
 PUBLIC_ROUTES = {("POST", "/api/v1/login")}
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}

@@ -12,6 +12,7 @@ from collector.eligibility.roles import check_fact_role
 from collector.users.roles import ANY_ROLE, INVESTIGATOR, TECHNICIAN
 from collector.eligibility.service import criteria_report, evaluate_subject, record_decision_change, retract, set_fact, thresholds_for_config
 from collector.output import emit_json, table
+from collector.signatures.prompt import ask_signer
 
 __all__ = ["COMMANDS", "criteria", "eligibility"]
 
@@ -122,4 +123,115 @@ def eligibility(c: Ctx, subject_id: str, as_json: bool) -> None:
         click.echo(f"in progress: {p['kind']} session {p['session_id']} ({p['status']})")
 
 
-COMMANDS = [criteria, eligibility]
+@click.group("review")
+def review() -> None:
+    """Criteria that need an investigator's review: list them with their evidence, resolve them (signed)."""
+
+
+@review.command("list")
+@click.argument("subject_id", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the items with their full evidence as JSON.")
+@pass_ctx
+@no_login("reads only")
+def review_list(c: Ctx, subject_id: str | None, as_json: bool) -> None:
+    """Every needs_review criterion (of SUBJECT_ID, or of every subject) with its evidence, and the resolved ones."""
+    from collector.eligibility.service import review_items
+
+    items = review_items(c.conn(), subject_id, now=SystemClock().now(), thresholds=thresholds_for_config(c.config))
+    if as_json:
+        emit_json(items)
+        return
+    if not items:
+        click.echo("nothing needs review" + (f" for {subject_id}" if subject_id else ""))
+        return
+    for it in items:
+        r = it["review"] or {}
+        head = f"{it['subject_id']} {it['criterion']}: {it['status'].upper()}"
+        if it["status"] == "resolved":
+            head += f" {r['decision']} by {r['resolved_by']} at {r['resolved_at']} ({r['reason']})"
+        elif it["status"] == "reopened":
+            head += f" (resolved {r['decision']} by {r['resolved_by']} at {r['resolved_at']}; {r['note']})"
+        click.echo(head)
+        click.echo(f"  evidence: {it['reason']}")
+        for i in it["evidence"]["inputs"]:
+            click.echo(f"  input {i.get('fact')}: {i.get('value')} ({i.get('source') or 'not recorded'}"
+                       + (f", {i.get('recorded_by')} {i.get('recorded_at')}" if i.get("recorded_at") else "") + ")")
+        click.echo(f"  evidence SHA-256 {it['evidence_sha256']}")
+
+
+@review.command("resolve")
+@click.argument("subject_id")
+@click.argument("criterion")
+@click.option("--decision", required=True, type=click.Choice(["met", "not_met"]), help="What the criterion is, having looked at the evidence.")
+@click.option("--reason", required=True, help="What you looked at and why (kept with the resolution and in the audit trail).")
+@click.option("--password-stdin", is_flag=True, help="Read your password (asked again: the resolution is signed) from stdin.")
+@click.option("--json", "as_json", is_flag=True, help="Print the resolution, its signature and the decision as JSON.")
+@pass_ctx
+@requires(INVESTIGATOR)
+def review_resolve(c: Ctx, subject_id: str, criterion: str, decision: str, reason: str, password_stdin: bool, as_json: bool) -> None:
+    """Resolve CRITERION of SUBJECT_ID (needs_review) as met or not_met, signed "reviewed" with your password.
+
+    The resolution holds while the criterion's evidence stays the same; a changed input re-opens it.
+    """
+    from collector.eligibility.service import resolve_review
+
+    user = ask_signer(c, password_stdin, f"review of {criterion} of {subject_id}")
+    now = SystemClock().now()
+    out = c.write(lambda conn: resolve_review(conn, subject_id, criterion, decision=decision, reason=reason, user=user, at=now,
+                                              config=c.config))
+    if as_json:
+        emit_json(out)
+        return
+    click.echo(f"{criterion} of {subject_id} resolved {decision} (resolution {out['resolution']['id']})")
+    click.echo(out["signature"]["manifestation"])
+    click.echo(f"eligibility: {out['decision']['decision']}")
+
+
+@click.command("sign")
+@click.argument("subject_id")
+@click.option("--meaning", required=True, type=click.Choice(["approved", "reviewed"]), help="What your signature on the decision means.")
+@click.option("--password-stdin", is_flag=True, help="Read your password (asked again to sign) from stdin.")
+@click.option("--json", "as_json", is_flag=True, help="Print the signature and the signed decision as JSON.")
+@pass_ctx
+@requires(INVESTIGATOR)
+def sign(c: Ctx, subject_id: str, meaning: str, password_stdin: bool, as_json: bool) -> None:
+    """Sign SUBJECT_ID's eligibility decision as it is now (eligible or ineligible; an incomplete one is refused)."""
+    from collector.eligibility.service import sign_decision
+
+    repo_check = c.conn()
+    from collector.storage import repo
+
+    repo.get_subject(repo_check, subject_id)
+    repo_check.close()
+    user = ask_signer(c, password_stdin, f"{meaning}: eligibility decision of {subject_id}")
+    now = SystemClock().now()
+    out = c.write(lambda conn: sign_decision(conn, subject_id, meaning=meaning, user=user, at=now, config=c.config))
+    if as_json:
+        emit_json(out)
+        return
+    click.echo(f"decision of {subject_id} ({out['decision']['decision']}) signed")
+    click.echo(out["signature"]["manifestation"])
+
+
+@click.command("signatures")
+@click.argument("subject_id")
+@click.option("--json", "as_json", is_flag=True, help="Print every signature with its validity as JSON.")
+@pass_ctx
+@no_login("reads only")
+def signatures_cmd(c: Ctx, subject_id: str, as_json: bool) -> None:
+    """SUBJECT_ID's electronic signatures, each VALID or NO LONGER VALID for the record as it is now."""
+    from collector.eligibility.service import subject_signatures
+
+    sigs = subject_signatures(c.conn(), subject_id, now=SystemClock().now(), config=c.config)
+    if as_json:
+        emit_json(sigs)
+        return
+    if not sigs:
+        click.echo(f"no signatures for {subject_id}")
+    for s in sigs:
+        state = "VALID" if s["valid"] else f"NO LONGER VALID ({s['invalid_reason']})"
+        click.echo(f"{s['record_type']} {s['record_ref']}: {state}")
+        click.echo(f"  {s['manifestation']}")
+
+
+COMMANDS = [criteria, eligibility, review, sign, signatures_cmd]

@@ -219,9 +219,10 @@ class CriterionResult:
     recorded_by: str | None = None
     recorded_at: str | None = None
     inputs: list[dict[str, Any]] = field(default_factory=list)
+    review: dict[str, Any] | None = None  # an investigator's resolution of needs_review (collector/eligibility/review.py)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "id": self.id,
             "state": self.state,
             "reason": self.reason,
@@ -231,6 +232,9 @@ class CriterionResult:
             "recorded_at": self.recorded_at,
             "inputs": self.inputs,
         }
+        if self.review is not None:
+            out["review"] = self.review
+        return out
 
 
 @dataclass

@@ -6,7 +6,7 @@ and must never change (a renamed migration would run again on existing databases
 
 from __future__ import annotations
 
-from collector.storage.schema import Migration
+from collector.storage.schema import Migration, append_only
 
 FACTS_SQL = """
 CREATE TABLE IF NOT EXISTS criteria_facts (
@@ -45,4 +45,22 @@ BEGIN
 END;
 """
 
-MIGRATIONS: tuple[Migration, ...] = (Migration("eligibility facts", FACTS_SQL),)
+# An investigator's resolution of a needs_review criterion, bound to the SHA-256 of the evidence it
+# looked at (the criterion's reason, value, inputs and the thresholds): when that changes, the
+# resolution no longer applies and the criterion is open again.  Append-only: a new resolution is a new row.
+REVIEWS_SQL = """
+CREATE TABLE review_resolutions (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    subject_id      TEXT NOT NULL REFERENCES subjects(id),
+    criterion       TEXT NOT NULL,
+    decision        TEXT NOT NULL CHECK (decision IN ('met', 'not_met')),
+    reason          TEXT NOT NULL CHECK (length(trim(reason)) > 0),
+    resolved_by     TEXT NOT NULL CHECK (length(trim(resolved_by)) > 0),
+    resolved_at     TEXT NOT NULL,                               -- UTC ISO-8601, ...Z
+    evidence_sha256 TEXT NOT NULL CHECK (length(evidence_sha256) = 64),
+    evidence_json   TEXT NOT NULL CHECK (json_valid(evidence_json))  -- the criterion as the investigator saw it
+);
+CREATE INDEX review_resolutions_subject ON review_resolutions(subject_id, criterion, id);
+""" + append_only("review_resolutions", what="review resolutions are append-only: resolve again to record a new decision")
+
+MIGRATIONS: tuple[Migration, ...] = (Migration("eligibility facts", FACTS_SQL), Migration("review resolutions", REVIEWS_SQL))

@@ -40,7 +40,7 @@ from collector.eligibility.store import (
     record_fact,
 )
 from collector.oximetry import store as night_store
-from collector.errors import InvalidInput, NotFound
+from collector.errors import Conflict, InvalidInput, NotFound
 from collector.spirometry import store as spirometry_store
 from collector.storage import audit, repo
 
@@ -207,8 +207,12 @@ def evaluate_subject(
     *,
     now: float,
     thresholds: Thresholds | Mapping[str, Any] | None = None,
+    apply_reviews: bool = True,
 ) -> dict[str, Any]:
     """The subject's decision exactly as ``collector eligibility --json`` prints it.
+
+    ``apply_reviews``: resolved ``needs_review`` criteria take the investigator's decision (False: as the
+    figures leave them, which is what a resolution is made on).
 
     ``thresholds``: a :class:`Thresholds`, a collector config dict (its effective thresholds are
     used) or None (the packaged defaults).  Read-only: never writes.  Raises NotFound for an
@@ -225,6 +229,10 @@ def evaluate_subject(
     in_progress = night_pending + spiro_pending
     open_nights = [p["session_id"] for p in night_pending if p["state"] in ("open", "interrupted")]
     _apply_live_alerts(decision.criteria, in_progress, _live_alerts(conn, open_nights), th)
+    if apply_reviews:
+        from collector.eligibility import review
+
+        review.apply(conn, subject_id, decision.criteria, th)
     decision.decision, decision.summary = summarise(decision.criteria)
     out = decision.as_dict()
     out["subject_id"] = subject_id
@@ -378,6 +386,121 @@ def criteria_report(conn: sqlite3.Connection, subject_id: str) -> dict[str, Any]
     return {"subject_id": subject_id,
             "current": [row(r) for _, r in sorted(current_facts(db, subject_id).items())],
             "history": [row(r) for r in history]}
+
+
+# --------------------------------------------------------------------------- reviews and signatures
+def review_items(conn: sqlite3.Connection, subject_id: str | None, *, now: float,
+                 thresholds: Thresholds | Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every criterion that needs review, is resolved or was re-opened, with its evidence (one subject or all)."""
+    th = _thresholds(thresholds)
+    subjects = [subject_id] if subject_id is not None else [s["id"] for s in repo.list_subjects(conn)]
+    out = []
+    for sid in subjects:
+        result = evaluate_subject(conn, sid, now=now, thresholds=th)
+        for c in result["criteria"]:
+            review = c.get("review") or {}
+            status = review.get("status")
+            if c["state"] != "needs_review" and status != "resolved":
+                continue
+            out.append({"subject_id": sid, "criterion": c["id"], "state": c["state"],
+                        "status": status if status in ("resolved", "reopened") else "open",
+                        "reason": review.get("needs_review_reason") or c["reason"],
+                        "evidence": {"value": c["value"], "inputs": c["inputs"], "source": c["source"]},
+                        "evidence_sha256": review.get("current_evidence_sha256") or review.get("evidence_sha256")
+                        or _evidence_hash(c, th), "review": review or None})
+    return out
+
+
+def _evidence_hash(c: Mapping[str, Any], th: Thresholds) -> str:
+    from collector.eligibility.review import evidence_sha256
+
+    return evidence_sha256(c, th)
+
+
+def resolve_review(conn: sqlite3.Connection, subject_id: str, criterion: str, *, decision: str, reason: str,
+                   user: Mapping[str, Any], at: float, config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Record an investigator's resolution of a needs_review criterion, signed "reviewed", inside the caller's transaction.
+
+    The resolution is bound to the SHA-256 of the criterion's evidence as evaluated now; the criterion then
+    shows the resolved state with who, when and why, until its evidence changes.
+    """
+    from collector.eligibility.engine import CRITERIA
+    from collector.eligibility.review import DECISIONS, evidence
+    from collector.eligibility.store import add_resolution
+    from collector.signatures import service as signatures
+    from collector.signatures.content import canonical, content_hash
+
+    if criterion not in CRITERIA:
+        raise InvalidInput(f"unknown criterion {criterion!r}; use one of: {', '.join(CRITERIA)}")
+    if decision not in DECISIONS:
+        raise InvalidInput(f"--decision must be met or not_met, not {decision!r}")
+    reason = " ".join((reason or "").split())
+    if not reason:
+        raise InvalidInput("a resolution needs its reason: --reason TEXT (what you looked at and why the decision stands)")
+    from collector.export.privacy import Scrubber, forbidden_tokens
+
+    if Scrubber(forbidden_tokens(conn, subject_id)).hits(reason):
+        # The signed reason travels in bundles; it cannot be withheld afterwards without breaking its signature.
+        raise InvalidInput("the reason quotes the subject's birth date or a device address; write it without them")
+    th = thresholds_for_config(config)
+    raw = evaluate_subject(conn, subject_id, now=at, thresholds=th, apply_reviews=False)
+    crit = next(c for c in raw["criteria"] if c["id"] == criterion)
+    if crit["state"] != "needs_review":
+        raise Conflict(f"{criterion} of {subject_id} is {crit['state']}, not needs_review: there is nothing to resolve")
+    ev = evidence(crit, th)
+    row = add_resolution(conn, subject_id=subject_id, criterion=criterion, decision=decision, reason=reason, by=str(user["name"]),
+                         at=utc_iso(at), evidence_sha256=content_hash(ev), evidence_json=canonical(ev).decode("utf-8"))
+    audit.append(conn, at=at, actor=str(user["name"]), action="review_resolved", subject_id=subject_id,
+                 old={"criterion": criterion, "state": "needs_review"},
+                 new={"criterion": criterion, "state": decision, "resolution_id": row["id"], "evidence_sha256": row["evidence_sha256"]},
+                 reason=reason)
+    sig = signatures.prepare(dict(user), meaning="reviewed", record_type="review_resolution", record_ref=str(row["id"]),
+                             subject_id=subject_id, content=signatures.resolution_content(row), at=at, tz=_site_tz(config))
+    signatures.record(conn, sig, at=at)
+    result = evaluate_subject(conn, subject_id, now=at, thresholds=th)
+    record_decision_change(conn, subject_id, result, at=at, actor=str(user["name"]), reason=f"{criterion} review resolved {decision}")
+    after = next(c for c in result["criteria"] if c["id"] == criterion)
+    return {"resolution": {k: v for k, v in row.items() if k != "evidence"}, "criterion": after,
+            "signature": signatures.public(sig, True, ""), "decision": result}
+
+
+def sign_decision(conn: sqlite3.Connection, subject_id: str, *, meaning: str, user: Mapping[str, Any], at: float,
+                  config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Sign the subject's decision as evaluated now (everything but its evaluation time), inside the caller's transaction."""
+    from collector.signatures import service as signatures
+    from collector.signatures.content import decision_content
+
+    result = evaluate_subject(conn, subject_id, now=at, thresholds=thresholds_for_config(config))
+    if result["decision"] == "incomplete":
+        raise Conflict(f"the decision of {subject_id} is incomplete ({'; '.join(result['summary'])[:300]}); record what is "
+                       f"pending and resolve reviews first (collector review list {subject_id}), then sign")
+    record_decision_change(conn, subject_id, result, at=at, actor=str(user["name"]), reason=f"decision signed ({meaning})")
+    sig = signatures.prepare(dict(user), meaning=meaning, record_type="eligibility_decision", record_ref=subject_id,
+                             subject_id=subject_id, content=decision_content(signed_form(conn, subject_id, result, config)),
+                             at=at, tz=_site_tz(config))
+    signatures.record(conn, sig, at=at)
+    return {"signature": signatures.public(sig, True, ""), "decision": result}
+
+
+def subject_signatures(conn: sqlite3.Connection, subject_id: str, *, now: float,
+                       config: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The subject's signatures, each valid or not against the records as they are now."""
+    from collector.signatures import service as signatures
+
+    repo.get_subject(conn, subject_id)
+    decision = evaluate_subject(conn, subject_id, now=now, thresholds=thresholds_for_config(config))
+    return signatures.subject_signatures(conn, subject_id, signed_form(conn, subject_id, decision, config))
+
+
+def signed_form(conn: sqlite3.Connection, subject_id: str, decision: dict[str, Any], config: Mapping[str, Any] | None) -> Any:
+    """The decision as it is signed and exported (personal data withheld, figures at the form's precision)."""
+    from collector.export.privacy import export_form
+
+    return export_form(conn, subject_id, decision, config=dict(config if config is not None else defaults()))
+
+
+def _site_tz(config: Mapping[str, Any] | None) -> str:
+    return str(((config or defaults()).get("site") or {}).get("timezone") or "Asia/Shanghai")
 
 
 # --------------------------------------------------------------------------- configuration changes
@@ -545,6 +668,39 @@ class FactIn(BaseModel):
     by: str | None = Field(default=None, max_length=100)
 
 
+class ReviewIn(BaseModel):
+    """POST /subjects/{id}/reviews: resolve a needs_review criterion; the password is asked again (a signed act)."""
+
+    criterion: str = Field(min_length=1, max_length=64)
+    decision: str = Field(pattern="^(met|not_met)$")
+    reason: str = Field(min_length=1, max_length=2000)
+    password: str = Field(min_length=1, max_length=200)
+    by: str | None = Field(default=None, max_length=100)
+
+
+class SignIn(BaseModel):
+    """POST /subjects/{id}/signatures: sign the eligibility decision as it is now."""
+
+    meaning: str = Field(pattern="^(approved|reviewed)$")
+    password: str = Field(min_length=1, max_length=200)
+    by: str | None = Field(default=None, max_length=100)
+
+
+def _page_signer(daemon: Any, name: str, password: str, what: str) -> dict[str, Any]:
+    from collector.errors import NotAuthorised
+    from collector.signatures import service as signatures
+
+    conn = daemon.open_reader()
+    try:
+        return signatures.signer(conn, name, password, at=daemon.clock.now(), what=what)
+    except NotAuthorised:
+        now = daemon.clock.now()
+        daemon.writer.submit(lambda w: signatures.refusal(w, name, at=now, what=what)).result(timeout=30)
+        raise
+    finally:
+        conn.close()
+
+
 def make_router(daemon: Any, auth: Any) -> Any:
     from fastapi import APIRouter, Depends
 
@@ -581,6 +737,35 @@ def make_router(daemon: Any, auth: Any) -> Any:
         if svc is not None:
             svc._remember(subject_id, out["decision"], None)
         return out
+
+    @router.get("/reviews")
+    async def reviews(subject: str | None = None) -> list[dict[str, Any]]:
+        th = thresholds_for_config(daemon.config)
+        return await asyncio.to_thread(read, lambda c: review_items(c, subject, now=daemon.clock.now(), thresholds=th))
+
+    @router.get("/subjects/{subject_id}/signatures")
+    async def signatures_of(subject_id: str) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(read, lambda c: subject_signatures(c, subject_id, now=daemon.clock.now(), config=daemon.config))
+
+    @router.post("/subjects/{subject_id}/reviews", status_code=201)
+    async def resolve(subject_id: str, body: ReviewIn, principal: Principal = Depends(auth.roles(INVESTIGATOR))) -> dict[str, Any]:
+        user = await asyncio.to_thread(_page_signer, daemon, principal.name, body.password,
+                                       f"review of {body.criterion} of {subject_id}")
+        now = daemon.clock.now()
+        out = await daemon.write(lambda c: resolve_review(c, subject_id, body.criterion, decision=body.decision, reason=body.reason,
+                                                          user=user, at=now, config=daemon.config))
+        svc = daemon.services.get("eligibility")
+        if svc is not None:
+            svc._remember(subject_id, out["decision"], None)
+        return out
+
+    @router.post("/subjects/{subject_id}/signatures", status_code=201)
+    async def sign(subject_id: str, body: SignIn, principal: Principal = Depends(auth.roles(INVESTIGATOR))) -> dict[str, Any]:
+        user = await asyncio.to_thread(_page_signer, daemon, principal.name, body.password,
+                                       f"{body.meaning}: eligibility decision of {subject_id}")
+        now = daemon.clock.now()
+        return dict(await daemon.write(lambda c: sign_decision(c, subject_id, meaning=body.meaning, user=user, at=now,
+                                                               config=daemon.config)))
 
     return router
 

@@ -34,6 +34,9 @@ __all__ = [
     "record_fact",
     "recorded_values",
     "retract_fact",
+    "add_resolution",
+    "latest_resolutions",
+    "resolutions_of_subject",
 ]
 
 _SESSION_RE = re.compile(r"session:\S+")
@@ -191,3 +194,38 @@ def retract_fact(
         if current is None or current.value is None:
             raise FactStoreError(f"{fact} has no current value to retract for subject {subject_id!r}")
         return _insert(db, subject_id, fact, "null", by, at, source, reason.strip(), current.id)
+
+
+# --------------------------------------------------------------------------- review resolutions
+_REVIEW_COLUMNS = "id, subject_id, criterion, decision, reason, resolved_by, resolved_at, evidence_sha256, evidence_json"
+
+
+def _resolution(row: tuple[Any, ...]) -> dict[str, Any]:
+    import json
+
+    out = dict(zip([k.strip() for k in _REVIEW_COLUMNS.split(",")], row))
+    out["evidence"] = json.loads(out.pop("evidence_json"))
+    return out
+
+
+def add_resolution(conn: sqlite3.Connection, *, subject_id: str, criterion: str, decision: str, reason: str, by: str,
+                   at: str, evidence_sha256: str, evidence_json: str) -> dict[str, Any]:
+    cur = conn.execute(
+        "INSERT INTO review_resolutions (subject_id, criterion, decision, reason, resolved_by, resolved_at, evidence_sha256, "
+        "evidence_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (subject_id, criterion, decision, reason, by, at, evidence_sha256, evidence_json))
+    return _resolution(conn.execute(f"SELECT {_REVIEW_COLUMNS} FROM review_resolutions WHERE id = ?", (cur.lastrowid,)).fetchone())
+
+
+def latest_resolutions(conn: sqlite3.Connection, subject_id: str) -> dict[str, dict[str, Any]]:
+    """The newest resolution of each criterion of a subject."""
+    rows = conn.execute(
+        f"SELECT {_REVIEW_COLUMNS} FROM review_resolutions r WHERE subject_id = ? AND id = "
+        "(SELECT max(id) FROM review_resolutions WHERE subject_id = r.subject_id AND criterion = r.criterion)", (subject_id,),
+    ).fetchall()
+    return {r[2]: _resolution(r) for r in rows}
+
+
+def resolutions_of_subject(conn: sqlite3.Connection, subject_id: str) -> list[dict[str, Any]]:
+    rows = conn.execute(f"SELECT {_REVIEW_COLUMNS} FROM review_resolutions WHERE subject_id = ? ORDER BY id", (subject_id,))
+    return [_resolution(r) for r in rows.fetchall()]

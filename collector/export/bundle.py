@@ -48,10 +48,16 @@ class ExportResult:
     sessions: list[int]
     files: dict[str, str] = field(default_factory=dict)  # path in bag -> sha256
     skipped_open: list[int] = field(default_factory=list)
+    signature: dict[str, Any] | None = None  # the export's own signature (``--sign``), stored with the export
 
     def as_dict(self) -> dict[str, Any]:
-        return {"subject_id": self.subject_id, "bundle": self.bag_name, "path": str(self.path),
-                "sessions": self.sessions, "skipped_open_sessions": self.skipped_open, "files": self.files}
+        out = {"subject_id": self.subject_id, "bundle": self.bag_name, "path": str(self.path),
+               "sessions": self.sessions, "skipped_open_sessions": self.skipped_open, "files": self.files}
+        if self.signature is not None:
+            from collector.signatures.service import manifestation
+
+            out["signature"] = {"uuid": self.signature["uuid"], "manifestation": manifestation(self.signature)}
+        return out
 
 
 def _flag_names(flags: int) -> str:
@@ -265,14 +271,31 @@ def site_timezone(config: dict[str, Any]) -> str:
     return str((config.get("site") or {}).get("timezone") or "Asia/Shanghai")
 
 
+#: Payload files the printed payload hash leaves out: the report (it prints the hash) and the signatures
+#: (the export's own signature covers the report; each signature carries the hash of what it signs).
+NOT_IN_PAYLOAD_HASH = ("report.pdf", "signatures.json")
+
+
 def payload_hash_without_report(payload: dict[str, bytes]) -> str:
-    """SHA-256 of the payload manifest without ``data/report.pdf`` (the report prints it on every page)."""
-    return bag.sha256(bag.manifest_text({f"data/{k}": v for k, v in payload.items() if k != "report.pdf"}))
+    """SHA-256 of the payload manifest without ``data/report.pdf`` and ``data/signatures.json`` (the report prints it)."""
+    return bag.sha256(bag.manifest_text({f"data/{k}": v for k, v in payload.items() if k not in NOT_IN_PAYLOAD_HASH}))
+
+
+def _record_signatures(conn: sqlite3.Connection, subject_id: str, eligibility: dict[str, Any]) -> list[dict[str, Any]]:
+    """The people's signatures about the subject's records, each valid or not against the decision as exported
+    (signatures of earlier exports belong to those bundles and stay out)."""
+    from collector.signatures.service import subject_signatures
+
+    return [s for s in subject_signatures(conn, subject_id, eligibility) if s["record_type"] != "export"]
 
 
 def build_subject_bag(conn: sqlite3.Connection, subject_id: str, *, config: dict[str, Any], by: str, now: float,
-                      session_ids: list[int] | None = None) -> tuple[str, dict[str, bytes], ExportResult]:
-    """All files of the bag in memory (nothing written, no audit row)."""
+                      session_ids: list[int] | None = None,
+                      export_signer: dict[str, Any] | None = None) -> tuple[str, dict[str, bytes], ExportResult]:
+    """All files of the bag in memory (nothing written, no audit row).
+
+    ``export_signer``: the operator signing the export ("responsible for this export"): the signature covers
+    every payload file but signatures.json, is written there, and is stored by :func:`export_subject`."""
     repo.get_subject(conn, subject_id)
     sessions = repo.list_sessions(conn, subject_id)
     if session_ids is not None:
@@ -318,10 +341,24 @@ def build_subject_bag(conn: sqlite3.Connection, subject_id: str, *, config: dict
         "samples_seal_head": {"id": seal[0], "seal_hash": seal[1]} if seal else None,
     })
     payload_hash = payload_hash_without_report(payload)
+    record_sigs = _record_signatures(conn, subject_id, eligibility)
     payload["report.pdf"] = pdf.summary_pdf(pseudonym=subject_id, site=site, site_uuid=site_id, timezone=site_timezone(config),
                                             export_utc=utc_iso(now), software=software, age_years=age, eligibility=eligibility,
-                                            nights=nights, spirometry=spiro, payload_hash=payload_hash,
+                                            nights=nights, spirometry=spiro, payload_hash=payload_hash, signatures=record_sigs,
+                                            export_signed=export_signer is not None,
                                             lang=config["site"]["language"])
+    name = f"{subject_id}_{_stamp(now)}"
+    export_sig = None
+    if export_signer is not None:
+        from collector.signatures import service as signatures
+
+        content = {"record": "export", "bundle": name, "subject_id": subject_id,
+                   "files": {f"data/{k}": bag.sha256(v) for k, v in sorted(payload.items())}}
+        export_sig = signatures.prepare(export_signer, meaning="responsible for this export", record_type="export",
+                                        record_ref=name, subject_id=subject_id, content=content, at=now, tz=site_timezone(config))
+        record_sigs = record_sigs + [signatures.public(export_sig, True, "")]
+    payload["signatures.json"] = _json({"schema": SCHEMA, "subject": subject_id, "canonicalisation": "RFC 8785 (JCS), SHA-256",
+                                        "signatures": record_sigs})
     info = [
         ("Source-Organization", site), ("Site-UUID", site_id), ("Bag-Software-Agent", software),
         ("Bagging-Date", datetime.fromtimestamp(now, tz=timezone.utc).date().isoformat()),
@@ -337,15 +374,16 @@ def build_subject_bag(conn: sqlite3.Connection, subject_id: str, *, config: dict
     leaks = scrub.leaks(files)
     if leaks:
         raise ExportRefused(f"personal data (birth date or device address) found in {', '.join(leaks)}; nothing was written: report this bug")
-    name = f"{subject_id}_{_stamp(now)}"
-    result = ExportResult(subject_id, name, Path(), ids, {k: bag.sha256(v) for k, v in files.items()}, skipped)
+    result = ExportResult(subject_id, name, Path(), ids, {k: bag.sha256(v) for k, v in files.items()}, skipped, export_sig)
     return name, files, result
 
 
 def export_subject(conn: sqlite3.Connection, subject_id: str, out_dir: Path, *, config: dict[str, Any], by: str,
-                   now: float, session_ids: list[int] | None = None, as_zip: bool = False) -> ExportResult:
-    """Write one subject's bundle under ``out_dir`` and record the export in the audit trail."""
-    name, files, result = build_subject_bag(conn, subject_id, config=config, by=by, now=now, session_ids=session_ids)
+                   now: float, session_ids: list[int] | None = None, as_zip: bool = False,
+                   export_signer: dict[str, Any] | None = None) -> ExportResult:
+    """Write one subject's bundle under ``out_dir`` and record the export (and its signature) in the audit trail."""
+    name, files, result = build_subject_bag(conn, subject_id, config=config, by=by, now=now, session_ids=session_ids,
+                                            export_signer=export_signer)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / (name + ".zip" if as_zip else name)
@@ -358,6 +396,10 @@ def export_subject(conn: sqlite3.Connection, subject_id: str, out_dir: Path, *, 
             result.files[signature.SIGNATURE_FILE] = bag.sha256(files[signature.SIGNATURE_FILE])
             audit.append(conn, at=now, actor=by, action="export_made", subject_id=subject_id,
                          new={"bundle": name, "zip": as_zip, "sessions": result.sessions, "files": result.files})
+            if result.signature is not None:
+                from collector.signatures.service import record
+
+                record(conn, result.signature, at=now)
             try:
                 bag.write_zip(files, target, name) if as_zip else bag.write_folder(files, target)
             except OSError as exc:

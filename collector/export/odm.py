@@ -46,6 +46,7 @@ class Signature:
     meaning: str
     legal_reason: str
     at_utc: str
+    full_name: str = ""  # the printed name of the signature's manifestation
 
 
 @dataclass(frozen=True)
@@ -237,9 +238,12 @@ def odm_document(bundles: list[dict[str, bytes]], odm_config: dict[str, Any], *,
     sigs = list(signatures)
     users = sorted({exported_by, SYSTEM_USER} | {r["actor"] for _, rows in audit_rows for r in rows if r["actor"]} | {s.user for s in sigs})
     admin = doc.el(root, "AdminData", StudyOID=c["study_oid"])
+    full_names = {s.user: s.full_name for s in sigs if s.full_name}
     for u in users:
         ue = doc.el(admin, "User", OID=user_oid(u))
         doc.el(ue, "LoginName", u)
+        if u in full_names:
+            doc.el(ue, "FullName", full_names[u])
     for site_uuid, site in sorted({(s["site_uuid"], s["site"]) for s in subjects}):
         loc = doc.el(admin, "Location", OID=location_oid(site_uuid), Name=site, LocationType="Site")
         doc.el(loc, "MetaDataVersionRef", StudyOID=c["study_oid"], MetaDataVersionOID=c["metadata_version_oid"],

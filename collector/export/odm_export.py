@@ -35,9 +35,31 @@ class OdmExport:
         return {"odm": str(self.odm), "results": str(self.results), "subjects": self.subjects, "files": self.files}
 
 
-def signatures_for(conn: sqlite3.Connection, subjects: list[str]) -> list[Signature]:
-    """The investigators' signatures to include (none are recorded yet: the trial-process work adds them)."""
-    return []
+_PREFERENCE = {"eligibility_decision": 0, "review_resolution": 1, "export": 2}
+
+
+def signatures_for(conn: sqlite3.Connection, subjects: list[str], bags: list[dict[str, bytes]] | None = None) -> list[Signature]:
+    """The people's valid signatures each bundle holds (data/signatures.json), the decision's approval first.
+
+    ODM carries one Signature per SubjectData, so the first of a subject is the one written: the newest valid
+    signature of the eligibility decision, else of a review resolution, else of the export.
+    """
+    import json
+
+    out: list[Signature] = []
+    for files in bags or []:
+        raw = files.get("data/signatures.json")
+        if raw is None:
+            continue
+        sigs = [s for s in json.loads(raw).get("signatures", []) if s.get("valid")]
+        sigs.sort(key=lambda s: (_PREFERENCE.get(s["record_type"], 9), s["signed_utc"]), reverse=False)
+        best: dict[str, list[dict[str, Any]]] = {}
+        for s in sigs:
+            best.setdefault(s["record_type"], []).append(s)
+        ordered = [x for t in sorted(best, key=lambda t: _PREFERENCE.get(t, 9)) for x in reversed(best[t])]
+        out.extend(Signature(subject=s["subject_id"], user=s["signer"], meaning=s["meaning"], legal_reason=s["legal_reason"],
+                             at_utc=s["signed_utc"], full_name=s["full_name"]) for s in ordered)
+    return out
 
 
 def export_odm(conn: sqlite3.Connection, subjects: list[str], out_dir: Path, *, config: dict[str, Any], by: str, now: float,
@@ -47,7 +69,7 @@ def export_odm(conn: sqlite3.Connection, subjects: list[str], out_dir: Path, *, 
     odm_cfg = config["export"]["odm"]
     stamp = datetime.fromtimestamp(now, tz=timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     created = utc_iso(now)
-    sigs = list(signatures) if signatures is not None else signatures_for(conn, subjects)
+    sigs = list(signatures) if signatures is not None else signatures_for(conn, subjects, bags)
     odm_bytes = odm_document(bags, odm_cfg, file_oid=f"ODM.{odm_cfg['study_oid']}.{stamp}", created_utc=created,
                              software=f"collector {__version__}", exported_by=by, signatures=sigs)
     csv_bytes = results_csv([r for b in bags for r in results_of(b)], odm_cfg)

@@ -158,6 +158,8 @@ def summary_pdf(
     spirometry: list[dict[str, Any]],
     payload_hash: str,
     lang: str = "en",
+    signatures: list[dict[str, Any]] | None = None,
+    export_signed: bool = False,
 ) -> bytes:
     """``nights``: dicts with session_id, start_utc, report, data (NightData); ``spirometry``: result rows (dicts)."""
     from collector.oximetry.analysis.plot import night_figure
@@ -202,11 +204,20 @@ def summary_pdf(
             srows or [[_("(none)")] + [""] * 8], [0.07, 0.06, 0.2, 0.08, 0.08, 0.08, 0.07, 0.08, 0.08])
     if nights:
         p.text(_("Each night follows on its own page ({count}).").format(count=len(nights)), 8)
-    if p.y < BOTTOM + 0.1:
-        p.new()
-    p.y = min(p.y, BOTTOM + 0.09)
-    p.text(_("Investigator: I have reviewed the data above.") + "\n\n" +
-           _("Name: ______________________________   Signature: ______________________   Date: ____________"), 10)
+    p.y -= 0.006
+    p.text(_("Electronic signatures"), 10, fontweight="bold")
+    for sig in signatures or []:
+        what = {"eligibility_decision": _("the eligibility decision"),
+                "review_resolution": _("review resolution {ref}").format(ref=sig["record_ref"]),
+                "export": _("this export")}.get(sig["record_type"], sig["record_type"])
+        state = _("valid") if sig["valid"] else _("NO LONGER VALID: {why}").format(why=sig["invalid_reason"])
+        p.text(_("{name} ({role}): {meaning}, {what}, signed {when} ({state}); signed content SHA-256 {hash}").format(
+            name=sig["full_name"], role=sig["role"], meaning=sig["meaning"], what=what, when=sig["signed_local"], state=state,
+            hash=sig["content_sha256"]), 8.5, gap=0.002)
+    if not signatures:
+        p.text(_("No electronic signature recorded yet (the investigator signs with: collector sign SUBJECT --meaning approved)."), 8.5)
+    if export_signed:
+        p.text(_("This export is signed (responsible for this export) in signatures.json; that signature covers this report."), 8.5)
     figs = list(p.figs)
     for n in nights:
         figs.append(night_figure(n["data"], n["report"], config_from_report(n["report"]),

@@ -145,3 +145,14 @@ def coarsen(obj: Any, *, fvc_threshold_pct: float | None = None, pct_decimals: i
     if isinstance(obj, list):
         return [coarsen(v, fvc_threshold_pct=fvc_threshold_pct, pct_decimals=pct_decimals) for v in obj]
     return obj
+
+
+def export_form(conn: sqlite3.Connection, subject_id: str, obj: Any, *, config: dict[str, Any]) -> Any:
+    """``obj`` exactly as a bundle carries it: personal data withheld, figures at the form's precision.
+
+    A signed decision is signed in this form, so the central team can check the signature against
+    the bundle's own eligibility.json, and the signed content may leave the site.
+    """
+    return coarsen(Scrubber(forbidden_tokens(conn, subject_id)).obj(obj),
+                   fvc_threshold_pct=float(config["spirometry"]["fvc_threshold_pct"]),
+                   pct_decimals=int(config["eligibility"]["crf_decimals"]))

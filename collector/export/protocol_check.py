@@ -76,6 +76,12 @@ def decision_problems(eligibility: Mapping[str, Any], recomputed_nights: Sequenc
         # Reasons the figures cannot see (a clock step, a live alert) may hold a passing night for review;
         # nothing may turn a failing or open nightly criterion into a pass, or a failing one into an open one.
         held_for_review = nightly is not None and nightly.state == "needs_review" and expected.state == "met"
+        # An investigator's signed resolution decides a criterion the figures leave for review.
+        raw: dict[str, Any] = next((c for c in eligibility.get("criteria") or []
+                                    if isinstance(c, dict) and c.get("id") == "nocturnal_spo2"), {})
+        review: dict[str, Any] = raw["review"] if isinstance(raw.get("review"), dict) else {}
+        held_for_review = held_for_review or (expected.state == "needs_review" and review.get("status") == "resolved"
+                                              and nightly is not None and nightly.state == review.get("decision"))
         if nightly is None:
             problems.append("has no nocturnal_spo2 criterion although the bundle holds nights")
         elif nightly.state != expected.state and not held_for_review:

@@ -39,11 +39,14 @@ class ExportIn(BaseModel):
               help="bagit: a bundle per subject; odm: one CDISC ODM 1.3.2 file for the EDC and a long-format results.csv.")
 @click.option("--lang", type=click.Choice(["zh-CN", "en"]),
               help="Language of report.pdf (default: your own, see collector user language; else [site] language).")
+@click.option("--sign", "sign_export", is_flag=True,
+              help='Sign each bundle "responsible for this export" (your password is asked again; the signature is in signatures.json).')
+@click.option("--password-stdin", is_flag=True, help="With --sign: read your password from stdin.")
 @click.option("--json", "as_json", is_flag=True, help="Print the bundles written as JSON.")
 @pass_ctx
 @requires(DATA_MANAGER)
 def export_cmd(c: Ctx, subject_id: str | None, session_id: int | None, export_all: bool, out_dir: Path,
-               as_zip: bool, fmt: str, lang: str | None, as_json: bool) -> None:
+               as_zip: bool, fmt: str, lang: str | None, sign_export: bool, password_stdin: bool, as_json: bool) -> None:
     """Write a BagIt bundle per subject for the central study team (no names, no birth dates), or ODM for the EDC."""
     from collector.users.store import get_language
 
@@ -67,22 +70,32 @@ def export_cmd(c: Ctx, subject_id: str | None, session_id: int | None, export_al
     if fmt == "odm":
         from .odm_export import export_odm
 
-        if as_zip:
-            raise InvalidInput("--zip applies to bundles only; leave it out with --format odm")
+        if as_zip or sign_export:
+            raise InvalidInput("--zip and --sign apply to bundles only; leave them out with --format odm "
+                               "(the ODM file carries the signatures its bundles hold)")
         o = export_odm(conn, subjects, out_dir, config=c.config, by=c.by, now=SystemClock().now(), session_ids=sessions)
         if as_json:
             emit_json(o.as_dict())
         else:
             click.echo(f"{o.odm}: ODM 1.3.2 for {len(o.subjects)} subject(s); {o.results}: results in long format")
         return
+    signer = None
+    if sign_export:
+        from collector.signatures.prompt import ask_signer
+
+        signer = ask_signer(c, password_stdin, f"responsible for this export of {', '.join(subjects)[:200]}")
     results = []
     for sid in subjects:
         r = export_subject(conn, sid, out_dir, config=c.config, by=c.by, now=SystemClock().now(),
-                           session_ids=sessions, as_zip=as_zip)
+                           session_ids=sessions, as_zip=as_zip, export_signer=signer)
         results.append(r.as_dict())
         if not as_json:
             note = f" (open sessions not exported: {r.skipped_open})" if r.skipped_open else ""
             click.echo(f"{r.path}: subject {r.subject_id}, sessions {r.sessions or 'none'}, {len(r.files)} files{note}")
+            if r.signature is not None:
+                from collector.signatures.service import manifestation
+
+                click.echo(f"  {manifestation(r.signature)}")
     if as_json:
         emit_json(results)
 

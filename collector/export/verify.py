@@ -28,6 +28,7 @@ from . import bag, csvs, edf, protocol_check, signature
 # Figures recomputed from the CSV and compared with the exported report.
 CHECKED_FIGURES = ("n_samples", "n_usable_samples", "recording_s", "analysed_s", "t90_s", "t90_pct", "t90_s_inclusive",
                    "night_valid", "meets_t90_criterion", "decision", "borderline")
+SIGNATURES = "data/signatures.json"
 _SESSION_FILE = re.compile(r"^data/(samples|gaps|events|night|spirometry)_(\d+)(\.discontinuous)?\.(csv|json|edf|png)$")
 
 
@@ -37,6 +38,7 @@ class VerifyResult:
     problems: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     files: int = 0
+    signatures: list[dict[str, Any]] = field(default_factory=list)  # each person's signature: valid or why not
 
     @property
     def ok(self) -> bool:
@@ -44,7 +46,8 @@ class VerifyResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {"bundle": self.bundle, "ok": self.ok, "files": self.files,
-                "problems": [{"file": f, "problem": p} for f, p in self.problems], "notes": self.notes}
+                "problems": [{"file": f, "problem": p} for f, p in self.problems], "notes": self.notes,
+                "signatures": self.signatures}
 
 
 def config_from_report(report: dict[str, Any]) -> AnalysisConfig:
@@ -126,7 +129,7 @@ class _Checker:
         info = bag.parse_info(self.files.get(bag.BAG_INFO, b""))
         printed = next(iter(info.get("Payload-SHA256-Without-Report") or []), None)
         if printed is not None:
-            payload = {k: v for k, v in self.files.items() if k.startswith("data/") and k != name}
+            payload = {k: v for k, v in self.files.items() if k.startswith("data/") and k != name and k != SIGNATURES}
             if printed != bag.sha256(bag.manifest_text(payload)):
                 raise ValueError("the payload hash in bag-info.txt does not match the payload without report.pdf")
             if printed.encode() not in data:
@@ -246,6 +249,71 @@ class _Checker:
         self.r.notes.append(f"audit extract: {len(rows)} rows checked against their own hashes"
                             + (f", {withheld} with personal data withheld (hash not recomputable)" if withheld else ""))
 
+    def signatures(self) -> None:
+        """Each signature's content against its hash, and against the record in this bundle it signs."""
+        if SIGNATURES not in self.files:
+            self.r.notes.append("no signatures.json: a bundle from before electronic signatures, or none were recorded")
+            return
+        if SIGNATURES not in self.parsed:
+            return  # reported as unparsable
+        files = {k: bag.sha256(v) for k, v in self.files.items() if k.startswith("data/") and k != SIGNATURES}
+        problems, entries, notes = check_signatures(self.parsed[SIGNATURES], self.parsed.get("data/eligibility.json"), files)
+        for p in problems:
+            self.bad(SIGNATURES, p)
+        self.r.signatures.extend(entries)
+        self.r.notes.extend(notes)
+
+
+def check_signatures(doc: Any, eligibility: Any, files: dict[str, str]) -> tuple[list[str], list[dict[str, Any]], list[str]]:
+    """signatures.json against itself and the bundle: (problems, one entry per signature, notes).  Never raises."""
+    from collector.signatures.content import content_hash, decision_content
+
+    problems: list[str] = []
+    entries: list[dict[str, Any]] = []
+    notes: list[str] = []
+    sigs = doc.get("signatures") if isinstance(doc, dict) else None
+    if not isinstance(sigs, list):
+        return ["has no list of 'signatures'"], entries, notes
+    for sig in sigs:
+        if not (isinstance(sig, dict) and isinstance(sig.get("uuid"), str) and isinstance(sig.get("record_type"), str)
+                and isinstance(sig.get("content_sha256"), str) and "content" in sig):
+            problems.append("holds an entry that is not a signature (uuid, record_type, content, content_sha256)")
+            continue
+        kind = sig["record_type"]
+        label = f"signature {sig['uuid']} ({sig.get('meaning')} by {sig.get('full_name')}, {sig.get('signed_local')}, {kind.replace('_', ' ')})"
+        try:
+            digest = content_hash(sig["content"])
+        except (TypeError, ValueError, OverflowError) as exc:
+            problems.append(f"{label}: its content cannot be canonicalised ({type(exc).__name__})")
+            continue
+        if digest != sig["content_sha256"]:
+            problems.append(f"{label}: its content does not match its SHA-256 (altered after signing)")
+            entries.append({"uuid": sig["uuid"], "record_type": kind, "valid": False, "why": "content altered"})
+            continue
+        why = ""
+        if kind == "eligibility_decision":
+            try:
+                same = isinstance(eligibility, dict) and content_hash(decision_content(eligibility)) == digest
+            except (TypeError, ValueError, OverflowError):
+                same = False
+            if not same:
+                why = "the eligibility decision in this bundle is not the one signed (it changed after signing)"
+        elif kind == "export":
+            signed = sig["content"].get("files") if isinstance(sig["content"], dict) else None
+            if signed != files:
+                signed_files = signed if isinstance(signed, dict) else {}
+                changed = sorted(str(k) for k in set(files) | set(signed_files) if signed_files.get(k) != files.get(k))
+                why = f"the bundle's files are not the ones signed ({', '.join(changed[:5]) or 'no file list'})"
+        elif kind != "review_resolution":
+            why = f"unknown record type {kind!r}"
+        valid = not why
+        if not valid and sig.get("valid") is not False:
+            problems.append(f"{label}: NOT VALID: {why}")
+        entries.append({"uuid": sig["uuid"], "record_type": kind, "meaning": sig.get("meaning"), "full_name": sig.get("full_name"),
+                        "signed_local": sig.get("signed_local"), "valid": valid, "why": why or None})
+        notes.append(f"{label}: " + ("valid" if valid else f"NO LONGER VALID: {why}"))
+    return problems, entries, notes
+
 
 def verify_bundle(path: Path | str, *, site_keys: dict[str, Ed25519PublicKey] | None = None,
                   earlier: list[bytes] | None = None) -> VerifyResult:
@@ -273,4 +341,5 @@ def verify_bundle(path: Path | str, *, site_keys: dict[str, Ed25519PublicKey] | 
     sig_problems, sig_notes = signature.check(b.files, site_keys, earlier or [])
     result.problems.extend(sig_problems)
     result.notes.extend(sig_notes)
+    c.signatures()
     return result

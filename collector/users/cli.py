@@ -16,7 +16,7 @@ from collector.users.passwords import validate_name, validate_password
 from collector.users.roles import ADMIN, ANY_ROLE, ROLES
 from collector.i18n import LANGUAGES
 from collector.users.store import (add_user, count_users, create_token, drop_token, find_token, list_users, set_disabled,
-                                   set_language, set_password, set_role, verify_login)
+                                   set_full_name, set_language, set_password, set_role, validate_full_name, verify_login)
 
 
 def read_password(from_stdin: bool, *, confirm: bool = True) -> str:
@@ -103,10 +103,11 @@ def user_group() -> None:
 @click.argument("name")
 @click.option("--role", type=click.Choice(ROLES), default=None,
               help="technician, investigator, data_manager or admin (required, except for the first operator, who is admin).")
+@click.option("--full-name", default=None, help="The name printed under the operator's electronic signatures (needed to sign).")
 @click.option("--password-stdin", is_flag=True, help="Read the password from the first line of stdin (scripts) instead of prompting.")
 @pass_ctx
 @requires(ADMIN, first_user=True)
-def user_add(c: Ctx, name: str, role: str | None, password_stdin: bool) -> None:
+def user_add(c: Ctx, name: str, role: str | None, full_name: str | None, password_stdin: bool) -> None:
     """Add operator NAME with a role and a password (asked twice, never echoed); the first operator is an admin."""
     validate_name(name)
     first = c.principal is None
@@ -116,13 +117,15 @@ def user_add(c: Ctx, name: str, role: str | None, password_stdin: bool) -> None:
             raise click.UsageError("the first operator of a database is its admin: leave out --role, or give --role admin")
     elif role is None:
         raise click.UsageError(f"give the role: --role {'|'.join(ROLES)}")
+    if full_name is not None:
+        validate_full_name(full_name)
     password = validate_password(read_password(password_stdin))
     n = int(c.config["operator"]["scrypt_n"])
 
     def add(conn: object) -> dict[str, object]:
         if first and count_users(conn) != 0:  # type: ignore[arg-type]
             raise NotAuthorised("another operator was just added; log in as an admin to add more: collector login NAME")
-        return add_user(conn, name, password, by=name if first else c.by, at=SystemClock().now(), role=role or ADMIN, scrypt_n=n)  # type: ignore[arg-type]
+        return add_user(conn, name, password, by=name if first else c.by, at=SystemClock().now(), role=role or ADMIN, scrypt_n=n, full_name=full_name)  # type: ignore[arg-type]
 
     row = c.write(add)
     click.echo(f"operator {row['name']} added as {row['role']}" + ("; log in with: collector login " + name if first else ""))
@@ -139,6 +142,17 @@ def user_password(c: Ctx, name: str, password_stdin: bool) -> None:
     n = int(c.config["operator"]["scrypt_n"])
     c.write(lambda conn: set_password(conn, name, password, by=c.by, at=SystemClock().now(), scrypt_n=n))
     click.echo(f"password of {name} changed (logins already open keep going until they expire)")
+
+
+@user_group.command("full-name")
+@click.argument("name")
+@click.argument("full_name")
+@pass_ctx
+@requires(ADMIN)
+def user_full_name(c: Ctx, name: str, full_name: str) -> None:
+    """Set the name printed under operator NAME's electronic signatures (earlier signatures keep theirs)."""
+    row = c.write(lambda conn: set_full_name(conn, name, full_name, by=c.by, at=SystemClock().now()))
+    click.echo(f"operator {row['name']} signs as {row['full_name']}")
 
 
 @user_group.command("role")
@@ -186,7 +200,7 @@ def user_language(c: Ctx, language: str, name: str | None) -> None:
 def user_list(c: Ctx, as_json: bool) -> None:
     """List operators and their roles (never their password hashes)."""
     rows = list_users(c.conn())
-    emit_json(rows) if as_json else table(rows, ["name", "role", "disabled", "created_utc", "created_by", "password_changed_utc"])
+    emit_json(rows) if as_json else table(rows, ["name", "role", "full_name", "disabled", "created_utc", "created_by", "password_changed_utc"])
 
 
 COMMANDS = [login, logout, whoami, user_group]

@@ -38,10 +38,16 @@ CREATE TABLE login_tokens (
 CREATE INDEX login_tokens_operator ON login_tokens (operator);
 """
 
+# The printed name an electronic signature shows (21 CFR 11.50); operators made before it have none
+# until an admin gives it: collector user full-name NAME "Full Name".
+FULL_NAME_SQL = """
+ALTER TABLE users ADD COLUMN full_name TEXT CHECK (full_name IS NULL OR length(trim(full_name)) > 0);
+"""
+
 # The language each operator reads the page, alerts and report.pdf in (NULL: the site's [site] language).
 LANGUAGE_SQL = """
 ALTER TABLE users ADD COLUMN language TEXT CHECK (language IS NULL OR language IN ('zh-CN', 'en'));
 """
 
 MIGRATIONS: tuple[Migration, ...] = (Migration("operators", USERS_SQL), Migration("operator_roles_tokens", ROLES_SQL),
-                                     Migration("operator_language", LANGUAGE_SQL))
+                                     Migration("operator full names", FULL_NAME_SQL), Migration("operator_language", LANGUAGE_SQL))

@@ -16,13 +16,22 @@ from collector.storage import audit
 from collector.users.passwords import DEFAULT_SCRYPT_N, check_password, hash_password, validate_name, validate_password
 from collector.users.roles import ROLES
 
-_COLUMNS = "name, role, created_utc, created_by, password_changed_utc, disabled"
+_COLUMNS = "name, role, created_utc, created_by, password_changed_utc, disabled, full_name"
 
 
 def _public(row: tuple[Any, ...]) -> dict[str, Any]:
-    name, role, created_utc, created_by, changed_utc, disabled = row
-    return {"name": name, "role": role, "created_utc": created_utc, "created_by": created_by,
+    name, role, created_utc, created_by, changed_utc, disabled, full_name = row
+    return {"name": name, "role": role, "full_name": full_name, "created_utc": created_utc, "created_by": created_by,
             "password_changed_utc": changed_utc, "disabled": bool(disabled)}
+
+
+def validate_full_name(full_name: str) -> str:
+    """The printed name a signature shows: one line of 2-100 characters."""
+    text = " ".join((full_name or "").split())
+    if not (2 <= len(text) <= 100) or any(ord(ch) < 32 for ch in full_name):
+        raise InvalidInput("the full name must be 2-100 characters on one line, as it should be printed under a signature "
+                           "(e.g. --full-name \"Li Wei\")")
+    return text
 
 
 def validate_role(role: str) -> str:
@@ -36,17 +45,19 @@ def count_users(conn: sqlite3.Connection) -> int:
 
 
 def add_user(conn: sqlite3.Connection, name: str, password: str, *, by: str, at: float, role: str = "technician",
-             scrypt_n: int = DEFAULT_SCRYPT_N) -> dict[str, Any]:
+             scrypt_n: int = DEFAULT_SCRYPT_N, full_name: str | None = None) -> dict[str, Any]:
     validate_name(name)
+    full_name = validate_full_name(full_name) if full_name is not None else None
     validate_password(password)
     validate_role(role)
     if conn.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
         raise Conflict(f"operator {name} already exists; change the password with: collector user password {name}")
     conn.execute(
-        "INSERT INTO users (name, password_hash, role, created_utc, created_by, password_changed_utc) VALUES (?, ?, ?, ?, ?, ?)",
-        (name, hash_password(password, n=scrypt_n), role, utc_iso(at), by, utc_iso(at)),
+        "INSERT INTO users (name, password_hash, role, created_utc, created_by, password_changed_utc, full_name) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (name, hash_password(password, n=scrypt_n), role, utc_iso(at), by, utc_iso(at), full_name),
     )
-    audit.append(conn, at=at, actor=by, action="operator_added", new={"name": name, "role": role})
+    audit.append(conn, at=at, actor=by, action="operator_added", new={"name": name, "role": role, "full_name": full_name})
     return get_user(conn, name)
 
 
@@ -56,6 +67,18 @@ def set_password(conn: sqlite3.Connection, name: str, password: str, *, by: str,
     conn.execute("UPDATE users SET password_hash = ?, password_changed_utc = ? WHERE name = ?",
                  (hash_password(password, n=scrypt_n), utc_iso(at), name))
     audit.append(conn, at=at, actor=by, action="operator_password_changed", new={"name": name})
+
+
+def set_full_name(conn: sqlite3.Connection, name: str, full_name: str, *, by: str, at: float) -> dict[str, Any]:
+    """The printed name of an operator's signatures from now on (earlier signatures keep the name they were made with)."""
+    text = validate_full_name(full_name)
+    old = get_user(conn, name)
+    if old["full_name"] == text:
+        return old
+    conn.execute("UPDATE users SET full_name = ? WHERE name = ?", (text, name))
+    audit.append(conn, at=at, actor=by, action="operator_full_name_changed", old={"name": name, "full_name": old["full_name"]},
+                 new={"name": name, "full_name": text})
+    return get_user(conn, name)
 
 
 def set_role(conn: sqlite3.Connection, name: str, role: str, *, by: str, at: float) -> dict[str, Any]:

@@ -373,7 +373,7 @@ function showFactHelp() {
 async function refreshSubjects() {
   try { state.subjects = await api("GET", "/subjects"); } catch (e) { return; }
   const items = state.subjects.map((s) => [s.id, s.id + (s.open_sessions.length ? "  (recording)" : "")]);
-  for (const id of ["start-subject", "fact-subject", "export-subject", "spiro-subject"]) fillSelect($(id), items, "— choose —");
+  for (const id of ["start-subject", "fact-subject", "export-subject", "spiro-subject", "review-subject"]) fillSelect($(id), items, "— choose —");
 }
 
 async function refreshSessions() {
@@ -562,6 +562,85 @@ async function onExport(ev) {
   }
 }
 
+// Reviews: every needs_review criterion with its evidence; resolving one is a signed act (password again).
+async function showReviews() {
+  const subject = $("review-subject").value;
+  const box = $("reviews");
+  box.textContent = "";
+  if (!subject) { box.appendChild(el("p", { class: "error" }, "Choose a subject.")); return; }
+  let items;
+  try { items = await api("GET", `/reviews?subject=${encodeURIComponent(subject)}`); } catch (e) {
+    box.appendChild(el("p", { class: "error" }, e.message)); return;
+  }
+  if (!items.length) box.appendChild(el("p", { class: "muted review-empty" }, `Nothing needs review for ${subject}.`));
+  for (const it of items) box.appendChild(reviewItem(it));
+  await showSignatures(subject);
+}
+
+function reviewItem(it) {
+  const node = el("article", { class: "review-item review-" + it.status, "data-criterion": it.criterion });
+  node.appendChild(el("h3", { class: "review-head" }, `${it.criterion}: ${it.status}` + (it.status === "resolved" ? ` (${it.state})` : "")));
+  node.appendChild(el("p", { class: "small review-reason" }, it.reason));
+  const r = it.review || {};
+  if (it.status !== "open") node.appendChild(el("p", { class: "small review-by" },
+    `${r.decision} by ${r.resolved_by} at ${r.resolved_at}: ${r.reason}` + (r.note ? ` (${r.note})` : "")));
+  const list = el("ul", { class: "small evidence" });
+  for (const i of (it.evidence && it.evidence.inputs) || []) {
+    list.appendChild(el("li", {}, `${i.fact}: ${typeof i.value === "object" ? JSON.stringify(i.value) : i.value}` +
+      (i.recorded_at ? ` (${i.source}, ${i.recorded_by}, ${i.recorded_at})` : "")));
+  }
+  node.appendChild(list);
+  if (it.status === "resolved") return node;
+  const form = el("form", { class: "resolve-form" });
+  const decision = el("select", { class: "resolve-decision", "aria-label": "Decision" });
+  for (const d of ["met", "not_met"]) decision.appendChild(el("option", { value: d }, d.replace("_", " ")));
+  const reason = el("input", { class: "resolve-reason", required: "", maxlength: "2000", placeholder: "why", "aria-label": "Reason" });
+  const password = el("input", { class: "resolve-password", type: "password", required: "", maxlength: "200",
+    placeholder: "your password", "aria-label": "Password", autocomplete: "current-password" });
+  const button = el("button", { type: "submit", class: "primary" }, "Resolve and sign");
+  const result = el("p", { class: "result resolve-result", role: "status" });
+  for (const x of [decision, reason, password, button, result]) form.appendChild(x);
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    try {
+      await api("POST", `/subjects/${encodeURIComponent(it.subject_id)}/reviews`,
+        { criterion: it.criterion, decision: decision.value, reason: reason.value.trim(), password: password.value });
+      password.value = "";
+      await showReviews();
+    } catch (e) {
+      password.value = "";
+      setResult(result, e.message, false);
+    }
+  });
+  node.appendChild(form);
+  return node;
+}
+
+async function showSignatures(subject) {
+  const box = $("signatures");
+  box.textContent = "";
+  let sigs;
+  try { sigs = await api("GET", `/subjects/${encodeURIComponent(subject)}/signatures`); } catch (e) { return; }
+  for (const s of sigs) {
+    box.appendChild(el("p", { class: "small signature " + (s.valid ? "ok" : "bad") },
+      (s.valid ? "VALID: " : `NO LONGER VALID (${s.invalid_reason}): `) + s.manifestation));
+  }
+}
+
+async function onSign(ev) {
+  ev.preventDefault();
+  const subject = $("review-subject").value;
+  if (!subject) { setResult($("sign-result"), "Choose a subject.", false); return; }
+  try {
+    await api("POST", `/subjects/${encodeURIComponent(subject)}/signatures`, { meaning: "approved", password: $("sign-password").value });
+    setResult($("sign-result"), `Decision of ${subject} signed.`, true);
+    await showSignatures(subject);
+  } catch (e) {
+    setResult($("sign-result"), e.message, false);
+  }
+  $("sign-password").value = "";
+}
+
 async function onSpiro(ev) {
   ev.preventDefault();
   const body = { subject_id: $("spiro-subject").value, kind: "spirometry", spirometer: $("spiro-port").value.trim(),
@@ -602,6 +681,7 @@ function onKey(ev) {
   else if (k === "s") openPanel("panel-subject", "subject-id");
   else if (k === "c") openPanel("panel-criteria", "fact-subject");
   else if (k === "r") openPanel("panel-reports", "report-session");
+  else if (k === "v") openPanel("panel-review", "review-subject");
   else if (k === "a") { const b = document.querySelector("#alerts button.ack"); if (b) b.focus(); }
   else return;
   ev.preventDefault();
@@ -621,6 +701,8 @@ function wireForms() {
   });
   $("report-button").addEventListener("click", onShowReport);
   $("export-form").addEventListener("submit", onExport);
+  $("review-button").addEventListener("click", showReviews);
+  $("sign-form").addEventListener("submit", onSign);
   $("spiro-form").addEventListener("submit", onSpiro);
   $("ports-button").addEventListener("click", onPorts);
   $("stop-dialog").addEventListener("close", onStopClosed);
