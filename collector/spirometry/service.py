@@ -38,6 +38,7 @@ from pydantic import BaseModel, Field
 
 from collector.errors import Conflict, DeviceError, InvalidInput
 from collector.spirometry import store
+from collector.spirometry.files import CONTRADICTING_FIELDS, subject_mismatch
 from collector.spirometry.gdt_folder import GdtFolderRecorder, check_folder, folder_address, is_folder_address
 from collector.storage import audit, repo
 from drivers.serial_transport import LinkEvent, PortNotAllowed, SerialPortError, SerialTransport, check_port_url
@@ -47,8 +48,6 @@ from drivers.spirometry.results import DecodedMessage, DecodeError, SpiroEvent
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("gdt", "hl7")
-#: Device subject fields that, when they differ from the recorded facts, mean another person's results.
-CONTRADICTING_FIELDS = ("sex", "birth_date")
 SHUTDOWN_REASON = "daemon_shutdown"
 DEFAULT_MODELS = {"hl7": "generic-hl7", "gdt": "generic-gdt"}
 
@@ -223,7 +222,7 @@ class SpirometryRecorder:
                 audit.append(c, at=t, actor="collector", action="spirometry_message_duplicate", subject_id=subject, session_id=sid,
                              new={"message_id": msg.message_id}, reason="device resent a message already stored (ACK lost?)")
                 return None
-            mismatch = _subject_mismatch(c, subject, msg)  # type: ignore[arg-type]
+            mismatch = subject_mismatch(c, subject, msg)  # type: ignore[arg-type]
             contradicted[:] = [m for m in mismatch if m in CONTRADICTING_FIELDS]
             if contradicted:
                 reason = (f"the device's patient data contradicts subject {subject}'s recorded {' and '.join(contradicted)}: "
@@ -376,24 +375,6 @@ def _evaluate_stored(daemon: Any, session_id: int, cfg: dict[str, Any]) -> dict[
         return store.recompute(conn, session_id, cfg)
     finally:
         conn.close()
-
-
-def _subject_mismatch(conn: sqlite3.Connection, subject_id: str, msg: DecodedMessage) -> list[str]:
-    """Names (never values) of the device's subject fields that differ from the recorded facts."""
-    s = msg.subject
-    if s is None:
-        return []
-    from collector.eligibility.store import current_facts
-
-    facts = current_facts(sqlite_utils.Database(conn), subject_id)
-    out = []
-    if s.sex is not None and "sex" in facts and str(facts["sex"].value) != s.sex:
-        out.append("sex")
-    if s.height_cm is not None and "height_cm" in facts and abs(float(facts["height_cm"].value) - s.height_cm) > 0.5:
-        out.append("height_cm")
-    if s.birth_date is not None and "birth_date" in facts and facts["birth_date"].value.isoformat() != s.birth_date:
-        out.append("birth_date")
-    return out
 
 
 class SpirometryService:
