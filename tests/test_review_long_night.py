@@ -65,6 +65,9 @@ def test_a_borderline_whole_night_is_resolved_signed_exported_and_verified(tmp_p
     (night,) = [i for i in items if i["criterion"] == "nocturnal_spo2"]
     assert night["status"] == "open" and "borderline" in night["reason"] and f"session:{sid}" in json.dumps(night["evidence"])
     assert night["evidence"]["value"]["nights"][0]["borderline"] is True
+    (v,) = night["variants"]
+    assert v["t90_pct"] <= 2.0 < v["t90_pct_inclusive"] and v["borderline"]
+    assert "<= 90 %" in invoke(db, "review", "list", SUBJECT).output
 
     r = invoke(db, "review", "resolve", SUBJECT, "nocturnal_spo2", "--decision", "met", "--password-stdin",
                "--reason", "primary T90 within 2 %; only the <= 90 variant is above", operator="dr.a", input=TEST_PASSWORD + "\n")

@@ -156,6 +156,10 @@ def review_list(c: Ctx, subject_id: str | None, as_json: bool) -> None:
         for i in it["evidence"]["inputs"]:
             click.echo(f"  input {i.get('fact')}: {i.get('value')} ({i.get('source') or 'not recorded'}"
                        + (f", {i.get('recorded_by')} {i.get('recorded_at')}" if i.get("recorded_at") else "") + ")")
+        for n in it.get("variants") or []:
+            click.echo(f"  night {n['session_id']}: T90 {n['t90_pct']} % (primary, < 90 % of analysed time), "
+                       f"<= 90 %: {n['t90_pct_inclusive']} %, % of recording: {n['t90_pct_of_recording']} %"
+                       + (f", borderline: {', '.join(n['borderline_variants'] or [])}" if n.get("borderline") else ""))
         click.echo(f"  evidence SHA-256 {it['evidence_sha256']}")
 
 

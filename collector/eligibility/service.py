@@ -402,13 +402,22 @@ def review_items(conn: sqlite3.Connection, subject_id: str | None, *, now: float
             status = review.get("status")
             if c["state"] != "needs_review" and status != "resolved":
                 continue
-            out.append({"subject_id": sid, "criterion": c["id"], "state": c["state"],
+            details = _night_variants(conn, sid) if c["id"] == "nocturnal_spo2" else None
+            out.append({"subject_id": sid, "criterion": c["id"], "state": c["state"], "variants": details,
                         "status": status if status in ("resolved", "reopened") else "open",
                         "reason": review.get("needs_review_reason") or c["reason"],
                         "evidence": {"value": c["value"], "inputs": c["inputs"], "source": c["source"]},
                         "evidence_sha256": review.get("current_evidence_sha256") or review.get("evidence_sha256")
                         or _evidence_hash(c, th), "review": review or None})
     return out
+
+
+def _night_variants(conn: sqlite3.Connection, subject_id: str) -> list[dict[str, Any]]:
+    """Each stored night's T90 by the primary definition and by the reported variants (what a borderline night is about)."""
+    keys = ("t90_pct", "t90_pct_inclusive", "t90_pct_of_recording", "night_valid", "borderline", "borderline_variants",
+            "analysed_s", "recording_s")
+    reports = night_store.subject_night_reports(conn, subject_id)
+    return [{"session_id": sid, **{k: rep["report"].get(k) for k in keys}} for sid, rep in sorted(reports.items())]
 
 
 def _evidence_hash(c: Mapping[str, Any], th: Thresholds) -> str:

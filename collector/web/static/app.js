@@ -589,6 +589,10 @@ function reviewItem(it) {
     list.appendChild(el("li", {}, `${i.fact}: ${typeof i.value === "object" ? JSON.stringify(i.value) : i.value}` +
       (i.recorded_at ? ` (${i.source}, ${i.recorded_by}, ${i.recorded_at})` : "")));
   }
+  for (const n of it.variants || []) {
+    list.appendChild(el("li", {}, `night ${n.session_id}: T90 ${n.t90_pct} % (primary), <= 90 %: ${n.t90_pct_inclusive} %, ` +
+      `% of recording: ${n.t90_pct_of_recording} %` + (n.borderline ? " (borderline)" : "")));
+  }
   node.appendChild(list);
   if (it.status === "resolved") return node;
   const form = el("form", { class: "resolve-form" });
