@@ -119,7 +119,7 @@ def test_sign_change_the_record_and_verify_reports_the_signature_invalid(db: Pat
     assert invoke(db, "export", "--all", "--out", str(tmp_path / "none"), operator="dm.x", config=cfg).exit_code in (0, 5)
     assert invoke(db, "user", "full-name", "dm.x", "Zhang Min", operator="adm").exit_code == 0
 
-    r = invoke(db, "export", "SCR-0002", "--out", str(tmp_path / "b1"), "--sign", "--password-stdin", operator="dm.x",
+    r = invoke(db, "export", "SCR-0002", "--out", str(tmp_path / "b1"), "--sign", "--password-stdin", "--lang", "en", operator="dm.x",
                input=PW, config=cfg)
     assert r.exit_code == 0 and "responsible for this export" in r.output, r.output
     b1 = _bundle(tmp_path / "b1")
@@ -138,7 +138,7 @@ def test_sign_change_the_record_and_verify_reports_the_signature_invalid(db: Pat
     assert [(s["record_type"], s["valid"]) for s in sigs] == [("eligibility_decision", False), ("export", True)]
     assert "changed after it was signed" in sigs[0]["invalid_reason"]
     assert "NO LONGER VALID" in invoke(db, "signatures", "SCR-0002").output
-    assert invoke(db, "export", "SCR-0002", "--out", str(tmp_path / "b2"), operator="dm.x", config=cfg).exit_code == 0
+    assert invoke(db, "export", "SCR-0002", "--out", str(tmp_path / "b2"), "--lang", "en", operator="dm.x", config=cfg).exit_code == 0
     r = invoke(db, "verify", str(_bundle(tmp_path / "b2")), "--json")
     v = json.loads(r.output)
     assert r.exit_code == 0  # the site itself marked it no longer valid: reported, the bundle is what the site holds
