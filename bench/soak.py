@@ -212,7 +212,7 @@ def drive(a: argparse.Namespace, work: Path, db: Path, cfg: Path, mnt: Path | No
     kill_marks = [T0 + k * a.kill_every_h * 3600 + 137 for k in range(1, int(a.hours / a.kill_every_h) + 1)
                   if k * a.kill_every_h * 3600 + 137 < a.hours * 3600 - 60]
     df_start, df_end = T0 + a.disk_full_at_h * 3600, T0 + (a.disk_full_at_h + a.disk_full_h) * 3600
-    if mnt is None:
+    if mnt is None and a.disk_full_h > 0:
         run.notes.append("disk-full hour skipped: not root, so no tmpfs to fill (run as root for it)")
     ballast = (mnt / "ballast") if mnt is not None else None
     filled = False
@@ -282,8 +282,8 @@ def check(a: argparse.Namespace, work: Path, db: Path, config: dict[str, Any], r
     for sid, address, stopped in sessions:
         bed = int(address.rsplit("-", 1)[1])
         raw = np.loadtxt(work / f"bed{bed}.log", ndmin=2) if (work / f"bed{bed}.log").stat().st_size else np.zeros((0, 2))
-        if stopped:  # ticks after the session was stopped are not part of the night
-            raw = raw[raw[:, 0] <= parse_utc(stopped) * 1000]
+        if stopped:  # ticks from the second the stop began are not part of the night (the recorder is being stopped)
+            raw = raw[raw[:, 0] < parse_utc(stopped) * 1000 - 1000]
         sent_ms, sent_wall = raw[:, 0].astype(np.int64), raw[:, 1]
         stored = np.array([r[0] for r in conn.execute("SELECT host_utc_ms FROM spo2_samples WHERE session_id = ? ORDER BY host_utc_ms",
                                                       (sid,))], dtype=np.int64)
@@ -313,9 +313,13 @@ def check(a: argparse.Namespace, work: Path, db: Path, config: dict[str, Any], r
             ok = False
             out.append(f"session {sid}: a gap without a cause or never closed")
         downs = sum(1 for *_, c in gaps if c == "daemon_down")
-        if downs != len(run.kills):
-            ok = False
-            out.append(f"session {sid}: {downs} daemon_down gaps for {len(run.kills)} kills")
+        for _, kv in run.kills:  # each kill lies in a gap: daemon_down, or the BLE drop it fell into
+            kms = int(kv * 1000)
+            j = int(np.searchsorted(stored, kms))
+            x, y = (stored[j - 1] if j else kms), (stored[j] if j < stored.size else kms)
+            if not any(s <= y and (e or s) >= x for s, e, _ in gaps):
+                ok = False
+                out.append(f"session {sid}: the kill at virtual hour {(kv - T0) / 3600:.2f} left no gap")
         for x, y in zip(stored[:-1], stored[1:]):
             if y - x > HOLE_S * 1000 and not any(s <= y and (e or s) >= x for s, e, _ in gaps):
                 holes_uncovered += 1
@@ -335,7 +339,8 @@ def check(a: argparse.Namespace, work: Path, db: Path, config: dict[str, Any], r
             out.append(f"session {sid}: the clock step is not recorded")
         out.append(f"session {sid} ({address}): T90 {again['t90_pct']:.3f} % (stored {stored_report['t90_pct']:.3f} %), "
                    f"analysed {again['analysed_s'] / 3600:.2f} h of {again['recording_s'] / 3600:.2f} h, {len(gaps)} gaps "
-                   f"({downs} daemon_down), {steps} clock step event(s)")
+                   f"({downs} daemon_down for {len(run.kills)} kills; a kill in a BLE drop extends that gap), "
+                   f"{steps} clock step event(s)")
     if unexplained:
         ok = False
         out.append(f"LOST: {unexplained} ticks that reached the daemon are not stored and not within {a.window} s before a kill")

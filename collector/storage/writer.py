@@ -321,7 +321,8 @@ class Writer:
             if not self._run_call(self._deferred[0]):
                 return
             self._deferred.pop(0)
-        self.failed = None
+        if self.lost is None:  # a deleted database stays failed: its records went to callers as errors
+            self.failed = None
         log.info("%d records kept back while the database could not be written are stored", n)
 
     def _run_call(self, call: _Call) -> bool:
