@@ -5,24 +5,40 @@ gap when it starts and closes it when data flows again (not when the link is
 up), so a connected but silent link is a gap too.  After a daemon restart the
 live figures are rebuilt from what is stored by the live engine's own replay
 (:meth:`LiveBurden.replay`), so the provisional T90 continues exactly.
+
+Back-fill: when a PLX device that keeps records (PLX Features bit 2) reconnects
+after a gap, the recorder asks its Record Access Control Point for every stored
+record before live notifications start (the link holds the virtual clock meanwhile),
+maps their device times to host UTC through the clock offset measured at this
+reconnect (Current Time read), stores them (:func:`collector.oximetry.store.backfill_gap`,
+rules in :mod:`collector.oximetry.backfill`) and rebuilds the live figures from what
+is stored, so live and final T90 stay equal.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
+import datetime as _dt
 import logging
 import sqlite3
 from typing import TYPE_CHECKING, Any
 
+from bleak.exc import BleakError
+
 from collector.clock import utc_iso
-from collector.oximetry.analysis.live import LiveBurden
+from collector.oximetry import store
+from collector.oximetry.analysis.live import EVENT_DEEP_DESAT, EVENT_T90_EXCEEDED, LiveBurden
+from collector.oximetry.backfill import FitInput
 from collector.oximetry.analysis.report import NightData
 from collector.oximetry.live import analysis_config, make_live, snapshot_dict
 from collector.oximetry.pipeline import ReadingPipeline
 from collector.storage import repo
 from drivers.ble.adapters import AdapterSlots
-from drivers.ble.link import LinkTarget, OximeterLink
+from drivers.ble.link import GattSession, LinkTarget, OximeterLink
+from drivers.protocols import plx
+from drivers.protocols.common import DeviceClock, OximeterEvent, OximeterReading, PlxFeatures, RacpReply
 from drivers.protocols.registry import PROFILES
 
 if TYPE_CHECKING:
@@ -55,9 +71,18 @@ class NightRecorder:
         cfg = daemon.config
         self.live = make_live(cfg)
         self.pipeline = ReadingPipeline(
-            self.session_id, protocol, daemon.writer, live=self.live, on_event=self._on_event
+            self.session_id, protocol, daemon.writer, live=self.live, on_event=self._on_event,
+            on_device_event=self._on_device_event, on_stored_record=self._on_stored_record,
         )
         ble = cfg["ble"]
+        self.backfill_enabled = bool(ble["backfill"]) and protocol == "plx"
+        self.backfill_timeout_s = float(ble["backfill_timeout_s"])
+        self.backfill_tolerance_ms = int(round(float(ble["backfill_grid_tolerance_s"]) * 1000))
+        self.clock_offset_ms: int | None = None  # host UTC minus device wall time, measured at this connection
+        self.backfills: list[dict[str, Any]] = []
+        self._records: list[OximeterReading] | None = None  # collecting a RACP download
+        self._racp_done = asyncio.Event()
+        self._racp_reply: RacpReply | None = None
         self.link = OximeterLink(
             target,
             PROFILES[protocol],
@@ -73,6 +98,7 @@ class NightRecorder:
             backoff_s=tuple(ble["backoff_s"]),
             connect_attempts=ble["connect_attempts"],
             slots=slots,
+            on_setup=self._setup if self.backfill_enabled else None,
         )
         self.events: list[dict[str, Any]] = []
         self._gap_future = None
@@ -98,6 +124,93 @@ class NightRecorder:
             self.pipeline.hand_over()  # the sample that ends the outage is stored before the gap closes
             self._close_gap(t)  # an outage ends when data flows again, not when the link is up
         return frames
+
+    def _on_device_event(self, ev: OximeterEvent) -> None:
+        if isinstance(ev, DeviceClock):
+            self.clock_offset_ms = int(round((ev.t - ev.device_s) * 1000))
+        elif isinstance(ev, RacpReply) and self._records is not None and ev.done:
+            self._racp_reply = ev
+            self._racp_done.set()
+
+    def _on_stored_record(self, r: OximeterReading) -> None:
+        if self._records is not None:
+            self._records.append(r)
+        else:
+            log.info("session %s: a record from device memory arrived outside a back-fill; ignored", self.session_id)
+
+    # -- back-fill from device memory ------------------------------------------------------------
+    async def _setup(self, gatt: GattSession) -> None:
+        """After a gap: download the device's stored records and fill the gap (before live data flows)."""
+        offset, self.clock_offset_ms = self.clock_offset_ms, None  # measured afresh at every connection
+        features = getattr(self.pipeline.parser, "features", None)
+        gap = self._gap_future
+        if gap is None or not isinstance(features, PlxFeatures) or not features.has_storage:
+            return
+        if not (gatt.has(plx.RACP_UUID) and gatt.has(plx.PLX_SPOT_CHECK_UUID)):
+            return
+        now = self.daemon.clock.now()
+        if offset is None:
+            self._note_backfill_skipped(now, "the device did not tell its clock (no Current Time): its records cannot be placed")
+            return
+        self._records, self._racp_reply = [], None
+        self._racp_done = asyncio.Event()
+        failure: str | None = None
+        try:
+            await gatt.subscribe(plx.PLX_SPOT_CHECK_UUID)
+            await gatt.subscribe(plx.RACP_UUID)
+            await gatt.write(plx.RACP_UUID, plx.encode_racp_report_all())
+            await gatt.wait(self._racp_done, self.backfill_timeout_s)
+            reply = self._racp_reply
+            if reply is not None and not reply.ok and not reply.no_records:
+                failure = f"the device answered RACP code {reply.code}"
+        except asyncio.TimeoutError:
+            failure = f"the record download did not finish within {self.backfill_timeout_s:g} s"
+        except (BleakError, OSError, EOFError) as exc:
+            failure = f"the record download failed: {exc}"
+        records, self._records = self._records, None
+        await self._store_backfill(gap, records, offset, now, failure)
+
+    def _note_backfill_skipped(self, t: float, why: str) -> None:
+        log.warning("session %s: no back-fill: %s", self.session_id, why)
+        self.daemon.writer.submit(lambda c: repo.add_event(c, self.session_id, t_ms=int(round(t * 1000)),
+                                                            kind="gap_backfill_skipped", detail={"reason": why}))
+
+    async def _store_backfill(self, gap: concurrent.futures.Future[int], records: list[OximeterReading], offset_ms: int,
+                              now: float, failure: str | None) -> None:
+        self.pipeline.hand_over()  # every live sample before the gap is stored first
+        anchor = self.pipeline.last_sample_t
+        inp = FitInput(
+            session_id=self.session_id, gap_start_ms=0, anchor_ms=None if anchor is None else int(round(anchor * 1000)),
+            reconnect_ms=int(round(now * 1000)), session_start_ms=int(round(_utc_epoch(self.started_utc) * 1000)),
+            clock_offset_ms=offset_ms, interval_ms=int(round(self.link.profile.expected_period_s * 1000)),
+            tolerance_ms=self.backfill_tolerance_ms,
+        )
+        config = analysis_config(self.daemon.config)
+
+        def write(conn: sqlite3.Connection) -> tuple[dict[str, Any], NightData]:
+            gap_id = gap.result()
+            gap_start = next(g["start_utc_ms"] for g in repo.session_gaps(conn, self.session_id) if g["id"] == gap_id)
+            summ = store.backfill_gap(conn, self.session_id, gap_id, records, dataclasses.replace(inp, gap_start_ms=gap_start),
+                                      at=now, failure=failure)
+            return summ, store.load_night(conn, self.session_id)
+
+        summ, data = await asyncio.wrap_future(self.daemon.writer.submit(write))
+        self.backfills.append(summ)
+        log.info("session %s: gap back-fill %s: %s of %s records fitted", self.session_id, summ["status"], summ["fitted"], summ["received"])
+        if not summ["fitted"]:
+            return
+        old = self.live
+        live, events = LiveBurden.replay(data, config)
+        self.live = self.pipeline.live = live
+        self.pipeline.samples += summ["fitted"]
+        if data.t_s.size and (self.pipeline.last_sample_t is None or data.t_s[-1] > self.pipeline.last_sample_t):
+            self.pipeline.last_sample_t = float(data.t_s[-1])
+        was_above = old is not None and old.snapshot.above_threshold
+        for ev in events:  # what the back-filled records raise, as if they had arrived live
+            if anchor is not None and ev.t_s <= anchor:
+                continue
+            if ev.kind == EVENT_DEEP_DESAT or (ev.kind == EVENT_T90_EXCEEDED and not was_above):
+                self.pipeline.emit(ev)
 
     def _on_connected(self, t: float, info: dict[str, str]) -> None:
         if self.daemon.capture is not None:
@@ -217,3 +330,8 @@ class NightRecorder:
             "live": snap,
             "events": self.events[-20:],
         }
+
+
+def _utc_epoch(iso: str) -> float:
+    t = _dt.datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    return (t if t.tzinfo else t.replace(tzinfo=_dt.timezone.utc)).timestamp()

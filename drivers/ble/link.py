@@ -21,7 +21,7 @@ import asyncio
 import functools
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from bleak import BleakClient, BleakScanner
 from bleak.backends.client import BaseBleakClient
@@ -79,6 +79,37 @@ class LinkStats:
 DataHandler = Callable[[float, str, bytes], int]  # (host time, characteristic, bytes) -> frames decoded
 
 
+class GattSession:
+    """The connected client as a session's own procedure sees it (e.g. a RACP download): bytes only.
+
+    Subscribed data goes to the link's ``on_data`` like every notification; waits are radio
+    time (the link holds the virtual clock while the procedure runs, before live data starts).
+    """
+
+    def __init__(self, link: "OximeterLink", client: BleakClient) -> None:
+        self._link = link
+        self._client = client
+
+    def has(self, uuid: str) -> bool:
+        return self._client.services.get_characteristic(uuid) is not None
+
+    async def subscribe(self, uuid: str) -> None:
+        await self._client.start_notify(uuid, functools.partial(self._link._notify, self._client))
+
+    async def unsubscribe(self, uuid: str) -> None:
+        await self._client.stop_notify(uuid)
+
+    async def write(self, uuid: str, data: bytes) -> None:
+        await self._client.write_gatt_char(uuid, data, response=True)
+
+    async def wait(self, event: asyncio.Event, timeout_s: float) -> None:
+        """Until ``event`` is set; raises :class:`asyncio.TimeoutError` after ``timeout_s`` of real time."""
+        await asyncio.wait_for(event.wait(), timeout_s)
+
+
+SetupProcedure = Callable[[GattSession], Awaitable[None]]
+
+
 class OximeterLink:
     """One device, reconnected forever once it has connected (or until cancelled)."""
 
@@ -100,6 +131,7 @@ class OximeterLink:
         disconnect_timeout_s: float = 5.0,
         connect_attempts: int = 2,
         slots: AdapterSlots | None = None,
+        on_setup: SetupProcedure | None = None,
     ) -> None:
         self.target = target
         self.profile = profile
@@ -116,6 +148,7 @@ class OximeterLink:
         self.disconnect_timeout_s = disconnect_timeout_s
         self.connect_attempts = max(1, connect_attempts)
         self.slots = slots or AdapterSlots()
+        self.on_setup = on_setup  # runs after the reads, before live notifications start
         self.stats = LinkStats()
         self.state = "searching"
         self.address: str | None = None
@@ -173,6 +206,8 @@ class OximeterLink:
                         self.on_data(self.clock.now(), uuid, bytes(await client.read_gatt_char(uuid)))
                     except BleakError as exc:
                         log.info("%s: optional read %s failed: %s", self.target.spec, uuid, exc)
+                if self.on_setup is not None:
+                    await self.on_setup(GattSession(self, client))
                 for uuid in self.profile.notify_uuids:
                     await client.start_notify(uuid, functools.partial(self._notify, client))
                 for uuid, payload in self.profile.start_writes:
