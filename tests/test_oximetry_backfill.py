@@ -54,3 +54,77 @@ def test_three_ten_minute_drops_back_fill_to_the_uninterrupted_t90(tmp_path):
     assert report["gaps"]["by_cause"].get("device_disconnected") is None
     print(json.dumps({"uninterrupted": {k: whole_report[k] for k in FIGURES}, "backfilled": {k: report[k] for k in FIGURES},
                       "backfills": report["backfills"]}, indent=1))
+
+
+def test_records_of_time_already_covered_are_kept_flagged_and_never_doubled(tmp_path):
+    # The device keeps every reading, also those it sent live: each back-fill returns the whole night so far.
+    drops = [Interval(1800, 600), Interval(4000, 300)]
+    kw = dict(duration_s=2 * 3600.0, memory="all")
+    _, _, whole = live_and_final(tmp_path / "whole.sqlite", night(**kw))
+    run, live, report = live_and_final(tmp_path / "dropped.sqlite", night(disconnects=drops, **kw))
+    for k in FIGURES:
+        assert report[k] == whole[k], k
+    assert report["t90_s"] == live["t90_s"]
+    b1, b2 = report["backfills"]
+    assert b1["overlap"] == 1800 and b1["fitted"] == b1["received"] - 1800 and b1["status"] == "backfilled"
+    assert b2["already_stored"] == b1["received"] and b2["status"] == "backfilled"
+    stored = rows(tmp_path / "dropped.sqlite", run.session_ids[0])
+    memory = [r for r in stored if r[4] == "device_memory"]
+    assert len(memory) == b1["received"] + b2["received"] - b2["already_stored"], "every record kept once"
+    assert len({r[0] for r in memory}) == len(memory), "no record stored twice"
+    overlap = [r for r in memory if r[3] & Flag.BACKFILL_OVERLAP]
+    assert len(overlap) == b1["overlap"] + b2["overlap"] and all(r[2] == 0 for r in overlap), "kept, never counted"
+
+
+def test_a_drifting_device_clock_keeps_every_record_and_flags_the_misfits(tmp_path):
+    # 2000 ppm: the device clock gains 2 ms a second, so its stamps slide off the live grid.
+    kw = dict(duration_s=2 * 3600.0, clock_drift_ppm=2000.0)
+    _, _, whole = live_and_final(tmp_path / "whole.sqlite", night(**kw))
+    run, live, report = live_and_final(tmp_path / "dropped.sqlite", night(disconnects=[Interval(3600, 600)], **kw))
+    (b,) = report["backfills"]
+    assert b["received"] == b["fitted"] + b["overlap"] and b["off_grid"] > 0
+    stored = rows(tmp_path / "dropped.sqlite", run.session_ids[0])
+    memory = [r for r in stored if r[4] == "device_memory"]
+    assert len(memory) == b["received"], "no record dropped"
+    assert sum(1 for r in memory if r[3] & Flag.BACKFILL_OFF_GRID) == b["off_grid"]
+    assert report["t90_s"] == live["t90_s"] and report["analysed_s"] == live["analysed_s"]
+    assert abs(report["t90_s"] - whole["t90_s"]) <= 5.0 and abs(report["analysed_s"] - whole["analysed_s"]) <= 5.0
+
+
+def test_a_device_without_memory_leaves_the_gap(tmp_path):
+    run, live, report = live_and_final(tmp_path / "db.sqlite", night(duration_s=3600.0, memory="", disconnects=[Interval(1200, 300)]))
+    assert report["backfills"] == [] and report["gaps"]["by_cause"]["device_disconnected"]["count"] == 1
+    assert report["t90_s"] == live["t90_s"]
+
+
+def _rec(device_time, spo2=93.0, flags=Flag.FROM_STORAGE):
+    from drivers.protocols.common import OximeterReading
+
+    return OximeterReading(spo2, 70.0, flags=int(flags), device_time=device_time, kind="spot_check")
+
+
+def test_fit_places_records_on_the_live_grid_and_accounts_for_every_one():
+    from collector.oximetry.backfill import FitInput, fit_records
+
+    # live samples at ...:40.250 UTC; the device (Beijing time) ticks on its whole seconds, read 50 ms late
+    anchor = 1_767_000_100_250
+    inp = FitInput(session_id=1, gap_start_ms=anchor + 900, anchor_ms=anchor, reconnect_ms=anchor + 20_000,
+                   session_start_ms=anchor - 100_000, clock_offset_ms=-8 * 3600_000 + 300, interval_ms=1000, tolerance_ms=250)
+    recs = [_rec("2025-12-29T17:21:40"),  # host ...100.300 -> tick ...100.250: the anchor itself (live has it)
+            _rec("2025-12-29T17:21:41"), _rec("2025-12-29T17:21:42"), _rec("2025-12-29T17:21:42"),  # a duplicate
+            _rec("2025-12-29T17:21:50", spo2=85.0),
+            _rec("2025-12-29T17:01:00"),  # before the session: another subject's night
+            _rec(None)]  # clock not set: cannot be placed
+    fit = fit_records(recs, inp, already_stored_ms=set())
+    assert fit.counts == {"received": 7, "fitted": 3, "overlap": 2, "off_grid": 0, "already_stored": 0,
+                          "outside_session": 1, "unplaced": 1}
+    assert fit.fitted_ms == [anchor + 1000, anchor + 2000, anchor + 10_000]
+    # what the records leave uncovered (after ...110.250 + 1 s, up to the reconnect) still breaks the hold
+    assert fit.status == "partial" and fit.residual_breaks == [(anchor + 11_000, None)]
+    overlap = [r for r in fit.rows if r[8] & Flag.BACKFILL_OVERLAP]
+    assert len(overlap) == 2 and all(r[6] == 0 for r in overlap)
+    assert all(r[8] & Flag.FROM_STORAGE for r in fit.rows) and len(fit.rows) == 5
+    assert fit.unplaced == [{"spo2_pct": 93.0, "pulse_bpm": 70.0, "flags": int(Flag.FROM_STORAGE)}]
+    # a clock 400 ms off the grid: kept at its own time and flagged
+    off = fit_records([_rec("2025-12-29T17:21:45")], dataclasses.replace(inp, clock_offset_ms=inp.clock_offset_ms + 400), set())
+    assert off.counts["off_grid"] == 1 and off.rows[0][1] == anchor + 5000 + 450 and off.rows[0][6] == 1

@@ -514,7 +514,7 @@ def _valid_below_50(data: NightData, tl: Timeline, contig: np.ndarray) -> list[d
     for a, b in zip(starts.tolist(), ends.tolist()):
         first, last = int(idx[a]), int(idx[b])
         end_ms = int(tl.hold_end_ms[last])
-        out.append({"start_s": tl.t_ms[first] / 1000.0, "end_s": end_ms / 1000.0,
+        out.append({"start_s": int(tl.t_ms[first]) / 1000.0, "end_s": end_ms / 1000.0,
                     "duration_s": (end_ms - int(tl.t_ms[first])) / 1000.0,
                     "min_spo2": float(data.spo2[idx[a:b + 1]].min()), "n_samples": b - a + 1})
     return out
