@@ -31,6 +31,7 @@ from bleak.exc import BleakError
 from bleak_retry_connector import close_stale_connections, establish_connection, get_device
 
 from drivers.ble.adapters import AdapterSlots
+from drivers.ble.power import adapter_powered, says_adapter_off
 from drivers.clock import Clock
 from drivers.protocols.common import DeviceProfile
 
@@ -158,6 +159,8 @@ class OximeterLink:
         self._lost = asyncio.Event()
         self._lost_at = 0.0
         self._stale_closed = False
+        self._rescan = False  # after the adapter was off: scan afresh, BlueZ's device objects are stale
+        self.adapter_poll_s = 2.0
 
     # -- public ----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -169,6 +172,9 @@ class OximeterLink:
                     await self._session()
                     failures = 0
                 except (BleakError, asyncio.TimeoutError, OSError, EOFError) as exc:
+                    if says_adapter_off(exc):
+                        await self._wait_for_adapter()
+                        continue
                     failures += 1
                     self.stats.failed_attempts += 1
                     self.stats.last_error = f"{type(exc).__name__}: {exc}"
@@ -225,12 +231,25 @@ class OximeterLink:
         self.on_connected(connected_at, info)
         cause = await self._watch()
         self.state = "lost"
-        self.on_lost(self._lost_at if cause == "device_disconnected" else self.clock.now(), cause, self.last_frame_t)
+        if cause == "device_disconnected" and self.backend is None and await adapter_powered() is False:
+            cause = "adapter_off"  # the laptop slept or Bluetooth was switched off: not the device's doing
+        self.on_lost(self._lost_at if cause in ("device_disconnected", "adapter_off") else self.clock.now(), cause,
+                     self.last_frame_t)
         await self._close()
+        if cause == "adapter_off":
+            await self._wait_for_adapter()
+
+    async def _wait_for_adapter(self) -> None:
+        """Until BlueZ says the adapter is powered again (virtual-clock polls); the next find scans afresh."""
+        self._rescan = True
+        while await adapter_powered() is False:
+            self.state = "adapter_off"
+            await self.clock.sleep(self.adapter_poll_s)
+        log.info("%s: the Bluetooth adapter is powered; scanning again", self.target.spec)
 
     async def _find(self) -> BLEDevice:
         """A fresh device object for this attempt (a stale one makes BlueZ answer "not found")."""
-        if self.address is not None:
+        if self.address is not None and not self._rescan:
             if self.backend is not None:
                 return BLEDevice(self.address, self.target.spec, {})  # a plug-in backend resolves addresses itself
             # The stack's current object for the address; None when it dropped it, then scan again.
@@ -248,6 +267,7 @@ class OximeterLink:
             found = await BleakScanner.find_device_by_filter(target.matches, timeout=self.scan_timeout_s, **extra)
         if found is None:
             raise DeviceNotFound(f"no advertisement from {self.target.spec!r} within {self.scan_timeout_s:g} s")
+        self._rescan = False
         return found
 
     async def _read_info(self, client: BleakClient) -> dict[str, str]:
