@@ -196,3 +196,17 @@ def test_eight_beds_on_one_adapter_with_five_links(db_path, system_bus):
         # the stop: only a gap inside the device's night would be wrong.
         last_ms = round(dev.delivered[-1][0] * 1000)
         assert n == len(dev.delivered) and [g for g in gaps if g[0] < last_ms] == []
+
+
+def test_a_gap_is_back_filled_through_bluez(db_path, system_bus):
+    """RACP over bleak's BlueZ backend: indications enabled, the request written, the stored records back."""
+    sc = scenario(address=mac(6), duration_s=1200.0, memory="undelivered", clock_offset_s=8 * 3600.0,
+                  desaturations=[{"count": 6, "depth": 9, "duration_s": 60}], disconnects=[Interval(400, 120)])
+    run = asyncio.run(run_on_bluez(db_path, [sc]))
+    report = run.stopped[0]["report"]
+    (b,) = report["backfills"]
+    assert b["status"] == "backfilled" and b["fitted"] == b["received"] > 120
+    assert "device_disconnected" not in report["gaps"]["by_cause"]
+    assert run.devices[0].racp_requests == [bytes.fromhex("01 01")]
+    n, _ = stored(db_path, run.session_ids[0])
+    assert n == len(run.devices[0].delivered) + b["fitted"]
