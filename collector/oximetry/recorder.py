@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
 import datetime as _dt
 import logging
 import sqlite3
@@ -28,9 +27,8 @@ from typing import TYPE_CHECKING, Any
 from bleak.exc import BleakError
 
 from collector.clock import utc_iso
-from collector.oximetry import store
-from collector.oximetry.analysis.live import EVENT_DEEP_DESAT, EVENT_T90_EXCEEDED, LiveBurden
-from collector.oximetry.backfill import FitInput
+from collector.oximetry import refill
+from collector.oximetry.analysis.live import LiveBurden
 from collector.oximetry.analysis.report import NightData
 from collector.oximetry.live import analysis_config, make_live, snapshot_dict
 from collector.oximetry.pipeline import ReadingPipeline
@@ -168,7 +166,9 @@ class NightRecorder:
         except (BleakError, OSError, EOFError) as exc:
             failure = f"the record download failed: {exc}"
         records, self._records = self._records, None
-        await self._store_backfill(gap, records, offset, now, failure)
+        # The download's end: every record up to here is the device's; live readings follow (replay uses the same time).
+        end = self._racp_reply.t if self._racp_reply is not None else self.daemon.clock.now()
+        await self._store_backfill(gap, records, offset, end, failure)
 
     def _note_backfill_skipped(self, t: float, why: str) -> None:
         log.warning("session %s: no back-fill: %s", self.session_id, why)
@@ -177,40 +177,13 @@ class NightRecorder:
 
     async def _store_backfill(self, gap: concurrent.futures.Future[int], records: list[OximeterReading], offset_ms: int,
                               now: float, failure: str | None) -> None:
-        self.pipeline.hand_over()  # every live sample before the gap is stored first
-        anchor = self.pipeline.last_sample_t
-        inp = FitInput(
-            session_id=self.session_id, gap_start_ms=0, anchor_ms=None if anchor is None else int(round(anchor * 1000)),
-            reconnect_ms=int(round(now * 1000)), session_start_ms=int(round(_utc_epoch(self.started_utc) * 1000)),
-            clock_offset_ms=offset_ms, interval_ms=int(round(self.link.profile.expected_period_s * 1000)),
-            tolerance_ms=self.backfill_tolerance_ms,
-        )
-        config = analysis_config(self.daemon.config)
-
-        def write(conn: sqlite3.Connection) -> tuple[dict[str, Any], NightData]:
-            gap_id = gap.result()
-            gap_start = next(g["start_utc_ms"] for g in repo.session_gaps(conn, self.session_id) if g["id"] == gap_id)
-            summ = store.backfill_gap(conn, self.session_id, gap_id, records, dataclasses.replace(inp, gap_start_ms=gap_start),
-                                      at=now, failure=failure)
-            return summ, store.load_night(conn, self.session_id)
-
-        summ, data = await asyncio.wrap_future(self.daemon.writer.submit(write))
+        fut = refill.submit(self.pipeline, gap, records, clock_offset_ms=offset_ms, reconnect_t=now,
+                            session_start_t=_utc_epoch(self.started_utc), interval_s=self.link.profile.expected_period_s,
+                            tolerance_ms=self.backfill_tolerance_ms, failure=failure)
+        summ, data = await asyncio.wrap_future(fut)
         self.backfills.append(summ)
         log.info("session %s: gap back-fill %s: %s of %s records fitted", self.session_id, summ["status"], summ["fitted"], summ["received"])
-        if not summ["fitted"]:
-            return
-        old = self.live
-        live, events = LiveBurden.replay(data, config)
-        self.live = self.pipeline.live = live
-        self.pipeline.samples += summ["fitted"]
-        if data.t_s.size and (self.pipeline.last_sample_t is None or data.t_s[-1] > self.pipeline.last_sample_t):
-            self.pipeline.last_sample_t = float(data.t_s[-1])
-        was_above = old is not None and old.snapshot.above_threshold
-        for ev in events:  # what the back-filled records raise, as if they had arrived live
-            if anchor is not None and ev.t_s <= anchor:
-                continue
-            if ev.kind == EVENT_DEEP_DESAT or (ev.kind == EVENT_T90_EXCEEDED and not was_above):
-                self.pipeline.emit(ev)
+        self.live = refill.rebuild_live(self.pipeline, summ, data, analysis_config(self.daemon.config))
 
     def _on_connected(self, t: float, info: dict[str, str]) -> None:
         if self.daemon.capture is not None:

@@ -121,6 +121,10 @@ def night_breaks(conn: sqlite3.Connection, session_id: int) -> list[tuple[float,
     return out
 
 
+def gap_start_ms(conn: sqlite3.Connection, session_id: int, gap_id: int) -> int:
+    return int(next(g["start_utc_ms"] for g in repo.session_gaps(conn, session_id) if g["id"] == gap_id))
+
+
 def backfill_gap(conn: sqlite3.Connection, session_id: int, gap_id: int, records: list[OximeterReading], inp: FitInput,
                  *, at: float, failure: str | None = None) -> dict[str, Any]:
     """Store what the device sent for a gap (every record kept, none doubled) and record the back-fill.
