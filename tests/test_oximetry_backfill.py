@@ -8,6 +8,7 @@ import json
 import sqlite3
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from collector.oximetry.store import latest_report
 from drivers.protocols.common import Flag
@@ -128,3 +129,30 @@ def test_fit_places_records_on_the_live_grid_and_accounts_for_every_one():
     # a clock 400 ms off the grid: kept at its own time and flagged
     off = fit_records([_rec("2025-12-29T17:21:45")], dataclasses.replace(inp, clock_offset_ms=inp.clock_offset_ms + 400), set())
     assert off.counts["off_grid"] == 1 and off.rows[0][1] == anchor + 5000 + 450 and off.rows[0][6] == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.integers(-3000, 3000)), max_size=60), st.integers(-900, 900),
+       st.sets(st.integers(-3000, 3000), max_size=10))
+def test_every_record_is_accounted_for_once(offsets_s, phase_ms, stored_s):
+    import datetime as dt
+
+    from collector.oximetry.backfill import FitInput, fit_records
+
+    base = 1_767_000_000
+    anchor = base * 1000 + 250
+    inp = FitInput(session_id=1, gap_start_ms=anchor + 500, anchor_ms=anchor, reconnect_ms=anchor + 1_200_000,
+                   session_start_ms=anchor - 1_000_000, clock_offset_ms=phase_ms, interval_ms=1000, tolerance_ms=250)
+    recs = [_rec(None if o is None else dt.datetime.fromtimestamp(base + o, dt.timezone.utc).replace(tzinfo=None).isoformat())
+            for o in offsets_s]
+    already = {anchor + s * 1000 for s in stored_s}
+    fit = fit_records(recs, inp, already)
+    c = fit.counts
+    assert c["received"] == c["fitted"] + c["overlap"] + c["already_stored"] + c["outside_session"] + c["unplaced"]
+    assert len(fit.rows) == c["fitted"] + c["overlap"], "every placed record is stored, or counted as stored before"
+    assert len(set(fit.fitted_ms)) == len(fit.fitted_ms) and not set(fit.fitted_ms) & already, "nothing doubled"
+    assert all(anchor < t <= inp.reconnect_ms for t in fit.fitted_ms)
+    for r in fit.rows:
+        assert r[8] & Flag.FROM_STORAGE
+        if r[8] & Flag.BACKFILL_OVERLAP:
+            assert r[6] == 0, "an overlapping record never counts"
