@@ -156,3 +156,30 @@ def test_every_record_is_accounted_for_once(offsets_s, phase_ms, stored_s):
         assert r[8] & Flag.FROM_STORAGE
         if r[8] & Flag.BACKFILL_OVERLAP:
             assert r[6] == 0, "an overlapping record never counts"
+
+
+def test_a_back_filled_night_exports_and_verifies(tmp_path):
+    """The bundle says what the analysis did: the gap is listed, not breaking; overlap records are in the
+    samples file but not in the signal; verify recomputes the same T90 from the files."""
+    from collector.export.verify import verify_bundle
+    from conftest import invoke
+
+    db = tmp_path / "site.sqlite"
+    sc = night(duration_s=5400.0, memory="all", disconnects=[Interval(2000, 600)])
+    run = asyncio.run(run_night(db, [sc], subjects=["SCR-0043"]))
+    cfg = tmp_path / "site.toml"
+    cfg.write_text('[site]\nname = "Test Hospital 1"\n')
+    r = invoke(db, "export", "SCR-0043", "--out", str(tmp_path / "out"), "--json", config=cfg, catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    folder = json.loads(r.output)[0]["path"]
+    res = verify_bundle(folder)
+    assert res.ok, res.problems
+    import csv
+    from pathlib import Path
+
+    sid = run.session_ids[0]
+    gaps = list(csv.DictReader((Path(folder) / "data" / f"gaps_{sid}.csv").open()))
+    assert [(g["cause"], g["breaks_hold"]) for g in gaps] == [("device_disconnected", "0")]
+    assert "back-filled from device memory" in gaps[0]["detail"]
+    samples = list(csv.DictReader((Path(folder) / "data" / f"samples_{sid}.csv").open()))
+    assert sum("BACKFILL_OVERLAP" in s["flag_names"] for s in samples) == run.stopped[0]["report"]["backfills"][0]["overlap"] > 0

@@ -105,6 +105,28 @@ def latest_backfills(conn: sqlite3.Connection, session_id: int) -> dict[int, dic
                      "summary": json.loads(sm)} for g, i, d, st, rb, sm in cur.fetchall()}
 
 
+def gaps_as_analysed(conn: sqlite3.Connection, session_id: int) -> list[dict[str, Any]]:
+    """The session's gaps with ``breaks_hold`` as the analysis applies them, for exports.
+
+    A gap a back-fill covered is listed as it was recorded, not breaking, with ``backfill`` set; the parts
+    its records left uncovered follow as breaking rows of the same cause (``backfill`` = "uncovered").
+    """
+    filled = latest_backfills(conn, session_id)
+    out: list[dict[str, Any]] = []
+    for g in repo.session_gaps(conn, session_id):
+        bf = filled.get(int(g["id"]))
+        breaks = g["cause"] in BREAKING_CAUSES
+        if bf is None or bf["status"] not in ("backfilled", "partial") or not breaks:
+            out.append({**g, "breaks_hold": breaks, "backfill": None if bf is None else bf["status"]})
+            continue
+        out.append({**g, "breaks_hold": False, "backfill": bf["status"]})
+        end = g["end_utc_ms"] if g["end_utc_ms"] is not None else g["start_utc_ms"]
+        for rs, re_ in bf["residual_breaks"]:
+            out.append({**g, "start_utc_ms": rs, "end_utc_ms": max(rs, end if re_ is None else re_), "breaks_hold": True,
+                        "backfill": "uncovered"})
+    return out
+
+
 def night_breaks(conn: sqlite3.Connection, session_id: int) -> list[tuple[float, float, str]]:
     """The breaks the analysis applies: breaking gaps, where a back-fill covered a gap only its residual parts."""
     filled = latest_backfills(conn, session_id)
