@@ -79,6 +79,8 @@ class SimulatedOximeter:
         #: Device memory (PLX with ``memory``): (device wall second, tick index) of each record it keeps.
         self.memory: list[tuple[int, int]] = []
         self.racp_requests: list[bytes] = []
+        #: False: a device that sends its records but never the closing response (the collector must time out).
+        self.racp_completes = True
         self._device_t0: float = 0.0  # device wall time (as if UTC) at the first tick
 
     # -- the device clock ------------------------------------------------------------------
@@ -158,6 +160,9 @@ class SimulatedOximeter:
             for device_s, k in self.memory:
                 if spot is not None:
                     spot(bytearray(self._record(device_s, k)))
+            if self.racp_completes:
+                racp(bytearray(plx.encode_racp_response(op, RacpCode.SUCCESS)))
+        elif op == RacpOpcode.ABORT:
             racp(bytearray(plx.encode_racp_response(op, RacpCode.SUCCESS)))
         else:
             racp(bytearray(plx.encode_racp_response(op, RacpCode.OPCODE_NOT_SUPPORTED)))

@@ -183,3 +183,17 @@ def test_a_back_filled_night_exports_and_verifies(tmp_path):
     assert "back-filled from device memory" in gaps[0]["detail"]
     samples = list(csv.DictReader((Path(folder) / "data" / f"samples_{sid}.csv").open()))
     assert sum("BACKFILL_OVERLAP" in s["flag_names"] for s in samples) == run.stopped[0]["report"]["backfills"][0]["overlap"] > 0
+
+
+def test_a_download_that_never_ends_stores_what_arrived_and_aborts(tmp_path):
+    cfg = fast_config(min_analysed_h=0.5)
+    cfg["ble"]["backfill_timeout_s"] = 0.3
+    sc = night(duration_s=3600.0, disconnects=[Interval(1200, 300)])
+    run = asyncio.run(run_night(tmp_path / "db.sqlite", [sc], config=cfg,
+                                on_start=lambda r: setattr(r.devices[0], "racp_completes", False)))
+    (b,) = run.stopped[0]["report"]["backfills"]
+    assert b["fitted"] == b["received"] > 300, "every record that arrived is stored"
+    assert run.devices[0].racp_requests == [bytes.fromhex("01 01"), bytes.fromhex("03 00")], "the download is aborted"
+    conn = sqlite3.connect(tmp_path / "db.sqlite")
+    (summary,) = [json.loads(r[0]) for r in conn.execute("SELECT summary_json FROM gap_backfills")]
+    assert "did not finish" in summary["failure"]

@@ -163,6 +163,10 @@ class NightRecorder:
                 failure = f"the device answered RACP code {reply.code}"
         except asyncio.TimeoutError:
             failure = f"the record download did not finish within {self.backfill_timeout_s:g} s"
+            try:  # stop the device sending: what arrived is stored, the rest stays in its memory
+                await gatt.write(plx.RACP_UUID, plx.encode_racp_abort())
+            except (BleakError, OSError, EOFError) as exc:
+                log.info("session %s: RACP abort failed: %s", self.session_id, exc)
         except (BleakError, OSError, EOFError) as exc:
             failure = f"the record download failed: {exc}"
         records, self._records = self._records, None
@@ -180,7 +184,13 @@ class NightRecorder:
         fut = refill.submit(self.pipeline, gap, records, clock_offset_ms=offset_ms, reconnect_t=now,
                             session_start_t=_utc_epoch(self.started_utc), interval_s=self.link.profile.expected_period_s,
                             tolerance_ms=self.backfill_tolerance_ms, failure=failure)
-        summ, data = await asyncio.wrap_future(fut)
+        try:
+            summ, data = await asyncio.wrap_future(fut)
+        except Exception as exc:  # storage failed: the night goes on, the gap stays a gap, the device keeps its records
+            log.error("session %s: the back-fill could not be stored (%s); the gap stays", self.session_id, exc)
+            self.daemon.notify("backfill_failed", {"session_id": self.session_id, "subject_id": self.subject_id,
+                                                   "error": str(exc)})
+            return
         self.backfills.append(summ)
         log.info("session %s: gap back-fill %s: %s of %s records fitted", self.session_id, summ["status"], summ["fitted"], summ["received"])
         self.live = refill.rebuild_live(self.pipeline, summ, data, analysis_config(self.daemon.config))
