@@ -123,6 +123,9 @@ class Ble(Table):
     backoff_s: list[Positive] = Field(min_length=1, description="a non-empty list of numbers > 0")
     connect_attempts: int = Field(ge=1, le=10, description="an integer from 1 to 10")
     max_beds_per_adapter: int = Field(ge=1, le=10, description="an integer from 1 to 10")
+    backfill: bool
+    backfill_timeout_s: Positive
+    backfill_grid_tolerance_s: Annotated[float, Field(ge=0, le=0.5, description="a number of seconds from 0 to 0.5")]
 
 
 def _timezone(value: str) -> str:

@@ -7,13 +7,15 @@ so a simulated night exercises the real parsers end to end.
 from __future__ import annotations
 
 import asyncio
+import datetime as _dt
 import logging
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 import numpy as np
 
 from collector.clock import Clock
-from drivers.protocols import berrymed, nonin, plx
+from drivers.protocols import berrymed, cts, nonin, plx
+from drivers.protocols.common import RacpCode, RacpOpcode
 from drivers.protocols.registry import PROFILES
 from simulators.scenario import DISCONNECTED, FINGER_OUT, GARBAGE, SILENT, Scenario, Timeline, build_timeline
 
@@ -29,6 +31,7 @@ DIS_MODEL = "00002a24-0000-1000-8000-00805f9b34fb"
 DIS_SERIAL = "00002a25-0000-1000-8000-00805f9b34fb"
 DIS_FIRMWARE = "00002a26-0000-1000-8000-00805f9b34fb"
 PLX_FEATURES = "00002a60-0000-1000-8000-00805f9b34fb"
+STORED_STATUS = (1 << 9) | (1 << 5)  # measurement status of a stored record: from storage, measurement ongoing
 
 
 def encode_tick(protocol: str, state: int, spo2: float, pulse: float, index: int) -> list[bytes]:
@@ -73,6 +76,19 @@ class SimulatedOximeter:
         self._client: SimulatedClientBackend | None = None
         self._subs: dict[str, Callable[[bytearray], None]] = {}
         self._rng = np.random.default_rng(scenario.seed + 1)
+        #: Device memory (PLX with ``memory``): (device wall second, tick index) of each record it keeps.
+        self.memory: list[tuple[int, int]] = []
+        self.racp_requests: list[bytes] = []
+        #: False: a device that sends its records but never the closing response (the collector must time out).
+        self.racp_completes = True
+        self._device_t0: float = 0.0  # device wall time (as if UTC) at the first tick
+
+    # -- the device clock ------------------------------------------------------------------
+    def device_clock(self, t: float) -> float:
+        """The device's wall time at host time ``t``: its ticks fall on its whole seconds (it measures on its clock)."""
+        if self.started_at is None:
+            return t + self.scenario.clock_offset_s
+        return self._device_t0 + (t - self.started_at) * (1.0 + self.scenario.clock_drift_ppm * 1e-6)
 
     # -- GATT ------------------------------------------------------------------------------
     def gatt(self) -> dict[str, dict[str, tuple[CharacteristicPropertyName, ...]]]:
@@ -81,7 +97,12 @@ class SimulatedOximeter:
             self.profile.service_uuid: {u: ("notify",) for u in self.profile.notify_uuids},
         }
         for u in self.profile.read_uuids:
-            table[self.profile.service_uuid][u] = ("read",)
+            if u != cts.CURRENT_TIME_UUID:
+                table[self.profile.service_uuid][u] = ("read",)
+        if self.scenario.memory:
+            table[self.profile.service_uuid][plx.PLX_SPOT_CHECK_UUID] = ("indicate",)
+            table[self.profile.service_uuid][plx.RACP_UUID] = ("write", "indicate")
+            table[cts.CTS_SERVICE_UUID] = {cts.CURRENT_TIME_UUID: ("read",)}
         for u, _ in self.profile.start_writes:
             table[self.profile.service_uuid][u] = ("write",)
         return table
@@ -94,11 +115,62 @@ class SimulatedOximeter:
         if uuid == DIS_FIRMWARE:
             return b"1.0.0-sim"
         if uuid == PLX_FEATURES:
-            return plx.encode_features(meas_status_support=0xFFE0, dev_status_support=0xFFFF)
+            storage = 0b1100 if self.scenario.memory else 0  # measurement storage + timestamp for spot-check
+            return plx.encode_features(storage, meas_status_support=0xFFE0, dev_status_support=0xFFFF)
+        if uuid == cts.CURRENT_TIME_UUID and self.scenario.memory:
+            return cts.encode_current_time(self.device_clock(self.clock.now()))
         raise KeyError(uuid)
 
     def write(self, uuid: str, data: bytes) -> None:
         log.debug("%s: write %s %s", self.address, uuid, data.hex())
+        if uuid == plx.RACP_UUID and self.scenario.memory:
+            self.racp_requests.append(bytes(data))
+            # Indications follow the write's response, as on the air.
+            asyncio.get_running_loop().call_soon(self._answer_racp, bytes(data))
+
+    # -- RACP --------------------------------------------------------------------------------
+    def _record(self, device_s: int, k: int) -> bytes:
+        wall = _dt.datetime.fromtimestamp(device_s, _dt.timezone.utc)
+        ts = (wall.year, wall.month, wall.day, wall.hour, wall.minute, wall.second)
+        if self.timeline.state[k] == FINGER_OUT:
+            return plx.encode_spot_check(None, None, timestamp=ts, meas_status=(1 << 9) | (1 << 13), dev_status=1 << 11)
+        return plx.encode_spot_check(float(self.timeline.spo2[k]), float(self.timeline.pulse[k]), timestamp=ts,
+                                     meas_status=STORED_STATUS, dev_status=0)
+
+    def _answer_racp(self, data: bytes) -> None:
+        racp = self._subs.get(plx.RACP_UUID)
+        spot = self._subs.get(plx.PLX_SPOT_CHECK_UUID)
+        if racp is None:
+            return  # indications not enabled: a real device answers nothing
+        if len(data) < 2:
+            racp(bytearray(plx.encode_racp_response(data[0] if data else 0, RacpCode.INVALID_OPERATOR)))
+            return
+        op, operator = data[0], data[1]
+        if op in (RacpOpcode.REPORT_RECORDS, RacpOpcode.REPORT_COUNT, RacpOpcode.DELETE_RECORDS) and operator != 0x01:
+            racp(bytearray(plx.encode_racp_response(op, RacpCode.OPERATOR_NOT_SUPPORTED)))
+        elif op == RacpOpcode.REPORT_COUNT:
+            racp(bytearray(plx.encode_racp_count_response(len(self.memory))))
+        elif op == RacpOpcode.DELETE_RECORDS:
+            self.memory.clear()
+            racp(bytearray(plx.encode_racp_response(op, RacpCode.SUCCESS)))
+        elif op == RacpOpcode.REPORT_RECORDS:
+            if not self.memory:
+                racp(bytearray(plx.encode_racp_response(op, RacpCode.NO_RECORDS)))
+                return
+            for device_s, k in self.memory:
+                if spot is not None:
+                    spot(bytearray(self._record(device_s, k)))
+            if self.racp_completes:
+                racp(bytearray(plx.encode_racp_response(op, RacpCode.SUCCESS)))
+        elif op == RacpOpcode.ABORT:
+            racp(bytearray(plx.encode_racp_response(op, RacpCode.SUCCESS)))
+        else:
+            racp(bytearray(plx.encode_racp_response(op, RacpCode.OPCODE_NOT_SUPPORTED)))
+
+    def _remember(self, t: float, k: int, delivered: bool) -> None:
+        mode = self.scenario.memory
+        if mode == "all" or (mode == "undelivered" and not delivered):
+            self.memory.append((int(self.device_clock(t) + 1e-6) // 1, k))
 
     # -- link ------------------------------------------------------------------------------
     def attach(self, client: SimulatedClientBackend) -> None:
@@ -137,6 +209,7 @@ class SimulatedOximeter:
         tl = self.timeline
         await self.subscribed.wait()
         self.started_at = t0 = self.clock.now()
+        self._device_t0 = float(round(t0 + self.scenario.clock_offset_s))
         notify_uuid = self.profile.notify_uuids[0]
         offsets, spo2, pulse, states = tl.offset_s.tolist(), tl.spo2.tolist(), tl.pulse.tolist(), tl.state.tolist()
         for k in range(len(offsets)):
@@ -150,12 +223,15 @@ class SimulatedOximeter:
                     self._drop_link()
                     if self.settle is not None:
                         await self.settle()
+                self._remember(self.clock.now(), k, False)  # out of range, still measuring
                 continue
             self.reachable = True
             if state == SILENT:
                 continue
             sink = self._subs.get(notify_uuid)
             if sink is None:
+                if state != GARBAGE:
+                    self._remember(self.clock.now(), k, False)
                 continue
             if state == GARBAGE:
                 # Truncated noise: shorter than any well-formed frame, and (for the
@@ -166,6 +242,8 @@ class SimulatedOximeter:
             for payload in encode_tick(self.scenario.protocol, state, spo2[k], pulse[k], k):
                 sink(bytearray(payload))
             self.delivered.append((self.clock.now(), k))
+            if self.scenario.memory == "all":
+                self._remember(self.clock.now(), k, True)
             if self.settle is not None:
                 await self.settle()
         self.finished.set()

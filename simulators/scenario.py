@@ -12,6 +12,9 @@ Example::
     address = "SIM-PLX-01"
     name = "SimOx PLX"
     interval_s = 1.0            # reading interval (BerryMed: packet interval)
+    memory = "undelivered"      # PLX only: keep records the collector missed ("all": every reading), served by RACP
+    clock_offset_s = 28800      # the device's wall clock minus UTC (a device set to Beijing time: +8 h)
+    clock_drift_ppm = 0         # the device clock runs fast (+) or slow (-) by this much
 
     [night]
     duration_s = 28800
@@ -87,6 +90,9 @@ class Scenario:
     silences: list[Interval] = field(default_factory=list)
     garbage: list[tuple[float, int]] = field(default_factory=list)
     source: str = "<inline>"
+    memory: str = ""  # "" (none), "undelivered" or "all"
+    clock_offset_s: float = 0.0
+    clock_drift_ppm: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -173,7 +179,18 @@ def parse_scenario(data: dict[str, Any], source: str = "<inline>") -> Scenario:
         silences=_intervals(data.get("silences"), "silences", source),
         garbage=garbage,
         source=source,
+        memory=_memory(device.get("memory", ""), protocol, source),
+        clock_offset_s=_number(device, "clock_offset_s", 0.0, source, low=-86400, high=86400),
+        clock_drift_ppm=_number(device, "clock_drift_ppm", 0.0, source, low=-10000, high=10000),
     )
+
+
+def _memory(value: Any, protocol: str, source: str) -> str:
+    if value not in ("", "undelivered", "all"):
+        raise _err(source, f"'memory' must be \"undelivered\" or \"all\", got {value!r}")
+    if value and protocol != "plx":
+        raise _err(source, "'memory' is a PLX feature (records served through RACP); remove it for this protocol")
+    return str(value)
 
 
 def load_scenario(path: str | Path) -> Scenario:

@@ -145,3 +145,17 @@ def test_live_equals_final_on_a_realistic_night() -> None:
     assert_equal(live, r)
     assert len(events) >= 1 if r["t90_pct"] > 2 else events == []
     assert np.isfinite(r["t90_pct"])
+
+
+def test_a_valid_reading_below_50_raises_one_review_event_per_run():
+    from collector.oximetry.analysis.live import EVENT_DEEP_DESAT
+
+    live = LiveBurden(AnalysisConfig())
+    kinds = []
+    for i, v in enumerate([95, 60, 45, 44, 47, 70, 48, 95]):
+        kinds += [(e.kind, e.spo2_pct) for e in live.add(T0 + i, v, True) if e.kind == EVENT_DEEP_DESAT]
+    assert kinds == [(EVENT_DEEP_DESAT, 45.0), (EVENT_DEEP_DESAT, 48.0)]
+    snap = live.snapshot
+    assert snap.numerator_ms == 6000 and snap.analysed_ms == 7000  # below 50 counts as below 90
+    data = NightData.from_samples([T0 + i for i in range(8)], [95, 60, 45, 44, 47, 70, 48, 95])
+    assert night_report(data)["t90_s"] == snap.numerator_s

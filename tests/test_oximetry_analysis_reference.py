@@ -33,7 +33,8 @@ def ref_holds(t_ms: list[int], breaks_ms: list[int], max_hold: int) -> list[int]
 
 
 def ref_usable(v: float, ok: bool) -> bool:
-    return ok and not math.isnan(v) and 50 <= v <= 100
+    # oximetry.md: a device-valid value below 50 % still counts (as below 90 %); 0 is a dropout
+    return ok and not math.isnan(v) and 0 < v <= 100
 
 
 def ref_gaps(t_ms, holds, usable, breaks):  # breaks: sorted [(start_ms, cause)]

@@ -82,8 +82,37 @@ def test_spo2_zero_and_nan_are_dropouts_even_if_marked_valid() -> None:
 
 
 def test_out_of_range_and_device_invalid_samples_do_not_count() -> None:
-    r = night_report(night([0, 1, 2, 3, 4], [95, 45, 101, 85, 95], valid=[True, True, True, False, True]))
+    r = night_report(night([0, 1, 2, 3, 4], [95, 101, 0, 85, 95], valid=[True, True, True, False, True]))
     assert r["analysed_s"] == 1.0 and r["t90_s"] == 0.0
+
+
+def test_a_device_valid_reading_below_50_counts_below_90_and_is_reviewed() -> None:
+    # 45 % marked valid: below 90 whatever its accuracy, in numerator and denominator (oximetry.md)
+    r = night_report(night([0, 1, 2, 3, 4, 5], [95, 45, 44, 85, 95, 95], valid=[True, True, True, False, True, True]))
+    assert r["analysed_s"] == 4.0 and r["t90_s"] == 2.0
+    assert r["valid_below_50"] == [{"start_s": T0 + 1, "end_s": T0 + 3, "duration_s": 2.0, "min_spo2": 44.0, "n_samples": 2}]
+    assert r["needs_review"] and "suspected_deep_desaturation" in r["review_reasons"]
+    assert "below_50" in r["definitions"]
+    assert r["spo2_histogram"][0]["s"] == 2.0  # the lowest band holds them
+    # invalid below 50 is still a dropout, and 0 is never a desaturation
+    r = night_report(night([0, 1, 2], [95, 45, 95], valid=[True, False, True]))
+    assert r["valid_below_50"] == [] and r["t90_s"] == 0.0
+
+
+def test_provisional_plx_readings_count_and_make_a_reversible_night_borderline() -> None:
+    from drivers.protocols.common import Flag
+
+    prov = int(Flag.PROVISIONAL_ESTIMATE | Flag.QUESTIONABLE)
+    t = list(range(0, 1001))
+    spo2 = [95.0] * 1001
+    for i in range(100, 125):
+        spo2[i] = 85.0  # 25 s below 90: 2.5 % of 1000 s
+    flags = [prov if 100 <= i < 110 else 0 for i in t]  # 10 s of it early estimates
+    r = night_report(NightData.from_samples(t, spo2, flags=flags), AnalysisConfig(min_analysed_h=0, min_analysed_pct=0))
+    assert r["t90_s"] == 25.0 and r["decision"] == "fail"  # primary: they count
+    assert "excluding_provisional_estimates" in r["borderline_variants"] and r["borderline"]
+    assert r["flag_counts"]["provisional_estimate"]["samples"] == 10
+    assert "plx_provisional" in r["definitions"]
 
 
 def test_break_cuts_the_hold_and_is_reported_by_cause() -> None:

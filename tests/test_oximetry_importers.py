@@ -454,8 +454,10 @@ def test_near_valid_csv_parses_every_line_or_names_one(rows: list[tuple[str, str
         assert exc.message.startswith(("line ", "the file has")), exc.message
         return
     assert n.n == len(rows)
-    valid, _, _ = sample_flags(n.spo2, n.pulse)
-    assert not (valid & ~((n.spo2 >= 50) & (n.spo2 <= 100))).any(), "nothing outside 50..100 is ever valid"
+    valid, _, flags = sample_flags(n.spo2, n.pulse)
+    assert not (valid & ~((n.spo2 > 0) & (n.spo2 <= 100))).any(), "nothing outside 0 < spo2 <= 100 is ever valid"
+    deep = valid & (n.spo2 < 50)
+    assert ((flags[deep] & int(Flag.DEEP_DESATURATION)) != 0).all(), "a valid value below 50 is always flagged for review"
 
 
 # -- limits: one night per file, plausible dates -------------------------------------------------------

@@ -120,3 +120,21 @@ def test_several_beds_at_once(db_path):
     for dev, sid in zip(run.devices, run.session_ids):
         rows, _ = stored(db_path, sid)
         assert len(rows) == len(dev.delivered) > 300
+
+
+def test_a_valid_reading_below_50_counts_and_raises_a_review_event(db_path):
+    # One deep episode: the device reports 45-49 % as valid readings for about 20 s.
+    sc = scenario(duration_s=1800.0, noise_spo2=0.0, desaturations=[{"at_s": [600.0], "depth": 50, "duration_s": 60}])
+    run = asyncio.run(run_night(db_path, [sc]))
+    sid = run.session_ids[0]
+    conn = sqlite3.connect(db_path)
+    kinds = [r[0] for r in conn.execute("SELECT kind FROM events WHERE session_id = ?", (sid,))]
+    assert kinds.count("suspected_deep_desaturation") == 1
+    report = run.stopped[0]["report"]
+    (run50,) = report["valid_below_50"]
+    assert run50["min_spo2"] == 45.0 and run50["n_samples"] >= 15
+    assert "suspected_deep_desaturation" in report["review_reasons"]
+    rows, _ = stored(db_path, sid)
+    below = [r for r in rows if r[1] is not None and r[1] < 50]
+    assert below and all(r[3] == 1 for r in below), "stored valid, counted below 90"
+    assert report["t90_s"] >= len(below)

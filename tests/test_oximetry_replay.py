@@ -64,3 +64,23 @@ def test_a_capture_of_several_beds_is_replayed_one_device_at_a_time(tmp_path):
     res = invoke(db, "replay", str(capture), "--subject", "SCR-0202", "--device", "BED-B", "--json")
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["sessions"][0]["samples"] == 3
+
+
+def test_replay_of_a_back_filled_night_stores_the_same_rows(tmp_path):
+    """The capture holds the clock read, the stored records and the RACP answer: replay back-fills the same way."""
+    live_db, replay_db, capture = tmp_path / "live.sqlite", tmp_path / "replay.sqlite", tmp_path / "night.jsonl"
+    sc = scenario(duration_s=2400.0, memory="undelivered", clock_offset_s=8 * 3600.0, disconnects=[Interval(600, 200)],
+                  desaturations=[{"count": 4, "depth": 9, "duration_s": 60}])
+    run = asyncio.run(run_night(live_db, [sc], capture=capture))
+    assert invoke(replay_db, "subject", "add", "SCR-0202").exit_code == 0
+    res = invoke(replay_db, "replay", str(capture), "--subject", "SCR-0202", "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    live_samples, live_gaps = rows(live_db, run.session_ids[0])
+    replay_samples, replay_gaps = rows(replay_db, out["sessions"][0]["session_id"])
+    assert replay_samples == live_samples and replay_gaps == live_gaps
+    live_report, replay_report = run.stopped[0]["report"], out["sessions"][0]["report"]
+    assert live_report["backfills"][0]["status"] == "backfilled"
+    assert [{k: v for k, v in b.items() if k != "gap_id"} for b in replay_report["backfills"]] == \
+        [{k: v for k, v in b.items() if k != "gap_id"} for b in live_report["backfills"]]
+    assert replay_report["t90_s"] == live_report["t90_s"] and replay_report["analysed_s"] == live_report["analysed_s"]

@@ -23,7 +23,8 @@ from drivers.protocols.sfloat import decode_sfloat, encode_sfloat
 
 FUZZ = settings(max_examples=300, deadline=None)
 chunks = st.lists(st.binary(max_size=40), max_size=8)
-plx_uuids = st.sampled_from([PLX_CONTINUOUS_UUID, PLX_SPOT_CHECK_UUID, PLX_FEATURES_UUID, RACP_UUID, "2a5f", "bogus"])
+plx_uuids = st.sampled_from([PLX_CONTINUOUS_UUID, PLX_SPOT_CHECK_UUID, PLX_FEATURES_UUID, RACP_UUID, "2a5f", "bogus",
+                             "00002a2b-0000-1000-8000-00805f9b34fb"])  # Current Time (device clock for back-fill)
 
 
 def _check_event(ev) -> None:

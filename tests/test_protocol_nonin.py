@@ -147,7 +147,8 @@ def test_registry_profiles():
         assert all(u == u.lower() and len(u) == 36 for u in prof.notify_uuids + prof.read_uuids)
         assert 0.5 <= prof.expected_period_s <= 2.0
     assert profile("NONIN").notify_uuids == (NONIN_CONTINUOUS_UUID,)
-    assert PROFILES["plx"].read_uuids == ("00002a60-0000-1000-8000-00805f9b34fb",)
+    # features, then the Current Time that maps stored records to host UTC
+    assert PROFILES["plx"].read_uuids == ("00002a60-0000-1000-8000-00805f9b34fb", "00002a2b-0000-1000-8000-00805f9b34fb")
 
 
 def test_make_parser_each_protocol_fresh():

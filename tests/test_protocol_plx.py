@@ -221,8 +221,11 @@ def test_demo_data_is_never_valid():
 
 
 def test_range_rules_applied():
-    r = feed1(PlxParser(), PLX_CONTINUOUS_UUID, encode_continuous(45, 300).hex())
+    r = feed1(PlxParser(), PLX_CONTINUOUS_UUID, encode_continuous(120, 300).hex())
     assert r.flags & Flag.SPO2_OUT_OF_RANGE and r.flags & Flag.PULSE_OUT_OF_RANGE and not r.valid
+    # Below 50 % but marked valid by the device: still valid (counts as below 90 %), flagged for review.
+    r = feed1(PlxParser(), PLX_CONTINUOUS_UUID, encode_continuous(45, 300).hex())
+    assert r.valid and r.flags & Flag.DEEP_DESATURATION and not r.flags & Flag.SPO2_OUT_OF_RANGE and not r.pulse_valid
     r = feed1(PlxParser(), PLX_CONTINUOUS_UUID, encode_continuous(0, 70).hex())
     assert r.flags & Flag.SPO2_MISSING and not r.valid
 
@@ -360,3 +363,27 @@ def test_encoder_reproduces_design_vectors():
     assert encode_spot_check(Special.NRES, Special.POS_INF, timestamp=(0,) * 6, clock_not_set=True) == bytes.fromhex(
         "11 00 08 fe 07 00 00 00 00 00 00 00"
     )
+
+
+@pytest.mark.parametrize("meas, dev", [(MeasStatus.EARLY_ESTIMATE, 0), (0, DevStatus.SIGNAL_ANALYSIS_ONGOING)])
+def test_early_estimate_and_signal_analysis_ongoing_count_as_provisional(meas, dev):
+    r = feed1(PlxParser(), PLX_CONTINUOUS_UUID, encode_continuous(88, 70, meas_status=int(meas), dev_status=int(dev)).hex())
+    assert r.valid and r.flags & Flag.PROVISIONAL_ESTIMATE and r.flags & Flag.QUESTIONABLE
+    # with an invalidating bit as well, invalid as always
+    r = feed1(PlxParser(), PLX_CONTINUOUS_UUID, encode_continuous(88, 70, meas_status=int(meas) | int(MeasStatus.INVALID),
+                                                                  dev_status=int(dev)).hex())
+    assert not r.valid
+
+
+def test_current_time_read_gives_the_device_clock():
+    from drivers.protocols.common import DeviceClock
+    from drivers.protocols.cts import CURRENT_TIME_UUID, encode_current_time
+
+    # 2025-01-31 23:59:58 and 128/256 s, Friday, no adjust reason
+    raw = bytes.fromhex("e9 07 01 1f 17 3b 3a 05 80 00")
+    assert encode_current_time(1738367998.5) == raw
+    p = PlxParser()
+    (ev,) = p.feed(100.0, CURRENT_TIME_UUID, raw)
+    assert ev == DeviceClock(100.0, 1738367998.5)
+    assert p.feed(1.0, CURRENT_TIME_UUID, raw[:9]) == [] and p.stats.errors == 1
+    assert p.feed(1.0, CURRENT_TIME_UUID, bytes(10)) == [] and p.stats.errors == 2  # clock not set

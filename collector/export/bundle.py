@@ -26,6 +26,7 @@ from collector.errors import CollectorError, Conflict, InvalidInput
 from collector.spirometry import store as spirometry_store
 from collector.storage import audit, repo, seals
 from collector.storage.db import transaction
+from drivers.protocols.common import Flag
 
 from . import bag, csvs, edf, pdf, signature
 from .privacy import Scrubber, coarsen, forbidden_tokens
@@ -97,11 +98,22 @@ def _ident(site: str, sid: int) -> dict[str, str]:
 # ----------------------------------------------------------------------------- nights
 
 
+_OVERLAP = int(Flag.BACKFILL_OVERLAP)
+
+
+def _gap_detail(g: dict[str, Any]) -> str | None:
+    if g["backfill"] == "uncovered":
+        return "part of the gap the device memory did not cover"
+    if g["backfill"] in ("backfilled", "partial"):
+        note = f"back-filled from device memory ({g['backfill']})"
+        return f"{g['detail']}; {note}" if g["detail"] else note
+    return g["detail"]
+
+
 def _night_files(conn: sqlite3.Connection, s: dict[str, Any], config: dict[str, Any], scrub: Scrubber,
                  pseudonym: str, device: dict[str, Any] | None, site: str) -> tuple[dict[str, bytes], dict[str, Any]]:
     from collector.oximetry.analysis.plot import plot_night
-    from collector.oximetry.store import compute_report, latest_report, load_night, sample_rows
-    from collector.oximetry.causes import BREAKING_CAUSES
+    from collector.oximetry.store import compute_report, gaps_as_analysed, latest_report, load_night, sample_rows
 
     from .verify import config_from_report
 
@@ -117,13 +129,15 @@ def _night_files(conn: sqlite3.Connection, s: dict[str, Any], config: dict[str, 
         samples.append({**ident, "host_utc": csvs.iso_ms(t_ms), "device_time": scrub.text(dt), "spo2_pct": spo2, "pulse_bpm": pulse,
                         "pai_pct": pai, "valid": valid, "pulse_valid": pvalid, "flags": flags, "flag_names": fn,
                         "status_raw": raw, "counter": counter})
-    gaps = repo.session_gaps(conn, sid)
+    # Gaps as the analysis applies them: a back-filled gap does not break the hold, its uncovered parts do.
+    all_gaps = gaps_as_analysed(conn, sid)
+    gaps = [g for g in all_gaps if g["backfill"] is None or g["breaks_hold"]]  # the EDF's discontinuities
     events = repo.session_events(conn, sid)
     gap_rows = [{**ident, "start_utc": csvs.iso_ms(g["start_utc_ms"]),
                  "end_utc": None if g["end_utc_ms"] is None else csvs.iso_ms(g["end_utc_ms"]),
                  "duration_s": None if g["end_utc_ms"] is None else (g["end_utc_ms"] - g["start_utc_ms"]) / 1000.0,
-                 "cause": g["cause"], "breaks_hold": g["cause"] in BREAKING_CAUSES, "detail": scrub.text(g["detail"])}
-                for g in gaps]
+                 "cause": g["cause"], "breaks_hold": g["breaks_hold"], "detail": scrub.text(_gap_detail(g))}
+                for g in all_gaps]
     event_rows = [{**ident, "t_utc": csvs.iso_ms(e["t_utc_ms"]), "kind": e["kind"], "detail_json": scrub.text(e["detail_json"])}
                   for e in events]
 
@@ -132,8 +146,9 @@ def _night_files(conn: sqlite3.Connection, s: dict[str, Any], config: dict[str, 
     source = "stored night_reports row (newest)" if stored is not None else "computed at export (no stored report)"
     report = scrub.obj(report)
 
-    arr = np.array([(r[0], np.nan if r[2] is None else r[2], np.nan if r[3] is None else r[3], r[5], r[6]) for r in rows],
-                   dtype=np.float64).reshape(-1, 5)
+    # Records from device memory on time already covered are in the samples file (flagged), not in the signal.
+    arr = np.array([(r[0], np.nan if r[2] is None else r[2], np.nan if r[3] is None else r[3], r[5], r[6]) for r in rows
+                    if not r[7] & _OVERLAP], dtype=np.float64).reshape(-1, 5)
     edf_args: dict[str, Any] = dict(
         t_ms=arr[:, 0].astype(np.int64), spo2=arr[:, 1], pulse=arr[:, 2], valid=arr[:, 3].astype(bool),
         pulse_valid=arr[:, 4].astype(bool), gaps=gaps, events=events, pseudonym=pseudonym,

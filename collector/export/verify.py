@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from collector.oximetry.analysis.report import AnalysisConfig, NightData, night_report
 from collector.storage.audit import GENESIS, row_hash
+from drivers.protocols.common import Flag
 
 from . import bag, csvs, edf, protocol_check, signature
 
@@ -57,7 +58,11 @@ def config_from_report(report: dict[str, Any]) -> AnalysisConfig:
 
 
 def night_from_csv(samples: list[dict[str, str]], gaps: list[dict[str, str]]) -> NightData:
-    """NightData exactly as the site loaded it (collector.oximetry.store.load_night), from the CSV text."""
+    """NightData exactly as the site loaded it (collector.oximetry.store.load_night), from the CSV text.
+
+    Records from device memory on time already covered (flag BACKFILL_OVERLAP) are in the file, not in the night.
+    """
+    samples = [r for r in samples if not int(r["flags"]) & int(Flag.BACKFILL_OVERLAP)]
     t = np.array([csvs.parse_iso_ms(r["host_utc"]) for r in samples], dtype=np.int64)
     f = lambda k: np.array([np.nan if r[k] == "" else float(r[k]) for r in samples], dtype=np.float64)  # noqa: E731
     breaks = []

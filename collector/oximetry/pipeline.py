@@ -19,7 +19,7 @@ from typing import Any, Callable
 from collector.oximetry.causes import BREAKING_CAUSES
 from collector.storage import repo
 from collector.storage.writer import SampleRow, Writer
-from drivers.protocols.common import LostPackets, OximeterEvent, OximeterReading, Sample
+from drivers.protocols.common import Flag, LostPackets, OximeterEvent, OximeterReading, Sample
 from drivers.protocols.registry import make_parser
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 # which commits at most flush_interval_s later: together well within a second.
 HANDOVER_S = 0.1
 TAIL_MEMO_LIMIT = 4096
+_FROM_STORAGE = int(Flag.FROM_STORAGE)
 
 
 def row_tail(r: OximeterReading) -> tuple[Any, ...]:
@@ -51,6 +52,7 @@ class ReadingPipeline:
         live: Any = None,
         on_event: Callable[[float, str, dict[str, Any]], None] | None = None,
         on_device_event: Callable[[OximeterEvent], None] | None = None,
+        on_stored_record: Callable[[OximeterReading], None] | None = None,
     ) -> None:
         self.session_id = session_id
         self.protocol = protocol
@@ -59,6 +61,9 @@ class ReadingPipeline:
         self.live = live
         self.on_event = on_event
         self.on_device_event = on_device_event
+        # Records the device sends back from its memory (RACP): they stand for their own device time,
+        # not the receipt time, so they go to the back-fill, never straight to the samples.
+        self.on_stored_record = on_stored_record
         self.samples = 0
         self.lost_packets = 0
         self.last_sample_t: float | None = None
@@ -77,6 +82,12 @@ class ReadingPipeline:
         events = self.parser.feed(t, characteristic, data)
         for ev in events:
             if type(ev) is OximeterReading:  # received now: the per-second path
+                if ev.kind != "continuous" and ev.flags & _FROM_STORAGE:
+                    if self.on_stored_record is not None:
+                        self.on_stored_record(ev)
+                    else:
+                        log.info("session %s: a record from device memory arrived unasked; not stored", self.session_id)
+                    continue
                 self._store(t, ev)
             elif type(ev) is Sample:  # a reading that stands for another time (a reduced second)
                 self._store(ev.t, ev.reading)
@@ -140,11 +151,12 @@ class ReadingPipeline:
         if self.live is not None:
             try:
                 for event in self.live.add(t, r.spo2_pct, r.valid):
-                    self._emit(event)
+                    self.emit(event)
             except Exception:  # the stored samples are what counts; live figures are provisional
                 log.exception("session %s: live figures failed; samples are still stored", self.session_id)
 
-    def _emit(self, event: Any) -> None:
+    def emit(self, event: Any) -> None:
+        """Store an analysis event and tell the session (also for events back-filled records raise)."""
         detail = dataclasses.asdict(event)
         kind, t = detail.pop("kind"), detail.pop("t_s")
         self._submit(lambda c: repo.add_event(c, self.session_id, t_ms=int(round(t * 1000)), kind=kind, detail=detail))

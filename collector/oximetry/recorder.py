@@ -5,24 +5,38 @@ gap when it starts and closes it when data flows again (not when the link is
 up), so a connected but silent link is a gap too.  After a daemon restart the
 live figures are rebuilt from what is stored by the live engine's own replay
 (:meth:`LiveBurden.replay`), so the provisional T90 continues exactly.
+
+Back-fill: when a PLX device that keeps records (PLX Features bit 2) reconnects
+after a gap, the recorder asks its Record Access Control Point for every stored
+record before live notifications start (the link holds the virtual clock meanwhile),
+maps their device times to host UTC through the clock offset measured at this
+reconnect (Current Time read), stores them (:func:`collector.oximetry.store.backfill_gap`,
+rules in :mod:`collector.oximetry.backfill`) and rebuilds the live figures from what
+is stored, so live and final T90 stay equal.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import datetime as _dt
 import logging
 import sqlite3
 from typing import TYPE_CHECKING, Any
 
+from bleak.exc import BleakError
+
 from collector.clock import utc_iso
+from collector.oximetry import refill
 from collector.oximetry.analysis.live import LiveBurden
 from collector.oximetry.analysis.report import NightData
 from collector.oximetry.live import analysis_config, make_live, snapshot_dict
 from collector.oximetry.pipeline import ReadingPipeline
 from collector.storage import repo
 from drivers.ble.adapters import AdapterSlots
-from drivers.ble.link import LinkTarget, OximeterLink
+from drivers.ble.link import GattSession, LinkTarget, OximeterLink
+from drivers.protocols import plx
+from drivers.protocols.common import DeviceClock, OximeterEvent, OximeterReading, PlxFeatures, RacpReply
 from drivers.protocols.registry import PROFILES
 
 if TYPE_CHECKING:
@@ -55,9 +69,18 @@ class NightRecorder:
         cfg = daemon.config
         self.live = make_live(cfg)
         self.pipeline = ReadingPipeline(
-            self.session_id, protocol, daemon.writer, live=self.live, on_event=self._on_event
+            self.session_id, protocol, daemon.writer, live=self.live, on_event=self._on_event,
+            on_device_event=self._on_device_event, on_stored_record=self._on_stored_record,
         )
         ble = cfg["ble"]
+        self.backfill_enabled = bool(ble["backfill"]) and protocol == "plx"
+        self.backfill_timeout_s = float(ble["backfill_timeout_s"])
+        self.backfill_tolerance_ms = int(round(float(ble["backfill_grid_tolerance_s"]) * 1000))
+        self.clock_offset_ms: int | None = None  # host UTC minus device wall time, measured at this connection
+        self.backfills: list[dict[str, Any]] = []
+        self._records: list[OximeterReading] | None = None  # collecting a RACP download
+        self._racp_done = asyncio.Event()
+        self._racp_reply: RacpReply | None = None
         self.link = OximeterLink(
             target,
             PROFILES[protocol],
@@ -73,6 +96,7 @@ class NightRecorder:
             backoff_s=tuple(ble["backoff_s"]),
             connect_attempts=ble["connect_attempts"],
             slots=slots,
+            on_setup=self._setup if self.backfill_enabled else None,
         )
         self.events: list[dict[str, Any]] = []
         self._gap_future = None
@@ -98,6 +122,78 @@ class NightRecorder:
             self.pipeline.hand_over()  # the sample that ends the outage is stored before the gap closes
             self._close_gap(t)  # an outage ends when data flows again, not when the link is up
         return frames
+
+    def _on_device_event(self, ev: OximeterEvent) -> None:
+        if isinstance(ev, DeviceClock):
+            self.clock_offset_ms = int(round((ev.t - ev.device_s) * 1000))
+        elif isinstance(ev, RacpReply) and self._records is not None and ev.done:
+            self._racp_reply = ev
+            self._racp_done.set()
+
+    def _on_stored_record(self, r: OximeterReading) -> None:
+        if self._records is not None:
+            self._records.append(r)
+        else:
+            log.info("session %s: a record from device memory arrived outside a back-fill; ignored", self.session_id)
+
+    # -- back-fill from device memory ------------------------------------------------------------
+    async def _setup(self, gatt: GattSession) -> None:
+        """After a gap: download the device's stored records and fill the gap (before live data flows)."""
+        offset, self.clock_offset_ms = self.clock_offset_ms, None  # measured afresh at every connection
+        features = getattr(self.pipeline.parser, "features", None)
+        gap = self._gap_future
+        if gap is None or not isinstance(features, PlxFeatures) or not features.has_storage:
+            return
+        if not (gatt.has(plx.RACP_UUID) and gatt.has(plx.PLX_SPOT_CHECK_UUID)):
+            return
+        now = self.daemon.clock.now()
+        if offset is None:
+            self._note_backfill_skipped(now, "the device did not tell its clock (no Current Time): its records cannot be placed")
+            return
+        self._records, self._racp_reply = [], None
+        self._racp_done = asyncio.Event()
+        failure: str | None = None
+        try:
+            await gatt.subscribe(plx.PLX_SPOT_CHECK_UUID)
+            await gatt.subscribe(plx.RACP_UUID)
+            await gatt.write(plx.RACP_UUID, plx.encode_racp_report_all())
+            await gatt.wait(self._racp_done, self.backfill_timeout_s)
+            reply = self._racp_reply
+            if reply is not None and not reply.ok and not reply.no_records:
+                failure = f"the device answered RACP code {reply.code}"
+        except asyncio.TimeoutError:
+            failure = f"the record download did not finish within {self.backfill_timeout_s:g} s"
+            try:  # stop the device sending: what arrived is stored, the rest stays in its memory
+                await gatt.write(plx.RACP_UUID, plx.encode_racp_abort())
+            except (BleakError, OSError, EOFError) as exc:
+                log.info("session %s: RACP abort failed: %s", self.session_id, exc)
+        except (BleakError, OSError, EOFError) as exc:
+            failure = f"the record download failed: {exc}"
+        records, self._records = self._records, None
+        # The download's end: every record up to here is the device's; live readings follow (replay uses the same time).
+        end = self._racp_reply.t if self._racp_reply is not None else self.daemon.clock.now()
+        await self._store_backfill(gap, records, offset, end, failure)
+
+    def _note_backfill_skipped(self, t: float, why: str) -> None:
+        log.warning("session %s: no back-fill: %s", self.session_id, why)
+        self.daemon.writer.submit(lambda c: repo.add_event(c, self.session_id, t_ms=int(round(t * 1000)),
+                                                            kind="gap_backfill_skipped", detail={"reason": why}))
+
+    async def _store_backfill(self, gap: concurrent.futures.Future[int], records: list[OximeterReading], offset_ms: int,
+                              now: float, failure: str | None) -> None:
+        fut = refill.submit(self.pipeline, gap, records, clock_offset_ms=offset_ms, reconnect_t=now,
+                            session_start_t=_utc_epoch(self.started_utc), interval_s=self.link.profile.expected_period_s,
+                            tolerance_ms=self.backfill_tolerance_ms, failure=failure)
+        try:
+            summ, data = await asyncio.wrap_future(fut)
+        except Exception as exc:  # storage failed: the night goes on, the gap stays a gap, the device keeps its records
+            log.error("session %s: the back-fill could not be stored (%s); the gap stays", self.session_id, exc)
+            self.daemon.notify("backfill_failed", {"session_id": self.session_id, "subject_id": self.subject_id,
+                                                   "error": str(exc)})
+            return
+        self.backfills.append(summ)
+        log.info("session %s: gap back-fill %s: %s of %s records fitted", self.session_id, summ["status"], summ["fitted"], summ["received"])
+        self.live = refill.rebuild_live(self.pipeline, summ, data, analysis_config(self.daemon.config))
 
     def _on_connected(self, t: float, info: dict[str, str]) -> None:
         if self.daemon.capture is not None:
@@ -218,3 +314,8 @@ class NightRecorder:
             "live": snap,
             "events": self.events[-20:],
         }
+
+
+def _utc_epoch(iso: str) -> float:
+    t = _dt.datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    return (t if t.tzinfo else t.replace(tzinfo=_dt.timezone.utc)).timestamp()

@@ -24,10 +24,16 @@ import numpy as np
 from collector.clock import utc_iso
 from collector.errors import InvalidInput
 from collector.oximetry.analysis.report import NightData, night_report
+from collector.oximetry.backfill import FitInput, fit_records, summary as backfill_summary
 from collector.oximetry.causes import BREAKING_CAUSES
 from collector.oximetry.live import analysis_config
 from collector.storage import audit, repo, seals
-from collector.storage.writer import INSERT_SAMPLE
+from collector.storage.writer import INSERT_SAMPLE, SAMPLE_COLUMNS as WRITER_COLUMNS
+from drivers.protocols.common import Flag, OximeterReading
+
+INSERT_BACKFILLED = (f"INSERT INTO spo2_samples ({', '.join(WRITER_COLUMNS)}, origin)"
+                     f" VALUES ({', '.join('?' * len(WRITER_COLUMNS))}, 'device_memory')")
+_OVERLAP = int(Flag.BACKFILL_OVERLAP)
 
 #: Columns of a stored sample as the export and ``session samples`` read them.
 SAMPLE_COLUMNS = ("host_utc_ms", "device_time", "spo2_pct", "pulse_bpm", "pai_pct", "valid", "pulse_valid", "flags",
@@ -35,9 +41,9 @@ SAMPLE_COLUMNS = ("host_utc_ms", "device_time", "spo2_pct", "pulse_bpm", "pai_pc
 
 
 # -- samples ------------------------------------------------------------------------------------
-def insert_samples(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]], *, at: float) -> None:
+def insert_samples(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]], *, at: float, sql: str = INSERT_SAMPLE) -> None:
     """Rows in the writer's column order (:data:`collector.storage.writer.SAMPLE_COLUMNS`), sealed as one batch."""
-    conn.executemany(INSERT_SAMPLE, rows)
+    conn.executemany(sql, rows)
     seals.seal_inserted(conn, rows, at=at)
 
 
@@ -89,22 +95,110 @@ def breaking_gaps(conn: sqlite3.Connection, session_id: int) -> list[dict[str, A
     return [g for g in repo.session_gaps(conn, session_id) if g["cause"] in BREAKING_CAUSES]
 
 
+# -- back-fill from device memory --------------------------------------------------------------------
+def latest_backfills(conn: sqlite3.Connection, session_id: int) -> dict[int, dict[str, Any]]:
+    """The newest back-fill of each gap of a session, by gap id (status, residual breaks, summary)."""
+    cur = conn.execute(
+        "SELECT b.gap_id, b.id, b.done_utc, b.status, b.residual_breaks_json, b.summary_json FROM gap_backfills b"
+        " WHERE b.session_id = ? AND b.id = (SELECT MAX(id) FROM gap_backfills WHERE gap_id = b.gap_id)", (session_id,))
+    return {int(g): {"backfill_id": int(i), "done_utc": d, "status": st, "residual_breaks": json.loads(rb),
+                     "summary": json.loads(sm)} for g, i, d, st, rb, sm in cur.fetchall()}
+
+
+def gaps_as_analysed(conn: sqlite3.Connection, session_id: int) -> list[dict[str, Any]]:
+    """The session's gaps with ``breaks_hold`` as the analysis applies them, for exports.
+
+    A gap a back-fill covered is listed as it was recorded, not breaking, with ``backfill`` set; the parts
+    its records left uncovered follow as breaking rows of the same cause (``backfill`` = "uncovered").
+    """
+    filled = latest_backfills(conn, session_id)
+    out: list[dict[str, Any]] = []
+    for g in repo.session_gaps(conn, session_id):
+        bf = filled.get(int(g["id"]))
+        breaks = g["cause"] in BREAKING_CAUSES
+        if bf is None or bf["status"] not in ("backfilled", "partial") or not breaks:
+            out.append({**g, "breaks_hold": breaks, "backfill": None if bf is None else bf["status"]})
+            continue
+        out.append({**g, "breaks_hold": False, "backfill": bf["status"]})
+        end = g["end_utc_ms"] if g["end_utc_ms"] is not None else g["start_utc_ms"]
+        for rs, re_ in bf["residual_breaks"]:
+            out.append({**g, "start_utc_ms": rs, "end_utc_ms": max(rs, end if re_ is None else re_), "breaks_hold": True,
+                        "backfill": "uncovered"})
+    return out
+
+
+def night_breaks(conn: sqlite3.Connection, session_id: int) -> list[tuple[float, float, str]]:
+    """The breaks the analysis applies: breaking gaps, where a back-fill covered a gap only its residual parts."""
+    filled = latest_backfills(conn, session_id)
+    out: list[tuple[float, float, str]] = []
+    for g in breaking_gaps(conn, session_id):
+        end = g["end_utc_ms"] if g["end_utc_ms"] is not None else g["start_utc_ms"]
+        bf = filled.get(int(g["id"]))
+        if bf is None or bf["status"] not in ("backfilled", "partial"):
+            out.append((g["start_utc_ms"] / 1000, end / 1000, g["cause"]))
+            continue
+        for rs, re_ in bf["residual_breaks"]:
+            e = end if re_ is None else re_
+            out.append((rs / 1000, max(rs, e) / 1000, g["cause"]))
+    return out
+
+
+def gap_start_ms(conn: sqlite3.Connection, session_id: int, gap_id: int) -> int:
+    return int(next(g["start_utc_ms"] for g in repo.session_gaps(conn, session_id) if g["id"] == gap_id))
+
+
+def backfill_gap(conn: sqlite3.Connection, session_id: int, gap_id: int, records: list[OximeterReading], inp: FitInput,
+                 *, at: float, failure: str | None = None) -> dict[str, Any]:
+    """Store what the device sent for a gap (every record kept, none doubled) and record the back-fill.
+
+    The caller holds a write transaction; returns the back-fill summary.  ``failure``: why the
+    procedure ended early (the records that did arrive are still stored).
+    """
+    lo = inp.session_start_ms
+    existing = {int(r[0]) for r in conn.execute(
+        "SELECT host_utc_ms FROM spo2_samples WHERE session_id = ? AND origin = 'device_memory' AND host_utc_ms >= ?",
+        (session_id, lo))}
+    fit = fit_records(records, inp, existing)
+    if fit.rows:
+        insert_samples(conn, fit.rows, at=at, sql=INSERT_BACKFILLED)
+    summ = backfill_summary(fit, inp)
+    status = fit.status if failure is None or fit.status != "no_records" else "failed"
+    if failure is not None:
+        summ["failure"] = failure
+    summ["status"] = status
+    cur = conn.execute(
+        "INSERT INTO gap_backfills (session_id, gap_id, done_utc, status, clock_offset_ms, records_received, records_stored,"
+        " residual_breaks_json, summary_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (session_id, gap_id, utc_iso(at), status, inp.clock_offset_ms, len(records), len(fit.rows),
+         json.dumps(summ["residual_breaks"]), json.dumps(summ, sort_keys=True)))
+    summ["backfill_id"] = repo.inserted_id(cur)
+    counts = {k: summ[k] for k in ("received", "fitted", "overlap", "off_grid", "already_stored", "outside_session", "unplaced")}
+    repo.add_event(conn, session_id, t_ms=inp.reconnect_ms, kind="gap_backfill",
+                   detail={"gap_id": gap_id, "status": status, **counts})
+    subject = conn.execute("SELECT subject_id FROM sessions WHERE id = ?", (session_id,)).fetchone()
+    audit.append(conn, at=at, actor="collector", action="gap_backfilled", subject_id=subject[0] if subject else None,
+                 session_id=session_id, new={"gap_id": gap_id, "backfill_id": summ["backfill_id"], "status": status,
+                                             "clock_offset_ms": inp.clock_offset_ms, **counts})
+    return summ
+
+
 # -- analysis input ---------------------------------------------------------------------------------
 def load_night(conn: sqlite3.Connection, session_id: int) -> NightData:
-    """Exactly what the live engine saw: samples in stored order and the breaking gaps."""
+    """Exactly what the live engine saw: samples in stored order and the breaking gaps.
+
+    Back-filled records that overlap covered time (Flag.BACKFILL_OVERLAP) are stored but are no
+    sample of the analysed night; a back-filled gap breaks only where the records left it uncovered.
+    """
     session = repo.get_session(conn, session_id)
     if session["kind"] != "night":
         raise InvalidInput(f"session {session_id} is a {session['kind']} session, not a night; use collector spirometry show {session_id}")
     rows = conn.execute(
         "SELECT host_utc_ms, spo2_pct, pulse_bpm, valid, pulse_valid, flags FROM spo2_samples"
-        " WHERE session_id = ? ORDER BY host_utc_ms, rowid",
-        (session_id,),
+        " WHERE session_id = ? AND (flags & ?) = 0 ORDER BY host_utc_ms, rowid",
+        (session_id, _OVERLAP),
     ).fetchall()
     arr = np.array(rows, dtype=np.float64).reshape(-1, 6) if rows else np.zeros((0, 6))
-    breaks = [
-        (g["start_utc_ms"] / 1000, (g["end_utc_ms"] if g["end_utc_ms"] is not None else g["start_utc_ms"]) / 1000, g["cause"])
-        for g in breaking_gaps(conn, session_id)
-    ]
+    breaks = night_breaks(conn, session_id)
     return NightData(
         t_s=arr[:, 0] / 1000.0,
         spo2=arr[:, 1],  # NULL -> NaN through float conversion
@@ -124,6 +218,9 @@ def compute_report(conn: sqlite3.Connection, session_id: int, config: dict[str, 
     steps = [{"t_utc": utc_iso(e["t_utc_ms"] / 1000), **json.loads(e["detail_json"] or "{}")}
              for e in repo.session_events(conn, session_id) if e["kind"] == "clock_step"]
     report["clock_steps"] = steps
+    report["backfills"] = [{"gap_id": g, "status": b["status"], **{k: b["summary"].get(k) for k in (
+        "received", "fitted", "overlap", "off_grid", "already_stored", "outside_session", "unplaced", "clock_offset_ms",
+        "covered_start_ms", "covered_end_ms", "residual_breaks")}} for g, b in sorted(latest_backfills(conn, session_id).items())]
     if steps:
         # Samples stayed on the monotonic timeline, so the figures hold; their UTC labels may be off
         # by the step, which a person should confirm before the night decides.

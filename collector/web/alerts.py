@@ -84,7 +84,11 @@ class AlertEngine:
             if rec.link.state != "connected":
                 seen = self._down_seen.setdefault(sid, now)
                 down_s = now - (last if last is not None else seen)
-                if down_s > s["alert_disconnected_s"]:
+                if down_s > s["alert_disconnected_s"] and rec.link.state == "adapter_off":
+                    out[("device_disconnected", sid)] = (
+                        subject, f"no link to {rec.target.spec} for {down_s:.0f} s: the laptop's Bluetooth adapter is off "
+                                 "(after sleep?); switch Bluetooth on, the night reconnects by itself")
+                elif down_s > s["alert_disconnected_s"]:
                     out[("device_disconnected", sid)] = (
                         subject, f"no link to {rec.target.spec} for {down_s:.0f} s (now {rec.link.state}): check the device "
                                  "is on, in range and charged")

@@ -21,7 +21,7 @@ import asyncio
 import functools
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from bleak import BleakClient, BleakScanner
 from bleak.backends.client import BaseBleakClient
@@ -31,6 +31,7 @@ from bleak.exc import BleakError
 from bleak_retry_connector import close_stale_connections, establish_connection, get_device
 
 from drivers.ble.adapters import AdapterSlots
+from drivers.ble.power import adapter_powered, says_adapter_off
 from drivers.clock import Clock
 from drivers.protocols.common import DeviceProfile
 
@@ -79,6 +80,37 @@ class LinkStats:
 DataHandler = Callable[[float, str, bytes], int]  # (host time, characteristic, bytes) -> frames decoded
 
 
+class GattSession:
+    """The connected client as a session's own procedure sees it (e.g. a RACP download): bytes only.
+
+    Subscribed data goes to the link's ``on_data`` like every notification; waits are radio
+    time (the link holds the virtual clock while the procedure runs, before live data starts).
+    """
+
+    def __init__(self, link: "OximeterLink", client: BleakClient) -> None:
+        self._link = link
+        self._client = client
+
+    def has(self, uuid: str) -> bool:
+        return self._client.services.get_characteristic(uuid) is not None
+
+    async def subscribe(self, uuid: str) -> None:
+        await self._client.start_notify(uuid, functools.partial(self._link._notify, self._client))
+
+    async def unsubscribe(self, uuid: str) -> None:
+        await self._client.stop_notify(uuid)
+
+    async def write(self, uuid: str, data: bytes) -> None:
+        await self._client.write_gatt_char(uuid, data, response=True)
+
+    async def wait(self, event: asyncio.Event, timeout_s: float) -> None:
+        """Until ``event`` is set; raises :class:`asyncio.TimeoutError` after ``timeout_s`` of real time."""
+        await asyncio.wait_for(event.wait(), timeout_s)
+
+
+SetupProcedure = Callable[[GattSession], Awaitable[None]]
+
+
 class OximeterLink:
     """One device, reconnected forever once it has connected (or until cancelled)."""
 
@@ -100,6 +132,7 @@ class OximeterLink:
         disconnect_timeout_s: float = 5.0,
         connect_attempts: int = 2,
         slots: AdapterSlots | None = None,
+        on_setup: SetupProcedure | None = None,
     ) -> None:
         self.target = target
         self.profile = profile
@@ -116,6 +149,7 @@ class OximeterLink:
         self.disconnect_timeout_s = disconnect_timeout_s
         self.connect_attempts = max(1, connect_attempts)
         self.slots = slots or AdapterSlots()
+        self.on_setup = on_setup  # runs after the reads, before live notifications start
         self.stats = LinkStats()
         self.state = "searching"
         self.address: str | None = None
@@ -125,6 +159,8 @@ class OximeterLink:
         self._lost = asyncio.Event()
         self._lost_at = 0.0
         self._stale_closed = False
+        self._rescan = False  # after the adapter was off: scan afresh, BlueZ's device objects are stale
+        self.adapter_poll_s = 2.0
 
     # -- public ----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -136,6 +172,9 @@ class OximeterLink:
                     await self._session()
                     failures = 0
                 except (BleakError, asyncio.TimeoutError, OSError, EOFError) as exc:
+                    if says_adapter_off(exc):
+                        await self._wait_for_adapter()
+                        continue
                     failures += 1
                     self.stats.failed_attempts += 1
                     self.stats.last_error = f"{type(exc).__name__}: {exc}"
@@ -173,6 +212,8 @@ class OximeterLink:
                         self.on_data(self.clock.now(), uuid, bytes(await client.read_gatt_char(uuid)))
                     except BleakError as exc:
                         log.info("%s: optional read %s failed: %s", self.target.spec, uuid, exc)
+                if self.on_setup is not None:
+                    await self.on_setup(GattSession(self, client))
                 for uuid in self.profile.notify_uuids:
                     await client.start_notify(uuid, functools.partial(self._notify, client))
                 for uuid, payload in self.profile.start_writes:
@@ -190,12 +231,25 @@ class OximeterLink:
         self.on_connected(connected_at, info)
         cause = await self._watch()
         self.state = "lost"
-        self.on_lost(self._lost_at if cause == "device_disconnected" else self.clock.now(), cause, self.last_frame_t)
+        if cause == "device_disconnected" and self.backend is None and await adapter_powered() is False:
+            cause = "adapter_off"  # the laptop slept or Bluetooth was switched off: not the device's doing
+        self.on_lost(self._lost_at if cause in ("device_disconnected", "adapter_off") else self.clock.now(), cause,
+                     self.last_frame_t)
         await self._close()
+        if cause == "adapter_off":
+            await self._wait_for_adapter()
+
+    async def _wait_for_adapter(self) -> None:
+        """Until BlueZ says the adapter is powered again (virtual-clock polls); the next find scans afresh."""
+        self._rescan = True
+        while await adapter_powered() is False:
+            self.state = "adapter_off"
+            await self.clock.sleep(self.adapter_poll_s)
+        log.info("%s: the Bluetooth adapter is powered; scanning again", self.target.spec)
 
     async def _find(self) -> BLEDevice:
         """A fresh device object for this attempt (a stale one makes BlueZ answer "not found")."""
-        if self.address is not None:
+        if self.address is not None and not self._rescan:
             if self.backend is not None:
                 return BLEDevice(self.address, self.target.spec, {})  # a plug-in backend resolves addresses itself
             # The stack's current object for the address; None when it dropped it, then scan again.
@@ -213,6 +267,7 @@ class OximeterLink:
             found = await BleakScanner.find_device_by_filter(target.matches, timeout=self.scan_timeout_s, **extra)
         if found is None:
             raise DeviceNotFound(f"no advertisement from {self.target.spec!r} within {self.scan_timeout_s:g} s")
+        self._rescan = False
         return found
 
     async def _read_info(self, client: BleakClient) -> dict[str, str]:

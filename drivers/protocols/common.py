@@ -19,7 +19,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol, Union
 
-# Physiological plausibility limits (oximetry.md, "What counts as a valid sample").
+# Physiological plausibility limits (oximetry.md, "What counts as a valid sample").  Below SPO2_MIN_PCT a
+# device-valid reading still counts (as below 90 %) and is flagged DEEP_DESATURATION for review.
 SPO2_MIN_PCT = 50.0
 SPO2_MAX_PCT = 100.0
 PULSE_MIN_BPM = 20.0
@@ -35,7 +36,7 @@ class Flag(enum.IntFlag):
     PROBE_UNPLUGGED = 1 << 2  # sensor disconnected from the device
     SPO2_MISSING = 1 << 3  # no SpO2 value (missing code, NaN, NRes, 0)
     PULSE_MISSING = 1 << 4  # no pulse value
-    SPO2_OUT_OF_RANGE = 1 << 5  # value outside 50..100
+    SPO2_OUT_OF_RANGE = 1 << 5  # value above 100 or negative (below 50 is DEEP_DESATURATION, still counted)
     PULSE_OUT_OF_RANGE = 1 << 6  # value outside 20..250 (invalidates the pulse only)
     WEAK_SIGNAL = 1 << 7  # weak / poor / inadequate signal, low perfusion
     QUESTIONABLE = 1 << 8  # device says questionable measurement (counted, flagged)
@@ -45,6 +46,10 @@ class Flag(enum.IntFlag):
     LOW_BATTERY = 1 << 12
     SENSOR_DISPLACED = 1 << 13
     DEVICE_CLOCK_NOT_SET = 1 << 14
+    DEEP_DESATURATION = 1 << 15  # device-valid SpO2 below 50 %: counts as below 90 %, raises a review event
+    PROVISIONAL_ESTIMATE = 1 << 16  # PLX early estimate / signal analysis ongoing (counted; variant excludes it)
+    BACKFILL_OVERLAP = 1 << 17  # a device-memory record on time already covered: kept, never counted twice
+    BACKFILL_OFF_GRID = 1 << 18  # a device-memory record whose mapped time is off the live grid (clock drift)
 
 
 
@@ -63,6 +68,7 @@ INVALIDATING = (
     | Flag.DEVICE_INVALID
     | Flag.DEMO_OR_TEST
     | Flag.SENSOR_DISPLACED
+    | Flag.BACKFILL_OVERLAP
 )
 
 # Plain-int copies for the per-sample hot path (IntFlag arithmetic is ~20x slower).
@@ -71,6 +77,7 @@ _PULSE_INVALIDATING = int(
     Flag.PULSE_MISSING | Flag.PULSE_OUT_OF_RANGE | Flag.FINGER_OUT | Flag.PROBE_UNPLUGGED | Flag.DEVICE_INVALID | Flag.DEMO_OR_TEST
 )
 _SPO2_MISSING, _SPO2_OUT_OF_RANGE = int(Flag.SPO2_MISSING), int(Flag.SPO2_OUT_OF_RANGE)
+_DEEP_DESATURATION = int(Flag.DEEP_DESATURATION)
 _PULSE_MISSING, _PULSE_OUT_OF_RANGE = int(Flag.PULSE_MISSING), int(Flag.PULSE_OUT_OF_RANGE)
 
 
@@ -107,13 +114,19 @@ class OximeterReading:
 def apply_range_rules(spo2: float | None, pulse: float | None, flags: int) -> int:
     """Add the project's plausibility flags (shared by every codec); returns plain int bits.
 
-    SpO2 == 0 is a dropout (missing), never a desaturation.
+    SpO2 == 0 is a dropout (missing), never a desaturation.  A value the device gives
+    between 0 and 50 % is below the range oximeters are accurate in, but it is below
+    90 % whatever its accuracy (oximetry.md): it stays valid, counts as below 90 % in
+    numerator and denominator, and carries DEEP_DESATURATION so the night is reviewed.
+    Dropping it, as a plain range rule would, could only lower T90.
     """
     flags = int(flags)
     if spo2 is None or spo2 == 0:
         flags |= _SPO2_MISSING
-    elif not (SPO2_MIN_PCT <= spo2 <= SPO2_MAX_PCT):
+    elif spo2 < 0 or spo2 > SPO2_MAX_PCT:
         flags |= _SPO2_OUT_OF_RANGE
+    elif spo2 < SPO2_MIN_PCT:
+        flags |= _DEEP_DESATURATION
     if pulse is None or pulse == 0:
         flags |= _PULSE_MISSING
     elif not (PULSE_MIN_BPM <= pulse <= PULSE_MAX_BPM):
@@ -226,7 +239,16 @@ class PlxFeatures:
         return bool(self.supported & (1 << 7))
 
 
-OximeterEvent = Union[OximeterReading, Sample, LostPackets, CounterReset, RacpReply, PlxFeatures]
+@dataclass(frozen=True, slots=True)
+class DeviceClock:
+    """The device's own clock read at host time ``t``: ``device_s`` is its local wall time as if it were UTC epoch
+    seconds (devices keep no zone), so ``t - device_s`` is the offset that maps a device stamp to host UTC."""
+
+    t: float
+    device_s: float
+
+
+OximeterEvent = Union[OximeterReading, Sample, LostPackets, CounterReset, RacpReply, PlxFeatures, DeviceClock]
 
 
 @dataclass(slots=True)

@@ -13,6 +13,15 @@ as 0, and ``status_raw`` is None when the frame carried neither.
 Mapping of the device's bits to :class:`Flag` (ble-oximeters.md): bits that make
 the SpO2 unusable for T90 map to invalidating flags; every other warning maps to
 a non-invalidating flag (stored, counted toward T90, shown in the report).
+
+Validity rule for the two "not settled yet" bits, measurement-status bit 6 (early
+estimated data) and device-and-sensor-status bit 9 (signal analysis ongoing): the
+reading is valid and counts toward T90 (the SIG lists neither as invalid and the
+design page counts them), flagged QUESTIONABLE and PROVISIONAL_ESTIMATE.  The night
+report recomputes T90 without them and marks the night borderline (investigator
+review) when that alternative would reverse the decision; the rule is recorded in
+the report's definitions (``plx_provisional``).  A reading that also carries an
+invalidating bit (13, 15; sensor bits 1, 3, 11, 13-15) is invalid as always.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from drivers.protocols.common import (
+    DeviceClock,
     Flag,
     OximeterEvent,
     OximeterReading,
@@ -34,6 +44,7 @@ from drivers.protocols.common import (
     RacpReply as RacpReply,
     apply_range_rules,
 )
+from drivers.protocols.cts import CURRENT_TIME_UUID, CurrentTimeError, decode_current_time
 from drivers.protocols.sfloat import SFloat, Special, encode_sfloat, read_sfloat
 
 
@@ -119,7 +130,7 @@ class DevStatus(enum.IntFlag):
 # and 12 (calibration ongoing) are cautions the design does not call invalid, so
 # they become QUESTIONABLE (stored, counted, reported).  5/7/8 carry no warning.
 MEAS_STATUS_FLAGS: dict[MeasStatus, Flag] = {
-    MeasStatus.EARLY_ESTIMATE: Flag.QUESTIONABLE,
+    MeasStatus.EARLY_ESTIMATE: Flag.QUESTIONABLE | Flag.PROVISIONAL_ESTIMATE,
     MeasStatus.FROM_STORAGE: Flag.FROM_STORAGE,
     MeasStatus.DEMO: Flag.DEMO_OR_TEST,
     MeasStatus.TESTING: Flag.DEMO_OR_TEST,
@@ -141,7 +152,7 @@ DEV_STATUS_FLAGS: dict[DevStatus, Flag] = {
     DevStatus.ERRATIC_SIGNAL: Flag.QUESTIONABLE,
     DevStatus.NONPULSATILE_SIGNAL: Flag.WEAK_SIGNAL,
     DevStatus.QUESTIONABLE_PULSE: Flag.QUESTIONABLE,
-    DevStatus.SIGNAL_ANALYSIS_ONGOING: Flag.QUESTIONABLE,
+    DevStatus.SIGNAL_ANALYSIS_ONGOING: Flag.QUESTIONABLE | Flag.PROVISIONAL_ESTIMATE,
     DevStatus.SENSOR_INTERFERENCE: Flag.QUESTIONABLE,
     DevStatus.SENSOR_UNCONNECTED: Flag.FINGER_OUT,
     DevStatus.UNKNOWN_SENSOR: Flag.QUESTIONABLE,
@@ -357,7 +368,8 @@ class PlxParser:
     (received at ``t``; spot-checks carry their device time, and those with
     measurement-status bit 9 are stored records sent back through RACP),
     :class:`PlxFeatures` for a features read,
-    :class:`RacpReply` for a control-point answer.  The features are also kept in
+    :class:`RacpReply` for a control-point answer, :class:`DeviceClock` for a
+    Current Time read (the device clock next to the host's, for back-fill).  The features are also kept in
     ``features`` (state the transport asks about later); the most recent full
     continuous frame (with fast/slow values) in ``last_continuous``.
     """
@@ -398,10 +410,12 @@ class PlxParser:
                 out = [self.features]
             elif uuid == RACP_UUID:
                 out = [decode_racp(data, t)]
+            elif uuid == CURRENT_TIME_UUID:
+                out = [DeviceClock(t, decode_current_time(data))]
             else:
                 self.stats.error(f"PLX: data on unexpected characteristic {uuid}", len(data))
                 return []
-        except PlxFrameError as exc:
+        except (PlxFrameError, CurrentTimeError) as exc:
             self.stats.error(str(exc), len(data))
             return []
         self.stats.frames += 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from drivers.protocols import berrymed, nonin, plx
+from drivers.protocols import berrymed, cts, nonin, plx
 from drivers.protocols.common import DeviceProfile, OximeterParser
 
 PROFILES: dict[str, DeviceProfile] = {
@@ -20,7 +20,8 @@ PROFILES: dict[str, DeviceProfile] = {
         service_uuid=plx.PLX_SERVICE_UUID,
         notify_uuids=(plx.PLX_CONTINUOUS_UUID,),
         expected_period_s=1.0,
-        read_uuids=(plx.PLX_FEATURES_UUID,),
+        # The device's Current Time (when it has the service) maps stored records to host UTC.
+        read_uuids=(plx.PLX_FEATURES_UUID, cts.CURRENT_TIME_UUID),
     ),
     "nonin": DeviceProfile(
         protocol="nonin",

@@ -28,6 +28,8 @@ from .report import (
 )
 
 EVENT_T90_EXCEEDED = "t90_threshold_exceeded"
+EVENT_DEEP_DESAT = "suspected_deep_desaturation"
+DEEP_DESAT_BELOW = 50.0  # a usable reading below this counts as below 90 % and is reviewed
 ALERT_MIN_ANALYSED_MS = 3_600_000  # the alert needs >= 1 h analysed
 
 
@@ -42,6 +44,15 @@ class Event:
     t90_pct: float
     analysed_s: float
     threshold_pct: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeepDesatEvent:
+    """A device-valid reading below 50 %: counted as below 90 %, raised once per run for review."""
+
+    kind: str
+    t_s: float
+    spo2_pct: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +90,7 @@ class LiveBurden:
     __slots__ = (
         "_cfg", "_max_hold", "_thr", "_first", "_last", "_last_usable", "_last_below",
         "_last_below_incl", "_last_spo2", "_num", "_num_incl", "_analysed", "_nadir",
-        "_n", "_cuts", "_alerted", "_thr_scale", "_thr_num",
+        "_n", "_cuts", "_alerted", "_thr_scale", "_thr_num", "_in_deep",
     )
 
     def __init__(self, config: AnalysisConfig = AnalysisConfig()) -> None:
@@ -101,6 +112,7 @@ class LiveBurden:
         self._n = 0
         self._cuts: list[int] = []  # pending break starts >= latest sample time (sorted)
         self._alerted = False
+        self._in_deep = False
 
     def interrupt(self, t_s: float, cause: str = "interrupted") -> None:
         """A break starts at ``t_s``: the latest sample's hold ends there at the latest."""
@@ -111,7 +123,7 @@ class LiveBurden:
             )
         bisect.insort(self._cuts, b)
 
-    def add(self, t_s: float, spo2: float | None, valid: bool) -> list[Event]:
+    def add(self, t_s: float, spo2: float | None, valid: bool) -> list[Event | DeepDesatEvent]:
         """Account one sample; returns the alert events it caused (usually none)."""
         t = to_ms(t_s)
         last = self._last
@@ -146,12 +158,18 @@ class LiveBurden:
             self._last_below_incl = v <= 90.0
             if self._nadir is None or v < self._nadir:
                 self._nadir = v
+            if v < DEEP_DESAT_BELOW:
+                if not self._in_deep:
+                    self._in_deep = True
+                    return [DeepDesatEvent(EVENT_DEEP_DESAT, float(t_s), v), *self._check(t_s)]
+            else:
+                self._in_deep = False
         else:
             self._last_spo2 = None
             self._last_below = self._last_below_incl = False
         return self._check(t_s)
 
-    def _check(self, t_s: float) -> list[Event]:
+    def _check(self, t_s: float) -> list[Event | DeepDesatEvent]:
         a = self._analysed
         if a <= 0:
             return []
@@ -181,14 +199,14 @@ class LiveBurden:
         )
 
     @classmethod
-    def replay(cls, data: NightData, config: AnalysisConfig = AnalysisConfig()) -> tuple["LiveBurden", list[Event]]:
+    def replay(cls, data: NightData, config: AnalysisConfig = AnalysisConfig()) -> tuple["LiveBurden", list[Event | DeepDesatEvent]]:
         """Rebuild the live state from stored samples and breaks (e.g. after a daemon restart).
 
         Breaks are delivered before samples at the same millisecond, which gives the
         same holds as :func:`~collector.oximetry.analysis.report.night_report`.
         """
         live = cls(config)
-        events: list[Event] = []
+        events: list[Event | DeepDesatEvent] = []
         starts = sorted(to_ms(b[0]) for b in data.breaks)
         k = 0
         for t, s, v in zip(data.t_s.tolist(), data.spo2.tolist(), data.valid.tolist()):

@@ -77,8 +77,9 @@ DEEP_DESAT_FALL_WINDOW_S = 30.0
 _NO_BREAK = np.iinfo(np.int64).max
 
 # Histogram bands [lo, hi) in % SpO2 (last band includes 100).
+# The first band starts above 0: a device-valid reading below 50 % counts (as below 90 %).
 HISTOGRAM_BANDS: tuple[tuple[float, float], ...] = (
-    (50.0, 80.0),
+    (0.0, 80.0),
     (80.0, 85.0),
     (85.0, 88.0),
     (88.0, 90.0),
@@ -158,13 +159,18 @@ def exceeds(num_ms: int, den_ms: int, threshold: Fraction) -> bool:
 
 
 def spo2_usable(spo2: float | None, valid: bool) -> bool:
-    """May this SpO2 value count (numerator/denominator)?  Scalar twin of the array rule."""
-    return bool(valid) and spo2 is not None and SPO2_MIN_PCT <= spo2 <= SPO2_MAX_PCT
+    """May this SpO2 value count (numerator/denominator)?  Scalar twin of the array rule.
+
+    Valid and 0 < spo2 <= 100: a device-valid value below 50 % counts (it is below 90 %
+    whatever its accuracy; dropping it could only lower T90) and is reviewed
+    (``valid_below_50``); 0 is a dropout.
+    """
+    return bool(valid) and spo2 is not None and 0 < spo2 <= SPO2_MAX_PCT
 
 
 def spo2_usable_array(spo2: np.ndarray, valid: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore"):
-        return valid & (spo2 >= SPO2_MIN_PCT) & (spo2 <= SPO2_MAX_PCT)
+        return valid & (spo2 > 0) & (spo2 <= SPO2_MAX_PCT)
 
 
 def pulse_usable_array(pulse: np.ndarray, pulse_valid: np.ndarray) -> np.ndarray:
@@ -492,6 +498,28 @@ def _suspected_deep(data: NightData, tl: Timeline, contig: np.ndarray) -> list[d
     return out
 
 
+def _valid_below_50(data: NightData, tl: Timeline, contig: np.ndarray) -> list[dict[str, Any]]:
+    """Runs of usable samples below 50 %: counted as below 90 %, listed for review."""
+    with np.errstate(invalid="ignore"):
+        low = tl.usable & (data.spo2 < SPO2_MIN_PCT)
+    idx = np.flatnonzero(low)
+    out: list[dict[str, Any]] = []
+    if idx.size == 0:
+        return out
+    # a new run starts where the previous sample is not low or its hold does not reach this one
+    new = np.ones(idx.size, dtype=bool)
+    new[1:] = ~((idx[1:] == idx[:-1] + 1) & contig[idx[:-1]])
+    starts = np.flatnonzero(new)
+    ends = np.append(starts[1:], idx.size) - 1
+    for a, b in zip(starts.tolist(), ends.tolist()):
+        first, last = int(idx[a]), int(idx[b])
+        end_ms = int(tl.hold_end_ms[last])
+        out.append({"start_s": int(tl.t_ms[first]) / 1000.0, "end_s": end_ms / 1000.0,
+                    "duration_s": (end_ms - int(tl.t_ms[first])) / 1000.0,
+                    "min_spo2": float(data.spo2[idx[a:b + 1]].min()), "n_samples": b - a + 1})
+    return out
+
+
 def _flag_counts(data: NightData, tl: Timeline) -> dict[str, Any] | None:
     if data.flags is None:
         return None
@@ -500,6 +528,10 @@ def _flag_counts(data: NightData, tl: Timeline) -> dict[str, Any] | None:
         ("questionable", Flag.QUESTIONABLE),
         ("weak_signal", Flag.WEAK_SIGNAL),
         ("from_storage", Flag.FROM_STORAGE),
+        ("provisional_estimate", Flag.PROVISIONAL_ESTIMATE),
+        ("deep_desaturation", Flag.DEEP_DESATURATION),
+        ("backfill_overlap", Flag.BACKFILL_OVERLAP),
+        ("backfill_off_grid", Flag.BACKFILL_OFF_GRID),
         ("low_battery", Flag.LOW_BATTERY),
     ):
         has = (data.flags & int(flag)) != 0
@@ -537,6 +569,17 @@ def night_report(data: NightData, config: AnalysisConfig = AnalysisConfig()) -> 
             variants.append("inclusive_le90")
         if recording > 0 and exceeds(num, recording, thr) != primary_exceeds:
             variants.append("pct_of_recording")
+        if data.flags is not None:
+            # PLX "early estimate" / "signal analysis ongoing" readings count (primary rule); the
+            # alternative leaves them out of numerator and denominator.
+            prov = (data.flags & int(Flag.PROVISIONAL_ESTIMATE)) != 0
+            if prov.any():
+                keep = np.where(prov, 0, hold_u)
+                den_alt = int(keep.sum())
+                with np.errstate(invalid="ignore"):
+                    num_alt = int(keep[spo2 < 90.0].sum())
+                if den_alt > 0 and exceeds(num_alt, den_alt, thr) != primary_exceeds:
+                    variants.append("excluding_provisional_estimates")
     borderline = bool(variants)
 
     invalid_reasons: list[str] = []
@@ -583,10 +626,11 @@ def night_report(data: NightData, config: AnalysisConfig = AnalysisConfig()) -> 
     events = odi_mod.detect_all(tl.t_ms, spo2, u, tl.hold_end_ms, (3.0, 4.0), config.odi)
 
     suspected = _suspected_deep(data, tl, contig)
+    below50 = _valid_below_50(data, tl, contig)
     review: list[str] = []
     if borderline and night_valid:
         review.append("borderline_t90")
-    if suspected:
+    if suspected or below50:
         review.append("suspected_deep_desaturation")
 
     return {
@@ -596,7 +640,10 @@ def night_report(data: NightData, config: AnalysisConfig = AnalysisConfig()) -> 
             "below_90": "spo2 < 90 (strict); variant spo2 <= 90 reported",
             "time_weighting": "zero-order hold, capped by max_hold_s and break starts; last sample holds 0 s",
             "denominator": "analysed time = held time of usable samples",
-            "usable_sample": "valid flag and 50 <= spo2 <= 100 (0/NaN are dropouts)",
+            "usable_sample": "valid flag and 0 < spo2 <= 100 (0/NaN are dropouts)",
+            "below_50": "a device-valid spo2 below 50 counts as below 90 in numerator and denominator; reviewed",
+            "plx_provisional": ("PLX early estimate / signal analysis ongoing readings count (flagged questionable);"
+                                " borderline when leaving them out would reverse the decision"),
             "time_resolution_s": 0.001,
             "max_hold_s": config.max_hold_s,
             "threshold_pct": config.threshold_pct,
@@ -644,5 +691,6 @@ def night_report(data: NightData, config: AnalysisConfig = AnalysisConfig()) -> 
         "spo2_histogram": hist,
         "gaps": _gaps(tl, data),
         "suspected_deep_desaturation": suspected,
+        "valid_below_50": below50,
         "flag_counts": _flag_counts(data, tl),
     }

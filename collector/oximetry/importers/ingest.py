@@ -38,18 +38,21 @@ _PULSE_INVALIDATING = int(Flag.PULSE_MISSING | Flag.PULSE_OUT_OF_RANGE)
 def sample_flags(spo2: np.ndarray, pulse: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(valid, pulse_valid, flags) per sample: the codecs' range rules, vectorised.
 
-    NaN or 0 -> missing (a dropout, never a desaturation); outside 50..100 % or
-    20..250 bpm -> out of range.  Same outcome as ``apply_range_rules`` +
+    NaN or 0 -> missing (a dropout, never a desaturation); above 100 % or outside
+    20..250 bpm -> out of range; a value between 0 and 50 % stays valid and is flagged
+    DEEP_DESATURATION.  Same outcome as ``apply_range_rules`` +
     ``OximeterReading.valid``/``pulse_valid`` for a reading with no device flags.
     """
     flags = np.zeros(spo2.size, dtype=np.int64)
     with np.errstate(invalid="ignore"):
         s_missing = np.isnan(spo2) | (spo2 == 0)
-        s_range = ~s_missing & ((spo2 < SPO2_MIN_PCT) | (spo2 > SPO2_MAX_PCT))
+        s_range = ~s_missing & ((spo2 < 0) | (spo2 > SPO2_MAX_PCT))
+        s_deep = ~s_missing & (spo2 > 0) & (spo2 < SPO2_MIN_PCT)
         p_missing = np.isnan(pulse) | (pulse == 0)
         p_range = ~p_missing & ((pulse < PULSE_MIN_BPM) | (pulse > PULSE_MAX_BPM))
     flags[s_missing] |= int(Flag.SPO2_MISSING)
     flags[s_range] |= int(Flag.SPO2_OUT_OF_RANGE)
+    flags[s_deep] |= int(Flag.DEEP_DESATURATION)  # still valid: below 90 % whatever its accuracy
     flags[p_missing] |= int(Flag.PULSE_MISSING)
     flags[p_range] |= int(Flag.PULSE_OUT_OF_RANGE)
     valid = ~np.isnan(spo2) & ((flags & int(INVALIDATING)) == 0)
