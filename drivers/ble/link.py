@@ -188,7 +188,13 @@ class OximeterLink:
         self.stats.info = info
         self.connected_once.set()
         self.on_connected(connected_at, info)
-        cause = await self._watch()
+        poller = asyncio.create_task(self._poll(client)) if self.profile.poll is not None else None
+        try:
+            cause = await self._watch()
+        finally:
+            if poller is not None:
+                poller.cancel()
+                await asyncio.gather(poller, return_exceptions=True)
         self.state = "lost"
         self.on_lost(self._lost_at if cause == "device_disconnected" else self.clock.now(), cause, self.last_frame_t)
         await self._close()
@@ -214,6 +220,21 @@ class OximeterLink:
         if found is None:
             raise DeviceNotFound(f"no advertisement from {self.target.spec!r} within {self.scan_timeout_s:g} s")
         return found
+
+    async def _poll(self, client: BleakClient) -> None:
+        """A polled device (O2Ring) answers only when asked: write its request every period.
+
+        A failed write ends the polling; the watchdog then sees the silence and reconnects.
+        """
+        assert self.profile.poll is not None
+        uuid, request, period_s = self.profile.poll
+        while client is self._client:
+            try:
+                await client.write_gatt_char(uuid, request, response=False)
+            except (BleakError, OSError) as exc:
+                log.info("%s: poll write failed: %s", self.target.spec, exc)
+                return
+            await self.clock.sleep(period_s)
 
     async def _read_info(self, client: BleakClient) -> dict[str, str]:
         info = {"address": client.address, "name": client.name}
