@@ -179,7 +179,14 @@ class FrameAssembler:
                 continue
             end = i + FRAME_OVERHEAD + length
             if len(buf) < end:
-                break
+                # Still incomplete: but if a complete, checked frame starts later, this head
+                # was garbage (a real answer is never interleaved with another one).
+                k = self._later_frame(i + 1)
+                if k is None:
+                    break
+                self.stats.error("O2Ring: incomplete frame overtaken by a later one", k - i)
+                i = k
+                continue
             if crc8(bytes(buf[i:end - 1])) != buf[end - 1]:
                 self.stats.error("O2Ring: CRC mismatch", 1)
                 i += 1
@@ -188,6 +195,18 @@ class FrameAssembler:
             i = end
         del buf[:i]
         return out
+
+    def _later_frame(self, start: int) -> int | None:
+        buf = self._buf
+        k = buf.find(self.head, start)
+        while k >= 0 and len(buf) - k >= FRAME_OVERHEAD:
+            length = buf[k + 5] | buf[k + 6] << 8
+            end = k + FRAME_OVERHEAD + length
+            if (buf[k + 1] ^ buf[k + 2] == 0xFF and length <= MAX_DATA and end <= len(buf)
+                    and crc8(bytes(buf[k:end - 1])) == buf[end - 1]):
+                return k
+            k = buf.find(self.head, k + 1)
+        return None
 
     def reset(self) -> None:
         self._buf.clear()

@@ -1,0 +1,63 @@
+"""Download the nights an O2Ring/Checkme O2 stored, over one connected client (transport only).
+
+The exchange itself (which request follows which answer) is the sans-I/O
+:class:`drivers.protocols.o2ring.NightDownload`; this only moves its bytes:
+subscribe, write each request, hand every notification back.  Run it on a
+connection of its own after the live night (the live link polls the same
+characteristic), bounded by a timeout because a ring can stop answering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Sequence
+
+from bleak import BleakClient
+
+from drivers.protocols.o2ring import O2RING_NOTIFY_UUID, O2RING_WRITE_UUID, DownloadError, NightDownload
+
+
+async def download_nights(client: BleakClient, *, wanted: Sequence[str] | None = None,
+                          timeout_s: float = 120.0) -> dict[str, bytes]:
+    """Every stored night (or the ``wanted`` names) as ``{file name: bytes}``; DownloadError or TimeoutError on failure."""
+    dl = NightDownload(wanted)
+    outbox: asyncio.Queue[bytes] = asyncio.Queue()
+    failed: list[BaseException] = []
+    finished = asyncio.Event()
+
+    def on_notify(_char: Any, data: bytearray) -> None:
+        try:
+            for req in dl.feed(bytes(data)):
+                outbox.put_nowait(req)
+        except DownloadError as exc:
+            failed.append(exc)
+        if dl.done or failed:
+            finished.set()
+
+    async def pump() -> None:
+        while not finished.is_set():
+            req = await outbox.get()
+            await client.write_gatt_char(O2RING_WRITE_UUID, req, response=False)
+
+    await client.start_notify(O2RING_NOTIFY_UUID, on_notify)
+    outbox.put_nowait(dl.start())
+    writer = asyncio.create_task(pump())
+    waiter = asyncio.create_task(finished.wait())
+    try:
+        # A download is radio time: the timeout is real time, as for a connect.
+        done, _ = await asyncio.wait({writer, waiter}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        if not done:
+            raise asyncio.TimeoutError(f"the ring did not finish the download within {timeout_s:g} s")
+        if writer in done and writer.exception() is not None:
+            raise DownloadError(f"writing a request failed: {writer.exception()}")
+    finally:
+        for task in (writer, waiter):
+            task.cancel()
+        await asyncio.gather(writer, waiter, return_exceptions=True)
+        try:
+            await client.stop_notify(O2RING_NOTIFY_UUID)
+        except Exception:  # the link may already be gone; the files are what matters
+            pass
+    if failed:
+        raise failed[0]
+    return dl.files
