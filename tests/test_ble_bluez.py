@@ -192,3 +192,15 @@ def test_eight_beds_on_one_adapter_with_five_links(db_path, system_bus):
         # the stop: only a gap inside the device's night would be wrong.
         last_ms = round(dev.delivered[-1][0] * 1000)
         assert n == len(dev.delivered) and [g for g in gaps if g[0] < last_ms] == []
+
+
+def test_o2ring_is_polled_through_bluez_and_a_drop_is_one_gap(db_path, system_bus):
+    """The ring answers only when asked: the link's poll writes go through WriteValue, answers come back as
+    PropertiesChanged values split over notifications, and a drop is one gap with its cause."""
+    sc = scenario(protocol="o2ring", address=mac(9), duration_s=900.0, disconnects=[Interval(300, 60)])
+    run = asyncio.run(run_on_bluez(db_path, [sc]))
+    n, gaps = stored(db_path, run.session_ids[0])
+    assert [g[2] for g in gaps] == ["device_disconnected"]
+    assert gaps[0][0] / 1000 - run.devices[0].started_at == pytest.approx(300, abs=1.01)
+    assert n == len(run.devices[0].delivered) >= 900 - 60 - 36 - 5
+    assert "WriteValue" in {m for m, _ in run.stack.calls}

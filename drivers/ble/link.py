@@ -230,7 +230,8 @@ class OximeterLink:
         uuid, request, period_s = self.profile.poll
         while client is self._client:
             try:
-                await client.write_gatt_char(uuid, request, response=False)
+                async with self.clock.frozen():  # a write is radio (real) time, like a connect
+                    await client.write_gatt_char(uuid, request, response=False)
             except (BleakError, OSError) as exc:
                 log.info("%s: poll write failed: %s", self.target.spec, exc)
                 return
