@@ -234,3 +234,26 @@ def test_download_refusal_is_a_download_error():
     assert dl.feed(encode_answer(0, b'{"FileList":"20250101000000,"}\x00'))[0][1] == o2ring.CMD_FILE_OPEN
     with pytest.raises(DownloadError, match="refused to open '20250101000000'"):
         dl.feed(encode_answer(0x01))
+
+
+def test_a_cut_file_keeps_its_records_and_says_it_was_cut():
+    recs = [NightRecord(95, 60, 0, False)] * 20
+    raw = encode_night_file(datetime(2025, 3, 6, 22, 0, 0), recs)
+    whole, cut = parse_night_file(raw), parse_night_file(raw[:-7])
+    assert not whole.truncated and whole.trailing_bytes == 0
+    assert cut.truncated and len(cut.records) == 18 and cut.trailing_bytes == 3
+
+
+@FUZZ
+@given(st.binary(min_size=40, max_size=300), st.sampled_from(["+08:00", "-11:30", "Z"]))
+def test_o2ring_dat_import_refuses_garbage_with_invalid_input_only(raw, offset):
+    from collector.errors import InvalidInput
+    from collector.oximetry.importers import ImportLimits
+    from collector.oximetry.importers.ingest import parse_night
+
+    try:
+        night = parse_night(b"\x03\x00" + raw, "o2ring-dat", utc_offset=offset, limits=ImportLimits(), now_utc_s=T0)
+    except InvalidInput as exc:
+        assert str(exc) and "\n" not in str(exc)
+    else:
+        assert night.n >= 2 and night.source["format"] == "o2ring-dat"

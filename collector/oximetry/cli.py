@@ -155,6 +155,9 @@ def import_cmd(c: Ctx, file: Path, subject_id: str, fmt: str, start: str | None,
             click.echo(f"  note: {clock['note']}")
     if src.get("spo2_channel"):
         click.echo(f"  SpO2 channel {src['spo2_channel']!r} (chosen by {src['spo2_channel_chosen_by']}), pulse channel {src.get('pulse_channel')!r}")
+    if src.get("truncated"):
+        click.echo(f"  note: the file has {src['file_bytes']} bytes, its header says {src['header_file_size']}: "
+                   "the copy or download stopped early; the records present were imported")
     fw = result.get("firmware_t90")
     if fw is not None:
         verdict = "agrees" if fw["agrees"] else f"DISAGREES by more than {fw['allowed_s']:g} s (event recorded for review)"

@@ -12,7 +12,9 @@ connect at a time per adapter.  A data watchdog forces a reconnect when the
 link goes silent while the stack still says "connected", and every wait of our
 own uses the injected clock.  ``backend``/``scanner_backend`` are passed to
 bleak unchanged (None: the platform's own stack); that is how the simulator
-plugs in.
+plugs in.  A polled device (the O2Ring answers only when asked) gets its
+profile's request written every period while connected; a failed write stops the
+polling and the watchdog reconnects.
 """
 
 from __future__ import annotations

@@ -344,6 +344,16 @@ class NightFile:
     records: tuple[NightRecord, ...]
     interval_s: float  # seconds between records (4 after de-duplication)
     deduplicated: bool  # the file held every record twice (a "2 s" file)
+    file_bytes: int = 0  # bytes actually present
+    trailing_bytes: int = 0  # a part record at the end (ignored, counted)
+
+    @property
+    def truncated(self) -> bool:
+        """Fewer bytes than the header says: the copy or download stopped early (the records present are kept)."""
+        expected = self.header.file_size
+        if self.deduplicated:
+            expected = HEADER_LEN + 2 * (expected - HEADER_LEN)  # the size field counts distinct records
+        return self.file_bytes < expected
 
     def record_times_local(self) -> list[datetime]:
         return [self.header.start_local + timedelta(seconds=k * self.interval_s) for k in range(len(self.records))]
@@ -383,7 +393,7 @@ def parse_night_file(raw: bytes) -> NightFile:
                     None if inv == INVALID or pr in (0, INVALID) else pr, m, bool(v & 0xC0))
         for sp, pr, inv, m, v in raws
     )
-    return NightFile(header, records, RECORD_INTERVAL_S, dedup)
+    return NightFile(header, records, RECORD_INTERVAL_S, dedup, len(raw), len(body) % RECORD_LEN)
 
 
 def encode_night_file(start_local: datetime, records: Sequence[NightRecord], *, t90_s: int | None = None,

@@ -47,6 +47,10 @@ def parse_o2ring_dat(raw: bytes, *, tz: str | None = None, utc_offset: str | Non
         "deduplicated_2s_records": f.deduplicated,
         "header_start_local": f.header.start_local.isoformat(),
         "firmware": f.header.stats(),
+        "header_file_size": f.header.file_size,
+        "file_bytes": f.file_bytes,
+        "truncated": f.truncated,
+        "trailing_bytes": f.trailing_bytes,
         "missing_spo2_samples": int(np.isnan(spo2).sum()),
     }
     return ParsedNight(utc, spo2, pulse, [local_iso(v) for v in local.tolist()], source)
