@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from collector.clock import VirtualClock
-from drivers.ble.o2ring_download import download_nights
+from drivers.ble.o2ring_download import RingClockReading, download_nights
 from drivers.protocols import o2ring
 from drivers.protocols.common import Flag, OximeterReading
 from drivers.protocols.o2ring import (
@@ -211,8 +211,11 @@ def test_download_of_the_stored_night_through_bleak():
         sc = scenario(protocol="o2ring", duration_s=3600.0, finger_out=[Interval(600, 40)], disconnects=[Interval(1800, 300)])
         dev = air.add(SimulatedOximeter(sc, clock))
         dev.started_at = T0  # the ring's night began at T0
+        readings: list[RingClockReading] = []
         async with BleakClient(dev.address, backend=air.client_backend) as client:
-            files = await download_nights(client, timeout_s=10)
+            files = await download_nights(client, timeout_s=10, now=clock.now, on_clock=readings.append)
+        (reading,) = readings
+        assert reading.offset_s == pytest.approx(8 * 3600, abs=1.0)  # the ring keeps UTC+8
         return dev, files
 
     dev, files = asyncio.run(go())

@@ -10,27 +10,50 @@ characteristic), bounded by a timeout because a ring can stop answering.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Callable, Sequence
 
 from bleak import BleakClient
 
 from drivers.protocols.o2ring import O2RING_NOTIFY_UUID, O2RING_WRITE_UUID, DownloadError, NightDownload
 
 
-async def download_nights(client: BleakClient, *, wanted: Sequence[str] | None = None,
-                          timeout_s: float = 120.0) -> dict[str, bytes]:
-    """Every stored night (or the ``wanted`` names) as ``{file name: bytes}``; DownloadError or TimeoutError on failure."""
+@dataclass(frozen=True)
+class RingClockReading:
+    """The ring's local clock and the host UTC at which its answer arrived (the measured offset)."""
+
+    ring_local: datetime
+    host_utc_s: float
+
+    @property
+    def offset_s(self) -> float:
+        """Ring local minus host UTC, seconds (zone plus drift): ``utc = local - offset_s``."""
+        return (self.ring_local - datetime(1970, 1, 1)).total_seconds() - self.host_utc_s
+
+
+async def download_nights(client: BleakClient, *, wanted: Sequence[str] | None = None, timeout_s: float = 120.0,
+                          now: Callable[[], float] | None = None,
+                          on_clock: Callable[[RingClockReading], None] | None = None) -> dict[str, bytes]:
+    """Every stored night (or the ``wanted`` names) as ``{file name: bytes}``; DownloadError or TimeoutError on failure.
+
+    With ``now`` (the host UTC clock) and ``on_clock``, the ring's clock as read in
+    its information answer is reported with the host time it arrived.
+    """
     dl = NightDownload(wanted)
     outbox: asyncio.Queue[bytes] = asyncio.Queue()
     failed: list[BaseException] = []
     finished = asyncio.Event()
 
     def on_notify(_char: Any, data: bytearray) -> None:
+        had_clock = dl.ring_clock is not None
         try:
             for req in dl.feed(bytes(data)):
                 outbox.put_nowait(req)
         except DownloadError as exc:
             failed.append(exc)
+        if not had_clock and dl.ring_clock is not None and now is not None and on_clock is not None:
+            on_clock(RingClockReading(dl.ring_clock, now()))
         if dl.done or failed:
             finished.set()
 

@@ -422,15 +422,33 @@ def encode_night_file(start_local: datetime, records: Sequence[NightRecord], *, 
 
 # -- downloading stored nights ---------------------------------------------------------------
 
-def parse_file_list(info_answer: bytes) -> list[str]:
-    """The stored nights named in a device-information answer (JSON, ``FileList``)."""
+def parse_info(info_answer: bytes) -> dict[str, object]:
+    """A device-information answer (JSON text, NUL-padded) as a dict; {} when it is not JSON."""
     text = info_answer.decode("ascii", "replace").rstrip(" \t\r\n\x00")
     try:
         info = json.loads(text)
     except ValueError:
-        return []
-    names = info.get("FileList", "") if isinstance(info, dict) else ""
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def parse_file_list(info_answer: bytes) -> list[str]:
+    """The stored nights named in a device-information answer (``FileList``, comma-separated)."""
+    names = parse_info(info_answer).get("FileList", "")
     return [n for n in str(names).split(",") if n.strip()]
+
+
+def parse_ring_clock(info_answer: bytes) -> datetime | None:
+    """The ring's clock (``CurTIME``, ``YYYY-MM-DD,HH:MM:SS``, local, no zone) from a device-information answer.
+
+    Read with the host UTC of the answer's arrival, it gives the measured offset
+    that maps the night file's local times to host UTC.
+    """
+    value = parse_info(info_answer).get("CurTIME")
+    try:
+        return datetime.strptime(str(value), "%Y-%m-%d,%H:%M:%S") if value is not None else None
+    except ValueError:
+        return None
 
 
 class DownloadError(Exception):
@@ -452,6 +470,7 @@ class NightDownload:
         self._frames = FrameAssembler(ANSWER_HEAD, self.stats)
         self.wanted = None if wanted is None else list(wanted)
         self.files: dict[str, bytes] = {}
+        self.ring_clock: datetime | None = None  # the ring's CurTIME, when its information answer had one
         self.done = False
         self._queue: list[str] = []
         self._state = "idle"
@@ -476,6 +495,7 @@ class NightDownload:
             if f.code != 0:
                 raise DownloadError(f"the ring refused the device-information request (status 0x{f.code:02x})")
             names = parse_file_list(f.data)
+            self.ring_clock = parse_ring_clock(f.data)
             self._queue = [n for n in names if self.wanted is None or n in self.wanted]
             return self._next_file()
         if state == "open":
