@@ -122,6 +122,7 @@ class Ble(Table):
     backoff_s: list[Positive] = Field(min_length=1, description="a non-empty list of numbers > 0")
     connect_attempts: int = Field(ge=1, le=10, description="an integer from 1 to 10")
     max_beds_per_adapter: int = Field(ge=1, le=10, description="an integer from 1 to 10")
+    night_download_timeout_s: Positive
 
 
 def _timezone(value: str) -> str:

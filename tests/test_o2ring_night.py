@@ -81,34 +81,58 @@ def test_downloaded_file_holds_the_whole_night_the_link_missed(night):
             assert rec.spo2 == (None if tl.state[4 * k] == FINGER_OUT else tl.spo2[4 * k])
 
 
-def test_import_of_the_downloaded_file_keeps_the_firmware_t90_beside_ours(night, tmp_path):
+def test_the_daemon_keeps_the_rings_own_night_linked_to_the_live_one(night):
     db, run, raw = night
-    sid = run.session_ids[0]
-    path = tmp_path / f"{run.devices[0].ring_file_name()}.dat"
+    sid, dev = run.session_ids[0], run.devices[0]
+    conn = sqlite3.connect(db)
+    rows = conn.execute("SELECT id, origin, settings_json FROM sessions WHERE id != ?", (sid,)).fetchall()
+    assert len(rows) == 1 and rows[0][1] == "import"
+    imported, settings = rows[0][0], json.loads(rows[0][2])["import"]
+    header = parse_night_file(raw).header
+    assert settings["live_session_id"] == sid and settings["format"] == "o2ring-dat"
+    assert settings["downloaded"] == {"file": dev.ring_file_name(), "over": "ble"}
+    assert settings["firmware"]["t90_s"] == header.t90_s > 0
+    # The ring's clock was measured at download (UTC+8 and no drift here), not guessed from a zone.
+    assert settings["device_clock"]["measured_offset_s"] == pytest.approx(8 * 3600, abs=1.0)
+    t = np.array([r[0] for r in conn.execute("SELECT host_utc_ms FROM spo2_samples WHERE session_id = ? "
+                                             "ORDER BY host_utc_ms", (imported,))]) / 1000
+    assert len(t) == int(NIGHT_S // 4) + 1 and abs(t[0] - dev.started_at) < 1.0 and np.all(np.diff(t) == 4.0)
+    (detail,) = conn.execute("SELECT detail_json FROM events WHERE session_id = ? AND kind = 'device_night_downloaded'",
+                             (sid,)).fetchone()
+    fw = json.loads(detail)["firmware_t90"]
+    assert fw["firmware_t90_s"] == header.t90_s and fw["agrees"] and abs(fw["difference_s"]) <= 4.0
+    ours = latest_report(conn, imported)
+    assert ours is not None and fw["ours_t90_s"] == pytest.approx(ours["t90_s"], abs=1e-3)
+    assert conn.execute("SELECT COUNT(*) FROM events WHERE kind IN ('firmware_t90_disagrees', "
+                        "'device_night_download_failed')").fetchone()[0] == 0
+    # The same file by hand is the same night: refused, naming the session that has it.
+    path = Path(str(db) + ".dat")
     path.write_bytes(raw)
-    r = invoke(db, "import", str(path), "--subject", "SCR-0001", "--format", "o2ring-dat", "--utc-offset", "+08:00",
-               "--live-session", str(sid), "--json")
+    r = invoke(db, "import", str(path), "--subject", "SCR-0001", "--format", "o2ring-dat", "--utc-offset", "+08:00")
+    assert r.exit_code != 0 and f"already imported as session {imported}" in r.stderr
+
+
+def test_a_file_the_simulator_wrote_imports_with_the_firmware_t90_beside_ours(night, tmp_path):
+    _, run, _ = night
+    dev = run.devices[0]
+    db = tmp_path / "c.sqlite"
+    assert invoke(db, "subject", "add", "SCR-0042").exit_code == 0
+    path = tmp_path / f"{dev.ring_file_name()}.dat"
+    path.write_bytes(dev.ring_night_file())
+    r = invoke(db, "import", str(path), "--subject", "SCR-0042", "--format", "o2ring-dat", "--utc-offset", "+08:00",
+               "--json")
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
+    header = parse_night_file(path.read_bytes()).header
     fw = out["firmware_t90"]
-    header = parse_night_file(raw).header
-    assert fw["firmware_t90_s"] == header.t90_s > 0
-    assert fw["agrees"] and abs(fw["difference_s"]) <= 4.0 and fw["allowed_s"] == 4.0
-    assert fw["ours_t90_s"] == pytest.approx(out["report"]["t90_s"], abs=1e-3)
-    src = out["source"]
-    assert src["format"] == "o2ring-dat" and src["live_session_id"] == sid and src["firmware"]["t90_s"] == header.t90_s
-    conn = sqlite3.connect(db)
-    imported = out["session_id"]
-    settings = json.loads(conn.execute("SELECT settings_json FROM sessions WHERE id = ?", (imported,)).fetchone()[0])
-    assert settings["import"]["firmware"]["t90_s"] == header.t90_s and settings["import"]["live_session_id"] == sid
-    assert conn.execute("SELECT COUNT(*) FROM events WHERE session_id = ? AND kind = 'firmware_t90_disagrees'",
-                        (imported,)).fetchone()[0] == 0
-    # Times: record k at the header's local start + 4 k, converted with the ring's offset (UTC+8).
-    t = np.array([row[0] for row in conn.execute("SELECT host_utc_ms FROM spo2_samples WHERE session_id = ? "
-                                                 "ORDER BY host_utc_ms", (imported,))]) / 1000
-    assert abs(t[0] - run.devices[0].started_at) < 1.0 and np.all(np.diff(t) == 4.0)
-    # The live session is untouched.
-    assert conn.execute("SELECT origin FROM sessions WHERE id = ?", (sid,)).fetchone()[0] != "import"
+    assert fw["firmware_t90_s"] == header.t90_s and fw["agrees"] and fw["allowed_s"] == 4.0
+    assert out["source"]["firmware"]["t90_s"] == header.t90_s and out["source"]["device_clock"]["utc_offset"] == "+08:00"
+    text = invoke(db, "import", str(path), "--subject", "SCR-0042", "--format", "o2ring-dat", "--utc-offset", "+08:00")
+    assert "already imported" in text.stderr
+    r = invoke(tmp_path / "d.sqlite", "subject", "add", "SCR-0042")
+    r = invoke(tmp_path / "d.sqlite", "import", str(path), "--subject", "SCR-0042", "--format", "o2ring-dat",
+               "--utc-offset", "+08:00")
+    assert r.exit_code == 0 and "device firmware's time under 90 %" in r.output and ": agrees" in r.output
 
 
 def test_a_firmware_t90_that_disagrees_is_an_event_and_said(tmp_path):
@@ -145,3 +169,16 @@ def test_o2ring_dat_refusals_are_one_line(tmp_path):
     r = invoke(db, "import", str(good), "--subject", "SCR-0042", "--format", "o2ring-dat", "--utc-offset", "+08:00",
                "--live-session", "99")
     assert r.exit_code != 0 and "99" in r.stderr
+
+
+def test_a_ring_out_of_reach_at_the_end_costs_one_event_not_the_night(db_path):
+    sc = scenario(protocol="o2ring", duration_s=1800.0, disconnects=[Interval(1500, 301)])
+    run = asyncio.run(run_night(db_path, [sc]))
+    sid = run.session_ids[0]
+    assert run.stopped[0]["report"]["analysed_s"] > 1400 and run.stopped[0]["device_night"] == "downloading"
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT COUNT(*) FROM sessions").fetchone()[0] == 1
+    (detail,) = conn.execute("SELECT detail_json FROM events WHERE session_id = ? AND kind = 'device_night_download_failed'",
+                             (sid,)).fetchone()
+    assert "out of range" in json.loads(detail)["reason"]
+    assert conn.execute("SELECT state FROM sessions WHERE id = ?", (sid,)).fetchone()[0] == "stopped"

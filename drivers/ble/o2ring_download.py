@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Sequence
 
-from bleak import BleakClient
+from bleak import BleakClient, BleakScanner
+from bleak.backends.client import BaseBleakClient
+from bleak.backends.device import BLEDevice
+from bleak.backends.scanner import BaseBleakScanner
+from bleak_retry_connector import establish_connection, get_device
+
+from drivers.ble.adapters import AdapterSlots
+from drivers.ble.link import DeviceNotFound
+from drivers.clock import Clock
 
 from drivers.protocols.o2ring import O2RING_NOTIFY_UUID, O2RING_WRITE_UUID, DownloadError, NightDownload
 
@@ -84,3 +92,45 @@ async def download_nights(client: BleakClient, *, wanted: Sequence[str] | None =
     if failed:
         raise failed[0]
     return dl.files
+
+
+async def download_from(address: str, clock: Clock, *, slots: AdapterSlots, backend: type[BaseBleakClient] | None = None,
+                        scanner_backend: type[BaseBleakScanner] | None = None, connect_timeout_s: float = 20.0,
+                        scan_timeout_s: float = 15.0, timeout_s: float = 120.0,
+                        ) -> tuple[dict[str, bytes], RingClockReading | None]:
+    """Connect to the ring at ``address`` on a connection of its own, download its nights, disconnect.
+
+    Connects as the live link does (a fresh device object, bleak-retry-connector,
+    one connect at a time per adapter); everything here is radio time, so the
+    clock is held.  Returns the files and the ring's clock reading.
+    """
+    readings: list[RingClockReading] = []
+    async with clock.frozen():
+        device = await _find(address, backend, scanner_backend, scan_timeout_s)
+        async with slots.connecting():
+            client = await establish_connection(BleakClient, device, address, max_attempts=2,
+                                                timeout=max(10.0, connect_timeout_s), backend=backend)
+        try:
+            files = await download_nights(client, timeout_s=timeout_s, now=clock.now, on_clock=readings.append)
+        finally:
+            try:
+                await asyncio.wait_for(client.disconnect(), 5.0)
+            except Exception:  # the files are in hand; a slow disconnect changes nothing
+                pass
+    return files, (readings[0] if readings else None)
+
+
+async def _find(address: str, backend: type[BaseBleakClient] | None, scanner_backend: type[BaseBleakScanner] | None,
+                scan_timeout_s: float) -> BLEDevice:
+    if backend is not None:
+        return BLEDevice(address, address, {})  # a plug-in backend resolves addresses itself
+    current = await get_device(address)
+    if current is not None:
+        return current
+    extra: BleakScanner.ExtraArgs = {}
+    if scanner_backend is not None:
+        extra["backend"] = scanner_backend
+    found = await BleakScanner.find_device_by_address(address, timeout=scan_timeout_s, **extra)
+    if found is None:
+        raise DeviceNotFound(f"no advertisement from {address!r} within {scan_timeout_s:g} s")
+    return found

@@ -272,3 +272,5 @@ class DeviceProfile:
     pair: bool = False  # the device expects bonding: pair on connect when the stack is not paired yet
     # A polled device answers only when asked: (uuid, request, period_s) written while connected.
     poll: tuple[str, bytes, float] | None = None
+    # The device stores whole nights in this import format, to download after the live night.
+    night_file_format: str | None = None

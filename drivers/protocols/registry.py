@@ -44,6 +44,7 @@ PROFILES: dict[str, DeviceProfile] = {
         notify_uuids=(o2ring.O2RING_NOTIFY_UUID,),
         expected_period_s=o2ring.POLL_PERIOD_S,
         poll=(o2ring.O2RING_WRITE_UUID, o2ring.realtime_request(), o2ring.POLL_PERIOD_S),
+        night_file_format="o2ring-dat",
     ),
 }
 

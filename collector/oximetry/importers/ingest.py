@@ -59,16 +59,21 @@ def sample_flags(spo2: np.ndarray, pulse: np.ndarray) -> tuple[np.ndarray, np.nd
 
 def parse_night(raw: bytes, fmt: str, *, start: str | None = None, tz: str | None = None,
                 utc_offset: str | None = None, channel: str | None = None,
-                limits: ImportLimits | None = None, now_utc_s: float | None = None) -> ParsedNight:
-    """Dispatch to the format's parser; refuse options that do not apply to it, and files beyond one night."""
-    night = _parse(raw, fmt, start=start, tz=tz, utc_offset=utc_offset, channel=channel, limits=limits)
+                limits: ImportLimits | None = None, now_utc_s: float | None = None,
+                measured_offset_s: float | None = None) -> ParsedNight:
+    """Dispatch to the format's parser; refuse options that do not apply to it, and files beyond one night.
+
+    ``measured_offset_s``: a device clock measured at download (device formats only).
+    """
+    night = _parse(raw, fmt, start=start, tz=tz, utc_offset=utc_offset, channel=channel, limits=limits,
+                   measured_offset_s=measured_offset_s)
     if limits is not None:
         limits.check_night(night.t_utc_s, now_utc_s if now_utc_s is not None else time.time())
     return night
 
 
 def _parse(raw: bytes, fmt: str, *, start: str | None, tz: str | None, utc_offset: str | None, channel: str | None,
-           limits: ImportLimits | None) -> ParsedNight:
+           limits: ImportLimits | None, measured_offset_s: float | None = None) -> ParsedNight:
     if fmt not in FORMATS:
         raise InvalidInput(f"unknown import format {fmt!r}; use one of {', '.join(FORMATS)}")
     if channel is not None and fmt != "edf":
@@ -88,7 +93,7 @@ def _parse(raw: bytes, fmt: str, *, start: str | None, tz: str | None, utc_offse
     if fmt == "o2ring-dat":
         from .o2ring_dat import parse_o2ring_dat
 
-        return parse_o2ring_dat(raw, tz=tz, utc_offset=utc_offset, limits=limits)
+        return parse_o2ring_dat(raw, tz=tz, utc_offset=utc_offset, limits=limits, measured_offset_s=measured_offset_s)
     from .edf_night import parse_edf_night
 
     return parse_edf_night(raw, channel=channel, tz=tz, utc_offset=utc_offset)

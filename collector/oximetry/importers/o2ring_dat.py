@@ -23,8 +23,12 @@ from . import ImportLimits, ParsedNight, local_iso, local_to_utc, naive_seconds
 
 
 def parse_o2ring_dat(raw: bytes, *, tz: str | None = None, utc_offset: str | None = None,
-                     limits: ImportLimits | None = None) -> ParsedNight:
-    """Parse a night file (bytes); local times converted with ``tz``/``utc_offset``."""
+                     limits: ImportLimits | None = None, measured_offset_s: float | None = None) -> ParsedNight:
+    """Parse a night file (bytes); local times converted with ``tz``/``utc_offset``.
+
+    ``measured_offset_s`` (ring clock minus host UTC, read when the file was
+    downloaded) converts instead, drift included: the download path uses it.
+    """
     try:
         f = parse_night_file(raw)
     except InvalidNightFile as exc:
@@ -35,7 +39,12 @@ def parse_o2ring_dat(raw: bytes, *, tz: str | None = None, utc_offset: str | Non
     if n < 2:
         raise InvalidInput(f"the O2Ring night file has {n} record{'s' if n != 1 else ''}; a night needs at least 2")
     local = naive_seconds(f.header.start_local) + np.arange(n, dtype=np.float64) * f.interval_s
-    utc, tzinfo = local_to_utc(local, tz, utc_offset, "O2Ring night file")
+    if measured_offset_s is not None:
+        utc = local - measured_offset_s
+        tzinfo = {"measured_offset_s": round(measured_offset_s, 3),
+                  "how": "the ring's clock read over Bluetooth at download, against host UTC"}
+    else:
+        utc, tzinfo = local_to_utc(local, tz, utc_offset, "O2Ring night file")
     spo2 = np.array([math.nan if r.spo2 is None else float(r.spo2) for r in f.records])
     pulse = np.array([math.nan if r.pulse is None else float(r.pulse) for r in f.records])
     source = {
