@@ -26,7 +26,7 @@ Facts relied on, and where they come from (facts only; no code or text taken):
   file size, u32), 0x04 read file (block field = block number; answer data:
   the next piece), 0x05 close file, 0x14 device information (answer data:
   JSON text; ``FileList`` is a comma-separated list of stored nights,
-  ``CurTIME`` the ring clock), 0x15 ping, 0x16 configuration (JSON), 0x17
+  ``CurTIME`` the ring clock as ``YYYY-MM-DD,HH:MM:SS``), 0x15 ping, 0x16 configuration (JSON), 0x17
   live reading.  Sources: o2r ``defines.py``/``o2state.py``; viatom-dev
   VTO2Lib ``VTO2Def.h`` (the same command numbers).
 * Live reading (answer to 0x17, 13 data bytes): 0 SpO2 %, 1-2 pulse u16, 3-6
@@ -37,8 +37,8 @@ Facts relied on, and where they come from (facts only; no code or text taken):
   only, which agrees below 256).  The ring writes 0xFF both for "no finger"
   and for SpO2 below its range (< 61 %): ble-oximeters.md, oximetry.md.
 * Night file (OSCAR ``SleepLib/loader_plugins/viatom_loader.cpp`` and
-  ``viatom_loader.h``, and ViatomDataReader, which follows it): bytes 0-1
-  signature (3 for the O2Ring, 5 seen on Checkme O2), 2-3 year, 4 month, 5
+  ``viatom_loader.h``): bytes 0-1
+  signature (3; OSCAR also accepts 5 since its Checkme O2 change), 2-3 year, 4 month, 5
   day, 6 hour, 7 minute, 8 second (the ring's local clock, no zone), 9-12 file
   size in bytes (OSCAR: 16-bit with 11-12 always 0), 13-16 recording duration
   in s (same), 17 average SpO2, 18 lowest SpO2, 19 drops >= 3 %, 20 drops >=
