@@ -37,7 +37,7 @@ class SessionIn(BaseModel):
     subject_id: str = Field(min_length=1, max_length=64)
     kind: Literal["night"] = "night"
     oximeter: str = Field(min_length=1, max_length=200, description="BLE address, macOS UUID or advertised name")
-    protocol: Literal["plx", "nonin", "berrymed"] | None = None
+    protocol: Literal["plx", "nonin", "berrymed", "o2ring"] | None = None
     by: str | None = Field(default=None, max_length=100)
 
 

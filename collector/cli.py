@@ -121,7 +121,7 @@ def session() -> None:
 @click.option("--kind", type=click.Choice(["night", "spirometry"]), default="night", show_default=True,
               help="Overnight oximetry or a spirometry session.")
 @click.option("--oximeter", help="Oximeter BLE address, macOS UUID or advertised name (night sessions).")
-@click.option("--protocol", help="Device protocol if it cannot be told from the advertisement (plx, nonin, berrymed; spirometers: hl7, gdt).")
+@click.option("--protocol", help="Device protocol if it cannot be told from the advertisement (plx, nonin, berrymed, o2ring; spirometers: hl7, gdt).")
 @click.option("--spirometer", help="Spirometer port: /dev/ttyUSB0, COM3, or socket://host:port (spirometry sessions).")
 @click.option("--model", help="Spirometer model from the config (port settings and code maps).")
 @click.option("--gdt-dir", "gdt_dir", help="Spirometry through a GDT exchange folder instead of a port: the request is written "

@@ -126,6 +126,7 @@ class Ble(Table):
     backfill: bool
     backfill_timeout_s: Positive
     backfill_grid_tolerance_s: Annotated[float, Field(ge=0, le=0.5, description="a number of seconds from 0 to 0.5")]
+    night_download_timeout_s: Positive
 
 
 def _timezone(value: str) -> str:

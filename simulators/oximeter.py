@@ -7,15 +7,16 @@ so a simulated night exercises the real parsers end to end.
 from __future__ import annotations
 
 import asyncio
-import datetime as _dt
+import json
 import logging
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 import numpy as np
 
 from collector.clock import Clock
-from drivers.protocols import berrymed, cts, nonin, plx
-from drivers.protocols.common import RacpCode, RacpOpcode
+from drivers.protocols import berrymed, cts, nonin, o2ring, plx
+from drivers.protocols.common import ParserStats, RacpCode, RacpOpcode
 from drivers.protocols.registry import PROFILES
 from simulators.scenario import DISCONNECTED, FINGER_OUT, GARBAGE, SILENT, Scenario, Timeline, build_timeline
 
@@ -32,6 +33,7 @@ DIS_SERIAL = "00002a25-0000-1000-8000-00805f9b34fb"
 DIS_FIRMWARE = "00002a26-0000-1000-8000-00805f9b34fb"
 PLX_FEATURES = "00002a60-0000-1000-8000-00805f9b34fb"
 STORED_STATUS = (1 << 9) | (1 << 5)  # measurement status of a stored record: from storage, measurement ongoing
+RING_BLOCK = 512  # bytes per answer to an O2Ring file read
 
 
 def encode_tick(protocol: str, state: int, spo2: float, pulse: float, index: int) -> list[bytes]:
@@ -51,7 +53,35 @@ def encode_tick(protocol: str, state: int, spo2: float, pulse: float, index: int
             packet = berrymed.encode_packet(int(spo2), int(pulse), pleth=50 + index % 30)
         # Every seventh packet arrives split over two notifications, as real UART bridges do.
         return [packet[:2], packet[2:]] if index % 7 == 3 else [packet]
+    if protocol == "o2ring":
+        if state == FINGER_OUT:
+            data = o2ring.encode_realtime(None, None, worn=False)
+        else:
+            data = o2ring.encode_realtime(int(spo2), int(pulse), motion=index % 5)
+        return o2ring.split_notifications(o2ring.encode_answer(0, data))
     raise ValueError(f"unknown protocol {protocol}")
+
+
+def ring_records(tl: Timeline) -> list[o2ring.NightRecord]:
+    """What a ring stores of the whole night, one record per 4 s, link or no link.
+
+    The ring measures on the finger whatever the radio does: only "finger out"
+    becomes an invalid record; a disconnect, a silence or radio garbage does not.
+    """
+    offsets = tl.offset_s
+    out: list[o2ring.NightRecord] = []
+    if offsets.size == 0:
+        return out
+    t = 0.0
+    end = float(offsets[-1])
+    while t <= end:
+        k = max(0, int(np.searchsorted(offsets, t, side="right")) - 1)
+        if tl.state[k] == FINGER_OUT:
+            out.append(o2ring.NightRecord(None, None, 0, False))
+        else:
+            out.append(o2ring.NightRecord(int(tl.spo2[k]), int(tl.pulse[k]), k % 5, False))
+        t += o2ring.RECORD_INTERVAL_S
+    return out
 
 
 class SimulatedOximeter:
@@ -89,6 +119,9 @@ class SimulatedOximeter:
         if self.started_at is None:
             return t + self.scenario.clock_offset_s
         return self._device_t0 + (t - self.started_at) * (1.0 + self.scenario.clock_drift_ppm * 1e-6)
+        self._ring_frames = o2ring.FrameAssembler(o2ring.REQUEST_HEAD, ParserStats())
+        self._ring_poll_pending = False
+        self._ring_open: bytes | None = None
 
     # -- GATT ------------------------------------------------------------------------------
     def gatt(self) -> dict[str, dict[str, tuple[CharacteristicPropertyName, ...]]]:
@@ -105,6 +138,8 @@ class SimulatedOximeter:
             table[cts.CTS_SERVICE_UUID] = {cts.CURRENT_TIME_UUID: ("read",)}
         for u, _ in self.profile.start_writes:
             table[self.profile.service_uuid][u] = ("write",)
+        if self.profile.poll is not None:
+            table[self.profile.service_uuid][self.profile.poll[0]] = ("write", "write-without-response")
         return table
 
     def read(self, uuid: str) -> bytes:
@@ -130,7 +165,7 @@ class SimulatedOximeter:
 
     # -- RACP --------------------------------------------------------------------------------
     def _record(self, device_s: int, k: int) -> bytes:
-        wall = _dt.datetime.fromtimestamp(device_s, _dt.timezone.utc)
+        wall = datetime.fromtimestamp(device_s, timezone.utc)
         ts = (wall.year, wall.month, wall.day, wall.hour, wall.minute, wall.second)
         if self.timeline.state[k] == FINGER_OUT:
             return plx.encode_spot_check(None, None, timestamp=ts, meas_status=(1 << 9) | (1 << 13), dev_status=1 << 11)
@@ -171,6 +206,59 @@ class SimulatedOximeter:
         mode = self.scenario.memory
         if mode == "all" or (mode == "undelivered" and not delivered):
             self.memory.append((int(self.device_clock(t) + 1e-6) // 1, k))
+        if self.scenario.protocol == "o2ring" and uuid == o2ring.O2RING_WRITE_UUID:
+            self._ring_request(data)
+
+    # -- O2Ring: answers requests; live readings wait for the next tick --------------------------
+    #: The ring clock's offset from UTC (it keeps local time; a ward in China: UTC+8).
+    ring_utc_offset = timedelta(hours=8)
+
+    def ring_file_name(self) -> str:
+        start = self.started_at if self.started_at is not None else self.clock.now()
+        return self._ring_local(start).strftime("%Y%m%d%H%M%S")
+
+    def _ring_local(self, t_utc: float) -> datetime:
+        return (datetime.fromtimestamp(t_utc, tz=timezone.utc) + self.ring_utc_offset).replace(tzinfo=None)
+
+    def ring_night_file(self) -> bytes:
+        """The night the ring stored (the whole timeline at 4 s), as the ring's file bytes."""
+        start = self.started_at if self.started_at is not None else self.clock.now()
+        return o2ring.encode_night_file(self._ring_local(start), ring_records(self.timeline))
+
+    def _ring_request(self, data: bytes) -> None:
+        for req in self._ring_frames.push(data):
+            if req.code == o2ring.CMD_REALTIME:
+                self._ring_poll_pending = True  # answered with the next tick's reading
+                continue
+            self._ring_send(self._ring_answer(req))
+
+    def _ring_answer(self, req: o2ring.Frame) -> bytes:
+        if req.code == o2ring.CMD_INFO:
+            files = self.ring_file_name() if self.started_at is not None else ""
+            info = {"CurTIME": self._ring_local(self.clock.now()).strftime("%Y-%m-%d,%H:%M:%S"), "FileList": files + ","}
+            return o2ring.encode_answer(0, json.dumps(info).encode("ascii") + b"\x00")
+        if req.code == o2ring.CMD_FILE_OPEN:
+            name = req.data.rstrip(b"\x00").decode("ascii", "replace")
+            if self.started_at is None or name != self.ring_file_name():
+                return o2ring.encode_answer(0x01)
+            self._ring_open = self.ring_night_file()
+            return o2ring.encode_answer(0, len(self._ring_open).to_bytes(4, "little"))
+        if req.code == o2ring.CMD_FILE_READ:
+            if self._ring_open is None:
+                return o2ring.encode_answer(0x01, block=req.block)
+            piece = self._ring_open[req.block * RING_BLOCK:(req.block + 1) * RING_BLOCK]
+            return o2ring.encode_answer(0 if piece else 0x01, piece, block=req.block)
+        if req.code == o2ring.CMD_FILE_CLOSE:
+            self._ring_open = None
+            return o2ring.encode_answer(0)
+        return o2ring.encode_answer(0x01)
+
+    def _ring_send(self, frame: bytes) -> None:
+        sink = self._subs.get(o2ring.O2RING_NOTIFY_UUID)
+        if sink is None:
+            return
+        for chunk in o2ring.split_notifications(frame):
+            sink(bytearray(chunk))
 
     # -- link ------------------------------------------------------------------------------
     def attach(self, client: SimulatedClientBackend) -> None:
@@ -239,6 +327,10 @@ class SimulatedOximeter:
                 noise = self._rng.integers(0, 128, int(self._rng.integers(1, 4))).astype(np.uint8).tobytes()
                 sink(bytearray(noise))
                 continue
+            if self.scenario.protocol == "o2ring":
+                if not self._ring_poll_pending:
+                    continue  # a polled ring says nothing unless asked
+                self._ring_poll_pending = False
             for payload in encode_tick(self.scenario.protocol, state, spo2[k], pulse[k], k):
                 sink(bytearray(payload))
             self.delivered.append((self.clock.now(), k))

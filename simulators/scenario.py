@@ -8,7 +8,7 @@ collector stored with what the device sent.
 Example::
 
     [device]
-    protocol = "plx"            # plx | nonin | berrymed
+    protocol = "plx"            # plx | nonin | berrymed | o2ring
     address = "SIM-PLX-01"
     name = "SimOx PLX"
     interval_s = 1.0            # reading interval (BerryMed: packet interval)
@@ -57,7 +57,7 @@ import numpy as np
 
 from collector.errors import InvalidInput
 
-PROTOCOLS = ("plx", "nonin", "berrymed")
+PROTOCOLS = ("plx", "nonin", "berrymed", "o2ring")
 
 # Tick states.
 OK, FINGER_OUT, DISCONNECTED, SILENT, GARBAGE = 0, 1, 2, 3, 4

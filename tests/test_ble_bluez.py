@@ -183,3 +183,21 @@ def test_a_gap_is_back_filled_through_bluez(db_path, system_bus):
     assert run.devices[0].racp_requests == [bytes.fromhex("01 01")]
     n, _ = stored(db_path, run.session_ids[0])
     assert n == len(run.devices[0].delivered) + b["fitted"]
+
+
+def test_o2ring_is_polled_through_bluez_and_a_drop_is_one_gap(db_path, system_bus):
+    """The ring answers only when asked: the link's poll writes go through WriteValue, answers come back as
+    PropertiesChanged values split over notifications, and a drop is one gap with its cause."""
+    sc = scenario(protocol="o2ring", address=mac(9), duration_s=900.0, disconnects=[Interval(300, 60)])
+    run = asyncio.run(run_on_bluez(db_path, [sc]))
+    n, gaps = stored(db_path, run.session_ids[0])
+    assert [g[2] for g in gaps] == ["device_disconnected"]
+    assert gaps[0][0] / 1000 - run.devices[0].started_at == pytest.approx(300, abs=1.01)
+    assert n == len(run.devices[0].delivered) >= 900 - 60 - 36 - 5
+    assert "WriteValue" in {m for m, _ in run.stack.calls}
+    # At the stop, the ring's own night came down over the same stack and is kept beside the live one.
+    conn = sqlite3.connect(db_path)
+    kinds = [k for (k,) in conn.execute("SELECT kind FROM events WHERE session_id = ?", (run.session_ids[0],))]
+    assert "device_night_downloaded" in kinds, kinds
+    assert conn.execute("SELECT COUNT(*) FROM spo2_samples s JOIN sessions x ON x.id = s.session_id "
+                        "WHERE x.origin = 'import'").fetchone()[0] == 900 // 4 + 1

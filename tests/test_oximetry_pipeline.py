@@ -74,6 +74,6 @@ def test_device_replies_reach_the_transport_side(session):
 def test_pipeline_has_no_protocol_branches():
     """The codec owns what differs between devices: no `protocol == "..."` in the pipeline."""
     tree = ast.parse(Path(pipeline_module.__file__).read_text(encoding="utf-8"))
-    names = {"plx", "nonin", "berrymed"}
+    names = {"plx", "nonin", "berrymed", "o2ring"}
     found = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value in names]
     assert found == []

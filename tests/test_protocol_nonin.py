@@ -140,7 +140,7 @@ def test_round_trip(spo2, pr):
 # --- registry (shared module; tested here to keep the file count small) --------------
 
 def test_registry_profiles():
-    assert set(PROFILES) == {"plx", "nonin", "berrymed"}
+    assert set(PROFILES) == {"plx", "nonin", "berrymed", "o2ring"}
     for name, prof in PROFILES.items():
         assert prof.protocol == name
         assert prof.service_uuid == prof.service_uuid.lower() and len(prof.service_uuid) == 36
@@ -159,9 +159,9 @@ def test_make_parser_each_protocol_fresh():
 
 def test_unknown_protocol_message_lists_names():
     with pytest.raises(UnknownProtocol) as ei:
-        make_parser("o2ring")
+        make_parser("emay")
     msg = str(ei.value)
-    assert "o2ring" in msg and "berrymed, nonin, plx" in msg
+    assert "emay" in msg and "berrymed, nonin, o2ring, plx" in msg
     with pytest.raises(UnknownProtocol):
         profile("")
 

@@ -112,17 +112,20 @@ def report_cmd(c: Ctx, session_id: int, as_json: bool, png: Path | None, tz_name
 @click.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--subject", "subject_id", required=True, help="Subject's screening ID (pseudonym, never a name).")
-@click.option("--format", "fmt", required=True, type=click.Choice(["csv", "o2ring-csv", "edf"]),
-              help="csv: time,spo2[,pulse]; o2ring-csv: Wellue/ViHealth export; edf: EDF/EDF+ with an SpO2 channel.")
+@click.option("--format", "fmt", required=True, type=click.Choice(["csv", "o2ring-csv", "o2ring-dat", "edf"]),
+              help="csv: time,spo2[,pulse]; o2ring-csv: Wellue/ViHealth export; o2ring-dat: the O2Ring/Checkme O2's own "
+                   "night file; edf: EDF/EDF+ with an SpO2 channel.")
 @click.option("--start", "start", help="csv with seconds-from-start times: the start as UTC ISO-8601 (2025-03-06T22:20:56Z).")
-@click.option("--tz", "tz_name", help="o2ring-csv/edf: IANA zone the device clock was set to (e.g. Europe/Berlin).")
-@click.option("--utc-offset", "utc_offset", help="o2ring-csv/edf: the device clock's offset from UTC instead of --tz (e.g. +01:00).")
+@click.option("--tz", "tz_name", help="o2ring-csv/o2ring-dat/edf: IANA zone the device clock was set to (e.g. Europe/Berlin).")
+@click.option("--utc-offset", "utc_offset", help="o2ring-csv/o2ring-dat/edf: the device clock's offset from UTC instead of --tz (e.g. +01:00).")
 @click.option("--channel", help="edf: label of the SpO2 channel (default: first labelled SpO2/SaO2, else unit %).")
+@click.option("--live-session", "live_session_id", type=int,
+              help="The live night session this file was downloaded for (a night from the device's memory stays its own session, linked).")
 @click.option("--json", "as_json", is_flag=True, help="Print the new session, its samples and report as JSON.")
 @pass_ctx
 @requires(TECHNICIAN)
 def import_cmd(c: Ctx, file: Path, subject_id: str, fmt: str, start: str | None, tz_name: str | None,
-               utc_offset: str | None, channel: str | None, as_json: bool) -> None:
+               utc_offset: str | None, channel: str | None, live_session_id: int | None, as_json: bool) -> None:
     """Import a night recorded elsewhere as a new night session with its report."""
     from collector.oximetry.importers import ImportLimits
     from collector.oximetry.importers.ingest import import_night, parse_night
@@ -137,7 +140,8 @@ def import_cmd(c: Ctx, file: Path, subject_id: str, fmt: str, start: str | None,
     night = parse_night(raw, fmt, start=start, tz=tz_name, utc_offset=utc_offset, channel=channel, limits=limits,
                         now_utc_s=SystemClock().wall())
     conn = c.conn()
-    result = import_night(conn, raw, night, subject_id=subject_id, by=c.by, at=SystemClock().now(), config=c.config)
+    result = import_night(conn, raw, night, subject_id=subject_id, by=c.by, at=SystemClock().now(), config=c.config,
+                          live_session_id=live_session_id)
     if as_json:
         emit_json(result)
         return
@@ -151,6 +155,15 @@ def import_cmd(c: Ctx, file: Path, subject_id: str, fmt: str, start: str | None,
             click.echo(f"  note: {clock['note']}")
     if src.get("spo2_channel"):
         click.echo(f"  SpO2 channel {src['spo2_channel']!r} (chosen by {src['spo2_channel_chosen_by']}), pulse channel {src.get('pulse_channel')!r}")
+    if src.get("truncated"):
+        click.echo(f"  note: the file has {src['file_bytes']} bytes, its header says {src['header_file_size']}: "
+                   "the copy or download stopped early; the records present were imported")
+    fw = result.get("firmware_t90")
+    if fw is not None:
+        verdict = "agrees" if fw["agrees"] else f"DISAGREES by more than {fw['allowed_s']:g} s (event recorded for review)"
+        click.echo(f"  device firmware's time under 90 %: {fw['firmware_t90_s']:g} s; ours {fw['ours_t90_s']:g} s: {verdict}")
+    if live_session_id is not None:
+        click.echo(f"  linked to live session {live_session_id}")
     info = {"session": repo.get_session(conn, result["session_id"]), "report": result["report"],
             "report_id": result["report_id"], "provisional": False}
     click.echo("  " + decision_line(info["report"]))

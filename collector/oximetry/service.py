@@ -40,6 +40,10 @@ class NightService:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self.recorders: dict[int, NightRecorder] = {}
+        # Devices that store whole nights: (protocol, address) of a stopped night until its report is made,
+        # then the download of the device's own night, one task per session (awaited at shutdown).
+        self._stopped_beds: dict[int, tuple[str, str]] = {}
+        self.downloads: dict[int, asyncio.Task[list[int]]] = {}
         self._handover_task: asyncio.Task[None] | None = None
         # Beds per adapter and one connect at a time per adapter (see drivers.ble.adapters).
         self.slots = AdapterSlots(limit=int(daemon.config["ble"]["max_beds_per_adapter"]))
@@ -175,12 +179,24 @@ class NightService:
         if rec is not None:
             await rec.stop(t)
             self.slots.release(rec.target.spec)
+            if PROFILES[rec.protocol].night_file_format is not None:
+                self._stopped_beds[session_id] = (rec.protocol, rec.target.spec)
 
     async def session_closed_hook(self, session: dict[str, Any]) -> dict[str, Any]:
         """After a night is closed and flushed: its final report (what ``session stop`` prints)."""
         if session["kind"] != "night":
             return {}
-        return {"report": await self.finalise(session["id"])}
+        out: dict[str, Any] = {"report": await self.finalise(session["id"])}
+        bed = self._stopped_beds.pop(session["id"], None)
+        if bed is not None:
+            # In the background: the night's report is final without it, and a download takes radio time.
+            from collector.oximetry.device_nights import keep_device_night
+
+            self.downloads[session["id"]] = asyncio.create_task(
+                keep_device_night(self.daemon, session["id"], protocol=bed[0], address=bed[1], slots=self.slots),
+                name=f"device-night-{session['id']}")
+            out["device_night"] = "downloading"
+        return out
 
     def live_status(self, session_id: int) -> dict[str, Any] | None:
         rec = self.recorders.get(session_id)
@@ -254,6 +270,13 @@ class NightService:
         for rec in self.recorders.values():
             self.slots.release(rec.target.spec)
         self.recorders.clear()
+        if self.downloads:
+            # Each is bounded by [ble] night_download_timeout_s; a failure is an event, never an exception here.
+            results = await asyncio.gather(*self.downloads.values(), return_exceptions=True)
+            for sid, res in zip(list(self.downloads), results):
+                if isinstance(res, BaseException):
+                    log.error("session %s: the device's own night was not kept (%s)", sid, res)
+            self.downloads.clear()
         if self._handover_task is not None:
             self._handover_task.cancel()
 

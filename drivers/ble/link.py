@@ -12,7 +12,9 @@ connect at a time per adapter.  A data watchdog forces a reconnect when the
 link goes silent while the stack still says "connected", and every wait of our
 own uses the injected clock.  ``backend``/``scanner_backend`` are passed to
 bleak unchanged (None: the platform's own stack); that is how the simulator
-plugs in.
+plugs in.  A polled device (the O2Ring answers only when asked) gets its
+profile's request written every period while connected; a failed write stops the
+polling and the watchdog reconnects.
 """
 
 from __future__ import annotations
@@ -229,7 +231,13 @@ class OximeterLink:
         self.stats.info = info
         self.connected_once.set()
         self.on_connected(connected_at, info)
-        cause = await self._watch()
+        poller = asyncio.create_task(self._poll(client)) if self.profile.poll is not None else None
+        try:
+            cause = await self._watch()
+        finally:
+            if poller is not None:
+                poller.cancel()
+                await asyncio.gather(poller, return_exceptions=True)
         self.state = "lost"
         if cause == "device_disconnected" and self.backend is None and await adapter_powered() is False:
             cause = "adapter_off"  # the laptop slept or Bluetooth was switched off: not the device's doing
@@ -269,6 +277,22 @@ class OximeterLink:
             raise DeviceNotFound(f"no advertisement from {self.target.spec!r} within {self.scan_timeout_s:g} s")
         self._rescan = False
         return found
+
+    async def _poll(self, client: BleakClient) -> None:
+        """A polled device (O2Ring) answers only when asked: write its request every period.
+
+        A failed write ends the polling; the watchdog then sees the silence and reconnects.
+        """
+        assert self.profile.poll is not None
+        uuid, request, period_s = self.profile.poll
+        while client is self._client:
+            try:
+                async with self.clock.frozen():  # a write is radio (real) time, like a connect
+                    await client.write_gatt_char(uuid, request, response=False)
+            except (BleakError, OSError) as exc:
+                log.info("%s: poll write failed: %s", self.target.spec, exc)
+                return
+            await self.clock.sleep(period_s)
 
     async def _read_info(self, client: BleakClient) -> dict[str, str]:
         info = {"address": client.address, "name": client.name}

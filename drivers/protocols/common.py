@@ -285,10 +285,14 @@ class OximeterParser(Protocol):
 class DeviceProfile:
     """How to talk to one family of oximeters over GATT (used by the BLE transport)."""
 
-    protocol: str  # "plx" | "nonin" | "berrymed"
+    protocol: str  # "plx" | "nonin" | "berrymed" | "o2ring"
     service_uuid: str
     notify_uuids: tuple[str, ...]  # characteristics to subscribe to
     expected_period_s: float  # nominal interval between notifications carrying readings
     read_uuids: tuple[str, ...] = ()  # characteristics to read once after connect (features, info)
     start_writes: tuple[tuple[str, bytes], ...] = field(default=())  # (uuid, payload) after subscribing
     pair: bool = False  # the device expects bonding: pair on connect when the stack is not paired yet
+    # A polled device answers only when asked: (uuid, request, period_s) written while connected.
+    poll: tuple[str, bytes, float] | None = None
+    # The device stores whole nights in this import format, to download after the live night.
+    night_file_format: str | None = None

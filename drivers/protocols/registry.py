@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from drivers.protocols import berrymed, cts, nonin, plx
+from drivers.protocols import berrymed, cts, nonin, o2ring, plx
 from drivers.protocols.common import DeviceProfile, OximeterParser
 
 PROFILES: dict[str, DeviceProfile] = {
@@ -38,19 +38,29 @@ PROFILES: dict[str, DeviceProfile] = {
         notify_uuids=(berrymed.BERRYMED_NOTIFY_UUID,),
         expected_period_s=1.0,
     ),
+    # Wellue/Viatom O2Ring and Checkme O2: request/response; the live reading is polled once a second.
+    "o2ring": DeviceProfile(
+        protocol="o2ring",
+        service_uuid=o2ring.O2RING_SERVICE_UUID,
+        notify_uuids=(o2ring.O2RING_NOTIFY_UUID,),
+        expected_period_s=o2ring.POLL_PERIOD_S,
+        poll=(o2ring.O2RING_WRITE_UUID, o2ring.realtime_request(), o2ring.POLL_PERIOD_S),
+        night_file_format="o2ring-dat",
+    ),
 }
 
 _FACTORIES: dict[str, Callable[[], OximeterParser]] = {
     "plx": plx.PlxParser,
     "nonin": nonin.NoninParser,
     "berrymed": berrymed.BerryMedParser,
+    "o2ring": o2ring.O2RingParser,
 }
 
 # When a device advertises several services, prefer the richer protocol: Nonin's own
 # service has a packet counter; PLX has status bits; the BerryMed service UUID is a
 # generic "transparent UART" that other vendors reuse for other protocols, so it is
 # the weakest evidence.
-_GUESS_ORDER = ("nonin", "plx", "berrymed")
+_GUESS_ORDER = ("nonin", "plx", "o2ring", "berrymed")
 
 
 class UnknownProtocol(ValueError):

@@ -28,7 +28,7 @@ import numpy as np
 
 from collector.errors import InvalidInput
 
-FORMATS = ("csv", "o2ring-csv", "edf")
+FORMATS = ("csv", "o2ring-csv", "o2ring-dat", "edf")
 TEXT_FORMATS = ("csv", "o2ring-csv")
 EARLIEST_UTC_S = 946_684_800.0  # 2000-01-01T00:00:00Z: no overnight oximeter file we import is older
 FUTURE_SLACK_S = 86_400.0  # a device clock may run ahead, not by more than a day

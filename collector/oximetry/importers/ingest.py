@@ -62,16 +62,21 @@ def sample_flags(spo2: np.ndarray, pulse: np.ndarray) -> tuple[np.ndarray, np.nd
 
 def parse_night(raw: bytes, fmt: str, *, start: str | None = None, tz: str | None = None,
                 utc_offset: str | None = None, channel: str | None = None,
-                limits: ImportLimits | None = None, now_utc_s: float | None = None) -> ParsedNight:
-    """Dispatch to the format's parser; refuse options that do not apply to it, and files beyond one night."""
-    night = _parse(raw, fmt, start=start, tz=tz, utc_offset=utc_offset, channel=channel, limits=limits)
+                limits: ImportLimits | None = None, now_utc_s: float | None = None,
+                measured_offset_s: float | None = None) -> ParsedNight:
+    """Dispatch to the format's parser; refuse options that do not apply to it, and files beyond one night.
+
+    ``measured_offset_s``: a device clock measured at download (device formats only).
+    """
+    night = _parse(raw, fmt, start=start, tz=tz, utc_offset=utc_offset, channel=channel, limits=limits,
+                   measured_offset_s=measured_offset_s)
     if limits is not None:
         limits.check_night(night.t_utc_s, now_utc_s if now_utc_s is not None else time.time())
     return night
 
 
 def _parse(raw: bytes, fmt: str, *, start: str | None, tz: str | None, utc_offset: str | None, channel: str | None,
-           limits: ImportLimits | None) -> ParsedNight:
+           limits: ImportLimits | None, measured_offset_s: float | None = None) -> ParsedNight:
     if fmt not in FORMATS:
         raise InvalidInput(f"unknown import format {fmt!r}; use one of {', '.join(FORMATS)}")
     if channel is not None and fmt != "edf":
@@ -79,7 +84,7 @@ def _parse(raw: bytes, fmt: str, *, start: str | None, tz: str | None, utc_offse
     if start is not None and fmt != "csv":
         raise InvalidInput("--start applies to --format csv with seconds-from-start times only")
     if (tz or utc_offset) and fmt == "csv":
-        raise InvalidInput("--tz/--utc-offset apply to device-local times (o2ring-csv, edf); csv times are UTC or need --start")
+        raise InvalidInput("--tz/--utc-offset apply to device-local times (o2ring-csv, o2ring-dat, edf); csv times are UTC or need --start")
     if fmt == "csv":
         from .csv_night import parse_csv_night
 
@@ -88,6 +93,10 @@ def _parse(raw: bytes, fmt: str, *, start: str | None, tz: str | None, utc_offse
         from .o2ring_csv import parse_o2ring_csv
 
         return parse_o2ring_csv(raw, tz=tz, utc_offset=utc_offset, limits=limits)
+    if fmt == "o2ring-dat":
+        from .o2ring_dat import parse_o2ring_dat
+
+        return parse_o2ring_dat(raw, tz=tz, utc_offset=utc_offset, limits=limits, measured_offset_s=measured_offset_s)
     from .edf_night import parse_edf_night
 
     return parse_edf_night(raw, channel=channel, tz=tz, utc_offset=utc_offset)
@@ -109,6 +118,26 @@ def sample_rows(session_id: int, night: ParsedNight) -> list[tuple[Any, ...]]:
     ]
 
 
+FIRMWARE_T90_EVENT = "firmware_t90_disagrees"
+
+
+def firmware_t90(report: dict[str, Any], source: dict[str, Any]) -> dict[str, Any] | None:
+    """The device firmware's own T90 beside ours, when the file carries one (O2Ring header).
+
+    They are allowed to differ by one record interval: the firmware counts whole
+    records below 90 %, our zero-order hold ends the last sample's hold at the
+    next sample or a gap.  Beyond that, ``agrees`` is false (an event for review).
+    """
+    fw = source.get("firmware")
+    if not isinstance(fw, dict) or "t90_s" not in fw:
+        return None
+    ours = float(report["t90_s"])
+    allowed = float(source.get("record_interval_s") or 0.0)
+    diff = ours - float(fw["t90_s"])
+    return {"firmware_t90_s": float(fw["t90_s"]), "ours_t90_s": round(ours, 3), "difference_s": round(diff, 3),
+            "allowed_s": allowed, "agrees": abs(diff) <= allowed, "definition": report["definitions"]["t90"]}
+
+
 def import_night(
     conn: sqlite3.Connection,
     raw: bytes,
@@ -118,13 +147,26 @@ def import_night(
     by: str,
     at: float,
     config: dict[str, Any],
+    live_session_id: int | None = None,
 ) -> dict[str, Any]:
-    """Create the session, its samples, its report and the audit row in one transaction."""
+    """Create the session, its samples, its report and the audit row in one transaction.
+
+    ``live_session_id`` links a night downloaded from the device's memory to the
+    live session recorded over the same night (same subject); the downloaded
+    night stays its own session, and the live one is not changed.
+    """
     repo.validate_subject_id(subject_id)
     sha = hashlib.sha256(raw).hexdigest()
     settings = {"import": {**night.source, "sha256": sha, "bytes": len(raw), "samples": night.n}}
+    if live_session_id is not None:
+        settings["import"]["live_session_id"] = live_session_id
     with transaction(conn):
         repo.get_subject(conn, subject_id)
+        if live_session_id is not None:
+            live = repo.get_session(conn, live_session_id)
+            if live["subject_id"] != subject_id or live["kind"] != "night":
+                raise InvalidInput(f"session {live_session_id} is not a night of subject {subject_id}; "
+                                   "give --live-session the live night recorded for this subject")
         prev = repo.find_imported_session(conn, sha)
         if prev is not None:
             raise Conflict(
@@ -137,6 +179,9 @@ def import_night(
         store.insert_samples(conn, sample_rows(session_id, night), at=at)
         final = store.finalise(conn, session_id, config, at=at, actor=by, reason="imported night")
         report, report_id = final["report"], final["report_id"]
+        fw = firmware_t90(report, night.source)
+        if fw is not None and not fw["agrees"]:
+            repo.add_event(conn, session_id, t_ms=int(round(t1 * 1000)), kind=FIRMWARE_T90_EVENT, detail=fw)
         audit.append(
             conn, at=at, actor=by, action="night_imported", subject_id=subject_id, session_id=session_id,
             new={
@@ -144,7 +189,9 @@ def import_night(
                 "start_utc": utc_iso(t0), "end_utc": utc_iso(t1), "report_id": report_id,
                 "definition": report["definitions"]["t90"], "t90_pct": report["t90_pct"],
                 "decision": report["decision"], "borderline": report["borderline"],
+                **({} if fw is None else {"firmware_t90": fw}),
+                **({} if live_session_id is None else {"live_session_id": live_session_id}),
             },
         )
     return {"session_id": session_id, "subject_id": subject_id, "report_id": report_id,
-            "samples": night.n, "source": settings["import"], "report": report}
+            "samples": night.n, "source": settings["import"], "report": report, "firmware_t90": fw}
