@@ -112,6 +112,9 @@ class SimulatedOximeter:
         #: False: a device that sends its records but never the closing response (the collector must time out).
         self.racp_completes = True
         self._device_t0: float = 0.0  # device wall time (as if UTC) at the first tick
+        self._ring_frames = o2ring.FrameAssembler(o2ring.REQUEST_HEAD, ParserStats())
+        self._ring_poll_pending = False
+        self._ring_open: bytes | None = None
 
     # -- the device clock ------------------------------------------------------------------
     def device_clock(self, t: float) -> float:
@@ -119,9 +122,6 @@ class SimulatedOximeter:
         if self.started_at is None:
             return t + self.scenario.clock_offset_s
         return self._device_t0 + (t - self.started_at) * (1.0 + self.scenario.clock_drift_ppm * 1e-6)
-        self._ring_frames = o2ring.FrameAssembler(o2ring.REQUEST_HEAD, ParserStats())
-        self._ring_poll_pending = False
-        self._ring_open: bytes | None = None
 
     # -- GATT ------------------------------------------------------------------------------
     def gatt(self) -> dict[str, dict[str, tuple[CharacteristicPropertyName, ...]]]:
@@ -162,6 +162,8 @@ class SimulatedOximeter:
             self.racp_requests.append(bytes(data))
             # Indications follow the write's response, as on the air.
             asyncio.get_running_loop().call_soon(self._answer_racp, bytes(data))
+        if self.scenario.protocol == "o2ring" and uuid == o2ring.O2RING_WRITE_UUID:
+            self._ring_request(data)
 
     # -- RACP --------------------------------------------------------------------------------
     def _record(self, device_s: int, k: int) -> bytes:
@@ -206,8 +208,6 @@ class SimulatedOximeter:
         mode = self.scenario.memory
         if mode == "all" or (mode == "undelivered" and not delivered):
             self.memory.append((int(self.device_clock(t) + 1e-6) // 1, k))
-        if self.scenario.protocol == "o2ring" and uuid == o2ring.O2RING_WRITE_UUID:
-            self._ring_request(data)
 
     # -- O2Ring: answers requests; live readings wait for the next tick --------------------------
     #: The ring clock's offset from UTC (it keeps local time; a ward in China: UTC+8).
