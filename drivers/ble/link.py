@@ -239,7 +239,7 @@ class OximeterLink:
                 poller.cancel()
                 await asyncio.gather(poller, return_exceptions=True)
         self.state = "lost"
-        if cause == "device_disconnected" and self.backend is None and await adapter_powered() is False:
+        if cause == "device_disconnected" and self.backend is None and await self._adapter_powered() is False:
             cause = "adapter_off"  # the laptop slept or Bluetooth was switched off: not the device's doing
         self.on_lost(self._lost_at if cause in ("device_disconnected", "adapter_off") else self.clock.now(), cause,
                      self.last_frame_t)
@@ -247,10 +247,16 @@ class OximeterLink:
         if cause == "adapter_off":
             await self._wait_for_adapter()
 
+    async def _adapter_powered(self) -> bool | None:
+        if self.backend is not None:
+            return None  # a plug-in backend (the simulator) has no BlueZ adapter to ask
+        async with self.clock.frozen():  # asking the stack is real time
+            return await adapter_powered()
+
     async def _wait_for_adapter(self) -> None:
         """Until BlueZ says the adapter is powered again (virtual-clock polls); the next find scans afresh."""
         self._rescan = True
-        while await adapter_powered() is False:
+        while await self._adapter_powered() is False:
             self.state = "adapter_off"
             await self.clock.sleep(self.adapter_poll_s)
         log.info("%s: the Bluetooth adapter is powered; scanning again", self.target.spec)
