@@ -28,6 +28,8 @@ from collector.oximetry import service as oximetry_service
 from collector.spirometry import cli as spirometry_cli
 from collector.spirometry import service as spirometry_service
 from collector.users import cli as users_cli
+from collector.ward import cli as ward_cli
+from collector.ward import service as ward_service
 from collector.web import service as web_service
 
 if TYPE_CHECKING:
@@ -50,6 +52,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature("spirometry", spirometry_service.attach, spirometry_service.make_router, tuple(spirometry_cli.COMMANDS)),
     Feature("eligibility", eligibility_service.attach, eligibility_service.make_router, tuple(eligibility_cli.COMMANDS)),
     Feature("export", make_router=export_service.make_router, commands=tuple(export_service.COMMANDS)),
+    Feature("ward", ward_service.attach, ward_service.make_router, tuple(ward_cli.COMMANDS)),
     Feature("web", web_service.attach, web_service.make_router),
     Feature("operators", commands=tuple(users_cli.COMMANDS)),
 )

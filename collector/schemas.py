@@ -13,8 +13,9 @@ from collector.spirometry import schema as spirometry
 from collector.storage import schema as core
 from collector.storage.schema import Migration
 from collector.users import schema as users
+from collector.ward import schema as ward
 
-PACKAGES = (core, oximetry, eligibility, spirometry, users)
+PACKAGES = (core, oximetry, eligibility, spirometry, users, ward)
 
 
 def migrations() -> list[Migration]:

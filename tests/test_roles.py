@@ -39,7 +39,7 @@ CLI_MATRIX: dict[str, Any] = {
     "spirometry recompute": {T, I}, "spirometry show": READS,
     "subject add": {T, I}, "subject list": READS,
     "user add": {A}, "user disable": {A}, "user list": READS, "user password": {A}, "user role": {A},
-    "whoami": set(ROLES),
+    "whoami": set(ROLES), "alerts ack": {T, I}, "note": {T, I},
 }
 
 API_MATRIX: dict[tuple[str, str], set[str]] = {
@@ -51,6 +51,7 @@ API_MATRIX: dict[tuple[str, str], set[str]] = {
     ("POST", "/api/v1/subjects/{subject_id}/facts"): {I, T},
     ("POST", "/api/v1/exports"): {D},
     ("POST", "/api/v1/alerts/{alert_id}/ack"): {T, I},
+    ("POST", "/api/v1/sessions/{session_id}/notes"): {T, I},
     ("POST", "/api/v1/logout"): set(ROLES),
 }
 PUBLIC_ROUTES = {("POST", "/api/v1/login")}

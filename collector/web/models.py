@@ -45,9 +45,27 @@ class AlertOut(BaseModel):
     subject_id: str | None
     message: str
     raised_utc: str
+    state: Literal["active", "cleared", "acknowledged", "resolved"] = Field(
+        description="active: holds, not acknowledged; cleared: no longer holds, not acknowledged; "
+                    "acknowledged: seen, still holds; resolved: both (kept in the history)")
     active: bool = Field(description="the condition still holds")
+    cleared_utc: str | None = None
     acknowledged_by: str | None
     acknowledged_utc: str | None
+    ack_note: str | None = None
+
+
+class NoteIn(BaseModel):
+    text: str = Field(min_length=1, max_length=500, description="what happened, e.g. 'patient got up', 'probe re-taped'")
+
+
+class NoteOut(BaseModel):
+    id: int
+    session_id: int
+    t_utc_ms: int
+    noted_utc: str
+    text: str
+    noted_by: str
 
 
 class BedOut(BaseModel):

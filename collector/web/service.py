@@ -25,8 +25,9 @@ from collector.clock import utc_iso
 from collector.errors import InvalidInput
 from collector.storage import repo
 from collector.web import models
-from collector.web.alerts import DEFAULTS as ALERT_DEFAULTS
-from collector.web.alerts import FINGER_FLAGS, AlertEngine
+from collector.ward.alerts import DEFAULTS as ALERT_DEFAULTS
+from collector.ward.alerts import FINGER_FLAGS
+from collector.ward.service import engine_of
 from collector.users.roles import ANY_ROLE, INVESTIGATOR, TECHNICIAN
 from collector.web.auth import COOKIE_NAME, Auth, LoginThrottle, SessionStore, current_operator, make_auth
 
@@ -38,6 +39,7 @@ WEB_DEFAULTS: dict[str, float] = {
     "session_max_h": 12.0,      # and in any case this long after logging in (one night shift)
     "stream_interval_s": 1.0,   # live updates: never more often than once a second
     "max_streams_per_operator": 4.0,  # live-update connections one login may hold open
+    "heartbeat_s": 2.0,         # a heartbeat on the live stream this often: the page knows the daemon is there
     **ALERT_DEFAULTS,
 }
 SECURITY_HEADERS = {
@@ -90,7 +92,7 @@ class WebService:
                                      max_s=self.settings["session_max_h"] * 3600)
         self.throttle = LoginThrottle()
         self.streams: dict[str, int] = {}  # open live-update connections per operator
-        self.alerts = AlertEngine(daemon, self.settings)
+        self.alerts = engine_of(daemon)  # evaluated by the daemon (collector/ward), only shown here
         self.token: str | None = None
         self.closing = asyncio.Event()
 
@@ -127,7 +129,7 @@ class WebService:
             "now_utc": utc_iso(self.daemon.clock.now()),
             "operator": operator,
             "beds": self.beds(),
-            "alerts": self.alerts.evaluate(),
+            "alerts": self.alerts.visible(),
             "disk_free_mb": _round(self.alerts.disk_free_mb()),
             "writer_failed": str(writer_failed) if writer_failed else None,
         }
@@ -141,7 +143,6 @@ def attach(daemon: Any) -> WebService:
     web = WebService(daemon)
     daemon.services["web"] = web
     daemon.shutdown_hooks.append(web.shutdown_hook)
-    daemon.status_providers["alerts"] = web.alerts.visible
     return web
 
 
@@ -290,18 +291,6 @@ def make_router(daemon: Any, auth: Any) -> APIRouter:
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
                                  background=BackgroundTask(release))
-
-    @router.get("/alerts", response_model=list[models.AlertOut], dependencies=protected)
-    async def list_alerts() -> list[dict[str, Any]]:
-        """Alerts showing now (unacknowledged ones stay until acknowledged)."""
-        return web.alerts.evaluate()
-
-    @router.post("/alerts/{alert_id}/ack", response_model=models.AlertOut, dependencies=[Depends(auth.roles(TECHNICIAN, INVESTIGATOR))],
-                 responses={404: {"description": "no such alert showing"}, 409: {"description": "already acknowledged"}})
-    async def ack_alert(body: models.AckIn, alert_id: int = _path_id("alert")) -> dict[str, Any]:
-        """Acknowledge an alert; the audit trail records who, when, and the note."""
-        by = current_operator.get() or body.by or daemon.operator
-        return await web.alerts.acknowledge(alert_id, by=by, note=body.note)
 
     @router.get("/subjects", response_model=list[models.SubjectOut], dependencies=protected)
     async def subjects() -> list[dict[str, Any]]:
