@@ -98,6 +98,7 @@ class AlertEngine:
         self._next_id: int | None = None
         self._finger_since: dict[int, float] = {}
         self._down_seen: dict[int, float] = {}
+        self._up_since: dict[int, float] = {}  # back up after a drop: no_sample counts from the reconnect
 
     def _load(self) -> None:
         """Alerts still showing when the daemon last stopped stay showing (same ids)."""
@@ -123,6 +124,7 @@ class AlertEngine:
             started = parse_utc(rec.started_utc)
             quiet_s = now - (last if last is not None else started)
             if rec.link.state != "connected":
+                self._up_since.pop(sid, None)
                 seen = self._down_seen.setdefault(sid, now)
                 down_s = now - (last if last is not None else seen)
                 if down_s > s["alert_disconnected_s"]:
@@ -130,7 +132,9 @@ class AlertEngine:
                         subject, f"no link to the oximeter for {down_s:.0f} s (now {rec.link.state}): check the device "
                                  "is on, in range and charged")
             else:
-                self._down_seen.pop(sid, None)
+                if self._down_seen.pop(sid, None) is not None:
+                    self._up_since[sid] = now
+                quiet_s = now - max(last if last is not None else started, self._up_since.get(sid, started))
                 if quiet_s > s["alert_no_sample_s"]:
                     out[("no_sample", sid)] = (subject, f"no sample from the oximeter for {quiet_s:.0f} s although connected")
             reading = rec.pipeline.last_reading
@@ -149,6 +153,8 @@ class AlertEngine:
                              f"{ox['t90_alert_min_analysed_h']:g} h)")
         for sid in set(self._down_seen) - set(recorders):
             self._down_seen.pop(sid, None)
+        for sid in set(self._up_since) - set(recorders):
+            self._up_since.pop(sid, None)
         free_mb = self.disk_free_mb()
         if free_mb is not None and free_mb < s["disk_min_free_mb"]:
             out[("disk_almost_full", None)] = (None, f"only {free_mb:.0f} MB free next to the database; free space now or recording stops")
