@@ -1,8 +1,8 @@
 """Times as people read them: the site's zone ([site] timezone, IANA), with the zone shown.
 
 Storage and exports stay UTC; only what a person reads (CLI tables, the page, the PNG,
-the PDF) goes through here, always with the zone's abbreviation or offset so a local
-time is never mistaken for UTC ("02:10 CST", "2026-12-01 02:10:05 +08:00").
+the PDF) goes through here, always with its UTC offset so a local time is never
+mistaken for UTC ("02:10 +08:00", "2026-12-01 02:10:05 +08:00").
 """
 
 from __future__ import annotations
@@ -36,13 +36,11 @@ def offset_text(dt: datetime) -> str:
 
 
 def local_time(t: float | str | None, tz: tzinfo, *, seconds: bool = False) -> str:
-    """``02:10 CST`` (the zone's abbreviation, or its offset where it has none)."""
+    """``02:10 +08:00``: the offset, not the abbreviation (China's "CST" is also US Central time)."""
     if t is None:
         return ""
     dt = _dt(t, tz)
-    name = dt.tzname() or ""
-    label = name if name and name[0] not in "+-" else offset_text(dt)
-    return dt.strftime("%H:%M:%S" if seconds else "%H:%M") + f" {label}"
+    return dt.strftime("%H:%M:%S" if seconds else "%H:%M") + f" {offset_text(dt)}"
 
 
 def local_datetime(t: float | str | None, tz: tzinfo) -> str:

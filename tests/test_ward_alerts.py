@@ -80,7 +80,7 @@ def test_alerts_cli_lists_acknowledges_once_and_reads_local_time(night: dict[str
     first = showing[-1]
     ack = invoke(db, "alerts", "ack", str(first["id"]), "--note", "moved the laptop closer", operator="tina")
     assert ack.exit_code == 0, ack.output
-    assert f"alert {first['id']}" in ack.output and "tina" in ack.output and "CST" in ack.output
+    assert f"alert {first['id']}" in ack.output and "tina" in ack.output and "+08:00" in ack.output
     again = invoke(db, "alerts", "ack", str(first["id"]), operator="tina")
     assert again.exit_code == 5 and len(again.output.strip().splitlines()) == 1 and "already acknowledged by tina" in again.output
     missing = invoke(db, "alerts", "ack", "999999", operator="tina")
@@ -88,7 +88,7 @@ def test_alerts_cli_lists_acknowledges_once_and_reads_local_time(night: dict[str
     after = json.loads(invoke(db, "alerts", "--json").output)
     assert first["id"] not in {a["id"] for a in after}  # cleared and acknowledged: resolved
     history = invoke(db, "alerts", "--all")
-    assert history.exit_code == 0 and "resolved" in history.output and " CST" in history.output
+    assert history.exit_code == 0 and "resolved" in history.output and " +08:00" in history.output
     assert "T" not in history.output.splitlines()[1].split()[5]  # a local clock time, not an ISO UTC stamp
     audit = _rows(db, "SELECT actor, reason FROM audit WHERE action = 'alert_acknowledged'")
     assert audit == [("tina", "moved the laptop closer")]
@@ -98,7 +98,7 @@ def test_night_notes_are_stamped_audited_and_append_only(night: dict[str, Any]) 
     db, sid = night["db"], night["sid"]
     out = invoke(db, "note", str(sid), "patient got up   02:10", operator="tina")
     assert out.exit_code == 0, out.output
-    assert "patient got up 02:10" in out.output and "CST" in out.output
+    assert "patient got up 02:10" in out.output and "+08:00" in out.output
     assert invoke(db, "note", str(sid), "   ", operator="tina").exit_code == 2
     assert invoke(db, "note", "99999", "x", operator="tina").exit_code == 4
     notes = _rows(db, "SELECT session_id, text, noted_by FROM night_notes")
@@ -118,7 +118,7 @@ def test_night_notes_are_stamped_audited_and_append_only(night: dict[str, Any]) 
 
 def test_local_time_shows_the_zone() -> None:
     tz = site_zone({"site": {"timezone": "Asia/Shanghai"}})
-    assert local_time("2026-12-01T18:10:00Z", tz) == "02:10 CST"
+    assert local_time("2026-12-01T18:10:00Z", tz) == "02:10 +08:00"
     assert local_datetime("2026-12-01T18:10:00.000Z", tz) == "2026-12-02 02:10:00 +08:00"
     assert local_time(0, site_zone({"site": {"timezone": "America/Sao_Paulo"}})) == "21:00 -03:00"
     assert [duration_text(s) for s in (5, 125, 3725)] == ["5 s", "2 min 5 s", "1 h 02 min"]

@@ -17,10 +17,12 @@ import asyncio
 import logging
 import shutil
 from dataclasses import dataclass
+from datetime import tzinfo
 from typing import Any
 
 from collector.clock import parse_utc, utc_iso
 from collector.errors import NotFound
+from collector.localtime import local_time, site_zone
 from collector.storage import repo
 from collector.ward import store
 from drivers.protocols.common import Flag
@@ -67,11 +69,16 @@ class Alert:
     def state(self) -> str:
         return store.alert_state({"acknowledged_utc": self.acknowledged_t, "cleared_utc": self.cleared_t})
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, tz: tzinfo | None = None) -> dict[str, Any]:
         def iso(t: float | None) -> str | None:
             return utc_iso(t) if t is not None else None
 
-        return {
+        local: dict[str, Any] = {} if tz is None else {
+            "raised_local": local_time(self.raised_t, tz, seconds=True),
+            "cleared_local": local_time(self.cleared_t, tz, seconds=True) or None,
+            "acknowledged_local": local_time(self.acknowledged_t, tz, seconds=True) or None,
+        }
+        return {**local,
             "id": self.id, "kind": self.kind, "title": KIND_TITLES.get(self.kind, self.kind),
             "session_id": self.session_id, "subject_id": self.subject_id, "message": self.message,
             "state": self.state, "active": self.active, "raised_utc": utc_iso(self.raised_t),
@@ -94,6 +101,7 @@ class AlertEngine:
     def __init__(self, daemon: Any, settings: dict[str, Any]) -> None:
         self.daemon = daemon
         self.settings = {k: float(settings.get(k, v)) for k, v in DEFAULTS.items()}
+        self.tz = site_zone(daemon.config)  # people read local time; the rows stay UTC
         self.alerts: dict[int, Alert] = {}
         self._next_id: int | None = None
         self._finger_since: dict[int, float] = {}
@@ -188,7 +196,7 @@ class AlertEngine:
 
     def visible(self) -> list[dict[str, Any]]:
         """Alerts not yet resolved, newest first (no evaluation: reading never changes anything)."""
-        return [a.as_dict() for a in sorted(self.alerts.values(), key=lambda a: -a.id)]
+        return [a.as_dict(self.tz) for a in sorted(self.alerts.values(), key=lambda a: -a.id)]
 
     def _submit(self, fn: Any) -> None:
         if self.daemon.writer.failed:  # nothing can be written; the storage alert itself shows from memory
@@ -210,7 +218,7 @@ class AlertEngine:
                 repo.add_event(c, sid, t_ms=int(round(now * 1000)), kind="alert_raised", detail=detail)
 
         self._submit(write)
-        self.daemon.notify("alert_raised", alert.as_dict())
+        self.daemon.notify("alert_raised", alert.as_dict(self.tz))
 
     def _clear(self, alert: Alert, now: float) -> None:
         alert.cleared_t = now
@@ -232,7 +240,7 @@ class AlertEngine:
             self.alerts[alert_id] = alert
         else:
             self.alerts.pop(alert_id, None)
-        return alert.as_dict()
+        return alert.as_dict(self.tz)
 
 
 class AlertService:

@@ -11,7 +11,10 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Path as PathParam, Query
 
+from collector.localtime import local_datetime
 from collector.users.roles import INVESTIGATOR, TECHNICIAN
+from collector.web import models
+from collector.web.auth import current_operator
 from collector.ward import store
 from collector.ward.alerts import DEFAULTS as ALERT_DEFAULTS
 from collector.ward.alerts import AlertEngine, AlertService
@@ -46,13 +49,13 @@ def engine_of(daemon: Any) -> AlertEngine:
 
 
 def make_router(daemon: Any, auth: Any) -> APIRouter:
-    from collector.web import models
-    from collector.web.auth import current_operator
-
     engine = engine_of(daemon)
     router = APIRouter(tags=["alerts and notes"])
     protected = [Depends(auth)]
     writers = [Depends(auth.roles(TECHNICIAN, INVESTIGATOR))]
+
+    def _local(note: dict[str, Any]) -> dict[str, Any]:
+        return {**note, "noted_local": local_datetime(note["noted_utc"], engine.tz)}
 
     @router.get("/alerts", response_model=list[models.AlertOut], dependencies=protected)
     async def list_alerts(all: bool = Query(False, description="also resolved alerts (cleared and acknowledged)"),
@@ -78,7 +81,7 @@ def make_router(daemon: Any, auth: Any) -> APIRouter:
         """The night's notes, oldest first."""
         conn = daemon.open_reader()
         try:
-            return store.list_notes(conn, session_id)
+            return [_local(n) for n in store.list_notes(conn, session_id)]
         finally:
             conn.close()
 
@@ -88,6 +91,6 @@ def make_router(daemon: Any, auth: Any) -> APIRouter:
         """Note what happened in the night ("patient got up", "probe re-taped"), stamped with the daemon's clock."""
         by = current_operator.get() or daemon.operator
         now = daemon.clock.now()
-        return await daemon.write(lambda c: store.add_note(c, session_id, body.text, by=by, at=now))
+        return _local(await daemon.write(lambda c: store.add_note(c, session_id, body.text, by=by, at=now)))
 
     return router

@@ -53,6 +53,9 @@ class AlertOut(BaseModel):
     acknowledged_by: str | None
     acknowledged_utc: str | None
     ack_note: str | None = None
+    raised_local: str | None = Field(default=None, description="raised, in the site's time zone with the zone")
+    cleared_local: str | None = None
+    acknowledged_local: str | None = None
 
 
 class NoteIn(BaseModel):
@@ -64,6 +67,7 @@ class NoteOut(BaseModel):
     session_id: int
     t_utc_ms: int
     noted_utc: str
+    noted_local: str | None = Field(default=None, description="when, in the site's time zone with its offset")
     text: str
     noted_by: str
 
@@ -92,6 +96,7 @@ class BedOut(BaseModel):
 
 class StatusOut(BaseModel):
     now_utc: str
+    now_local: str = Field(description="now in the site's time zone ([site] timezone), with the zone")
     operator: str | None
     beds: list[BedOut]
     alerts: list[AlertOut]
@@ -154,6 +159,8 @@ class WebConfigOut(BaseModel):
     t90_threshold_pct: float
     alert_settings: dict[str, float]
     stream_interval_s: float
+    heartbeat_s: float = Field(description="the live stream's heartbeat period; the page shows NO DATA after missing two")
+    site_timezone: str
     facts: list[FactSpecOut]
     protocols: list[str]
 

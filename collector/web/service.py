@@ -22,6 +22,7 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from collector.clock import utc_iso
+from collector.localtime import local_datetime
 from collector.errors import InvalidInput
 from collector.storage import repo
 from collector.web import models
@@ -125,8 +126,10 @@ class WebService:
 
     def picture(self, operator: str | None) -> dict[str, Any]:
         writer_failed = getattr(self.daemon.writer, "failed", None)
+        now = self.daemon.clock.now()
         return {
-            "now_utc": utc_iso(self.daemon.clock.now()),
+            "now_utc": utc_iso(now),
+            "now_local": local_datetime(now, self.alerts.tz),
             "operator": operator,
             "beds": self.beds(),
             "alerts": self.alerts.visible(),
@@ -237,6 +240,8 @@ def make_router(daemon: Any, auth: Any) -> APIRouter:
             "t90_threshold_pct": float(daemon.config["oximetry"]["t90_threshold_pct"]),
             "alert_settings": {k: web.settings[k] for k in ALERT_DEFAULTS},
             "stream_interval_s": web.settings["stream_interval_s"],
+            "heartbeat_s": web.settings["heartbeat_s"],
+            "site_timezone": str(daemon.config["site"]["timezone"]),
             "facts": facts,
             "protocols": sorted(PROFILES),
         }
@@ -248,7 +253,7 @@ def make_router(daemon: Any, auth: Any) -> APIRouter:
 
     @router.get(
         "/events/stream", dependencies=protected,
-        responses={200: {"content": {"text/event-stream": {}}, "description": "server-sent events: `update` (StatusOut JSON) at most once a second; `expired` when the login ends"}},
+        responses={200: {"content": {"text/event-stream": {}}, "description": "server-sent events: `update` (StatusOut JSON) at most once a second; `heartbeat` (`now_utc`, `now_local`, `writer_failed`) every `[web] heartbeat_s`; `expired` when the login ends"}},
     )
     async def stream(request: Request) -> StreamingResponse:
         """Live updates for the page (server-sent events), at most one per second."""
@@ -276,14 +281,26 @@ def make_router(daemon: Any, auth: Any) -> APIRouter:
                 release()
 
         async def _events() -> AsyncIterator[str]:
-            yield "retry: 3000\n\n"
+            yield "retry: 2000\n\n"
+            loop = asyncio.get_running_loop()
+            interval, beat = web.settings["stream_interval_s"], web.settings["heartbeat_s"]
+            next_update = next_beat = loop.time()
             while not web.closing.is_set():
-                if key is not None and await asyncio.to_thread(web.sessions.get, key) is None:
-                    yield "event: expired\ndata: {}\n\n"
-                    return
-                yield f"event: update\ndata: {json.dumps(web.picture(operator), separators=(',', ':'))}\n\n"
+                if loop.time() >= next_update:
+                    if key is not None and await asyncio.to_thread(web.sessions.get, key) is None:
+                        yield "event: expired\ndata: {}\n\n"
+                        return
+                    yield f"event: update\ndata: {json.dumps(web.picture(operator), separators=(',', ':'))}\n\n"
+                    next_update = loop.time() + interval
+                if loop.time() >= next_beat:
+                    # Real time, not the daemon's clock: the page must learn within seconds that the daemon is gone.
+                    now = daemon.clock.now()
+                    hb = {"now_utc": utc_iso(now), "now_local": local_datetime(now, web.alerts.tz),
+                          "writer_failed": bool(getattr(daemon.writer, "failed", None))}
+                    yield f"event: heartbeat\ndata: {json.dumps(hb, separators=(',', ':'))}\n\n"
+                    next_beat = loop.time() + beat
                 try:
-                    await asyncio.wait_for(web.closing.wait(), web.settings["stream_interval_s"])
+                    await asyncio.wait_for(web.closing.wait(), max(0.05, min(next_update, next_beat) - loop.time()))
                 except asyncio.TimeoutError:
                     pass
                 if await request.is_disconnected():
