@@ -122,3 +122,34 @@ def test_local_time_shows_the_zone() -> None:
     assert local_datetime("2026-12-01T18:10:00.000Z", tz) == "2026-12-02 02:10:00 +08:00"
     assert local_time(0, site_zone({"site": {"timezone": "America/Sao_Paulo"}})) == "21:00 -03:00"
     assert [duration_text(s) for s in (5, 125, 3725)] == ["5 s", "2 min 5 s", "1 h 02 min"]
+
+
+def test_night_notes_are_exported_as_csv_edf_annotations_and_in_the_pdf(night: dict[str, Any], tmp_path: Path) -> None:
+    import csv
+    import io
+    import zipfile
+
+    import pypdf
+
+    from collector.export.edf import read_signals
+
+    db, sid = night["db"], night["sid"]
+    assert invoke(db, "note", str(sid), "probe re-taped", operator="tina").exit_code == 0
+    cfg = db.with_name("site.toml")
+    cfg.write_text('[site]\nname = "Ward Test Hospital"\n', encoding="utf-8")
+    out = invoke(db, "export", "SCR-0001", "--out", str(tmp_path), "--zip", config=cfg)
+    assert out.exit_code == 0, out.output
+    (bundle,) = tmp_path.glob("*.zip")
+    assert invoke(db, "verify", str(bundle)).exit_code == 0
+    with zipfile.ZipFile(bundle) as z:
+        names = z.namelist()
+        (notes_name,) = [n for n in names if n.endswith(f"data/notes_{sid}.csv")]
+        rows = list(csv.DictReader(z.read(notes_name).decode("utf-8").splitlines()))
+        edf_bytes = z.read(next(n for n in names if n.endswith(f"data/night_{sid}.edf")))
+        pdf_bytes = z.read(next(n for n in names if n.endswith("data/report.pdf")))
+    assert [r["text"] for r in rows][-1] == "probe re-taped"
+    assert all(r["t_utc"].endswith("Z") and r["noted_by"] == "tina" for r in rows)  # exports stay UTC
+    texts = [a[2] for a in read_signals(edf_bytes)["annotations"]]
+    assert "note: probe re-taped" in texts, texts
+    text = "".join(page.extract_text() for page in pypdf.PdfReader(io.BytesIO(pdf_bytes)).pages)
+    assert "Night notes" in text and "probe re-taped" in text

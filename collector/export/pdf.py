@@ -140,6 +140,12 @@ def summary_pdf(
              "yes" if n["report"].get("needs_review") else ""] for n in nights]
     p.table(["session", "start", "T90 %", "analysed h", "analysed %", "nadir", "ODI4/h", "night", "review"],
             rows or [["(none)"] + [""] * 8], [0.07, 0.22, 0.07, 0.09, 0.09, 0.06, 0.07, 0.07, 0.07])
+    notes = [(n, note) for n in nights for note in n.get("notes") or []]
+    if notes:
+        p.text("Night notes (written by the technician during the night)", 10, fontweight="bold")
+        p.table(["session", "time", "by", "note"], [[str(n["session_id"]), local_time(note["noted_utc"], timezone),
+                                                     str(note["noted_by"]), str(note["text"])] for n, note in notes],
+                [0.07, 0.22, 0.1, 0.47])
     p.text("Spirometry (best FVC of an acceptable, repeatable session)", 10, fontweight="bold")
     srows = [[str(s.get("session_id")), "yes" if s.get("valid") else "no", str(s.get("equation")),
               _f(s.get("fvc_l")), _f(s.get("predicted_fvc_l")), _f(s.get("fvc_pct_predicted"), ".1f"),
