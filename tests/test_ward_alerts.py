@@ -153,3 +153,13 @@ def test_night_notes_are_exported_as_csv_edf_annotations_and_in_the_pdf(night: d
     assert "note: probe re-taped" in texts, texts
     text = "".join(page.extract_text() for page in pypdf.PdfReader(io.BytesIO(pdf_bytes)).pages)
     assert "Night notes" in text and "probe re-taped" in text
+
+
+def test_report_lists_gaps_at_local_times_with_durations(night: dict[str, Any]) -> None:
+    import re
+
+    out = invoke(night["db"], "report", str(night["sid"]))
+    assert out.exit_code == 0, out.output
+    lines = re.findall(r"^\s+\d\d:\d\d \+08:00 for (\d+ min(?: \d+ s)?|\d+ s) \((\w+)\)$", out.output, flags=re.M)
+    assert len(lines) >= len(DROPS), out.output[-2000:]  # every drop (the list stops at 40)
+    assert not re.search(r"\b1[67]\d{11}\b", out.output)  # no epoch milliseconds for people

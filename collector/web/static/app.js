@@ -64,6 +64,14 @@ function fmtHMS(s) {
   return `${h}:${String(m).padStart(2, "0")}:${String(sec).padStart(2, "0")}`;
 }
 
+function fmtDuration(s) {
+  if (s === null || s === undefined || !isFinite(s)) return "--";
+  s = Math.max(0, Math.round(s));
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return s % 60 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${s / 60} min`;
+  return `${Math.floor(s / 3600)} h ${String(Math.floor((s % 3600) / 60)).padStart(2, "0")} min`;
+}
+
 function fmtAgo(s) {
   if (s === null || s === undefined) return "none yet";
   if (s < 90) return `${Math.round(s)} s ago`;
@@ -600,7 +608,13 @@ function renderReport(r, sid) {
   add("Analysed", `${fmtHMS(r.analysed_s)} (${(r.analysed_pct || 0).toFixed(1)} % of ${fmtHMS(r.recording_s)})`);
   if (r.nadir_spo2 !== undefined) add("Nadir", r.nadir_spo2 === null ? "--" : `${r.nadir_spo2} %`);
   if (r.odi3_per_h !== undefined && r.odi3_per_h !== null) add("ODI3", `${r.odi3_per_h.toFixed(1)} /h`);
-  if (r.gaps) add("Gaps", `${r.gaps.count} (${Math.round(r.gaps.total_s)} s)`);
+  if (r.gaps) add("Gaps", `${r.gaps.count} (${fmtDuration(r.gaps.total_s)})`);
+  // Each interruption as people read it: local start time and duration, never epoch numbers.
+  const breaks = (r.gaps && r.gaps.breaks) || [];
+  for (const b of breaks.slice(0, 50)) {
+    add("", `${window.localHM(b.start_s * 1000)} for ${fmtDuration(b.duration_s)} · ${String(b.cause).replaceAll("_", " ")}`);
+  }
+  if (breaks.length > 50) add("", `… and ${breaks.length - 50} more (collector report ${sid})`);
   if (r.definitions && r.definitions.t90) add("Definition", r.definitions.t90);
   box.appendChild(dl);
   if (r.borderline) box.appendChild(el("p", { class: "warn" }, "Borderline: needs review."));
