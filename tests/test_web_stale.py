@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sqlite3
 import time
 from pathlib import Path
@@ -38,7 +39,7 @@ def _free_port() -> int:
 
 
 def test_killed_daemon_greys_every_card_within_5_s_and_the_page_resyncs(tmp_path: Path) -> None:
-    from collector.web.demo import launch
+    from collector.web.demo import collector_cmd, launch
 
     expect = playwright_sync.expect
     ward = launch(tmp_path / "ward", speed=30.0, operators={"alice": PASSWORD}, port=_free_port())
@@ -113,6 +114,10 @@ def test_killed_daemon_greys_every_card_within_5_s_and_the_page_resyncs(tmp_path
             expect(beds.nth(0).locator(".spo2 .value")).to_have_text(re.compile(r"^\d+$"), timeout=30_000)
             expect(first.locator(".notes li")).to_contain_text("probe re-taped")
             _screenshot(page, "stale_reconnected.png")
+            # `collector status` against the same daemon: local times with the offset, and the alerts line.
+            st = subprocess.run(collector_cmd() + ["--db", str(ward.db_path), "status"], capture_output=True, text=True, timeout=60)
+            assert st.returncode == 0, st.stderr
+            assert "+08:00" in st.stdout and re.search(r"^alerts: \d+ to acknowledge", st.stdout, flags=re.M), st.stdout
             assert not errors, errors
             browser.close()
         conn = sqlite3.connect(str(ward.db_path))
