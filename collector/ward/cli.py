@@ -11,7 +11,7 @@ import click
 
 from collector.clock import SystemClock
 from collector.context import Ctx, no_login, pass_ctx, requires
-from collector.errors import DaemonUnavailable
+from collector.errors import DaemonUnavailable, InvalidInput
 from collector.localtime import local_time, site_zone
 from collector.output import emit_json, table
 from collector.users.roles import INVESTIGATOR, TECHNICIAN
@@ -64,8 +64,6 @@ def alerts(ctx: click.Context, show_all: bool, session_id: int | None, as_json: 
 def alerts_ack(c: Ctx, alert_id: int, note: str | None, as_json: bool) -> None:
     """Acknowledge alert ALERT_ID as the logged-in operator (audited); it leaves the screen once its condition has cleared."""
     if note is not None and len(note) > 500:
-        from collector.errors import InvalidInput
-
         raise InvalidInput(f"--note has {len(note)} characters; at most 500 are kept - shorten it")
     try:
         out = c.client().post(f"/api/v1/alerts/{alert_id}/ack", {"note": note})

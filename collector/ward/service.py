@@ -7,6 +7,7 @@ and puts the alerts in ``collector status``.  The routes are the page's and the 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends, Path as PathParam, Query
@@ -35,8 +36,6 @@ def attach(daemon: Any) -> AlertService:
 
     def on_event(kind: str, _payload: dict[str, Any]) -> None:
         if kind == "night_started" and service.task is None and not daemon.closing:
-            import asyncio
-
             asyncio.get_running_loop().create_task(service.start())
 
     daemon.listeners.append(on_event)
