@@ -26,6 +26,7 @@ from collector.clock import SystemClock, utc_iso
 from collector.config import load_config
 from collector.errors import CollectorError, Conflict, DaemonUnavailable, InvalidInput, StorageError
 from collector.context import Ctx, no_login, pass_ctx, requires
+from collector.localtime import local_datetime, local_time, site_zone
 from collector.output import emit_json, table
 from collector.storage import audit, repo
 from collector.storage.db import default_db_path, transaction
@@ -209,7 +210,10 @@ def session_list(c: Ctx, subject_id: str | None, state: str | None, as_json: boo
     if as_json:
         emit_json(rows)
     else:
-        table(rows, ["id", "subject_id", "kind", "state", "origin", "device_protocol", "started_utc", "stopped_utc", "samples"])
+        tz = site_zone(c.config)
+        shown = [{**r, "started": local_datetime(r.get("started_utc"), tz), "stopped": local_datetime(r.get("stopped_utc"), tz)}
+                 for r in rows]
+        table(shown, ["id", "subject_id", "kind", "state", "origin", "device_protocol", "started", "stopped", "samples"])
 
 
 SAMPLE_FIELDS = ["host_utc", "device_time", "spo2_pct", "pulse_bpm", "pai_pct", "valid", "pulse_valid", "flags", "flag_names", "status_raw", "counter"]
@@ -303,7 +307,9 @@ def status(c: Ctx, as_json: bool) -> None:
     if as_json:
         emit_json(st)
         return
-    click.echo(f"daemon up since {st['daemon_started_utc']}, now {st['now_utc']}, database {st['db']}")
+    tz = site_zone(c.config)
+    click.echo(f"daemon up since {local_datetime(st['daemon_started_utc'], tz)}, now {local_datetime(st['now_utc'], tz)}, "
+               f"database {st['db']}")
     writer = st.get("writer") or {}
     if writer.get("failed"):
         click.echo(f"STORAGE FAILED: {writer['failed']}")
@@ -320,7 +326,20 @@ def status(c: Ctx, as_json: bool) -> None:
             f"{'  ABOVE THRESHOLD' if live.get('above_threshold') else ''}  nadir {live.get('nadir_spo2') or '--'} %"
         )
         for ev in b.get("events", [])[-3:]:
-            click.echo(f"  event: {ev['kind']} at {ev['t_utc']}")
+            click.echo(f"  event: {ev['kind']} at {local_time(ev['t_utc'], tz, seconds=True)}")
+    alerts = st.get("alerts")
+    if isinstance(alerts, list):
+        waiting = [a for a in alerts if not a.get("acknowledged_by")]
+        click.echo(f"alerts: {len(waiting)} to acknowledge" + (f", {len(alerts) - len(waiting)} acknowledged and still holding"
+                                                                if len(alerts) > len(waiting) else "")
+                   + (" (collector alerts ack ID)" if waiting else ""))
+        for a in alerts:
+            where = f"{a['subject_id']} session {a['session_id']}" if a.get("session_id") else "collector"
+            state = {"active": "ACTIVE", "cleared": "cleared", "acknowledged": f"acknowledged by {a.get('acknowledged_by')}"}.get(
+                a.get("state", ""), a.get("state", ""))
+            click.echo(f"  alert {a['id']}  {state}  {a['title']}  {where}  raised {local_time(a['raised_utc'], tz)}: {a['message']}")
+    elif isinstance(alerts, dict) and alerts.get("error"):
+        click.echo(f"alerts: unavailable ({alerts['error']})")
 
 
 @main.command()

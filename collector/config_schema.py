@@ -233,6 +233,8 @@ class Web(Table):
     alert_no_sample_s: Positive
     alert_finger_out_s: Positive
     disk_min_free_mb: Positive
+    alert_check_s: Annotated[float, Field(ge=0.5, le=60, description="a number of seconds from 0.5 to 60")]
+    heartbeat_s: Annotated[float, Field(ge=0.5, le=5, description="a number of seconds from 0.5 to 5")]
     max_streams_per_operator: int = Field(ge=1, le=100, description="an integer from 1 to 100")
 
 
@@ -241,6 +243,7 @@ class Oximetry(Table):
     t90_threshold_pct: Percent
     min_analysed_h: NonNegative
     min_analysed_pct: Percent
+    t90_alert_min_analysed_h: Annotated[float, Field(ge=0, le=24, description="a number of hours from 0 to 24")]
     resume_max_gap_h: NonNegative
     import_max_night_h: Annotated[float, Field(gt=0, le=48, description="a number of hours > 0 and <= 48")]
     import_max_rate_hz: Annotated[float, Field(gt=0, le=100, description="a rate in Hz > 0 and <= 100")]

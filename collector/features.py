@@ -33,6 +33,8 @@ from collector.spirometry import service as spirometry_service
 from collector.upload import cli as upload_cli
 from collector.users import cli as users_cli
 from collector.warehouse import cli as warehouse_cli
+from collector.ward import cli as ward_cli
+from collector.ward import service as ward_service
 from collector.web import service as web_service
 
 if TYPE_CHECKING:
@@ -57,6 +59,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature("export", make_router=export_service.make_router, commands=tuple(export_service.COMMANDS)),
     Feature("upload", commands=tuple(upload_cli.COMMANDS)),
     Feature("warehouse", commands=tuple(warehouse_cli.COMMANDS)),
+    Feature("ward", ward_service.attach, ward_service.make_router, tuple(ward_cli.COMMANDS)),
     Feature("web", web_service.attach, web_service.make_router),
     Feature("operators", commands=tuple(users_cli.COMMANDS)),
     Feature("host", host_service.attach, commands=tuple(host_cli.COMMANDS)),

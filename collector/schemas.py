@@ -15,8 +15,9 @@ from collector.storage import schema as core
 from collector.storage.schema import Migration
 from collector.upload import schema as upload
 from collector.users import schema as users
+from collector.ward import schema as ward
 
-PACKAGES = (core, oximetry, eligibility, spirometry, users, upload, signatures)
+PACKAGES = (core, oximetry, eligibility, spirometry, users, upload, signatures, ward)
 
 
 def migrations() -> list[Migration]:

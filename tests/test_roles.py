@@ -43,6 +43,7 @@ CLI_MATRIX: dict[str, Any] = {
     "whoami": set(ROLES),
     "upload": {D}, "warehouse sync": SELF,
     "review list": READS, "review resolve": {I}, "sign": {I}, "signatures": READS, "user full-name": {A},
+    "alerts ack": {T, I}, "note": {T, I},
 }
 
 API_MATRIX: dict[tuple[str, str], set[str]] = {
@@ -54,6 +55,7 @@ API_MATRIX: dict[tuple[str, str], set[str]] = {
     ("POST", "/api/v1/subjects/{subject_id}/facts"): {I, T},
     ("POST", "/api/v1/exports"): {D},
     ("POST", "/api/v1/alerts/{alert_id}/ack"): {T, I},
+    ("POST", "/api/v1/sessions/{session_id}/notes"): {T, I},
     ("POST", "/api/v1/logout"): set(ROLES),
     ("POST", "/api/v1/me/language"): set(ROLES),
     ("POST", "/api/v1/subjects/{subject_id}/reviews"): {I},

@@ -294,6 +294,8 @@ def test_live_stream_sends_updates_and_ends_when_the_login_expires(app_env) -> N
                 events.append((kind, json.loads(line[len("data: "):])))
                 if kind == "update":
                     fake.t += 31 * 60  # the page is left alone longer than the idle limit
-    assert [k for k, _ in events] == ["update", "expired"]
+    assert [k for k, _ in events if k != "heartbeat"] == ["update", "expired"]
+    beats = [d for k, d in events if k == "heartbeat"]
+    assert beats and all(b["now_utc"].endswith("Z") and b["now_local"].endswith("+08:00") for b in beats)
     update = events[0][1]
     assert update["operator"] == "alice" and update["beds"] == [] and isinstance(update["alerts"], list)

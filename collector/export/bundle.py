@@ -27,6 +27,7 @@ from collector.spirometry import store as spirometry_store
 from collector.storage import audit, repo, seals
 from collector.storage.db import transaction
 from drivers.protocols.common import Flag
+from collector.ward import store as ward_store
 
 from . import bag, csvs, edf, pdf, signature
 from .privacy import Scrubber, coarsen, forbidden_tokens
@@ -140,6 +141,8 @@ def _night_files(conn: sqlite3.Connection, s: dict[str, Any], config: dict[str, 
                 for g in all_gaps]
     event_rows = [{**ident, "t_utc": csvs.iso_ms(e["t_utc_ms"]), "kind": e["kind"], "detail_json": scrub.text(e["detail_json"])}
                   for e in events]
+    night_notes = [{**n, "text": scrub.text(n["text"])} for n in ward_store.list_notes(conn, sid)]
+    note_rows = [{**ident, "t_utc": csvs.iso_ms(n["t_utc_ms"]), "noted_by": n["noted_by"], "text": n["text"]} for n in night_notes]
 
     stored = latest_report(conn, sid)
     report = stored if stored is not None else compute_report(conn, sid, config)
@@ -152,7 +155,8 @@ def _night_files(conn: sqlite3.Connection, s: dict[str, Any], config: dict[str, 
     edf_args: dict[str, Any] = dict(
         t_ms=arr[:, 0].astype(np.int64), spo2=arr[:, 1], pulse=arr[:, 2], valid=arr[:, 3].astype(bool),
         pulse_valid=arr[:, 4].astype(bool), gaps=gaps, events=events, pseudonym=pseudonym,
-        equipment=(device or {}).get("model") or (device or {}).get("protocol") or "X", session_id=sid)
+        equipment=(device or {}).get("model") or (device or {}).get("protocol") or "X", session_id=sid,
+        night_notes=night_notes)
     edf_bytes, grid = edf.night_edf(**edf_args, layout=edf.CONTINUOUS)
     edf_d_bytes, _ = edf.night_edf(**edf_args, layout=edf.DISCONTINUOUS)
 
@@ -172,12 +176,14 @@ def _night_files(conn: sqlite3.Connection, s: dict[str, Any], config: dict[str, 
         f"samples_{sid}.csv": csvs.write_csv(csvs.SAMPLE_COLUMNS, samples),
         f"gaps_{sid}.csv": csvs.write_csv(csvs.GAP_COLUMNS, gap_rows),
         f"events_{sid}.csv": csvs.write_csv(csvs.EVENT_COLUMNS, event_rows),
+        f"notes_{sid}.csv": csvs.write_csv(csvs.NOTE_COLUMNS, note_rows),
         f"night_{sid}.json": _json(night_json),
         f"night_{sid}.edf": edf_bytes,
         f"night_{sid}.discontinuous.edf": edf_d_bytes,
         f"night_{sid}.png": png_bytes,
     }
-    return files, {**ident, "session_id": sid, "start_utc": start_utc, "report": report, "png": png_bytes, "data": data}
+    return files, {**ident, "session_id": sid, "start_utc": start_utc, "report": report, "png": png_bytes, "data": data,
+                   "notes": night_notes}
 
 
 # ----------------------------------------------------------------------------- spirometry

@@ -21,6 +21,7 @@ SAMPLE_COLUMNS = [*IDENTITY, "host_utc", "device_time", "spo2_pct", "pulse_bpm",
                   "flags", "flag_names", "status_raw", "counter"]
 GAP_COLUMNS = [*IDENTITY, "start_utc", "end_utc", "duration_s", "cause", "breaks_hold", "detail"]
 EVENT_COLUMNS = [*IDENTITY, "t_utc", "kind", "detail_json"]
+NOTE_COLUMNS = [*IDENTITY, "t_utc", "noted_by", "text"]  # the technician's night notes (collector note), as written
 AUDIT_COLUMNS = [*IDENTITY, "id", "at_utc", "actor", "action", "subject_id", "session_id", "old_value", "new_value", "reason",
                  "prev_hash", "row_hash", "null_fields", "withheld_fields"]
 MANOEUVRE_COLUMNS = [*IDENTITY, "id", "received_utc", "number", "manoeuvre_type", "posture", "is_summary", "fvc_l", "fev1_l",

@@ -168,6 +168,7 @@ def night_edf(
     pseudonym: str,
     equipment: str,
     session_id: int,
+    night_notes: list[dict[str, Any]] | None = None,
     layout: str = CONTINUOUS,
 ) -> tuple[bytes, Grid]:
     """EDF+ bytes of one night (``layout`` EDF+C or EDF+D) and the grid used (see the module docstring)."""
@@ -196,6 +197,8 @@ def night_edf(
         notes.append((s, d, f"gap: {gap['cause']}"))
     for ev in events:
         notes.append((onset(ev["t_utc_ms"]), None, f"event: {ev['kind']}"))
+    for note in night_notes or ():
+        notes.append((onset(note["t_utc_ms"]), None, f"note: {note['text']}"))  # ASCII here; the CSV has the text as written
     placed, ann_bytes = _place(records, notes, record_s)
     ann_spr = -(-ann_bytes // 2)
 

@@ -196,6 +196,12 @@ def summary_pdf(
              _("yes") if n["report"].get("needs_review") else ""] for n in nights]
     p.table([_("session"), _("start"), _("T90 %"), _("analysed h"), _("analysed %"), _("nadir"), _("ODI4/h"), _("night"), _("review")],
             rows or [[_("(none)")] + [""] * 8], [0.07, 0.22, 0.07, 0.09, 0.09, 0.06, 0.07, 0.07, 0.07])
+    notes = [(n, note) for n in nights for note in n.get("notes") or []]
+    if notes:
+        p.text(_("Night notes (written by the technician during the night)"), 10, fontweight="bold")
+        p.table([_("session"), _("time"), _("by"), _("note")], [[str(n["session_id"]), local_time(note["noted_utc"], timezone),
+                                                                 str(note["noted_by"]), str(note["text"])] for n, note in notes],
+                [0.07, 0.22, 0.1, 0.47])
     p.text(_("Spirometry (best FVC of an acceptable, repeatable session)"), 10, fontweight="bold")
     srows = [[str(s.get("session_id")), _("yes") if s.get("valid") else _("no"), str(s.get("equation")),
               _f(s.get("fvc_l")), _f(s.get("predicted_fvc_l")), _f(s.get("fvc_pct_predicted"), ".1f"),

@@ -30,7 +30,7 @@ from . import bag, csvs, edf, protocol_check, signature
 CHECKED_FIGURES = ("n_samples", "n_usable_samples", "recording_s", "analysed_s", "t90_s", "t90_pct", "t90_s_inclusive",
                    "night_valid", "meets_t90_criterion", "decision", "borderline")
 SIGNATURES = "data/signatures.json"
-_SESSION_FILE = re.compile(r"^data/(samples|gaps|events|night|spirometry)_(\d+)(\.discontinuous)?\.(csv|json|edf|png)$")
+_SESSION_FILE = re.compile(r"^data/(samples|gaps|events|notes|night|spirometry)_(\d+)(\.discontinuous)?\.(csv|json|edf|png)$")
 
 
 @dataclass
@@ -99,7 +99,7 @@ class _Checker:
     # -- parse every payload file ------------------------------------------------------------
     def parse_all(self) -> None:
         columns = {"samples": csvs.SAMPLE_COLUMNS, "gaps": csvs.GAP_COLUMNS, "events": csvs.EVENT_COLUMNS,
-                   "spirometry": csvs.MANOEUVRE_COLUMNS, "audit": csvs.AUDIT_COLUMNS}
+                   "notes": csvs.NOTE_COLUMNS, "spirometry": csvs.MANOEUVRE_COLUMNS, "audit": csvs.AUDIT_COLUMNS}
         for name, data in sorted(self.files.items()):
             if not name.startswith("data/"):
                 continue

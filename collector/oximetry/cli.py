@@ -87,13 +87,13 @@ def write_png(c: Ctx, info: dict[str, Any], path: Path, tz: tzinfo = timezone.ut
 @click.argument("session_id", type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (stable keys, see README).")
 @click.option("--png", "png", type=click.Path(dir_okay=False, path_type=Path), help="Also draw the night (A4) to this PNG/PDF file.")
-@click.option("--tz", "tz_name", help="Time zone for the picture's time axis (IANA name; default UTC).")
+@click.option("--tz", "tz_name", help="Time zone for the picture's time axis and the gap times (IANA name; default the site's, [site] timezone).")
 @click.option("--recompute", is_flag=True, help="Recompute from the stored samples with the current config and store it (audited).")
 @pass_ctx
 @requires(TECHNICIAN, INVESTIGATOR, when="recompute")
 def report_cmd(c: Ctx, session_id: int, as_json: bool, png: Path | None, tz_name: str | None, recompute: bool) -> None:
     """The overnight report of night SESSION_ID (the stored one; computed if none is stored)."""
-    tz = _zone(tz_name)
+    tz = _zone(tz_name or str(c.config["site"]["timezone"]))
     info = get_report(c, session_id, recompute=recompute)
     if png is not None:
         write_png(c, info, png, tz)
@@ -103,7 +103,7 @@ def report_cmd(c: Ctx, session_id: int, as_json: bool, png: Path | None, tz_name
                    "report_id": info["report_id"], "computed_utc": info["computed_utc"], "stored": info["stored"],
                    "provisional": info["provisional"], **({"png": str(png)} if png is not None else {})})
         return
-    for line in report_text(info):
+    for line in report_text({**info, "tz": tz}):
         click.echo(line)
     if png is not None:
         click.echo(f"\npicture written to {png}")

@@ -18,8 +18,13 @@ def analysis_config(cfg: dict[str, Any]) -> AnalysisConfig:
     )
 
 
+def alert_min_analysed_ms(cfg: dict[str, Any]) -> int:
+    """The live T90 alert waits for this much analysed time (``[oximetry] t90_alert_min_analysed_h``)."""
+    return int(round(float(cfg["oximetry"]["t90_alert_min_analysed_h"]) * 3_600_000))
+
+
 def make_live(cfg: dict[str, Any]) -> LiveBurden:
-    return LiveBurden(analysis_config(cfg))
+    return LiveBurden(analysis_config(cfg), alert_min_analysed_ms=alert_min_analysed_ms(cfg))
 
 
 def snapshot_dict(live: LiveBurden) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from collector.clock import utc_iso
 from collector.oximetry import refill
 from collector.oximetry.analysis.live import LiveBurden
 from collector.oximetry.analysis.report import NightData
-from collector.oximetry.live import analysis_config, make_live, snapshot_dict
+from collector.oximetry.live import alert_min_analysed_ms, analysis_config, make_live, snapshot_dict
 from collector.oximetry.pipeline import ReadingPipeline
 from collector.storage import repo
 from drivers.ble.adapters import AdapterSlots
@@ -252,7 +252,8 @@ class NightRecorder:
     # -- restart -------------------------------------------------------------------------------
     def restore(self, stored: NightData) -> None:
         """Continue the live figures of a resumed night from its stored samples and breaks."""
-        live, _ = LiveBurden.replay(stored, analysis_config(self.daemon.config))  # its alerts were stored at the time
+        live, _ = LiveBurden.replay(stored, analysis_config(self.daemon.config),
+                                   alert_min_analysed_ms=alert_min_analysed_ms(self.daemon.config))  # its alerts were stored at the time
         self.live = self.pipeline.live = live
         self.pipeline.samples = int(stored.t_s.size)
         if stored.t_s.size:

@@ -74,7 +74,7 @@ class NightService:
         self.recorders[rec.session_id] = rec
         rec.start()
         self._ensure_handover()
-        self.daemon.notify("session_recording", {"session_id": rec.session_id, "kind": "night"})
+        self.daemon.notify("night_started", {"session_id": rec.session_id, "subject_id": rec.subject_id})
 
     # -- commands --------------------------------------------------------------------------
     async def scan(self, timeout_s: float = 5.0) -> list[dict[str, Any]]:

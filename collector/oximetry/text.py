@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 from collector.clock import utc_iso
+from collector.localtime import duration_text, local_time
 from collector.limit_text import limit_text
 
 
@@ -37,6 +38,9 @@ def _side(v: float | None, thr: float) -> str:
     if v is None:
         return ""
     return "above" if v > thr else "within"
+
+
+MAX_BREAKS_LISTED = 40
 
 
 def report_text(info: dict[str, Any]) -> list[str]:
@@ -92,6 +96,13 @@ def report_text(info: dict[str, Any]) -> list[str]:
     g = r["gaps"]
     causes = ", ".join(f"{k} {v['count']}x {hms(v['total_s'])}" for k, v in g["by_cause"].items()) or "none"
     out.append(f"  gaps                 {g['count']} totalling {hms(g['total_s'])}, longest {hms(g['longest_s'])}; by cause: {causes}")
+    tz = info.get("tz")
+    if tz is not None:  # each interruption at the site's local time with its duration (the JSON keeps UTC seconds)
+        breaks = g.get("breaks") or []
+        for b in breaks[:MAX_BREAKS_LISTED]:
+            out.append(f"    {local_time(b['start_s'], tz)} for {duration_text(b['duration_s'])} ({b['cause']})")
+        if len(breaks) > MAX_BREAKS_LISTED:
+            out.append(f"    ... and {len(breaks) - MAX_BREAKS_LISTED} more (--json lists every one)")
     out.append("T90 (time with SpO2 below 90 %)")
     out.append(f"  primary              {pct_text(t90, thr):>10} of analysed time ({hms(r['t90_s'])})  <- decides")
     out.append(f"  of recording time    {pct_text(r['t90_pct_of_recording'], thr):>10}  ({_side(r['t90_pct_of_recording'], thr)} {thr:g} %)")

@@ -85,6 +85,20 @@ class RunningDaemon:
     base_url: str
     token: str  # a CLI login token of the first operator (else the daemon's local token, which only reads)
     log_path: Path
+    cmd: tuple[str, ...] = ()
+
+    def kill(self) -> None:
+        """SIGKILL: the daemon vanishes as in a crash (tests of what the page shows then)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def restart(self, timeout_s: float = 30.0) -> None:
+        """Start the same daemon again (same database, port and scenarios) after it stopped."""
+        log = open(self.log_path, "a", encoding="utf-8")
+        self.proc = subprocess.Popen(list(self.cmd), stdout=log, stderr=subprocess.STDOUT, text=True,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        _wait_ready(self.proc, self.db_path, self.log_path, timeout_s)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -122,8 +136,26 @@ def add_operators(db_path: Path, operators: dict[str, str], config: Path | None 
     return _collector(db_path, config, "login", first, "--password-stdin", "--print-token", password=password)
 
 
+def _wait_ready(proc: subprocess.Popen[str], db_path: Path, log_path: Path, timeout_s: float) -> dict[str, object]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the daemon exited with {proc.returncode}: {log_path.read_text(encoding='utf-8')[-2000:]}")
+        if runtime_path(db_path).exists() and token_path(db_path).exists():
+            try:
+                info: dict[str, object] = json.loads(runtime_path(db_path).read_text(encoding="utf-8"))
+                if info.get("pid") == proc.pid:
+                    return info
+            except ValueError:
+                pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"the daemon did not start within {timeout_s:g} s; log: {log_path}")
+        time.sleep(0.05)
+
+
 def launch(workdir: Path, *, speed: float = 60.0, operators: dict[str, str] | None = None, timeout_s: float = 30.0,
-           extra_config: str = "") -> RunningDaemon:
+           extra_config: str = "", port: int = 0) -> RunningDaemon:
     workdir.mkdir(parents=True, exist_ok=True)
     db_path = workdir / "ward.sqlite"
     config = workdir / "config.toml"
@@ -137,22 +169,11 @@ def launch(workdir: Path, *, speed: float = 60.0, operators: dict[str, str] | No
     log_path = workdir / "daemon.log"
     log = open(log_path, "w", encoding="utf-8")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        collector_cmd() + ["--db", str(db_path), "--config", str(config), "run", "--port", "0", "--speed", str(speed), *scenarios],
-        stdout=log, stderr=subprocess.STDOUT, text=True, env=env,
-    )
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the daemon exited with {proc.returncode}: {log_path.read_text(encoding='utf-8')[-2000:]}")
-        if runtime_path(db_path).exists() and token_path(db_path).exists():
-            info = json.loads(runtime_path(db_path).read_text(encoding="utf-8"))
-            token = operator_token or token_path(db_path).read_text(encoding="ascii").strip()
-            return RunningDaemon(proc, db_path, f"http://{info['host']}:{info['port']}", token, log_path)
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"the daemon did not start within {timeout_s:g} s; log: {log_path}")
-        time.sleep(0.05)
+    cmd = collector_cmd() + ["--db", str(db_path), "--config", str(config), "run", "--port", str(port), "--speed", str(speed), *scenarios]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
+    info = _wait_ready(proc, db_path, log_path, timeout_s)
+    token = operator_token or token_path(db_path).read_text(encoding="ascii").strip()
+    return RunningDaemon(proc, db_path, f"http://{info['host']}:{info['port']}", token, log_path, tuple(cmd))
 
 
 def main() -> None:

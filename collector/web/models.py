@@ -45,9 +45,31 @@ class AlertOut(BaseModel):
     subject_id: str | None
     message: str
     raised_utc: str
+    state: Literal["active", "cleared", "acknowledged", "resolved"] = Field(
+        description="active: holds, not acknowledged; cleared: no longer holds, not acknowledged; "
+                    "acknowledged: seen, still holds; resolved: both (kept in the history)")
     active: bool = Field(description="the condition still holds")
+    cleared_utc: str | None = None
     acknowledged_by: str | None
     acknowledged_utc: str | None
+    ack_note: str | None = None
+    raised_local: str | None = Field(default=None, description="raised, in the site's time zone with the zone")
+    cleared_local: str | None = None
+    acknowledged_local: str | None = None
+
+
+class NoteIn(BaseModel):
+    text: str = Field(min_length=1, max_length=500, description="what happened, e.g. 'patient got up', 'probe re-taped'")
+
+
+class NoteOut(BaseModel):
+    id: int
+    session_id: int
+    t_utc_ms: int
+    noted_utc: str
+    noted_local: str | None = Field(default=None, description="when, in the site's time zone with its offset")
+    text: str
+    noted_by: str
 
 
 class BedOut(BaseModel):
@@ -74,6 +96,7 @@ class BedOut(BaseModel):
 
 class StatusOut(BaseModel):
     now_utc: str
+    now_local: str = Field(description="now in the site's time zone ([site] timezone), with the zone")
     operator: str | None
     beds: list[BedOut]
     alerts: list[AlertOut]
@@ -136,6 +159,8 @@ class WebConfigOut(BaseModel):
     t90_threshold_pct: float
     alert_settings: dict[str, float]
     stream_interval_s: float
+    heartbeat_s: float = Field(description="the live stream's heartbeat period; the page shows NO DATA after missing two")
+    site_timezone: str
     facts: list[FactSpecOut]
     protocols: list[str]
 

@@ -22,11 +22,13 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from collector.clock import utc_iso
+from collector.localtime import local_datetime
 from collector.errors import InvalidInput
 from collector.storage import repo
 from collector.web import models
-from collector.web.alerts import DEFAULTS as ALERT_DEFAULTS
-from collector.web.alerts import FINGER_FLAGS, AlertEngine
+from collector.ward.alerts import DEFAULTS as ALERT_DEFAULTS
+from collector.ward.alerts import FINGER_FLAGS
+from collector.ward.service import engine_of
 from collector.users.roles import ANY_ROLE, INVESTIGATOR, TECHNICIAN
 from collector.web.auth import COOKIE_NAME, Auth, LoginThrottle, SessionStore, current_operator, make_auth
 
@@ -38,6 +40,7 @@ WEB_DEFAULTS: dict[str, float] = {
     "session_max_h": 12.0,      # and in any case this long after logging in (one night shift)
     "stream_interval_s": 1.0,   # live updates: never more often than once a second
     "max_streams_per_operator": 4.0,  # live-update connections one login may hold open
+    "heartbeat_s": 2.0,         # a heartbeat on the live stream this often: the page knows the daemon is there
     **ALERT_DEFAULTS,
 }
 SECURITY_HEADERS = {
@@ -90,7 +93,7 @@ class WebService:
                                      max_s=self.settings["session_max_h"] * 3600)
         self.throttle = LoginThrottle()
         self.streams: dict[str, int] = {}  # open live-update connections per operator
-        self.alerts = AlertEngine(daemon, self.settings)
+        self.alerts = engine_of(daemon)  # evaluated by the daemon (collector/ward), only shown here
         self.token: str | None = None
         self.closing = asyncio.Event()
 
@@ -123,11 +126,13 @@ class WebService:
 
     def picture(self, operator: str | None) -> dict[str, Any]:
         writer_failed = getattr(self.daemon.writer, "failed", None)
+        now = self.daemon.clock.now()
         return {
-            "now_utc": utc_iso(self.daemon.clock.now()),
+            "now_utc": utc_iso(now),
+            "now_local": local_datetime(now, self.alerts.tz),
             "operator": operator,
             "beds": self.beds(),
-            "alerts": self.alerts.evaluate(),
+            "alerts": self.alerts.visible(),
             "disk_free_mb": _round(self.alerts.disk_free_mb()),
             "writer_failed": str(writer_failed) if writer_failed else None,
         }
@@ -141,7 +146,6 @@ def attach(daemon: Any) -> WebService:
     web = WebService(daemon)
     daemon.services["web"] = web
     daemon.shutdown_hooks.append(web.shutdown_hook)
-    daemon.status_providers["alerts"] = web.alerts.visible
     return web
 
 
@@ -236,6 +240,8 @@ def make_router(daemon: Any, auth: Any) -> APIRouter:
             "t90_threshold_pct": float(daemon.config["oximetry"]["t90_threshold_pct"]),
             "alert_settings": {k: web.settings[k] for k in ALERT_DEFAULTS},
             "stream_interval_s": web.settings["stream_interval_s"],
+            "heartbeat_s": web.settings["heartbeat_s"],
+            "site_timezone": str(daemon.config["site"]["timezone"]),
             "facts": facts,
             "protocols": sorted(PROFILES),
         }
@@ -247,7 +253,7 @@ def make_router(daemon: Any, auth: Any) -> APIRouter:
 
     @router.get(
         "/events/stream", dependencies=protected,
-        responses={200: {"content": {"text/event-stream": {}}, "description": "server-sent events: `update` (StatusOut JSON) at most once a second; `expired` when the login ends"}},
+        responses={200: {"content": {"text/event-stream": {}}, "description": "server-sent events: `update` (StatusOut JSON) at most once a second; `heartbeat` (`now_utc`, `now_local`, `writer_failed`) every `[web] heartbeat_s`; `expired` when the login ends"}},
     )
     async def stream(request: Request) -> StreamingResponse:
         """Live updates for the page (server-sent events), at most one per second."""
@@ -275,14 +281,26 @@ def make_router(daemon: Any, auth: Any) -> APIRouter:
                 release()
 
         async def _events() -> AsyncIterator[str]:
-            yield "retry: 3000\n\n"
+            yield "retry: 2000\n\n"
+            loop = asyncio.get_running_loop()
+            interval, beat = web.settings["stream_interval_s"], web.settings["heartbeat_s"]
+            next_update = next_beat = loop.time()
             while not web.closing.is_set():
-                if key is not None and await asyncio.to_thread(web.sessions.get, key) is None:
-                    yield "event: expired\ndata: {}\n\n"
-                    return
-                yield f"event: update\ndata: {json.dumps(web.picture(operator), separators=(',', ':'))}\n\n"
+                if loop.time() >= next_update:
+                    if key is not None and await asyncio.to_thread(web.sessions.get, key) is None:
+                        yield "event: expired\ndata: {}\n\n"
+                        return
+                    yield f"event: update\ndata: {json.dumps(web.picture(operator), separators=(',', ':'))}\n\n"
+                    next_update = loop.time() + interval
+                if loop.time() >= next_beat:
+                    # Real time, not the daemon's clock: the page must learn within seconds that the daemon is gone.
+                    now = daemon.clock.now()
+                    hb = {"now_utc": utc_iso(now), "now_local": local_datetime(now, web.alerts.tz),
+                          "writer_failed": bool(getattr(daemon.writer, "failed", None))}
+                    yield f"event: heartbeat\ndata: {json.dumps(hb, separators=(',', ':'))}\n\n"
+                    next_beat = loop.time() + beat
                 try:
-                    await asyncio.wait_for(web.closing.wait(), web.settings["stream_interval_s"])
+                    await asyncio.wait_for(web.closing.wait(), max(0.05, min(next_update, next_beat) - loop.time()))
                 except asyncio.TimeoutError:
                     pass
                 if await request.is_disconnected():
@@ -290,18 +308,6 @@ def make_router(daemon: Any, auth: Any) -> APIRouter:
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
                                  background=BackgroundTask(release))
-
-    @router.get("/alerts", response_model=list[models.AlertOut], dependencies=protected)
-    async def list_alerts() -> list[dict[str, Any]]:
-        """Alerts showing now (unacknowledged ones stay until acknowledged)."""
-        return web.alerts.evaluate()
-
-    @router.post("/alerts/{alert_id}/ack", response_model=models.AlertOut, dependencies=[Depends(auth.roles(TECHNICIAN, INVESTIGATOR))],
-                 responses={404: {"description": "no such alert showing"}, 409: {"description": "already acknowledged"}})
-    async def ack_alert(body: models.AckIn, alert_id: int = _path_id("alert")) -> dict[str, Any]:
-        """Acknowledge an alert; the audit trail records who, when, and the note."""
-        by = current_operator.get() or body.by or daemon.operator
-        return await web.alerts.acknowledge(alert_id, by=by, note=body.note)
 
     @router.get("/subjects", response_model=list[models.SubjectOut], dependencies=protected)
     async def subjects() -> list[dict[str, Any]]:

@@ -30,7 +30,7 @@ from .report import (
 EVENT_T90_EXCEEDED = "t90_threshold_exceeded"
 EVENT_DEEP_DESAT = "suspected_deep_desaturation"
 DEEP_DESAT_BELOW = 50.0  # a usable reading below this counts as below 90 % and is reviewed
-ALERT_MIN_ANALYSED_MS = 3_600_000  # the alert needs >= 1 h analysed
+ALERT_MIN_ANALYSED_MS = 3_600_000  # packaged default; the site value is [oximetry] t90_alert_min_analysed_h
 
 
 class OutOfOrderError(AnalysisInputError):
@@ -44,6 +44,7 @@ class Event:
     t90_pct: float
     analysed_s: float
     threshold_pct: float
+    min_analysed_s: float = ALERT_MIN_ANALYSED_MS / 1000.0  # the alert's minimum analysed time used
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,11 +91,12 @@ class LiveBurden:
     __slots__ = (
         "_cfg", "_max_hold", "_thr", "_first", "_last", "_last_usable", "_last_below",
         "_last_below_incl", "_last_spo2", "_num", "_num_incl", "_analysed", "_nadir",
-        "_n", "_cuts", "_alerted", "_thr_scale", "_thr_num", "_in_deep",
+        "_n", "_cuts", "_alerted", "_alert_min_ms", "_thr_scale", "_thr_num", "_in_deep",
     )
 
-    def __init__(self, config: AnalysisConfig = AnalysisConfig()) -> None:
+    def __init__(self, config: AnalysisConfig = AnalysisConfig(), *, alert_min_analysed_ms: int = ALERT_MIN_ANALYSED_MS) -> None:
         self._cfg = config
+        self._alert_min_ms = int(alert_min_analysed_ms)
         self._max_hold = config.max_hold_ms
         self._thr = config.threshold
         self._thr_scale = 100 * self._thr.denominator
@@ -177,10 +179,11 @@ class LiveBurden:
         if self._num * self._thr_scale <= self._thr_num * a:
             self._alerted = False
             return []
-        if self._alerted or a < ALERT_MIN_ANALYSED_MS:
+        if self._alerted or a < self._alert_min_ms:
             return []
         self._alerted = True
-        return [Event(EVENT_T90_EXCEEDED, float(t_s), pct(self._num, a) or 0.0, a / 1000.0, self._cfg.threshold_pct)]
+        return [Event(EVENT_T90_EXCEEDED, float(t_s), pct(self._num, a) or 0.0, a / 1000.0, self._cfg.threshold_pct,
+                      self._alert_min_ms / 1000.0)]
 
     @property
     def snapshot(self) -> LiveSnapshot:
@@ -199,13 +202,14 @@ class LiveBurden:
         )
 
     @classmethod
-    def replay(cls, data: NightData, config: AnalysisConfig = AnalysisConfig()) -> tuple["LiveBurden", list[Event | DeepDesatEvent]]:
+    def replay(cls, data: NightData, config: AnalysisConfig = AnalysisConfig(), *,
+               alert_min_analysed_ms: int = ALERT_MIN_ANALYSED_MS) -> tuple["LiveBurden", list[Event | DeepDesatEvent]]:
         """Rebuild the live state from stored samples and breaks (e.g. after a daemon restart).
 
         Breaks are delivered before samples at the same millisecond, which gives the
         same holds as :func:`~collector.oximetry.analysis.report.night_report`.
         """
-        live = cls(config)
+        live = cls(config, alert_min_analysed_ms=alert_min_analysed_ms)
         events: list[Event | DeepDesatEvent] = []
         starts = sorted(to_ms(b[0]) for b in data.breaks)
         k = 0

@@ -16,6 +16,9 @@ const state = {
   beepTimer: null,
   subjects: [],
   lastUpdate: 0,
+  lastAlive: 0,             // Date.now() of the last update or heartbeat from the collector
+  lastSeenLocal: null,      // the collector's clock then, in the site's zone ("02:10 +08:00")
+  noData: false,            // the collector has been silent too long: every card is greyed out
 };
 
 const $ = (id) => document.getElementById(id);
@@ -59,6 +62,14 @@ function fmtHMS(s) {
   s = Math.max(0, Math.floor(s));
   const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = s % 60;
   return `${h}:${String(m).padStart(2, "0")}:${String(sec).padStart(2, "0")}`;
+}
+
+function fmtDuration(s) {
+  if (s === null || s === undefined || !isFinite(s)) return "--";
+  s = Math.max(0, Math.round(s));
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return s % 60 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${s / 60} min`;
+  return `${Math.floor(s / 3600)} h ${String(Math.floor((s % 3600) / 60)).padStart(2, "0")} min`;
 }
 
 function fmtAgo(s) {
@@ -133,10 +144,70 @@ async function showApp() {
   $("operator").textContent = state.operator;
   if (!wired) { wireForms(); wired = true; }
   state.config = await api("GET", "/web/config");
+  window.siteTimeZone = state.config.site_timezone;
   fillConfigLists();
   await refreshSubjects();
   await refreshSessions();
   startLive();
+}
+
+function shortLocal(local) {
+  // "2026-12-02 02:10:05 +08:00" -> "02:10 +08:00"
+  if (!local) return null;
+  const parts = local.split(" ");
+  return parts.length >= 3 ? `${parts[1].slice(0, 5)} ${parts[parts.length - 1]}` : local;
+}
+
+function alive(local) {
+  state.lastAlive = Date.now();
+  if (local) state.lastSeenLocal = shortLocal(local);
+  if (state.noData) leaveNoData();
+}
+
+function noDataAfterMs() {
+  const beat = (state.config && state.config.heartbeat_s) || 2;
+  return Math.max(4000, 2 * beat * 1000);  // two heartbeats missed: the collector or the stream is gone
+}
+
+function enterNoData() {
+  state.noData = true;
+  const text = `NO DATA FROM COLLECTOR since ${state.lastSeenLocal || "the page was opened"}`;
+  const banner = $("nodata-banner");
+  banner.textContent = text + " — the values below are not live. Check the collector computer (is collector run still running?).";
+  banner.hidden = false;
+  document.body.classList.add("nodata");
+  for (const { el: node } of state.beds.values()) {
+    node.classList.add("nodata");
+    const b = node.querySelector(".nodata-text");
+    b.textContent = text;
+    b.hidden = false;
+    for (const v of node.querySelectorAll(".vital .value")) { v.textContent = "–"; v.classList.add("none"); }
+    const link = node.querySelector(".link");
+    link.textContent = "no data";
+    link.className = "link pill bad";
+    node.querySelector(".since").textContent = "unknown";
+    node.querySelector(".since").classList.add("bad");
+  }
+  setStream("NO DATA", "bad");
+  updateBeeping();
+}
+
+async function leaveNoData() {
+  state.noData = false;
+  $("nodata-banner").hidden = true;
+  document.body.classList.remove("nodata");
+  for (const { el: node } of state.beds.values()) {
+    node.classList.remove("nodata");
+    node.querySelector(".nodata-text").hidden = true;
+  }
+  updateBeeping();
+  // Back: take the whole picture from the API again (beds started or stopped meanwhile, alerts, lists).
+  try {
+    render(await api("GET", "/web/status"));
+    await refreshSubjects();
+    await refreshSessions();
+    for (const [sid, entry] of state.beds) loadNotes(sid, entry.el);
+  } catch (e) { /* the stream goes on; the next update renders */ }
 }
 
 function startLive() {
@@ -145,21 +216,37 @@ function startLive() {
   state.events = es;
   setStream("connecting…", "warn");
   es.addEventListener("update", (ev) => {
+    const pic = JSON.parse(ev.data);
     setStream("live", "ok");
     state.lastUpdate = Date.now();
-    render(JSON.parse(ev.data));
+    alive(pic.now_local);
+    render(pic);
+  });
+  es.addEventListener("heartbeat", (ev) => {
+    const hb = JSON.parse(ev.data);
+    alive(hb.now_local);
+    if (!state.lastUpdate || Date.now() - state.lastUpdate > 5000) setStream("no updates", "bad");
+    else setStream("live", "ok");
   });
   es.addEventListener("expired", () => showLogin("Your login expired. Log in again."));
   es.onerror = async () => {
     setStream("reconnecting…", "bad");
+    // The stream broke: if the collector does not answer either, say so now rather than after the heartbeats.
+    if (!state.noData) {
+      try {
+        const r = await fetch(API + "/health", { cache: "no-store" });
+        if (!r.ok) throw new Error(String(r.status));
+      } catch (e) { if (!state.noData && state.events === es) enterNoData(); }
+    }
     if (es.readyState === EventSource.CLOSED) {
       try { await api("GET", "/me"); setTimeout(startLive, 3000); } catch (e) { /* showLogin already called on 401 */ }
     }
   };
-  // The stream should tick every second; say so when it goes quiet.
+  // Heartbeats come every few seconds: when they stop, nothing on the page is live any more.
+  state.lastAlive = Date.now();
   state.staleTimer = setInterval(() => {
-    if (state.lastUpdate && Date.now() - state.lastUpdate > 5000) setStream("no updates", "bad");
-  }, 2000);
+    if (!state.noData && Date.now() - state.lastAlive > noDataAfterMs()) enterNoData();
+  }, 500);
 }
 
 function stopLive() {
@@ -170,6 +257,9 @@ function stopLive() {
   for (const { el } of state.beds.values()) el.remove();
   state.beds.clear();
   state.alerts = [];
+  state.noData = false;
+  $("nodata-banner").hidden = true;
+  document.body.classList.remove("nodata");
   renderAlerts();
 }
 
@@ -180,7 +270,7 @@ function setStream(text, kind) {
 }
 
 function render(pic) {
-  $("clock").textContent = pic.now_utc.replace("T", " ").slice(0, 19) + " UTC";
+  $("clock").textContent = pic.now_local || (pic.now_utc.replace("T", " ").slice(0, 19) + " UTC");
   $("disk").textContent = pic.disk_free_mb === null ? "" : `disk ${(pic.disk_free_mb / 1000).toFixed(1)} GB free`;
   const seen = new Set();
   for (const bed of pic.beds) {
@@ -212,11 +302,40 @@ function makeBed(bed) {
   const node = $("bed-template").content.firstElementChild.cloneNode(true);
   node.dataset.session = bed.session_id;
   node.querySelector(".stop").addEventListener("click", () => askStop(bed.session_id));
+  node.querySelector(".note-form").addEventListener("submit", (ev) => onNote(ev, bed.session_id, node));
+  node.querySelector(".note-text").setAttribute("aria-label", `Note for night #${bed.session_id}`);
+  loadNotes(bed.session_id, node);
   return node;
+}
+
+async function loadNotes(sid, node) {
+  let notes;
+  try { notes = await api("GET", `/sessions/${sid}/notes`); } catch (e) { return; }
+  const list = node.querySelector(".notes");
+  list.textContent = "";
+  for (const n of notes.slice(-3)) {
+    list.appendChild(el("li", {}, `${shortLocal(n.noted_local) || n.noted_utc} · ${n.noted_by}: ${n.text}`));
+  }
+}
+
+async function onNote(ev, sid, node) {
+  ev.preventDefault();
+  const input = node.querySelector(".note-text"), result = node.querySelector(".note-result");
+  const text = input.value.trim();
+  if (!text) { setResult(result, "Write what happened first.", false); return; }
+  try {
+    await api("POST", `/sessions/${sid}/notes`, { text });
+    input.value = "";
+    setResult(result, "Noted.", true);
+    await loadNotes(sid, node);
+  } catch (e) {
+    setResult(result, e.message, false);
+  }
 }
 
 function updateBed(node, bed) {
   const q = (sel) => node.querySelector(sel);
+  if (state.noData) return;  // a late update never un-greys a card; only the collector coming back does
   q(".subject").textContent = bed.subject_id;
   q(".session").textContent = `night #${bed.session_id}`;
   const link = q(".link");
@@ -276,13 +395,16 @@ function renderAlerts() {
   box.textContent = "";
   const pending = state.alerts.filter((a) => !a.acknowledged_by);
   for (const a of state.alerts) {
-    const row = el("div", { class: "alert " + (a.acknowledged_by ? "acked" : "pending"), role: "group", "data-kind": a.kind });
-    row.appendChild(el("strong", { class: "alert-title" }, a.title));
+    // active: red and pulsing; cleared but not yet seen: amber, "cleared at"; acknowledged (still holds): grey.
+    const st = a.state || (a.acknowledged_by ? "acknowledged" : a.active ? "active" : "cleared");
+    const row = el("div", { class: `alert ${a.acknowledged_by ? "acked" : "pending"} state-${st}`, role: "group", "data-kind": a.kind, "data-state": st });
+    row.appendChild(el("strong", { class: "alert-title" }, a.title + (st === "cleared" ? " — cleared" : st === "acknowledged" ? " — still holds" : "")));
     row.appendChild(el("span", { class: "alert-where" }, a.subject_id ? `${a.subject_id} · night #${a.session_id}` : "collector"));
-    row.appendChild(el("span", { class: "alert-msg" }, a.message + (a.active ? "" : " (cleared)")));
-    row.appendChild(el("span", { class: "alert-time muted" }, a.raised_utc.slice(11, 19) + " UTC"));
+    row.appendChild(el("span", { class: "alert-msg" }, a.message));
+    const raised = a.raised_local || (a.raised_utc.slice(11, 19) + " UTC");
+    row.appendChild(el("span", { class: "alert-time muted" }, st === "cleared" && a.cleared_local ? `${raised} → cleared ${a.cleared_local}` : raised));
     if (a.acknowledged_by) {
-      row.appendChild(el("span", { class: "muted" }, `acknowledged by ${a.acknowledged_by}`));
+      row.appendChild(el("span", { class: "muted" }, `acknowledged by ${a.acknowledged_by}${a.acknowledged_local ? " at " + a.acknowledged_local : ""}`));
     } else {
       const b = el("button", { type: "button", class: "ack", "aria-label": `Acknowledge: ${a.title} ${a.subject_id || ""}` }, "Acknowledge");
       b.addEventListener("click", () => ackAlert(a.id, b));
@@ -290,18 +412,24 @@ function renderAlerts() {
     }
     box.appendChild(row);
   }
-  document.title = (pending.length ? `(${pending.length}!) ` : "") + "Collector · beds";
+  document.title = (state.noData ? "(NO DATA) " : pending.length ? `(${pending.length}!) ` : "") + "Collector · beds";
   for (const { el: node, bed } of state.beds.values()) {
     node.classList.toggle("alerting", pending.some((a) => a.session_id === bed.session_id));
   }
-  setBeeping(pending.length > 0);
+  updateBeeping();
+}
+
+function updateBeeping() {
+  // Sounds while an alert waits for a person, and while the collector is silent.
+  setBeeping(state.noData || state.alerts.some((a) => !a.acknowledged_by));
+  document.body.dataset.beeping = state.beepTimer ? "on" : "off";
 }
 
 async function ackAlert(id, button) {
   button.disabled = true;
   try {
-    await api("POST", `/alerts/${id}/ack`, { note: null });
-    state.alerts = state.alerts.map((a) => (a.id === id ? { ...a, acknowledged_by: state.operator } : a)).filter((a) => a.active || !a.acknowledged_by);
+    const out = await api("POST", `/alerts/${id}/ack`, { note: null });
+    state.alerts = state.alerts.map((a) => (a.id === id ? { ...a, ...out, acknowledged_by: out.acknowledged_by || state.operator } : a)).filter((a) => a.active || !a.acknowledged_by);
     renderAlerts();
   } catch (e) {
     button.disabled = false;
@@ -480,7 +608,13 @@ function renderReport(r, sid) {
   add("Analysed", `${fmtHMS(r.analysed_s)} (${(r.analysed_pct || 0).toFixed(1)} % of ${fmtHMS(r.recording_s)})`);
   if (r.nadir_spo2 !== undefined) add("Nadir", r.nadir_spo2 === null ? "--" : `${r.nadir_spo2} %`);
   if (r.odi3_per_h !== undefined && r.odi3_per_h !== null) add("ODI3", `${r.odi3_per_h.toFixed(1)} /h`);
-  if (r.gaps) add("Gaps", `${r.gaps.count} (${Math.round(r.gaps.total_s)} s)`);
+  if (r.gaps) add("Gaps", `${r.gaps.count} (${fmtDuration(r.gaps.total_s)})`);
+  // Each interruption as people read it: local start time and duration, never epoch numbers.
+  const breaks = (r.gaps && r.gaps.breaks) || [];
+  for (const b of breaks.slice(0, 50)) {
+    add("", `${window.localHM(b.start_s * 1000)} for ${fmtDuration(b.duration_s)} · ${String(b.cause).replaceAll("_", " ")}`);
+  }
+  if (breaks.length > 50) add("", `… and ${breaks.length - 50} more (collector report ${sid})`);
   if (r.definitions && r.definitions.t90) add("Definition", r.definitions.t90);
   box.appendChild(dl);
   if (r.borderline) box.appendChild(el("p", { class: "warn" }, "Borderline: needs review."));

@@ -53,8 +53,23 @@ function drawTrend(svg, trend, opts) {
   caption.textContent = span >= 90 ? `${(span / 60).toFixed(1)} h` : `${Math.round(span)} min`;
   svg.appendChild(caption);
   const start = svgEl("text", { x: padL, y: H - 2, class: "axis" });
-  start.textContent = new Date(x0).toISOString().slice(11, 16) + "Z";
+  start.textContent = localHM(x0);
   svg.appendChild(start);
 }
 
+// People read the site's local time ([site] timezone) with its offset: "02:10 +08:00".
+function localHM(ms) {
+  const zone = window.siteTimeZone || "UTC";
+  try {
+    const parts = new Intl.DateTimeFormat("en-GB", { timeZone: zone, hour: "2-digit", minute: "2-digit", hourCycle: "h23",
+      timeZoneName: "longOffset" }).formatToParts(new Date(ms));
+    const get = (t) => (parts.find((p) => p.type === t) || {}).value || "";
+    const off = get("timeZoneName").replace("GMT", "") || "+00:00";
+    return `${get("hour")}:${get("minute")} ${off}`;
+  } catch (e) {
+    return new Date(ms).toISOString().slice(11, 16) + " UTC";
+  }
+}
+
 window.drawTrend = drawTrend;
+window.localHM = localHM;

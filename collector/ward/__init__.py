@@ -1,0 +1,1 @@
+"""The ward's night: alerts a person must see (evaluated by the daemon) and the technician's night notes."""

@@ -1,0 +1,282 @@
+"""Alerts that need a person, evaluated by the daemon itself (not by whoever looks).
+
+An alert is raised when its condition holds (device disconnected for more than N s,
+finger out, T90 above the threshold, no sample for N s, disk almost full, storage
+failed) and stays until an operator acknowledges it, even if the condition cleared
+meanwhile: a tired technician must not miss a 2-minute disconnect because it fixed
+itself.  Each alert is a row of ``alerts`` (collector/ward/store.py) with the moments it
+was raised, cleared and acknowledged, each audited; an alert both cleared and
+acknowledged is resolved and leaves the screen.  If the condition comes back, a new
+alert is raised.  :class:`AlertService` evaluates every ``[web] alert_check_s`` on the
+daemon's clock (virtual in simulations), so alerts exist with no page open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from dataclasses import dataclass
+from datetime import tzinfo
+from typing import Any
+
+from collector.clock import parse_utc, utc_iso
+from collector.errors import NotFound
+from collector.localtime import local_time, site_zone
+from collector.storage import repo
+from collector.ward import store
+from drivers.protocols.common import Flag
+
+log = logging.getLogger(__name__)
+
+FINGER_FLAGS = Flag.FINGER_OUT | Flag.PROBE_UNPLUGGED | Flag.SENSOR_DISPLACED
+
+DEFAULTS: dict[str, float] = {
+    "alert_disconnected_s": 30.0,   # link down longer than this
+    "alert_no_sample_s": 60.0,      # connected, but no sample for this long
+    "alert_finger_out_s": 15.0,     # sensor off the finger for this long
+    "disk_min_free_mb": 1024.0,     # free space on the database's disk below this
+    "alert_check_s": 2.0,           # the daemon evaluates the conditions this often
+}
+
+KIND_TITLES = {
+    "device_disconnected": "Device disconnected",
+    "no_sample": "No samples",
+    "finger_out": "Finger out",
+    "t90_above_threshold": "T90 above threshold",
+    "disk_almost_full": "Disk almost full",
+    "storage_failed": "Storage failed",
+}
+
+
+@dataclass
+class Alert:
+    id: int
+    kind: str
+    session_id: int | None
+    subject_id: str | None
+    message: str
+    raised_t: float
+    cleared_t: float | None = None
+    acknowledged_by: str | None = None
+    acknowledged_t: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.cleared_t is None
+
+    @property
+    def state(self) -> str:
+        return store.alert_state({"acknowledged_utc": self.acknowledged_t, "cleared_utc": self.cleared_t})
+
+    def as_dict(self, tz: tzinfo | None = None) -> dict[str, Any]:
+        def iso(t: float | None) -> str | None:
+            return utc_iso(t) if t is not None else None
+
+        local: dict[str, Any] = {} if tz is None else {
+            "raised_local": local_time(self.raised_t, tz, seconds=True),
+            "cleared_local": local_time(self.cleared_t, tz, seconds=True) or None,
+            "acknowledged_local": local_time(self.acknowledged_t, tz, seconds=True) or None,
+        }
+        return {**local,
+            "id": self.id, "kind": self.kind, "title": KIND_TITLES.get(self.kind, self.kind),
+            "session_id": self.session_id, "subject_id": self.subject_id, "message": self.message,
+            "state": self.state, "active": self.active, "raised_utc": utc_iso(self.raised_t),
+            "cleared_utc": iso(self.cleared_t), "acknowledged_by": self.acknowledged_by,
+            "acknowledged_utc": iso(self.acknowledged_t),
+        }
+
+    @classmethod
+    def from_row(cls, r: dict[str, Any]) -> Alert:
+        def t(s: str | None) -> float | None:
+            return parse_utc(s) if s else None
+
+        return cls(r["id"], r["kind"], r["session_id"], r["subject_id"], r["message"], parse_utc(r["raised_utc"]),
+                   t(r["cleared_utc"]), r["acknowledged_by"], t(r["acknowledged_utc"]))
+
+
+class AlertEngine:
+    """The alerts not yet resolved, mirrored from the ``alerts`` table (the daemon is its only writer)."""
+
+    def __init__(self, daemon: Any, settings: dict[str, Any]) -> None:
+        self.daemon = daemon
+        self.settings = {k: float(settings.get(k, v)) for k, v in DEFAULTS.items()}
+        self.tz = site_zone(daemon.config)  # people read local time; the rows stay UTC
+        self.alerts: dict[int, Alert] = {}
+        self._next_id: int | None = None
+        self._finger_since: dict[int, float] = {}
+        self._down_seen: dict[int, float] = {}
+        self._up_since: dict[int, float] = {}  # back up after a drop: no_sample counts from the reconnect
+
+    def _load(self) -> None:
+        """Alerts still showing when the daemon last stopped stay showing (same ids)."""
+        if self._next_id is not None:
+            return
+        conn = self.daemon.open_reader()
+        try:
+            self._next_id = store.next_alert_id(conn)
+            rows = store.list_alerts(conn)
+        finally:
+            conn.close()
+        self.alerts = {r["id"]: Alert.from_row(r) for r in rows}
+
+    # -- conditions ---------------------------------------------------------------------------
+    def _conditions(self, now: float) -> dict[tuple[str, int | None], tuple[str | None, str]]:
+        """(kind, session_id) -> (subject_id, message) for every condition that holds now."""
+        s = self.settings
+        out: dict[tuple[str, int | None], tuple[str | None, str]] = {}
+        recorders = getattr(self.daemon.services.get("oximetry"), "recorders", {})
+        for sid, rec in list(recorders.items()):
+            subject = rec.subject_id
+            last = rec.pipeline.last_sample_t
+            started = parse_utc(rec.started_utc)
+            quiet_s = now - (last if last is not None else started)
+            if rec.link.state != "connected":
+                self._up_since.pop(sid, None)
+                seen = self._down_seen.setdefault(sid, now)
+                down_s = now - (last if last is not None else seen)
+                if down_s > s["alert_disconnected_s"] and rec.link.state == "adapter_off":
+                    out[("device_disconnected", sid)] = (
+                        subject, f"no link to the oximeter for {down_s:.0f} s: the laptop's Bluetooth adapter is off "
+                                 "(after sleep?); switch Bluetooth on, the night reconnects by itself")
+                elif down_s > s["alert_disconnected_s"]:
+                    out[("device_disconnected", sid)] = (
+                        subject, f"no link to the oximeter for {down_s:.0f} s (now {rec.link.state}): check the device "
+                                 "is on, in range and charged")
+            else:
+                if self._down_seen.pop(sid, None) is not None:
+                    self._up_since[sid] = now
+                quiet_s = now - max(last if last is not None else started, self._up_since.get(sid, started))
+                if quiet_s > s["alert_no_sample_s"]:
+                    out[("no_sample", sid)] = (subject, f"no sample from the oximeter for {quiet_s:.0f} s although connected")
+            reading = rec.pipeline.last_reading
+            if reading is not None and reading.flags & FINGER_FLAGS and rec.link.state == "connected":
+                since = self._finger_since.setdefault(sid, last if last is not None else now)
+                if now - since >= s["alert_finger_out_s"]:
+                    out[("finger_out", sid)] = (subject, f"sensor off the finger for {now - since:.0f} s: put the probe back on")
+            else:
+                self._finger_since.pop(sid, None)
+            live = rec.live.snapshot if rec.live is not None else None
+            if live is not None and live.above_threshold:
+                ox = self.daemon.config["oximetry"]
+                out[("t90_above_threshold", sid)] = (
+                    subject, f"provisional T90 {live.t90_pct:.2f} % is above the {ox['t90_threshold_pct']:g} % criterion "
+                             f"(after {live.analysed_s / 3600:.1f} h analysed; the alert waits for "
+                             f"{ox['t90_alert_min_analysed_h']:g} h)")
+        for sid in set(self._down_seen) - set(recorders):
+            self._down_seen.pop(sid, None)
+        for sid in set(self._up_since) - set(recorders):
+            self._up_since.pop(sid, None)
+        free_mb = self.disk_free_mb()
+        if free_mb is not None and free_mb < s["disk_min_free_mb"]:
+            out[("disk_almost_full", None)] = (None, f"only {free_mb:.0f} MB free next to the database; free space now or recording stops")
+        if getattr(self.daemon.writer, "failed", None):
+            out[("storage_failed", None)] = (None, f"the database writer failed ({self.daemon.writer.failed}); samples are not being saved")
+        return out
+
+    def disk_free_mb(self) -> float | None:
+        try:
+            return shutil.disk_usage(self.daemon.db_path.parent).free / 1e6
+        except OSError:
+            return None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def evaluate(self) -> list[dict[str, Any]]:
+        """Raise, update and clear alerts (rows written through the writer); return what shows now."""
+        self._load()
+        now = self.daemon.clock.now()
+        holding = self._conditions(now)
+        current = {(a.kind, a.session_id): a for a in self.alerts.values() if a.active}
+        for key, (subject, message) in holding.items():
+            alert = current.get(key)
+            if alert is None:
+                self._raise(key, subject, message, now)
+            elif alert.acknowledged_by is None:
+                alert.message = message
+        for key, alert in current.items():
+            if key not in holding:
+                self._clear(alert, now)
+        return self.visible()
+
+    def visible(self) -> list[dict[str, Any]]:
+        """Alerts not yet resolved, newest first (no evaluation: reading never changes anything)."""
+        return [a.as_dict(self.tz) for a in sorted(self.alerts.values(), key=lambda a: -a.id)]
+
+    def _submit(self, fn: Any) -> None:
+        if self.daemon.writer.failed:  # nothing can be written; the storage alert itself shows from memory
+            return
+        self.daemon.writer.submit(fn)
+
+    def _raise(self, key: tuple[str, int | None], subject: str | None, message: str, now: float) -> None:
+        kind, sid = key
+        assert self._next_id is not None
+        alert = Alert(self._next_id, kind, sid, subject, message, now)
+        self._next_id += 1
+        self.alerts[alert.id] = alert
+        detail = {"alert_id": alert.id, "alert": kind, "message": message}
+        log.warning("alert %s raised: %s %s", alert.id, kind, f"session {sid}" if sid else "")
+
+        def write(c: Any) -> None:
+            store.raise_alert(c, alert_id=alert.id, kind=kind, session_id=sid, subject_id=subject, message=message, at=now)
+            if sid is not None:
+                repo.add_event(c, sid, t_ms=int(round(now * 1000)), kind="alert_raised", detail=detail)
+
+        self._submit(write)
+        self.daemon.notify("alert_raised", alert.as_dict(self.tz))
+
+    def _clear(self, alert: Alert, now: float) -> None:
+        alert.cleared_t = now
+        alert_id = alert.id
+        self._submit(lambda c: store.clear_alert(c, alert_id, at=now))
+        if alert.acknowledged_by is not None:
+            del self.alerts[alert.id]
+
+    async def acknowledge(self, alert_id: int, *, by: str, note: str | None = None) -> dict[str, Any]:
+        self._load()
+        now = self.daemon.clock.now()
+        try:
+            row = await self.daemon.write(lambda c: store.acknowledge(c, alert_id, by=by, at=now, note=note))
+        except NotFound:
+            raise NotFound(f"no alert {alert_id}; list them with: collector alerts --all") from None
+        alert = self.alerts.get(alert_id) or Alert.from_row(row)
+        alert.acknowledged_by, alert.acknowledged_t = by, now
+        if alert.active:
+            self.alerts[alert_id] = alert
+        else:
+            self.alerts.pop(alert_id, None)
+        return alert.as_dict(self.tz)
+
+
+class AlertService:
+    """Evaluates the alerts on the daemon's clock while it runs."""
+
+    def __init__(self, daemon: Any, engine: AlertEngine) -> None:
+        self.daemon, self.engine = daemon, engine
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> list[int]:
+        if self.task is None:
+            self.task = asyncio.create_task(self._loop(), name="alerts")
+        return []
+
+    async def _loop(self) -> None:
+        interval = self.engine.settings["alert_check_s"]
+        while not self.daemon.closing:
+            try:
+                self.engine.evaluate()
+            except Exception:  # an alert bug must never stop recording; it is logged and tried again
+                log.exception("evaluating alerts failed")
+            if self.daemon.recording():
+                await self.daemon.clock.sleep(interval)  # on the night's clock (virtual in simulations)
+            else:
+                # Nothing records: real time, so an idle simulated ward never keeps a virtual clock running.
+                await asyncio.sleep(interval)
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                pass
+            self.task = None

@@ -1,0 +1,52 @@
+"""The ``alerts`` and ``night_notes`` tables (see collector/ward/store.py), registered in collector/schemas.py.
+
+An alert row is written when the daemon raises it; it is changed only to set the moment
+its condition cleared and who acknowledged it, each once (triggers refuse anything else),
+so the row tells the whole story of one alert.  Notes are append-only: a wrong note is
+corrected by another note, never edited.
+"""
+
+from __future__ import annotations
+
+from collector.storage.schema import Migration, append_only
+
+ALERTS_SQL = """
+CREATE TABLE alerts (
+    id INTEGER PRIMARY KEY,
+    session_id INTEGER REFERENCES sessions(id),   -- NULL for the laptop's own alerts (disk, storage)
+    subject_id TEXT,                              -- pseudonym of the bed's subject
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL,
+    raised_utc TEXT NOT NULL,
+    cleared_utc TEXT,                             -- when the condition stopped holding
+    acknowledged_utc TEXT,
+    acknowledged_by TEXT,                         -- a verified operator
+    ack_note TEXT,
+    CHECK ((acknowledged_utc IS NULL) = (acknowledged_by IS NULL))
+);
+CREATE INDEX alerts_open ON alerts(cleared_utc, acknowledged_utc);
+CREATE INDEX alerts_session ON alerts(session_id);
+
+CREATE TRIGGER alerts_no_delete BEFORE DELETE ON alerts
+BEGIN SELECT RAISE(ABORT, 'alerts are kept: they are never deleted'); END;
+CREATE TRIGGER alerts_only_clear_or_ack BEFORE UPDATE ON alerts
+WHEN NEW.id IS NOT OLD.id OR NEW.session_id IS NOT OLD.session_id OR NEW.subject_id IS NOT OLD.subject_id
+  OR NEW.kind IS NOT OLD.kind OR NEW.raised_utc IS NOT OLD.raised_utc
+  OR (OLD.cleared_utc IS NOT NULL AND NEW.cleared_utc IS NOT OLD.cleared_utc)
+  OR (OLD.acknowledged_utc IS NOT NULL AND (NEW.acknowledged_utc IS NOT OLD.acknowledged_utc
+      OR NEW.acknowledged_by IS NOT OLD.acknowledged_by OR NEW.ack_note IS NOT OLD.ack_note))
+BEGIN SELECT RAISE(ABORT, 'an alert is only cleared and acknowledged, each once'); END;
+"""
+
+NOTES_SQL = """
+CREATE TABLE night_notes (
+    id INTEGER PRIMARY KEY,
+    session_id INTEGER NOT NULL REFERENCES sessions(id),
+    t_utc_ms INTEGER NOT NULL,           -- when it was noted (the daemon's clock, host UTC)
+    text TEXT NOT NULL CHECK (length(text) BETWEEN 1 AND 500),
+    noted_by TEXT NOT NULL               -- a verified operator
+);
+CREATE INDEX night_notes_session ON night_notes(session_id, t_utc_ms);
+""" + append_only("night_notes", what="night notes are append-only: add a correcting note instead")
+
+MIGRATIONS: tuple[Migration, ...] = (Migration("ward alerts", ALERTS_SQL), Migration("night notes", NOTES_SQL))

@@ -1,0 +1,165 @@
+"""Alerts evaluated by the daemon with no page open, stored and audited; the alerts and note commands.
+
+A whole 8 h night on the virtual clock with a one-minute drop every 15 minutes: nobody
+polls anything, yet every drop is one alert row, raised and cleared, each audited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from collector.localtime import duration_text, local_datetime, local_time, site_zone
+from simulators.scenario import Interval
+from conftest import fast_config, invoke, run_night, scenario
+
+NIGHT_S = 8 * 3600
+DROPS = [Interval(at, 60) for at in range(600, NIGHT_S - 600, 900)]
+
+
+def _rows(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(str(db))
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    db = tmp_path_factory.mktemp("ward") / "ward.sqlite"
+    cfg = fast_config(t90_alert_min_analysed_h=0.5)
+    cfg["web"].update({"alert_disconnected_s": 30, "alert_check_s": 2})
+    sc = scenario(duration_s=NIGHT_S, baseline_spo2=88.0, noise_spo2=0.5, disconnects=DROPS)
+    seen: dict[str, Any] = {}
+
+    def before_stop(run: Any) -> None:
+        seen["status_alerts"] = run.daemon.status()["alerts"]
+
+    run = asyncio.run(run_night(db, [sc], config=cfg, before_stop=before_stop))
+    return {"db": db, "sid": run.session_ids[0], **seen}
+
+
+def test_the_daemon_raises_and_clears_every_drop_with_no_page_open(night: dict[str, Any]) -> None:
+    db, sid = night["db"], night["sid"]
+    rows = _rows(db, "SELECT kind, session_id, subject_id, raised_utc, cleared_utc, acknowledged_utc FROM alerts ORDER BY id")
+    drops = [r for r in rows if r[0] == "device_disconnected"]
+    assert len(drops) == len(DROPS) >= 30  # one alert per drop, none from polling
+    assert not [r for r in rows if r[0] == "no_sample"]  # a reconnect is not a silent link
+    assert all(r[1] == sid and r[2] == "SCR-0001" and r[4] is not None and r[5] is None for r in drops)
+    # Raised, cleared: each is one audit row naming the alert.
+    raised = _rows(db, "SELECT new_value FROM audit WHERE action = 'alert_raised'")
+    cleared = _rows(db, "SELECT new_value FROM audit WHERE action = 'alert_cleared'")
+    assert len(raised) == len(rows) and len(cleared) >= len(drops)
+    assert {json.loads(r[0])["alert_id"] for r in raised} == {i for (i,) in _rows(db, "SELECT id FROM alerts")}
+    # No device address reaches the alert rows.
+    assert not any("SIM-TEST-01" in m for (m,) in _rows(db, "SELECT message FROM alerts"))
+    # `collector status` carried them (the daemon's status, no page).
+    assert any(a["kind"] == "device_disconnected" for a in night["status_alerts"])
+
+
+def test_t90_alert_waits_for_the_configured_analysed_time_and_records_it(night: dict[str, Any]) -> None:
+    db = night["db"]
+    (detail,) = [json.loads(d) for (d,) in _rows(db, "SELECT detail_json FROM events WHERE kind = 't90_threshold_exceeded'")]
+    assert detail["min_analysed_s"] == 1800.0 and 1800.0 <= detail["analysed_s"] < 1900.0
+    (msg,) = [m for (m,) in _rows(db, "SELECT message FROM alerts WHERE kind = 't90_above_threshold'")]
+    assert "waits for 0.5 h" in msg
+
+
+def test_alerts_cli_lists_acknowledges_once_and_reads_local_time(night: dict[str, Any]) -> None:
+    db = night["db"]
+    listed = invoke(db, "alerts", "--json")
+    assert listed.exit_code == 0, listed.output
+    showing = json.loads(listed.output)
+    assert showing and {a["state"] for a in showing} <= {"active", "cleared"}
+    first = showing[-1]
+    ack = invoke(db, "alerts", "ack", str(first["id"]), "--note", "moved the laptop closer", operator="tina")
+    assert ack.exit_code == 0, ack.output
+    assert f"alert {first['id']}" in ack.output and "tina" in ack.output and "+08:00" in ack.output
+    again = invoke(db, "alerts", "ack", str(first["id"]), operator="tina")
+    assert again.exit_code == 5 and len(again.output.strip().splitlines()) == 1 and "already acknowledged by tina" in again.output
+    missing = invoke(db, "alerts", "ack", "999999", operator="tina")
+    assert missing.exit_code == 4 and "no alert 999999" in missing.output
+    after = json.loads(invoke(db, "alerts", "--json").output)
+    assert first["id"] not in {a["id"] for a in after}  # cleared and acknowledged: resolved
+    history = invoke(db, "alerts", "--all")
+    assert history.exit_code == 0 and "resolved" in history.output and " +08:00" in history.output
+    assert "T" not in history.output.splitlines()[1].split()[5]  # a local clock time, not an ISO UTC stamp
+    audit = _rows(db, "SELECT actor, reason FROM audit WHERE action = 'alert_acknowledged'")
+    assert audit == [("tina", "moved the laptop closer")]
+
+
+def test_night_notes_are_stamped_audited_and_append_only(night: dict[str, Any]) -> None:
+    db, sid = night["db"], night["sid"]
+    out = invoke(db, "note", str(sid), "patient got up   02:10", operator="tina")
+    assert out.exit_code == 0, out.output
+    assert "patient got up 02:10" in out.output and "+08:00" in out.output
+    assert invoke(db, "note", str(sid), "   ", operator="tina").exit_code == 2
+    assert invoke(db, "note", "99999", "x", operator="tina").exit_code == 4
+    notes = _rows(db, "SELECT session_id, text, noted_by FROM night_notes")
+    assert notes == [(sid, "patient got up 02:10", "tina")]
+    assert _rows(db, "SELECT actor FROM audit WHERE action = 'note_added'") == [("tina",)]
+    conn = sqlite3.connect(str(db))
+    try:
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            conn.execute("UPDATE night_notes SET text = 'edited'")
+        with pytest.raises(sqlite3.DatabaseError, match="never deleted"):
+            conn.execute("DELETE FROM alerts")
+        with pytest.raises(sqlite3.DatabaseError, match="only cleared and acknowledged"):
+            conn.execute("UPDATE alerts SET kind = 'finger_out' WHERE id = 1")
+    finally:
+        conn.close()
+
+
+def test_local_time_shows_the_zone() -> None:
+    tz = site_zone({"site": {"timezone": "Asia/Shanghai"}})
+    assert local_time("2026-12-01T18:10:00Z", tz) == "02:10 +08:00"
+    assert local_datetime("2026-12-01T18:10:00.000Z", tz) == "2026-12-02 02:10:00 +08:00"
+    assert local_time(0, site_zone({"site": {"timezone": "America/Sao_Paulo"}})) == "21:00 -03:00"
+    assert [duration_text(s) for s in (5, 125, 3725)] == ["5 s", "2 min 5 s", "1 h 02 min"]
+
+
+def test_night_notes_are_exported_as_csv_edf_annotations_and_in_the_pdf(night: dict[str, Any], tmp_path: Path) -> None:
+    import csv
+    import io
+    import zipfile
+
+    import pypdf
+
+    from collector.export.edf import read_signals
+
+    db, sid = night["db"], night["sid"]
+    assert invoke(db, "note", str(sid), "probe re-taped", operator="tina").exit_code == 0
+    cfg = db.with_name("site.toml")
+    cfg.write_text('[site]\nname = "Ward Test Hospital"\n', encoding="utf-8")
+    out = invoke(db, "export", "SCR-0001", "--out", str(tmp_path), "--zip", config=cfg)
+    assert out.exit_code == 0, out.output
+    (bundle,) = tmp_path.glob("*.zip")
+    assert invoke(db, "verify", str(bundle)).exit_code == 0
+    with zipfile.ZipFile(bundle) as z:
+        names = z.namelist()
+        (notes_name,) = [n for n in names if n.endswith(f"data/notes_{sid}.csv")]
+        rows = list(csv.DictReader(z.read(notes_name).decode("utf-8").splitlines()))
+        edf_bytes = z.read(next(n for n in names if n.endswith(f"data/night_{sid}.edf")))
+        pdf_bytes = z.read(next(n for n in names if n.endswith("data/report.pdf")))
+    assert [r["text"] for r in rows][-1] == "probe re-taped"
+    assert all(r["t_utc"].endswith("Z") and r["noted_by"] == "tina" for r in rows)  # exports stay UTC
+    texts = [a[2] for a in read_signals(edf_bytes)["annotations"]]
+    assert "note: probe re-taped" in texts, texts
+    text = "".join(page.extract_text() for page in pypdf.PdfReader(io.BytesIO(pdf_bytes)).pages)
+    assert "Night notes" in text and "probe re-taped" in text
+
+
+def test_report_lists_gaps_at_local_times_with_durations(night: dict[str, Any]) -> None:
+    import re
+
+    out = invoke(night["db"], "report", str(night["sid"]))
+    assert out.exit_code == 0, out.output
+    lines = re.findall(r"^\s+\d\d:\d\d \+08:00 for (\d+ min(?: \d+ s)?|\d+ s) \((\w+)\)$", out.output, flags=re.M)
+    assert len(lines) >= len(DROPS), out.output[-2000:]  # every drop (the list stops at 40)
+    assert not re.search(r"\b1[67]\d{11}\b", out.output)  # no epoch milliseconds for people
