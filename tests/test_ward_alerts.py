@@ -137,7 +137,7 @@ def test_night_notes_are_exported_as_csv_edf_annotations_and_in_the_pdf(night: d
     assert invoke(db, "note", str(sid), "probe re-taped", operator="tina").exit_code == 0
     cfg = db.with_name("site.toml")
     cfg.write_text('[site]\nname = "Ward Test Hospital"\n', encoding="utf-8")
-    out = invoke(db, "export", "SCR-0001", "--out", str(tmp_path), "--zip", config=cfg)
+    out = invoke(db, "export", "SCR-0001", "--out", str(tmp_path), "--zip", "--lang", "en", config=cfg)
     assert out.exit_code == 0, out.output
     (bundle,) = tmp_path.glob("*.zip")
     assert invoke(db, "verify", str(bundle)).exit_code == 0
