@@ -8,7 +8,6 @@ what is wrong and what to do, and a non-zero exit status.
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import json
 import logging
@@ -277,6 +276,8 @@ def run(c: Ctx, host: str | None, port: int | None, scenarios: tuple[Path, ...],
     from collector.storage.presence import require_database
 
     require_database(c.db_path, create=c.create)
+    import asyncio
+
     sys.exit(asyncio.run(serve(c.db_path, c.config, host=host, port=port, scenarios=list(scenarios),
                                speed=_parse_speed(speed), capture=capture)))
 
@@ -326,6 +327,8 @@ def scan(c: Ctx, timeout_s: float, show_all: bool, as_json: bool) -> None:
         found = c.client().get("/api/v1/scan", timeout_s=timeout_s)
     except DaemonUnavailable:
         try:
+            import asyncio
+
             found = [d.as_dict() for d in asyncio.run(ble_scan.scan(timeout_s, oximeters_only=not show_all))]
         except Exception as exc:  # bleak raises platform-specific errors when there is no adapter
             raise CollectorError(f"cannot scan for Bluetooth devices ({type(exc).__name__}: {exc}); check the adapter is on") from None
@@ -348,6 +351,8 @@ def demo(c: Ctx, speed: str, scenario: Path | None, demo_db: Path | None) -> Non
     from collector.demo import run_demo
 
     db_path = (demo_db or Path("collector-demo.sqlite")).resolve()
+    import asyncio
+
     asyncio.run(run_demo(db_path, c.config, scenario_path=scenario, speed=_parse_speed(speed), echo=click.echo))
 
 

@@ -10,7 +10,6 @@ from collector.clock import SystemClock
 from collector.context import Ctx, no_login, pass_ctx, requires
 from collector.eligibility.roles import check_fact_role
 from collector.users.roles import ANY_ROLE, INVESTIGATOR, TECHNICIAN
-from collector.eligibility.service import criteria_report, evaluate_subject, record_decision_change, retract, set_fact, thresholds_for_config
 from collector.output import emit_json, table
 
 __all__ = ["COMMANDS", "criteria", "eligibility"]
@@ -34,6 +33,8 @@ def criteria_set(c: Ctx, subject_id: str, fact: str, value: str, reason: str | N
 
     Investigators record every fact; technicians the measurements (height_cm, weight_kg).
     """
+    from collector.eligibility.service import set_fact  # not at import time: the CLI starts without it
+
     assert c.principal is not None
     check_fact_role(fact, c.principal.role)
     now = SystemClock().now()
@@ -59,6 +60,8 @@ def criteria_set(c: Ctx, subject_id: str, fact: str, value: str, reason: str | N
 @requires(INVESTIGATOR, TECHNICIAN)
 def criteria_retract(c: Ctx, subject_id: str, fact: str, reason: str, as_json: bool) -> None:
     """Mark FACT of SUBJECT_ID as entered in error: kept in the history (struck through), the criterion back to pending."""
+    from collector.eligibility.service import retract  # not at import time: the CLI starts without it
+
     assert c.principal is not None
     check_fact_role(fact, c.principal.role)
     now = SystemClock().now()
@@ -82,6 +85,8 @@ def _struck(text: str) -> str:
 @no_login("reads only")
 def criteria_show(c: Ctx, subject_id: str, as_json: bool) -> None:
     """Current facts of SUBJECT_ID and every value ever recorded (identifying values withheld)."""
+    from collector.eligibility.service import criteria_report  # not at import time: the CLI starts without it
+
     rep = criteria_report(c.conn(), subject_id)
     if as_json:
         emit_json(rep)
@@ -104,6 +109,8 @@ def eligibility(c: Ctx, subject_id: str, as_json: bool) -> None:
 
     A decision that differs from the last one recorded is added to the audit trail.
     """
+    from collector.eligibility.service import evaluate_subject, record_decision_change, thresholds_for_config  # not at import time: the CLI starts without it
+
     now = SystemClock().now()
     th = thresholds_for_config(c.config)
 

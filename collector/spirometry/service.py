@@ -33,7 +33,7 @@ import logging
 import sqlite3
 from typing import Any, Literal, Mapping
 
-import sqlite_utils
+from collector.storage.sqlite_lib import sqlite_utils
 from pydantic import BaseModel, Field
 
 from collector.errors import Conflict, DeviceError, InvalidInput
