@@ -59,12 +59,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--python", default=sys.executable)
+    ap.add_argument("--no-bytecode", action="store_true", help="Keep PYTHONDONTWRITEBYTECODE from the environment.")
     args = ap.parse_args()
     py = args.python
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "bench.sqlite"
         env = {**os.environ, "COLLECTOR_CONFIG": str(Path(tmp) / "none.toml")}
         env.pop("COLLECTOR_TOKEN", None)
+        # An installed collector has its bytecode compiled (pip does it at install); without this a
+        # PYTHONDONTWRITEBYTECODE=1 shell would make every run compile every module from source.
+        bytecode = "off (PYTHONDONTWRITEBYTECODE kept)" if args.no_bytecode else "cached, as installed"
+        if not args.no_bytecode:
+            env.pop("PYTHONDONTWRITEBYTECODE", None)
         Path(env["COLLECTOR_CONFIG"]).write_text("", encoding="utf-8")
         token = subprocess.run([py, "-c", SETUP, str(db)], env=env, check=True, capture_output=True, text=True).stdout.strip()
         cli = [py, "-m", "collector", "--db", str(db)]
@@ -86,7 +92,7 @@ def main() -> None:
         finally:
             daemon.terminate()
             daemon.wait(timeout=30)
-    print(f"python -c pass: {anchor * 1000:.0f} ms (anchor, median of {args.runs})")
+    print(f"python -c pass: {anchor * 1000:.0f} ms (anchor, median of {args.runs}; bytecode {bytecode})")
     for name, t, goal in rows:
         verdict = "" if goal is None else f"  goal <= {goal:g}x: {'met' if t / anchor <= goal else 'NOT met'}"
         print(f"{name:36} {t * 1000:7.0f} ms  {t / anchor:5.1f}x{verdict}")
