@@ -26,9 +26,10 @@ def test_pragmas_and_migrations_are_idempotent(db_path):
 
 # Names recorded by every database made so far: renaming one would run it again on those databases.
 RELEASED_MIGRATIONS = ["core capture tables", "eligibility facts", "night reports", "spirometry manoeuvres and results", "operators"]
-WAVE_2_MIGRATIONS = ["sample seals", "site identity", "night reports append-only", "spirometry observations and masked messages",
+WAVE_2_MIGRATIONS = ["sample seals", "site identity", "session sample stats", "night reports append-only", "spirometry observations and masked messages",
                      "spirometry append-only", "operator_roles_tokens"]
-CORE_TABLES = {"subjects", "devices", "sessions", "spo2_samples", "sample_seals", "gaps", "events", "audit", "site_identity"}
+CORE_TABLES = {"subjects", "devices", "sessions", "spo2_samples", "sample_seals", "gaps", "events", "audit", "site_identity",
+               "session_sample_stats"}
 
 
 def _layout(conn: sqlite3.Connection) -> list[tuple[str, ...]]:
