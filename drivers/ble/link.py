@@ -72,6 +72,7 @@ class LinkStats:
     failed_attempts: int = 0
     disconnects: int = 0
     watchdog_resets: int = 0
+    silent_connections: int = 0  # connections that ended before any notification decoded to a frame
     last_error: str | None = None
     info: dict[str, str] = field(default_factory=dict)
 
@@ -120,6 +121,7 @@ class OximeterLink:
         self.state = "searching"
         self.address: str | None = None
         self.last_frame_t: float | None = None
+        self.connection_frames = 0  # notifications decoded to frames on the current (or last) connection
         self.connected_once = asyncio.Event()
         self._client: BleakClient | None = None
         self._lost = asyncio.Event()
@@ -128,13 +130,25 @@ class OximeterLink:
 
     # -- public ----------------------------------------------------------------------------
     async def run(self) -> None:
-        """Connect, stream, and reconnect with backoff until cancelled."""
+        """Connect, stream, and reconnect with backoff until cancelled.
+
+        A connection that ended without one frame counts as a failed attempt: a device that
+        accepts the connection but never sends (or a stack that says "connected" to nothing)
+        would otherwise be reconnected at once, every few seconds, all night.  The back-off
+        grows along ``backoff_s`` and stays at its last (largest) step.
+        """
         failures = 0
         try:
             while True:
                 try:
                     await self._session()
-                    failures = 0
+                    if self.connection_frames:
+                        failures = 0
+                    else:
+                        failures += 1
+                        self.stats.silent_connections += 1
+                        log.log(logging.WARNING if failures == 1 else logging.DEBUG,
+                                "%s: connected but no data came; retrying with back-off", self.target.spec)
                 except (BleakError, asyncio.TimeoutError, OSError, EOFError) as exc:
                     failures += 1
                     self.stats.failed_attempts += 1
@@ -156,6 +170,7 @@ class OximeterLink:
             await close_stale_connections(device)
             self._stale_closed = True
         self._lost = asyncio.Event()
+        self.connection_frames = 0
         self.state = "connecting"
         # Parallel connects on one adapter abort each other; a connect takes radio (real) time.
         async with self.slots.connecting(), self.clock.frozen():
@@ -232,6 +247,7 @@ class OximeterLink:
         uuid = getattr(characteristic, "uuid", str(characteristic))
         if self.on_data(now, uuid, bytes(data)) > 0:
             self.last_frame_t = now
+            self.connection_frames += 1
 
     def _on_disconnect(self, client: BleakClient) -> None:
         if client is not self._client:
