@@ -296,6 +296,8 @@ def status(c: Ctx, as_json: bool) -> None:
     writer = st.get("writer") or {}
     if writer.get("failed"):
         click.echo(f"STORAGE FAILED: {writer['failed']}")
+    if writer.get("backlog"):
+        click.echo(f"STORAGE BEHIND: {writer['unwritten_samples']} samples wait for the disk (none dropped); check the disk")
     if not st["beds"]:
         click.echo("no open sessions")
     for b in st["beds"]:
