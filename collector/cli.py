@@ -8,7 +8,6 @@ what is wrong and what to do, and a non-zero exit status.
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import json
 import logging
@@ -290,6 +289,8 @@ def run(c: Ctx, host: str | None, port: int | None, scenarios: tuple[Path, ...],
     from collector.storage.presence import require_database
 
     require_database(c.db_path, create=c.create)
+    import asyncio
+
     from collector.host.logfiles import add_log_file
 
     add_log_file(c.db_path, c.config)
@@ -313,6 +314,8 @@ def status(c: Ctx, as_json: bool) -> None:
     writer = st.get("writer") or {}
     if writer.get("failed"):
         click.echo(f"STORAGE FAILED: {writer['failed']}")
+    if writer.get("backlog"):
+        click.echo(f"STORAGE BEHIND: {writer['unwritten_samples']} samples wait for the disk (none dropped); check the disk")
     if not st["beds"]:
         click.echo("no open sessions")
     for b in st["beds"]:
@@ -357,6 +360,8 @@ def scan(c: Ctx, timeout_s: float, show_all: bool, as_json: bool) -> None:
         found = c.client().get("/api/v1/scan", timeout_s=timeout_s)
     except DaemonUnavailable:
         try:
+            import asyncio
+
             found = [d.as_dict() for d in asyncio.run(ble_scan.scan(timeout_s, oximeters_only=not show_all))]
         except Exception as exc:  # bleak raises platform-specific errors when there is no adapter
             raise CollectorError(f"cannot scan for Bluetooth devices ({type(exc).__name__}: {exc}); check the adapter is on") from None
@@ -379,6 +384,8 @@ def demo(c: Ctx, speed: str, scenario: Path | None, demo_db: Path | None) -> Non
     from collector.demo import run_demo
 
     db_path = (demo_db or Path("collector-demo.sqlite")).resolve()
+    import asyncio
+
     asyncio.run(run_demo(db_path, c.config, scenario_path=scenario, speed=_parse_speed(speed), echo=click.echo))
 
 

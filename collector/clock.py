@@ -13,7 +13,6 @@ re-anchors only when no session is recording.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import heapq
 import itertools
@@ -64,6 +63,8 @@ class SystemClock:
         self._anchor_wall, self._anchor_mono = self._wall_source(), self._mono_source()
 
     async def sleep(self, seconds: float) -> None:
+        import asyncio  # here, not at import time: CLI commands that never wait start faster
+
         await asyncio.sleep(max(0.0, seconds))
 
     def frozen(self) -> contextlib.AbstractAsyncContextManager[None]:
@@ -80,6 +81,8 @@ class VirtualClock:
     """
 
     def __init__(self, start: float | None = None, speed: float = math.inf) -> None:
+        import asyncio
+
         self._now = time.time() if start is None else float(start)
         self._wall_offset = 0.0
         self.speed = speed
@@ -128,6 +131,8 @@ class VirtualClock:
         self._now = max(self._now, t)
 
     async def sleep(self, seconds: float) -> None:
+        import asyncio
+
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._heap, (self._now + max(0.0, seconds), next(self._seq), fut))
         self._wake.set()
@@ -135,6 +140,8 @@ class VirtualClock:
 
     async def run(self, until: float | None = None) -> None:
         """Advance time forever (or until ``until``); run as a background task."""
+        import asyncio
+
         while until is None or self._now < until:
             # Let every ready task run to its next await before time moves.
             for _ in range(8):
@@ -181,6 +188,8 @@ def parse_utc(s: str) -> float:
 
 
 if TYPE_CHECKING:
+    import asyncio
+
     # Never run: the type checker proves here that both clocks are what drivers/ expect.
     _system: driver_clock.Clock = SystemClock()
     _virtual: driver_clock.Clock = VirtualClock()

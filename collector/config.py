@@ -16,7 +16,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from collector.config_schema import validate
 from collector.errors import InvalidInput
 from collector.storage.db import data_dir
 
@@ -36,6 +35,8 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 @lru_cache(maxsize=1)
 def _packaged() -> dict[str, Any]:
+    from collector.config_schema import validate  # pydantic: loaded by the commands that read the config
+
     text = resources.files("config").joinpath("defaults.toml").read_text(encoding="utf-8")
     return validate(tomllib.loads(text), source=DEFAULTS_NAME)
 
@@ -73,4 +74,6 @@ def load_config(path: Path | str | None = None) -> dict[str, Any]:
         raise InvalidInput(f"config {path} is not UTF-8 text; save it as UTF-8 TOML") from None
     except tomllib.TOMLDecodeError as exc:
         raise InvalidInput(f"config {path} is not valid TOML: {exc}") from None
+    from collector.config_schema import validate
+
     return validate(_merge(cfg, override), source=path, override=override)

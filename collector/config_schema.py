@@ -24,9 +24,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from collector.eligibility.facts import WFN_CATEGORIES
 from collector.errors import InvalidInput
-from collector.spirometry.gli import EQUATIONS, ETHNICITIES
-from collector.spirometry.store import ALL_GRADES
-from collector.spirometry.store import QUALITY_FLAGS as STORE_QUALITY_FLAGS
+from collector.spirometry.codes import ALL_GRADES
+from collector.spirometry.codes import QUALITY_FLAGS as STORE_QUALITY_FLAGS
+from collector.spirometry.equations import EQUATIONS, ETHNICITIES
 from drivers.spirometry.gdt import CHARSETS
 from drivers.spirometry.results import KNOWN_PARAMS
 
@@ -108,6 +108,7 @@ class Operator(Table):
 class Storage(Table):
     flush_interval_s: Positive
     synchronous: Literal["FULL", "NORMAL"]
+    backlog_samples: int = Field(ge=1000, le=10_000_000, description="an integer from 1000 to 10000000")
 
 
 class Api(Table):

@@ -84,7 +84,8 @@ class Daemon:
         self.operator = operator or self.config["operator"]["name"]
         self.capture = CaptureWriter(capture_path) if capture_path else None
         self.writer = Writer(self.db_path, flush_interval_s=self.config["storage"]["flush_interval_s"],
-                             synchronous=self.config["storage"].get("synchronous", "FULL"))
+                             synchronous=self.config["storage"].get("synchronous", "FULL"),
+                             backlog_samples=int(self.config["storage"]["backlog_samples"]))
         #: Serialises the commands that start and stop sessions (and shutdown).
         self.lock = asyncio.Lock()
         self.started_utc = utc_iso(self.clock.now())
@@ -244,7 +245,8 @@ class Daemon:
             "writer": {"samples_committed": self.writer.samples_committed, "commits": self.writer.commits,
                        "failed": str(self.writer.failed) if self.writer.failed else None,
                        "recovery_journal": str(self.writer.journal) if self.writer.journal else None,
-                       "samples_journaled": self.writer.samples_journaled},
+                       "samples_journaled": self.writer.samples_journaled,
+                       "unwritten_samples": self.writer.unwritten, "backlog": self.writer.backlog},
             **{name: self._provide(name, provider) for name, provider in self.status_providers.items()},
         }
 

@@ -53,9 +53,10 @@ def bind_api_socket(host: str, port: int) -> socket.socket:
 
 def latest_stored_time(db_path: Path) -> float | None:
     from collector.oximetry.store import latest_sample_ms
+    from collector.storage.db import open_db
 
     try:
-        conn = sqlite3.connect(str(db_path))
+        conn = open_db(db_path).conn  # migrated first: an older database gets its per-session sample stats here
         try:
             last = latest_sample_ms(conn)
         finally:

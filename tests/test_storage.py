@@ -26,12 +26,13 @@ def test_pragmas_and_migrations_are_idempotent(db_path):
 
 # Names recorded by every database made so far: renaming one would run it again on those databases.
 RELEASED_MIGRATIONS = ["core capture tables", "eligibility facts", "night reports", "spirometry manoeuvres and results", "operators"]
-WAVE_2_MIGRATIONS = ["sample seals", "site identity", "site key and signed heads", "night reports append-only",
-                     "device memory back-fill", "review resolutions", "spirometry observations and masked messages",
-                     "spirometry append-only", "spirometry files", "operator_roles_tokens", "operator full names",
-                     "operator_language", "upload queue", "electronic signatures", "ward alerts", "night notes"]
+WAVE_2_MIGRATIONS = ["sample seals", "site identity", "site key and signed heads", "session sample stats",
+                     "night reports append-only", "device memory back-fill", "review resolutions",
+                     "spirometry observations and masked messages", "spirometry append-only", "spirometry files",
+                     "operator_roles_tokens", "operator full names", "operator_language", "upload queue",
+                     "electronic signatures", "ward alerts", "night notes"]
 CORE_TABLES = {"subjects", "devices", "sessions", "spo2_samples", "sample_seals", "gaps", "events", "audit", "site_identity",
-               "site_keys", "signed_heads"}
+               "site_keys", "signed_heads", "session_sample_stats"}
 
 
 def _layout(conn: sqlite3.Connection) -> list[tuple[str, ...]]:

@@ -10,7 +10,6 @@ from collector.clock import SystemClock
 from collector.context import Ctx, no_login, pass_ctx, requires
 from collector.eligibility.roles import check_fact_role
 from collector.users.roles import ANY_ROLE, INVESTIGATOR, TECHNICIAN
-from collector.eligibility.service import criteria_report, evaluate_subject, record_decision_change, retract, set_fact, thresholds_for_config
 from collector.output import emit_json, table
 from collector.signatures.prompt import ask_signer
 
@@ -35,6 +34,8 @@ def criteria_set(c: Ctx, subject_id: str, fact: str, value: str, reason: str | N
 
     Investigators record every fact; technicians the measurements (height_cm, weight_kg).
     """
+    from collector.eligibility.service import set_fact  # not at import time: the CLI starts without it
+
     assert c.principal is not None
     check_fact_role(fact, c.principal.role)
     now = SystemClock().now()
@@ -60,6 +61,8 @@ def criteria_set(c: Ctx, subject_id: str, fact: str, value: str, reason: str | N
 @requires(INVESTIGATOR, TECHNICIAN)
 def criteria_retract(c: Ctx, subject_id: str, fact: str, reason: str, as_json: bool) -> None:
     """Mark FACT of SUBJECT_ID as entered in error: kept in the history (struck through), the criterion back to pending."""
+    from collector.eligibility.service import retract  # not at import time: the CLI starts without it
+
     assert c.principal is not None
     check_fact_role(fact, c.principal.role)
     now = SystemClock().now()
@@ -83,6 +86,8 @@ def _struck(text: str) -> str:
 @no_login("reads only")
 def criteria_show(c: Ctx, subject_id: str, as_json: bool) -> None:
     """Current facts of SUBJECT_ID and every value ever recorded (identifying values withheld)."""
+    from collector.eligibility.service import criteria_report  # not at import time: the CLI starts without it
+
     rep = criteria_report(c.conn(), subject_id)
     if as_json:
         emit_json(rep)
@@ -105,6 +110,8 @@ def eligibility(c: Ctx, subject_id: str, as_json: bool) -> None:
 
     A decision that differs from the last one recorded is added to the audit trail.
     """
+    from collector.eligibility.service import evaluate_subject, record_decision_change, thresholds_for_config  # not at import time: the CLI starts without it
+
     now = SystemClock().now()
     th = thresholds_for_config(c.config)
 
@@ -135,7 +142,7 @@ def review() -> None:
 @no_login("reads only")
 def review_list(c: Ctx, subject_id: str | None, as_json: bool) -> None:
     """Every needs_review criterion (of SUBJECT_ID, or of every subject) with its evidence, and the resolved ones."""
-    from collector.eligibility.service import review_items
+    from collector.eligibility.service import review_items, thresholds_for_config
 
     items = review_items(c.conn(), subject_id, now=SystemClock().now(), thresholds=thresholds_for_config(c.config))
     if as_json:

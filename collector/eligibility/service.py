@@ -16,7 +16,7 @@ import sqlite3
 from datetime import date, datetime
 from typing import Any, Mapping
 
-import sqlite_utils
+from collector.storage.sqlite_lib import sqlite_utils
 from pydantic import BaseModel, Field
 
 from collector.clock import utc_iso

@@ -13,7 +13,7 @@ import sqlite3
 from datetime import date, datetime, timezone
 from typing import Any
 
-import sqlite_utils
+from collector.storage.sqlite_lib import sqlite_utils
 
 from collector.clock import parse_utc, utc_iso
 from collector.eligibility.facts import (

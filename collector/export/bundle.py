@@ -243,7 +243,7 @@ def _age_at_screening(conn: sqlite3.Connection, subject_id: str, eligibility: di
         if c.get("id") == "age" and isinstance(c.get("value"), dict) and c["value"].get("age_years") is not None:
             return int(c["value"]["age_years"]), c["value"].get("screening_date")
     try:
-        import sqlite_utils
+        from collector.storage.sqlite_lib import sqlite_utils
 
         from collector.eligibility.engine import age_on
         from collector.eligibility.store import current_facts

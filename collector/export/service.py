@@ -1,5 +1,7 @@
 """CLI wiring for the export feature: ``collector export``, ``collector verify``, ``collector merge``.
 
+The API route lives in :mod:`collector.export.routes`, so the command line never loads the web framework.
+
 ``verify`` and ``merge`` never open the collector database: the central team runs
 them on bundles alone.
 """
@@ -11,7 +13,6 @@ from typing import Any
 from pathlib import Path
 
 import click
-from pydantic import BaseModel, Field
 
 from collector.context import Ctx, no_login, pass_ctx, requires
 from collector.users.roles import ADMIN, DATA_MANAGER
@@ -21,12 +22,6 @@ from collector.output import emit_json
 from collector.storage import repo
 
 VERIFY_FAILED_EXIT = 8
-
-
-class ExportIn(BaseModel):
-    subject_ids: list[str] = Field(min_length=1, max_length=50, description="pseudonymous screening IDs")
-    zip: bool = True
-    by: str | None = Field(default=None, max_length=100)
 
 
 @click.command("export")
@@ -187,34 +182,3 @@ def site_key_show(c: Ctx, as_json: bool) -> None:
 
 COMMANDS = [export_cmd, verify_cmd, merge_cmd, site_group]
 
-
-def make_router(daemon: Any, auth: Any) -> Any:
-    """``POST /exports``: the web page's export button (bundles go to ``[export] dir``, default next to the database)."""
-    import asyncio
-
-    from fastapi import APIRouter, Depends
-
-    from .bundle import export_subject
-
-    router = APIRouter(dependencies=[Depends(auth)])
-
-    @router.post("/exports", status_code=201, dependencies=[Depends(auth.roles(DATA_MANAGER))])
-    async def make_exports(body: ExportIn) -> dict[str, Any]:
-        out_dir = Path(daemon.config.get("export", {}).get("dir") or daemon.db_path.with_name("exports"))
-        subjects = [repo.validate_subject_id(s) for s in body.subject_ids]
-        from collector.web.auth import current_operator
-
-        by = current_operator.get() or body.by or daemon.operator
-
-        def run() -> list[dict[str, Any]]:
-            conn = daemon.open_reader()
-            try:
-                return [export_subject(conn, s, out_dir, config=daemon.config, by=by, now=daemon.clock.now(), as_zip=body.zip).as_dict()
-                        for s in subjects]
-            finally:
-                conn.close()
-
-        results = await asyncio.to_thread(run)
-        return {"directory": str(out_dir), "exports": results, "path": ", ".join(r["path"] for r in results)}
-
-    return router

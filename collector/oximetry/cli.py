@@ -22,7 +22,6 @@ from collector.users.roles import INVESTIGATOR, TECHNICIAN
 from collector.output import emit_json
 from collector.clock import SystemClock, utc_iso
 from collector.errors import InvalidInput, StorageError
-from collector.oximetry import store
 from collector.oximetry.text import decision_line, report_text
 from collector.storage import repo
 from collector.storage.db import transaction
@@ -33,6 +32,8 @@ FINAL_STATES = ("stopped",)
 # -- report data ---------------------------------------------------------------------------------
 def get_report(c: Ctx, session_id: int, *, recompute: bool = False) -> dict[str, Any]:
     """The report of a night with how it was obtained (keys ``report``, ``report_id``, ``computed_utc``, ``stored``, ``provisional``)."""
+    from collector.oximetry import store  # numpy and the analysis: only for commands that report
+
     conn = c.conn()
     session = repo.get_session(conn, session_id)
     if session["kind"] != "night":
@@ -65,6 +66,7 @@ def write_png(c: Ctx, info: dict[str, Any], path: Path, tz: tzinfo = timezone.ut
     """Draw the night with the parameters its report was computed with (title: pseudonym and session only)."""
     from collector.oximetry.analysis.plot import plot_night
     from collector.oximetry.analysis.report import AnalysisConfig
+    from collector.oximetry import store
 
     d = info["report"]["definitions"]
     cfg = AnalysisConfig(max_hold_s=float(d["max_hold_s"]), threshold_pct=float(d["threshold_pct"]),

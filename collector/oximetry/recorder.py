@@ -99,6 +99,9 @@ class NightRecorder:
             on_setup=self._setup if self.backfill_enabled else None,
         )
         self.events: list[dict[str, Any]] = []
+        # Connections in a row that ended without data: audited as one row with their count
+        # (a silent device reconnects all night; a row and a disk sync per attempt grew without bound).
+        self._fruitless: dict[str, Any] | None = None
         self._gap_future = None
         self.task: asyncio.Task[None] | None = None
         self.resume_from: float | None = None  # set when the night resumes after the daemon was down
@@ -118,9 +121,12 @@ class NightRecorder:
         if self.daemon.capture is not None:
             self.daemon.capture.frame(t, self.target.spec, self.protocol, characteristic, data)
         frames = self.pipeline.feed(t, characteristic, data)
-        if frames and self._gap_future is not None and characteristic in self.link.profile.notify_uuids:
-            self.pipeline.hand_over()  # the sample that ends the outage is stored before the gap closes
-            self._close_gap(t)  # an outage ends when data flows again, not when the link is up
+        if frames and characteristic in self.link.profile.notify_uuids:
+            if self._fruitless is not None:
+                self._end_fruitless_run(t, data_resumed=True)
+            if self._gap_future is not None:
+                self.pipeline.hand_over()  # the sample that ends the outage is stored before the gap closes
+                self._close_gap(t)  # an outage ends when data flows again, not when the link is up
         return frames
 
     def _on_device_event(self, ev: OximeterEvent) -> None:
@@ -199,6 +205,11 @@ class NightRecorder:
         if self.daemon.capture is not None:
             self.daemon.capture.event(t, self.target.spec, self.protocol, "connected")
         address = info.get("address") or self.target.spec
+        if self._fruitless is not None:
+            # One more attempt of a run without data: counted, audited once when the run ends.
+            self._fruitless["connects"] += 1
+            self._fruitless["info"] = info
+            return
 
         def write(conn: sqlite3.Connection) -> None:
             self.device_id = repo.upsert_device(
@@ -218,6 +229,14 @@ class NightRecorder:
             self.daemon.capture.event(start, self.target.spec, self.protocol, "lost", cause)
         self.pipeline.interrupt(start, cause)
         self._open_gap(start, cause, None)
+        if self.link.connection_frames == 0 and cause != "recorder_error":
+            if self._fruitless is not None:
+                self._fruitless["lost"] += 1
+                self._fruitless["last_t"] = t
+                self._fruitless["cause"] = cause
+                return
+            # The first connection of a run that brought no data: audited now, the rest counted.
+            self._fruitless = {"first_t": t, "last_t": t, "connects": 0, "lost": 1, "cause": cause, "info": None}
 
         def write(conn: sqlite3.Connection) -> None:
             repo.audit.append(
@@ -226,6 +245,31 @@ class NightRecorder:
             )
 
         self.daemon.writer.submit(write, retry=True)
+
+    def _end_fruitless_run(self, t: float, *, data_resumed: bool) -> None:
+        """One audit row for a run of connections without data (and the connection that ended it)."""
+        run, self._fruitless = self._fruitless, None
+        if run is None or (run["connects"] == 0 and not data_resumed):
+            return
+        info = run["info"] or {}
+        address = info.get("address") or self.target.spec
+        summary = {"connections_without_data": run["connects"], "losses": run["lost"], "last_cause": run["cause"],
+                   "first_utc": utc_iso(run["first_t"]), "last_utc": utc_iso(run["last_t"]),
+                   "ended": "data resumed" if data_resumed else "session stopped"}
+
+        def write(conn: sqlite3.Connection) -> None:
+            if data_resumed and info:
+                self.device_id = repo.upsert_device(
+                    conn, kind="oximeter", protocol=self.protocol, address=address, at=t, name=info.get("name"),
+                    model=info.get("model"), serial_number=info.get("serial_number"), firmware=info.get("firmware"),
+                )
+            repo.audit.append(conn, at=t, actor="collector", action="device_reconnects_without_data",
+                              subject_id=self.subject_id, session_id=self.session_id, new=summary)
+            if data_resumed:
+                repo.audit.append(conn, at=t, actor="collector", action="device_connected", subject_id=self.subject_id,
+                                  session_id=self.session_id, new={k: v for k, v in info.items() if k != "address"})
+
+        self.daemon.writer.submit(write)
 
     def _on_event(self, t: float, kind: str, detail: dict[str, Any]) -> None:
         self.events.append({"t_utc": utc_iso(t), "kind": kind, **detail})
@@ -287,6 +331,7 @@ class NightRecorder:
                 await self.task
             except asyncio.CancelledError:
                 pass
+        self._end_fruitless_run(t, data_resumed=False)
         self.pipeline.close(t)
         self._close_gap(t)
 

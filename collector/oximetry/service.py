@@ -211,8 +211,10 @@ class NightService:
         daemon = self.daemon
         conn = daemon.open_reader()
         try:
-            rows = [r for r in repo.list_sessions(conn) if r["state"] in ("open", "interrupted") and r["kind"] == "night"
-                    and r["origin"] in ("live", "simulated") and r["id"] not in self.recorders]
+            # Only the unfinished sessions are read (not every session of the study).
+            unfinished = sorted((r for state in ("open", "interrupted") for r in repo.list_sessions(conn, state=state)),
+                                key=lambda r: r["id"])
+            rows = [r for r in unfinished if r["kind"] == "night" and r["origin"] in ("live", "simulated") and r["id"] not in self.recorders]
             last_ms = {r["id"]: store.last_sample_ms(conn, r["id"]) for r in rows}
             open_gaps = {r["id"]: repo.open_gap_id(conn, r["id"]) for r in rows}
         finally:

@@ -61,20 +61,27 @@ def iter_sample_rows(conn: sqlite3.Connection, session_id: int) -> Iterator[tupl
         (session_id,))
 
 
+# The three below read session_sample_stats (collector/storage/schema.py), kept in the same
+# transaction as every sample insert: one row per session instead of the samples themselves.
 def last_sample_ms(conn: sqlite3.Connection, session_id: int) -> int | None:
-    row = conn.execute("SELECT MAX(host_utc_ms) FROM spo2_samples WHERE session_id = ?", (session_id,)).fetchone()
+    row = conn.execute("SELECT last_utc_ms FROM session_sample_stats WHERE session_id = ?", (session_id,)).fetchone()
     return None if row is None or row[0] is None else int(row[0])
 
 
 def latest_sample_ms(conn: sqlite3.Connection) -> int | None:
     """The newest stored sample of any session (a resumed virtual clock never stamps earlier)."""
-    row = conn.execute("SELECT MAX(host_utc_ms) FROM spo2_samples").fetchone()
+    row = conn.execute("SELECT MAX(last_utc_ms) FROM session_sample_stats").fetchone()
     return None if row is None or row[0] is None else int(row[0])
 
 
 def sample_span(conn: sqlite3.Connection, session_id: int) -> tuple[int | None, int | None]:
-    row = conn.execute("SELECT MIN(host_utc_ms), MAX(host_utc_ms) FROM spo2_samples WHERE session_id = ?", (session_id,)).fetchone()
+    row = conn.execute("SELECT first_utc_ms, last_utc_ms FROM session_sample_stats WHERE session_id = ?", (session_id,)).fetchone()
     return (row[0], row[1]) if row else (None, None)
+
+
+def sample_count(conn: sqlite3.Connection, session_id: int) -> int:
+    row = conn.execute("SELECT samples FROM session_sample_stats WHERE session_id = ?", (session_id,)).fetchone()
+    return 0 if row is None else int(row[0])
 
 
 def sample_buckets(conn: sqlite3.Connection, session_id: int, *, start_ms: int, end_ms: int,

@@ -17,8 +17,8 @@ from collector.errors import InvalidInput
 from collector.limit_text import limit_text
 from collector.users.roles import INVESTIGATOR, TECHNICIAN
 from collector.output import emit_json
-from collector.spirometry import gli, store
-from collector.spirometry.files import FORMATS
+from collector.spirometry import equations
+from collector.spirometry.codes import IMPORT_FORMATS
 
 
 def _f(v: Any, fmt: str = ".2f", none: str = "--") -> str:
@@ -39,6 +39,8 @@ def spirometry() -> None:
 @no_login("reads only")
 def show(c: Any, session_id: int, as_json: bool) -> None:
     """Manoeuvres with their acceptability and reasons, grades, chosen FVC and % predicted."""
+    from collector.spirometry import store  # numpy and the equations: loaded by the commands that use them
+
     conn = c.conn()
     try:
         d = store.session_detail(conn, session_id)
@@ -158,6 +160,7 @@ def recompute(c: Any, session_id: int, as_json: bool) -> None:
     from collector.clock import SystemClock
     from collector.storage import audit, repo
     from collector.storage.db import transaction
+    from collector.spirometry import store
 
     conn = c.conn()
     now = SystemClock().now()
@@ -184,7 +187,7 @@ def recompute(c: Any, session_id: int, as_json: bool) -> None:
 @spirometry.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--subject", "subject_id", required=True, help="Subject's screening ID (pseudonym, never a name).")
-@click.option("--format", "fmt", required=True, type=click.Choice(list(FORMATS)),
+@click.option("--format", "fmt", required=True, type=click.Choice(list(IMPORT_FORMATS)),
               help="hl7: one ORU^R01 message; gdt: one 6310 record; ndd-xml: ndd EasyWare/EasyOne Connect XML; "
                    "csv: the collector's trial layout (docs/spirometry-vendors.md).")
 @click.option("--model", help="Spirometer model whose code map reads the file (hl7/gdt; default the protocol's default model).")
@@ -194,6 +197,7 @@ def recompute(c: Any, session_id: int, as_json: bool) -> None:
 def import_cmd(c: Any, file: Path, subject_id: str, fmt: str, model: str | None, as_json: bool) -> None:
     """Import a spirometry session from a vendor export file: manoeuvres or summary, judged like a live session."""
     from collector.clock import SystemClock
+    from collector.spirometry import store
     from collector.spirometry.files import MAX_FILE_BYTES, import_file
     from collector.spirometry.service import resolve_model
 
@@ -230,9 +234,9 @@ def import_cmd(c: Any, file: Path, subject_id: str, fmt: str, model: str | None,
 @click.option("--height-cm", "height_cm", type=float, required=True, help="Standing height in cm.")
 @click.option("--fvc-l", "fvc_l", type=float, help="Measured FVC (L) for z-score and % predicted.")
 @click.option("--fev1-l", "fev1_l", type=float, help="Measured FEV1 (L).")
-@click.option("--equation", type=click.Choice(list(gli.EQUATIONS)), default=None,
+@click.option("--equation", type=click.Choice(list(equations.EQUATIONS)), default=None,
               help="Reference equation (default from config [spirometry] equation: gli-global-2022).")
-@click.option("--ethnicity", type=click.Choice(list(gli.ETHNICITIES)), default=None,
+@click.option("--ethnicity", type=click.Choice(list(equations.ETHNICITIES)), default=None,
               help="GLI-2012 ethnic group (default from config [spirometry] ethnicity_2012: other).")
 @click.option("--json", "as_json", is_flag=True, help="Print the predicted values as JSON.")
 @click.pass_obj
@@ -240,11 +244,13 @@ def import_cmd(c: Any, file: Path, subject_id: str, fmt: str, model: str | None,
 def predict(c: Any, sex: str, age: float, height_cm: float, fvc_l: float | None, fev1_l: float | None,
             equation: str | None, ethnicity: str | None, as_json: bool) -> None:
     """GLI predicted values, LLN, z-scores and % predicted for one person (never extrapolated)."""
+    from collector.spirometry import gli, store
+
     cfg = (c.config.get("spirometry") if c is not None else None) or {}
-    equation = equation or cfg.get("equation", gli.DEFAULT_EQUATION)
-    if equation == gli.GLI_GLOBAL_2022 and ethnicity is not None:
+    equation = equation or cfg.get("equation", equations.DEFAULT_EQUATION)
+    if equation == equations.GLI_GLOBAL_2022 and ethnicity is not None:
         raise InvalidInput("--ethnicity applies to gli-2012 only (gli-global-2022 is race-neutral); add --equation gli-2012 or drop it")
-    if equation == gli.GLI_2012 and ethnicity is None:
+    if equation == equations.GLI_2012 and ethnicity is None:
         ethnicity = cfg.get("ethnicity_2012", "other")
     try:
         p = gli.predict(sex, age, height_cm, equation=equation, ethnicity=ethnicity, fvc_l=fvc_l, fev1_l=fev1_l)

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 from collector.errors import Conflict, InvalidInput
 from collector.spirometry import store
+from collector.spirometry.codes import IMPORT_FORMATS
 from collector.storage import audit, repo
 from collector.storage.db import transaction
 from drivers.spirometry.csv_trials import parse_csv_trials
@@ -30,7 +31,7 @@ from drivers.spirometry.ndd_xml import parse_ndd_xml
 from drivers.spirometry.registry import SpirometerModel, get_model, make_decoder
 from drivers.spirometry.results import DecodedMessage, DecodeError
 
-FORMATS = ("hl7", "gdt", "ndd-xml", "csv")
+FORMATS = IMPORT_FORMATS
 MAX_FILE_BYTES = 20_000_000
 #: Device subject fields that, when they differ from the recorded facts, mean another person's results.
 CONTRADICTING_FIELDS = ("sex", "birth_date")

@@ -45,11 +45,15 @@ from typing import Any, Mapping
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from collector.spirometry.equations import DEFAULT_EQUATION, EQUATIONS, ETHNICITIES, GLI_2012, GLI_GLOBAL_2022
+
 __all__ = [
     "AGE_RANGE_YEARS",
     "DEFAULT_EQUATION",
     "EQUATIONS",
     "ETHNICITIES",
+    "GLI_2012",
+    "GLI_GLOBAL_2022",
     "HEIGHT_RANGE_CM",
     "LLN_Z",
     "OUTCOMES",
@@ -70,18 +74,6 @@ __all__ = [
     "predict_many",
 ]
 
-GLI_GLOBAL_2022 = "gli-global-2022"
-GLI_2012 = "gli-2012"
-DEFAULT_EQUATION = GLI_GLOBAL_2022
-EQUATIONS: tuple[str, ...] = (GLI_GLOBAL_2022, GLI_2012)
-
-ETHNICITIES: tuple[str, ...] = (
-    "caucasian",
-    "african_american",
-    "north_east_asian",
-    "south_east_asian",
-    "other",
-)
 OUTCOMES: tuple[str, ...] = ("fev1", "fvc", "fev1_fvc")
 SEXES: tuple[str, ...] = ("female", "male")
 

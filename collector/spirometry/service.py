@@ -33,7 +33,7 @@ import logging
 import sqlite3
 from typing import Any, Literal, Mapping
 
-import sqlite_utils
+from collector.storage.sqlite_lib import sqlite_utils
 from pydantic import BaseModel, Field
 
 from collector.errors import Conflict, DeviceError, InvalidInput
@@ -585,8 +585,9 @@ class SpirometryService:
         """Daemon start: sessions left open or interrupted continue, the downtime a ``daemon_down`` gap."""
         conn = self.daemon.open_reader()
         try:
-            rows = [r for r in repo.list_sessions(conn) if r["kind"] == "spirometry" and r["state"] in ("open", "interrupted")
-                    and r["origin"] in ("live", "simulated") and r["id"] not in self.recorders]
+            unfinished = sorted((r for state in ("open", "interrupted") for r in repo.list_sessions(conn, state=state)),
+                                key=lambda r: r["id"])
+            rows = [r for r in unfinished if r["kind"] == "spirometry" and r["origin"] in ("live", "simulated") and r["id"] not in self.recorders]
             last = {r["id"]: store.last_received_utc(conn, r["id"]) for r in rows}
         finally:
             conn.close()

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Iterable, Mapping, Sequence
 
-import sqlite_utils
+from collector.storage.sqlite_lib import sqlite_utils
 
 from collector.clock import utc_iso
 from collector.eligibility.store import current_facts
@@ -60,27 +60,8 @@ from collector.spirometry.quality import (
     assess_session,
 )
 from collector.storage import repo
+from collector.spirometry.codes import ALL_GRADES, DEFAULT_QUALITY_CODES, FVC_GRADES, QUALITY_FLAGS
 from drivers.spirometry.results import DecodedMessage, ManoeuvreResult, Observation
-
-#: Device quality code (case-insensitive) -> quality.Manoeuvre flag.  Config adds to / overrides it.
-DEFAULT_QUALITY_CODES: dict[str, str] = {
-    "cough": "cough_first_second",
-    "cough_first_second": "cough_first_second",
-    "early_termination": "early_termination",
-    "plateau": "plateau",
-    "leak": "leak",
-    "glottic_closure": "glottic_closure_first_second",
-    "glottic_closure_first_second": "glottic_closure_first_second",
-    "glottic_closure_after_first_second": "glottic_closure_after_first_second",
-    "obstructed": "obstructed",
-    "zero_flow_error": "faulty_zero_flow",
-    "faulty_zero_flow": "faulty_zero_flow",
-    "submaximal_inspiration": "submaximal_inspiration",
-}
-QUALITY_FLAGS = frozenset(DEFAULT_QUALITY_CODES.values())
-#: ATS/ERS 2019 FVC grades of a repeatable session (>= 2 acceptable within 0.200 L): only these decide.
-FVC_GRADES: tuple[str, ...] = ("A", "B", "C")
-ALL_GRADES = frozenset("ABCDEUF")
 
 
 # --------------------------------------------------------------------------- manoeuvres

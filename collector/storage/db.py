@@ -13,14 +13,16 @@ import os
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import platformdirs
-import sqlite_utils
 
 from collector.errors import StorageError
 from collector.storage import writable
 from collector.storage.schema import Migration
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 APP_NAME = "als-screening-collector"
 ENV_DB = "COLLECTOR_DB"
@@ -111,8 +113,10 @@ _savepoints = itertools.count(1)
 def open_db(path: Path | str | None = None, *, check_same_thread: bool = True) -> sqlite_utils.Database:
     """Open (creating if needed) and migrate the database at ``path``."""
     path = Path(path) if path is not None else default_db_path()
+    from collector.storage.sqlite_lib import Database  # not at import time: --help and the daemon client do not need it
+
     conn = connect(path, check_same_thread=check_same_thread)
-    db = sqlite_utils.Database(conn)
+    db = Database(conn)
     try:
         migrate(db)
     except sqlite3.DatabaseError as exc:

@@ -241,8 +241,9 @@ def resume_session(conn: sqlite3.Connection, session_id: int, *, by: str, at: fl
 def list_sessions(conn: sqlite3.Connection, subject_id: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
     sql = (
         "SELECT s.*, d.protocol AS device_protocol, d.address AS device_address, d.name AS device_name,"
-        " (SELECT COUNT(*) FROM spo2_samples x WHERE x.session_id = s.id) AS samples"
-        " FROM sessions s LEFT JOIN devices d ON d.id = s.device_id WHERE 1=1"
+        " COALESCE(st.samples, 0) AS samples"  # kept per session as samples are stored: no count over the samples
+        " FROM sessions s LEFT JOIN devices d ON d.id = s.device_id"
+        " LEFT JOIN session_sample_stats st ON st.session_id = s.id WHERE 1=1"
     )
     params: list[Any] = []
     if subject_id:

@@ -178,6 +178,30 @@ CREATE TABLE signed_heads (
 );
 """ + append_only("site_keys", "signed_heads", what="the site key and the signed chain heads are append-only")
 
+# Per session: how many samples are stored and their first and last host time.  The session
+# list, the daemon's start-up and the bed screens read these instead of counting or scanning
+# the samples (17 M rows in a study of 600 nights).  Kept by a trigger, so every way a sample
+# is stored (the writer's batches and its row-by-row fallback, imports, the recovery journal)
+# updates it in the same transaction; samples are append-only, so it never goes stale.  The
+# migration fills it for the samples already stored.
+SAMPLE_STATS_SQL = """
+CREATE TABLE session_sample_stats (
+    session_id INTEGER PRIMARY KEY REFERENCES sessions(id),
+    samples INTEGER NOT NULL,            -- rows in spo2_samples for this session
+    first_utc_ms INTEGER NOT NULL,       -- MIN(host_utc_ms)
+    last_utc_ms INTEGER NOT NULL         -- MAX(host_utc_ms)
+);
+INSERT INTO session_sample_stats (session_id, samples, first_utc_ms, last_utc_ms)
+    SELECT session_id, COUNT(*), MIN(host_utc_ms), MAX(host_utc_ms) FROM spo2_samples GROUP BY session_id;
+CREATE TRIGGER spo2_samples_stats AFTER INSERT ON spo2_samples
+BEGIN
+    INSERT INTO session_sample_stats (session_id, samples, first_utc_ms, last_utc_ms)
+    VALUES (NEW.session_id, 1, NEW.host_utc_ms, NEW.host_utc_ms)
+    ON CONFLICT (session_id) DO UPDATE SET samples = samples + 1,
+        first_utc_ms = MIN(first_utc_ms, excluded.first_utc_ms), last_utc_ms = MAX(last_utc_ms, excluded.last_utc_ms);
+END;
+"""
+
 
 # The night reports live with the oximetry package (collector/oximetry/schema.py); the samples
 # stay here because the core writer commits and seals them.
@@ -186,4 +210,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("sample seals", SAMPLE_SEALS_SQL),
     Migration("site identity", SITE_IDENTITY_SQL),
     Migration("site key and signed heads", SITE_KEY_SQL),
+    Migration("session sample stats", SAMPLE_STATS_SQL),
 )

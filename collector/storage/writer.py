@@ -70,9 +70,18 @@ RETRY_S = 2.0  # after a transient database error, samples are retried this ofte
 class Writer:
     """Owns the writing connection; thread-safe entry points for everything else."""
 
-    def __init__(self, path: Path | str, *, flush_interval_s: float = 0.5, max_batch: int = 20_000, synchronous: str = "FULL") -> None:
+    def __init__(self, path: Path | str, *, flush_interval_s: float = 0.5, max_batch: int = 20_000, synchronous: str = "FULL",
+                 backlog_samples: int = 200_000) -> None:
         open_db(path).conn.close()  # create + migrate before the thread starts
         self.path = Path(path)
+        # Samples handed over but not yet committed (queued, or kept for a retry).  Above
+        # backlog_samples the writer is behind: ``backlog`` is set (status and an alert say so)
+        # until it is back under half; no sample is ever dropped for it.
+        self.backlog_samples = backlog_samples
+        self.unwritten = 0
+        self.max_unwritten = 0
+        self.backlog = False
+        self._count_lock = threading.Lock()
         self.flush_interval_s = flush_interval_s
         self.max_batch = max_batch
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -104,7 +113,20 @@ class Writer:
         """Queue sample rows (tuples in ``SAMPLE_COLUMNS`` order); durable within flush_interval_s."""
         if rows:
             self._check_open()
+            self._count(len(rows))
             self._queue.put(rows)
+
+    def _count(self, delta: int) -> None:
+        with self._count_lock:
+            self.unwritten += delta
+            self.max_unwritten = max(self.max_unwritten, self.unwritten)
+            if not self.backlog and self.unwritten > self.backlog_samples:
+                self.backlog = True
+                log.critical("the database writer is %d samples behind (limit %d): the disk is too slow or stalled; "
+                             "nothing is dropped, check the disk and the log", self.unwritten, self.backlog_samples)
+            elif self.backlog and self.unwritten <= self.backlog_samples // 2:
+                self.backlog = False
+                log.warning("the database writer caught up (%d samples waiting)", self.unwritten)
 
     def submit(self, fn: Callable[[sqlite3.Connection], T], *, retry: bool = False) -> "Future[T]":
         """Run ``fn(conn)`` in one transaction on the writer thread, after every queued sample.
@@ -176,7 +198,7 @@ class Writer:
                 if deadline is None:
                     deadline = time.monotonic() + self.flush_interval_s
                 pending.extend(item)
-                if len(pending) >= self.max_batch or time.monotonic() >= deadline:
+                if len(pending) >= self.max_batch or self.backlog or time.monotonic() >= deadline:
                     pending = self._commit_samples(pending)
                     self._retry_deferred(pending)
                     deadline = time.monotonic() + RETRY_S if pending or self._deferred else None
@@ -255,6 +277,11 @@ class Writer:
         """Commit rows; returns the rows still to be written (kept for a retry on a transient error)."""
         if not rows:
             return rows
+        left = self._commit_rows(rows)
+        self._count(len(left) - len(rows))  # written, journaled or refused: no longer waiting
+        return left
+
+    def _commit_rows(self, rows: list[SampleRow]) -> list[SampleRow]:
         if not self._check_file():
             try:
                 self._journal(rows)

@@ -5,6 +5,7 @@ Every change to an operator is written to the audit trail in the same transactio
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 import sqlite3
@@ -139,12 +140,15 @@ def verify_login(conn: sqlite3.Connection, name: str, password: str) -> bool:
     """True only for an enabled operator with this password.  Unknown names cost the same time."""
     row = conn.execute("SELECT password_hash, disabled FROM users WHERE name = ?", (name,)).fetchone()
     if row is None:
-        check_password(password, _DUMMY_HASH)  # same work as a real check: no timing hint that the name is unknown
+        check_password(password, _dummy_hash())  # same work as a real check: no timing hint that the name is unknown
         return False
     return check_password(password, row[0]) and not row[1]
 
 
-_DUMMY_HASH = hash_password("not-a-password", salt=b"\0" * 16)
+@functools.lru_cache(maxsize=1)
+def _dummy_hash() -> str:
+    """A hash to check unknown names against; computed on first use (a full scrypt: not on every CLI start)."""
+    return hash_password("not-a-password", salt=b"\0" * 16)
 
 
 # -- login tokens ------------------------------------------------------------------------------------

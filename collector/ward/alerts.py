@@ -45,6 +45,7 @@ KIND_TITLES = {
     "finger_out": "Finger out",
     "t90_above_threshold": "T90 above threshold",
     "disk_almost_full": "Disk almost full",
+    "storage_backlog": "Storage behind",
     "storage_failed": "Storage failed",
 }
 
@@ -170,6 +171,9 @@ class AlertEngine:
         free_mb = self.disk_free_mb()
         if free_mb is not None and free_mb < s["disk_min_free_mb"]:
             out[("disk_almost_full", None)] = (None, f"only {free_mb:.0f} MB free next to the database; free space now or recording stops")
+        if getattr(self.daemon.writer, "backlog", False):
+            out[("storage_backlog", None)] = (None, f"the database writer is {self.daemon.writer.unwritten} samples behind: "
+                                                    "the disk is too slow or stalled; nothing is lost yet, check the disk")
         if getattr(self.daemon.writer, "failed", None):
             out[("storage_failed", None)] = (None, f"the database writer failed ({self.daemon.writer.failed}); samples are not being saved")
         return out

@@ -39,7 +39,7 @@ class AckIn(BaseModel):
 
 class AlertOut(BaseModel):
     id: int
-    kind: Literal["device_disconnected", "no_sample", "finger_out", "t90_above_threshold", "disk_almost_full", "storage_failed"]
+    kind: Literal["device_disconnected", "no_sample", "finger_out", "t90_above_threshold", "disk_almost_full", "storage_backlog", "storage_failed"]
     title: str
     session_id: int | None
     subject_id: str | None

@@ -75,6 +75,7 @@ class LinkStats:
     failed_attempts: int = 0
     disconnects: int = 0
     watchdog_resets: int = 0
+    silent_connections: int = 0  # connections that ended before any notification decoded to a frame
     last_error: str | None = None
     info: dict[str, str] = field(default_factory=dict)
 
@@ -156,6 +157,7 @@ class OximeterLink:
         self.state = "searching"
         self.address: str | None = None
         self.last_frame_t: float | None = None
+        self.connection_frames = 0  # notifications decoded to frames on the current (or last) connection
         self.connected_once = asyncio.Event()
         self._client: BleakClient | None = None
         self._lost = asyncio.Event()
@@ -166,13 +168,25 @@ class OximeterLink:
 
     # -- public ----------------------------------------------------------------------------
     async def run(self) -> None:
-        """Connect, stream, and reconnect with backoff until cancelled."""
+        """Connect, stream, and reconnect with backoff until cancelled.
+
+        A connection that ended without one frame counts as a failed attempt: a device that
+        accepts the connection but never sends (or a stack that says "connected" to nothing)
+        would otherwise be reconnected at once, every few seconds, all night.  The back-off
+        grows along ``backoff_s`` and stays at its last (largest) step.
+        """
         failures = 0
         try:
             while True:
                 try:
                     await self._session()
-                    failures = 0
+                    if self.connection_frames:
+                        failures = 0
+                    else:
+                        failures += 1
+                        self.stats.silent_connections += 1
+                        log.log(logging.WARNING if failures == 1 else logging.DEBUG,
+                                "%s: connected but no data came; retrying with back-off", self.target.spec)
                 except (BleakError, asyncio.TimeoutError, OSError, EOFError) as exc:
                     if says_adapter_off(exc):
                         await self._wait_for_adapter()
@@ -197,6 +211,7 @@ class OximeterLink:
             await close_stale_connections(device)
             self._stale_closed = True
         self._lost = asyncio.Event()
+        self.connection_frames = 0
         self.state = "connecting"
         # Parallel connects on one adapter abort each other; a connect takes radio (real) time.
         async with self.slots.connecting(), self.clock.frozen():
@@ -317,6 +332,7 @@ class OximeterLink:
         uuid = getattr(characteristic, "uuid", str(characteristic))
         if self.on_data(now, uuid, bytes(data)) > 0:
             self.last_frame_t = now
+            self.connection_frames += 1
 
     def _on_disconnect(self, client: BleakClient) -> None:
         if client is not self._client:
@@ -326,15 +342,30 @@ class OximeterLink:
         self._lost.set()
 
     async def _watch(self) -> str:
-        """Return why the connection ended: the stack said so, or the data stopped."""
-        check_every = min(1.0, self.silence_limit_s / 2)
-        while True:
-            if self._lost.is_set():
-                return "device_disconnected"
-            if self.last_frame_t is not None and self.clock.now() - self.last_frame_t > self.silence_limit_s:
-                self.stats.watchdog_resets += 1
-                return "watchdog_silence"
-            await self.clock.sleep(check_every)
+        """Return why the connection ended: the stack said so, or the data stopped.
+
+        Wakes at the silence deadline (last frame + limit), not every second: frames only move
+        the deadline, and a disconnect wakes it at once.  With 24 beds this is one wake-up per
+        bed every few seconds instead of one a second.
+        """
+        lost = asyncio.ensure_future(self._lost.wait())
+        try:
+            while True:
+                if self._lost.is_set():
+                    return "device_disconnected"
+                now = self.clock.now()
+                last = self.last_frame_t if self.last_frame_t is not None else now
+                if now - last > self.silence_limit_s:
+                    self.stats.watchdog_resets += 1
+                    return "watchdog_silence"
+                # Just past the deadline (the limit is "more than"), never a busy loop.
+                sleeper = asyncio.ensure_future(self.clock.sleep(max(last + self.silence_limit_s - now, 0.0) + 0.01))
+                try:
+                    await asyncio.wait((sleeper, lost), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    sleeper.cancel()
+        finally:
+            lost.cancel()
 
     async def _close(self) -> None:
         client, self._client = self._client, None
