@@ -292,7 +292,9 @@ def run(c: Ctx, host: str | None, port: int | None, scenarios: tuple[Path, ...],
     import asyncio
 
     from collector.host.logfiles import add_log_file
+    from collector.storage import writable
 
+    writable.check(c.db_path)  # a read-only disk is one line (exit 3) before anything, the log file included
     add_log_file(c.db_path, c.config)
     sys.exit(asyncio.run(serve(c.db_path, c.config, host=host, port=port, scenarios=list(scenarios),
                                speed=_parse_speed(speed), capture=capture)))
