@@ -70,7 +70,10 @@ def check_bluetooth(setup: Setup) -> Finding:
         return Finding("bluetooth", WARN, "not checked on Windows", "open Settings > Bluetooth and make sure it is on")
     try:
         adapters = asyncio.run(asyncio.wait_for(_bluez_adapters(), 5))
-    except Exception as exc:  # no system bus, no bluetoothd, a policy refusal
+    except (FileNotFoundError, ConnectionRefusedError):  # the bus socket is not there: no D-Bus at all
+        return Finding("bluetooth", FAIL, "the system message bus (D-Bus) is not running, so Bluetooth cannot be reached",
+                       "install and start D-Bus and BlueZ: sudo apt install dbus bluez && sudo systemctl enable --now bluetooth")
+    except Exception as exc:  # no bluetoothd on the bus, a policy refusal
         return Finding("bluetooth", FAIL, f"the Bluetooth service does not answer ({type(exc).__name__}: {exc})".strip(),
                        "install and start BlueZ: sudo apt install bluez && sudo systemctl enable --now bluetooth")
     if not adapters:
