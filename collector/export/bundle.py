@@ -100,7 +100,7 @@ def _ident(site: str, sid: int) -> dict[str, str]:
 def _night_files(conn: sqlite3.Connection, s: dict[str, Any], config: dict[str, Any], scrub: Scrubber,
                  pseudonym: str, device: dict[str, Any] | None, site: str) -> tuple[dict[str, bytes], dict[str, Any]]:
     from collector.oximetry.analysis.plot import plot_night
-    from collector.oximetry.store import compute_report, latest_report, load_night, sample_rows
+    from collector.oximetry.store import compute_report, latest_report, night_from_columns, sample_rows
     from collector.oximetry.causes import BREAKING_CAUSES
 
     from .verify import config_from_report
@@ -108,15 +108,16 @@ def _night_files(conn: sqlite3.Connection, s: dict[str, Any], config: dict[str, 
     sid = s["id"]
     ident = _ident(site, sid)
     rows = sample_rows(conn, sid)
-    names: dict[int, str] = {}
-    samples = []
-    for t_ms, dt, spo2, pulse, pai, valid, pvalid, flags, raw, counter in rows:
-        fn = names.get(flags)
-        if fn is None:
-            fn = names[flags] = _flag_names(flags)
-        samples.append({**ident, "host_utc": csvs.iso_ms(t_ms), "device_time": scrub.text(dt), "spo2_pct": spo2, "pulse_bpm": pulse,
-                        "pai_pct": pai, "valid": valid, "pulse_valid": pvalid, "flags": flags, "flag_names": fn,
-                        "status_raw": raw, "counter": counter})
+    n = len(rows)
+    cols: list[tuple[Any, ...]] = list(zip(*rows)) if rows else [()] * 10
+    t_col, dt_col, spo2_col, pulse_col, pai_col, valid_col, pvalid_col, flags_col, raw_col, counter_col = cols
+    names = {f: _flag_names(f) for f in set(flags_col)}
+    samples_csv = csvs.write_columns(csvs.SAMPLE_COLUMNS, {
+        "site_uuid": ident["site_uuid"], "session_uuid": ident["session_uuid"], "host_utc": csvs.iso_ms_column(np.array(t_col)),
+        "device_time": csvs.cells([scrub.text(v) for v in dt_col]), "spo2_pct": csvs.cells(spo2_col),
+        "pulse_bpm": csvs.cells(pulse_col), "pai_pct": csvs.cells(pai_col), "valid": csvs.cells(valid_col),
+        "pulse_valid": csvs.cells(pvalid_col), "flags": csvs.cells(flags_col), "flag_names": [names[f] for f in flags_col],
+        "status_raw": csvs.cells(raw_col), "counter": csvs.cells(counter_col)}, n)
     gaps = repo.session_gaps(conn, sid)
     events = repo.session_events(conn, sid)
     gap_rows = [{**ident, "start_utc": csvs.iso_ms(g["start_utc_ms"]),
@@ -132,16 +133,19 @@ def _night_files(conn: sqlite3.Connection, s: dict[str, Any], config: dict[str, 
     source = "stored night_reports row (newest)" if stored is not None else "computed at export (no stored report)"
     report = scrub.obj(report)
 
-    arr = np.array([(r[0], np.nan if r[2] is None else r[2], np.nan if r[3] is None else r[3], r[5], r[6]) for r in rows],
-                   dtype=np.float64).reshape(-1, 5)
+    t_ms = np.array(t_col, dtype=np.int64)
+    spo2 = np.array(spo2_col, dtype=np.float64)  # NULL -> NaN
+    pulse = np.array(pulse_col, dtype=np.float64)
+    valid = np.array(valid_col, dtype=np.float64).astype(bool)
+    pulse_valid = np.array(pvalid_col, dtype=np.float64).astype(bool)
     edf_args: dict[str, Any] = dict(
-        t_ms=arr[:, 0].astype(np.int64), spo2=arr[:, 1], pulse=arr[:, 2], valid=arr[:, 3].astype(bool),
-        pulse_valid=arr[:, 4].astype(bool), gaps=gaps, events=events, pseudonym=pseudonym,
+        t_ms=t_ms, spo2=spo2, pulse=pulse, valid=valid,
+        pulse_valid=pulse_valid, gaps=gaps, events=events, pseudonym=pseudonym,
         equipment=(device or {}).get("model") or (device or {}).get("protocol") or "X", session_id=sid)
     edf_bytes, grid = edf.night_edf(**edf_args, layout=edf.CONTINUOUS)
     edf_d_bytes, _ = edf.night_edf(**edf_args, layout=edf.DISCONTINUOUS)
 
-    data = load_night(conn, sid)
+    data = night_from_columns(conn, sid, t_ms, spo2, pulse, valid, pulse_valid, np.array(flags_col, dtype=np.int64))
     with tempfile.TemporaryDirectory() as tmp:
         png = Path(tmp) / "night.png"
         plot_night(data, report, png, config_from_report(report), title=f"Overnight oximetry: subject {pseudonym}, session {sid}",
@@ -154,7 +158,7 @@ def _night_files(conn: sqlite3.Connection, s: dict[str, Any], config: dict[str, 
         "edf_grid": {**grid.as_dict(), "start_utc": csvs.iso_ms(grid.start_ms)},
     }
     files = {
-        f"samples_{sid}.csv": csvs.write_csv(csvs.SAMPLE_COLUMNS, samples),
+        f"samples_{sid}.csv": samples_csv,
         f"gaps_{sid}.csv": csvs.write_csv(csvs.GAP_COLUMNS, gap_rows),
         f"events_{sid}.csv": csvs.write_csv(csvs.EVENT_COLUMNS, event_rows),
         f"night_{sid}.json": _json(night_json),
