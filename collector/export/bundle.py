@@ -8,9 +8,9 @@ for it, and only then written; the export itself is recorded as an audit row
 from __future__ import annotations
 
 import functools
+import io
 import json
 import sqlite3
-import tempfile
 import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -99,7 +99,9 @@ def _ident(site: str, sid: int) -> dict[str, str]:
 
 def _night_files(conn: sqlite3.Connection, s: dict[str, Any], config: dict[str, Any], scrub: Scrubber,
                  pseudonym: str, device: dict[str, Any] | None, site: str) -> tuple[dict[str, bytes], dict[str, Any]]:
-    from collector.oximetry.analysis.plot import plot_night
+    import matplotlib.pyplot as plt
+
+    from collector.oximetry.analysis.plot import night_figure
     from collector.oximetry.store import compute_report, latest_report, night_from_columns, sample_rows
     from collector.oximetry.causes import BREAKING_CAUSES
 
@@ -146,11 +148,16 @@ def _night_files(conn: sqlite3.Connection, s: dict[str, Any], config: dict[str, 
     edf_d_bytes, _ = edf.night_edf(**edf_args, layout=edf.DISCONTINUOUS)
 
     data = night_from_columns(conn, sid, t_ms, spo2, pulse, valid, pulse_valid, np.array(flags_col, dtype=np.int64))
-    with tempfile.TemporaryDirectory() as tmp:
-        png = Path(tmp) / "night.png"
-        plot_night(data, report, png, config_from_report(report), title=f"Overnight oximetry: subject {pseudonym}, session {sid}",
-                   tz=ZoneInfo(site_timezone(config)))
-        png_bytes = png.read_bytes()
+    # one figure per night: saved as the PNG here and, when the site reads English (the PNG's language), reused
+    # as the night's page of report.pdf instead of being drawn a second time
+    fig = night_figure(data, report, config_from_report(report), title=f"Overnight oximetry: subject {pseudonym}, session {sid}",
+                       tz=ZoneInfo(site_timezone(config)))
+    png_buf = io.BytesIO()
+    fig.savefig(png_buf, format="png")
+    png_bytes = png_buf.getvalue()
+    if config["site"]["language"] != "en":
+        plt.close(fig)
+        fig = None
 
     start_utc = None if report.get("start_s") is None else utc_iso(report["start_s"])
     night_json = {
@@ -166,7 +173,8 @@ def _night_files(conn: sqlite3.Connection, s: dict[str, Any], config: dict[str, 
         f"night_{sid}.discontinuous.edf": edf_d_bytes,
         f"night_{sid}.png": png_bytes,
     }
-    return files, {**ident, "session_id": sid, "start_utc": start_utc, "report": report, "png": png_bytes, "data": data}
+    return files, {**ident, "session_id": sid, "start_utc": start_utc, "report": report, "png": png_bytes, "data": data,
+                   "figure": fig}
 
 
 # ----------------------------------------------------------------------------- spirometry
@@ -313,7 +321,25 @@ def build_subject_bag(conn: sqlite3.Connection, subject_id: str, *, config: dict
     site_id = repo.site_uuid(conn)
     software = f"collector {__version__}"
     payload: dict[str, bytes] = {}
-    nights, spiro, devices = [], [], []
+    nights: list[dict[str, Any]] = []
+    try:
+        return _build_subject_bag(conn, subject_id, config=config, by=by, now=now, sessions=sessions, skipped=skipped,
+                                  scrub=scrub, site=site, site_id=site_id, software=software, payload=payload, nights=nights,
+                                  export_signer=export_signer)
+    finally:  # a night figure kept for report.pdf is closed there; not when the export stopped before it
+        for n in nights:
+            if n.get("figure") is not None:
+                import matplotlib.pyplot as plt
+
+                plt.close(n["figure"])
+
+
+def _build_subject_bag(conn: sqlite3.Connection, subject_id: str, *, config: dict[str, Any], by: str, now: float,
+                       sessions: list[dict[str, Any]], skipped: list[int], scrub: Scrubber, site: str, site_id: str,
+                       software: str, payload: dict[str, bytes], nights: list[dict[str, Any]],
+                       export_signer: dict[str, Any] | None) -> tuple[str, dict[str, bytes], ExportResult]:
+    spiro: list[dict[str, Any]] = []
+    devices: list[dict[str, Any]] = []
     for s in sessions:
         device = _device(conn, s["device_id"])
         if device and device not in devices:
