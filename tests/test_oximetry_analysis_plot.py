@@ -33,6 +33,51 @@ def test_steps_break_at_gaps_and_below_intervals_match_t90() -> None:
     end = np.array([1000, 2000, 12_000, 31_000, 31_000], dtype=np.int64)
     y = np.array([95.0, 89.0, 88.0, 85.0, 95.0])
     x, v = _step_xy(t, end, y, np.ones(5, bool))
-    assert np.isnan(v[8])  # after the sample at 2000 whose hold stops at 12000
-    assert not np.isnan(v[2])  # contiguous samples are joined by a vertical step
+    segs = _segments(x, v)
+    assert not any(a < 30_000 and b >= 30_000 for a, _, b, _ in segs)  # broken after the hold that stops at 12000
+    assert (1000, 95.0, 1000, 89.0) in segs  # contiguous samples are joined by a vertical step
+    assert (2000, 88.0, 12_000, 88.0) in segs
     assert _below_intervals(t, end, y, np.ones(5, bool)) == [(1000, 12_000), (30_000, 31_000)]
+
+
+def _segments(x, v):
+    """The drawn geometry of a polyline: its non-empty segments, touching horizontal ones merged."""
+    out = []
+    for i in range(len(x) - 1):
+        s = (x[i], v[i], x[i + 1], v[i + 1])
+        if np.isnan(v[i]) or np.isnan(v[i + 1]) or (s[0] == s[2] and s[1] == s[3]):
+            continue
+        if out and s[1] == s[3] == out[-1][1] == out[-1][3] and out[-1][2] == s[0]:
+            out[-1] = (out[-1][0], s[1], s[2], s[3])
+            continue
+        out.append(s)
+    return out
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3000), st.integers(0, 3000), st.sampled_from([np.nan, 88.0, 89.0, 90.0, 95.0]),
+                          st.booleans()), min_size=0, max_size=80))
+def test_the_step_line_drops_points_but_not_geometry(samples):
+    """Runs of equal values are drawn with two points, not three per sample: the same segments are drawn."""
+    from collector.oximetry.analysis import plot
+
+    steps = np.array([s[0] for s in samples], dtype=np.int64)
+    t = 1_767_000_000_000 + np.cumsum(steps)
+    hold = np.array([s[1] for s in samples], dtype=np.int64)
+    nxt = np.append(t[1:], t[-1] + 10_000) if t.size else t
+    end = np.minimum(t + hold, nxt)  # a hold ends at the next sample or earlier, as the timeline makes it
+    y = np.array([s[2] for s in samples], dtype=np.float64)
+    show = np.array([s[3] for s in samples], dtype=bool)
+    x, v = plot._step_xy(t, end, y, show)
+    real = plot._merge_runs
+    try:
+        plot._merge_runs = lambda a, b: (a, b)
+        x_all, v_all = plot._step_xy(t, end, y, show)
+    finally:
+        plot._merge_runs = real
+    assert x.size <= x_all.size
+    assert _segments(x, v) == _segments(x_all, v_all)

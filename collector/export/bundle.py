@@ -8,9 +8,9 @@ for it, and only then written; the export itself is recorded as an audit row
 from __future__ import annotations
 
 import functools
+import io
 import json
 import sqlite3
-import tempfile
 import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -113,23 +113,26 @@ def _gap_detail(g: dict[str, Any]) -> str | None:
 
 def _night_files(conn: sqlite3.Connection, s: dict[str, Any], config: dict[str, Any], scrub: Scrubber,
                  pseudonym: str, device: dict[str, Any] | None, site: str) -> tuple[dict[str, bytes], dict[str, Any]]:
-    from collector.oximetry.analysis.plot import plot_night
-    from collector.oximetry.store import compute_report, gaps_as_analysed, latest_report, load_night, sample_rows
+    import matplotlib.pyplot as plt
+
+    from collector.oximetry.analysis.plot import night_figure
+    from collector.oximetry.store import compute_report, gaps_as_analysed, latest_report, night_from_columns, sample_rows
 
     from .verify import config_from_report
 
     sid = s["id"]
     ident = _ident(site, sid)
     rows = sample_rows(conn, sid)
-    names: dict[int, str] = {}
-    samples = []
-    for t_ms, dt, spo2, pulse, pai, valid, pvalid, flags, raw, counter in rows:
-        fn = names.get(flags)
-        if fn is None:
-            fn = names[flags] = _flag_names(flags)
-        samples.append({**ident, "host_utc": csvs.iso_ms(t_ms), "device_time": scrub.text(dt), "spo2_pct": spo2, "pulse_bpm": pulse,
-                        "pai_pct": pai, "valid": valid, "pulse_valid": pvalid, "flags": flags, "flag_names": fn,
-                        "status_raw": raw, "counter": counter})
+    n = len(rows)
+    cols: list[tuple[Any, ...]] = list(zip(*rows)) if rows else [()] * 10
+    t_col, dt_col, spo2_col, pulse_col, pai_col, valid_col, pvalid_col, flags_col, raw_col, counter_col = cols
+    names = {f: _flag_names(f) for f in set(flags_col)}
+    samples_csv = csvs.write_columns(csvs.SAMPLE_COLUMNS, {
+        "site_uuid": ident["site_uuid"], "session_uuid": ident["session_uuid"], "host_utc": csvs.iso_ms_column(np.array(t_col)),
+        "device_time": csvs.cells([scrub.text(v) for v in dt_col]), "spo2_pct": csvs.cells(spo2_col),
+        "pulse_bpm": csvs.cells(pulse_col), "pai_pct": csvs.cells(pai_col), "valid": csvs.cells(valid_col),
+        "pulse_valid": csvs.cells(pvalid_col), "flags": csvs.cells(flags_col), "flag_names": [names[f] for f in flags_col],
+        "status_raw": csvs.cells(raw_col), "counter": csvs.cells(counter_col)}, n)
     # Gaps as the analysis applies them: a back-filled gap does not break the hold, its uncovered parts do.
     all_gaps = gaps_as_analysed(conn, sid)
     gaps = [g for g in all_gaps if g["backfill"] is None or g["breaks_hold"]]  # the EDF's discontinuities
@@ -150,22 +153,32 @@ def _night_files(conn: sqlite3.Connection, s: dict[str, Any], config: dict[str, 
     report = scrub.obj(report)
 
     # Records from device memory on time already covered are in the samples file (flagged), not in the signal.
-    arr = np.array([(r[0], np.nan if r[2] is None else r[2], np.nan if r[3] is None else r[3], r[5], r[6]) for r in rows
-                    if not r[7] & _OVERLAP], dtype=np.float64).reshape(-1, 5)
+    flags = np.array(flags_col, dtype=np.int64)
+    keep = (flags & _OVERLAP) == 0
+    t_ms = np.array(t_col, dtype=np.int64)[keep]
+    spo2 = np.array(spo2_col, dtype=np.float64)[keep]  # NULL -> NaN
+    pulse = np.array(pulse_col, dtype=np.float64)[keep]
+    valid = np.array(valid_col, dtype=np.float64).astype(bool)[keep]
+    pulse_valid = np.array(pvalid_col, dtype=np.float64).astype(bool)[keep]
     edf_args: dict[str, Any] = dict(
-        t_ms=arr[:, 0].astype(np.int64), spo2=arr[:, 1], pulse=arr[:, 2], valid=arr[:, 3].astype(bool),
-        pulse_valid=arr[:, 4].astype(bool), gaps=gaps, events=events, pseudonym=pseudonym,
+        t_ms=t_ms, spo2=spo2, pulse=pulse, valid=valid,
+        pulse_valid=pulse_valid, gaps=gaps, events=events, pseudonym=pseudonym,
         equipment=(device or {}).get("model") or (device or {}).get("protocol") or "X", session_id=sid,
         night_notes=night_notes)
     edf_bytes, grid = edf.night_edf(**edf_args, layout=edf.CONTINUOUS)
     edf_d_bytes, _ = edf.night_edf(**edf_args, layout=edf.DISCONTINUOUS)
 
-    data = load_night(conn, sid)
-    with tempfile.TemporaryDirectory() as tmp:
-        png = Path(tmp) / "night.png"
-        plot_night(data, report, png, config_from_report(report), title=f"Overnight oximetry: subject {pseudonym}, session {sid}",
-                   tz=ZoneInfo(site_timezone(config)))
-        png_bytes = png.read_bytes()
+    data = night_from_columns(conn, sid, t_ms, spo2, pulse, valid, pulse_valid, flags[keep])
+    # one figure per night: saved as the PNG here and, when the site reads English (the PNG's language), reused
+    # as the night's page of report.pdf instead of being drawn a second time
+    fig = night_figure(data, report, config_from_report(report), title=f"Overnight oximetry: subject {pseudonym}, session {sid}",
+                       tz=ZoneInfo(site_timezone(config)))
+    png_buf = io.BytesIO()
+    fig.savefig(png_buf, format="png")
+    png_bytes = png_buf.getvalue()
+    if config["site"]["language"] != "en":
+        plt.close(fig)
+        fig = None
 
     start_utc = None if report.get("start_s") is None else utc_iso(report["start_s"])
     night_json = {
@@ -173,7 +186,7 @@ def _night_files(conn: sqlite3.Connection, s: dict[str, Any], config: dict[str, 
         "edf_grid": {**grid.as_dict(), "start_utc": csvs.iso_ms(grid.start_ms)},
     }
     files = {
-        f"samples_{sid}.csv": csvs.write_csv(csvs.SAMPLE_COLUMNS, samples),
+        f"samples_{sid}.csv": samples_csv,
         f"gaps_{sid}.csv": csvs.write_csv(csvs.GAP_COLUMNS, gap_rows),
         f"events_{sid}.csv": csvs.write_csv(csvs.EVENT_COLUMNS, event_rows),
         f"notes_{sid}.csv": csvs.write_csv(csvs.NOTE_COLUMNS, note_rows),
@@ -183,7 +196,7 @@ def _night_files(conn: sqlite3.Connection, s: dict[str, Any], config: dict[str, 
         f"night_{sid}.png": png_bytes,
     }
     return files, {**ident, "session_id": sid, "start_utc": start_utc, "report": report, "png": png_bytes, "data": data,
-                   "notes": night_notes}
+                   "notes": night_notes, "figure": fig}
 
 
 # ----------------------------------------------------------------------------- spirometry
@@ -330,7 +343,25 @@ def build_subject_bag(conn: sqlite3.Connection, subject_id: str, *, config: dict
     site_id = repo.site_uuid(conn)
     software = f"collector {__version__}"
     payload: dict[str, bytes] = {}
-    nights, spiro, devices = [], [], []
+    nights: list[dict[str, Any]] = []
+    try:
+        return _build_subject_bag(conn, subject_id, config=config, by=by, now=now, sessions=sessions, skipped=skipped,
+                                  scrub=scrub, site=site, site_id=site_id, software=software, payload=payload, nights=nights,
+                                  export_signer=export_signer)
+    finally:  # a night figure kept for report.pdf is closed there; not when the export stopped before it
+        for n in nights:
+            if n.get("figure") is not None:
+                import matplotlib.pyplot as plt
+
+                plt.close(n["figure"])
+
+
+def _build_subject_bag(conn: sqlite3.Connection, subject_id: str, *, config: dict[str, Any], by: str, now: float,
+                       sessions: list[dict[str, Any]], skipped: list[int], scrub: Scrubber, site: str, site_id: str,
+                       software: str, payload: dict[str, bytes], nights: list[dict[str, Any]],
+                       export_signer: dict[str, Any] | None) -> tuple[str, dict[str, bytes], ExportResult]:
+    spiro: list[dict[str, Any]] = []
+    devices: list[dict[str, Any]] = []
     for s in sessions:
         device = _device(conn, s["device_id"])
         if device and device not in devices:

@@ -11,7 +11,10 @@ from __future__ import annotations
 import csv
 import io
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable
+from itertools import repeat
+from typing import Any, Iterable, Sequence
+
+import numpy as np
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MS = timedelta(milliseconds=1)
@@ -57,6 +60,35 @@ def write_csv(columns: list[str], rows: Iterable[dict[str, Any]]) -> bytes:
     w.writerow(columns)
     for r in rows:
         w.writerow([cell(r.get(c)) for c in columns])
+    return buf.getvalue().encode("utf-8")
+
+
+def iso_ms_column(ms: np.ndarray) -> list[str]:
+    """:func:`iso_ms` of a whole column at once (numpy's ms datetimes print the same digits)."""
+    text = np.datetime_as_string(np.asarray(ms, dtype=np.int64).astype("datetime64[ms]"), unit="ms")
+    return np.char.add(text, "Z").tolist()
+
+
+def cells(values: Sequence[Any]) -> Iterable[str]:
+    """:func:`cell` of a whole column: one C-level ``map`` when the column holds a single plain type."""
+    kinds = set(map(type, values))
+    if kinds == {float}:
+        return map(repr, values)
+    if kinds == {int} or kinds == {str}:
+        return map(str, values)
+    if kinds == {type(None)}:
+        return repeat("", len(values))
+    return map(cell, values)
+
+
+def write_columns(columns: list[str], data: dict[str, Iterable[str] | str], n: int) -> bytes:
+    """The bytes :func:`write_csv` writes, from columns of cell text (a plain ``str`` repeats on every row).
+
+    Built column by column so a 12 h night is not a Python loop over 40 000 dicts."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    w.writerows(zip(*[repeat(v, n) if isinstance(v, str) else v for v in (data[c] for c in columns)]))
     return buf.getvalue().encode("utf-8")
 
 

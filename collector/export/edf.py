@@ -234,14 +234,23 @@ def night_edf(
         for v in values:
             head.write(_ascii(v, width))
 
-    body = io.BytesIO()
-    cells = [s.reshape(-1, per_record).astype("<i2") for s in sig]
-    for k, rec in enumerate(records):
-        body.write(cells[0][rec].tobytes())
-        body.write(cells[1][rec].tobytes())
-        ann = _tal(float(rec * record_s), None, "") + b"".join(placed[k])  # time-keeping TAL first
-        body.write(ann.ljust(ann_spr * 2, b"\x00"))
-    return head.getvalue() + body.getvalue(), g
+    return head.getvalue() + _body(sig, records, per_record, record_s, placed, ann_spr), g
+
+
+def _body(sig: list[np.ndarray], records: np.ndarray, per_record: int, record_s: int, placed: list[list[bytes]],
+          ann_spr: int) -> bytes:
+    """All data records as one array (SpO2 cells, pulse cells, annotation bytes per row), written at once.
+
+    A 12 h EDF+D night has 40 000 one-second records: a Python write per record cost more than the rest."""
+    cells = [s.reshape(-1, per_record).astype("<i2")[records].view(np.uint8) for s in sig]
+    # the time-keeping TAL of a whole second (:func:`_tal` of an integer onset is "+N"), then the record's others;
+    # numpy's fixed-width bytes pad with NUL exactly as the annotation signal must be padded
+    ann = [b"+%d\x14\x14\x00" % start for start in (records * record_s).tolist()]
+    for k, notes in enumerate(placed):
+        if notes:
+            ann[k] += b"".join(notes)
+    ann_block = np.array(ann, dtype=f"S{ann_spr * 2}").view(np.uint8).reshape(len(ann), ann_spr * 2)
+    return np.concatenate([*cells, ann_block], axis=1).tobytes()
 
 
 def read_signals(data: bytes) -> dict[str, Any]:

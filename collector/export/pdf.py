@@ -161,7 +161,8 @@ def summary_pdf(
     signatures: list[dict[str, Any]] | None = None,
     export_signed: bool = False,
 ) -> bytes:
-    """``nights``: dicts with session_id, start_utc, report, data (NightData); ``spirometry``: result rows (dicts)."""
+    """``nights``: dicts with session_id, start_utc, report, data (NightData) and optionally ``figure`` (the night's
+    figure drawn in ``lang``, taken over and closed here); ``spirometry``: result rows (dicts)."""
     from collector.oximetry.analysis.plot import night_figure
 
     from .verify import config_from_report
@@ -226,6 +227,9 @@ def summary_pdf(
         p.text(_("This export is signed (responsible for this export) in signatures.json; that signature covers this report."), 8.5)
     figs = list(p.figs)
     for n in nights:
+        if n.get("figure") is not None:  # the bundle's PNG figure, already in the report's language: not drawn again
+            figs.append(n.pop("figure"))
+            continue
         figs.append(night_figure(n["data"], n["report"], config_from_report(n["report"]),
                                  title=_("Overnight oximetry: subject {subject}, session {session}").format(
                                      subject=pseudonym, session=n["session_id"]),

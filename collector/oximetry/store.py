@@ -205,15 +205,21 @@ def load_night(conn: sqlite3.Connection, session_id: int) -> NightData:
         (session_id, _OVERLAP),
     ).fetchall()
     arr = np.array(rows, dtype=np.float64).reshape(-1, 6) if rows else np.zeros((0, 6))
+    return night_from_columns(conn, session_id, arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3], arr[:, 4], arr[:, 5])
+
+
+def night_from_columns(conn: sqlite3.Connection, session_id: int, t_ms: np.ndarray, spo2: np.ndarray, pulse: np.ndarray,
+                       valid: np.ndarray, pulse_valid: np.ndarray, flags: np.ndarray) -> NightData:
+    """:func:`load_night` from sample columns already read (stored order, overlap records left out): the export reads a night once."""
     breaks = night_breaks(conn, session_id)
     return NightData(
-        t_s=arr[:, 0] / 1000.0,
-        spo2=arr[:, 1],  # NULL -> NaN through float conversion
-        pulse=arr[:, 2],
-        valid=arr[:, 3].astype(bool),
-        pulse_valid=arr[:, 4].astype(bool),
+        t_s=np.asarray(t_ms, dtype=np.float64) / 1000.0,
+        spo2=np.asarray(spo2, dtype=np.float64),  # NULL -> NaN through float conversion
+        pulse=np.asarray(pulse, dtype=np.float64),
+        valid=np.asarray(valid).astype(bool),
+        pulse_valid=np.asarray(pulse_valid).astype(bool),
         breaks=breaks,
-        flags=arr[:, 5].astype(np.int64),
+        flags=np.asarray(flags).astype(np.int64),
     )
 
 
