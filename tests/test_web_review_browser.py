@@ -59,7 +59,7 @@ def test_an_investigator_resolves_a_review_on_the_page_with_the_password_again(t
 
             item.locator(".resolve-password").fill(TEST_PASSWORD)
             item.locator("button[type=submit]").click()
-            expect(page.locator(".review-item[data-criterion='bmi'] .review-head")).to_have_text("bmi: resolved (not_met)")
+            expect(page.locator(".review-item[data-criterion='bmi'] .review-head")).to_have_text("bmi: resolved (not met)")
             expect(page.locator(".review-item[data-criterion='bmi'] .review-by")).to_contain_text("by dr.web")
             expect(page.locator("#signatures .signature.ok")).to_contain_text("Signed electronically by Wang Fang (investigator")
             browser.close()
