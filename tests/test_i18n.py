@@ -126,3 +126,158 @@ def _named_site(tmp_path: Path) -> Path:
     path = tmp_path / "site.toml"
     path.write_text('[site]\nname = "Test Hospital 1"\n', encoding="utf-8")
     return path
+
+
+# -- the page ------------------------------------------------------------------------------------
+STATIC = ROOT / "collector" / "web" / "static"
+PAGE_ATTR = re.compile(r'data-i18n(?:-placeholder|-title)?="([^"]+)"')
+
+
+def page_msgids() -> dict[str, str]:
+    """msgid -> where, for every ``t("...")`` in the page's scripts and every data-i18n* in index.html."""
+    import html
+
+    found: dict[str, str] = {}
+    for path in sorted(STATIC.glob("*.js")):
+        for lineno, msg, _comments, _ctx in extract_from_file("javascript", str(path), keywords={"t": None}):
+            if isinstance(msg, str) and msg:
+                found.setdefault(msg, f"{path.relative_to(ROOT)}:{lineno}")
+    for path in sorted(STATIC.glob("*.html")):
+        for msg in PAGE_ATTR.findall(path.read_text(encoding="utf-8")):
+            found.setdefault(html.unescape(msg), str(path.relative_to(ROOT)))
+    return found
+
+
+def test_every_string_of_the_page_has_a_chinese_translation():
+    ids = page_msgids()
+    assert len(ids) > 100
+    assert "Stop night…" in ids and "NO DATA FROM COLLECTOR since {time}" in ids
+    zh, en = catalogue("zh-CN"), catalogue("en")
+    missing = {m: where for m, where in ids.items() if not zh.get(m)}
+    assert not missing, f"untranslated page strings (add them to collector/locale/zh_CN/LC_MESSAGES/collector.po): {missing}"
+    assert not [m for m in ids if m not in en]
+
+
+# Text a person does not read as language: numbers, symbols, key names in <kbd>, commands in <code>.
+NOT_WORDS = re.compile(r"^[\s\d\-–—%·/:.,()+]*$|^T90 --$")
+
+
+def bare_texts(source: str) -> list[str]:
+    """Text nodes of index.html outside <script>/<style>, <kbd>, <code>, translate="no" (language names, protocol
+    names) and any element carrying data-i18n."""
+    from html.parser import HTMLParser
+
+    void = {"meta", "link", "input", "br", "img", "hr", "source", "area", "base", "col", "embed", "wbr", "track"}
+
+    class Walk(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__(convert_charrefs=True)
+            self.stack: list[tuple[str, bool]] = []
+            self.bare: list[str] = []
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            if tag in void:
+                return
+            marked = (any(k == "data-i18n" or (k, v) == ("translate", "no") for k, v in attrs)
+                      or tag in {"script", "style", "kbd", "code"})
+            self.stack.append((tag, marked))
+
+        def handle_endtag(self, tag: str) -> None:
+            if tag in void:
+                return
+            while self.stack:
+                if self.stack.pop()[0] == tag:
+                    break
+
+        def handle_data(self, data: str) -> None:
+            text = data.strip()
+            if not text or NOT_WORDS.match(text) or any(m for _, m in self.stack):
+                return
+            self.bare.append(text)
+
+    walk = Walk()
+    walk.feed(source)
+    return walk.bare
+
+
+def test_index_html_has_no_bare_text():
+    assert bare_texts('<p>Beds <span data-i18n="x">x</span></p>') == ["Beds"]  # the check itself finds bare text
+    assert bare_texts('<p data-i18n="Beds">Beds <kbd>N</kbd></p><span>--</span><span>%</span>') == []
+    assert bare_texts((STATIC / "index.html").read_text(encoding="utf-8")) == []
+
+
+def test_app_js_builds_no_sentences_outside_t():
+    """Every string literal with letters that app.js writes as text goes through t(): a rough but useful guard."""
+    source = (STATIC / "app.js").read_text(encoding="utf-8")
+    assert "loadLanguage(" in source and '"/me/language"' in source
+    for needle in ('setResult($("start-result"), "', 'textContent = "', 'textContent = `'):
+        hits = [line.strip() for line in source.splitlines() if needle in line and 't("' not in line and not re.search(r'textContent = "[^A-Za-z"]*"', line)]
+        assert not hits, hits
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(240)
+def test_the_page_switches_between_chinese_and_english_in_chromium(tmp_path):
+    """Real daemon, real Chromium: the operator switches to 简体中文, the header and the bed card read
+    Chinese (and stay so after a reload: the choice is stored), then back to English."""
+    playwright_sync = pytest.importorskip("playwright.sync_api", reason="Playwright missing: pip install playwright")
+    import httpx
+
+    from collector.web.demo import launch
+    from test_web_browser import CHROMIUM, CHROMIUM_ARGS, ENGLISH, _screenshot
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install -y chromium")
+    expect = playwright_sync.expect
+    password = "night-shift-42"
+    ward = launch(tmp_path / "ward", speed=60.0, operators={"alice": password}, extra_config=ENGLISH)
+    try:
+        h = {"Authorization": f"Bearer {ward.token}"}
+        httpx.post(ward.base_url + "/api/v1/subjects", json={"id": "SCR-0201"}, headers=h).raise_for_status()
+        httpx.post(ward.base_url + "/api/v1/sessions", json={"subject_id": "SCR-0201", "oximeter": "SIM-WARD-01"},
+                   headers=h, timeout=60).raise_for_status()
+        with playwright_sync.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            page = browser.new_context(viewport={"width": 1366, "height": 768}).new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(ward.base_url + "/")
+            page.fill("#login-name", "alice")
+            page.fill("#login-password", password)
+            page.click("#login-submit")
+            expect(page.locator("#app-view")).to_be_visible()
+            bed = page.locator(".bed", has=page.locator(".subject", has_text="SCR-0201"))
+            expect(bed).to_have_count(1, timeout=15_000)
+            expect(page.locator(".topbar h1")).to_have_text("Beds")
+            expect(page.locator("#language")).to_have_value("en")
+
+            page.select_option("#language", "zh-CN")
+            expect(page.locator(".topbar h1")).to_have_text("床位", timeout=10_000)
+            expect(page.locator("html")).to_have_attribute("lang", "zh-CN")
+            expect(bed.locator(".spo2 .label")).to_have_text("血氧饱和度 SpO₂ %")
+            expect(bed.locator(".pulse .label")).to_have_text("脉率 次/分")
+            expect(bed.locator(".stop")).to_have_text("停止夜间监测…")
+            expect(bed.locator(".session")).to_have_text("夜间监测 #1")
+            expect(bed.locator(".link")).to_have_text(re.compile("已连接|连接中|搜索中|重新连接中"), timeout=15_000)
+            expect(page.locator("#stream-state")).to_have_text("实时", timeout=10_000)
+            expect(page.locator("#logout")).to_have_text("退出登录")
+            expect(page.locator("#panel-start summary span")).to_have_text("开始夜间监测")
+            expect(bed.locator(".note-text")).to_have_attribute("placeholder", "备注，例如：患者起床 / 探头重新固定")
+            expect(page.locator("#start-subject option").first).to_have_text("— 请选择 —")
+            _screenshot(page, "i18n-zh-CN.png")
+
+            page.reload()  # the choice is the operator's, stored on the collector
+            expect(page.locator(".topbar h1")).to_have_text("床位", timeout=10_000)
+            expect(page.locator("#language")).to_have_value("zh-CN")
+
+            page.select_option("#language", "en")
+            expect(page.locator(".topbar h1")).to_have_text("Beds", timeout=10_000)
+            expect(bed.locator(".pulse .label")).to_have_text("Pulse /min")
+            expect(bed.locator(".session")).to_have_text("night #1")
+            expect(page.locator("#stream-state")).to_have_text("live", timeout=10_000)
+            expect(page.locator("#start-subject option").first).to_have_text("— choose —")
+            _screenshot(page, "i18n-en.png")
+            browser.close()
+            assert not errors, errors
+    finally:
+        ward.stop()

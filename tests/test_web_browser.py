@@ -32,13 +32,15 @@ pytestmark = [
 playwright_sync = pytest.importorskip("playwright.sync_api", reason="Playwright missing: pip install playwright (no browser download needed)")
 
 PASSWORD = "night-shift-42"
+# The site reads English in these tests (the default site language is zh-CN; tests/test_i18n.py covers Chinese).
+ENGLISH = '[site]\nlanguage = "en"\n'
 
 
 @pytest.fixture(scope="module")
 def ward(tmp_path_factory: pytest.TempPathFactory):
     from collector.web.demo import launch
 
-    daemon = launch(tmp_path_factory.mktemp("ward"), speed=60.0, operators={"alice": PASSWORD})
+    daemon = launch(tmp_path_factory.mktemp("ward"), speed=60.0, operators={"alice": PASSWORD}, extra_config=ENGLISH)
     yield daemon
     daemon.stop()
 

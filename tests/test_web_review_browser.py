@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from conftest import TEST_PASSWORD, invoke, operator_token
-from test_web_browser import CHROMIUM, CHROMIUM_ARGS
+from test_web_browser import CHROMIUM, CHROMIUM_ARGS, ENGLISH
 
 pytestmark = [
     pytest.mark.browser,
@@ -22,7 +22,7 @@ playwright_sync = pytest.importorskip("playwright.sync_api", reason="Playwright 
 def test_an_investigator_resolves_a_review_on_the_page_with_the_password_again(tmp_path: Path) -> None:
     from collector.web.demo import launch
 
-    ward = launch(tmp_path / "ward", speed=60.0, operators={})
+    ward = launch(tmp_path / "ward", speed=60.0, operators={}, extra_config=ENGLISH)
     try:
         db = ward.db_path
         token = operator_token(db, "dr.web", "investigator")
@@ -59,7 +59,7 @@ def test_an_investigator_resolves_a_review_on_the_page_with_the_password_again(t
 
             item.locator(".resolve-password").fill(TEST_PASSWORD)
             item.locator("button[type=submit]").click()
-            expect(page.locator(".review-item[data-criterion='bmi'] .review-head")).to_have_text("bmi: resolved (not_met)")
+            expect(page.locator(".review-item[data-criterion='bmi'] .review-head")).to_have_text("bmi: resolved (not met)")
             expect(page.locator(".review-item[data-criterion='bmi'] .review-by")).to_contain_text("by dr.web")
             expect(page.locator("#signatures .signature.ok")).to_contain_text("Signed electronically by Wang Fang (investigator")
             browser.close()

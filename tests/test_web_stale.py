@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from test_web_browser import CHROMIUM, CHROMIUM_ARGS, _screenshot
+from test_web_browser import CHROMIUM, CHROMIUM_ARGS, ENGLISH, _screenshot
 
 pytestmark = [
     pytest.mark.browser,
@@ -42,7 +42,7 @@ def test_killed_daemon_greys_every_card_within_5_s_and_the_page_resyncs(tmp_path
     from collector.web.demo import collector_cmd, launch
 
     expect = playwright_sync.expect
-    ward = launch(tmp_path / "ward", speed=30.0, operators={"alice": PASSWORD}, port=_free_port())
+    ward = launch(tmp_path / "ward", speed=30.0, operators={"alice": PASSWORD}, port=_free_port(), extra_config=ENGLISH)
     try:
         h = {"Authorization": f"Bearer {ward.token}"}
         for subject, device in (("SCR-0201", "SIM-WARD-01"), ("SCR-0202", "SIM-WARD-02")):

@@ -23,6 +23,14 @@ const state = {
 
 const $ = (id) => document.getElementById(id);
 const STALE_S = 15;  // a reading older than this is not shown as the current value
+// The link states the server sends, as msgids (t() needs literals to find them in the catalogue).
+const LINK_STATES = { searching: t("searching"), connecting: t("connecting"), connected: t("connected"), lost: t("lost"),
+  reconnecting: t("reconnecting"), closed: t("closed") };
+// The stream pill's words, as msgids for setStream().
+const STREAM_WORDS = [t("connecting…"), t("live"), t("no updates"), t("reconnecting…"), t("NO DATA")];
+// Session and review states the server sends, listed so the catalogue has them.
+const STATE_WORDS = [t("open"), t("stopped"), t("resolved"), t("met"), t("not met"), t("needs review"), t("unknown"),
+  t("ELIGIBLE"), t("INELIGIBLE"), t("INCOMPLETE"), t("UNKNOWN"), t("NEEDS_REVIEW")];
 
 class ApiError extends Error {
   constructor(status, message) { super(message); this.status = status; }
@@ -39,13 +47,13 @@ async function api(method, path, body) {
   try {
     resp = await fetch(API + path, opts);
   } catch (e) {
-    throw new ApiError(0, "the collector is not answering; is the daemon running?");
+    throw new ApiError(0, t("the collector is not answering; is the daemon running?"));
   }
   let data = null;
   try { data = await resp.json(); } catch (e) { data = null; }
   if (!resp.ok) {
     const msg = (data && (data.error || data.detail)) || `HTTP ${resp.status}`;
-    if (resp.status === 401 && path !== "/login" && state.operator) showLogin("Your login expired. Log in again.");
+    if (resp.status === 401 && path !== "/login" && state.operator) showLogin(t("Your login expired. Log in again."));
     throw new ApiError(resp.status, typeof msg === "string" ? msg : JSON.stringify(msg));
   }
   return data;
@@ -67,16 +75,16 @@ function fmtHMS(s) {
 function fmtDuration(s) {
   if (s === null || s === undefined || !isFinite(s)) return "--";
   s = Math.max(0, Math.round(s));
-  if (s < 60) return `${s} s`;
-  if (s < 3600) return s % 60 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${s / 60} min`;
-  return `${Math.floor(s / 3600)} h ${String(Math.floor((s % 3600) / 60)).padStart(2, "0")} min`;
+  if (s < 60) return t("{s} s", { s });
+  if (s < 3600) return s % 60 ? t("{m} min {s} s", { m: Math.floor(s / 60), s: s % 60 }) : t("{m} min", { m: s / 60 });
+  return t("{h} h {m} min", { h: Math.floor(s / 3600), m: String(Math.floor((s % 3600) / 60)).padStart(2, "0") });
 }
 
 function fmtAgo(s) {
-  if (s === null || s === undefined) return "none yet";
-  if (s < 90) return `${Math.round(s)} s ago`;
-  if (s < 5400) return `${Math.round(s / 60)} min ago`;
-  return `${(s / 3600).toFixed(1)} h ago`;
+  if (s === null || s === undefined) return t("none yet");
+  if (s < 90) return t("{n} s ago", { n: Math.round(s) });
+  if (s < 5400) return t("{n} min ago", { n: Math.round(s / 60) });
+  return t("{n} h ago", { n: (s / 3600).toFixed(1) });
 }
 
 function el(tag, attrs, text) {
@@ -119,7 +127,7 @@ async function onLogin(ev) {
 
 async function onLogout() {
   try { await api("POST", "/logout", {}); } catch (e) { /* already gone */ }
-  showLogin("Logged out.");
+  showLogin(t("Logged out."));
 }
 
 async function boot() {
@@ -143,6 +151,7 @@ async function showApp() {
   $("app-view").hidden = false;
   $("operator").textContent = state.operator;
   if (!wired) { wireForms(); wired = true; }
+  await useLanguage();
   state.config = await api("GET", "/web/config");
   window.siteTimeZone = state.config.site_timezone;
   fillConfigLists();
@@ -171,9 +180,9 @@ function noDataAfterMs() {
 
 function enterNoData() {
   state.noData = true;
-  const text = `NO DATA FROM COLLECTOR since ${state.lastSeenLocal || "the page was opened"}`;
+  const text = state.lastSeenLocal ? t("NO DATA FROM COLLECTOR since {time}", { time: state.lastSeenLocal }) : t("NO DATA FROM COLLECTOR since the page was opened");
   const banner = $("nodata-banner");
-  banner.textContent = text + " — the values below are not live. Check the collector computer (is collector run still running?).";
+  banner.textContent = t("{nodata} — the values below are not live. Check the collector computer (is collector run still running?).", { nodata: text });
   banner.hidden = false;
   document.body.classList.add("nodata");
   for (const { el: node } of state.beds.values()) {
@@ -183,9 +192,9 @@ function enterNoData() {
     b.hidden = false;
     for (const v of node.querySelectorAll(".vital .value")) { v.textContent = "–"; v.classList.add("none"); }
     const link = node.querySelector(".link");
-    link.textContent = "no data";
+    link.textContent = t("no data");
     link.className = "link pill bad";
-    node.querySelector(".since").textContent = "unknown";
+    node.querySelector(".since").textContent = t("unknown");
     node.querySelector(".since").classList.add("bad");
   }
   setStream("NO DATA", "bad");
@@ -217,6 +226,7 @@ function startLive() {
   setStream("connecting…", "warn");
   es.addEventListener("update", (ev) => {
     const pic = JSON.parse(ev.data);
+    state.lastPic = pic;
     setStream("live", "ok");
     state.lastUpdate = Date.now();
     alive(pic.now_local);
@@ -263,15 +273,54 @@ function stopLive() {
   renderAlerts();
 }
 
+// -- language -------------------------------------------------------------------------------------
+// The catalogue comes through the page's own API helper (same cookie, same error handling).
+const fetchJson = (path) => api("GET", path.startsWith(API) ? path.slice(API.length) : path);
+
+async function useLanguage() {
+  let language = "en";
+  try { language = (await api("GET", "/me/language")).language || "en"; } catch (e) { /* English stays */ }
+  try { await loadLanguage(language, fetchJson); } catch (e) { /* msgids (English) show */ }
+  $("language").value = I18N.language;
+}
+
+async function onLanguage() {
+  const select = $("language");
+  select.disabled = true;
+  try {
+    const out = await api("POST", "/me/language", { language: select.value });
+    await loadLanguage(out.language, fetchJson);
+    await rerender();
+  } catch (e) {
+    select.value = I18N.language;
+  } finally {
+    select.disabled = false;
+  }
+}
+
+async function rerender() {
+  // Every text the script wrote is written again in the new language.
+  fillConfigLists();
+  if (state.noData) enterNoData();
+  else if (state.lastPic) render(state.lastPic);
+  else setStream("connecting…", "warn");
+  if (state.stream) setStream(...state.stream);
+  renderAlerts();
+  await refreshSubjects();
+  await refreshSessions();
+}
+
 function setStream(text, kind) {
+  // text is a msgid (listed in STREAM_WORDS); kept so a language switch can write it again
+  state.stream = [text, kind];
   const s = $("stream-state");
-  s.textContent = text;
+  s.textContent = t(text);
   s.className = `pill ${kind}`;
 }
 
 function render(pic) {
   $("clock").textContent = pic.now_local || (pic.now_utc.replace("T", " ").slice(0, 19) + " UTC");
-  $("disk").textContent = pic.disk_free_mb === null ? "" : `disk ${(pic.disk_free_mb / 1000).toFixed(1)} GB free`;
+  $("disk").textContent = pic.disk_free_mb === null ? "" : t("disk {gb} GB free", { gb: (pic.disk_free_mb / 1000).toFixed(1) });
   const seen = new Set();
   for (const bed of pic.beds) {
     seen.add(bed.session_id);
@@ -301,9 +350,10 @@ function render(pic) {
 function makeBed(bed) {
   const node = $("bed-template").content.firstElementChild.cloneNode(true);
   node.dataset.session = bed.session_id;
+  applyI18n(node);
   node.querySelector(".stop").addEventListener("click", () => askStop(bed.session_id));
   node.querySelector(".note-form").addEventListener("submit", (ev) => onNote(ev, bed.session_id, node));
-  node.querySelector(".note-text").setAttribute("aria-label", `Note for night #${bed.session_id}`);
+  node.querySelector(".note-text").setAttribute("aria-label", t("Note for night #{night}", { night: bed.session_id }));
   loadNotes(bed.session_id, node);
   return node;
 }
@@ -322,11 +372,11 @@ async function onNote(ev, sid, node) {
   ev.preventDefault();
   const input = node.querySelector(".note-text"), result = node.querySelector(".note-result");
   const text = input.value.trim();
-  if (!text) { setResult(result, "Write what happened first.", false); return; }
+  if (!text) { setResult(result, t("Write what happened first."), false); return; }
   try {
     await api("POST", `/sessions/${sid}/notes`, { text });
     input.value = "";
-    setResult(result, "Noted.", true);
+    setResult(result, t("Noted."), true);
     await loadNotes(sid, node);
   } catch (e) {
     setResult(result, e.message, false);
@@ -337,9 +387,9 @@ function updateBed(node, bed) {
   const q = (sel) => node.querySelector(sel);
   if (state.noData) return;  // a late update never un-greys a card; only the collector coming back does
   q(".subject").textContent = bed.subject_id;
-  q(".session").textContent = `night #${bed.session_id}`;
+  q(".session").textContent = t("night #{night}", { night: bed.session_id });
   const link = q(".link");
-  link.textContent = bed.link_state;
+  link.textContent = t(LINK_STATES[bed.link_state] || bed.link_state);
   link.className = "link pill " + (bed.link_state === "connected" ? "ok" : "bad");
   q(".device").textContent = [bed.device_name, bed.protocol.toUpperCase(), bed.device].filter(Boolean).join(" · ");
   const spo2 = q(".spo2 .value"), pulse = q(".pulse .value");
@@ -352,20 +402,20 @@ function updateBed(node, bed) {
   pulse.classList.toggle("none", noPulse);
   spo2.classList.toggle("low", !stale && bed.spo2_pct !== null && bed.spo2_pct < 90);
   const flag = q(".state-flag");
-  const flagText = bed.link_state !== "connected" ? "NO LINK" : bed.finger_out ? "FINGER OUT" : "";
+  const flagText = bed.link_state !== "connected" ? t("NO LINK") : bed.finger_out ? t("FINGER OUT") : "";
   flag.hidden = !flagText;
   flag.textContent = flagText;
   const thr = bed.t90_threshold_pct;
   const t90 = bed.t90_pct;
   q(".t90-value").textContent = t90 === null ? "T90 --" : `T90 ${t90.toFixed(2)} %`;
   q(".t90-value").classList.toggle("over", t90 !== null && t90 > thr);
-  q(".t90-note").textContent = `provisional · criterion ≤ ${thr} %`;
+  q(".t90-note").textContent = t("provisional · criterion ≤ {limit} %", { limit: thr });
   const scale = thr * 2;
   const fill = q(".t90-fill");
   fill.style.width = `${Math.min(100, ((t90 || 0) / scale) * 100)}%`;
   fill.classList.toggle("over", t90 !== null && t90 > thr);
   q(".t90-limit").style.left = "50%";
-  q(".t90-bar").setAttribute("aria-label", `T90 ${t90 === null ? "unknown" : t90.toFixed(2) + " %"} against the ${thr} % line`);
+  q(".t90-bar").setAttribute("aria-label", t("T90 {t90} against the {limit} % line", { t90: t90 === null ? t("unknown") : t90.toFixed(2) + " %", limit: thr }));
   q(".analysed").textContent = fmtHMS(bed.analysed_s);
   q(".since").textContent = fmtAgo(bed.seconds_since_last_sample);
   q(".since").classList.toggle("bad", bed.seconds_since_last_sample !== null && bed.seconds_since_last_sample > 30);
@@ -398,21 +448,21 @@ function renderAlerts() {
     // active: red and pulsing; cleared but not yet seen: amber, "cleared at"; acknowledged (still holds): grey.
     const st = a.state || (a.acknowledged_by ? "acknowledged" : a.active ? "active" : "cleared");
     const row = el("div", { class: `alert ${a.acknowledged_by ? "acked" : "pending"} state-${st}`, role: "group", "data-kind": a.kind, "data-state": st });
-    row.appendChild(el("strong", { class: "alert-title" }, a.title + (st === "cleared" ? " — cleared" : st === "acknowledged" ? " — still holds" : "")));
-    row.appendChild(el("span", { class: "alert-where" }, a.subject_id ? `${a.subject_id} · night #${a.session_id}` : "collector"));
+    row.appendChild(el("strong", { class: "alert-title" }, st === "cleared" ? t("{title} — cleared", { title: a.title }) : st === "acknowledged" ? t("{title} — still holds", { title: a.title }) : a.title));
+    row.appendChild(el("span", { class: "alert-where" }, a.subject_id ? t("{subject} · night #{night}", { subject: a.subject_id, night: a.session_id }) : t("collector")));
     row.appendChild(el("span", { class: "alert-msg" }, a.message));
     const raised = a.raised_local || (a.raised_utc.slice(11, 19) + " UTC");
-    row.appendChild(el("span", { class: "alert-time muted" }, st === "cleared" && a.cleared_local ? `${raised} → cleared ${a.cleared_local}` : raised));
+    row.appendChild(el("span", { class: "alert-time muted" }, st === "cleared" && a.cleared_local ? t("{raised} → cleared {cleared}", { raised, cleared: a.cleared_local }) : raised));
     if (a.acknowledged_by) {
-      row.appendChild(el("span", { class: "muted" }, `acknowledged by ${a.acknowledged_by}${a.acknowledged_local ? " at " + a.acknowledged_local : ""}`));
+      row.appendChild(el("span", { class: "muted" }, a.acknowledged_local ? t("acknowledged by {name} at {time}", { name: a.acknowledged_by, time: a.acknowledged_local }) : t("acknowledged by {name}", { name: a.acknowledged_by })));
     } else {
-      const b = el("button", { type: "button", class: "ack", "aria-label": `Acknowledge: ${a.title} ${a.subject_id || ""}` }, "Acknowledge");
+      const b = el("button", { type: "button", class: "ack", "aria-label": t("Acknowledge: {title} {subject}", { title: a.title, subject: a.subject_id || "" }) }, t("Acknowledge"));
       b.addEventListener("click", () => ackAlert(a.id, b));
       row.appendChild(b);
     }
     box.appendChild(row);
   }
-  document.title = (state.noData ? "(NO DATA) " : pending.length ? `(${pending.length}!) ` : "") + "Collector · beds";
+  document.title = (state.noData ? t("(NO DATA) ") : pending.length ? `(${pending.length}!) ` : "") + t("Collector · beds");
   for (const { el: node, bed } of state.beds.values()) {
     node.classList.toggle("alerting", pending.some((a) => a.session_id === bed.session_id));
   }
@@ -433,7 +483,7 @@ async function ackAlert(id, button) {
     renderAlerts();
   } catch (e) {
     button.disabled = false;
-    button.textContent = "Retry: " + e.message;
+    button.textContent = t("Retry: {error}", { error: e.message });
   }
 }
 
@@ -483,7 +533,7 @@ function fillSelect(select, items, placeholder) {
 }
 
 function fillConfigLists() {
-  fillSelect($("start-protocol"), state.config.protocols.map((p) => [p, p.toUpperCase()]), "from the advertisement");
+  fillSelect($("start-protocol"), state.config.protocols.map((p) => [p, p.toUpperCase()]), t("from the advertisement"));
   fillSelect($("fact-name"), state.config.facts.map((f) => [f.name, f.name.replaceAll("_", " ")]), null);
   showFactHelp();
 }
@@ -500,46 +550,46 @@ function showFactHelp() {
 
 async function refreshSubjects() {
   try { state.subjects = await api("GET", "/subjects"); } catch (e) { return; }
-  const items = state.subjects.map((s) => [s.id, s.id + (s.open_sessions.length ? "  (recording)" : "")]);
-  for (const id of ["start-subject", "fact-subject", "export-subject", "spiro-subject", "review-subject"]) fillSelect($(id), items, "— choose —");
+  const items = state.subjects.map((s) => [s.id, s.open_sessions.length ? t("{subject}  (recording)", { subject: s.id }) : s.id]);
+  for (const id of ["start-subject", "fact-subject", "export-subject", "spiro-subject", "review-subject"]) fillSelect($(id), items, t("— choose —"));
 }
 
 async function refreshSessions() {
   let rows;
   try { rows = await api("GET", "/sessions?limit=50"); } catch (e) { return; }
   const items = rows.filter((r) => r.kind === "night").map((r) => [String(r.id),
-    `#${r.id} ${r.subject_id} · ${r.state}` + (r.meets_t90_criterion === true ? " · meets T90" : r.meets_t90_criterion === false ? " · FAILS T90" : r.state === "stopped" ? " · invalid" : "")]);
-  fillSelect($("report-session"), items, "— session —");
+    t("#{id} {subject} · {state}", { id: r.id, subject: r.subject_id, state: t(r.state) }) + (r.meets_t90_criterion === true ? t(" · meets T90") : r.meets_t90_criterion === false ? t(" · FAILS T90") : r.state === "stopped" ? t(" · invalid") : "")]);
+  fillSelect($("report-session"), items, t("— session —"));
 }
 
 async function onScan() {
   const btn = $("scan-button");
   btn.disabled = true;
-  btn.textContent = "Scanning…";
-  setResult($("start-result"), "Scanning for oximeters (5 s)…", true);
+  btn.textContent = t("Scanning…");
+  setResult($("start-result"), t("Scanning for oximeters (5 s)…"), true);
   try {
     const found = await api("GET", "/scan?timeout_s=5");
-    fillSelect($("start-device"), found.map((d) => [d.address, `${d.name || "unnamed"} · ${d.address}${d.protocol ? " · " + d.protocol : ""}${d.rssi !== undefined && d.rssi !== null ? " · " + d.rssi + " dBm" : ""}`]),
-      found.length ? null : "— nothing found —");
-    setResult($("start-result"), `${found.length} oximeter(s) in range.`, true);
+    fillSelect($("start-device"), found.map((d) => [d.address, `${d.name || t("unnamed")} · ${d.address}${d.protocol ? " · " + d.protocol : ""}${d.rssi !== undefined && d.rssi !== null ? " · " + d.rssi + " dBm" : ""}`]),
+      found.length ? null : t("— nothing found —"));
+    setResult($("start-result"), t("{n} oximeter(s) in range.", { n: found.length }), true);
   } catch (e) {
     setResult($("start-result"), e.message, false);
   } finally {
     btn.disabled = false;
-    btn.textContent = "Scan";
+    btn.textContent = t("Scan");
   }
 }
 
 async function onStart(ev) {
   ev.preventDefault();
   const subject = $("start-subject").value, device = $("start-device").value;
-  if (!subject || !device) { setResult($("start-result"), "Choose a subject and an oximeter (scan first).", false); return; }
+  if (!subject || !device) { setResult($("start-result"), t("Choose a subject and an oximeter (scan first)."), false); return; }
   const btn = $("start-submit");
   btn.disabled = true;
-  setResult($("start-result"), "Connecting…", true);
+  setResult($("start-result"), t("Connecting…"), true);
   try {
     const out = await api("POST", "/sessions", { subject_id: subject, kind: "night", oximeter: device, protocol: $("start-protocol").value || null });
-    setResult($("start-result"), `Night #${out.id} recording for ${out.subject_id}.`, true);
+    setResult($("start-result"), t("Night #{night} recording for {subject}.", { night: out.id, subject: out.subject_id }), true);
     await refreshSubjects();
     await refreshSessions();
   } catch (e) {
@@ -554,7 +604,7 @@ async function onAddSubject(ev) {
   const id = $("subject-id").value.trim();
   try {
     const out = await api("POST", "/subjects", { id });
-    setResult($("subject-result"), `Subject ${out.id} added.`, true);
+    setResult($("subject-result"), t("Subject {subject} added.", { subject: out.id }), true);
     $("subject-id").value = "";
     await refreshSubjects();
     $("start-subject").value = out.id;
@@ -567,7 +617,7 @@ let stopTarget = null;
 function askStop(sid) {
   const entry = state.beds.get(sid);
   stopTarget = sid;
-  $("stop-text").textContent = `Stop night #${sid} of subject ${entry ? entry.bed.subject_id : "?"}? Recording ends and the final report is computed.`;
+  $("stop-text").textContent = t("Stop night #{night} of subject {subject}? Recording ends and the final report is computed.", { night: sid, subject: entry ? entry.bed.subject_id : "?" });
   $("stop-reason").value = "";
   $("stop-dialog").showModal();
   $("stop-cancel").focus();
@@ -581,7 +631,7 @@ async function onStopClosed() {
   for (const d of document.querySelectorAll(".side details")) d.open = d.id === "panel-reports";
   $("panel-reports").scrollIntoView({ block: "start" });
   const box = $("report");
-  box.textContent = `Stopping night #${sid} and computing the report…`;
+  box.textContent = t("Stopping night #{night} and computing the report…", { night: sid });
   try {
     const out = await api("POST", `/sessions/${sid}/stop`, { reason: $("stop-reason").value || null });
     renderReport(out.report, sid);
@@ -598,26 +648,26 @@ async function onStopClosed() {
 function renderReport(r, sid) {
   const box = $("report");
   box.textContent = "";
-  if (!r) { box.appendChild(el("p", { class: "muted" }, `Night #${sid} has no report.`)); return; }
-  const verdict = r.meets_t90_criterion === true ? ["meets the T90 criterion", "ok"]
-    : r.meets_t90_criterion === false ? ["FAILS the T90 criterion", "bad"] : ["INVALID night: repeat it", "warn"];
-  box.appendChild(el("h3", { class: "verdict report-verdict " + verdict[1] }, `Night #${sid}: ${verdict[0]}`));
+  if (!r) { box.appendChild(el("p", { class: "muted" }, t("Night #{night} has no report.", { night: sid }))); return; }
+  const verdict = r.meets_t90_criterion === true ? [t("Night #{night}: meets the T90 criterion", { night: sid }), "ok"]
+    : r.meets_t90_criterion === false ? [t("Night #{night}: FAILS the T90 criterion", { night: sid }), "bad"] : [t("Night #{night}: INVALID night: repeat it", { night: sid }), "warn"];
+  box.appendChild(el("h3", { class: "verdict report-verdict " + verdict[1] }, verdict[0]));
   const dl = el("dl", { class: "report-list" });
   const add = (k, v) => { dl.appendChild(el("dt", {}, k)); dl.appendChild(el("dd", {}, v)); };
-  add("T90", r.t90_pct === null || r.t90_pct === undefined ? "n/a" : `${r.t90_pct.toFixed(2)} % of analysed time`);
-  add("Analysed", `${fmtHMS(r.analysed_s)} (${(r.analysed_pct || 0).toFixed(1)} % of ${fmtHMS(r.recording_s)})`);
-  if (r.nadir_spo2 !== undefined) add("Nadir", r.nadir_spo2 === null ? "--" : `${r.nadir_spo2} %`);
+  add("T90", r.t90_pct === null || r.t90_pct === undefined ? t("n/a") : t("{pct} % of analysed time", { pct: r.t90_pct.toFixed(2) }));
+  add(t("Analysed"), t("{analysed} ({pct} % of {recording})", { analysed: fmtHMS(r.analysed_s), pct: (r.analysed_pct || 0).toFixed(1), recording: fmtHMS(r.recording_s) }));
+  if (r.nadir_spo2 !== undefined) add(t("Nadir"), r.nadir_spo2 === null ? "--" : `${r.nadir_spo2} %`);
   if (r.odi3_per_h !== undefined && r.odi3_per_h !== null) add("ODI3", `${r.odi3_per_h.toFixed(1)} /h`);
-  if (r.gaps) add("Gaps", `${r.gaps.count} (${fmtDuration(r.gaps.total_s)})`);
+  if (r.gaps) add(t("Gaps"), `${r.gaps.count} (${fmtDuration(r.gaps.total_s)})`);
   // Each interruption as people read it: local start time and duration, never epoch numbers.
   const breaks = (r.gaps && r.gaps.breaks) || [];
   for (const b of breaks.slice(0, 50)) {
-    add("", `${window.localHM(b.start_s * 1000)} for ${fmtDuration(b.duration_s)} · ${String(b.cause).replaceAll("_", " ")}`);
+    add("", t("{start} for {duration} · {cause}", { start: window.localHM(b.start_s * 1000), duration: fmtDuration(b.duration_s), cause: t(String(b.cause).replaceAll("_", " ")) }));
   }
-  if (breaks.length > 50) add("", `… and ${breaks.length - 50} more (collector report ${sid})`);
-  if (r.definitions && r.definitions.t90) add("Definition", r.definitions.t90);
+  if (breaks.length > 50) add("", t("… and {n} more (collector report {night})", { n: breaks.length - 50, night: sid }));
+  if (r.definitions && r.definitions.t90) add(t("Definition"), r.definitions.t90);
   box.appendChild(dl);
-  if (r.borderline) box.appendChild(el("p", { class: "warn" }, "Borderline: needs review."));
+  if (r.borderline) box.appendChild(el("p", { class: "warn" }, t("Borderline: needs review.")));
 }
 
 async function onShowReport() {
@@ -636,20 +686,20 @@ async function showDecision(subject, box) {
   const target = box || $("decision");
   const holder = el("div", { class: "decision-box" });
   target.appendChild(holder);
-  holder.appendChild(el("p", { class: "muted" }, `Eligibility of ${subject}…`));
+  holder.appendChild(el("p", { class: "muted" }, t("Eligibility of {subject}…", { subject })));
   try {
     const d = await api("GET", `/subjects/${encodeURIComponent(subject)}/eligibility`);
     holder.textContent = "";
     renderDecision(holder, subject, d);
   } catch (e) {
     holder.textContent = "";
-    holder.appendChild(el("p", { class: "error decision-error" }, `Eligibility of ${subject}: ${e.message}`));
+    holder.appendChild(el("p", { class: "error decision-error" }, t("Eligibility of {subject}: {error}", { subject, error: e.message })));
   }
 }
 
 function renderDecision(box, subject, d) {
   const cls = d.decision === "eligible" ? "ok" : d.decision === "ineligible" ? "bad" : "warn";
-  box.appendChild(el("h3", { class: "verdict decision-value " + cls }, `${subject}: ${String(d.decision || "unknown").toUpperCase()}`));
+  box.appendChild(el("h3", { class: "verdict decision-value " + cls }, t("{subject}: {decision}", { subject, decision: t(String(d.decision || "unknown").toUpperCase()) })));
   if (!Array.isArray(d.criteria) || !d.criteria.length) {
     for (const line of d.summary || []) box.appendChild(el("p", { class: "small" }, line));
   } else {
@@ -657,7 +707,7 @@ function renderDecision(box, subject, d) {
     for (const c of d.criteria) {
       const tr = el("tr", { class: "crit-" + c.state });
       tr.appendChild(el("td", {}, c.id));
-      tr.appendChild(el("td", { class: "state" }, String(c.state).replace("_", " ")));
+      tr.appendChild(el("td", { class: "state" }, t(String(c.state).replace("_", " "))));
       tr.appendChild(el("td", { class: "small" }, c.reason));
       table.appendChild(tr);
     }
@@ -668,11 +718,11 @@ function renderDecision(box, subject, d) {
 async function onFact(ev) {
   ev.preventDefault();
   const subject = $("fact-subject").value;
-  if (!subject) { setResult($("fact-result"), "Choose a subject.", false); return; }
+  if (!subject) { setResult($("fact-result"), t("Choose a subject."), false); return; }
   const body = { fact: $("fact-name").value, value: $("fact-value").value.trim(), reason: $("fact-reason").value.trim() || null };
   try {
     await api("POST", `/subjects/${encodeURIComponent(subject)}/facts`, body);
-    setResult($("fact-result"), `Recorded ${body.fact} for ${subject}.`, true);
+    setResult($("fact-result"), t("Recorded {fact} for {subject}.", { fact: body.fact, subject }), true);
     $("fact-value").value = "";
     $("fact-reason").value = "";
     $("decision").textContent = "";
@@ -685,12 +735,12 @@ async function onFact(ev) {
 async function onExport(ev) {
   ev.preventDefault();
   const subject = $("export-subject").value;
-  if (!subject) { setResult($("export-result"), "Choose a subject.", false); return; }
-  setResult($("export-result"), "Exporting…", true);
+  if (!subject) { setResult($("export-result"), t("Choose a subject."), false); return; }
+  setResult($("export-result"), t("Exporting…"), true);
   try {
     const out = await api("POST", "/exports", { subject_ids: [subject] });
     const where = out && (out.path || out.file || out.directory || out.id);
-    setResult($("export-result"), `Export made${where ? ": " + where : ""}.`, true);
+    setResult($("export-result"), where ? t("Export made: {where}.", { where }) : t("Export made."), true);
   } catch (e) {
     setResult($("export-result"), e.message, false);
   }
@@ -701,41 +751,40 @@ async function showReviews() {
   const subject = $("review-subject").value;
   const box = $("reviews");
   box.textContent = "";
-  if (!subject) { box.appendChild(el("p", { class: "error" }, "Choose a subject.")); return; }
+  if (!subject) { box.appendChild(el("p", { class: "error" }, t("Choose a subject."))); return; }
   let items;
   try { items = await api("GET", `/reviews?subject=${encodeURIComponent(subject)}`); } catch (e) {
     box.appendChild(el("p", { class: "error" }, e.message)); return;
   }
-  if (!items.length) box.appendChild(el("p", { class: "muted review-empty" }, `Nothing needs review for ${subject}.`));
+  if (!items.length) box.appendChild(el("p", { class: "muted review-empty" }, t("Nothing needs review for {subject}.", { subject })));
   for (const it of items) box.appendChild(reviewItem(it));
   await showSignatures(subject);
 }
 
 function reviewItem(it) {
   const node = el("article", { class: "review-item review-" + it.status, "data-criterion": it.criterion });
-  node.appendChild(el("h3", { class: "review-head" }, `${it.criterion}: ${it.status}` + (it.status === "resolved" ? ` (${it.state})` : "")));
+  node.appendChild(el("h3", { class: "review-head" }, it.status === "resolved" ? t("{criterion}: {status} ({state})", { criterion: it.criterion, status: t(it.status), state: t(String(it.state).replace("_", " ")) }) : t("{criterion}: {status}", { criterion: it.criterion, status: t(it.status) })));
   node.appendChild(el("p", { class: "small review-reason" }, it.reason));
   const r = it.review || {};
   if (it.status !== "open") node.appendChild(el("p", { class: "small review-by" },
-    `${r.decision} by ${r.resolved_by} at ${r.resolved_at}: ${r.reason}` + (r.note ? ` (${r.note})` : "")));
+    t("{decision} by {name} at {time}: {reason}", { decision: t(String(r.decision).replace("_", " ")), name: r.resolved_by, time: r.resolved_at, reason: r.reason }) + (r.note ? ` (${r.note})` : "")));
   const list = el("ul", { class: "small evidence" });
   for (const i of (it.evidence && it.evidence.inputs) || []) {
     list.appendChild(el("li", {}, `${i.fact}: ${typeof i.value === "object" ? JSON.stringify(i.value) : i.value}` +
       (i.recorded_at ? ` (${i.source}, ${i.recorded_by}, ${i.recorded_at})` : "")));
   }
   for (const n of it.variants || []) {
-    list.appendChild(el("li", {}, `night ${n.session_id}: T90 ${n.t90_pct} % (primary), <= 90 %: ${n.t90_pct_inclusive} %, ` +
-      `% of recording: ${n.t90_pct_of_recording} %` + (n.borderline ? " (borderline)" : "")));
+    list.appendChild(el("li", {}, t("night {night}: T90 {t90} % (primary), <= 90 %: {inclusive} %, % of recording: {of_recording} %", { night: n.session_id, t90: n.t90_pct, inclusive: n.t90_pct_inclusive, of_recording: n.t90_pct_of_recording }) + (n.borderline ? t(" (borderline)") : "")));
   }
   node.appendChild(list);
   if (it.status === "resolved") return node;
   const form = el("form", { class: "resolve-form" });
-  const decision = el("select", { class: "resolve-decision", "aria-label": "Decision" });
-  for (const d of ["met", "not_met"]) decision.appendChild(el("option", { value: d }, d.replace("_", " ")));
-  const reason = el("input", { class: "resolve-reason", required: "", maxlength: "2000", placeholder: "why", "aria-label": "Reason" });
+  const decision = el("select", { class: "resolve-decision", "aria-label": t("Decision") });
+  for (const d of ["met", "not_met"]) decision.appendChild(el("option", { value: d }, t(d.replace("_", " "))));
+  const reason = el("input", { class: "resolve-reason", required: "", maxlength: "2000", placeholder: t("why"), "aria-label": t("Reason") });
   const password = el("input", { class: "resolve-password", type: "password", required: "", maxlength: "200",
-    placeholder: "your password", "aria-label": "Password", autocomplete: "current-password" });
-  const button = el("button", { type: "submit", class: "primary" }, "Resolve and sign");
+    placeholder: t("your password"), "aria-label": t("Password"), autocomplete: "current-password" });
+  const button = el("button", { type: "submit", class: "primary" }, t("Resolve and sign"));
   const result = el("p", { class: "result resolve-result", role: "status" });
   for (const x of [decision, reason, password, button, result]) form.appendChild(x);
   form.addEventListener("submit", async (ev) => {
@@ -761,17 +810,17 @@ async function showSignatures(subject) {
   try { sigs = await api("GET", `/subjects/${encodeURIComponent(subject)}/signatures`); } catch (e) { return; }
   for (const s of sigs) {
     box.appendChild(el("p", { class: "small signature " + (s.valid ? "ok" : "bad") },
-      (s.valid ? "VALID: " : `NO LONGER VALID (${s.invalid_reason}): `) + s.manifestation));
+      s.valid ? t("VALID: {signature}", { signature: s.manifestation }) : t("NO LONGER VALID ({why}): {signature}", { why: s.invalid_reason, signature: s.manifestation })));
   }
 }
 
 async function onSign(ev) {
   ev.preventDefault();
   const subject = $("review-subject").value;
-  if (!subject) { setResult($("sign-result"), "Choose a subject.", false); return; }
+  if (!subject) { setResult($("sign-result"), t("Choose a subject."), false); return; }
   try {
     await api("POST", `/subjects/${encodeURIComponent(subject)}/signatures`, { meaning: "approved", password: $("sign-password").value });
-    setResult($("sign-result"), `Decision of ${subject} signed.`, true);
+    setResult($("sign-result"), t("Decision of {subject} signed.", { subject }), true);
     await showSignatures(subject);
   } catch (e) {
     setResult($("sign-result"), e.message, false);
@@ -785,7 +834,7 @@ async function onSpiro(ev) {
     protocol: $("spiro-protocol").value || null, model: $("spiro-model").value.trim() || null };
   try {
     const out = await api("POST", "/spirometry/sessions", body);
-    setResult($("spiro-result"), `Spirometry session #${out.id} open for ${out.subject_id}.`, true);
+    setResult($("spiro-result"), t("Spirometry session #{id} open for {subject}.", { id: out.id, subject: out.subject_id }), true);
   } catch (e) {
     setResult($("spiro-result"), e.message, false);
   }
@@ -797,7 +846,7 @@ async function onPorts() {
     const list = $("spiro-ports");
     list.textContent = "";
     for (const p of ports) list.appendChild(el("option", { value: p.device }, p.description || ""));
-    setResult($("spiro-result"), `${ports.length} serial port(s): ${ports.map((p) => p.device).join(", ") || "none"}`, true);
+    setResult($("spiro-result"), t("{n} serial port(s): {ports}", { n: ports.length, ports: ports.map((p) => p.device).join(", ") || t("none") }), true);
   } catch (e) {
     setResult($("spiro-result"), e.message, false);
   }
@@ -827,6 +876,7 @@ function onKey(ev) {
 
 function wireForms() {
   $("logout").addEventListener("click", onLogout);
+  $("language").addEventListener("change", onLanguage);
   $("scan-button").addEventListener("click", onScan);
   $("start-form").addEventListener("submit", onStart);
   $("subject-form").addEventListener("submit", onAddSubject);
@@ -835,7 +885,7 @@ function wireForms() {
   $("decision-button").addEventListener("click", () => {
     const s = $("fact-subject").value;
     $("decision").textContent = "";
-    if (s) showDecision(s); else setResult($("fact-result"), "Choose a subject.", false);
+    if (s) showDecision(s); else setResult($("fact-result"), t("Choose a subject."), false);
   });
   $("report-button").addEventListener("click", onShowReport);
   $("export-form").addEventListener("submit", onExport);

@@ -29,9 +29,9 @@ function drawTrend(svg, trend, opts) {
     svg.appendChild(label);
   }
   if (!trend || !trend.points.length) {
-    const t = svgEl("text", { x: W / 2, y: H / 2, class: "empty", "text-anchor": "middle" });
-    t.textContent = "no data yet";
-    svg.appendChild(t);
+    const empty = svgEl("text", { x: W / 2, y: H / 2, class: "empty", "text-anchor": "middle" });
+    empty.textContent = t("no data yet");
+    svg.appendChild(empty);
     return;
   }
   const maxGap = trend.bucket_s * 1000 * 2.5;
@@ -50,7 +50,7 @@ function drawTrend(svg, trend, opts) {
   svg.appendChild(svgEl("path", { d: path("spo2_mean"), class: "line-mean" }));
   const span = (x1 - x0) / 60000;
   const caption = svgEl("text", { x: W - padR, y: H - 2, class: "axis", "text-anchor": "end" });
-  caption.textContent = span >= 90 ? `${(span / 60).toFixed(1)} h` : `${Math.round(span)} min`;
+  caption.textContent = span >= 90 ? t("{n} h", { n: (span / 60).toFixed(1) }) : t("{m} min", { m: Math.round(span) });
   svg.appendChild(caption);
   const start = svgEl("text", { x: padL, y: H - 2, class: "axis" });
   start.textContent = localHM(x0);
