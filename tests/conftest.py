@@ -54,6 +54,7 @@ async def run_night(
     subjects: list[str] | None = None,
     before_stop: Callable[[NightRun], Any] | None = None,
     on_start: Callable[[NightRun], Any] | None = None,
+    play_timeout_s: float = 120.0,
 ) -> NightRun:
     """Play every scenario to its end through the daemon, stop the sessions, shut down."""
     clock = VirtualClock(start=T0)
@@ -73,7 +74,7 @@ async def run_night(
             run.session_ids.append(info["id"])
         if on_start is not None:
             on_start(run)
-        await asyncio.wait_for(asyncio.gather(*plays), timeout=120)
+        await asyncio.wait_for(asyncio.gather(*plays), timeout=play_timeout_s)
         if before_stop is not None:
             before_stop(run)
         for sid in run.session_ids:

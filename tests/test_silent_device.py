@@ -29,7 +29,7 @@ def test_a_silent_day_gives_a_bounded_number_of_audit_rows_and_a_bounded_queue(d
                     max_unwritten=run.daemon.writer.max_unwritten)
 
     sc = scenario(duration_s=DAY_S, interval_s=1.0, silences=[Interval(600, DAY_S - 1200)])
-    run = asyncio.run(run_night(db_path, [sc], before_stop=before_stop))
+    run = asyncio.run(run_night(db_path, [sc], before_stop=before_stop, play_timeout_s=600))  # a whole day: minutes of CPU under load
     sid = run.session_ids[0]
     conn = sqlite3.connect(db_path)
     try:
