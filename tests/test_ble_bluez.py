@@ -77,9 +77,11 @@ async def run_on_bluez(db_path: Path, scenarios: list[Scenario], *, config: dict
     return run
 
 
-def stored(db_path: Path, session_id: int):
+def stored(db_path: Path, session_id: int, origin: str | None = None):
+    """Samples stored for a session (of one origin if given) and its gaps."""
     conn = sqlite3.connect(db_path)
-    n = conn.execute("SELECT COUNT(*) FROM spo2_samples WHERE session_id = ?", (session_id,)).fetchone()[0]
+    n = conn.execute("SELECT COUNT(*) FROM spo2_samples WHERE session_id = ? AND origin = COALESCE(?, origin)",
+                     (session_id, origin)).fetchone()[0]
     gaps = conn.execute("SELECT start_utc_ms, end_utc_ms, cause FROM gaps WHERE session_id = ? ORDER BY start_utc_ms",
                         (session_id,)).fetchall()
     return n, gaps
@@ -190,7 +192,7 @@ def test_o2ring_is_polled_through_bluez_and_a_drop_is_one_gap(db_path, system_bu
     PropertiesChanged values split over notifications, and a drop is one gap with its cause."""
     sc = scenario(protocol="o2ring", address=mac(9), duration_s=900.0, disconnects=[Interval(300, 60)])
     run = asyncio.run(run_on_bluez(db_path, [sc]))
-    n, gaps = stored(db_path, run.session_ids[0])
+    n, gaps = stored(db_path, run.session_ids[0], "live")
     assert [g[2] for g in gaps] == ["device_disconnected"]
     assert gaps[0][0] / 1000 - run.devices[0].started_at == pytest.approx(300, abs=1.01)
     assert n == len(run.devices[0].delivered) >= 900 - 60 - 36 - 5
@@ -201,3 +203,8 @@ def test_o2ring_is_polled_through_bluez_and_a_drop_is_one_gap(db_path, system_bu
     assert "device_night_downloaded" in kinds, kinds
     assert conn.execute("SELECT COUNT(*) FROM spo2_samples s JOIN sessions x ON x.id = s.session_id "
                         "WHERE x.origin = 'import'").fetchone()[0] == 900 // 4 + 1
+    # ...and its records inside the drop back-filled the live session's gap.
+    (status,) = conn.execute("SELECT status FROM gap_backfills WHERE session_id = ?", (run.session_ids[0],)).fetchone()
+    filled = conn.execute("SELECT COUNT(*) FROM spo2_samples WHERE session_id = ? AND origin = 'device_memory'",
+                          (run.session_ids[0],)).fetchone()[0]
+    assert status == "backfilled" and filled >= (gaps[0][1] - gaps[0][0]) / 4000 - 2

@@ -14,6 +14,7 @@ from bleak import BleakClient
 
 from collector.oximetry.store import latest_report
 from drivers.ble.o2ring_download import download_nights
+from drivers.protocols.common import Flag
 from drivers.protocols.o2ring import NightRecord, encode_night_file, parse_night_file
 from simulators.ble_backend import SimulatedAir
 from simulators.oximeter import SimulatedOximeter
@@ -50,7 +51,7 @@ def test_live_night_is_polled_and_stored_as_the_ring_answered(night):
     dev, sid = run.devices[0], run.session_ids[0]
     conn = sqlite3.connect(db)
     rows = conn.execute("SELECT host_utc_ms, spo2_pct, pulse_bpm, valid FROM spo2_samples WHERE session_id = ? "
-                        "ORDER BY host_utc_ms", (sid,)).fetchall()
+                        "AND origin = 'live' ORDER BY host_utc_ms", (sid,)).fetchall()
     tl = dev.timeline
     assert len(rows) == len(dev.delivered) > 0.9 * (NIGHT_S - sum(d.duration_s for d in DISCONNECTS))
     by_t = {r[0]: r for r in rows}
@@ -182,3 +183,57 @@ def test_a_ring_out_of_reach_at_the_end_costs_one_event_not_the_night(db_path):
                              (sid,)).fetchone()
     assert "out of range" in json.loads(detail)["reason"]
     assert conn.execute("SELECT state FROM sessions WHERE id = ?", (sid,)).fetchone()[0] == "stopped"
+
+
+DROPS = [Interval(3600 * 2, 600), Interval(3600 * 4 + 7, 600), Interval(3600 * 6 + 13, 600)]
+
+
+@pytest.fixture(scope="module")
+def with_and_without_drops(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, NightRun, dict[str, object]]:
+    """The same 8 h ring night twice: with three 10-minute radio drops (ring downloaded at the stop), and without."""
+    desats = [{"count": 60, "depth": 9, "duration_s": 90}]
+    base = tmp_path_factory.mktemp("o2ring-fill")
+    dropped = asyncio.run(run_night(base / "drops.sqlite", [scenario(protocol="o2ring", duration_s=NIGHT_S,
+                                                                     disconnects=DROPS, desaturations=desats)]))
+    clean = asyncio.run(run_night(base / "clean.sqlite", [scenario(protocol="o2ring", duration_s=NIGHT_S,
+                                                                   desaturations=desats)]))
+    return base / "drops.sqlite", dropped, clean.stopped[0]["report"]
+
+
+def test_the_downloaded_night_back_fills_the_live_gaps_to_the_uninterrupted_night(with_and_without_drops):
+    db, run, clean = with_and_without_drops
+    sid = run.session_ids[0]
+    conn = sqlite3.connect(db)
+    gaps = conn.execute("SELECT id, start_utc_ms, end_utc_ms FROM gaps WHERE session_id = ? ORDER BY start_utc_ms",
+                        (sid,)).fetchall()
+    assert len(gaps) == len(DROPS)
+    fills = conn.execute("SELECT gap_id, status, summary_json FROM gap_backfills WHERE session_id = ? ORDER BY gap_id",
+                         (sid,)).fetchall()
+    assert [(f[0], f[1]) for f in fills] == [(g[0], "backfilled") for g in gaps]
+    for (_, _, summ), (_, start, end) in zip(fills, gaps):
+        s = json.loads(summ)
+        assert s["record_ms"] == 4000 and s["residual_breaks"] == [] and s["fitted"] >= (end - start) / 4000 - 2
+        assert s["clock_offset_ms"] == pytest.approx(-8 * 3600 * 1000, abs=1000)
+    # Every stored ring record lies inside a gap (the rest of the ring's night is its own session), none doubled.
+    stored = conn.execute("SELECT host_utc_ms, flags FROM spo2_samples WHERE session_id = ? AND origin = 'device_memory'",
+                          (sid,)).fetchall()
+    assert stored and all(any(s - 4000 < t <= e for _, s, e in gaps) for t, _ in stored)
+    counted = [t for (t,) in conn.execute("SELECT host_utc_ms FROM spo2_samples WHERE session_id = ? AND (flags & ?) = 0",
+                                          (sid, int(Flag.BACKFILL_OVERLAP)))]
+    assert len(counted) == len(set(counted))
+    # The live night's report was recomputed (a new, audited row) and equals the night without drops.
+    assert conn.execute("SELECT COUNT(*) FROM night_reports WHERE session_id = ?", (sid,)).fetchone()[0] == 2
+    assert conn.execute("SELECT COUNT(*) FROM audit WHERE session_id = ? AND action = 'night_report_recomputed'",
+                        (sid,)).fetchone()[0] == 1
+    before, after = run.stopped[0]["report"], latest_report(conn, sid)
+    assert after is not None
+    edge_s = 2 * len(DROPS) * 4.0  # one 4 s record per gap edge
+    assert before["analysed_s"] < clean["analysed_s"] - 3 * 590
+    assert after["analysed_s"] == pytest.approx(clean["analysed_s"], abs=edge_s)
+    assert after["t90_s"] == pytest.approx(clean["t90_s"], abs=edge_s)
+    assert after["t90_pct"] == pytest.approx(clean["t90_pct"], abs=100 * edge_s / clean["analysed_s"])
+    assert after["definitions"]["max_hold_s"] >= 4.0  # a 4 s record holds its whole 4 s: the analysed time is exact
+    assert after["backfills"] and all(b["status"] == "backfilled" for b in after["backfills"])
+    print(f"\nO2Ring 8 h, 3 x 10 min drops: T90 clean {clean['t90_s']:.1f} s, dropped {before['t90_s']:.1f} s, "
+          f"back-filled {after['t90_s']:.1f} s; analysed clean {clean['analysed_s']:.0f} s, dropped "
+          f"{before['analysed_s']:.0f} s, back-filled {after['analysed_s']:.0f} s")

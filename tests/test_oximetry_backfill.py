@@ -197,3 +197,27 @@ def test_a_download_that_never_ends_stores_what_arrived_and_aborts(tmp_path):
     conn = sqlite3.connect(tmp_path / "db.sqlite")
     (summary,) = [json.loads(r[0]) for r in conn.execute("SELECT summary_json FROM gap_backfills")]
     assert "did not finish" in summary["failure"]
+
+
+def test_four_second_records_on_the_one_second_live_grid_cover_their_whole_span():
+    """The O2Ring's night file: a record every 4 s fills the gap between live 1 s samples without a residual break."""
+    import datetime as dt
+
+    from collector.oximetry.backfill import FitInput, fit_records
+    from drivers.protocols.o2ring import NightRecord, encode_night_file, night_readings, parse_night_file
+
+    anchor = 1_767_000_100_000
+    start = dt.datetime(2025, 12, 29, 17, 21, 43)  # ring local, UTC+8: anchor + 3 s
+    recs = night_readings(parse_night_file(encode_night_file(
+        start, [NightRecord(None if k == 5 else 88, 60, 0, False) for k in range(150)])))
+    assert [r.device_time for r in recs[:2]] == ["2025-12-29T17:21:43", "2025-12-29T17:21:47"]
+    assert recs[5].spo2_pct is None and not recs[5].valid and recs[0].valid
+    inp = FitInput(session_id=1, gap_start_ms=anchor + 900, anchor_ms=anchor, reconnect_ms=anchor + 3000 + 150 * 4000 - 1,
+                   session_start_ms=anchor - 100_000, clock_offset_ms=-8 * 3600_000, interval_ms=1000, tolerance_ms=250,
+                   record_ms=4000)
+    fit = fit_records(recs, inp, set())
+    assert fit.status == "backfilled" and fit.residual_breaks == [] and fit.counts["fitted"] == 150
+    assert fit.fitted_ms[:2] == [anchor + 3000, anchor + 7000]
+    # Without the first 3 records the gap's start stays a break (up to the first record), not the whole gap.
+    late = fit_records(recs[3:], inp, set())
+    assert late.status == "partial" and late.residual_breaks == [(anchor + 900, anchor + 15_000)]

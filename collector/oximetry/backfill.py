@@ -20,6 +20,8 @@ re-run.  The rules:
   one mapped before the session started belongs to no subject here and is counted,
   not stored; one without a usable device time cannot be placed and is kept in the
   summary.
+* A record covers one grid step, or ``record_ms`` when the device stores coarser
+  records than it sends live (the O2Ring's 4 s night file on the 1 s live grid).
 * What the records cover no longer breaks the hold; the parts of the gap they leave
   uncovered (before the first, after the last) stay breaks with the gap's cause.
 """
@@ -50,6 +52,11 @@ class FitInput:
     clock_offset_ms: int  # host UTC minus device wall time (as if UTC)
     interval_ms: int  # the device's reading interval (the live grid's step)
     tolerance_ms: int  # how far off the grid a mapped record may be and still be put on it
+    record_ms: int | None = None  # how long one record holds when it is longer than the grid step (O2Ring: 4 s)
+
+    @property
+    def span_ms(self) -> int:
+        return self.interval_ms if self.record_ms is None else self.record_ms
 
 
 @dataclass
@@ -113,8 +120,8 @@ def fit_records(records: list[OximeterReading], inp: FitInput, already_stored_ms
             fit.counts["off_grid"] += 1
         fit.rows.append(_row(inp.session_id, t, dataclasses.replace(r, flags=int(r.flags) | _STORAGE | extra)))
     if fit.covered_ms:
-        first, last = min(fit.covered_ms), max(fit.covered_ms) + inp.interval_ms
-        if inp.anchor_ms is None or first > inp.anchor_ms + inp.interval_ms + inp.tolerance_ms:
+        first, last = min(fit.covered_ms), max(fit.covered_ms) + inp.span_ms
+        if inp.anchor_ms is None or first > inp.anchor_ms + inp.span_ms + inp.tolerance_ms:
             fit.residual_breaks.append((inp.gap_start_ms, first))
         if last + inp.tolerance_ms < inp.reconnect_ms:
             fit.residual_breaks.append((last, None))
@@ -133,7 +140,8 @@ def summary(fit: Fit, inp: FitInput) -> dict[str, Any]:
         "anchor_ms": inp.anchor_ms,
         "reconnect_ms": inp.reconnect_ms,
         "covered_start_ms": min(fit.covered_ms) if fit.covered_ms else None,
-        "covered_end_ms": max(fit.covered_ms) + inp.interval_ms if fit.covered_ms else None,
+        "record_ms": inp.span_ms,
+        "covered_end_ms": max(fit.covered_ms) + inp.span_ms if fit.covered_ms else None,
         "residual_breaks": [list(b) for b in fit.residual_breaks],
         "unplaced_records": fit.unplaced,
     }

@@ -1,10 +1,13 @@
 """After a live night on a device that stores whole nights (the O2Ring): keep the device's own night too.
 
 The device measured on through every outage of the radio, so its file holds
-what the live session's gaps lack.  Back-filling the live session from it is
-not done here (that is the device-memory back-fill's job); the downloaded night
-is stored as its own session (origin ``import``) linked to the live one, with
-the firmware's own T90 beside ours.  Its local times are mapped to host UTC
+what the live session's gaps lack.  The downloaded night is stored as its own
+session (origin ``import``) linked to the live one, with the firmware's own T90
+beside ours; then its records that fall inside the live session's gaps
+back-fill those gaps through the same path as a RACP download (origin
+``device_memory``, each gap backfilled or partial, records that do not fit kept
+and flagged), and the live night's report is recomputed and stored (audited)
+so it counts the back-filled time.  Its local times are mapped to host UTC
 through the device clock measured during the download.  Nothing here can fail
 the live night: every failure is one event on the live session, with its reason.
 """
@@ -13,17 +16,20 @@ from __future__ import annotations
 
 import functools
 import logging
+import sqlite3
 from typing import TYPE_CHECKING, Any
 
 from bleak.exc import BleakError
 
 from collector.errors import Conflict, InvalidInput
+from collector.oximetry import store
 from collector.oximetry.importers import ImportLimits
 from collector.oximetry.importers.ingest import import_night, parse_night
 from collector.storage import repo
+from collector.storage.db import transaction
 from drivers.ble.adapters import AdapterFull, AdapterSlots
 from drivers.ble.o2ring_download import download_from
-from drivers.protocols.o2ring import DownloadError
+from drivers.protocols.o2ring import DownloadError, night_readings, parse_night_file
 from drivers.protocols.registry import PROFILES
 
 if TYPE_CHECKING:
@@ -87,7 +93,38 @@ async def keep_device_night(daemon: Daemon, session_id: int, *, protocol: str, a
         made.append(result["session_id"])
         await _event(daemon, session_id, DOWNLOADED, {"file": name, "session_id": result["session_id"],
                                                       "samples": result["samples"], "firmware_t90": result["firmware_t90"]})
+        await _backfill_live(daemon, session_id, raw, protocol=protocol, offset_s=ring_clock.offset_s)
     return made
+
+
+async def _backfill_live(daemon: Daemon, session_id: int, raw: bytes, *, protocol: str, offset_s: float) -> None:
+    """Fill the live night's gaps from the downloaded file, then store its recomputed report (one transaction)."""
+    cfg = daemon.config
+    f = parse_night_file(raw)  # parsed once already by the import; this cannot fail now
+    records = night_readings(f)
+    now = daemon.clock.now()
+
+    def write(conn: sqlite3.Connection) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        with transaction(conn):
+            filled = store.backfill_stopped_night(
+                conn, session_id, records, clock_offset_ms=-int(round(offset_s * 1000)),
+                interval_ms=int(round(PROFILES[protocol].expected_period_s * 1000)),
+                record_ms=int(round(f.interval_s * 1000)),
+                tolerance_ms=int(round(float(cfg["ble"]["backfill_grid_tolerance_s"]) * 1000)), at=now)
+            if not any(b["fitted"] for b in filled):
+                return filled, None
+            return filled, store.finalise(conn, session_id, cfg, at=now, actor="collector",
+                                          reason="the device's own night back-filled the live session's gaps")
+
+    try:
+        filled, result = await daemon.write(write)
+    except Exception as exc:  # storage failed: the live night and the kept download stay as they were
+        await _event(daemon, session_id, FAILED, {"reason": f"back-fill from the downloaded night: {type(exc).__name__}: {exc}"})
+        return
+    if result is not None:
+        log.info("session %s: %d gap(s) back-filled from the device's own night; report %s stored",
+                 session_id, sum(1 for b in filled if b["fitted"]), result["report_id"])
+        daemon.notify("night_report", {"session_id": session_id, "report": result["report"]})
 
 
 def _span(session: dict[str, Any]) -> tuple[float, float]:

@@ -30,6 +30,7 @@ from collector.oximetry.live import analysis_config
 from collector.storage import audit, repo, seals
 from collector.storage.writer import INSERT_SAMPLE, SAMPLE_COLUMNS as WRITER_COLUMNS
 from drivers.protocols.common import Flag, OximeterReading
+from drivers.protocols.cts import device_epoch
 
 INSERT_BACKFILLED = (f"INSERT INTO spo2_samples ({', '.join(WRITER_COLUMNS)}, origin)"
                      f" VALUES ({', '.join('?' * len(WRITER_COLUMNS))}, 'device_memory')")
@@ -330,3 +331,51 @@ def report_columns(conn: sqlite3.Connection, session_ids: Sequence[int]) -> dict
         list(session_ids))
     return {int(sid): {"t90_pct": t90, "night_valid": bool(valid), "meets_t90_criterion": None if meets is None else bool(meets),
                        "borderline": bool(borderline)} for sid, t90, valid, meets, borderline in cur.fetchall()}
+
+
+# -- back-fill of a stopped night from the device's own night file ----------------------------------
+def gap_neighbours(conn: sqlite3.Connection, session_id: int, gap: dict[str, Any]) -> tuple[int | None, int | None]:
+    """The last sample at or before a gap's start and the first live sample after it (host UTC ms)."""
+    before = conn.execute(
+        "SELECT MAX(host_utc_ms) FROM spo2_samples WHERE session_id = ? AND host_utc_ms <= ? AND (flags & ?) = 0",
+        (session_id, gap["start_utc_ms"], _OVERLAP)).fetchone()[0]
+    after = conn.execute(
+        "SELECT MIN(host_utc_ms) FROM spo2_samples WHERE session_id = ? AND host_utc_ms > ? AND origin = 'live'",
+        (session_id, gap["start_utc_ms"])).fetchone()[0]
+    return (None if before is None else int(before)), (None if after is None else int(after))
+
+
+def backfill_stopped_night(conn: sqlite3.Connection, session_id: int, records: list[OximeterReading], *,
+                           clock_offset_ms: int, interval_ms: int, record_ms: int, tolerance_ms: int,
+                           at: float) -> list[dict[str, Any]]:
+    """Back-fill every breaking gap of a stopped night from a whole night of device records.
+
+    Only the records mapped strictly between the live samples either side of a gap are handed to
+    that gap (the rest of the device's night is already kept in its own session); each gap then
+    goes through :func:`backfill_gap` like a RACP download.  The caller holds a write transaction.
+    """
+    session = repo.get_session(conn, session_id)
+    start_ms = int(round(_iso_epoch(str(session["started_utc"])) * 1000))
+    mapped = [(int(round(device_epoch(r.device_time) * 1000)) + clock_offset_ms, r)
+              for r in records if r.device_time is not None]
+    out: list[dict[str, Any]] = []
+    for gap in breaking_gaps(conn, session_id):
+        if gap["end_utc_ms"] is None:
+            continue  # still open: the night is not over
+        anchor, after = gap_neighbours(conn, session_id, gap)
+        upper = (after if after is not None else int(gap["end_utc_ms"]) + 1) - 1
+        lower = anchor if anchor is not None else int(gap["start_utc_ms"]) - 1
+        inside = [r for t, r in mapped if lower < t <= upper]
+        if not inside:
+            continue
+        inp = FitInput(session_id=session_id, gap_start_ms=int(gap["start_utc_ms"]), anchor_ms=anchor,
+                       reconnect_ms=upper, session_start_ms=start_ms, clock_offset_ms=clock_offset_ms,
+                       interval_ms=interval_ms, tolerance_ms=tolerance_ms, record_ms=record_ms)
+        out.append({"gap_id": int(gap["id"]), **backfill_gap(conn, session_id, int(gap["id"]), inside, inp, at=at)})
+    return out
+
+
+def _iso_epoch(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()

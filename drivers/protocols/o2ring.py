@@ -396,6 +396,22 @@ def parse_night_file(raw: bytes) -> NightFile:
     return NightFile(header, records, RECORD_INTERVAL_S, dedup, len(raw), len(body) % RECORD_LEN)
 
 
+def night_readings(f: NightFile) -> list[OximeterReading]:
+    """The file's records as readings stamped with the ring's local time, for the device-memory back-fill.
+
+    A record the ring marked invalid (no finger, or below its range: one code) is a reading
+    without SpO2, so it can hold time as unusable but never count toward T90.
+    """
+    times = f.record_times_local()
+    return [OximeterReading(
+        spo2_pct=None if r.spo2 is None else float(r.spo2),
+        pulse_bpm=None if r.pulse is None else float(r.pulse),
+        flags=apply_range_rules(r.spo2, r.pulse, 0),
+        device_time=t.isoformat(),
+        kind="continuous",
+    ) for r, t in zip(f.records, times)]
+
+
 def encode_night_file(start_local: datetime, records: Sequence[NightRecord], *, t90_s: int | None = None,
                       signature: int = 0x0003) -> bytes:
     """A night file as the ring writes it (the simulator's); header statistics from the records.

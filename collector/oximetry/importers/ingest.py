@@ -153,7 +153,7 @@ def import_night(
 
     ``live_session_id`` links a night downloaded from the device's memory to the
     live session recorded over the same night (same subject); the downloaded
-    night stays its own session, and the live one is not changed.
+    night stays its own session, and the live one is not changed here (the download path back-fills it afterwards).
     """
     repo.validate_subject_id(subject_id)
     sha = hashlib.sha256(raw).hexdigest()
