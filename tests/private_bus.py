@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -44,3 +45,12 @@ def start_private_bus(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
 def stop_private_bus(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     proc.wait(10)
+
+
+@pytest.fixture
+def system_bus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A private dbus-daemon as the system bus (``DBUS_SYSTEM_BUS_ADDRESS``) for one test; import it to use it."""
+    proc, address = start_private_bus(tmp_path)
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", address)
+    yield address
+    stop_private_bus(proc)

@@ -19,16 +19,7 @@ from simulators.bluez import FakeBluez
 from simulators.oximeter import SimulatedOximeter
 from simulators.scenario import Interval, Scenario
 from conftest import T0, fast_config, scenario
-from private_bus import start_private_bus, stop_private_bus
-
-@pytest.fixture
-def system_bus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """A private dbus-daemon standing in for the system bus (bleak's BlueZ backend connects to it)."""
-    proc, address = start_private_bus(tmp_path)
-    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", address)
-    yield address
-    stop_private_bus(proc)
-
+from private_bus import system_bus  # noqa: F401  (a fixture)
 
 def mac(i: int) -> str:
     return f"C0:FF:EE:00:00:{i:02X}"

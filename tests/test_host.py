@@ -24,15 +24,7 @@ from collector.config import defaults
 from collector.clock import VirtualClock
 from simulators.bluez import FakeBluez
 from conftest import fast_config, invoke, run_night, scenario
-from private_bus import start_private_bus, stop_private_bus
-
-
-@pytest.fixture
-def system_bus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    proc, address = start_private_bus(tmp_path)
-    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", address)
-    yield address
-    stop_private_bus(proc)
+from private_bus import system_bus  # noqa: F401  (a fixture)
 
 
 class FakeLogind:

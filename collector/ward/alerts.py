@@ -187,6 +187,11 @@ class AlertEngine:
     # -- lifecycle ------------------------------------------------------------------------------
     def evaluate(self) -> list[dict[str, Any]]:
         """Raise, update and clear alerts (rows written through the writer); return what shows now."""
+        self.check()
+        return self.visible()
+
+    def check(self) -> None:
+        """Raise, update and clear alerts; what the daemon runs every alert_check_s (it builds no list)."""
         self._load()
         now = self.daemon.clock.now()
         holding = self._conditions(now)
@@ -200,7 +205,6 @@ class AlertEngine:
         for key, alert in current.items():
             if key not in holding:
                 self._clear(alert, now)
-        return self.visible()
 
     def visible(self) -> list[dict[str, Any]]:
         """Alerts not yet resolved, newest first (no evaluation: reading never changes anything)."""
@@ -267,7 +271,7 @@ class AlertService:
         interval = self.engine.settings["alert_check_s"]
         while not self.daemon.closing:
             try:
-                self.engine.evaluate()
+                self.engine.check()
             except Exception:  # an alert bug must never stop recording; it is logged and tried again
                 log.exception("evaluating alerts failed")
             if self.daemon.recording():
