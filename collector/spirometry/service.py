@@ -420,19 +420,7 @@ class SpirometryService:
             raise InvalidInput(str(exc)) from None
         m = resolve_model(self.cfg, protocol, model)
         async with self._mutex():
-            conn = self.daemon.open_reader()
-            try:
-                repo.get_subject(conn, subject_id)
-                for s in repo.list_sessions(conn, subject_id=subject_id, state="open"):
-                    if s["kind"] == "spirometry":
-                        raise Conflict(f"subject {subject_id} already has an open spirometry session ({s['id']}); "
-                                       f"stop it first: collector session stop {s['id']}")
-                for s in repo.list_sessions(conn, state="open"):
-                    if s["device_address"] is not None and _same_port(s["device_address"], port_url):
-                        raise Conflict(f"port {port_url} is already recording session {s['id']} (subject {s['subject_id']}); "
-                                       f"stop that session first (collector session stop {s['id']}) or choose another port")
-            finally:
-                conn.close()
+            self._check_free(subject_id, port_url, label=f"port {port_url}", alternative=" or choose another port")
             for rec in self.recorders.values():
                 if _same_port(rec.url, port_url):
                     raise Conflict(f"port {port_url} is already recording session {rec.session_id} (subject {rec.subject_id}); "
@@ -464,7 +452,8 @@ class SpirometryService:
             self.daemon.notify("session_recording", {"session_id": session["id"], "kind": "spirometry"})
         return self.session_info(session["id"])
 
-    def _check_free(self, subject_id: str, address: str) -> None:
+    def _check_free(self, subject_id: str, address: str, *, label: str | None = None, alternative: str = "") -> None:
+        """The subject has no open spirometry session and no open session records from ``address``."""
         conn = self.daemon.open_reader()
         try:
             repo.get_subject(conn, subject_id)
@@ -474,8 +463,8 @@ class SpirometryService:
                                    f"stop it first: collector session stop {s['id']}")
             for s in repo.list_sessions(conn, state="open"):
                 if s["device_address"] is not None and _same_port(s["device_address"], address):
-                    raise Conflict(f"{address} is already recording session {s['id']} (subject {s['subject_id']}); "
-                                   f"stop that session first (collector session stop {s['id']})")
+                    raise Conflict(f"{label or address} is already recording session {s['id']} (subject {s['subject_id']}); "
+                                   f"stop that session first (collector session stop {s['id']}){alternative}")
         finally:
             conn.close()
 
