@@ -1,0 +1,169 @@
+"""Frozen copy of collector/oximetry/analysis/odi.py as of commit dbe0e03 (before the speed-up).
+
+Only tests/test_oximetry_analysis_speedup.py uses it: the faster engine must give
+exactly the reports this version gave.  Do not edit, except to keep it importable.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dataclasses import dataclass
+
+import numpy as np
+
+ALGORITHM_NAME = "trailing-mean-frozen-baseline"
+
+
+@dataclass(frozen=True, slots=True)
+class OdiParams:
+    window_s: float = 120.0
+    min_event_s: float = 10.0
+    max_event_s: float = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class OdiEvent:
+    onset_ms: int  # epoch milliseconds
+    end_ms: int
+    baseline_pct: float
+    nadir_pct: float
+    drop_pct: float
+
+    @property
+    def duration_s(self) -> float:
+        return (self.end_ms - self.onset_ms) / 1000.0
+
+
+def describe(params: OdiParams, drops: tuple[float, ...] = (3.0, 4.0)) -> dict[str, Any]:
+    """JSON description of the algorithm and parameters (goes into every report)."""
+    return {
+        "name": ALGORITHM_NAME,
+        "baseline": "mean of usable SpO2 in [t - window_s, t), frozen at onset",
+        "window_s": params.window_s,
+        "min_event_s": params.min_event_s,
+        "max_event_s": params.max_event_s,
+        "drops_pct": list(drops),
+        "resolution_pct": 0.1,
+        "event_ends_at_gap": True,
+        "per": "analysed hour",
+    }
+
+
+def _run_ends(cand: np.ndarray, levels: list[np.ndarray], thr: np.ndarray) -> np.ndarray:
+    """Last index of each candidate's run (all later samples <= thr, no gap), by binary lifting.
+
+    ``levels[j][p]`` = max of the gap-marked tenths over ``[p, p + 2**j)``; extending by
+    the largest power that keeps the maximum <= thr is exact because the run condition
+    holds for a prefix.  O(C log n) for C candidates, no Python loop.
+    """
+    n = levels[0].size
+    pos = cand + 1
+    for j in range(len(levels) - 1, -1, -1):
+        size = 1 << j
+        lv = levels[j]
+        can = pos + size <= n
+        probe = lv[np.where(can, pos, 0)]
+        pos = np.where(can & (probe <= thr), pos + size, pos)
+    return pos - 1
+
+
+class _Prepared:
+    """Per-night arrays shared by every drop size (usable samples only)."""
+
+    def __init__(self, t_ms: np.ndarray, spo2: np.ndarray, usable: np.ndarray, hold_end_ms: np.ndarray,
+                 params: OdiParams) -> None:
+        idx = np.flatnonzero(usable)
+        n = idx.size
+        self.n = n
+        self.tv = tv = t_ms[idx]
+        self.hv = hv = hold_end_ms[idx]
+        self.s10 = s10 = np.rint(spo2[idx] * 10.0).astype(np.int64)
+        self.contig = np.zeros(n, dtype=bool)
+        if n > 1:
+            self.contig[:-1] = (idx[1:] == idx[:-1] + 1) & (hv[:-1] == tv[1:])
+        csum = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(s10, out=csum[1:])
+        window_ms = int(round(params.window_s * 1000.0))
+        lo = np.searchsorted(tv, tv - window_ms, side="left")
+        # hi[i] = first index with t == t_i (strictly-before window end), without a second search
+        first = np.ones(n, dtype=bool)
+        first[1:] = tv[1:] != tv[:-1]
+        hi = np.maximum.accumulate(np.where(first, np.arange(n), 0))
+        self.cnt = hi - lo
+        self.total = csum[hi] - csum[lo]
+        # sparse table of maxima; a sample not reached by the previous one's hold is a wall
+        wall = s10.astype(np.int16)  # 0..1000 tenths; int16 keeps the table small and fast
+        wall[1:][~self.contig[:-1]] = np.iinfo(np.int16).max
+        self.levels = [wall]
+        while (1 << len(self.levels)) <= n:
+            prev, half = self.levels[-1], 1 << (len(self.levels) - 1)
+            self.levels.append(np.maximum(prev[:-half], prev[half:]))
+
+
+def _detect(p: _Prepared, drop_pct: float, params: OdiParams) -> list[OdiEvent]:
+    if p.n == 0:
+        return []
+    d10 = int(round(drop_pct * 10.0))
+    lim = p.total - d10 * p.cnt  # (B - drop) * cnt, in tenths
+    cand = np.flatnonzero((p.cnt > 0) & (p.s10 * p.cnt <= lim))
+    if cand.size == 0:
+        return []
+    thr = lim[cand] // p.cnt[cand]  # s10 * cnt <= lim  <=>  s10 <= floor(lim / cnt)
+    ends = _run_ends(cand, p.levels, thr)
+    nxt = np.searchsorted(cand, ends + 1, side="left").tolist()  # next candidate after each run
+    taken = []
+    j = 0
+    while j < cand.size:  # greedy chain: scanning resumes after each event
+        taken.append(j)
+        j = nxt[j]
+    tk = np.array(taken, dtype=np.int64)
+    on, en = cand[tk], ends[tk]
+    dur = p.hv[en] - p.tv[on]
+    keep = (dur >= int(round(params.min_event_s * 1000.0))) & (dur <= int(round(params.max_event_s * 1000.0)))
+    on, en = on[keep], en[keep]
+    if on.size == 0:
+        return []
+    bounds = np.stack([on, en + 1], axis=1).ravel()
+    nadirs = np.minimum.reduceat(np.append(p.s10, 0), bounds)[::2]
+    base = p.total[on] / p.cnt[on] / 10.0
+    return [
+        OdiEvent(onset_ms=a, end_ms=b, baseline_pct=c, nadir_pct=dn / 10.0, drop_pct=float(drop_pct))
+        for a, b, c, dn in zip(p.tv[on].tolist(), p.hv[en].tolist(), base.tolist(), nadirs.tolist())
+    ]
+
+
+def detect_all(
+    t_ms: np.ndarray,
+    spo2: np.ndarray,
+    usable: np.ndarray,
+    hold_end_ms: np.ndarray,
+    drops: tuple[float, ...] = (3.0, 4.0),
+    params: OdiParams = OdiParams(),
+) -> dict[float, list[OdiEvent]]:
+    """Events for each drop size (3 and 4 %) over a whole night, sharing the baseline work.
+
+    ``t_ms``/``hold_end_ms`` are int64 epoch milliseconds for every sample (as
+    produced by the report's hold computation); ``usable`` selects samples.
+    """
+    p = _Prepared(t_ms, spo2, usable, hold_end_ms, params)
+    return {d: _detect(p, d, params) for d in drops}
+
+
+def detect_events(
+    t_ms: np.ndarray,
+    spo2: np.ndarray,
+    usable: np.ndarray,
+    hold_end_ms: np.ndarray,
+    drop_pct: float,
+    params: OdiParams = OdiParams(),
+) -> list[OdiEvent]:
+    """Desaturation events of one drop size over a whole night."""
+    return detect_all(t_ms, spo2, usable, hold_end_ms, (drop_pct,), params)[drop_pct]
+
+
+def per_hour(n_events: int, analysed_ms: int) -> float | None:
+    """Events per analysed hour; None when nothing was analysed."""
+    if analysed_ms <= 0:
+        return None
+    return n_events * 3_600_000 / analysed_ms
