@@ -90,14 +90,12 @@ def _run_ends(cand: np.ndarray, levels: list[np.ndarray], thr: np.ndarray) -> np
 class _Prepared:
     """Per-night arrays shared by every drop size (usable samples only)."""
 
-    def __init__(self, t_ms: np.ndarray, spo2: np.ndarray, usable: np.ndarray, hold_end_ms: np.ndarray,
-                 params: OdiParams) -> None:
-        idx = np.flatnonzero(usable)
+    def __init__(self, idx: np.ndarray, tv: np.ndarray, hv: np.ndarray, s10: np.ndarray, params: OdiParams) -> None:
         n = idx.size
         self.n = n
-        self.tv = tv = t_ms[idx]
-        self.hv = hv = hold_end_ms[idx]
-        self.s10 = s10 = np.rint(spo2[idx] * 10.0).astype(np.int64)
+        self.tv = tv
+        self.hv = hv
+        self.s10 = s10
         self.contig = np.zeros(n, dtype=bool)
         if n > 1:
             self.contig[:-1] = (idx[1:] == idx[:-1] + 1) & (hv[:-1] == tv[1:])
@@ -108,7 +106,9 @@ class _Prepared:
         # hi[i] = first index with t == t_i (strictly-before window end), without a second search
         first = np.ones(n, dtype=bool)
         first[1:] = tv[1:] != tv[:-1]
-        hi = np.maximum.accumulate(np.where(first, np.arange(n), 0))
+        hi = np.arange(n)
+        if not first.all():  # duplicate timestamps
+            hi = np.maximum.accumulate(np.where(first, hi, 0))
         self.cnt = hi - lo
         self.total = csum[hi] - csum[lo]
         # sparse table of maxima; a sample not reached by the previous one's hold is a wall
@@ -165,7 +165,26 @@ def detect_all(
     ``t_ms``/``hold_end_ms`` are int64 epoch milliseconds for every sample (as
     produced by the report's hold computation); ``usable`` selects samples.
     """
-    p = _Prepared(t_ms, spo2, usable, hold_end_ms, params)
+    idx = np.flatnonzero(usable)
+    s10 = np.rint(spo2[idx] * 10.0).astype(np.int64)
+    return detect_usable(idx, t_ms[idx], hold_end_ms[idx], s10, drops, params)
+
+
+def detect_usable(
+    idx: np.ndarray,
+    tv: np.ndarray,
+    hv: np.ndarray,
+    s10: np.ndarray,
+    drops: tuple[float, ...] = (3.0, 4.0),
+    params: OdiParams = OdiParams(),
+) -> dict[float, list[OdiEvent]]:
+    """:func:`detect_all` from the usable samples the caller already gathered.
+
+    ``idx`` = indices of the usable samples, ``tv``/``hv`` = their times and hold ends
+    (int64 ms), ``s10`` = ``rint(spo2 * 10)`` as int64.  The night report has these
+    arrays already; gathering them again would cost as much as a drop size's search.
+    """
+    p = _Prepared(idx, tv, hv, s10, params)
     return {d: _detect(p, d, params) for d in drops}
 
 

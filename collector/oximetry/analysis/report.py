@@ -31,7 +31,7 @@ Secondary metrics (time-weighted by the same holds unless stated): T88/T85/T80
 (strict ``<``), longest continuous run ``<= 88`` (consecutive usable samples
 whose holds touch), nadir (lowest usable sample), sustained nadir (lowest
 level ``v``, at 0.1 % resolution, such that SpO2 stayed ``<= v`` for >= 8 s of
-continuous held time), time-weighted mean, time-weighted (lower) median at
+continuous held time), time-weighted mean (exact, rounded once), time-weighted (lower) median at
 0.1 % resolution, an SpO2 histogram, pulse min/mean/max over
 usable pulse samples (plain sample statistics), gaps by cause, suspected deep
 desaturations and ODI (see :mod:`collector.oximetry.analysis.odi`).
@@ -323,30 +323,122 @@ def _tenths(spo2: np.ndarray) -> np.ndarray:
     return np.rint(spo2 * 10.0).astype(np.int64)
 
 
-def _sustained_nadir(key: np.ndarray, tl: Timeline, contig: np.ndarray, min_ms: int) -> float | None:
-    """Lowest level (0.1 % resolution) that SpO2 stayed at or below for >= min_ms held time."""
-    u = tl.usable & (tl.hold_ms > 0)
-    if not u.any():
+def _sustained_nadir(key: np.ndarray, hold: np.ndarray, link: np.ndarray, min_ms: int) -> float | None:
+    """Lowest level (0.1 % resolution) that SpO2 stayed at or below for >= min_ms held time.
+
+    ``key``/``hold`` are the tenths and held ms of the usable samples with a hold > 0, in
+    order; ``link[j]``: sample j continues the run of sample j-1 (adjacent and held up to
+    it).  The answer is the least, over every stretch of linked samples holding >= min_ms,
+    of the stretch's highest value; the shortest such stretch from each start suffices.
+    Starts above a cheap upper bound cannot win, so only the low starts are searched.
+    """
+    m = key.size
+    if m == 0:
         return None
-    values = np.flatnonzero(np.bincount(key[u]))
-    lo, hi = 0, values.size - 1
-    if _longest_run_ms(u & (key <= values[hi]), tl, contig) < min_ms:
-        return None
-    while lo < hi:  # smallest v with a run <= v lasting >= min_ms (monotone in v)
-        mid = (lo + hi) // 2
-        if _longest_run_ms(u & (key <= values[mid]), tl, contig) >= min_ms:
-            hi = mid
-        else:
-            lo = mid + 1
-    return float(values[lo]) / 10.0
+    ends = np.zeros(m + 1, dtype=np.int64)  # ends[j]: held ms before sample j
+    np.cumsum(hold, out=ends[1:])
+    chain_start = np.ones(m, dtype=bool)
+    chain_start[1:] = ~link
+    next_first = np.append(np.flatnonzero(chain_start)[1:], m)  # where the chain after each chain starts
+    counts = np.bincount(key)
+    values = np.flatnonzero(counts)
+    rank = np.cumsum(counts[values])
+    table = [key]  # table[l][j] = max key over [j, j + 2**l)
+    for share in (0.05, 0.3, 1.0):  # bound = the value below which this share of samples lies
+        bound = int(values[min(values.size - 1, int(np.searchsorted(rank, share * m, side="left")))])
+        starts = np.flatnonzero(key <= bound) if share < 1.0 else np.arange(m)
+        stop = np.searchsorted(ends, ends[starts] + min_ms, side="left")  # window [start, stop)
+        np.maximum(stop, starts + 1, out=stop)
+        ok = stop <= next_first[np.searchsorted(next_first, starts, side="right")]  # window inside its chain
+        if ok.any():
+            starts, stop = starts[ok], stop[ok]
+            length = stop - starts
+            lvl = np.frexp(length.astype(np.float64))[1] - 1  # floor(log2(length))
+            while len(table) <= int(lvl.max()):
+                prev, half = table[-1], 1 << (len(table) - 1)
+                table.append(np.maximum(prev[:-half], prev[half:]))
+            best = None
+            for lv in np.unique(lvl).tolist():
+                sel = lvl == lv
+                a, b = starts[sel], stop[sel] - (1 << lv)
+                v = int(np.maximum(table[lv][a], table[lv][b]).min())
+                best = v if best is None else min(best, v)
+            assert best is not None
+            if best <= bound or share == 1.0:
+                return float(best) / 10.0
+        elif share == 1.0:
+            return None
+    return None  # not reached: the last share searches every start
 
 
-def _weighted_median(key: np.ndarray, weights: np.ndarray) -> float | None:
-    """Time-weighted median at 0.1 % resolution (lower median)."""
-    if key.size == 0 or weights.sum() <= 0:
+def _next_up(x: float) -> float:
+    """The next float above ``x``: ``v <= x`` is ``v < _next_up(x)``."""
+    return float(np.nextafter(x, math.inf))
+
+
+_INCLUSIVE_90 = _next_up(90.0)
+# every level a report figure compares SpO2 with (strict "<"; "<=" as "< next float up")
+_LEVELS = np.array(sorted({90.0, _INCLUSIVE_90, 88.0, 85.0, 80.0}
+                          | {lo for lo, _ in HISTOGRAM_BANDS} | {hi for _, hi in HISTOGRAM_BANDS[:-1]}
+                          | {_next_up(HISTOGRAM_BANDS[-1][1])}))
+
+
+def _held_below(spo2: np.ndarray, hold: np.ndarray) -> dict[float, int]:
+    """Held ms of the samples below each of ``_LEVELS``, from one pass over the samples.
+
+    Each sample falls in one band between consecutive levels; a band's held time is an
+    integer sum (exact in float64 far beyond any night), and "below a level" adds up the
+    bands under it, so every figure equals the masked sum it replaces.
+    """
+    band = np.searchsorted(_LEVELS, spo2, side="right")
+    per_band = np.bincount(band, weights=hold, minlength=_LEVELS.size + 1)
+    below = np.cumsum(per_band)
+    return {float(lvl): int(below[k]) for k, lvl in enumerate(_LEVELS.tolist())}
+
+
+def _held_below_grid(per_tenth: np.ndarray) -> dict[float, int]:
+    """:func:`_held_below` when every value is a whole tenth, from the held ms per tenth.
+
+    A value ``k / 10`` is below a level exactly when ``k`` is below the number of grid
+    values under the level, so the bands are prefix sums of ``per_tenth``.
+    """
+    grid = np.arange(per_tenth.size) / 10.0
+    n_under = np.searchsorted(grid, _LEVELS, side="left").tolist()
+    below = np.concatenate(([0.0], np.cumsum(per_tenth)))
+    return {float(lvl): int(below[k]) for lvl, k in zip(_LEVELS.tolist(), n_under)}
+
+
+def _weighted_mean(spo2: np.ndarray, hold_ms: np.ndarray, per_tenth: np.ndarray, analysed_ms: int,
+                   on_grid: bool) -> float | None:
+    """Time-weighted mean SpO2: the exact mean of the stored values, correctly rounded.
+
+    Summed per distinct value (held ms per value are exact integer sums), then in Python
+    integers, so the figure is the same on every machine.  It equals the float dot
+    product used before whenever that one was exact (every integer-valued night); a
+    BLAS dot depended on the build and its thread count, and its threads cost more CPU
+    than the rest of the report.
+    """
+    if analysed_ms <= 0:
         return None
-    w = np.bincount(key, weights=weights)
-    cw = np.cumsum(w)
+    values: list[float]
+    held: list[float]
+    if on_grid:
+        nz = np.flatnonzero(per_tenth)
+        values, held = (nz / 10.0).tolist(), per_tenth[nz].tolist()
+    else:
+        uniq, inverse = np.unique(spo2, return_inverse=True)
+        values, held = uniq.tolist(), np.bincount(inverse, weights=hold_ms).tolist()
+    ratios = [v.as_integer_ratio() for v in values]
+    den = max(d for _, d in ratios)  # powers of two: each divides the largest
+    num = sum(n * (den // d) * int(h) for (n, d), h in zip(ratios, held))
+    return num / (den * analysed_ms)
+
+
+def _weighted_median(per_tenth: np.ndarray) -> float | None:
+    """Time-weighted median at 0.1 % resolution (lower median), from the held ms per tenth."""
+    if per_tenth.size == 0 or per_tenth.sum() <= 0:
+        return None
+    cw = np.cumsum(per_tenth)
     k = int(np.searchsorted(cw, cw[-1] / 2.0, side="left"))
     return k / 10.0
 
@@ -552,12 +644,19 @@ def night_report(data: NightData, config: AnalysisConfig = AnalysisConfig()) -> 
     n = tl.t_ms.size
     thr = config.threshold
     u = tl.usable
-    hold_u = np.where(u, tl.hold_ms, 0)
     spo2 = data.spo2
-    with np.errstate(invalid="ignore"):
-        analysed = int(hold_u.sum())
-        num = int(hold_u[spo2 < 90.0].sum())
-        num_incl = int(hold_u[spo2 <= 90.0].sum())
+    # the usable samples, gathered once: every SpO2 figure below is a sum over them
+    uidx = np.flatnonzero(u)
+    us = spo2[uidx]
+    hu = tl.hold_ms[uidx]
+    w = hu.astype(np.float64)
+    key_u = _tenths(us)
+    per_tenth = np.bincount(key_u, weights=w)  # held ms at each 0.1 % (integer sums: exact)
+    on_grid = bool(np.array_equal(key_u / 10.0, us))  # every usable value is a whole tenth (all devices)
+    below_ms = _held_below_grid(per_tenth) if on_grid else _held_below(us, hu)
+    analysed = int(hu.sum())
+    num = below_ms[90.0]
+    num_incl = below_ms[_INCLUSIVE_90]
     recording = int(tl.t_ms[-1] - tl.t_ms[0]) if n else 0
     contig = tl.contig
 
@@ -574,7 +673,7 @@ def night_report(data: NightData, config: AnalysisConfig = AnalysisConfig()) -> 
             # alternative leaves them out of numerator and denominator.
             prov = (data.flags & int(Flag.PROVISIONAL_ESTIMATE)) != 0
             if prov.any():
-                keep = np.where(prov, 0, hold_u)
+                keep = np.where(prov, 0, np.where(u, tl.hold_ms, 0))
                 den_alt = int(keep.sum())
                 with np.errstate(invalid="ignore"):
                     num_alt = int(keep[spo2 < 90.0].sum())
@@ -595,27 +694,24 @@ def night_report(data: NightData, config: AnalysisConfig = AnalysisConfig()) -> 
 
     # secondary SpO2 metrics
     below: dict[str, Any] = {}
+    for lvl in (88, 85, 80):
+        ms = below_ms[float(lvl)]
+        below[f"t{lvl}_s"] = ms / 1000.0
+        below[f"t{lvl}_pct"] = pct(ms, analysed)
     with np.errstate(invalid="ignore"):
-        for lvl in (88, 85, 80):
-            ms = int(hold_u[spo2 < lvl].sum())
-            below[f"t{lvl}_s"] = ms / 1000.0
-            below[f"t{lvl}_pct"] = pct(ms, analysed)
         run88 = _longest_run_ms(u & (spo2 <= LONGEST_RUN_LEVEL), tl, contig)
-    us = spo2[u]
     nadir = float(us.min()) if us.size else None
-    w = tl.hold_ms[u].astype(np.float64)
-    mean = float(np.dot(us, w) / w.sum()) if analysed > 0 else None
-    key = np.zeros(n, dtype=np.int64)
-    key[u] = _tenths(us)
-    median = _weighted_median(key[u], w)
-    sustained = _sustained_nadir(key, tl, contig, to_ms(SUSTAINED_NADIR_MIN_S))
+    mean = _weighted_mean(us, hu, per_tenth, analysed, on_grid)
+    median = _weighted_median(per_tenth)
+    held = hu > 0
+    e = uidx[held]
+    sustained = _sustained_nadir(key_u[held], hu[held], (e[1:] == e[:-1] + 1) & contig[e[:-1]],
+                                 to_ms(SUSTAINED_NADIR_MIN_S))
 
     hist = []
     for k, (lo, hi) in enumerate(HISTOGRAM_BANDS):
         last = k == len(HISTOGRAM_BANDS) - 1
-        with np.errstate(invalid="ignore"):
-            sel = (spo2 >= lo) & ((spo2 <= hi) if last else (spo2 < hi))
-        ms = int(hold_u[sel].sum())
+        ms = below_ms[_next_up(hi) if last else hi] - below_ms[lo]
         label = f"{lo:g}-{hi:g}" if last else f"{lo:g}-<{hi:g}"
         hist.append({"band": label, "lo": lo, "hi": hi, "s": ms / 1000.0, "pct": pct(ms, analysed)})
 
@@ -623,7 +719,7 @@ def night_report(data: NightData, config: AnalysisConfig = AnalysisConfig()) -> 
     pv = data.pulse[pu]
 
     # ODI
-    events = odi_mod.detect_all(tl.t_ms, spo2, u, tl.hold_end_ms, (3.0, 4.0), config.odi)
+    events = odi_mod.detect_usable(uidx, tl.t_ms[uidx], tl.hold_end_ms[uidx], key_u, (3.0, 4.0), config.odi)
 
     suspected = _suspected_deep(data, tl, contig)
     below50 = _valid_below_50(data, tl, contig)
