@@ -113,9 +113,13 @@ class _Prepared:
         self.total = csum[hi] - csum[lo]
         # sparse table of maxima; a sample not reached by the previous one's hold is a wall
         wall = s10.astype(np.int16)  # 0..1000 tenths; int16 keeps the table small and fast
-        wall[1:][~self.contig[:-1]] = np.iinfo(np.int16).max
+        starts = np.flatnonzero(~self.contig[:-1]) + 1
+        wall[starts] = np.iinfo(np.int16).max
+        # a run never crosses a wall, so no run is longer than the longest stretch between two:
+        # levels wider than that could only fail, and are not built
+        longest = int(np.diff(starts, prepend=0, append=n).max()) if n else 0
         self.levels = [wall]
-        while (1 << len(self.levels)) <= n:
+        while (1 << len(self.levels)) <= longest:
             prev, half = self.levels[-1], 1 << (len(self.levels) - 1)
             self.levels.append(np.maximum(prev[:-half], prev[half:]))
 
