@@ -59,21 +59,41 @@ def default_config_path() -> Path:
 
 
 def load_config(path: Path | str | None = None) -> dict[str, Any]:
-    """Defaults merged with the site file (``path``, else the data directory's config.toml if present)."""
+    """Defaults merged with the site file (``path``, else the data directory's config.toml if present).
+
+    The result of the last validation is reused while none of its inputs changed
+    (:mod:`collector.config_cache`): a client command then never loads pydantic.
+    """
+    from collector import config_cache
+
+    site = Path(path) if path is not None else default_config_path()
+    site_bytes: bytes | None = None  # None: no site file in the data directory, the packaged defaults
+    if path is not None or site.is_file():
+        try:
+            site_bytes = site.read_bytes()
+        except OSError as exc:
+            raise InvalidInput(f"cannot read config {site}: {exc.strerror or exc}") from exc
+    packaged = resources.files("config").joinpath("defaults.toml").read_bytes()
+    digest = config_cache.key([(DEFAULTS_NAME, packaged), (str(site.absolute()), site_bytes)])
+    cached = config_cache.read(digest)
+    if cached is not None:
+        return cached
+    cfg = _validated(site, site_bytes)
+    config_cache.write(digest, cfg)
+    return cfg
+
+
+def _validated(site: Path, site_bytes: bytes | None) -> dict[str, Any]:
     cfg = defaults()
-    if path is None:
-        path = default_config_path()
-        if not path.is_file():
-            return cfg
-    path = Path(path)
+    if site_bytes is None:
+        return cfg
     try:
-        override = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InvalidInput(f"cannot read config {path}: {exc.strerror or exc}") from exc
+        text = site_bytes.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")  # as a text-mode read
+        override = tomllib.loads(text)
     except UnicodeDecodeError:
-        raise InvalidInput(f"config {path} is not UTF-8 text; save it as UTF-8 TOML") from None
+        raise InvalidInput(f"config {site} is not UTF-8 text; save it as UTF-8 TOML") from None
     except tomllib.TOMLDecodeError as exc:
-        raise InvalidInput(f"config {path} is not valid TOML: {exc}") from None
+        raise InvalidInput(f"config {site} is not valid TOML: {exc}") from None
     from collector.config_schema import validate
 
-    return validate(_merge(cfg, override), source=path, override=override)
+    return validate(_merge(cfg, override), source=site, override=override)

@@ -115,7 +115,7 @@ def test_data_directory_config_is_read_without_config_option(tmp_path: Path, mon
     site = default_config_path()
     assert site.parent.parent == tmp_path / "data" and site.name == "config.toml"
     assert load_config() == defaults()  # no file there: the packaged defaults
-    site.parent.mkdir(parents=True)
+    site.parent.mkdir(parents=True, exist_ok=True)  # the config cache may have made the data directory
     site.write_text("[eligibility]\nbmi_min = 23.0\n")
     db = str(tmp_path / "c.sqlite")
     assert cli_invoke(db, "subject", "add", "SCR-0001").exit_code == 0
