@@ -109,8 +109,10 @@ class _Prepared:
         hi = np.arange(n)
         if not first.all():  # duplicate timestamps
             hi = np.maximum.accumulate(np.where(first, hi, 0))
-        self.cnt = hi - lo
-        self.total = csum[hi] - csum[lo]
+        self.cnt = cnt = hi - lo
+        self.total = total = csum[hi] - csum[lo]
+        # onset test s10 * cnt <= total - drop * cnt  <=>  excess >= drop * cnt; -1: no baseline, never
+        self.excess = np.where(cnt > 0, total - s10 * cnt, -1)
         # sparse table of maxima; a sample not reached by the previous one's hold is a wall
         wall = s10.astype(np.int16)  # 0..1000 tenths; int16 keeps the table small and fast
         starts = np.flatnonzero(~self.contig[:-1]) + 1
@@ -124,15 +126,20 @@ class _Prepared:
             self.levels.append(np.maximum(prev[:-half], prev[half:]))
 
 
-def _detect(p: _Prepared, drop_pct: float, params: OdiParams) -> list[OdiEvent]:
-    if p.n == 0:
+def _candidates(p: _Prepared, d10: int, within: np.ndarray | None) -> np.ndarray:
+    """Onset candidates of a drop of ``d10`` tenths; ``within``: those of a smaller drop (a superset)."""
+    if within is None:
+        return np.flatnonzero(p.excess >= d10 * p.cnt)
+    sub: np.ndarray = within[p.excess[within] >= d10 * p.cnt[within]]
+    return sub
+
+
+def _detect(p: _Prepared, drop_pct: float, params: OdiParams, cand: np.ndarray) -> list[OdiEvent]:
+    if p.n == 0 or cand.size == 0:
         return []
     d10 = int(round(drop_pct * 10.0))
-    lim = p.total - d10 * p.cnt  # (B - drop) * cnt, in tenths
-    cand = np.flatnonzero((p.cnt > 0) & (p.s10 * p.cnt <= lim))
-    if cand.size == 0:
-        return []
-    thr = lim[cand] // p.cnt[cand]  # s10 * cnt <= lim  <=>  s10 <= floor(lim / cnt)
+    # s10 * cnt <= total - d10 * cnt  <=>  s10 <= floor(total / cnt) - d10  (cnt > 0)
+    thr = p.total[cand] // p.cnt[cand] - d10
     ends = _run_ends(cand, p.levels, thr)
     nxt = np.searchsorted(cand, ends + 1, side="left").tolist()  # next candidate after each run
     taken = []
@@ -189,7 +196,13 @@ def detect_usable(
     arrays already; gathering them again would cost as much as a drop size's search.
     """
     p = _Prepared(idx, tv, hv, s10, params)
-    return {d: _detect(p, d, params) for d in drops}
+    out: dict[float, list[OdiEvent]] = {}
+    within: np.ndarray | None = None
+    for d in sorted(set(drops)):  # a larger drop's candidates are among a smaller one's
+        cand = _candidates(p, int(round(d * 10.0)), within) if p.n else np.zeros(0, dtype=np.int64)
+        out[d] = _detect(p, d, params, cand)
+        within = cand
+    return {d: out[d] for d in drops}
 
 
 def detect_events(
