@@ -90,7 +90,8 @@ def _run_ends(cand: np.ndarray, levels: list[np.ndarray], thr: np.ndarray) -> np
 class _Prepared:
     """Per-night arrays shared by every drop size (usable samples only)."""
 
-    def __init__(self, idx: np.ndarray, tv: np.ndarray, hv: np.ndarray, s10: np.ndarray, params: OdiParams) -> None:
+    def __init__(self, idx: np.ndarray, tv: np.ndarray, hv: np.ndarray, s10: np.ndarray, params: OdiParams,
+                 linked: np.ndarray | None = None) -> None:
         n = idx.size
         self.n = n
         self.tv = tv
@@ -98,7 +99,7 @@ class _Prepared:
         self.s10 = s10
         self.contig = np.zeros(n, dtype=bool)
         if n > 1:
-            self.contig[:-1] = (idx[1:] == idx[:-1] + 1) & (hv[:-1] == tv[1:])
+            self.contig[:-1] = (idx[1:] == idx[:-1] + 1) & (hv[:-1] == tv[1:]) if linked is None else linked
         csum = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(s10, out=csum[1:])
         window_ms = int(round(params.window_s * 1000.0))
@@ -188,14 +189,17 @@ def detect_usable(
     s10: np.ndarray,
     drops: tuple[float, ...] = (3.0, 4.0),
     params: OdiParams = OdiParams(),
+    linked: np.ndarray | None = None,
 ) -> dict[float, list[OdiEvent]]:
     """:func:`detect_all` from the usable samples the caller already gathered.
 
     ``idx`` = indices of the usable samples, ``tv``/``hv`` = their times and hold ends
     (int64 ms), ``s10`` = ``rint(spo2 * 10)`` as int64.  The night report has these
     arrays already; gathering them again would cost as much as a drop size's search.
+    ``linked`` (optional, n - 1 values): usable sample k + 1 directly follows k and k's hold
+    reaches it, if the caller has it too.
     """
-    p = _Prepared(idx, tv, hv, s10, params)
+    p = _Prepared(idx, tv, hv, s10, params, linked)
     out: dict[float, list[OdiEvent]] = {}
     within: np.ndarray | None = None
     for d in sorted(set(drops)):  # a larger drop's candidates are among a smaller one's

@@ -703,10 +703,15 @@ def night_report(data: NightData, config: AnalysisConfig = AnalysisConfig()) -> 
     nadir = float(us.min()) if us.size else None
     mean = _weighted_mean(us, hu, per_tenth, analysed, on_grid)
     median = _weighted_median(per_tenth)
+    tu, endu = tl.t_ms[uidx], tl.hold_end_ms[uidx]
+    linked = (uidx[1:] == uidx[:-1] + 1) & (endu[:-1] == tu[1:])  # usable k+1 follows k with no gap
     held = hu > 0
-    e = uidx[held]
-    sustained = _sustained_nadir(key_u[held], hu[held], (e[1:] == e[:-1] + 1) & contig[e[:-1]],
-                                 to_ms(SUSTAINED_NADIR_MIN_S))
+    if held.all():
+        sustained = _sustained_nadir(key_u, hu, linked, to_ms(SUSTAINED_NADIR_MIN_S))
+    else:  # duplicate timestamps or a break at a sample: those hold nothing and end a stretch
+        e = uidx[held]
+        sustained = _sustained_nadir(key_u[held], hu[held], (e[1:] == e[:-1] + 1) & contig[e[:-1]],
+                                     to_ms(SUSTAINED_NADIR_MIN_S))
 
     hist = []
     for k, (lo, hi) in enumerate(HISTOGRAM_BANDS):
@@ -719,7 +724,7 @@ def night_report(data: NightData, config: AnalysisConfig = AnalysisConfig()) -> 
     pv = data.pulse[pu]
 
     # ODI
-    events = odi_mod.detect_usable(uidx, tl.t_ms[uidx], tl.hold_end_ms[uidx], key_u, (3.0, 4.0), config.odi)
+    events = odi_mod.detect_usable(uidx, tu, endu, key_u, (3.0, 4.0), config.odi, linked=linked)
 
     suspected = _suspected_deep(data, tl, contig)
     below50 = _valid_below_50(data, tl, contig)
