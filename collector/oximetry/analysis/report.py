@@ -290,8 +290,9 @@ def timeline(data: NightData, config: AnalysisConfig) -> Timeline:
     if n:
         nxt[:-1] = t[1:]
         nxt[-1] = t[-1]
-    end = np.minimum(nxt, t + config.max_hold_ms)
-    kb = np.searchsorted(bstarts, t, side="left")
+    end = t + config.max_hold_ms
+    np.minimum(nxt, end, out=end)
+    kb = np.searchsorted(bstarts, t, side="left") if bstarts.size else np.zeros(n, dtype=np.int64)
     if bstarts.size:
         cut = np.where(kb < bstarts.size, bstarts[np.minimum(kb, bstarts.size - 1)], _NO_BREAK)
         end = np.minimum(end, cut)
@@ -318,9 +319,21 @@ def _longest_run_ms(mask: np.ndarray, tl: Timeline, contig: np.ndarray) -> int:
     return int(r.max()) if r.size else 0
 
 
+def _longest_linked_run_ms(mask: np.ndarray, hold: np.ndarray, linked: np.ndarray) -> int:
+    """:func:`_longest_run_ms` over the usable samples: ``mask``/``hold`` per usable sample, ``linked[k]``:
+    usable sample k + 1 directly follows k and k's hold reaches it."""
+    if not mask.any():
+        return 0
+    cont = np.zeros(mask.size, dtype=bool)  # cont[k]: sample k continues the run of k - 1
+    cont[1:] = mask[1:] & mask[:-1] & linked
+    rid = np.cumsum(mask & ~cont)[mask] - 1
+    return int(np.bincount(rid, weights=hold[mask].astype(np.float64)).max())
+
+
 def _tenths(spo2: np.ndarray) -> np.ndarray:
     """SpO2 as integer tenths (usable values only; 500..1000)."""
-    return np.rint(spo2 * 10.0).astype(np.int64)
+    x = spo2 * 10.0
+    return np.rint(x, out=x).astype(np.int64)
 
 
 def _sustained_nadir(key: np.ndarray, hold: np.ndarray, link: np.ndarray, min_ms: int) -> float | None:
@@ -654,6 +667,8 @@ def night_report(data: NightData, config: AnalysisConfig = AnalysisConfig()) -> 
     per_tenth = np.bincount(key_u, weights=w)  # held ms at each 0.1 % (integer sums: exact)
     on_grid = bool(np.array_equal(key_u / 10.0, us))  # every usable value is a whole tenth (all devices)
     below_ms = _held_below_grid(per_tenth) if on_grid else _held_below(us, hu)
+    tu, endu = tl.t_ms[uidx], tl.hold_end_ms[uidx]
+    linked = (uidx[1:] == uidx[:-1] + 1) & (endu[:-1] == tu[1:])  # usable k+1 follows k with no gap
     analysed = int(hu.sum())
     num = below_ms[90.0]
     num_incl = below_ms[_INCLUSIVE_90]
@@ -698,13 +713,10 @@ def night_report(data: NightData, config: AnalysisConfig = AnalysisConfig()) -> 
         ms = below_ms[float(lvl)]
         below[f"t{lvl}_s"] = ms / 1000.0
         below[f"t{lvl}_pct"] = pct(ms, analysed)
-    with np.errstate(invalid="ignore"):
-        run88 = _longest_run_ms(u & (spo2 <= LONGEST_RUN_LEVEL), tl, contig)
+    run88 = _longest_linked_run_ms(us <= LONGEST_RUN_LEVEL, hu, linked)
     nadir = float(us.min()) if us.size else None
     mean = _weighted_mean(us, hu, per_tenth, analysed, on_grid)
     median = _weighted_median(per_tenth)
-    tu, endu = tl.t_ms[uidx], tl.hold_end_ms[uidx]
-    linked = (uidx[1:] == uidx[:-1] + 1) & (endu[:-1] == tu[1:])  # usable k+1 follows k with no gap
     held = hu > 0
     if held.all():
         sustained = _sustained_nadir(key_u, hu, linked, to_ms(SUSTAINED_NADIR_MIN_S))
