@@ -336,7 +336,8 @@ def _tenths(spo2: np.ndarray) -> np.ndarray:
     return np.rint(x, out=x).astype(np.int64)
 
 
-def _sustained_nadir(key: np.ndarray, hold: np.ndarray, link: np.ndarray, min_ms: int) -> float | None:
+def _sustained_nadir(key: np.ndarray, hold: np.ndarray, link: np.ndarray, min_ms: int,
+                     per_tenth: np.ndarray) -> float | None:
     """Lowest level (0.1 % resolution) that SpO2 stayed at or below for >= min_ms held time.
 
     ``key``/``hold`` are the tenths and held ms of the usable samples with a hold > 0, in
@@ -344,6 +345,7 @@ def _sustained_nadir(key: np.ndarray, hold: np.ndarray, link: np.ndarray, min_ms
     it).  The answer is the least, over every stretch of linked samples holding >= min_ms,
     of the stretch's highest value; the shortest such stretch from each start suffices.
     Starts above a cheap upper bound cannot win, so only the low starts are searched.
+    ``per_tenth``: held ms per tenth (its non-zero entries are the values of ``key``).
     """
     m = key.size
     if m == 0:
@@ -353,12 +355,12 @@ def _sustained_nadir(key: np.ndarray, hold: np.ndarray, link: np.ndarray, min_ms
     chain_start = np.ones(m, dtype=bool)
     chain_start[1:] = ~link
     next_first = np.append(np.flatnonzero(chain_start)[1:], m)  # where the chain after each chain starts
-    counts = np.bincount(key)
-    values = np.flatnonzero(counts)
-    rank = np.cumsum(counts[values])
+    values = np.flatnonzero(per_tenth)
+    rank = np.cumsum(per_tenth[values])
+    total = float(rank[-1])
     table = [key]  # table[l][j] = max key over [j, j + 2**l)
-    for share in (0.05, 0.3, 1.0):  # bound = the value below which this share of samples lies
-        bound = int(values[min(values.size - 1, int(np.searchsorted(rank, share * m, side="left")))])
+    for share in (0.05, 0.3, 1.0):  # bound = the value below which this share of held time lies
+        bound = int(values[min(values.size - 1, int(np.searchsorted(rank, share * total, side="left")))])
         starts = np.flatnonzero(key <= bound) if share < 1.0 else np.arange(m)
         stop = np.searchsorted(ends, ends[starts] + min_ms, side="left")  # window [start, stop)
         np.maximum(stop, starts + 1, out=stop)
@@ -719,11 +721,11 @@ def night_report(data: NightData, config: AnalysisConfig = AnalysisConfig()) -> 
     median = _weighted_median(per_tenth)
     held = hu > 0
     if held.all():
-        sustained = _sustained_nadir(key_u, hu, linked, to_ms(SUSTAINED_NADIR_MIN_S))
+        sustained = _sustained_nadir(key_u, hu, linked, to_ms(SUSTAINED_NADIR_MIN_S), per_tenth)
     else:  # duplicate timestamps or a break at a sample: those hold nothing and end a stretch
         e = uidx[held]
         sustained = _sustained_nadir(key_u[held], hu[held], (e[1:] == e[:-1] + 1) & contig[e[:-1]],
-                                     to_ms(SUSTAINED_NADIR_MIN_S))
+                                     to_ms(SUSTAINED_NADIR_MIN_S), per_tenth)
 
     hist = []
     for k, (lo, hi) in enumerate(HISTOGRAM_BANDS):
