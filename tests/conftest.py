@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -17,6 +19,10 @@ from collector.features import build_daemon
 from simulators.ble_backend import SimulatedAir
 from simulators.oximeter import SimulatedOximeter
 from simulators.scenario import Scenario, parse_scenario
+
+# The tests never read or write the user's own data directory (site config.toml, the config
+# cache, a default database): one private folder per run, inherited by every child process.
+os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="collector-tests-xdg-")
 
 T0 = 1_767_000_000.0  # a fixed virtual start time (2025-12-29T09:20:00Z)
 
