@@ -62,6 +62,30 @@ duration_s = 900
 """,
 }
 
+def ward_scenarios(beds: int = 2) -> dict[str, str]:
+    """The two beds above, then more quiet ones (SIM-WARD-03 ...) for a full ward of up to 8 beds."""
+    out = dict(list(WARD.items())[:beds])
+    for n in range(len(WARD) + 1, beds + 1):
+        out[f"SIM-WARD-{n:02d}"] = f"""
+[device]
+protocol = "plx"
+address = "SIM-WARD-{n:02d}"
+name = "SimOx Ward {n}"
+interval_s = 1.0
+[night]
+duration_s = 21600
+baseline_spo2 = {93 + n % 4}
+baseline_pulse = {60 + 2 * n}
+noise_spo2 = 0.7
+seed = {100 + n}
+[[desaturations]]
+count = 30
+depth = 7
+duration_s = 50
+"""
+    return out
+
+
 CONFIG = """
 [operator]
 name = "technician"
@@ -155,13 +179,15 @@ def _wait_ready(proc: subprocess.Popen[str], db_path: Path, log_path: Path, time
 
 
 def launch(workdir: Path, *, speed: float = 60.0, operators: dict[str, str] | None = None, timeout_s: float = 30.0,
-           extra_config: str = "", port: int = 0) -> RunningDaemon:
+           extra_config: str = "", port: int = 0, beds: int = 2) -> RunningDaemon:
+    """``beds`` simulated oximeters (2 by default, up to 8: the adapter limit is raised to match)."""
     workdir.mkdir(parents=True, exist_ok=True)
     db_path = workdir / "ward.sqlite"
     config = workdir / "config.toml"
-    config.write_text(CONFIG + extra_config, encoding="utf-8")
+    ble_limit = f"max_beds_per_adapter = {max(5, beds)}\n"
+    config.write_text(CONFIG.replace("[ble]\n", "[ble]\n" + ble_limit) + extra_config, encoding="utf-8")
     scenarios = []
-    for address, text in WARD.items():
+    for address, text in ward_scenarios(beds).items():
         path = workdir / f"{address}.toml"
         path.write_text(text, encoding="utf-8")
         scenarios += ["--simulate", str(path)]

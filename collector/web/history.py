@@ -24,7 +24,7 @@ MAX_GAPS_LISTED = 50  # per night; the count and the total cover the rest
 CRITERION_OF = {"night": "nocturnal_spo2", "spirometry": "fvc"}
 
 
-def review_states(conn: sqlite3.Connection, subject_id: str, *, now: float, thresholds: Any) -> dict[str, dict[str, Any]]:
+def review_states(conn: sqlite3.Connection, subject_id: str, *, now: float, thresholds: Any, tz: tzinfo) -> dict[str, dict[str, Any]]:
     """criterion -> {status: open | resolved | reopened, state, decision, by, at} for the subject's reviewed criteria."""
     from collector.eligibility.service import review_items
 
@@ -32,7 +32,8 @@ def review_states(conn: sqlite3.Connection, subject_id: str, *, now: float, thre
     for it in review_items(conn, subject_id, now=now, thresholds=thresholds):
         r = it.get("review") or {}
         out[it["criterion"]] = {"status": it["status"], "state": it["state"], "decision": r.get("decision"),
-                                "by": r.get("resolved_by"), "at": r.get("resolved_at")}
+                                "by": r.get("resolved_by"),
+                                "at": local_datetime(r["resolved_at"], tz) if r.get("resolved_at") else None}
     return out
 
 
@@ -67,7 +68,7 @@ def subject_history(conn: sqlite3.Connection, subject_id: str, *, now: float, tz
     sessions = repo.recent_sessions(conn, limit=MAX_SESSIONS, subject_id=subject_id)
     reports = night_store.report_columns(conn, [s["id"] for s in sessions if s["kind"] == "night"])
     spiro = spiro_store.latest_results_of_subject(conn, subject_id)
-    reviews = review_states(conn, subject_id, now=now, thresholds=thresholds)
+    reviews = review_states(conn, subject_id, now=now, thresholds=thresholds, tz=tz)
 
     def when(s: Mapping[str, Any]) -> dict[str, Any]:
         started, stopped = s["started_utc"], s["stopped_utc"]

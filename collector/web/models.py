@@ -241,7 +241,7 @@ class HistoryReview(BaseModel):
     state: str
     decision: str | None
     by: str | None
-    at: str | None
+    at: str | None = Field(description="when resolved, in the site's time zone with the zone")
 
 
 class HistoryOut(BaseModel):
