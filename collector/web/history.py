@@ -47,7 +47,8 @@ def _review_state(kind: str, flagged: bool, reviews: Mapping[str, Mapping[str, A
 
 def _gaps(conn: sqlite3.Connection, session_id: int, tz: tzinfo, now: float) -> dict[str, Any]:
     rows = repo.session_gaps(conn, session_id)
-    listed, total = [], 0.0
+    listed: list[dict[str, Any]] = []
+    total = 0.0
     for g in rows:
         start = g["start_utc_ms"] / 1000.0
         end = g["end_utc_ms"] / 1000.0 if g["end_utc_ms"] is not None else None
@@ -77,7 +78,8 @@ def subject_history(conn: sqlite3.Connection, subject_id: str, *, now: float, tz
                 "started_local": local_datetime(started, tz), "stopped_local": local_datetime(stopped, tz) if stopped else None,
                 "duration_s": round(max(0.0, end - parse_utc(started)), 1), "device_name": s["device_name"]}
 
-    nights, spirometry = [], []
+    nights: list[dict[str, Any]] = []
+    spirometry: list[dict[str, Any]] = []
     for s in sessions:
         if s["kind"] == "night":
             r = reports.get(s["id"], {})
