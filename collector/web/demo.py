@@ -5,6 +5,7 @@ same command a site runs, with simulated devices instead of the Bluetooth adapte
 creates an operator, and returns where the page is.  Run it by hand with::
 
     python -m collector.web.demo --speed 60     # then open the printed address, log in as demo / demo-password
+    python -m collector.web.demo --speed 20 --beds 8   # a full ward
 """
 
 from __future__ import annotations
@@ -209,10 +210,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Serve the technician's page over a ward of simulated oximeters.")
     parser.add_argument("--speed", type=float, default=60.0, help="virtual-time factor (default 60: one minute per second)")
     parser.add_argument("--dir", type=Path, default=None, help="working directory (default: a new temporary one)")
+    parser.add_argument("--beds", type=int, default=2, choices=range(1, 9), metavar="1-8", help="simulated oximeters (default 2)")
     args = parser.parse_args()
     workdir = args.dir or Path(tempfile.mkdtemp(prefix="collector-ward-"))
-    daemon = launch(workdir, speed=args.speed, operators={"demo": "demo-password"})
-    print(f"page: {daemon.base_url}/  (operator demo, password demo-password); simulated oximeters: {', '.join(WARD)}")
+    daemon = launch(workdir, speed=args.speed, operators={"demo": "demo-password"}, beds=args.beds)
+    print(f"page: {daemon.base_url}/  (operator demo, password demo-password); simulated oximeters: {', '.join(ward_scenarios(args.beds))}")
     print(f"database {daemon.db_path}; Ctrl-C stops")
     try:
         daemon.proc.wait()
