@@ -205,6 +205,7 @@ function enterNoData() {
     node.querySelector(".since").textContent = t("unknown");
     node.querySelector(".since").classList.add("bad");
   }
+  for (const link of document.querySelectorAll("#spiro-open .spiro-link")) { link.textContent = t("no data"); link.className = "spiro-link pill bad"; }
   setStream("NO DATA", "bad");
   updateBeeping();
 }
@@ -605,7 +606,7 @@ function fillDevices(found) {
   for (const d of found) {
     const text = `${d.name || t("unnamed")} · ${d.address}${d.protocol ? " · " + d.protocol : ""}${d.rssi !== undefined && d.rssi !== null ? " · " + d.rssi + " dBm" : ""}`;
     const opt = el("option", { value: d.address }, d.busy_session_id
-      ? t("{device} · BUSY: night #{night} ({subject})", { device: text, night: d.busy_session_id, subject: d.busy_subject_id }) : text);
+      ? t("BUSY: night #{night} ({subject}) · {device}", { device: text, night: d.busy_session_id, subject: d.busy_subject_id }) : text);
     if (d.busy_session_id) { opt.disabled = true; opt.dataset.busy = String(d.busy_session_id); opt.className = "busy"; }
     select.appendChild(opt);
   }
@@ -975,6 +976,7 @@ function redrawCharts() {
 // -- open spirometry sessions: visible beside the beds, stoppable there ---------------------------------
 function renderSpiro(list) {
   const box = $("spiro-open");
+  if (state.noData) return;  // like the bed cards: only the collector coming back refreshes them
   const seen = new Set();
   state.spiro = new Map(list.map((s) => [s.session_id, s]));
   for (const s of list) {
