@@ -8,7 +8,7 @@
 - An open spirometry session shows above the beds and is stopped there (same stop route, CSRF).
 - A subject's history: the night with T90, validity, review state and its gaps as local times
   with durations (no epoch numbers); its spirometry session.
-Screenshots (tests/artifacts/, gitignored): ward_8_beds_compact.png, ward_not_compact.png,
+Screenshots (tests/artifacts/, gitignored): ward_8_beds_compact.png, ward_8_beds_compact_alert.png, ward_not_compact.png,
 ward_scan_busy.png, ward_spirometry_open.png, ward_history.png.
 """
 
@@ -129,6 +129,12 @@ def test_eight_beds_fit_one_screen_busy_oximeters_and_legible_charts(tmp_path: P
         sizes = _label_sizes(page)
         assert sizes and min(sizes) >= MIN_LABEL_PX, sizes
         _screenshot(page, "ward_8_beds_compact.png")
+
+        # An alert row above the cards (bed 2's finger-out spell at 15 min virtual) still leaves every card on the screen.
+        expect(page.locator(".alert[data-kind='finger_out']")).to_have_count(1, timeout=150_000)
+        for i in range(8):
+            assert _inside(beds.nth(i).bounding_box(), VIEW), (i, beds.nth(i).bounding_box())
+        _screenshot(page, "ward_8_beds_compact_alert.png")
 
         # The toggle: off (full cards, labels still legible), remembered over a reload, then back to automatic.
         page.click("#compact-toggle")  # auto -> on
