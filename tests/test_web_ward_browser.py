@@ -8,8 +8,11 @@
 - An open spirometry session shows above the beds and is stopped there (same stop route, CSRF).
 - A subject's history: the night with T90, validity, review state and its gaps as local times
   with durations (no epoch numbers); its spirometry session.
-Screenshots (tests/artifacts/, gitignored): ward_8_beds_compact.png, ward_8_beds_compact_alert.png, ward_not_compact.png,
-ward_scan_busy.png, ward_spirometry_open.png, ward_history.png.
+- Compact cards: T90 with its limit ("T90 0.00 % · ≤ 2 %") and a "provisional" badge, never cut; a Note button
+  opens the note field in place (Enter saves through the notes route, Esc closes); in Chinese too, nothing
+  on a card overflows.
+Screenshots (tests/artifacts/, gitignored): ward_8_beds_compact.png, ward_8_beds_compact_alert.png, ward_compact_note.png,
+ward_8_beds_compact_zh.png, ward_not_compact.png, ward_scan_busy.png, ward_spirometry_open.png, ward_history.png.
 """
 
 from __future__ import annotations
@@ -74,6 +77,56 @@ def _inside(box: dict | None, view: dict) -> bool:
         and box["y"] + box["height"] <= view["height"]
 
 
+# The parts of a card whose text must stay inside it (nothing cut, nothing spilling over the card's edge).
+CARD_PARTS = ".bed-head, .subject, .session, .link, .vitals, .vital .label, .state-flag, .t90-text, .t90-value, " \
+    ".t90-limit-text, .t90-prov, .meta dt, .meta dd, .bed-foot, .bed-foot button, .note-form, .note-result"
+
+
+def _overflows(page) -> list:
+    """Every visible key part of a card whose text is wider than its box or whose box leaves its card."""
+    return page.evaluate("""(sel) => { const out = [];
+        document.querySelectorAll('.bed').forEach((bed, i) => {
+          const card = bed.getBoundingClientRect();
+          if (bed.scrollWidth > bed.clientWidth) out.push([i, 'card', bed.scrollWidth, bed.clientWidth]);
+          bed.querySelectorAll(sel).forEach((e) => {
+            const r = e.getBoundingClientRect();
+            if (r.width === 0) return;
+            if (e.scrollWidth > e.clientWidth || r.left < card.left - 0.5 || r.right > card.right + 0.5)
+              out.push([i, e.className, e.textContent, e.scrollWidth, e.clientWidth, r.right, card.right]);
+          });
+        });
+        return out; }""", CARD_PARTS)
+
+
+def _overflows_worst_case(page) -> list:
+    """_overflows with every card in its widest state: a state flag (NO LINK / FINGER OUT, in the page's language)
+    sharing the SpO2 row, and the widest T90 ("T90 100.00 %") beside its limit and badge. The next update from
+    the stream writes the real texts back."""
+    return page.evaluate("""(sel) => {
+        const words = [t("NO LINK"), t("FINGER OUT")];
+        const out = [];
+        document.querySelectorAll('.bed .t90-value').forEach((v) => { v.textContent = "T90 100.00 %"; });
+        for (const w of words) {
+          document.querySelectorAll('.bed .state-flag').forEach((f) => { f.hidden = false; f.textContent = w; });
+          document.querySelectorAll('.bed').forEach((bed, i) => {
+            const card = bed.getBoundingClientRect();
+            bed.querySelectorAll(sel).forEach((e) => {
+              const r = e.getBoundingClientRect();
+              if (r.width === 0) return;
+              if (e.scrollWidth > e.clientWidth || r.left < card.left - 0.5 || r.right > card.right + 0.5)
+                out.push([w, i, e.className, e.textContent, e.scrollWidth, e.clientWidth]);
+            });
+          });
+        }
+        return out; }""", CARD_PARTS)
+
+
+def _notes(ward, sid: int) -> list[tuple[str, str]]:
+    r = httpx.get(ward.base_url + f"/api/v1/sessions/{sid}/notes", headers={"Authorization": f"Bearer {ward.token}"})
+    r.raise_for_status()
+    return [(n["text"], n["noted_by"]) for n in r.json()]
+
+
 def test_eight_beds_fit_one_screen_busy_oximeters_and_legible_charts(tmp_path: Path, browser) -> None:
     from collector.web.demo import launch
 
@@ -135,6 +188,62 @@ def test_eight_beds_fit_one_screen_busy_oximeters_and_legible_charts(tmp_path: P
         for i in range(8):
             assert _inside(beds.nth(i).bounding_box(), VIEW), (i, beds.nth(i).bounding_box())
         _screenshot(page, "ward_8_beds_compact_alert.png")
+
+        # The compact T90 line keeps its limit (from the data) next to the value; "provisional" is a badge whose
+        # tooltip is the full text; nothing on the card is cut or spills over.
+        status = httpx.get(ward.base_url + "/api/v1/web/status", headers={"Authorization": f"Bearer {ward.token}"}).json()
+        limit = f"{float(status['beds'][0]['t90_threshold_pct']):g}"
+        for i in range(8):
+            bed = beds.nth(i)
+            expect(bed.locator(".t90-limit-text")).to_have_text(f"· ≤ {limit} %")
+            expect(bed.locator(".t90-limit-text")).to_be_visible()
+            expect(bed.locator(".t90-prov")).to_have_text("provisional")
+            expect(bed.locator(".t90-prov")).to_have_attribute("title", f"provisional · criterion ≤ {limit} %")
+            expect(bed.locator(".t90-note")).to_be_hidden()
+        assert not _overflows(page), _overflows(page)
+        assert not _overflows_worst_case(page), _overflows_worst_case(page)
+
+        # A note from a compact card: the Note button opens the field in place, Enter saves it, Esc closes.
+        card = beds.nth(0)
+        sid0 = int(card.get_attribute("data-session"))
+        before = _notes(ward, sid0)
+        expect(card.locator(".note-form")).to_be_hidden()
+        card.locator(".note-open").click()
+        expect(card.locator(".note-text")).to_be_focused()
+        page.keyboard.type("probe re-taped")
+        for i in range(8):
+            assert _inside(beds.nth(i).bounding_box(), VIEW), (i, beds.nth(i).bounding_box())
+        assert not _overflows(page), _overflows(page)
+        _screenshot(page, "ward_compact_note.png")
+        page.keyboard.press("Enter")
+        expect(card.locator(".note-form")).to_be_hidden(timeout=10_000)
+        expect(card.locator(".note-open")).to_have_text("Noted.")
+        assert _notes(ward, sid0) == before + [("probe re-taped", "alice")]
+        card.locator(".note-open").click()
+        expect(card.locator(".note-text")).to_be_focused()
+        page.keyboard.type("not this one")
+        page.keyboard.press("Escape")
+        expect(card.locator(".note-form")).to_be_hidden()
+        expect(card.locator(".note-open")).to_be_focused()
+        assert _notes(ward, sid0) == before + [("probe re-taped", "alice")]  # Esc saves nothing
+        expect(page.locator("#stop-dialog")).to_be_hidden()
+
+        # The same eight compact cards in Chinese: every card on the screen, nothing cut or spilling over.
+        page.select_option("#language", "zh-CN")
+        expect(beds.nth(0).locator(".note-open")).to_have_text("备注", timeout=15_000)
+        expect(beds.nth(0).locator(".t90-prov")).to_have_text("临时值")
+        expect(beds.nth(0).locator(".t90-prov")).to_have_attribute("title", f"临时值 · 标准 ≤ {limit} %")
+        page.wait_for_timeout(500)
+        for i in range(8):
+            bed = beds.nth(i)
+            assert _inside(bed.bounding_box(), VIEW), (i, bed.bounding_box())
+            for what in (".spo2 .value", ".t90-value", ".t90-limit-text", ".link", ".stop", ".note-open"):
+                assert _inside(bed.locator(what).bounding_box(), VIEW), (i, what)
+        assert not _overflows(page), _overflows(page)
+        _screenshot(page, "ward_8_beds_compact_zh.png")
+        assert not _overflows_worst_case(page), _overflows_worst_case(page)
+        page.select_option("#language", "en")
+        expect(beds.nth(0).locator(".note-open")).to_have_text("Note", timeout=15_000)
 
         # The toggle: off (full cards, labels still legible), remembered over a reload, then back to automatic.
         page.click("#compact-toggle")  # auto -> on

@@ -367,6 +367,10 @@ function makeBed(bed) {
   node.querySelector(".stop").addEventListener("click", () => askStop(bed.session_id));
   node.querySelector(".history-open").addEventListener("click", () => showHistory(bed.subject_id));
   node.querySelector(".note-form").addEventListener("submit", (ev) => onNote(ev, bed.session_id, node));
+  node.querySelector(".note-open").addEventListener("click", () => openNote(node));
+  node.querySelector(".note-text").addEventListener("keydown", (ev) => {
+    if (ev.key === "Escape") { ev.preventDefault(); closeNote(node); }
+  });
   node.querySelector(".note-text").setAttribute("aria-label", t("Note for night #{night}", { night: bed.session_id }));
   loadNotes(bed.session_id, node);
   return node;
@@ -382,6 +386,24 @@ async function loadNotes(sid, node) {
   }
 }
 
+// A compact card has no room for the note field: its Note button opens it in place of the chart.
+function openNote(node) {
+  node.classList.add("noting");
+  const b = node.querySelector(".note-open");
+  b.textContent = t("Note");
+  b.setAttribute("aria-expanded", "true");
+  setResult(node.querySelector(".note-result"), "", true);
+  node.querySelector(".note-text").focus();
+}
+
+function closeNote(node) {
+  if (!node.classList.contains("noting")) return;
+  node.classList.remove("noting");
+  const b = node.querySelector(".note-open");
+  b.setAttribute("aria-expanded", "false");
+  b.focus();
+}
+
 async function onNote(ev, sid, node) {
   ev.preventDefault();
   const input = node.querySelector(".note-text"), result = node.querySelector(".note-result");
@@ -391,6 +413,10 @@ async function onNote(ev, sid, node) {
     await api("POST", `/sessions/${sid}/notes`, { text });
     input.value = "";
     setResult(result, t("Noted."), true);
+    if (node.classList.contains("noting")) {
+      closeNote(node);
+      node.querySelector(".note-open").textContent = t("Noted.");  // until the button is used again
+    }
     await loadNotes(sid, node);
   } catch (e) {
     setResult(result, e.message, false);
@@ -424,6 +450,9 @@ function updateBed(node, bed) {
   q(".t90-value").textContent = t90 === null ? "T90 --" : `T90 ${t90.toFixed(2)} %`;
   q(".t90-value").classList.toggle("over", t90 !== null && t90 > thr);
   q(".t90-note").textContent = t("provisional · criterion ≤ {limit} %", { limit: thr });
+  // Compact cards: the limit next to the value (never cut), "provisional" as a badge with the full text as its tooltip.
+  q(".t90-limit-text").textContent = "· ≤ " + thr + " %";  // symbols and the number only: nothing to translate
+  q(".t90-prov").title = q(".t90-note").textContent;
   const scale = thr * 2;
   const fill = q(".t90-fill");
   fill.style.width = `${Math.min(100, ((t90 || 0) / scale) * 100)}%`;
