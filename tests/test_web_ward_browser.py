@@ -266,6 +266,12 @@ def test_eight_beds_fit_one_screen_busy_oximeters_and_legible_charts(tmp_path: P
     finally:
         context.close()
         ward.stop()
+    conn = sqlite3.connect(str(ward.db_path))
+    try:
+        stored = conn.execute("SELECT text, noted_by FROM night_notes WHERE session_id = ?", (sid0,)).fetchall()
+    finally:
+        conn.close()
+    assert stored == before + [("probe re-taped", "alice")], stored  # in the database, and only the note Enter saved
 
 
 class Listener:
