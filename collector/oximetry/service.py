@@ -79,7 +79,16 @@ class NightService:
     # -- commands --------------------------------------------------------------------------
     async def scan(self, timeout_s: float = 5.0) -> list[dict[str, Any]]:
         found = await ble_scan.scan(timeout_s, backend=self.daemon.scanner_backend)
-        return [f.as_dict() for f in found]
+        return [{**f.as_dict(), **self._busy(f.address, f.name)} for f in found]
+
+    def _busy(self, address: str, name: str | None) -> dict[str, Any]:
+        """Which night an oximeter found by a scan already records (the page marks it busy and never offers it first)."""
+        for rec in self.recorders.values():
+            linked = (rec.link.address or "").lower()
+            # Once linked, the address decides (two oximeters may advertise the same name); before that, what was asked for.
+            if (linked == address.lower()) if linked else rec.target.spec.lower() in {address.lower(), (name or "").lower()}:
+                return {"busy_session_id": rec.session_id, "busy_subject_id": rec.subject_id}
+        return {"busy_session_id": None, "busy_subject_id": None}
 
     def _check_free(self, subject_id: str, oximeter: str, address: str | None = None) -> None:
         """The subject exists and has no open night; the oximeter records no other session."""

@@ -5,6 +5,7 @@ same command a site runs, with simulated devices instead of the Bluetooth adapte
 creates an operator, and returns where the page is.  Run it by hand with::
 
     python -m collector.web.demo --speed 60     # then open the printed address, log in as demo / demo-password
+    python -m collector.web.demo --speed 20 --beds 8   # a full ward
 """
 
 from __future__ import annotations
@@ -61,6 +62,30 @@ at_s = 900
 duration_s = 900
 """,
 }
+
+def ward_scenarios(beds: int = 2) -> dict[str, str]:
+    """The two beds above, then more quiet ones (SIM-WARD-03 ...) for a full ward of up to 8 beds."""
+    out = dict(list(WARD.items())[:beds])
+    for n in range(len(WARD) + 1, beds + 1):
+        out[f"SIM-WARD-{n:02d}"] = f"""
+[device]
+protocol = "plx"
+address = "SIM-WARD-{n:02d}"
+name = "SimOx Ward {n}"
+interval_s = 1.0
+[night]
+duration_s = 21600
+baseline_spo2 = {93 + n % 4}
+baseline_pulse = {60 + 2 * n}
+noise_spo2 = 0.7
+seed = {100 + n}
+[[desaturations]]
+count = 30
+depth = 7
+duration_s = 50
+"""
+    return out
+
 
 CONFIG = """
 [operator]
@@ -155,13 +180,15 @@ def _wait_ready(proc: subprocess.Popen[str], db_path: Path, log_path: Path, time
 
 
 def launch(workdir: Path, *, speed: float = 60.0, operators: dict[str, str] | None = None, timeout_s: float = 30.0,
-           extra_config: str = "", port: int = 0) -> RunningDaemon:
+           extra_config: str = "", port: int = 0, beds: int = 2) -> RunningDaemon:
+    """``beds`` simulated oximeters (2 by default, up to 8: the adapter limit is raised to match)."""
     workdir.mkdir(parents=True, exist_ok=True)
     db_path = workdir / "ward.sqlite"
     config = workdir / "config.toml"
-    config.write_text(CONFIG + extra_config, encoding="utf-8")
+    ble_limit = f"max_beds_per_adapter = {max(5, beds)}\n"
+    config.write_text(CONFIG.replace("[ble]\n", "[ble]\n" + ble_limit) + extra_config, encoding="utf-8")
     scenarios = []
-    for address, text in WARD.items():
+    for address, text in ward_scenarios(beds).items():
         path = workdir / f"{address}.toml"
         path.write_text(text, encoding="utf-8")
         scenarios += ["--simulate", str(path)]
@@ -183,10 +210,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Serve the technician's page over a ward of simulated oximeters.")
     parser.add_argument("--speed", type=float, default=60.0, help="virtual-time factor (default 60: one minute per second)")
     parser.add_argument("--dir", type=Path, default=None, help="working directory (default: a new temporary one)")
+    parser.add_argument("--beds", type=int, default=2, choices=range(1, 9), metavar="1-8", help="simulated oximeters (default 2)")
     args = parser.parse_args()
     workdir = args.dir or Path(tempfile.mkdtemp(prefix="collector-ward-"))
-    daemon = launch(workdir, speed=args.speed, operators={"demo": "demo-password"})
-    print(f"page: {daemon.base_url}/  (operator demo, password demo-password); simulated oximeters: {', '.join(WARD)}")
+    daemon = launch(workdir, speed=args.speed, operators={"demo": "demo-password"}, beds=args.beds)
+    print(f"page: {daemon.base_url}/  (operator demo, password demo-password); simulated oximeters: {', '.join(ward_scenarios(args.beds))}")
     print(f"database {daemon.db_path}; Ctrl-C stops")
     try:
         daemon.proc.wait()

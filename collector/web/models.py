@@ -94,11 +94,27 @@ class BedOut(BaseModel):
     nadir_spo2: float | None
 
 
+class SpirometryOpenOut(BaseModel):
+    session_id: int
+    subject_id: str
+    protocol: str
+    model: str | None
+    link_state: str = Field(description="connected or reconnecting (the port)")
+    started_utc: str
+    started_local: str = Field(description="started, in the site's time zone with the zone")
+    manoeuvres: int = Field(description="manoeuvres received so far")
+    refused: int = Field(description="messages refused (not stored as results)")
+    valid: bool | None = Field(description="the session's result so far is valid (null: no result yet)")
+    fvc_pct_predicted: float | None
+    grade_fvc: str | None
+
+
 class StatusOut(BaseModel):
     now_utc: str
     now_local: str = Field(description="now in the site's time zone ([site] timezone), with the zone")
     operator: str | None
     beds: list[BedOut]
+    spirometry: list[SpirometryOpenOut] = Field(default_factory=list, description="open spirometry sessions (stop them with POST /sessions/{id}/stop)")
     alerts: list[AlertOut]
     disk_free_mb: float | None
     writer_failed: str | None
@@ -173,3 +189,63 @@ class SerialPortOut(BaseModel):
 class ReportOut(BaseModel):
     session_id: int
     report: dict[str, Any] = Field(description="the newest stored night report (collector/oximetry/analysis/report.py)")
+
+
+class GapOut(BaseModel):
+    start_local: str = Field(description="start, in the site's time zone with the zone")
+    end_local: str | None = Field(description="null while the gap is still open")
+    duration_s: float
+    cause: str
+    open: bool
+
+
+class GapsOut(BaseModel):
+    count: int
+    total_s: float
+    listed: list[GapOut] = Field(description="the first 50 gaps, oldest first")
+
+
+class HistorySession(BaseModel):
+    id: int
+    state: str
+    origin: str
+    started_utc: str
+    stopped_utc: str | None
+    started_local: str
+    stopped_local: str | None
+    duration_s: float
+    device_name: str | None
+    review_state: Literal["not_needed", "needs_review", "resolved", "reopened"] = Field(
+        description="review of the criterion the session feeds (nocturnal_spo2 for nights, fvc for spirometry)")
+
+
+class HistoryNight(HistorySession):
+    t90_pct: float | None = Field(description="T90 % of the newest stored night report (null: none yet)")
+    night_valid: bool | None
+    meets_t90_criterion: bool | None
+    borderline: bool | None
+    gaps: GapsOut
+
+
+class HistorySpirometry(HistorySession):
+    valid: bool | None
+    fvc_l: float | None
+    fvc_pct_predicted: float | None
+    grade_fvc: str | None
+    equation: str | None
+
+
+class HistoryReview(BaseModel):
+    criterion: str
+    status: str = Field(description="open, resolved or reopened")
+    state: str
+    decision: str | None
+    by: str | None
+    at: str | None = Field(description="when resolved, in the site's time zone with the zone")
+
+
+class HistoryOut(BaseModel):
+    subject_id: str
+    nights: list[HistoryNight] = Field(description="newest first")
+    spirometry: list[HistorySpirometry] = Field(description="newest first")
+    reviews: list[HistoryReview]

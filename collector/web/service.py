@@ -124,6 +124,21 @@ class WebService:
             })
         return sorted(out, key=lambda b: b["session_id"])
 
+    def spirometry(self) -> list[dict[str, Any]]:
+        """Open spirometry sessions: shown on the page beside the beds, and stoppable there."""
+        svc = self.daemon.services.get("spirometry")
+        out = []
+        for st in (svc.status() if svc is not None else []):
+            res = st.get("result") or {}
+            out.append({
+                "session_id": st["session_id"], "subject_id": st["subject_id"], "protocol": st["protocol"], "model": st.get("model"),
+                "link_state": st["link_state"], "started_utc": st["started_utc"],
+                "started_local": local_datetime(st["started_utc"], self.alerts.tz),
+                "manoeuvres": int(st.get("manoeuvres") or 0), "refused": int(st.get("refused") or 0),
+                "valid": res.get("valid"), "fvc_pct_predicted": res.get("fvc_pct_predicted"), "grade_fvc": res.get("grade_fvc"),
+            })
+        return sorted(out, key=lambda s: s["session_id"])
+
     def picture(self, operator: str | None) -> dict[str, Any]:
         writer_failed = getattr(self.daemon.writer, "failed", None)
         now = self.daemon.clock.now()
@@ -132,6 +147,7 @@ class WebService:
             "now_local": local_datetime(now, self.alerts.tz),
             "operator": operator,
             "beds": self.beds(),
+            "spirometry": self.spirometry(),
             "alerts": self.alerts.visible(),
             "disk_free_mb": _round(self.alerts.disk_free_mb()),
             "writer_failed": str(writer_failed) if writer_failed else None,
@@ -360,6 +376,21 @@ def make_router(daemon: Any, auth: Any) -> APIRouter:
             raise NotFound(f"session {session_id} has no night report yet; it is computed when the session stops")
         return {"session_id": session_id, "report": rep}
 
+    @router.get("/subjects/{subject_id}/history", response_model=models.HistoryOut, dependencies=protected,
+                responses={404: {"description": "unknown subject"}})
+    async def history(subject_id: str = _subject_id()) -> dict[str, Any]:
+        """All of a subject's nights (T90, validity, review state, gaps in local time) and spirometry sessions."""
+        from collector.eligibility.service import thresholds_for_config
+        from collector.web.history import subject_history
+
+        now = daemon.clock.now()
+        th = thresholds_for_config(daemon.config)
+        conn = daemon.open_reader()
+        try:
+            return await asyncio.to_thread(subject_history, conn, subject_id, now=now, tz=web.alerts.tz, thresholds=th)
+        finally:
+            conn.close()
+
     @router.get("/serial-ports", response_model=list[models.SerialPortOut], dependencies=protected)
     async def serial_ports() -> list[dict[str, Any]]:
         """Serial ports of this computer (for a spirometer)."""
@@ -377,6 +408,12 @@ def _path_id(what: str) -> Any:
     from fastapi import Path as PathParam
 
     return PathParam(ge=1, le=2**62, description=f"{what} id")
+
+
+def _subject_id() -> Any:
+    from fastapi import Path as PathParam
+
+    return PathParam(min_length=1, max_length=64, description="pseudonymous screening ID")
 
 
 def _session_summaries(conn: Any, limit: int, subject_id: str | None) -> list[dict[str, Any]]:

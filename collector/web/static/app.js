@@ -19,10 +19,17 @@ const state = {
   lastAlive: 0,             // Date.now() of the last update or heartbeat from the collector
   lastSeenLocal: null,      // the collector's clock then, in the site's zone ("02:10 +08:00")
   noData: false,            // the collector has been silent too long: every card is greyed out
+  spiro: new Map(),         // session_id -> open spirometry session (from the live picture)
+  compactMode: "auto",      // "auto" (compact from COMPACT_FROM beds), "on", "off"; kept in localStorage
 };
 
 const $ = (id) => document.getElementById(id);
 const STALE_S = 15;  // a reading older than this is not shown as the current value
+const COMPACT_FROM = 3;   // from this many beds the cards go compact (auto): 8 fit on a 1366x768 screen
+const COMPACT_KEY = "collector.compact";
+const COMPACT_WORDS = { auto: t("Compact: auto"), on: t("Compact: on"), off: t("Compact: off") };
+// Review states of the history view, as msgids.
+const REVIEW_WORDS = { not_needed: t("not needed"), needs_review: t("needs review"), resolved: t("resolved"), reopened: t("re-opened") };
 // The link states the server sends, as msgids (t() needs literals to find them in the catalogue).
 const LINK_STATES = { searching: t("searching"), connecting: t("connecting"), connected: t("connected"), lost: t("lost"),
   reconnecting: t("reconnecting"), closed: t("closed") };
@@ -151,6 +158,7 @@ async function showApp() {
   $("app-view").hidden = false;
   $("operator").textContent = state.operator;
   if (!wired) { wireForms(); wired = true; }
+  loadCompactMode();
   await useLanguage();
   state.config = await api("GET", "/web/config");
   window.siteTimeZone = state.config.site_timezone;
@@ -197,6 +205,7 @@ function enterNoData() {
     node.querySelector(".since").textContent = t("unknown");
     node.querySelector(".since").classList.add("bad");
   }
+  for (const link of document.querySelectorAll("#spiro-open .spiro-link")) { link.textContent = t("no data"); link.className = "spiro-link pill bad"; }
   setStream("NO DATA", "bad");
   updateBeeping();
 }
@@ -306,6 +315,8 @@ async function rerender() {
   else setStream("connecting…", "warn");
   if (state.stream) setStream(...state.stream);
   renderAlerts();
+  applyCompact();
+  if (state.historyOf && $("history-dialog").open) await showHistory(state.historyOf);
   await refreshSubjects();
   await refreshSessions();
 }
@@ -343,6 +354,8 @@ function render(pic) {
     }
   }
   $("no-beds").hidden = state.beds.size > 0;
+  renderSpiro(pic.spirometry || []);
+  applyCompact();
   state.alerts = pic.alerts;
   renderAlerts();
 }
@@ -352,7 +365,12 @@ function makeBed(bed) {
   node.dataset.session = bed.session_id;
   applyI18n(node);
   node.querySelector(".stop").addEventListener("click", () => askStop(bed.session_id));
+  node.querySelector(".history-open").addEventListener("click", () => showHistory(bed.subject_id));
   node.querySelector(".note-form").addEventListener("submit", (ev) => onNote(ev, bed.session_id, node));
+  node.querySelector(".note-open").addEventListener("click", () => openNote(node));
+  node.querySelector(".note-text").addEventListener("keydown", (ev) => {
+    if (ev.key === "Escape") { ev.preventDefault(); closeNote(node); }
+  });
   node.querySelector(".note-text").setAttribute("aria-label", t("Note for night #{night}", { night: bed.session_id }));
   loadNotes(bed.session_id, node);
   return node;
@@ -368,6 +386,24 @@ async function loadNotes(sid, node) {
   }
 }
 
+// A compact card has no room for the note field: its Note button opens it in place of the chart.
+function openNote(node) {
+  node.classList.add("noting");
+  const b = node.querySelector(".note-open");
+  b.textContent = t("Note");
+  b.setAttribute("aria-expanded", "true");
+  setResult(node.querySelector(".note-result"), "", true);
+  node.querySelector(".note-text").focus();
+}
+
+function closeNote(node) {
+  if (!node.classList.contains("noting")) return;
+  node.classList.remove("noting");
+  const b = node.querySelector(".note-open");
+  b.setAttribute("aria-expanded", "false");
+  b.focus();
+}
+
 async function onNote(ev, sid, node) {
   ev.preventDefault();
   const input = node.querySelector(".note-text"), result = node.querySelector(".note-result");
@@ -377,6 +413,10 @@ async function onNote(ev, sid, node) {
     await api("POST", `/sessions/${sid}/notes`, { text });
     input.value = "";
     setResult(result, t("Noted."), true);
+    if (node.classList.contains("noting")) {
+      closeNote(node);
+      node.querySelector(".note-open").textContent = t("Noted.");  // until the button is used again
+    }
     await loadNotes(sid, node);
   } catch (e) {
     setResult(result, e.message, false);
@@ -410,6 +450,9 @@ function updateBed(node, bed) {
   q(".t90-value").textContent = t90 === null ? "T90 --" : `T90 ${t90.toFixed(2)} %`;
   q(".t90-value").classList.toggle("over", t90 !== null && t90 > thr);
   q(".t90-note").textContent = t("provisional · criterion ≤ {limit} %", { limit: thr });
+  // Compact cards: the limit next to the value (never cut), "provisional" as a badge with the full text as its tooltip.
+  q(".t90-limit-text").textContent = "· ≤ " + thr + " %";  // symbols and the number only: nothing to translate
+  q(".t90-prov").title = q(".t90-note").textContent;
   const scale = thr * 2;
   const fill = q(".t90-fill");
   fill.style.width = `${Math.min(100, ((t90 || 0) / scale) * 100)}%`;
@@ -551,7 +594,7 @@ function showFactHelp() {
 async function refreshSubjects() {
   try { state.subjects = await api("GET", "/subjects"); } catch (e) { return; }
   const items = state.subjects.map((s) => [s.id, s.open_sessions.length ? t("{subject}  (recording)", { subject: s.id }) : s.id]);
-  for (const id of ["start-subject", "fact-subject", "export-subject", "spiro-subject", "review-subject"]) fillSelect($(id), items, t("— choose —"));
+  for (const id of ["start-subject", "fact-subject", "export-subject", "spiro-subject", "review-subject", "history-subject"]) fillSelect($(id), items, t("— choose —"));
 }
 
 async function refreshSessions() {
@@ -569,15 +612,34 @@ async function onScan() {
   setResult($("start-result"), t("Scanning for oximeters (5 s)…"), true);
   try {
     const found = await api("GET", "/scan?timeout_s=5");
-    fillSelect($("start-device"), found.map((d) => [d.address, `${d.name || t("unnamed")} · ${d.address}${d.protocol ? " · " + d.protocol : ""}${d.rssi !== undefined && d.rssi !== null ? " · " + d.rssi + " dBm" : ""}`]),
-      found.length ? null : t("— nothing found —"));
-    setResult($("start-result"), t("{n} oximeter(s) in range.", { n: found.length }), true);
+    fillDevices(found);
+    const busy = found.filter((d) => d.busy_session_id).length;
+    setResult($("start-result"), busy ? t("{n} oximeter(s) in range, {busy} already recording a bed.", { n: found.length, busy })
+      : t("{n} oximeter(s) in range.", { n: found.length }), true);
   } catch (e) {
     setResult($("start-result"), e.message, false);
   } finally {
     btn.disabled = false;
     btn.textContent = t("Scan");
   }
+}
+
+// The scan's oximeters: one already recording a bed is listed as busy, cannot be chosen and is never preselected.
+function fillDevices(found) {
+  const select = $("start-device");
+  const keep = select.value;
+  select.textContent = "";
+  const free = found.filter((d) => !d.busy_session_id);
+  if (!found.length) select.appendChild(el("option", { value: "" }, t("— nothing found —")));
+  else if (!free.length) select.appendChild(el("option", { value: "" }, t("— every oximeter found is recording a bed —")));
+  for (const d of found) {
+    const text = `${d.name || t("unnamed")} · ${d.address}${d.protocol ? " · " + d.protocol : ""}${d.rssi !== undefined && d.rssi !== null ? " · " + d.rssi + " dBm" : ""}`;
+    const opt = el("option", { value: d.address }, d.busy_session_id
+      ? t("BUSY: night #{night} ({subject}) · {device}", { device: text, night: d.busy_session_id, subject: d.busy_subject_id }) : text);
+    if (d.busy_session_id) { opt.disabled = true; opt.dataset.busy = String(d.busy_session_id); opt.className = "busy"; }
+    select.appendChild(opt);
+  }
+  select.value = free.some((d) => d.address === keep) ? keep : free.length ? free[0].address : "";
 }
 
 async function onStart(ev) {
@@ -615,9 +677,11 @@ async function onAddSubject(ev) {
 
 let stopTarget = null;
 function askStop(sid) {
-  const entry = state.beds.get(sid);
+  const entry = state.beds.get(sid), spiro = state.spiro.get(sid);
   stopTarget = sid;
-  $("stop-text").textContent = t("Stop night #{night} of subject {subject}? Recording ends and the final report is computed.", { night: sid, subject: entry ? entry.bed.subject_id : "?" });
+  $("stop-text").textContent = spiro
+    ? t("Stop spirometry session #{id} of subject {subject}? The port is closed; every manoeuvre received stays stored.", { id: sid, subject: spiro.subject_id })
+    : t("Stop night #{night} of subject {subject}? Recording ends and the final report is computed.", { night: sid, subject: entry ? entry.bed.subject_id : "?" });
   $("stop-reason").value = "";
   $("stop-dialog").showModal();
   $("stop-cancel").focus();
@@ -628,6 +692,7 @@ async function onStopClosed() {
   if (dlg.returnValue !== "stop" || stopTarget === null) return;
   const sid = stopTarget;
   stopTarget = null;
+  if (state.spiro.has(sid)) { await stopSpiro(sid); return; }
   for (const d of document.querySelectorAll(".side details")) d.open = d.id === "panel-reports";
   $("panel-reports").scrollIntoView({ block: "start" });
   const box = $("report");
@@ -835,6 +900,7 @@ async function onSpiro(ev) {
   try {
     const out = await api("POST", "/spirometry/sessions", body);
     setResult($("spiro-result"), t("Spirometry session #{id} open for {subject}.", { id: out.id, subject: out.subject_id }), true);
+    try { render(await api("GET", "/web/status")); } catch (e) { /* the next update shows it */ }
   } catch (e) {
     setResult($("spiro-result"), e.message, false);
   }
@@ -862,13 +928,14 @@ function openPanel(id, focusId) {
 function onKey(ev) {
   if ($("app-view").hidden || ev.ctrlKey || ev.metaKey || ev.altKey) return;
   const tag = (ev.target.tagName || "").toLowerCase();
-  if (["input", "select", "textarea"].includes(tag) || $("stop-dialog").open) return;
+  if (["input", "select", "textarea"].includes(tag) || $("stop-dialog").open || $("history-dialog").open) return;
   const k = ev.key.toLowerCase();
   if (k === "n") openPanel("panel-start", "start-subject");
   else if (k === "s") openPanel("panel-subject", "subject-id");
   else if (k === "c") openPanel("panel-criteria", "fact-subject");
   else if (k === "r") openPanel("panel-reports", "report-session");
   else if (k === "v") openPanel("panel-review", "review-subject");
+  else if (k === "h") openPanel("panel-history", "history-subject");
   else if (k === "a") { const b = document.querySelector("#alerts button.ack"); if (b) b.focus(); }
   else return;
   ev.preventDefault();
@@ -893,10 +960,177 @@ function wireForms() {
   $("sign-form").addEventListener("submit", onSign);
   $("spiro-form").addEventListener("submit", onSpiro);
   $("ports-button").addEventListener("click", onPorts);
+  $("history-button").addEventListener("click", () => {
+    const s = $("history-subject").value;
+    if (s) showHistory(s); else setResult($("history-result"), t("Choose a subject."), false);
+  });
+  $("compact-toggle").addEventListener("click", onCompactToggle);
+  window.addEventListener("resize", redrawCharts);
   $("stop-dialog").addEventListener("close", onStopClosed);
   document.addEventListener("keydown", onKey);
   document.addEventListener("pointerdown", unlockAudio);
   document.addEventListener("keydown", unlockAudio);
+}
+
+// -- compact mode: many beds on one screen ------------------------------------------------------------
+function loadCompactMode() {
+  let mode = "auto";
+  try { mode = window.localStorage.getItem(COMPACT_KEY) || "auto"; } catch (e) { /* private window: auto */ }
+  state.compactMode = ["auto", "on", "off"].includes(mode) ? mode : "auto";
+  applyCompact();
+}
+
+function onCompactToggle() {
+  state.compactMode = { auto: "on", on: "off", off: "auto" }[state.compactMode] || "auto";
+  try { window.localStorage.setItem(COMPACT_KEY, state.compactMode); } catch (e) { /* not kept */ }
+  applyCompact();
+}
+
+function applyCompact() {
+  const on = state.compactMode === "on" || (state.compactMode === "auto" && state.beds.size >= COMPACT_FROM);
+  const was = document.body.classList.contains("compact");
+  document.body.classList.toggle("compact", on);
+  const b = $("compact-toggle");
+  b.textContent = t(COMPACT_WORDS[state.compactMode]);
+  b.setAttribute("aria-pressed", on ? "true" : "false");
+  b.dataset.mode = state.compactMode;
+  if (was !== on) redrawCharts();
+}
+
+function redrawCharts() {
+  // The charts are drawn at their pixel size (legible text): a new card size means drawing again.
+  for (const svg of document.querySelectorAll("svg.chart")) if (svg.trendData !== undefined) drawTrend(svg, svg.trendData);
+}
+
+// -- open spirometry sessions: visible beside the beds, stoppable there ---------------------------------
+function renderSpiro(list) {
+  const box = $("spiro-open");
+  if (state.noData) return;  // like the bed cards: only the collector coming back refreshes them
+  const seen = new Set();
+  state.spiro = new Map(list.map((s) => [s.session_id, s]));
+  for (const s of list) {
+    seen.add(String(s.session_id));
+    let row = box.querySelector(`.spiro-item[data-session="${s.session_id}"]`);
+    if (!row) {
+      row = el("div", { class: "spiro-item", "data-session": String(s.session_id), role: "group" });
+      row.appendChild(el("strong", { class: "spiro-title" }));
+      row.appendChild(el("span", { class: "spiro-link pill" }));
+      row.appendChild(el("span", { class: "spiro-detail" }));
+      const stop = el("button", { type: "button", class: "spiro-stop danger" });
+      stop.addEventListener("click", () => askStop(s.session_id));
+      row.appendChild(stop);
+      box.appendChild(row);
+    }
+    row.querySelector(".spiro-title").textContent = t("Spirometry · {subject} · session #{id}", { subject: s.subject_id, id: s.session_id });
+    const link = row.querySelector(".spiro-link");
+    link.textContent = t(LINK_STATES[s.link_state] || s.link_state);
+    link.className = "spiro-link pill " + (s.link_state === "connected" ? "ok" : "warn");
+    const result = s.valid === null || s.valid === undefined ? t("no result yet")
+      : s.fvc_pct_predicted === null || s.fvc_pct_predicted === undefined ? (s.valid ? t("valid") : t("not valid yet"))
+      : t("FVC {pct} % predicted (grade {grade})", { pct: Number(s.fvc_pct_predicted).toFixed(1), grade: s.grade_fvc || "?" });
+    row.querySelector(".spiro-detail").textContent = t("{protocol} · since {time} · {n} manoeuvre(s) · {result}",
+      { protocol: String(s.protocol).toUpperCase(), time: shortLocal(s.started_local) || s.started_utc, n: s.manoeuvres, result });
+    row.querySelector(".spiro-stop").textContent = t("Stop spirometry…");
+  }
+  for (const row of [...box.querySelectorAll(".spiro-item")]) if (!seen.has(row.dataset.session)) row.remove();
+  box.hidden = list.length === 0;
+}
+
+async function stopSpiro(sid) {
+  const s = state.spiro.get(sid);
+  try {
+    await api("POST", `/sessions/${sid}/stop`, { reason: $("stop-reason").value || null });
+    setResult($("spiro-result"), t("Spirometry session #{id} of {subject} stopped.", { id: sid, subject: s ? s.subject_id : "?" }), true);
+    $("panel-spiro").open = true;
+    render(await api("GET", "/web/status"));
+    await refreshSubjects();
+  } catch (e) {
+    $("panel-spiro").open = true;
+    setResult($("spiro-result"), e.message, false);
+  }
+}
+
+// -- one subject's history: all nights and spirometry sessions -------------------------------------------
+function yesNo(v) { return v === true ? t("yes") : v === false ? t("no") : "--"; }
+
+async function showHistory(subject) {
+  state.historyOf = subject;
+  const box = $("history");
+  $("history-title").textContent = t("History of {subject}", { subject });
+  let h;
+  try { h = await api("GET", `/subjects/${encodeURIComponent(subject)}/history`); } catch (e) {
+    setResult($("history-result"), e.message, false);
+    return;
+  }
+  box.textContent = "";
+  box.appendChild(el("h3", {}, t("Nights ({n})", { n: h.nights.length })));
+  if (!h.nights.length) box.appendChild(el("p", { class: "muted" }, t("No night recorded yet.")));
+  else {
+    const table = el("table", { class: "history-table nights" });
+    const head = el("tr");
+    for (const c of [t("Night"), t("Started"), t("Length"), "T90", t("Valid night"), t("T90 criterion"), t("Review"), t("Gaps")]) head.appendChild(el("th", {}, c));
+    table.appendChild(head);
+    for (const n of h.nights) {
+      const tr = el("tr", { class: "history-night", "data-session": String(n.id) });
+      tr.appendChild(el("td", {}, `#${n.id}` + (n.state === "open" ? " " + t("(recording)") : n.state !== "stopped" ? ` (${t(n.state)})` : "")));
+      tr.appendChild(el("td", {}, n.started_local));
+      tr.appendChild(el("td", {}, fmtDuration(n.duration_s)));
+      tr.appendChild(el("td", { class: "t90" }, n.t90_pct === null || n.t90_pct === undefined ? "--" : `${n.t90_pct.toFixed(2)} %`));
+      tr.appendChild(el("td", { class: n.night_valid === false ? "bad" : "" }, yesNo(n.night_valid)));
+      tr.appendChild(el("td", { class: n.meets_t90_criterion === false ? "bad" : n.meets_t90_criterion ? "ok" : "" },
+        n.meets_t90_criterion === true ? t("meets") : n.meets_t90_criterion === false ? t("fails") : "--"));
+      tr.appendChild(el("td", { class: "review review-" + n.review_state }, t(REVIEW_WORDS[n.review_state] || n.review_state) + (n.borderline ? t(" (borderline)") : "")));
+      tr.appendChild(el("td", {}, n.gaps.count ? t("{n} ({total})", { n: n.gaps.count, total: fmtDuration(n.gaps.total_s) }) : "0"));
+      table.appendChild(tr);
+      if (n.gaps.count) {
+        const row = el("tr", { class: "history-gaps" });
+        const cell = el("td", { colspan: "8" });
+        const list = el("ul", { class: "small muted gap-list" });
+        for (const g of n.gaps.listed.slice(0, 12)) {
+          list.appendChild(el("li", { class: "gap" }, g.open
+            ? t("{start}, still open ({duration} so far) · {cause}", { start: shortLocal(g.start_local), duration: fmtDuration(g.duration_s), cause: t(String(g.cause).replaceAll("_", " ")) })
+            : t("{start} for {duration} · {cause}", { start: shortLocal(g.start_local), duration: fmtDuration(g.duration_s), cause: t(String(g.cause).replaceAll("_", " ")) })));
+        }
+        if (n.gaps.count > 12) list.appendChild(el("li", {}, t("… and {n} more (collector report {night})", { n: n.gaps.count - 12, night: n.id })));
+        cell.appendChild(list);
+        row.appendChild(cell);
+        table.appendChild(row);
+      }
+    }
+    box.appendChild(table);
+  }
+  box.appendChild(el("h3", {}, t("Spirometry sessions ({n})", { n: h.spirometry.length })));
+  if (!h.spirometry.length) box.appendChild(el("p", { class: "muted" }, t("No spirometry session yet.")));
+  else {
+    const table = el("table", { class: "history-table spirometry" });
+    const head = el("tr");
+    for (const c of [t("Session"), t("Started"), t("State"), t("Valid"), t("FVC % predicted"), t("Grade"), t("Review")]) head.appendChild(el("th", {}, c));
+    table.appendChild(head);
+    for (const s of h.spirometry) {
+      const tr = el("tr", { class: "history-spiro", "data-session": String(s.id) });
+      tr.appendChild(el("td", {}, `#${s.id}`));
+      tr.appendChild(el("td", {}, s.started_local));
+      tr.appendChild(el("td", {}, t(s.state)));
+      tr.appendChild(el("td", {}, yesNo(s.valid)));
+      tr.appendChild(el("td", {}, s.fvc_pct_predicted === null || s.fvc_pct_predicted === undefined ? "--" : `${Number(s.fvc_pct_predicted).toFixed(1)} %`));
+      tr.appendChild(el("td", {}, s.grade_fvc || "--"));
+      tr.appendChild(el("td", { class: "review review-" + s.review_state }, t(REVIEW_WORDS[s.review_state] || s.review_state)));
+      table.appendChild(tr);
+    }
+    box.appendChild(table);
+  }
+  if (h.reviews.length) {
+    box.appendChild(el("h3", {}, t("Reviews")));
+    const list = el("ul", { class: "small" });
+    for (const r of h.reviews) {
+      list.appendChild(el("li", {}, r.status === "resolved"
+        ? t("{criterion}: resolved {decision} by {name} at {time}", { criterion: r.criterion, decision: t(String(r.decision).replace("_", " ")), name: r.by, time: r.at })
+        : t("{criterion}: {status}", { criterion: r.criterion, status: t(REVIEW_WORDS[r.status === "open" ? "needs_review" : r.status] || r.status) })));
+    }
+    box.appendChild(list);
+  }
+  setResult($("history-result"), "", true);
+  if (!$("history-dialog").open) $("history-dialog").showModal();
 }
 
 document.addEventListener("DOMContentLoaded", boot);

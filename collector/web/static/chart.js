@@ -1,5 +1,7 @@
 // Small SVG trend chart for the bed cards: SpO2 mean (line) and minimum (faint line)
 // per bucket, the 90 % line dashed, breaks where data is missing.  No library, no CDN.
+// Drawn at the chart's own pixel size (viewBox = CSS pixels), so the labels are real 11 px text
+// whatever the card's width, in compact mode too; drawn again when the card changes size.
 "use strict";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
@@ -11,8 +13,13 @@ function svgEl(name, attrs) {
 }
 
 // trend: {from_ms, to_ms, bucket_s, points: [{t_ms, spo2_mean, spo2_min}]}
+const AXIS_PX = 11;  // label size on screen (also in compact mode): legible at 1366x768
+
 function drawTrend(svg, trend, opts) {
-  const W = 300, H = 90, padL = 24, padR = 4, padT = 4, padB = 14;
+  svg.trendData = trend || null;
+  const box = svg.getBoundingClientRect();
+  const W = Math.max(120, Math.round(box.width || 300)), H = Math.max(40, Math.round(box.height || 90));
+  const padL = 26, padR = 4, padT = 7, padB = AXIS_PX + 5;
   const yMin = (opts && opts.yMin) || 70, yMax = 100;
   while (svg.firstChild) svg.removeChild(svg.firstChild);
   svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
@@ -21,10 +28,13 @@ function drawTrend(svg, trend, opts) {
   const sx = (t) => padL + ((t - x0) / (x1 - x0)) * (W - padL - padR);
   const sy = (v) => padT + (1 - (Math.max(yMin, Math.min(yMax, v)) - yMin) / (yMax - yMin)) * (H - padT - padB);
 
+  // Every grid line gets a label only when the labels do not overlap (a short compact chart labels 70 and 90).
+  const roomy = (sy(80) - sy(90)) >= AXIS_PX + 2;
   for (const v of [yMin, 80, 90, 100]) {
     if (v < yMin) continue;
     svg.appendChild(svgEl("line", { x1: padL, x2: W - padR, y1: sy(v), y2: sy(v), class: v === 90 ? "ref90" : "grid" }));
-    const label = svgEl("text", { x: padL - 3, y: sy(v) + 3, class: "axis", "text-anchor": "end" });
+    if (!roomy && v !== yMin && v !== 90) continue;
+    const label = svgEl("text", { x: padL - 3, y: sy(v) + 4, class: "axis", "text-anchor": "end" });
     label.textContent = String(v);
     svg.appendChild(label);
   }
