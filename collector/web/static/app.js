@@ -448,15 +448,15 @@ function renderAlerts() {
     // active: red and pulsing; cleared but not yet seen: amber, "cleared at"; acknowledged (still holds): grey.
     const st = a.state || (a.acknowledged_by ? "acknowledged" : a.active ? "active" : "cleared");
     const row = el("div", { class: `alert ${a.acknowledged_by ? "acked" : "pending"} state-${st}`, role: "group", "data-kind": a.kind, "data-state": st });
-    row.appendChild(el("strong", { class: "alert-title" }, st === "cleared" ? t("{title} — cleared", { title: a.title }) : st === "acknowledged" ? t("{title} — still holds", { title: a.title }) : a.title));
+    row.appendChild(el("strong", { class: "alert-title" }, st === "cleared" ? t("{title} — cleared", { title: t(a.title) }) : st === "acknowledged" ? t("{title} — still holds", { title: t(a.title) }) : t(a.title)));
     row.appendChild(el("span", { class: "alert-where" }, a.subject_id ? t("{subject} · night #{night}", { subject: a.subject_id, night: a.session_id }) : t("collector")));
-    row.appendChild(el("span", { class: "alert-msg" }, a.message));
+    row.appendChild(el("span", { class: "alert-msg" }, alertText(a)));
     const raised = a.raised_local || (a.raised_utc.slice(11, 19) + " UTC");
     row.appendChild(el("span", { class: "alert-time muted" }, st === "cleared" && a.cleared_local ? t("{raised} → cleared {cleared}", { raised, cleared: a.cleared_local }) : raised));
     if (a.acknowledged_by) {
       row.appendChild(el("span", { class: "muted" }, a.acknowledged_local ? t("acknowledged by {name} at {time}", { name: a.acknowledged_by, time: a.acknowledged_local }) : t("acknowledged by {name}", { name: a.acknowledged_by })));
     } else {
-      const b = el("button", { type: "button", class: "ack", "aria-label": t("Acknowledge: {title} {subject}", { title: a.title, subject: a.subject_id || "" }) }, t("Acknowledge"));
+      const b = el("button", { type: "button", class: "ack", "aria-label": t("Acknowledge: {title} {subject}", { title: t(a.title), subject: a.subject_id || "" }) }, t("Acknowledge"));
       b.addEventListener("click", () => ackAlert(a.id, b));
       row.appendChild(b);
     }

@@ -11,6 +11,15 @@ function t(msgid, params) {
   return text.replace(/\{([a-z_0-9]+)\}/g, (m, key) => (key in params ? String(params[key]) : m));
 }
 
+// An alert's message in the reader's language: its message_id filled with its params (a *_text value is a msgid
+// itself); an alert stored before message ids existed has only its English message.
+function alertText(a) {
+  if (!a.message_id) return a.message;
+  const params = {};
+  for (const [k, v] of Object.entries(a.params || {})) params[k] = k.endsWith("_text") ? t(v) : v;
+  return t(a.message_id, params);
+}
+
 function applyI18n(root) {
   const scope = root || document;
   scope.querySelectorAll("[data-i18n]").forEach((el) => { el.textContent = t(el.dataset.i18n); });
