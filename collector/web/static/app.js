@@ -52,7 +52,8 @@ async function api(method, path, body) {
   let data = null;
   try { data = await resp.json(); } catch (e) { data = null; }
   if (!resp.ok) {
-    const msg = (data && (data.error || data.detail)) || `HTTP ${resp.status}`;
+    // a message the server sent with its id is shown in the reader's language (login errors), others as sent
+    const msg = data && data.message_id ? t(data.message_id, data.params) : (data && (data.error || data.detail)) || `HTTP ${resp.status}`;
     if (resp.status === 401 && path !== "/login" && state.operator) showLogin(t("Your login expired. Log in again."));
     throw new ApiError(resp.status, typeof msg === "string" ? msg : JSON.stringify(msg));
   }
@@ -132,6 +133,7 @@ async function onLogout() {
 
 async function boot() {
   $("login-form").addEventListener("submit", onLogin);
+  $("login-language").addEventListener("change", onLoginLanguage);
   try {
     const me = await api("GET", "/me");
     if (me.operator) {
@@ -141,7 +143,19 @@ async function boot() {
       return;
     }
   } catch (e) { /* not logged in */ }
+  await useLoginLanguage();
   showLogin("");
+}
+
+// The login screen in the site's language, or the one its switch picked (kept in this browser).
+async function useLoginLanguage() {
+  try { await loadLoginLanguage(fetchJson); } catch (e) { /* msgids (English) show */ }
+  $("login-language").value = I18N.language;
+}
+
+async function onLoginLanguage() {
+  rememberLoginLanguage($("login-language").value);
+  await useLoginLanguage();
 }
 
 // -- main view --------------------------------------------------------------------------------
@@ -238,7 +252,7 @@ function startLive() {
     if (!state.lastUpdate || Date.now() - state.lastUpdate > 5000) setStream("no updates", "bad");
     else setStream("live", "ok");
   });
-  es.addEventListener("expired", () => showLogin("Your login expired. Log in again."));
+  es.addEventListener("expired", () => showLogin(t("Your login expired. Log in again.")));
   es.onerror = async () => {
     setStream("reconnecting…", "bad");
     // The stream broke: if the collector does not answer either, say so now rather than after the heartbeats.

@@ -28,9 +28,26 @@ function applyI18n(root) {
   document.documentElement.lang = I18N.language;
 }
 
-async function loadLanguage(language, fetchJson) {
-  const cat = await fetchJson(`/api/v1/i18n/${encodeURIComponent(language)}`);
+function useCatalogue(cat) {
   I18N.language = cat.language;
   I18N.messages = cat.messages || {};
   applyI18n(document);
+}
+
+async function loadLanguage(language, fetchJson) {
+  useCatalogue(await fetchJson(`/api/v1/i18n/${encodeURIComponent(language)}`));
+}
+
+// Before login: the site's language, or what the login screen's switch picked in this browser (remembered here).
+const LOGIN_LANGUAGE_KEY = "collector.login-language";
+
+async function loadLoginLanguage(fetchJson) {
+  let picked = null;
+  try { picked = window.localStorage.getItem(LOGIN_LANGUAGE_KEY); } catch (e) { /* storage off: the site's */ }
+  const query = picked ? `?language=${encodeURIComponent(picked)}` : "";
+  useCatalogue(await fetchJson(`/api/v1/login/language${query}`));
+}
+
+function rememberLoginLanguage(language) {
+  try { window.localStorage.setItem(LOGIN_LANGUAGE_KEY, language); } catch (e) { /* storage off: this visit only */ }
 }
