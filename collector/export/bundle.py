@@ -23,6 +23,7 @@ import numpy as np
 from collector import __version__
 from collector.clock import utc_iso
 from collector.errors import CollectorError, Conflict, InvalidInput
+from collector.i18n import translator
 from collector.spirometry import store as spirometry_store
 from collector.storage import audit, repo, seals
 from collector.storage.db import transaction
@@ -130,8 +131,6 @@ def _alert_rows(conn: sqlite3.Connection, sid: int, ident: dict[str, Any], scrub
 
 def _night_files(conn: sqlite3.Connection, s: dict[str, Any], config: dict[str, Any], scrub: Scrubber,
                  pseudonym: str, device: dict[str, Any] | None, site: str) -> tuple[dict[str, bytes], dict[str, Any]]:
-    import matplotlib.pyplot as plt
-
     from collector.oximetry.analysis.plot import night_figure
     from collector.oximetry.store import compute_report, gaps_as_analysed, latest_report, night_from_columns, sample_rows
 
@@ -187,16 +186,14 @@ def _night_files(conn: sqlite3.Connection, s: dict[str, Any], config: dict[str, 
     edf_d_bytes, _ = edf.night_edf(**edf_args, layout=edf.DISCONTINUOUS)
 
     data = night_from_columns(conn, sid, t_ms, spo2, pulse, valid, pulse_valid, flags[keep])
-    # one figure per night: saved as the PNG here and, when the site reads English (the PNG's language), reused
-    # as the night's page of report.pdf instead of being drawn a second time
-    fig = night_figure(data, report, config_from_report(report), title=f"Overnight oximetry: subject {pseudonym}, session {sid}",
-                       tz=ZoneInfo(site_timezone(config)))
+    # one figure per night, in the export's language (the reader's): saved as the PNG here and reused as the
+    # night's page of report.pdf instead of being drawn a second time
+    lang = str(config["site"]["language"])
+    title = translator(lang)("Overnight oximetry: subject {subject}, session {session}").format(subject=pseudonym, session=sid)
+    fig = night_figure(data, report, config_from_report(report), title=title, tz=ZoneInfo(site_timezone(config)), lang=lang)
     png_buf = io.BytesIO()
     fig.savefig(png_buf, format="png")
     png_bytes = png_buf.getvalue()
-    if config["site"]["language"] != "en":
-        plt.close(fig)
-        fig = None
 
     start_utc = None if report.get("start_s") is None else utc_iso(report["start_s"])
     night_json = {
