@@ -91,6 +91,12 @@ def test_three_long_nights_export_and_verify(long_export):
     result = verify_bundle(long_export["bundle"])
     assert result.ok, result.problems
     assert len(long_export["nights"]) == 3
+    # the site reads Chinese: each night's page of report.pdf (the night picture, also the PNG) is titled in Chinese
+    import pypdf
+
+    text = "".join("".join(p.extract_text().split()) for p in pypdf.PdfReader(long_export["bundle"] / "data/report.pdf").pages)
+    for sid in long_export["nights"]:
+        assert f"夜间血氧监测：受试者{SUBJECT}，记录{sid}" in text
 
 
 @pytest.mark.parametrize("k", [0, 1, 2])

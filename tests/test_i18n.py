@@ -347,3 +347,15 @@ def test_the_login_screen_reads_the_sites_language_and_its_switch_in_chromium(tm
             assert not errors, errors
     finally:
         ward.stop()
+
+
+def test_the_fact_forms_names_and_help_are_translated():
+    """The page shows each staff fact as t(name with spaces) and t(help): both need a Chinese entry."""
+    from collector.eligibility.facts import FACTS
+
+    zh, en = catalogue("zh-CN"), catalogue("en")
+    for f in FACTS.values():
+        for msgid in (f.name.replace("_", " "), f.help):
+            assert zh.get(msgid) and msgid in en, msgid
+    source = (STATIC / "app.js").read_text(encoding="utf-8")
+    assert 't(f.help)' in source and 't(f.name.replaceAll("_", " "))' in source

@@ -548,13 +548,13 @@ function fillSelect(select, items, placeholder) {
 
 function fillConfigLists() {
   fillSelect($("start-protocol"), state.config.protocols.map((p) => [p, p.toUpperCase()]), t("from the advertisement"));
-  fillSelect($("fact-name"), state.config.facts.map((f) => [f.name, f.name.replaceAll("_", " ")]), null);
+  fillSelect($("fact-name"), state.config.facts.map((f) => [f.name, t(f.name.replaceAll("_", " "))]), null);
   showFactHelp();
 }
 
 function showFactHelp() {
   const f = state.config && state.config.facts.find((x) => x.name === $("fact-name").value);
-  $("fact-help").textContent = f ? f.help + (f.unit ? ` (${f.unit})` : "") : "";
+  $("fact-help").textContent = f ? t(f.help) + (f.unit ? ` (${f.unit})` : "") : "";
   const list = $("fact-choices");
   list.textContent = "";
   for (const c of f ? f.choices : []) list.appendChild(el("option", { value: c }));
