@@ -265,6 +265,13 @@ def test_the_page_switches_between_chinese_and_english_in_chromium(tmp_path):
             expect(bed.locator(".note-text")).to_have_attribute("placeholder", "备注，例如：患者起床 / 探头重新固定")
             expect(page.locator("#start-subject option").first).to_have_text("— 请选择 —")
             _screenshot(page, "i18n-zh-CN.png")
+            # an alert arrives as message id + parameters and reads in Chinese; a row from before ids as stored
+            from collector.ward import messages
+
+            shown = page.evaluate("(a) => alertText(a)", {"message_id": messages.NO_LINK, "message": "x",
+                                                          "params": {"seconds": "45", "state_text": "reconnecting"}})
+            assert shown == "与血氧仪的连接已中断 45 秒（当前：重新连接中）：请检查设备是否开机、在有效距离内且电量充足"
+            assert page.evaluate("(a) => alertText(a)", {"message_id": None, "message": "old English text"}) == "old English text"
 
             page.reload()  # the choice is the operator's, stored on the collector
             expect(page.locator(".topbar h1")).to_have_text("床位", timeout=10_000)
