@@ -366,3 +366,13 @@ def test_the_fact_forms_names_and_help_are_translated():
             assert zh.get(msgid) and msgid in en, msgid
     source = (STATIC / "app.js").read_text(encoding="utf-8")
     assert 't(f.help)' in source and 't(f.name.replaceAll("_", " "))' in source
+
+
+def test_criteria_have_one_table_of_names_read_by_the_pdf_and_the_page():
+    from collector.eligibility.labels import CRITERIA
+    from collector.export import pdf
+
+    assert pdf.CRITERIA is CRITERIA
+    zh = catalogue("zh-CN")
+    assert all(zh.get(label) for label in CRITERIA.values())
+    assert "criterionLabel(c.id)" in (STATIC / "app.js").read_text(encoding="utf-8")

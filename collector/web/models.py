@@ -167,6 +167,8 @@ class WebConfigOut(BaseModel):
     site_timezone: str
     facts: list[FactSpecOut]
     protocols: list[str]
+    criteria_labels: dict[str, str] = Field(default_factory=dict, description="criterion id -> its name as an English "
+                                            "msgid (the page shows it translated)")
 
 
 class SerialPortOut(BaseModel):

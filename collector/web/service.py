@@ -235,6 +235,7 @@ def make_router(daemon: Any, auth: Any) -> APIRouter:
     async def web_config() -> dict[str, Any]:
         """Settings the page needs: threshold, alert limits, and the staff facts it can record."""
         from collector.eligibility.facts import FACTS
+        from collector.eligibility.labels import CRITERIA as CRITERIA_LABELS
         from drivers.protocols.registry import PROFILES
 
         facts = [{"name": s.name, "kind": s.kind, "help": s.help, "choices": list(s.choices), "unit": s.unit,
@@ -248,6 +249,7 @@ def make_router(daemon: Any, auth: Any) -> APIRouter:
             "site_timezone": str(daemon.config["site"]["timezone"]),
             "facts": facts,
             "protocols": sorted(PROFILES),
+            "criteria_labels": CRITERIA_LABELS,
         }
 
     @router.get("/web/status", response_model=models.StatusOut, dependencies=protected)

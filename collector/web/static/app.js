@@ -711,6 +711,12 @@ async function showDecision(subject, box) {
   }
 }
 
+// A criterion's name in the reader's language (the ids stay the machine's; the names come with /web/config).
+function criterionLabel(id) {
+  const labels = (state.config && state.config.criteria_labels) || {};
+  return labels[id] ? t(labels[id]) : id;
+}
+
 function renderDecision(box, subject, d) {
   const cls = d.decision === "eligible" ? "ok" : d.decision === "ineligible" ? "bad" : "warn";
   box.appendChild(el("h3", { class: "verdict decision-value " + cls }, t("{subject}: {decision}", { subject, decision: t(String(d.decision || "unknown").toUpperCase()) })));
@@ -720,7 +726,7 @@ function renderDecision(box, subject, d) {
     const table = el("table", { class: "criteria" });
     for (const c of d.criteria) {
       const tr = el("tr", { class: "crit-" + c.state });
-      tr.appendChild(el("td", {}, c.id));
+      tr.appendChild(el("td", { "data-criterion": c.id }, criterionLabel(c.id)));
       tr.appendChild(el("td", { class: "state" }, t(String(c.state).replace("_", " "))));
       tr.appendChild(el("td", { class: "small" }, c.reason));
       table.appendChild(tr);
@@ -777,7 +783,7 @@ async function showReviews() {
 
 function reviewItem(it) {
   const node = el("article", { class: "review-item review-" + it.status, "data-criterion": it.criterion });
-  node.appendChild(el("h3", { class: "review-head" }, it.status === "resolved" ? t("{criterion}: {status} ({state})", { criterion: it.criterion, status: t(it.status), state: t(String(it.state).replace("_", " ")) }) : t("{criterion}: {status}", { criterion: it.criterion, status: t(it.status) })));
+  node.appendChild(el("h3", { class: "review-head" }, it.status === "resolved" ? t("{criterion}: {status} ({state})", { criterion: criterionLabel(it.criterion), status: t(it.status), state: t(String(it.state).replace("_", " ")) }) : t("{criterion}: {status}", { criterion: criterionLabel(it.criterion), status: t(it.status) })));
   node.appendChild(el("p", { class: "small review-reason" }, it.reason));
   const r = it.review || {};
   if (it.status !== "open") node.appendChild(el("p", { class: "small review-by" },
