@@ -376,3 +376,13 @@ def test_criteria_have_one_table_of_names_read_by_the_pdf_and_the_page():
     zh = catalogue("zh-CN")
     assert all(zh.get(label) for label in CRITERIA.values())
     assert "criterionLabel(c.id)" in (STATIC / "app.js").read_text(encoding="utf-8")
+
+
+def test_every_gap_cause_the_page_shows_is_translated():
+    """The page writes a gap's cause as t(cause with spaces); every cause that breaks a hold has its msgid there."""
+    from collector.oximetry.causes import BREAKING_CAUSES, CAUSE_TEXT
+
+    assert BREAKING_CAUSES <= set(CAUSE_TEXT)
+    assert all(text == cause.replace("_", " ") for cause, text in CAUSE_TEXT.items())
+    zh = catalogue("zh-CN")
+    assert all(zh.get(text) for text in CAUSE_TEXT.values())
