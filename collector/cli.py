@@ -23,6 +23,7 @@ import click
 from collector import __version__, features
 from collector.clock import SystemClock, utc_iso
 from collector.config import load_config
+from collector.i18n import translator
 from collector.errors import CollectorError, Conflict, DaemonUnavailable, InvalidInput, StorageError
 from collector.context import Ctx, no_login, pass_ctx, requires
 from collector.localtime import local_datetime, local_time, site_zone
@@ -300,6 +301,23 @@ def run(c: Ctx, host: str | None, port: int | None, scenarios: tuple[Path, ...],
                                speed=_parse_speed(speed), capture=capture)))
 
 
+def _localised_alerts(c: Ctx, alerts: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """The operator's language (the site's when no one is logged in) and the daemon's alerts with title and
+    message in it."""
+    from collector.ward.messages import localise
+
+    lang = str(c.config["site"]["language"])
+    try:
+        conn = c.conn()
+        try:
+            lang = c.reader_language(conn)
+        finally:
+            conn.close()
+    except CollectorError:
+        pass
+    return lang, [localise(a, lang) for a in alerts]
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the daemon's status as JSON.")
 @pass_ctx
@@ -334,15 +352,22 @@ def status(c: Ctx, as_json: bool) -> None:
             click.echo(f"  event: {ev['kind']} at {local_time(ev['t_utc'], tz, seconds=True)}")
     alerts = st.get("alerts")
     if isinstance(alerts, list):
+        lang, alerts = _localised_alerts(c, alerts)
+        _ = translator(lang)
         waiting = [a for a in alerts if not a.get("acknowledged_by")]
-        click.echo(f"alerts: {len(waiting)} to acknowledge" + (f", {len(alerts) - len(waiting)} acknowledged and still holding"
-                                                                if len(alerts) > len(waiting) else "")
-                   + (" (collector alerts ack ID)" if waiting else ""))
+        head = _("alerts: {n} to acknowledge").format(n=len(waiting))
+        if len(alerts) > len(waiting):
+            head += _(", {n} acknowledged and still holding").format(n=len(alerts) - len(waiting))
+        click.echo(head + (_(" (collector alerts ack ID)") if waiting else ""))
         for a in alerts:
-            where = f"{a['subject_id']} session {a['session_id']}" if a.get("session_id") else "collector"
-            state = {"active": "ACTIVE", "cleared": "cleared", "acknowledged": f"acknowledged by {a.get('acknowledged_by')}"}.get(
+            where = (_("{subject} session {session}").format(subject=a["subject_id"], session=a["session_id"])
+                     if a.get("session_id") else _("collector"))
+            state = {"active": _("ACTIVE"), "cleared": _("cleared"),
+                     "acknowledged": _("acknowledged by {name}").format(name=a.get("acknowledged_by"))}.get(
                 a.get("state", ""), a.get("state", ""))
-            click.echo(f"  alert {a['id']}  {state}  {a['title']}  {where}  raised {local_time(a['raised_utc'], tz)}: {a['message']}")
+            click.echo("  " + _("alert {id}  {state}  {title}  {where}  raised {time}: {message}").format(
+                id=a["id"], state=state, title=a["title"], where=where, time=local_time(a["raised_utc"], tz),
+                message=a["message"]))
     elif isinstance(alerts, dict) and alerts.get("error"):
         click.echo(f"alerts: unavailable ({alerts['error']})")
 

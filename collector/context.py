@@ -76,6 +76,18 @@ class Ctx:
             make_read_only(conn)  # a command without an operator cannot change anything
         return conn
 
+    def reader_language(self, conn: sqlite3.Connection) -> str:
+        """The language the person at this terminal reads: the logged-in operator's choice (``collector user
+        language``), else the site's ``[site] language``.  Only reads: a command without a login may ask."""
+        from collector.users import store
+
+        name = self.principal.name if self.principal is not None else None
+        if name is None:
+            token = os.environ.get(ENV_TOKEN) or read_token_file(self.db_path)
+            row = store.find_token(conn, token, kind="cli") if token else None
+            name = None if row is None else str(row["operator"])
+        return (store.get_language(conn, name) if name else None) or str(self.config["site"]["language"])
+
     def write(self, fn: Callable[[Any], Any]) -> Any:
         """Run ``fn(conn)`` in one write transaction on the database (commands that work without the daemon)."""
         with transaction(self.conn()) as conn:

@@ -98,7 +98,7 @@ def test_bundle_is_a_bagit_bag_with_the_promised_files(site):
     root, sid, sp = site["folder"], site["session"], site["spiro"]
     assert (root / "bagit.txt").read_bytes() == b"BagIt-Version: 1.0\nTag-File-Character-Encoding: UTF-8\n"
     names = sorted(p.relative_to(root / "data").as_posix() for p in (root / "data").iterdir())
-    assert names == sorted([f"samples_{sid}.csv", f"gaps_{sid}.csv", f"events_{sid}.csv", f"notes_{sid}.csv", f"night_{sid}.json",
+    assert names == sorted([f"samples_{sid}.csv", f"gaps_{sid}.csv", f"events_{sid}.csv", f"notes_{sid}.csv", f"alerts_{sid}.csv", f"night_{sid}.json",
                             f"night_{sid}.edf", f"night_{sid}.discontinuous.edf", f"night_{sid}.png", f"spirometry_{sp}.csv", f"spirometry_{sp}.json",
                             "eligibility.json", "audit.csv", "report.pdf", "signatures.json", "subject.json"])
     info = bag.parse_info((root / "bag-info.txt").read_bytes())

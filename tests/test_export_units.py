@@ -27,6 +27,20 @@ def test_grid_keeps_every_sample_in_order(steps, offset):
     assert g.n_cells % edf.RECORD_S == 0 and g.n_cells > g.cells[-1]
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.text(min_size=1, max_size=500), st.integers(min_value=40, max_value=600))
+def test_a_note_becomes_annotations_of_at_most_the_limit_joined_back_exactly(text, limit):
+    """Any text (CJK, emoji, controls): each annotation fits ``limit`` UTF-8 bytes, none has a TAL separator,
+    pieces are cut between characters and join back to the note (controls shown as _)."""
+    parts = edf.note_texts(text, limit=limit)
+    assert all(len(p.encode("utf-8")) <= limit for p in parts)
+    assert not any(ch in p for p in parts for ch in "\x00\x14\x15")
+    bodies = [p.split(": ", 1)[1] for p in parts]
+    if len(parts) > 1:
+        assert [p.split(": ", 1)[0] for p in parts] == [f"note {k}/{len(parts)}" for k in range(1, len(parts) + 1)]
+    assert "".join(bodies) == "".join("_" if ord(c) < 32 or ord(c) == 127 else c for c in text)
+
+
 def test_edf_round_trip_with_jitter_and_invalid_values(tmp_path):
     import pyedflib
 

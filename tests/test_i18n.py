@@ -265,6 +265,13 @@ def test_the_page_switches_between_chinese_and_english_in_chromium(tmp_path):
             expect(bed.locator(".note-text")).to_have_attribute("placeholder", "备注，例如：患者起床 / 探头重新固定")
             expect(page.locator("#start-subject option").first).to_have_text("— 请选择 —")
             _screenshot(page, "i18n-zh-CN.png")
+            # an alert arrives as message id + parameters and reads in Chinese; a row from before ids as stored
+            from collector.ward import messages
+
+            shown = page.evaluate("(a) => alertText(a)", {"message_id": messages.NO_LINK, "message": "x",
+                                                          "params": {"seconds": "45", "state_text": "reconnecting"}})
+            assert shown == "与血氧仪的连接已中断 45 秒（当前：重新连接中）：请检查设备是否开机、在有效距离内且电量充足"
+            assert page.evaluate("(a) => alertText(a)", {"message_id": None, "message": "old English text"}) == "old English text"
 
             page.reload()  # the choice is the operator's, stored on the collector
             expect(page.locator(".topbar h1")).to_have_text("床位", timeout=10_000)
@@ -281,3 +288,101 @@ def test_the_page_switches_between_chinese_and_english_in_chromium(tmp_path):
             assert not errors, errors
     finally:
         ward.stop()
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(240)
+def test_the_login_screen_reads_the_sites_language_and_its_switch_in_chromium(tmp_path):
+    """Before anyone logs in: the site's [site] language (zh-CN by default), errors from the server in it too;
+    the switch on the login screen changes it and this browser remembers the pick; after login the operator's
+    own language (here none: the site's) applies."""
+    playwright_sync = pytest.importorskip("playwright.sync_api", reason="Playwright missing: pip install playwright")
+
+    from collector.web.demo import launch
+    from test_web_browser import CHROMIUM, CHROMIUM_ARGS, _screenshot
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install -y chromium")
+    expect = playwright_sync.expect
+    password = "night-shift-42"
+    ward = launch(tmp_path / "ward", speed=60.0, operators={"alice": password})  # the default site language: zh-CN
+    try:
+        with playwright_sync.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            # the browser asks for English: the site's language still wins on the ward laptop
+            page = browser.new_context(viewport={"width": 1366, "height": 768}, locale="en-US").new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(ward.base_url + "/")
+            login = page.locator("#login-view")
+            expect(login).to_be_visible()
+            expect(login.locator("h1")).to_have_text("ALS 筛选数据采集", timeout=10_000)
+            expect(page.locator("html")).to_have_attribute("lang", "zh-CN")
+            expect(page.locator("label[for=login-name]")).to_have_text("操作员")
+            expect(page.locator("label[for=login-password]")).to_have_text("密码或本地令牌")
+            expect(page.locator("#login-submit")).to_have_text("登录")
+            expect(page.locator("#login-language")).to_have_value("zh-CN")
+            expect(page).to_have_title("采集程序 · 床位")
+            page.fill("#login-name", "alice")
+            page.fill("#login-password", "not-the-password")
+            page.click("#login-submit")
+            expect(page.locator("#login-error")).to_contain_text("操作员名称或密码错误", timeout=10_000)
+            _screenshot(page, "login-zh-CN.png")
+
+            page.select_option("#login-language", "en")
+            expect(login.locator("h1")).to_have_text("ALS screening collector", timeout=10_000)
+            expect(page.locator("#login-submit")).to_have_text("Log in")
+            expect(page.locator("html")).to_have_attribute("lang", "en")
+            page.reload()  # the pick is this browser's
+            expect(login.locator("h1")).to_have_text("ALS screening collector", timeout=10_000)
+            expect(page.locator("#login-language")).to_have_value("en")
+            page.fill("#login-name", "alice")
+            page.fill("#login-password", "wrong-again")
+            page.click("#login-submit")
+            expect(page.locator("#login-error")).to_contain_text("wrong operator name or password", timeout=10_000)
+            _screenshot(page, "login-en.png")
+
+            page.fill("#login-name", "alice")
+            page.fill("#login-password", password)
+            page.click("#login-submit")
+            expect(page.locator("#app-view")).to_be_visible(timeout=15_000)
+            expect(page.locator(".topbar h1")).to_have_text("床位", timeout=10_000)  # alice chose nothing: the site's
+            page.click("#logout")
+            expect(login).to_be_visible()
+            expect(page.locator("#login-error")).to_have_text("已退出登录。")
+            browser.close()
+            assert not errors, errors
+    finally:
+        ward.stop()
+
+
+def test_the_fact_forms_names_and_help_are_translated():
+    """The page shows each staff fact as t(name with spaces) and t(help): both need a Chinese entry."""
+    from collector.eligibility.facts import FACTS
+
+    zh, en = catalogue("zh-CN"), catalogue("en")
+    for f in FACTS.values():
+        for msgid in (f.name.replace("_", " "), f.help):
+            assert zh.get(msgid) and msgid in en, msgid
+    source = (STATIC / "app.js").read_text(encoding="utf-8")
+    assert 't(f.help)' in source and 't(f.name.replaceAll("_", " "))' in source
+
+
+def test_criteria_have_one_table_of_names_read_by_the_pdf_and_the_page():
+    from collector.eligibility.labels import CRITERIA
+    from collector.export import pdf
+
+    assert pdf.CRITERIA is CRITERIA
+    zh = catalogue("zh-CN")
+    assert all(zh.get(label) for label in CRITERIA.values())
+    assert "criterionLabel(c.id)" in (STATIC / "app.js").read_text(encoding="utf-8")
+
+
+def test_every_gap_cause_the_page_shows_is_translated():
+    """The page writes a gap's cause as t(cause with spaces); every cause that breaks a hold has its msgid there."""
+    from collector.oximetry.causes import BREAKING_CAUSES, CAUSE_TEXT
+
+    assert BREAKING_CAUSES <= set(CAUSE_TEXT)
+    assert all(text == cause.replace("_", " ") for cause, text in CAUSE_TEXT.items())
+    zh = catalogue("zh-CN")
+    assert all(zh.get(text) for text in CAUSE_TEXT.values())

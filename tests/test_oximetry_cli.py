@@ -181,3 +181,23 @@ def test_pct_text_never_hides_the_side_of_the_threshold() -> None:
     assert pct_text(2.0000001, 2.0) == "2.0000001 %"
     assert pct_text(1.996, 2.0) == "2.00 %"  # rounds up to the threshold but 2.00 passes, same side
     assert pct_text(None) == "n/a"
+
+
+def test_report_picture_is_in_the_readers_language(simulated: tuple[Path, int], tmp_path: Path) -> None:
+    """The night picture's title and labels follow the operator's language (the site's, zh-CN, by default)."""
+    import pypdf
+
+    db, sid = simulated
+
+    def text(name: str) -> str:
+        out = tmp_path / name
+        r = cli(db, "report", str(sid), "--png", str(out))
+        assert r.exit_code == 0, r.output
+        return "".join("".join(p.extract_text().split()) for p in pypdf.PdfReader(out).pages)
+
+    assert f"夜间血氧监测：受试者SCR-0001，记录{sid}" in text("zh.pdf")
+    assert cli(db, "user", "language", "en").exit_code == 0
+    try:
+        assert f"Overnightoximetry:subjectSCR-0001,session{sid}" in text("en.pdf")
+    finally:
+        assert cli(db, "user", "language", "site").exit_code == 0

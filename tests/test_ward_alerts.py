@@ -87,11 +87,87 @@ def test_alerts_cli_lists_acknowledges_once_and_reads_local_time(night: dict[str
     assert missing.exit_code == 4 and "no alert 999999" in missing.output
     after = json.loads(invoke(db, "alerts", "--json").output)
     assert first["id"] not in {a["id"] for a in after}  # cleared and acknowledged: resolved
-    history = invoke(db, "alerts", "--all")
+    history = invoke(db, "alerts", "--all", config=_english(db))
     assert history.exit_code == 0 and "resolved" in history.output and " +08:00" in history.output
     assert "T" not in history.output.splitlines()[1].split()[5]  # a local clock time, not an ISO UTC stamp
     audit = _rows(db, "SELECT actor, reason FROM audit WHERE action = 'alert_acknowledged'")
     assert audit == [("tina", "moved the laptop closer")]
+
+
+def _english(db: Path) -> Path:
+    cfg = db.with_name("site-en.toml")
+    cfg.write_text('[site]\nlanguage = "en"\n', encoding="utf-8")
+    return cfg
+
+
+def test_alerts_are_stored_as_message_ids_and_each_reader_reads_their_language(night: dict[str, Any]) -> None:
+    """The row keeps the English text, the message id and its parameters; `collector alerts` and `collector status`
+    show it in the operator's language (the site's, zh-CN by default, when nobody is logged in)."""
+    from collector.ward import messages
+
+    db = night["db"]
+    rows = _rows(db, "SELECT kind, message, message_id, params_json FROM alerts ORDER BY id")
+    assert rows and all(mid in messages.MESSAGE_IDS for _k, _m, mid, _p in rows)
+    for _kind, message, mid, params in rows:  # the English text is the message id filled in
+        assert message == messages.render(mid, json.loads(params), "", "en")
+    drop = next(r for r in rows if r[0] == "device_disconnected")
+    assert json.loads(drop[3])["state_text"] in messages.LINK_STATE_TEXT.values()
+
+    zh = json.loads(invoke(db, "alerts", "--all", "--json").output)
+    assert zh and all(a["message_id"] and a["message_en"] for a in zh)
+    t90 = next(a for a in zh if a["kind"] == "t90_above_threshold")
+    assert t90["title"] == "T90 超过阈值" and "暂定 T90" in t90["message"] and "0.5 小时" in t90["message"]
+    assert "waits for 0.5 h" in t90["message_en"] and t90["params"]["min_analysed_h"] == "0.5"
+    lost = next(a for a in zh if a["kind"] == "device_disconnected")
+    assert lost["message"].startswith("与血氧仪的连接已中断") and "check the device" not in lost["message"]
+    table = invoke(db, "alerts", "--all")
+    assert table.exit_code == 0 and "与血氧仪的连接已中断" in table.output and "记录" in table.output, table.output
+
+    # the operator's own choice wins over the site's, for the logged-in reader only
+    from conftest import operator_env
+
+    env = operator_env(db, "nina", "technician")
+    assert invoke(db, "user", "language", "en", operator="nina").exit_code == 0
+    en = json.loads(invoke(db, "alerts", "--all", "--json", env=env).output)
+    assert next(a for a in en if a["kind"] == "t90_above_threshold")["message"] == t90["message_en"]
+    assert "resolved" in invoke(db, "alerts", "--all", env=env).output
+
+    # `collector status` renders the daemon's alerts (message id + params) the same way
+    status = [messages.localise(a, "zh-CN") for a in night["status_alerts"]]
+    assert status and all(a["message"] != a["message_en"] and a["title"] != messages.KIND_TITLES[a["kind"]] for a in status)
+
+
+def test_alerts_stored_before_message_ids_still_read(tmp_path: Path) -> None:
+    """A database made before the 'alert message ids' migration: its alert rows gain empty message ids and show
+    their stored English message in any language, on the CLI and through the API model."""
+    from collector import schemas
+    from collector.storage.db import connect, migrate, open_db
+    from collector.web.models import AlertOut
+    from collector.ward import store
+    from collector.ward.alerts import Alert
+    from collector.ward.messages import localise
+
+    db_path = tmp_path / "old.sqlite"
+    conn = connect(db_path, synchronous="NORMAL")
+    conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_utc TEXT NOT NULL)")
+    for version, m in enumerate([m for m in schemas.migrations() if m.name != "alert message ids"], start=1):
+        conn.executescript(m.sql)
+        conn.execute("INSERT INTO schema_migrations VALUES (?, ?, '2026-01-01T00:00:00+00:00')", (version, m.name))
+    conn.execute("INSERT INTO alerts (id, kind, message, raised_utc) VALUES (1, 'disk_almost_full', "
+                 "'only 700 MB free next to the database; free space now or recording stops', '2026-01-01T18:00:00Z')")
+    conn.commit()
+    conn.close()
+    new = open_db(db_path)
+    assert migrate(new) == []  # applied on opening
+    (row,) = store.list_alerts(new.conn, include_resolved=True)
+    assert row["message_id"] is None and row["params_json"] is None
+    for lang in ("zh-CN", "en"):
+        assert localise(row, lang)["message"].startswith("only 700 MB free")
+    assert localise(row, "zh-CN")["title"] == "磁盘空间即将用尽"
+    AlertOut.model_validate(Alert.from_row(row).as_dict(site_zone({"site": {"timezone": "Asia/Shanghai"}})))
+    new.conn.close()
+    out = invoke(db_path, "alerts", "--all")
+    assert out.exit_code == 0 and "only 700 MB free" in out.output, out.output
 
 
 def test_night_notes_are_stamped_audited_and_append_only(night: dict[str, Any]) -> None:
@@ -147,12 +223,25 @@ def test_night_notes_are_exported_as_csv_edf_annotations_and_in_the_pdf(night: d
         rows = list(csv.DictReader(z.read(notes_name).decode("utf-8").splitlines()))
         edf_bytes = z.read(next(n for n in names if n.endswith(f"data/night_{sid}.edf")))
         pdf_bytes = z.read(next(n for n in names if n.endswith("data/report.pdf")))
+        (alerts_name,) = [n for n in names if n.endswith(f"data/alerts_{sid}.csv")]
+        alerts_en = list(csv.DictReader(z.read(alerts_name).decode("utf-8").splitlines()))
     assert [r["text"] for r in rows][-1] == "probe re-taped"
     assert all(r["t_utc"].endswith("Z") and r["noted_by"] == "tina" for r in rows)  # exports stay UTC
     texts = [a[2] for a in read_signals(edf_bytes)["annotations"]]
     assert "note: probe re-taped" in texts, texts
     text = "".join(page.extract_text() for page in pypdf.PdfReader(io.BytesIO(pdf_bytes)).pages)
     assert "Night notes" in text and "probe re-taped" in text
+    # the night's alerts, in the export's language and in English, with message id and parameters
+    stored = _rows(db, "SELECT id, message, message_id FROM alerts WHERE session_id = ? ORDER BY id", sid)
+    assert [(int(r["alert_id"]), r["message_en"], r["message_id"]) for r in alerts_en] == stored
+    assert all(r["language"] == "en" and r["message"] == r["message_en"] and r["raised_utc"].endswith("Z") for r in alerts_en)
+    zh_out = tmp_path / "zh"
+    assert invoke(db, "export", "SCR-0001", "--out", str(zh_out), "--lang", "zh-CN", config=cfg).exit_code == 0
+    (alerts_csv,) = zh_out.glob(f"*/data/alerts_{sid}.csv")
+    alerts_zh = list(csv.DictReader(alerts_csv.read_text(encoding="utf-8").splitlines()))
+    assert [r["message_en"] for r in alerts_zh] == [r["message_en"] for r in alerts_en]
+    assert all(r["language"] == "zh-CN" and "与血氧仪" in r["message"] for r in alerts_zh if r["kind"] == "device_disconnected")
+    assert {r["title"] for r in alerts_zh if r["kind"] == "device_disconnected"} == {"设备连接断开"}
 
 
 def test_report_lists_gaps_at_local_times_with_durations(night: dict[str, Any]) -> None:

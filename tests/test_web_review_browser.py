@@ -48,7 +48,7 @@ def test_an_investigator_resolves_a_review_on_the_page_with_the_password_again(t
             page.select_option("#review-subject", "SCR-0201")
             page.click("#review-button")
             item = page.locator(".review-item[data-criterion='bmi']")
-            expect(item.locator(".review-head")).to_have_text("bmi: open")
+            expect(item.locator(".review-head")).to_have_text("BMI: open")
             expect(item.locator(".evidence")).to_contain_text("weight_kg: 53.45")
 
             item.locator(".resolve-decision").select_option("not_met")
@@ -59,7 +59,7 @@ def test_an_investigator_resolves_a_review_on_the_page_with_the_password_again(t
 
             item.locator(".resolve-password").fill(TEST_PASSWORD)
             item.locator("button[type=submit]").click()
-            expect(page.locator(".review-item[data-criterion='bmi'] .review-head")).to_have_text("bmi: resolved (not met)")
+            expect(page.locator(".review-item[data-criterion='bmi'] .review-head")).to_have_text("BMI: resolved (not met)")
             expect(page.locator(".review-item[data-criterion='bmi'] .review-by")).to_contain_text("by dr.web")
             expect(page.locator("#signatures .signature.ok")).to_contain_text("Signed electronically by Wang Fang (investigator")
             browser.close()

@@ -117,7 +117,7 @@ def test_killed_daemon_greys_every_card_within_5_s_and_the_page_resyncs(tmp_path
             # `collector status` against the same daemon: local times with the offset, and the alerts line.
             st = subprocess.run(collector_cmd() + ["--db", str(ward.db_path), "status"], capture_output=True, text=True, timeout=60)
             assert st.returncode == 0, st.stderr
-            assert "+08:00" in st.stdout and re.search(r"^alerts: \d+ to acknowledge", st.stdout, flags=re.M), st.stdout
+            assert "+08:00" in st.stdout and re.search(r"^(alerts: \d+ to acknowledge|警报：\d+ 条待确认)", st.stdout, flags=re.M), st.stdout
             assert not errors, errors
             browser.close()
         conn = sqlite3.connect(str(ward.db_path))

@@ -17,6 +17,8 @@ from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, Mapping
 
+from collector.i18n import N_
+
 __all__ = [
     "FACTS",
     "IDENTIFYING_FACTS",
@@ -95,32 +97,32 @@ FACTS: dict[str, FactSpec] = {
     s.name: s
     for s in (
         FactSpec("consent_signed_on", "consent", ("consent",),
-                 "date the ICF was signed (YYYY-MM-DD), or 'no' if not signed/refused"),
+                 N_("date the ICF was signed (YYYY-MM-DD), or 'no' if not signed/refused")),
         FactSpec("screening_date", "date", ("age", "als_diagnosis"),
-                 "screening date (YYYY-MM-DD); defaults to the date of the first screening session",
+                 N_("screening date (YYYY-MM-DD); defaults to the date of the first screening session"),
                  not_in_future=False),
-        FactSpec("birth_date", "date", ("age",), "birth date (YYYY-MM-DD); local database only",
+        FactSpec("birth_date", "date", ("age",), N_("birth date (YYYY-MM-DD); local database only"),
                  identifying=True),
         FactSpec("diagnosis_date", "date", ("als_diagnosis",),
-                 "date of the initial ALS diagnosis (YYYY-MM-DD)"),
+                 N_("date of the initial ALS diagnosis (YYYY-MM-DD)")),
         FactSpec("wfn_category", "choice", ("als_diagnosis",),
-                 "WFN (El Escorial / Awaji) category", choices=WFN_CATEGORIES),
+                 N_("WFN (El Escorial / Awaji) category"), choices=WFN_CATEGORIES),
         FactSpec("prior_treatment_failed", "choice", ("prior_treatment",),
-                 "prior standard treatment with poor efficacy or progression", choices=_YES_NO),
+                 N_("prior standard treatment with poor efficacy or progression"), choices=_YES_NO),
         FactSpec("prior_treatments", "text", ("prior_treatment",),
-                 "free text: prior treatments (riluzole, edaravone, ...)"),
-        FactSpec("height_cm", "number", ("bmi", "fvc"), "measured height",
+                 N_("free text: prior treatments (riluzole, edaravone, ...)")),
+        FactSpec("height_cm", "number", ("bmi", "fvc"), N_("measured height"),
                  min_value=Decimal(100), max_value=Decimal(250), unit="cm"),
-        FactSpec("weight_kg", "number", ("bmi",), "measured weight",
+        FactSpec("weight_kg", "number", ("bmi",), N_("measured weight"),
                  min_value=Decimal(20), max_value=Decimal(300), unit="kg"),
-        FactSpec("sex", "choice", ("fvc",), "sex at birth (used by the reference equations)",
+        FactSpec("sex", "choice", ("fvc",), N_("sex at birth (used by the reference equations)"),
                  choices=("male", "female")),
-        FactSpec("nutrition_good", "choice", ("bmi",), "investigator's nutrition judgement",
+        FactSpec("nutrition_good", "choice", ("bmi",), N_("investigator's nutrition judgement"),
                  choices=_YES_NO),
         FactSpec("contraception", "contraception", ("contraception",),
-                 "contraception agreement: yes, no, or 'not_applicable: <reason>'"),
+                 N_("contraception agreement: yes, no, or 'not_applicable: <reason>'")),
         FactSpec("cooperation", "choice", ("cooperation",),
-                 "able to cooperate with history collection and visits", choices=_YES_NO),
+                 N_("able to cooperate with history collection and visits"), choices=_YES_NO),
     )
 }
 

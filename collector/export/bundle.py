@@ -23,6 +23,7 @@ import numpy as np
 from collector import __version__
 from collector.clock import utc_iso
 from collector.errors import CollectorError, Conflict, InvalidInput
+from collector.i18n import translator
 from collector.spirometry import store as spirometry_store
 from collector.storage import audit, repo, seals
 from collector.storage.db import transaction
@@ -111,10 +112,25 @@ def _gap_detail(g: dict[str, Any]) -> str | None:
     return g["detail"]
 
 
+def _alert_rows(conn: sqlite3.Connection, sid: int, ident: dict[str, Any], scrub: Scrubber, lang: str) -> list[dict[str, Any]]:
+    """The night's alerts, oldest first, in the reader's language (``language``) and in English."""
+    from collector.ward.messages import localise
+
+    rows = ward_store.list_alerts(conn, include_resolved=True, session_id=sid, limit=10**9)
+    out = []
+    for a in reversed(rows):
+        a = localise(a, lang)
+        out.append({**ident, "alert_id": a["id"], "kind": a["kind"], "state": a["state"], "raised_utc": a["raised_utc"],
+                    "cleared_utc": a["cleared_utc"], "acknowledged_utc": a["acknowledged_utc"],
+                    "acknowledged_by": a["acknowledged_by"], "language": lang, "title": a["title"],
+                    "message": scrub.text(a["message"]), "message_en": scrub.text(a["message_en"]),
+                    "message_id": a["message_id"],
+                    "params_json": None if a["message_id"] is None else scrub.text(json.dumps(a["params"], ensure_ascii=False, sort_keys=True))})
+    return out
+
+
 def _night_files(conn: sqlite3.Connection, s: dict[str, Any], config: dict[str, Any], scrub: Scrubber,
                  pseudonym: str, device: dict[str, Any] | None, site: str) -> tuple[dict[str, bytes], dict[str, Any]]:
-    import matplotlib.pyplot as plt
-
     from collector.oximetry.analysis.plot import night_figure
     from collector.oximetry.store import compute_report, gaps_as_analysed, latest_report, night_from_columns, sample_rows
 
@@ -146,6 +162,7 @@ def _night_files(conn: sqlite3.Connection, s: dict[str, Any], config: dict[str, 
                   for e in events]
     night_notes = [{**n, "text": scrub.text(n["text"])} for n in ward_store.list_notes(conn, sid)]
     note_rows = [{**ident, "t_utc": csvs.iso_ms(n["t_utc_ms"]), "noted_by": n["noted_by"], "text": n["text"]} for n in night_notes]
+    alert_rows = _alert_rows(conn, sid, ident, scrub, str(config["site"]["language"]))
 
     stored = latest_report(conn, sid)
     report = stored if stored is not None else compute_report(conn, sid, config)
@@ -169,16 +186,14 @@ def _night_files(conn: sqlite3.Connection, s: dict[str, Any], config: dict[str, 
     edf_d_bytes, _ = edf.night_edf(**edf_args, layout=edf.DISCONTINUOUS)
 
     data = night_from_columns(conn, sid, t_ms, spo2, pulse, valid, pulse_valid, flags[keep])
-    # one figure per night: saved as the PNG here and, when the site reads English (the PNG's language), reused
-    # as the night's page of report.pdf instead of being drawn a second time
-    fig = night_figure(data, report, config_from_report(report), title=f"Overnight oximetry: subject {pseudonym}, session {sid}",
-                       tz=ZoneInfo(site_timezone(config)))
+    # one figure per night, in the export's language (the reader's): saved as the PNG here and reused as the
+    # night's page of report.pdf instead of being drawn a second time
+    lang = str(config["site"]["language"])
+    title = translator(lang)("Overnight oximetry: subject {subject}, session {session}").format(subject=pseudonym, session=sid)
+    fig = night_figure(data, report, config_from_report(report), title=title, tz=ZoneInfo(site_timezone(config)), lang=lang)
     png_buf = io.BytesIO()
     fig.savefig(png_buf, format="png")
     png_bytes = png_buf.getvalue()
-    if config["site"]["language"] != "en":
-        plt.close(fig)
-        fig = None
 
     start_utc = None if report.get("start_s") is None else utc_iso(report["start_s"])
     night_json = {
@@ -190,6 +205,7 @@ def _night_files(conn: sqlite3.Connection, s: dict[str, Any], config: dict[str, 
         f"gaps_{sid}.csv": csvs.write_csv(csvs.GAP_COLUMNS, gap_rows),
         f"events_{sid}.csv": csvs.write_csv(csvs.EVENT_COLUMNS, event_rows),
         f"notes_{sid}.csv": csvs.write_csv(csvs.NOTE_COLUMNS, note_rows),
+        f"alerts_{sid}.csv": csvs.write_csv(csvs.ALERT_COLUMNS, alert_rows),
         f"night_{sid}.json": _json(night_json),
         f"night_{sid}.edf": edf_bytes,
         f"night_{sid}.discontinuous.edf": edf_d_bytes,

@@ -25,6 +25,9 @@ SAMPLE_COLUMNS = [*IDENTITY, "host_utc", "device_time", "spo2_pct", "pulse_bpm",
 GAP_COLUMNS = [*IDENTITY, "start_utc", "end_utc", "duration_s", "cause", "breaks_hold", "detail"]
 EVENT_COLUMNS = [*IDENTITY, "t_utc", "kind", "detail_json"]
 NOTE_COLUMNS = [*IDENTITY, "t_utc", "noted_by", "text"]  # the technician's night notes (collector note), as written
+# the night's alerts: title and message in the export's language, with the English text, message id and parameters
+ALERT_COLUMNS = [*IDENTITY, "alert_id", "kind", "state", "raised_utc", "cleared_utc", "acknowledged_utc", "acknowledged_by",
+                 "language", "title", "message", "message_en", "message_id", "params_json"]
 AUDIT_COLUMNS = [*IDENTITY, "id", "at_utc", "actor", "action", "subject_id", "session_id", "old_value", "new_value", "reason",
                  "prev_hash", "row_hash", "null_fields", "withheld_fields"]
 MANOEUVRE_COLUMNS = [*IDENTITY, "id", "received_utc", "number", "manoeuvre_type", "posture", "is_summary", "fvc_l", "fev1_l",

@@ -20,7 +20,14 @@ one cell the later one moves to the next cell (``c_i = max(r_i, c_{i-1} + 1)``),
 every sample keeps its own cell and the order is kept; the largest such shift is in
 the first annotation.  SpO2 and pulse hold the *valid* values at 0.1 resolution;
 invalid values, flags and exact host times are in ``samples_<s>.csv``.  Gaps and events
-are annotations (``gap: <cause>`` with duration, ``event: <kind>``).
+are annotations (``gap: <cause>`` with duration, ``event: <kind>``, ``note: <text>``).
+
+Annotation texts are UTF-8, as EDF+ (section 2.2.2) has them: a technician's Chinese note
+is written byte for byte as stored.  EDFlib, which pyEDFlib and other viewers use, keeps at
+most :data:`ANNOTATION_TEXT_MAX_BYTES` bytes of one annotation and cuts the rest in the
+middle of a character, so a longer note is written as several annotations at the same
+onset (``note 1/2: ...``, ``note 2/2: ...``), cut between characters, whose texts joined
+give the note back exactly.  Header fields stay printable ASCII, as the standard asks.
 
 The bytes are written here, field by field as the EDF/EDF+ specification lays them out,
 rather than through edfio: edfio writes EDF+C only, and its own duration check rejects
@@ -46,6 +53,8 @@ CONTINUOUS, DISCONTINUOUS = "EDF+C", "EDF+D"
 SPO2_RANGE = ((-0.1, 100.0), (-1, 1000))   # physical, digital: 0.1 % per step
 PULSE_RANGE = ((-0.1, 300.0), (-1, 3000))  # 0.1 bpm per step
 ANNOTATIONS_LABEL = "EDF Annotations"
+#: EDFlib's limit on one annotation's text (longer texts are cut by pyEDFlib, mid-character).
+ANNOTATION_TEXT_MAX_BYTES = 512
 _MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
 
 
@@ -124,8 +133,39 @@ def _onset(s: float) -> str:
 def _tal(onset: float, duration: float | None, text: str) -> bytes:
     """One time-stamped annotation list (EDF+ section 2.2.2): +onset[\\x15duration]\\x14text\\x14\\x00."""
     head = _onset(onset) + ("" if duration is None else "\x15" + _onset(duration).lstrip("+"))
-    clean = "".join(ch if 32 <= ord(ch) < 127 else "_" for ch in text)
-    return (head + "\x14" + clean + "\x14\x00").encode("ascii")
+    return (head + "\x14" + _tal_text(text) + "\x14\x00").encode("utf-8")
+
+
+def _tal_text(text: str) -> str:
+    """Annotation text as UTF-8 allows it, without control characters: 0x14, 0x15 and 0x00 separate
+    the parts of a TAL (every byte of a multi-byte UTF-8 character is 0x80 or above, so none clashes)."""
+    return "".join("_" if ord(ch) < 32 or ord(ch) == 127 else ch for ch in text)
+
+
+def note_texts(text: str, *, limit: int = ANNOTATION_TEXT_MAX_BYTES) -> list[str]:
+    """The annotation texts of one night note: ``note: <text>``, or parts ``note k/n: <piece>`` of at most
+    ``limit`` UTF-8 bytes each, cut between characters, when the whole would be longer."""
+    text = _tal_text(text)
+    whole = f"note: {text}"
+    if len(whole.encode("utf-8")) <= limit:
+        return [whole]
+    n = 2
+    while True:
+        budget = limit - len(f"note {n}/{n}: ".encode("utf-8"))
+        pieces: list[str] = []
+        piece: list[str] = []
+        size = 0
+        for ch in text:
+            b = len(ch.encode("utf-8"))
+            if size + b > budget:
+                pieces.append("".join(piece))
+                piece, size = [], 0
+            piece.append(ch)
+            size += b
+        pieces.append("".join(piece))
+        if len(pieces) <= n:
+            return [f"note {k}/{len(pieces)}: {p}" for k, p in enumerate(pieces, 1)]
+        n = len(pieces)
 
 
 def _place(records: np.ndarray, notes: list[tuple[float, float | None, str]],
@@ -197,8 +237,8 @@ def night_edf(
         notes.append((s, d, f"gap: {gap['cause']}"))
     for ev in events:
         notes.append((onset(ev["t_utc_ms"]), None, f"event: {ev['kind']}"))
-    for note in night_notes or ():
-        notes.append((onset(note["t_utc_ms"]), None, f"note: {note['text']}"))  # ASCII here; the CSV has the text as written
+    for note in night_notes or ():  # UTF-8 as written; a long one in parts of at most 512 bytes
+        notes.extend((onset(note["t_utc_ms"]), None, part) for part in note_texts(note["text"]))
     placed, ann_bytes = _place(records, notes, record_s)
     ann_spr = -(-ann_bytes // 2)
 

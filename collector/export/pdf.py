@@ -30,6 +30,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
+from collector.eligibility import labels  # noqa: E402
 from collector.i18n import N_, fonts, translator  # noqa: E402
 
 A4_PORTRAIT_IN = (8.27, 11.69)
@@ -40,10 +41,7 @@ HASH_LABEL = "Payload-SHA256-Without-Report"
 DECISIONS = {"eligible": N_("ELIGIBLE"), "ineligible": N_("INELIGIBLE"), "incomplete": N_("INCOMPLETE"),
              "not evaluated": N_("NOT EVALUATED")}
 STATES = {"met": N_("met"), "not_met": N_("not met"), "pending": N_("pending"), "needs_review": N_("needs review")}
-CRITERIA = {"consent": N_("informed consent"), "age": N_("age 18-60"), "als_diagnosis": N_("ALS diagnosis (WFN)"),
-            "prior_treatment": N_("prior treatment failed"), "fvc": N_("FVC % predicted"),
-            "nocturnal_spo2": N_("nocturnal SpO2 (T90)"), "bmi": N_("BMI"), "contraception": N_("contraception"),
-            "cooperation": N_("cooperation")}
+CRITERIA = labels.CRITERIA
 NIGHTS = {"pass": N_("pass"), "fail": N_("fail"), "invalid": N_("invalid")}
 
 

@@ -99,7 +99,7 @@ class _Checker:
     # -- parse every payload file ------------------------------------------------------------
     def parse_all(self) -> None:
         columns = {"samples": csvs.SAMPLE_COLUMNS, "gaps": csvs.GAP_COLUMNS, "events": csvs.EVENT_COLUMNS,
-                   "notes": csvs.NOTE_COLUMNS, "spirometry": csvs.MANOEUVRE_COLUMNS, "audit": csvs.AUDIT_COLUMNS}
+                   "notes": csvs.NOTE_COLUMNS, "alerts": csvs.ALERT_COLUMNS, "spirometry": csvs.MANOEUVRE_COLUMNS, "audit": csvs.AUDIT_COLUMNS}
         for name, data in sorted(self.files.items()):
             if not name.startswith("data/"):
                 continue

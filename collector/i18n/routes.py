@@ -1,4 +1,12 @@
-"""The page's catalogue and the operator's language choice, as API routes."""
+"""The page's catalogue and the operator's language choice, as API routes.
+
+Before anyone logs in, the login screen reads ``GET /login/language`` (the one route of
+this module without a login: it returns the catalogue's strings, nothing recorded on the
+ward): the site's ``[site] language``, or the language picked with the switch on the login
+screen (the page remembers that pick in the browser).  The browser's Accept-Language is
+not used: a ward laptop's system language is often not its technicians' language, and the
+site chose its language in the config.
+"""
 
 from __future__ import annotations
 
@@ -27,8 +35,13 @@ class CatalogueOut(BaseModel):
     messages: dict[str, str] = Field(description="English msgid -> translation (missing: show the msgid)")
 
 
+class LoginLanguageOut(CatalogueOut):
+    site_language: str
+    languages: dict[str, str] = Field(description="code -> name as its speakers write it")
+
+
 def make_router(daemon: Any, auth: Any) -> Any:
-    from fastapi import APIRouter, Depends  # the web framework only when the daemon serves
+    from fastapi import APIRouter, Depends, Query  # the web framework only when the daemon serves
 
     from collector.web.auth import current_operator
 
@@ -55,6 +68,14 @@ def make_router(daemon: Any, auth: Any) -> Any:
         """Every translated string of the page, for ``t()`` in the browser."""
         code = check_language(language)
         return {"language": code, "messages": await asyncio.to_thread(catalogue, code)}
+
+    @router.get("/login/language", response_model=LoginLanguageOut)
+    async def login_language(language: Literal["zh-CN", "en"] | None = Query(
+            None, description="the pick of the login screen's switch; none: the site's [site] language")) -> dict[str, Any]:
+        """The login screen's language and catalogue, before anyone logs in (no ward data: only the strings)."""
+        code = check_language(language or site_language())
+        return {"language": code, "site_language": site_language(), "languages": LANGUAGES,
+                "messages": await asyncio.to_thread(catalogue, code)}
 
     @router.get("/me/language", response_model=LanguageOut, dependencies=[Depends(auth)])
     async def my_language() -> dict[str, Any]:

@@ -9,5 +9,14 @@ over by the definition (oximetry.md), so they do not break it.
 
 from __future__ import annotations
 
+from collector.i18n import N_
+
 BREAKING_CAUSES = frozenset({"device_disconnected", "adapter_off", "watchdog_silence", "daemon_down", "recorder_error",
                              "session_paused"})
+
+#: How a gap's cause reads on the page (``t(cause with spaces)``): the msgids of the catalogues.
+CAUSE_TEXT: dict[str, str] = {
+    "device_disconnected": N_("device disconnected"), "adapter_off": N_("adapter off"),
+    "watchdog_silence": N_("watchdog silence"), "daemon_down": N_("daemon down"), "recorder_error": N_("recorder error"),
+    "session_paused": N_("session paused"), "lost_packets": N_("lost packets"),
+}

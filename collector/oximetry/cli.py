@@ -63,7 +63,9 @@ def _zone(name: str | None) -> tzinfo:
 
 
 def write_png(c: Ctx, info: dict[str, Any], path: Path, tz: tzinfo = timezone.utc) -> Path:
-    """Draw the night with the parameters its report was computed with (title: pseudonym and session only)."""
+    """Draw the night with the parameters its report was computed with (title: pseudonym and session only), in the
+    reader's language (the logged-in operator's, else the site's)."""
+    from collector.i18n import translator
     from collector.oximetry.analysis.plot import plot_night
     from collector.oximetry.analysis.report import AnalysisConfig
     from collector.oximetry import store
@@ -72,14 +74,17 @@ def write_png(c: Ctx, info: dict[str, Any], path: Path, tz: tzinfo = timezone.ut
     cfg = AnalysisConfig(max_hold_s=float(d["max_hold_s"]), threshold_pct=float(d["threshold_pct"]),
                          min_analysed_h=float(d["min_analysed_h"]), min_analysed_pct=float(d["min_analysed_pct"]))
     s = info["session"]
-    title = f"Overnight oximetry - subject {s['subject_id']} - session {s['id']}"
+    conn = c.conn()
+    lang = c.reader_language(conn)
+    _ = translator(lang)
+    title = _("Overnight oximetry: subject {subject}, session {session}").format(subject=s["subject_id"], session=s["id"])
     if s["origin"] != "live":
         title += f" ({s['origin']})"
     if info["provisional"]:
-        title += " (PROVISIONAL)"
-    data = store.load_night(c.conn(), s["id"])
+        title += _(" (PROVISIONAL)")
+    data = store.load_night(conn, s["id"])
     try:
-        return plot_night(data, info["report"], path, config=cfg, title=title, tz=tz)
+        return plot_night(data, info["report"], path, config=cfg, title=title, tz=tz, lang=lang)
     except OSError as exc:
         raise StorageError(f"cannot write the picture to {path}: {exc}; choose another path") from None
 

@@ -24,6 +24,7 @@ from collector.clock import parse_utc, utc_iso
 from collector.errors import NotFound
 from collector.localtime import local_time, site_zone
 from collector.storage import repo
+from collector.ward import messages as msg
 from collector.ward import store
 from drivers.protocols.common import Flag
 
@@ -39,15 +40,9 @@ DEFAULTS: dict[str, float] = {
     "alert_check_s": 2.0,           # the daemon evaluates the conditions this often
 }
 
-KIND_TITLES = {
-    "device_disconnected": "Device disconnected",
-    "no_sample": "No samples",
-    "finger_out": "Finger out",
-    "t90_above_threshold": "T90 above threshold",
-    "disk_almost_full": "Disk almost full",
-    "storage_backlog": "Storage behind",
-    "storage_failed": "Storage failed",
-}
+KIND_TITLES = msg.KIND_TITLES
+# One condition that holds: (subject_id, message id, parameters)
+Holding = tuple[str | None, str, dict[str, str]]
 
 
 @dataclass
@@ -56,11 +51,13 @@ class Alert:
     kind: str
     session_id: int | None
     subject_id: str | None
-    message: str
+    message: str  # English
     raised_t: float
     cleared_t: float | None = None
     acknowledged_by: str | None = None
     acknowledged_t: float | None = None
+    message_id: str | None = None  # None: a row from before message ids (its English message is all there is)
+    params: dict[str, str] | None = None
 
     @property
     def active(self) -> bool:
@@ -82,6 +79,7 @@ class Alert:
         return {**local,
             "id": self.id, "kind": self.kind, "title": KIND_TITLES.get(self.kind, self.kind),
             "session_id": self.session_id, "subject_id": self.subject_id, "message": self.message,
+            "message_id": self.message_id, "params": self.params or {},
             "state": self.state, "active": self.active, "raised_utc": utc_iso(self.raised_t),
             "cleared_utc": iso(self.cleared_t), "acknowledged_by": self.acknowledged_by,
             "acknowledged_utc": iso(self.acknowledged_t),
@@ -93,7 +91,8 @@ class Alert:
             return parse_utc(s) if s else None
 
         return cls(r["id"], r["kind"], r["session_id"], r["subject_id"], r["message"], parse_utc(r["raised_utc"]),
-                   t(r["cleared_utc"]), r["acknowledged_by"], t(r["acknowledged_utc"]))
+                   t(r["cleared_utc"]), r["acknowledged_by"], t(r["acknowledged_utc"]), r.get("message_id"),
+                   msg.params_of(r))
 
 
 class AlertEngine:
@@ -122,10 +121,10 @@ class AlertEngine:
         self.alerts = {r["id"]: Alert.from_row(r) for r in rows}
 
     # -- conditions ---------------------------------------------------------------------------
-    def _conditions(self, now: float) -> dict[tuple[str, int | None], tuple[str | None, str]]:
-        """(kind, session_id) -> (subject_id, message) for every condition that holds now."""
+    def _conditions(self, now: float) -> dict[tuple[str, int | None], Holding]:
+        """(kind, session_id) -> (subject_id, message id, parameters) for every condition that holds now."""
         s = self.settings
-        out: dict[tuple[str, int | None], tuple[str | None, str]] = {}
+        out: dict[tuple[str, int | None], Holding] = {}
         recorders = getattr(self.daemon.services.get("oximetry"), "recorders", {})
         for sid, rec in list(recorders.items()):
             subject = rec.subject_id
@@ -137,45 +136,42 @@ class AlertEngine:
                 seen = self._down_seen.setdefault(sid, now)
                 down_s = now - (last if last is not None else seen)
                 if down_s > s["alert_disconnected_s"] and rec.link.state == "adapter_off":
-                    out[("device_disconnected", sid)] = (
-                        subject, f"no link to the oximeter for {down_s:.0f} s: the laptop's Bluetooth adapter is off "
-                                 "(after sleep?); switch Bluetooth on, the night reconnects by itself")
+                    out[("device_disconnected", sid)] = (subject, msg.ADAPTER_OFF, {"seconds": f"{down_s:.0f}"})
                 elif down_s > s["alert_disconnected_s"]:
                     out[("device_disconnected", sid)] = (
-                        subject, f"no link to the oximeter for {down_s:.0f} s (now {rec.link.state}): check the device "
-                                 "is on, in range and charged")
+                        subject, msg.NO_LINK, {"seconds": f"{down_s:.0f}",
+                                               "state_text": msg.LINK_STATE_TEXT.get(rec.link.state, rec.link.state)})
             else:
                 if self._down_seen.pop(sid, None) is not None:
                     self._up_since[sid] = now
                 quiet_s = now - max(last if last is not None else started, self._up_since.get(sid, started))
                 if quiet_s > s["alert_no_sample_s"]:
-                    out[("no_sample", sid)] = (subject, f"no sample from the oximeter for {quiet_s:.0f} s although connected")
+                    out[("no_sample", sid)] = (subject, msg.NO_SAMPLE, {"seconds": f"{quiet_s:.0f}"})
             reading = rec.pipeline.last_reading
             if reading is not None and reading.flags & FINGER_FLAGS and rec.link.state == "connected":
                 since = self._finger_since.setdefault(sid, last if last is not None else now)
                 if now - since >= s["alert_finger_out_s"]:
-                    out[("finger_out", sid)] = (subject, f"sensor off the finger for {now - since:.0f} s: put the probe back on")
+                    out[("finger_out", sid)] = (subject, msg.FINGER_OUT, {"seconds": f"{now - since:.0f}"})
             else:
                 self._finger_since.pop(sid, None)
             live = rec.live.snapshot if rec.live is not None else None
             if live is not None and live.above_threshold:
                 ox = self.daemon.config["oximetry"]
                 out[("t90_above_threshold", sid)] = (
-                    subject, f"provisional T90 {live.t90_pct:.2f} % is above the {ox['t90_threshold_pct']:g} % criterion "
-                             f"(after {live.analysed_s / 3600:.1f} h analysed; the alert waits for "
-                             f"{ox['t90_alert_min_analysed_h']:g} h)")
+                    subject, msg.T90_ABOVE, {"t90_pct": f"{live.t90_pct:.2f}", "threshold_pct": f"{ox['t90_threshold_pct']:g}",
+                                             "analysed_h": f"{live.analysed_s / 3600:.1f}",
+                                             "min_analysed_h": f"{ox['t90_alert_min_analysed_h']:g}"})
         for sid in set(self._down_seen) - set(recorders):
             self._down_seen.pop(sid, None)
         for sid in set(self._up_since) - set(recorders):
             self._up_since.pop(sid, None)
         free_mb = self.disk_free_mb()
         if free_mb is not None and free_mb < s["disk_min_free_mb"]:
-            out[("disk_almost_full", None)] = (None, f"only {free_mb:.0f} MB free next to the database; free space now or recording stops")
+            out[("disk_almost_full", None)] = (None, msg.DISK_LOW, {"free_mb": f"{free_mb:.0f}"})
         if getattr(self.daemon.writer, "backlog", False):
-            out[("storage_backlog", None)] = (None, f"the database writer is {self.daemon.writer.unwritten} samples behind: "
-                                                    "the disk is too slow or stalled; nothing is lost yet, check the disk")
+            out[("storage_backlog", None)] = (None, msg.STORAGE_BEHIND, {"unwritten": str(self.daemon.writer.unwritten)})
         if getattr(self.daemon.writer, "failed", None):
-            out[("storage_failed", None)] = (None, f"the database writer failed ({self.daemon.writer.failed}); samples are not being saved")
+            out[("storage_failed", None)] = (None, msg.STORAGE_FAILED, {"error": str(self.daemon.writer.failed)})
         return out
 
     def disk_free_mb(self) -> float | None:
@@ -196,12 +192,13 @@ class AlertEngine:
         now = self.daemon.clock.now()
         holding = self._conditions(now)
         current = {(a.kind, a.session_id): a for a in self.alerts.values() if a.active}
-        for key, (subject, message) in holding.items():
+        for key, (subject, message_id, params) in holding.items():
             alert = current.get(key)
             if alert is None:
-                self._raise(key, subject, message, now)
+                self._raise(key, subject, message_id, params, now)
             elif alert.acknowledged_by is None:
-                alert.message = message
+                alert.message_id, alert.params = message_id, params
+                alert.message = msg.render(message_id, params, "", "en")
         for key, alert in current.items():
             if key not in holding:
                 self._clear(alert, now)
@@ -215,17 +212,20 @@ class AlertEngine:
             return
         self.daemon.writer.submit(fn)
 
-    def _raise(self, key: tuple[str, int | None], subject: str | None, message: str, now: float) -> None:
+    def _raise(self, key: tuple[str, int | None], subject: str | None, message_id: str, params: dict[str, str],
+               now: float) -> None:
         kind, sid = key
         assert self._next_id is not None
-        alert = Alert(self._next_id, kind, sid, subject, message, now)
+        message = msg.render(message_id, params, "", "en")
+        alert = Alert(self._next_id, kind, sid, subject, message, now, message_id=message_id, params=params)
         self._next_id += 1
         self.alerts[alert.id] = alert
-        detail = {"alert_id": alert.id, "alert": kind, "message": message}
+        detail = {"alert_id": alert.id, "alert": kind, "message": message, "message_id": message_id, "params": params}
         log.warning("alert %s raised: %s %s", alert.id, kind, f"session {sid}" if sid else "")
 
         def write(c: Any) -> None:
-            store.raise_alert(c, alert_id=alert.id, kind=kind, session_id=sid, subject_id=subject, message=message, at=now)
+            store.raise_alert(c, alert_id=alert.id, kind=kind, session_id=sid, subject_id=subject, message=message, at=now,
+                              message_id=message_id, params=params)
             if sid is not None:
                 repo.add_event(c, sid, t_ms=int(round(now * 1000)), kind="alert_raised", detail=detail)
 

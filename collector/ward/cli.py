@@ -12,15 +12,15 @@ import click
 from collector.clock import SystemClock
 from collector.context import Ctx, no_login, pass_ctx, requires
 from collector.errors import DaemonUnavailable, InvalidInput
+from collector.i18n import translator
 from collector.localtime import local_time, site_zone
 from collector.output import emit_json, table
 from collector.users.roles import INVESTIGATOR, TECHNICIAN
-from collector.ward import store
+from collector.ward import messages, store
 
 __all__ = ["COMMANDS", "alerts", "note"]
 
-STATE_TEXT = {"active": "ACTIVE", "cleared": "cleared (to acknowledge)", "acknowledged": "acknowledged (still holds)",
-              "resolved": "resolved"}
+STATE_TEXT = messages.STATE_TEXT
 
 
 @click.group(invoke_without_command=True)
@@ -32,7 +32,9 @@ STATE_TEXT = {"active": "ACTIVE", "cleared": "cleared (to acknowledge)", "acknow
 def alerts(ctx: click.Context, show_all: bool, session_id: int | None, as_json: bool) -> None:
     """Alerts the daemon raised that still need a person (acknowledge with: collector alerts ack ID).
 
-    Times are the site's local time ([site] timezone) with the zone; --json gives UTC.
+    Times are the site's local time ([site] timezone) with the zone; --json gives UTC.  States, titles and
+    messages are in the reader's language (collector user language, else [site] language); --json also
+    gives each message's English text, message_id and params.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -40,15 +42,18 @@ def alerts(ctx: click.Context, show_all: bool, session_id: int | None, as_json: 
     assert c is not None
     conn = c.conn()
     try:
-        rows = store.list_alerts(conn, include_resolved=show_all, session_id=session_id)
+        lang = c.reader_language(conn)
+        rows = [messages.localise(r, lang) for r in store.list_alerts(conn, include_resolved=show_all, session_id=session_id)]
     finally:
         conn.close()
     if as_json:
         emit_json(rows)
         return
     tz = site_zone(c.config)
-    table(({"id": a["id"], "state": STATE_TEXT[a["state"]], "kind": a["kind"],
-            "where": f"{a['subject_id']} session {a['session_id']}" if a["session_id"] else "collector",
+    _ = translator(lang)
+    table(({"id": a["id"], "state": _(STATE_TEXT[a["state"]]), "kind": a["kind"],
+            "where": (_("{subject} session {session}").format(subject=a["subject_id"], session=a["session_id"])
+                      if a["session_id"] else _("collector")),
             "raised": local_time(a["raised_utc"], tz), "cleared": local_time(a["cleared_utc"], tz),
             "acknowledged": f"{local_time(a['acknowledged_utc'], tz)} {a['acknowledged_by']}" if a["acknowledged_by"] else "",
             "message": a["message"]} for a in rows),

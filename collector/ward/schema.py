@@ -49,4 +49,12 @@ CREATE TABLE night_notes (
 CREATE INDEX night_notes_session ON night_notes(session_id, t_utc_ms);
 """ + append_only("night_notes", what="night notes are append-only: add a correcting note instead")
 
-MIGRATIONS: tuple[Migration, ...] = (Migration("ward alerts", ALERTS_SQL), Migration("night notes", NOTES_SQL))
+# What an alert says as a message id (an English msgid with {placeholders}) and its parameters as JSON, so each
+# reader sees it in their language (collector/ward/messages.py); older rows keep only their English message.
+ALERT_MESSAGE_IDS_SQL = """
+ALTER TABLE alerts ADD COLUMN message_id TEXT;
+ALTER TABLE alerts ADD COLUMN params_json TEXT;
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (Migration("ward alerts", ALERTS_SQL), Migration("night notes", NOTES_SQL),
+                                     Migration("alert message ids", ALERT_MESSAGE_IDS_SQL))

@@ -18,7 +18,7 @@ from collector.web import models
 from collector.web.auth import current_operator
 from collector.ward import store
 from collector.ward.alerts import DEFAULTS as ALERT_DEFAULTS
-from collector.ward.alerts import AlertEngine, AlertService
+from collector.ward.alerts import Alert, AlertEngine, AlertService
 
 
 def engine_settings(config: dict[str, Any]) -> dict[str, float]:
@@ -64,9 +64,10 @@ def make_router(daemon: Any, auth: Any) -> APIRouter:
             return engine.visible()
         conn = daemon.open_reader()
         try:
-            return store.list_alerts(conn, include_resolved=all, session_id=session_id)
+            rows = store.list_alerts(conn, include_resolved=all, session_id=session_id)
         finally:
             conn.close()
+        return [{**Alert.from_row(r).as_dict(engine.tz), "ack_note": r["ack_note"]} for r in rows]
 
     @router.post("/alerts/{alert_id}/ack", response_model=models.AlertOut, dependencies=writers,
                  responses={404: {"description": "no such alert"}, 409: {"description": "already acknowledged"}})

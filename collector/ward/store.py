@@ -6,6 +6,7 @@ the same transaction, so the trail shows who saw what and when.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from typing import Any
 
@@ -15,7 +16,7 @@ from collector.storage import audit
 
 NOTE_MAX_CHARS = 500
 _ALERT_COLUMNS = ("id, session_id, subject_id, kind, message, raised_utc, cleared_utc, acknowledged_utc, "
-                  "acknowledged_by, ack_note")
+                  "acknowledged_by, ack_note, message_id, params_json")
 
 
 def _alert(row: tuple[Any, ...]) -> dict[str, Any]:
@@ -38,11 +39,15 @@ def next_alert_id(conn: sqlite3.Connection) -> int:
 
 
 def raise_alert(conn: sqlite3.Connection, *, alert_id: int, kind: str, session_id: int | None, subject_id: str | None,
-                message: str, at: float) -> None:
-    conn.execute("INSERT INTO alerts (id, session_id, subject_id, kind, message, raised_utc) VALUES (?, ?, ?, ?, ?, ?)",
-                 (alert_id, session_id, subject_id, kind, message, utc_iso(at)))
+                message: str, at: float, message_id: str | None = None, params: dict[str, str] | None = None) -> None:
+    """``message`` is the English text; ``message_id`` and ``params`` let each reader see it in their language."""
+    params_json = None if message_id is None else json.dumps(params or {}, ensure_ascii=False, sort_keys=True)
+    conn.execute("INSERT INTO alerts (id, session_id, subject_id, kind, message, raised_utc, message_id, params_json) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                 (alert_id, session_id, subject_id, kind, message, utc_iso(at), message_id, params_json))
+    ids = {} if message_id is None else {"message_id": message_id, "params": params or {}}
     audit.append(conn, at=at, actor="collector", action="alert_raised", subject_id=subject_id, session_id=session_id,
-                 new={"alert_id": alert_id, "alert": kind, "message": message})
+                 new={"alert_id": alert_id, "alert": kind, "message": message, **ids})
 
 
 def clear_alert(conn: sqlite3.Connection, alert_id: int, *, at: float) -> None:

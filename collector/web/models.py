@@ -43,7 +43,11 @@ class AlertOut(BaseModel):
     title: str
     session_id: int | None
     subject_id: str | None
-    message: str
+    message: str = Field(description="in English; message_id and params give it in the reader's language")
+    message_id: str | None = Field(default=None, description="the English msgid with {placeholders} (a catalogue entry, "
+                                   "GET /api/v1/i18n/<lang>); null for alerts raised before message ids")
+    params: dict[str, str] = Field(default_factory=dict, description="the placeholders' values; a *_text value is a msgid "
+                                   "itself, translated before it is filled in")
     raised_utc: str
     state: Literal["active", "cleared", "acknowledged", "resolved"] = Field(
         description="active: holds, not acknowledged; cleared: no longer holds, not acknowledged; "
@@ -179,6 +183,8 @@ class WebConfigOut(BaseModel):
     site_timezone: str
     facts: list[FactSpecOut]
     protocols: list[str]
+    criteria_labels: dict[str, str] = Field(default_factory=dict, description="criterion id -> its name as an English "
+                                            "msgid (the page shows it translated)")
 
 
 class SerialPortOut(BaseModel):

@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from collector.clock import utc_iso
 from collector.localtime import local_datetime
 from collector.errors import InvalidInput
+from collector.i18n import N_
 from collector.storage import repo
 from collector.web import models
 from collector.ward.alerts import DEFAULTS as ALERT_DEFAULTS
@@ -203,7 +204,9 @@ def make_router(daemon: Any, auth: Any) -> APIRouter:
         client = request.client.host if request.client else "unknown"
         wait = web.throttle.locked_for(body.name, client)
         if wait > 0:
-            return JSONResponse({"error": f"too many failed logins; wait {wait:.0f} s and try again"}, status_code=429,
+            throttled = N_("too many failed logins; wait {seconds} s and try again")
+            return JSONResponse({"error": throttled.format(seconds=f"{wait:.0f}"), "message_id": throttled,
+                                 "params": {"seconds": f"{wait:.0f}"}}, status_code=429,
                                 headers={"Retry-After": str(max(1, round(wait)))})
         conn = daemon.open_reader()
         try:
@@ -215,7 +218,8 @@ def make_router(daemon: Any, auth: Any) -> APIRouter:
             web.throttle.failed(body.name, client)
             log.warning("failed login for operator %r", body.name)
             await daemon.write(lambda c: repo.audit.append(c, at=now, actor=body.name[:64], action="operator_login_failed", new={"via": "page"}))
-            return JSONResponse({"error": "wrong operator name or password (an admin adds operators with: collector user add NAME --role ROLE)"}, status_code=401)
+            wrong = N_("wrong operator name or password (an admin adds operators with: collector user add NAME --role ROLE)")
+            return JSONResponse({"error": wrong, "message_id": wrong, "params": {}}, status_code=401)
         web.throttle.succeeded(body.name, client)
         via = "password"
         key, session = await asyncio.to_thread(web.sessions.create, body.name, via)
@@ -247,6 +251,7 @@ def make_router(daemon: Any, auth: Any) -> APIRouter:
     async def web_config() -> dict[str, Any]:
         """Settings the page needs: threshold, alert limits, and the staff facts it can record."""
         from collector.eligibility.facts import FACTS
+        from collector.eligibility.labels import CRITERIA as CRITERIA_LABELS
         from drivers.protocols.registry import PROFILES
 
         facts = [{"name": s.name, "kind": s.kind, "help": s.help, "choices": list(s.choices), "unit": s.unit,
@@ -260,6 +265,7 @@ def make_router(daemon: Any, auth: Any) -> APIRouter:
             "site_timezone": str(daemon.config["site"]["timezone"]),
             "facts": facts,
             "protocols": sorted(PROFILES),
+            "criteria_labels": CRITERIA_LABELS,
         }
 
     @router.get("/web/status", response_model=models.StatusOut, dependencies=protected)

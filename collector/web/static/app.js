@@ -59,7 +59,8 @@ async function api(method, path, body) {
   let data = null;
   try { data = await resp.json(); } catch (e) { data = null; }
   if (!resp.ok) {
-    const msg = (data && (data.error || data.detail)) || `HTTP ${resp.status}`;
+    // a message the server sent with its id is shown in the reader's language (login errors), others as sent
+    const msg = data && data.message_id ? t(data.message_id, data.params) : (data && (data.error || data.detail)) || `HTTP ${resp.status}`;
     if (resp.status === 401 && path !== "/login" && state.operator) showLogin(t("Your login expired. Log in again."));
     throw new ApiError(resp.status, typeof msg === "string" ? msg : JSON.stringify(msg));
   }
@@ -139,6 +140,7 @@ async function onLogout() {
 
 async function boot() {
   $("login-form").addEventListener("submit", onLogin);
+  $("login-language").addEventListener("change", onLoginLanguage);
   try {
     const me = await api("GET", "/me");
     if (me.operator) {
@@ -148,7 +150,19 @@ async function boot() {
       return;
     }
   } catch (e) { /* not logged in */ }
+  await useLoginLanguage();
   showLogin("");
+}
+
+// The login screen in the site's language, or the one its switch picked (kept in this browser).
+async function useLoginLanguage() {
+  try { await loadLoginLanguage(fetchJson); } catch (e) { /* msgids (English) show */ }
+  $("login-language").value = I18N.language;
+}
+
+async function onLoginLanguage() {
+  rememberLoginLanguage($("login-language").value);
+  await useLoginLanguage();
 }
 
 // -- main view --------------------------------------------------------------------------------
@@ -247,7 +261,7 @@ function startLive() {
     if (!state.lastUpdate || Date.now() - state.lastUpdate > 5000) setStream("no updates", "bad");
     else setStream("live", "ok");
   });
-  es.addEventListener("expired", () => showLogin("Your login expired. Log in again."));
+  es.addEventListener("expired", () => showLogin(t("Your login expired. Log in again.")));
   es.onerror = async () => {
     setStream("reconnecting…", "bad");
     // The stream broke: if the collector does not answer either, say so now rather than after the heartbeats.
@@ -491,15 +505,15 @@ function renderAlerts() {
     // active: red and pulsing; cleared but not yet seen: amber, "cleared at"; acknowledged (still holds): grey.
     const st = a.state || (a.acknowledged_by ? "acknowledged" : a.active ? "active" : "cleared");
     const row = el("div", { class: `alert ${a.acknowledged_by ? "acked" : "pending"} state-${st}`, role: "group", "data-kind": a.kind, "data-state": st });
-    row.appendChild(el("strong", { class: "alert-title" }, st === "cleared" ? t("{title} — cleared", { title: a.title }) : st === "acknowledged" ? t("{title} — still holds", { title: a.title }) : a.title));
+    row.appendChild(el("strong", { class: "alert-title" }, st === "cleared" ? t("{title} — cleared", { title: t(a.title) }) : st === "acknowledged" ? t("{title} — still holds", { title: t(a.title) }) : t(a.title)));
     row.appendChild(el("span", { class: "alert-where" }, a.subject_id ? t("{subject} · night #{night}", { subject: a.subject_id, night: a.session_id }) : t("collector")));
-    row.appendChild(el("span", { class: "alert-msg" }, a.message));
+    row.appendChild(el("span", { class: "alert-msg" }, alertText(a)));
     const raised = a.raised_local || (a.raised_utc.slice(11, 19) + " UTC");
     row.appendChild(el("span", { class: "alert-time muted" }, st === "cleared" && a.cleared_local ? t("{raised} → cleared {cleared}", { raised, cleared: a.cleared_local }) : raised));
     if (a.acknowledged_by) {
       row.appendChild(el("span", { class: "muted" }, a.acknowledged_local ? t("acknowledged by {name} at {time}", { name: a.acknowledged_by, time: a.acknowledged_local }) : t("acknowledged by {name}", { name: a.acknowledged_by })));
     } else {
-      const b = el("button", { type: "button", class: "ack", "aria-label": t("Acknowledge: {title} {subject}", { title: a.title, subject: a.subject_id || "" }) }, t("Acknowledge"));
+      const b = el("button", { type: "button", class: "ack", "aria-label": t("Acknowledge: {title} {subject}", { title: t(a.title), subject: a.subject_id || "" }) }, t("Acknowledge"));
       b.addEventListener("click", () => ackAlert(a.id, b));
       row.appendChild(b);
     }
@@ -577,13 +591,13 @@ function fillSelect(select, items, placeholder) {
 
 function fillConfigLists() {
   fillSelect($("start-protocol"), state.config.protocols.map((p) => [p, p.toUpperCase()]), t("from the advertisement"));
-  fillSelect($("fact-name"), state.config.facts.map((f) => [f.name, f.name.replaceAll("_", " ")]), null);
+  fillSelect($("fact-name"), state.config.facts.map((f) => [f.name, t(f.name.replaceAll("_", " "))]), null);
   showFactHelp();
 }
 
 function showFactHelp() {
   const f = state.config && state.config.facts.find((x) => x.name === $("fact-name").value);
-  $("fact-help").textContent = f ? f.help + (f.unit ? ` (${f.unit})` : "") : "";
+  $("fact-help").textContent = f ? t(f.help) + (f.unit ? ` (${f.unit})` : "") : "";
   const list = $("fact-choices");
   list.textContent = "";
   for (const c of f ? f.choices : []) list.appendChild(el("option", { value: c }));
@@ -762,6 +776,12 @@ async function showDecision(subject, box) {
   }
 }
 
+// A criterion's name in the reader's language (the ids stay the machine's; the names come with /web/config).
+function criterionLabel(id) {
+  const labels = (state.config && state.config.criteria_labels) || {};
+  return labels[id] ? t(labels[id]) : id;
+}
+
 function renderDecision(box, subject, d) {
   const cls = d.decision === "eligible" ? "ok" : d.decision === "ineligible" ? "bad" : "warn";
   box.appendChild(el("h3", { class: "verdict decision-value " + cls }, t("{subject}: {decision}", { subject, decision: t(String(d.decision || "unknown").toUpperCase()) })));
@@ -771,7 +791,7 @@ function renderDecision(box, subject, d) {
     const table = el("table", { class: "criteria" });
     for (const c of d.criteria) {
       const tr = el("tr", { class: "crit-" + c.state });
-      tr.appendChild(el("td", {}, c.id));
+      tr.appendChild(el("td", { "data-criterion": c.id }, criterionLabel(c.id)));
       tr.appendChild(el("td", { class: "state" }, t(String(c.state).replace("_", " "))));
       tr.appendChild(el("td", { class: "small" }, c.reason));
       table.appendChild(tr);
@@ -828,7 +848,7 @@ async function showReviews() {
 
 function reviewItem(it) {
   const node = el("article", { class: "review-item review-" + it.status, "data-criterion": it.criterion });
-  node.appendChild(el("h3", { class: "review-head" }, it.status === "resolved" ? t("{criterion}: {status} ({state})", { criterion: it.criterion, status: t(it.status), state: t(String(it.state).replace("_", " ")) }) : t("{criterion}: {status}", { criterion: it.criterion, status: t(it.status) })));
+  node.appendChild(el("h3", { class: "review-head" }, it.status === "resolved" ? t("{criterion}: {status} ({state})", { criterion: criterionLabel(it.criterion), status: t(it.status), state: t(String(it.state).replace("_", " ")) }) : t("{criterion}: {status}", { criterion: criterionLabel(it.criterion), status: t(it.status) })));
   node.appendChild(el("p", { class: "small review-reason" }, it.reason));
   const r = it.review || {};
   if (it.status !== "open") node.appendChild(el("p", { class: "small review-by" },

@@ -11,6 +11,15 @@ function t(msgid, params) {
   return text.replace(/\{([a-z_0-9]+)\}/g, (m, key) => (key in params ? String(params[key]) : m));
 }
 
+// An alert's message in the reader's language: its message_id filled with its params (a *_text value is a msgid
+// itself); an alert stored before message ids existed has only its English message.
+function alertText(a) {
+  if (!a.message_id) return a.message;
+  const params = {};
+  for (const [k, v] of Object.entries(a.params || {})) params[k] = k.endsWith("_text") ? t(v) : v;
+  return t(a.message_id, params);
+}
+
 function applyI18n(root) {
   const scope = root || document;
   scope.querySelectorAll("[data-i18n]").forEach((el) => { el.textContent = t(el.dataset.i18n); });
@@ -19,9 +28,26 @@ function applyI18n(root) {
   document.documentElement.lang = I18N.language;
 }
 
-async function loadLanguage(language, fetchJson) {
-  const cat = await fetchJson(`/api/v1/i18n/${encodeURIComponent(language)}`);
+function useCatalogue(cat) {
   I18N.language = cat.language;
   I18N.messages = cat.messages || {};
   applyI18n(document);
+}
+
+async function loadLanguage(language, fetchJson) {
+  useCatalogue(await fetchJson(`/api/v1/i18n/${encodeURIComponent(language)}`));
+}
+
+// Before login: the site's language, or what the login screen's switch picked in this browser (remembered here).
+const LOGIN_LANGUAGE_KEY = "collector.login-language";
+
+async function loadLoginLanguage(fetchJson) {
+  let picked = null;
+  try { picked = window.localStorage.getItem(LOGIN_LANGUAGE_KEY); } catch (e) { /* storage off: the site's */ }
+  const query = picked ? `?language=${encodeURIComponent(picked)}` : "";
+  useCatalogue(await fetchJson(`/api/v1/login/language${query}`));
+}
+
+function rememberLoginLanguage(language) {
+  try { window.localStorage.setItem(LOGIN_LANGUAGE_KEY, language); } catch (e) { /* storage off: this visit only */ }
 }
