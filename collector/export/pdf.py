@@ -32,6 +32,10 @@ from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
 from collector.i18n import N_, fonts, translator  # noqa: E402
 
+from . import pdf_fonts  # noqa: E402
+
+pdf_fonts.install()
+
 A4_PORTRAIT_IN = (8.27, 11.69)
 LEFT, RIGHT, TOP, BOTTOM = 0.07, 0.93, 0.965, 0.07
 HASH_LABEL = "Payload-SHA256-Without-Report"
