@@ -81,3 +81,39 @@ def test_the_step_line_drops_points_but_not_geometry(samples):
         plot._merge_runs = real
     assert x.size <= x_all.size
     assert _segments(x, v) == _segments(x_all, v_all)
+
+
+def test_a_figure_relabelled_in_chinese_is_the_figure_drawn_in_chinese() -> None:
+    """The export draws a night once: its English PNG, then the same figure in the site's language as the
+    report page.  Relabelling must give exactly the page a figure built in that language gives."""
+    import io
+    from datetime import timezone
+
+    import matplotlib.pyplot as plt
+    from matplotlib.text import Text
+
+    from collector.oximetry.analysis.plot import night_figure, relabel
+
+    d = make_night(4, hours=3, base=91.5)
+    r = night_report(d)
+    relabelled = night_figure(d, r, title="Overnight oximetry", tz=timezone.utc, lang="en")
+    relabelled.savefig(io.BytesIO(), format="png")  # as the export does before relabelling
+    relabel(relabelled, "夜间血氧", "zh-CN")
+    built = night_figure(d, r, title="夜间血氧", tz=timezone.utc, lang="zh-CN")
+    built.savefig(io.BytesIO(), format="png")  # tick labels are written when a figure is drawn
+    try:
+        def texts(fig: object) -> list[str]:
+            return [t.get_text() for t in fig.findobj(Text)]  # type: ignore[attr-defined]
+
+        assert texts(relabelled) == texts(built)
+        assert any("\u4e00" <= ch <= "\u9fff" for t in texts(built) for ch in t)
+
+        def pdf(fig: object) -> bytes:
+            buf = io.BytesIO()
+            fig.savefig(buf, format="pdf", metadata={"CreationDate": None})  # type: ignore[attr-defined]
+            return buf.getvalue()
+
+        assert pdf(relabelled) == pdf(built)
+    finally:
+        plt.close(relabelled)
+        plt.close(built)

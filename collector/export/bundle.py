@@ -111,11 +111,15 @@ def _gap_detail(g: dict[str, Any]) -> str | None:
     return g["detail"]
 
 
+def _night_title(lang: str, pseudonym: str, sid: int) -> str:
+    from collector.i18n import translator
+
+    return translator(lang)("Overnight oximetry: subject {subject}, session {session}").format(subject=pseudonym, session=sid)
+
+
 def _night_files(conn: sqlite3.Connection, s: dict[str, Any], config: dict[str, Any], scrub: Scrubber,
                  pseudonym: str, device: dict[str, Any] | None, site: str) -> tuple[dict[str, bytes], dict[str, Any]]:
-    import matplotlib.pyplot as plt
-
-    from collector.oximetry.analysis.plot import night_figure
+    from collector.oximetry.analysis.plot import night_figure, relabel
     from collector.oximetry.store import compute_report, gaps_as_analysed, latest_report, night_from_columns, sample_rows
 
     from .verify import config_from_report
@@ -169,16 +173,16 @@ def _night_files(conn: sqlite3.Connection, s: dict[str, Any], config: dict[str, 
     edf_d_bytes, _ = edf.night_edf(**edf_args, layout=edf.DISCONTINUOUS)
 
     data = night_from_columns(conn, sid, t_ms, spo2, pulse, valid, pulse_valid, flags[keep])
-    # one figure per night: saved as the PNG here and, when the site reads English (the PNG's language), reused
-    # as the night's page of report.pdf instead of being drawn a second time
-    fig = night_figure(data, report, config_from_report(report), title=f"Overnight oximetry: subject {pseudonym}, session {sid}",
+    # one figure per night: saved as the PNG here (in English) and kept as the night's page of report.pdf, its
+    # words put in the site's language first when that is not English; not built a second time
+    fig = night_figure(data, report, config_from_report(report), title=_night_title("en", pseudonym, sid),
                        tz=ZoneInfo(site_timezone(config)))
     png_buf = io.BytesIO()
     fig.savefig(png_buf, format="png")
     png_bytes = png_buf.getvalue()
-    if config["site"]["language"] != "en":
-        plt.close(fig)
-        fig = None
+    lang = config["site"]["language"]
+    if lang != "en":
+        relabel(fig, _night_title(lang, pseudonym, sid), lang)
 
     start_utc = None if report.get("start_s") is None else utc_iso(report["start_s"])
     night_json = {

@@ -31,7 +31,7 @@ UNREAD_TABLES = ("GSUB", "GPOS", "GDEF", "BASE", "JSTF", "MATH", "kern", "kerx",
 @contextlib.contextmanager
 def glyphs_subset(fontfile: Any, glyphs: Iterable[int]) -> Iterator[Any]:
     """matplotlib's ``get_glyphs_subset`` contract: a context manager giving ``(font, glyph_index_map)``."""
-    from fontTools import subset
+    from fontTools import subset  # type: ignore[import-untyped]  # fontTools ships no type information
     from matplotlib.backends._backend_pdf_ps import SubsetResults
 
     options = subset.Options(glyph_names=True, recommended_glyphs=True)

@@ -140,11 +140,33 @@ def night_figure(
     ``lang``: the reader's language for every label (``title`` comes translated by the caller).
     """
     with plt.rc_context({"font.family": fonts.families()}):
-        return _night_figure(data, report, config, title, tz, translator(lang))
+        fig = _night_figure(data, report, config, title, tz, translator(lang))
+    return fig
+
+
+#: Each figure's words: the text artists and how to write each in a language (``_`` -> text); the figure's
+#: own attribute, so it lives and goes with the figure.
+_LABELS = "_collector_night_labels"
+
+
+def relabel(fig: Any, title: str, lang: str) -> Any:
+    """The same night figure with every word in ``lang`` (``title`` comes translated by the caller).
+
+    The picture is built once: the bundle's PNG (English) and report.pdf's page in the site's language
+    differ only in their words, and every position is computed when the figure is drawn."""
+    _ = translator(lang)
+    for artist, text_for in getattr(fig, _LABELS):
+        artist.set_text(title if text_for is None else text_for(_))
+    return fig
+
+
+def _words(msgid: str) -> Callable[[Callable[[str], str]], str]:
+    return lambda t: t(msgid)
 
 
 def _night_figure(data: NightData, report: dict[str, Any], config: AnalysisConfig, title: str, tz: tzinfo,
                   _: Callable[[str], str]) -> Any:
+    labels: list[tuple[Any, Callable[[Callable[[str], str]], str] | None]] = []
     tl = timeline(data, config)
     origin = datetime(1970, 1, 1, tzinfo=timezone.utc)
     to_num = lambda ms: mdates.date2num(origin) + np.asarray(ms, dtype=np.float64) / 86_400_000.0  # noqa: E731
@@ -158,10 +180,13 @@ def _night_figure(data: NightData, report: dict[str, Any], config: AnalysisConfi
     ax_t.axis("off")
     lines = _summary_lines(report, _)
     colour = {"pass": "#1a7f37", "fail": "#b42318", "invalid": "#9a6700"}[report["decision"]]
-    ax_t.text(0.0, 1.0, title, fontsize=15, fontweight="bold", va="top", transform=ax_t.transAxes)
-    ax_t.text(0.0, 0.77, lines[0], fontsize=12, fontweight="bold", color=colour, va="top", transform=ax_t.transAxes)
-    ax_t.text(0.0, 0.55, lines[1] + "\n" + lines[2], fontsize=9.5, va="top", transform=ax_t.transAxes, linespacing=1.5)
-    ax_t.text(0.0, -0.04, lines[3], fontsize=8.5, color="#444444", va="bottom", transform=ax_t.transAxes)
+    labels.append((ax_t.text(0.0, 1.0, title, fontsize=15, fontweight="bold", va="top", transform=ax_t.transAxes), None))
+    labels.append((ax_t.text(0.0, 0.77, lines[0], fontsize=12, fontweight="bold", color=colour, va="top",
+                             transform=ax_t.transAxes), lambda t: _summary_lines(report, t)[0]))
+    labels.append((ax_t.text(0.0, 0.55, lines[1] + "\n" + lines[2], fontsize=9.5, va="top", transform=ax_t.transAxes,
+                             linespacing=1.5), lambda t: "\n".join(_summary_lines(report, t)[1:3])))
+    labels.append((ax_t.text(0.0, -0.04, lines[3], fontsize=8.5, color="#444444", va="bottom", transform=ax_t.transAxes),
+                   lambda t: _summary_lines(report, t)[3]))
 
     x, y = _step_xy(tl.t_ms, tl.hold_end_ms, data.spo2, tl.usable)
     xn = to_num(x)
@@ -190,15 +215,19 @@ def _night_figure(data: NightData, report: dict[str, Any], config: AnalysisConfi
     if report.get("nadir_spo2") is not None:
         lo = max(50.0, min(80.0, 5.0 * np.floor((report["nadir_spo2"] - 2.0) / 5.0)))
     ax_s.set_ylim(lo, 101)
-    ax_s.set_ylabel(_("SpO2 (%)"), fontsize=11)
+    labels.append((ax_s.set_ylabel(_("SpO2 (%)"), fontsize=11), _words("SpO2 (%)")))
     ax_s.grid(True, color="#dddddd", lw=0.6)
-    ax_s.legend(loc="lower left", bbox_to_anchor=(0.0, 0.045), fontsize=9, framealpha=0.9, ncol=3)
+    legend = ax_s.legend(loc="lower left", bbox_to_anchor=(0.0, 0.045), fontsize=9, framealpha=0.9, ncol=3)
+    legend_ids = {_("SpO2 (held samples)"): "SpO2 (held samples)", _("time < 90 % (counted)"): "time < 90 % (counted)",
+                  _("gap (not analysed)"): "gap (not analysed)"}
+    for text in legend.get_texts():
+        labels.append((text, _words(legend_ids[text.get_text()])))
     ax_s.tick_params(labelbottom=False, labelsize=10)
 
     pu = pulse_usable_array(data.pulse, data.pulse_valid)
     px, py = _step_xy(tl.t_ms, tl.hold_end_ms, data.pulse, pu)
     ax_p.plot(to_num(px), py, color="#444444", lw=0.6)
-    ax_p.set_ylabel(_("Pulse (bpm)"), fontsize=11)
+    labels.append((ax_p.set_ylabel(_("Pulse (bpm)"), fontsize=11), _words("Pulse (bpm)")))
     ax_p.grid(True, color="#dddddd", lw=0.6)
     ax_p.tick_params(labelsize=10)
     if np.isfinite(py).any():
@@ -209,11 +238,13 @@ def _night_figure(data: NightData, report: dict[str, Any], config: AnalysisConfi
     tzname = f"{ref.tzname() or 'UTC'}, UTC{off[:3]}:{off[3:]}"
     ax_p.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=tz))
     ax_p.xaxis.set_major_locator(mdates.HourLocator(tz=tz))
-    ax_p.set_xlabel(_("Time ({zone})").format(zone=tzname), fontsize=11)
+    labels.append((ax_p.set_xlabel(_("Time ({zone})").format(zone=tzname), fontsize=11),
+                   lambda t: t("Time ({zone})").format(zone=tzname)))
     if tl.t_ms.size:
         pad = max(60_000, (tl.t_ms[-1] - tl.t_ms[0]) // 100)
         ax_s.set_xlim(to_num(tl.t_ms[0] - pad), to_num(tl.t_ms[-1] + pad))
+    setattr(fig, _LABELS, labels)
     return fig
 
 
-__all__ = ["plot_night", "night_figure", "A4_LANDSCAPE_IN"]
+__all__ = ["plot_night", "night_figure", "relabel", "A4_LANDSCAPE_IN"]
