@@ -1,8 +1,9 @@
 """report.pdf's embedded font subsets: every character printed is the original font's own outline.
 
-The subsetter drops the tables a viewer never reads (collector/export/pdf_fonts.py); this reads the PDF
-back the way a viewer does (character code -> glyph through CIDToGIDMap, the outline from the embedded
-font program) and compares each outline with the installed font's glyph for the same character.
+The subsets are HarfBuzz's, without the tables a viewer never reads (collector/export/pdf_fonts.py); this
+reads the PDF back the way a viewer does (character code -> glyph through CIDToGIDMap, the outline and
+advance from the embedded font program) and compares each with the installed font's glyph for the same
+character.
 """
 
 from __future__ import annotations
@@ -86,15 +87,29 @@ def test_every_embedded_glyph_is_the_installed_fonts_outline(lang):
             program = cid["/FontDescriptor"]["/FontFile2"].get_object().get_data()
             embedded = TTFont(io.BytesIO(program))
             assert not {"GSUB", "GPOS", "GDEF", "kern"} & set(embedded.keys())
+            assert {"glyf", "loca", "head", "hhea", "hmtx", "maxp"} <= set(embedded.keys())
             gid_map = cid["/CIDToGIDMap"].get_object().get_data()
             original = _installed(str(type0["/BaseFont"]))
             ocmap = original.getBestCmap()
             for code, text in _to_unicode(type0["/ToUnicode"].get_object().get_data()).items():
                 gid = int.from_bytes(gid_map[2 * code:2 * code + 2], "big")
-                name = embedded.getGlyphOrder()[gid]  # the subset keeps the original glyph names
-                if len(text) == 1:  # a ligature (matplotlib shapes text) maps one code to several characters
-                    assert name == ocmap[ord(text)], (type0["/BaseFont"], text)
-                assert _outline(embedded, name) == _outline(original, name), (type0["/BaseFont"], text)
-                assert embedded["hmtx"][name][0] == original["hmtx"][name][0]
+                assert 0 < gid < len(embedded.getGlyphOrder()), (type0["/BaseFont"], text)
+                if len(text) != 1:  # a ligature (matplotlib shapes text): one code for several characters
+                    continue
+                name, want = embedded.getGlyphOrder()[gid], ocmap[ord(text)]
+                assert _outline(embedded, name) == _outline(original, want), (type0["/BaseFont"], text)
+                assert embedded["hmtx"][name][0] == original["hmtx"][want][0]
+                assert embedded.getBestCmap()[ord(text)] == name  # a cmap like matplotlib's own subsets keep
                 checked += 1
     assert checked > 40
+
+
+def test_the_subsetter_is_harfbuzz_and_fonttools_subset_loads_only_when_used():
+    import subprocess
+    import sys
+
+    code = ("import sys; import collector.export.pdf as p; from matplotlib.backends import _backend_pdf_ps as b; "
+            "assert b.get_glyphs_subset is p.pdf_fonts.glyphs_subset; "
+            "print(type(sys.modules['fontTools.subset']).__name__, 'fontTools.varLib' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["_LazyModule", "False"], out

@@ -27,14 +27,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+from . import pdf_fonts  # noqa: E402
+
+pdf_fonts.install()  # before matplotlib's PDF backend loads: HarfBuzz subsets the fonts
+
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
 from collector.i18n import N_, fonts, translator  # noqa: E402
-
-from . import pdf_fonts  # noqa: E402
-
-pdf_fonts.install()
 
 A4_PORTRAIT_IN = (8.27, 11.69)
 LEFT, RIGHT, TOP, BOTTOM = 0.07, 0.93, 0.965, 0.07
