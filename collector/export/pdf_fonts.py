@@ -12,7 +12,8 @@ PDF is written; a viewer draws CIDFontType2 glyphs by their IDs) and vertical me
 only).  The text a reader copies comes from matplotlib's ToUnicode map, written from its own glyph map.
 
 :func:`install` replaces matplotlib's subsetter for the process and defers the ``fontTools.subset`` import
-until something uses it; if matplotlib's hook is not the one this was written for, nothing is replaced.
+until something uses it; without uharfbuzz, or if matplotlib's hook is not the one this was written for,
+nothing is replaced (the tests fail then).
 """
 
 from __future__ import annotations
@@ -114,9 +115,10 @@ def _defer_import(name: str) -> None:
 
 def install() -> bool:
     """Use :func:`glyphs_subset` for every PDF matplotlib writes in this process.  False (and matplotlib's own
-    subsetter stays) when matplotlib's hook is not the one this was written for."""
-    import uharfbuzz  # noqa: F401  (a dependency: a missing install fails here, not in the middle of an export)
-
+    subsetter stays: the same PDF, slower) when uharfbuzz is not installed or matplotlib's hook is not the one
+    this was written for; the tests require True."""
+    if importlib.util.find_spec("uharfbuzz") is None:  # an install without it still exports, as slowly as before
+        return False
     _defer_import("fontTools.subset")  # matplotlib imports it with its PDF backend, for the subsetter replaced here
     from matplotlib.backends import _backend_pdf_ps
 
