@@ -27,6 +27,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+from . import pdf_fonts  # noqa: E402
+
+pdf_fonts.install()  # before matplotlib's PDF backend loads: HarfBuzz subsets the fonts
+
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
@@ -225,7 +229,7 @@ def summary_pdf(
         p.text(_("This export is signed (responsible for this export) in signatures.json; that signature covers this report."), 8.5)
     figs = list(p.figs)
     for n in nights:
-        if n.get("figure") is not None:  # the bundle's PNG figure, already in the report's language: not drawn again
+        if n.get("figure") is not None:  # the bundle's PNG figure, its words in the report's language: not built again
             figs.append(n.pop("figure"))
             continue
         figs.append(night_figure(n["data"], n["report"], config_from_report(n["report"]),
