@@ -79,8 +79,8 @@ class ReadingPipeline:
         self.on_stored_record = on_stored_record
         # Who hands the rows over: by default the pipeline itself, at most HANDOVER_S after the last
         # hand-over, on the next frame.  With ``on_pending`` (the daemon's night service) it is called
-        # once when rows start waiting, and the caller takes them (``take_pending``) at its deadline,
-        # one writer hand-over for every bed.
+        # after every frame that left rows waiting, and the caller takes them (``take_pending``) by its
+        # deadline, one writer hand-over for every bed.
         self.on_pending = on_pending
         self.samples = 0
         self.lost_packets = 0
@@ -97,7 +97,6 @@ class ReadingPipeline:
         """Decode one notification; returns the number of frames decoded (the watchdog's signal)."""
         stats = self.parser.stats
         frames_before = stats.frames
-        waiting = bool(self._pending)
         events = self.parser.feed(t, characteristic, data)
         for ev in events:
             if type(ev) is OximeterReading:  # received now: the per-second path
@@ -113,13 +112,13 @@ class ReadingPipeline:
             else:
                 self._other(ev)
         if events:
-            self._handover_due(waiting)
+            self._handover_due()
         return stats.frames - frames_before
 
-    def _handover_due(self, waiting: bool) -> None:
-        """After new rows: tell the owner of the hand-over once, or hand over when HANDOVER_S has passed."""
+    def _handover_due(self) -> None:
+        """After new rows: tell the owner of the hand-over, or hand over when HANDOVER_S has passed."""
         if self.on_pending is not None:
-            if self._pending and not waiting:
+            if self._pending:
                 self.on_pending()
         elif time.monotonic() - self._handed_over >= HANDOVER_S:
             self.hand_over()
@@ -134,7 +133,6 @@ class ReadingPipeline:
         memory) goes through the per-frame code, with the live figures brought up to it first.
         """
         frames_before = self.parser.stats.frames
-        waiting = bool(self._pending)
         pairs = feed_many(self.parser, characteristic, stamped)
         sid, tails, rows = self.session_id, self._tails, self._pending
         add_row = rows.append
@@ -171,7 +169,7 @@ class ReadingPipeline:
             last_t, last_r = t, r
         self._account(n, last_t, last_r, lt, ls, lv)
         if pairs:
-            self._handover_due(waiting)
+            self._handover_due()
         return self.parser.stats.frames - frames_before
 
     def _account(self, n: int, last_t: float | None, last_r: OximeterReading | None,
