@@ -52,7 +52,7 @@ def test_each_silent_bed_is_reset_by_the_one_watchdog_at_its_own_deadline(db_pat
     # the earliest deadline of all beds, every 4-5 s.
     assert seen["shared"] and 0 < seen["wakeups"] <= DURATION_S / 3
     svc = run.daemon.nights
-    assert len(svc.silence) == 0 and svc._handover is None  # stopped: nothing left scheduled
+    assert len(svc.silence) == 0 and svc._handover is None  # stopped: nothing left watched or scheduled
 
 
 class _Bed:
@@ -66,7 +66,7 @@ class _Bed:
         self.silenced_at = t
 
 
-def test_a_link_with_an_earlier_deadline_restarts_the_watchdogs_sleep():
+def test_a_link_that_connects_while_the_watchdog_sleeps_is_reset_at_its_own_deadline():
     from collector.clock import VirtualClock
     from drivers.ble.silence import SilenceWatch
 
@@ -88,4 +88,4 @@ def test_a_link_with_an_earlier_deadline_restarts_the_watchdogs_sleep():
     slow, fast, watch = asyncio.run(play())
     assert fast.silenced_at == pytest.approx(1001.0 + 5.0, abs=0.05)  # at its own deadline, not the slow bed's
     assert slow.silenced_at is None and len(watch) == 1
-    assert watch.wakeups <= 3
+    assert watch.wakeups <= 6  # never asleep longer than the shortest limit (5 s): about 21 s / 5 s

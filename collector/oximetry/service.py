@@ -324,6 +324,7 @@ class NightService:
             self.hand_over_all()
         if self._clock_task is not None:
             self._clock_task.cancel()
+        self.silence.close()
 
 
 def attach(daemon: Daemon) -> NightService:

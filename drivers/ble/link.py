@@ -34,7 +34,7 @@ from bleak_retry_connector import close_stale_connections, establish_connection,
 
 from drivers.ble.adapters import AdapterSlots
 from drivers.ble.power import adapter_powered, says_adapter_off
-from drivers.ble.silence import SilenceWatch
+from drivers.ble.silence import MIN_LIMIT_S, SilenceWatch
 from drivers.clock import Clock
 from drivers.protocols.common import DeviceProfile
 
@@ -149,7 +149,7 @@ class OximeterLink:
         self.scanner_backend = scanner_backend
         self.connect_timeout_s = max(10.0, connect_timeout_s)  # BlueZ resolves services on first connect
         self.scan_timeout_s = scan_timeout_s
-        self.silence_limit_s = max(watchdog_periods * profile.expected_period_s, 5.0)
+        self.silence_limit_s = max(watchdog_periods * profile.expected_period_s, MIN_LIMIT_S)
         self.backoff_s = backoff_s
         self.disconnect_timeout_s = disconnect_timeout_s
         self.connect_attempts = max(1, connect_attempts)

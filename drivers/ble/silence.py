@@ -5,8 +5,9 @@ asyncio wake-up costs far more CPU than the check it runs.  One task sleeps (on 
 injected clock, so a virtual night keeps its timing) until the earliest silence
 deadline of all links, checks them all (a few microseconds each) and sleeps again:
 with 24 beds streaming at 1 Hz that is one wake-up every few seconds for the ward.
-A frame only moves its link's deadline (no wake-up); a link that connects with a
-deadline earlier than the one slept for restarts the sleep.
+A frame only moves its link's deadline (no wake-up); the task never sleeps longer
+than the shortest limit a link can have, so a link that connects meanwhile needs no
+restart of it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from drivers.clock import Clock
 # Woken just past the deadline: the limit is "silent for more than", and a wake-up exactly at it
 # would only find the link still within the limit and sleep again.
 PAST_DEADLINE_S = 0.01
+# No link's silence limit is shorter (drivers.ble.link): the task never sleeps longer, so a link that
+# connects while it sleeps is always checked before its deadline.
+MIN_LIMIT_S = 5.0
 
 
 class Watched(Protocol):
@@ -39,32 +43,28 @@ class SilenceWatch:
         self.clock = clock
         self._links: dict[int, Watched] = {}
         self._task: asyncio.Task[None] | None = None
-        self._target: float | None = None  # the deadline the task sleeps until
         self.wakeups = 0
 
     def __len__(self) -> int:
         return len(self._links)
 
     def add(self, link: Watched) -> None:
+        """Watch ``link`` from now on; its limit is never below ``MIN_LIMIT_S``, so the task, which never
+        sleeps longer than that, wakes before the new link's deadline: no restart, no second task."""
         self._links[id(link)] = link
-        deadline = self._deadline(link, self.clock.now())
-        if self._task is not None and not self._task.done():
-            if self._target is not None and deadline >= self._target:
-                return  # the task wakes before this link's deadline anyway
-            self._task.cancel()
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="ble-silence-watch")
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="ble-silence-watch")
 
     def discard(self, link: Watched) -> None:
+        """Stop watching ``link`` (its connection ended); the task ends at its next wake-up when none is left."""
         self._links.pop(id(link), None)
-        if not self._links and self._task is not None:
+
+    def close(self) -> None:
+        """The daemon stops: no more checks."""
+        self._links.clear()
+        if self._task is not None:
             self._task.cancel()
             self._task = None
-            self._target = None
-
-    @staticmethod
-    def _deadline(link: Watched, now: float) -> float:
-        last = link.last_frame_t if link.last_frame_t is not None else now
-        return last + link.silence_limit_s
 
     async def _run(self) -> None:
         while self._links:
@@ -81,7 +81,5 @@ class SilenceWatch:
                     soonest = deadline
             if soonest is None:
                 break
-            self._target = soonest
-            await self.clock.sleep(max(soonest - now, 0.0) + PAST_DEADLINE_S)
+            await self.clock.sleep(min(max(soonest - now, 0.0) + PAST_DEADLINE_S, MIN_LIMIT_S))
             self.wakeups += 1
-        self._target = None
