@@ -14,12 +14,13 @@ import dataclasses
 from concurrent.futures import Future
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from collector.oximetry.causes import BREAKING_CAUSES
 from collector.storage import repo
+from collector.storage.seals import CanonicalRows
 from collector.storage.writer import SampleRow, Writer
-from drivers.protocols.common import Flag, LostPackets, OximeterEvent, OximeterReading, Sample
+from drivers.protocols.common import Flag, LostPackets, OximeterEvent, OximeterReading, Sample, feed_many
 from drivers.protocols.registry import make_parser
 
 log = logging.getLogger(__name__)
@@ -31,9 +32,20 @@ TAIL_MEMO_LIMIT = 4096
 _FROM_STORAGE = int(Flag.FROM_STORAGE)
 
 
+def _real(x: float | None) -> float | None:
+    """A REAL column's value as SQLite stores and returns it: a float, NULL for a missing or NaN value."""
+    return None if x is None or x != x else float(x)
+
+
 def row_tail(r: OximeterReading) -> tuple[Any, ...]:
-    """The stored columns that depend on the reading alone (everything after session and time)."""
-    return (r.device_time, r.spo2_pct, r.pulse_bpm, r.pai_pct, int(r.valid), int(r.pulse_valid), int(r.flags), r.status_raw, r.counter)
+    """The stored columns that depend on the reading alone (everything after session and time).
+
+    In stored form (a float in every REAL column, NaN as NULL, plain ints): SQLite stores the same
+    values either way, and rows built from these tails are :class:`~collector.storage.seals.CanonicalRows`,
+    whose seal digest needs no per-row conversion."""
+    return (None if r.device_time is None else str(r.device_time), _real(r.spo2_pct), _real(r.pulse_bpm), _real(r.pai_pct),
+            int(r.valid), int(r.pulse_valid), int(r.flags),
+            None if r.status_raw is None else int(r.status_raw), None if r.counter is None else int(r.counter))
 
 
 def to_row(session_id: int, t: float, r: OximeterReading) -> SampleRow:
@@ -53,6 +65,7 @@ class ReadingPipeline:
         on_event: Callable[[float, str, dict[str, Any]], None] | None = None,
         on_device_event: Callable[[OximeterEvent], None] | None = None,
         on_stored_record: Callable[[OximeterReading], None] | None = None,
+        on_pending: Callable[[], None] | None = None,
     ) -> None:
         self.session_id = session_id
         self.protocol = protocol
@@ -64,11 +77,16 @@ class ReadingPipeline:
         # Records the device sends back from its memory (RACP): they stand for their own device time,
         # not the receipt time, so they go to the back-fill, never straight to the samples.
         self.on_stored_record = on_stored_record
+        # Who hands the rows over: by default the pipeline itself, at most HANDOVER_S after the last
+        # hand-over, on the next frame.  With ``on_pending`` (the daemon's night service) it is called
+        # after every frame that left rows waiting, and the caller takes them (``take_pending``) by its
+        # deadline, one writer hand-over for every bed.
+        self.on_pending = on_pending
         self.samples = 0
         self.lost_packets = 0
         self.last_sample_t: float | None = None
         self.last_reading: OximeterReading | None = None
-        self._pending: list[SampleRow] = []
+        self._pending: CanonicalRows = CanonicalRows()
         self._handed_over = time.monotonic()
         # Stored columns per reading object: codecs hand out one frozen reading per distinct frame.
         # Keyed by id(); the entry holds the reading, so its id cannot be reused while the entry lives.
@@ -93,9 +111,91 @@ class ReadingPipeline:
                 self._store(ev.t, ev.reading)
             else:
                 self._other(ev)
-        if events and time.monotonic() - self._handed_over >= HANDOVER_S:
-            self.hand_over()
+        if events:
+            self._handover_due()
         return stats.frames - frames_before
+
+    def _handover_due(self) -> None:
+        """After new rows: tell the owner of the hand-over, or hand over when HANDOVER_S has passed."""
+        if self.on_pending is not None:
+            if self._pending:
+                self.on_pending()
+        elif time.monotonic() - self._handed_over >= HANDOVER_S:
+            self.hand_over()
+
+    def feed_many(self, characteristic: str, stamped: Iterable[tuple[float, bytes]]) -> int:
+        """Decode many notifications of one characteristic (a replayed or buffered stretch) in one call.
+
+        The same rows, gaps, events and live figures as :meth:`feed` on each in turn (a test holds
+        them equal): the codec decodes the batch at once, a row is the session, the time and the
+        reading's cached tail, and the live figures take the whole stretch in one loop.  Anything
+        other than a reading received now (a lost-packet gap, a device reply, a record from device
+        memory) goes through the per-frame code, with the live figures brought up to it first.
+        """
+        frames_before = self.parser.stats.frames
+        pairs = feed_many(self.parser, characteristic, stamped)
+        sid, tails, rows = self.session_id, self._tails, self._pending
+        add_row = rows.append
+        lt: list[float] = []
+        ls: list[float | None] = []
+        lv: list[int] = []
+        n, last_t, last_r = 0, None, None
+        for t, ev in pairs:
+            r: OximeterReading
+            if type(ev) is Sample:
+                t, r = ev.t, ev.reading
+            elif type(ev) is OximeterReading and not (ev.kind != "continuous" and ev.flags & _FROM_STORAGE):
+                r = ev
+            else:
+                self._account(n, last_t, last_r, lt, ls, lv)
+                n, last_t, last_r, lt, ls, lv = 0, None, None, [], [], []
+                if type(ev) is OximeterReading:
+                    self._stored_record(ev)
+                else:
+                    self._other(ev)
+                rows = self._pending  # a gap or an event hands the pending rows over first
+                add_row = rows.append
+                continue
+            hit = tails.get(id(r))
+            if hit is not None and hit[0] is r:
+                tail = hit[1]
+            else:
+                tail = self._tail(r)
+            add_row((sid, round(t * 1000), *tail))
+            lt.append(t)
+            ls.append(r.spo2_pct)
+            lv.append(tail[4])  # int(r.valid), already in the tail
+            n += 1
+            last_t, last_r = t, r
+        self._account(n, last_t, last_r, lt, ls, lv)
+        if pairs:
+            self._handover_due()
+        return self.parser.stats.frames - frames_before
+
+    def _account(self, n: int, last_t: float | None, last_r: OximeterReading | None,
+                 lt: list[float], ls: list[float | None], lv: list[int]) -> None:
+        """Counters and live figures for a stretch of readings :meth:`feed_many` queued as rows."""
+        if not n:
+            return
+        self.samples += n
+        self.last_sample_t, self.last_reading = last_t, last_r
+        if self.live is None:
+            return
+        try:
+            events, rejected = self.live.add_many(lt, ls, lv)
+        except Exception:  # the stored samples are what counts; live figures are provisional
+            log.exception("session %s: live figures failed; samples are still stored", self.session_id)
+            return
+        for _, exc in rejected:
+            log.error("session %s: live figures failed; samples are still stored: %s", self.session_id, exc)
+        for _, event in events:
+            self.emit(event)
+
+    def _stored_record(self, ev: OximeterReading) -> None:
+        if self.on_stored_record is not None:
+            self.on_stored_record(ev)
+        else:
+            log.info("session %s: a record from device memory arrived unasked; not stored", self.session_id)
 
     def _other(self, ev: OximeterEvent) -> None:
         if isinstance(ev, LostPackets):
@@ -110,9 +210,18 @@ class ReadingPipeline:
     def hand_over(self, now: float | None = None) -> None:
         """Queue pending rows for the writer (batched: one queue item per ~0.1 s, not per frame)."""
         if self._pending:
-            self.writer.add_samples(self._pending)
-            self._pending = []
+            self.writer.add_samples(self.take_pending())
         self._handed_over = time.monotonic() if now is None else now
+
+    def take_pending(self) -> CanonicalRows:
+        """The rows waiting for the writer, now the caller's to queue (they leave the pipeline)."""
+        rows, self._pending = self._pending, CanonicalRows()
+        self._handed_over = time.monotonic()
+        return rows
+
+    def give_back(self, rows: CanonicalRows) -> None:
+        """Rows taken but not queued (the writer refused them): they wait again, ahead of newer ones."""
+        self._pending[:0] = rows
 
     def interrupt(self, t: float, cause: str) -> None:
         """The recording stops here (link lost, daemon stopping): end the hold of the last sample."""
@@ -140,10 +249,7 @@ class ReadingPipeline:
         if hit is not None and hit[0] is r:
             tail = hit[1]
         else:
-            tail = row_tail(r)
-            if len(self._tails) >= TAIL_MEMO_LIMIT:
-                self._tails.clear()  # bounded: a codec that makes a new reading per frame costs a clear now and then
-            self._tails[id(r)] = (r, tail)
+            tail = self._tail(r)
         self._pending.append((self.session_id, round(t * 1000), *tail))
         self.samples += 1
         self.last_sample_t = t
@@ -154,6 +260,13 @@ class ReadingPipeline:
                     self.emit(event)
             except Exception:  # the stored samples are what counts; live figures are provisional
                 log.exception("session %s: live figures failed; samples are still stored", self.session_id)
+
+    def _tail(self, r: OximeterReading) -> tuple[Any, ...]:
+        tail = row_tail(r)
+        if len(self._tails) >= TAIL_MEMO_LIMIT:
+            self._tails.clear()  # bounded: a codec that makes a new reading per frame costs a clear now and then
+        self._tails[id(r)] = (r, tail)
+        return tail
 
     def emit(self, event: Any) -> None:
         """Store an analysis event and tell the session (also for events back-filled records raise)."""

@@ -22,7 +22,7 @@ import concurrent.futures
 import datetime as _dt
 import logging
 import sqlite3
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from bleak.exc import BleakError
 
@@ -35,6 +35,7 @@ from collector.oximetry.pipeline import ReadingPipeline
 from collector.storage import repo
 from drivers.ble.adapters import AdapterSlots
 from drivers.ble.link import GattSession, LinkTarget, OximeterLink
+from drivers.ble.silence import SilenceWatch
 from drivers.protocols import plx
 from drivers.protocols.common import DeviceClock, OximeterEvent, OximeterReading, PlxFeatures, RacpReply
 from drivers.protocols.registry import PROFILES
@@ -58,6 +59,8 @@ class NightRecorder:
         resume_from: float | None = None,
         open_gap_id: int | None = None,
         slots: AdapterSlots | None = None,
+        silence: SilenceWatch | None = None,
+        on_pending: Callable[[], None] | None = None,
     ) -> None:
         self.daemon = daemon
         self.session_id: int = session["id"]
@@ -70,7 +73,7 @@ class NightRecorder:
         self.live = make_live(cfg)
         self.pipeline = ReadingPipeline(
             self.session_id, protocol, daemon.writer, live=self.live, on_event=self._on_event,
-            on_device_event=self._on_device_event, on_stored_record=self._on_stored_record,
+            on_device_event=self._on_device_event, on_stored_record=self._on_stored_record, on_pending=on_pending,
         )
         ble = cfg["ble"]
         self.backfill_enabled = bool(ble["backfill"]) and protocol == "plx"
@@ -97,6 +100,7 @@ class NightRecorder:
             connect_attempts=ble["connect_attempts"],
             slots=slots,
             on_setup=self._setup if self.backfill_enabled else None,
+            watchdog=silence,
         )
         self.events: list[dict[str, Any]] = []
         # Connections in a row that ended without data: audited as one row with their count

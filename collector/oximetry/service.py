@@ -1,8 +1,9 @@
 """``daemon.services['oximetry']``: starts, stops, resumes and reports overnight oximetry sessions.
 
 The daemon supervises (writer, lock, shutdown); this service owns the beds:
-one :class:`NightRecorder` per open night, the hand-over loop that queues their
-rows for the writer about ten times a second, resuming nights after a restart,
+one :class:`NightRecorder` per open night, the hand-over that queues every bed's
+rows for the writer as one batch within HANDOVER_S of their arrival, the one data
+watchdog of all their links, resuming nights after a restart,
 and the final report when a night is stopped (through the one
 :func:`collector.oximetry.store.finalise`).
 """
@@ -20,9 +21,11 @@ from collector.oximetry import store
 from collector.oximetry.pipeline import HANDOVER_S
 from collector.oximetry.recorder import NightRecorder
 from collector.storage import repo
+from collector.storage.seals import CanonicalRows
 from drivers.ble import scan as ble_scan
 from drivers.ble.adapters import AdapterFull, AdapterSlots
 from drivers.ble.link import LinkTarget
+from drivers.ble.silence import SilenceWatch
 from drivers.protocols.registry import PROFILES
 
 if TYPE_CHECKING:
@@ -31,7 +34,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SHUTDOWN_REASON = "daemon_shutdown"
-CLOCK_CHECK_TICKS = 10  # hand-overs between checks of the host clock (about a second)
+HANDOVER_SLACK_S = 0.06  # a frame this close to the hand-over deadline hands over itself
+CLOCK_CHECK_S = 1.0  # real seconds between checks of the host clock while nights record
 
 
 class NightService:
@@ -44,36 +48,70 @@ class NightService:
         # then the download of the device's own night, one task per session (awaited at shutdown).
         self._stopped_beds: dict[int, tuple[str, str]] = {}
         self.downloads: dict[int, asyncio.Task[list[int]]] = {}
-        self._handover_task: asyncio.Task[None] | None = None
+        self._handover: asyncio.TimerHandle | None = None  # the next hand-over, while rows wait
+        self._clock_task: asyncio.Task[None] | None = None
+        # One data watchdog for every bed's link (drivers.ble.silence): one timer, not one per bed.
+        self.silence = SilenceWatch(daemon.clock)
         # Beds per adapter and one connect at a time per adapter (see drivers.ble.adapters).
         self.slots = AdapterSlots(limit=int(daemon.config["ble"]["max_beds_per_adapter"]))
 
     # -- hand-over -------------------------------------------------------------------------
-    def _ensure_handover(self) -> None:
-        """Queue every recorder's pending rows for the writer ~10 times a second (real time).
+    def _rows_waiting(self) -> None:
+        """A bed has rows waiting: every bed's rows go to the writer within HANDOVER_S (real time).
 
-        Durability is a wall-clock promise, so this loop sleeps in real time even
-        when the recording runs on a virtual clock.
+        Durability is a wall-clock promise, so the deadline is the event loop's (real) time even
+        when the recording runs on a virtual clock.  One deadline and one writer hand-over for the
+        whole ward, and only while rows wait: no periodic wake-up, the writer thread wakes once
+        per hand-over instead of once per bed, and a frame arriving in the last HANDOVER_SLACK_S
+        before the deadline hands over at once (the loop is awake anyway; the timer is cancelled
+        and costs no wake-up).
         """
-        if self._handover_task is None or self._handover_task.done():
-            self._handover_task = asyncio.create_task(self._handover_loop(), name="handover")
+        loop = asyncio.get_running_loop()
+        if self._handover is None:
+            self._handover = loop.call_later(HANDOVER_S, self.hand_over_all)
+        elif loop.time() >= self._handover.when() - HANDOVER_SLACK_S:
+            self._handover.cancel()
+            self.hand_over_all()
 
-    async def _handover_loop(self) -> None:
-        ticks = 0
-        while True:
-            await asyncio.sleep(HANDOVER_S)
-            for rec in list(self.recorders.values()):
-                rec.pipeline.hand_over()
-            if self.daemon.capture is not None:
-                self.daemon.capture.flush()  # raw frames are as durable as the samples
-            ticks += 1
-            if ticks % CLOCK_CHECK_TICKS == 0:
-                self.daemon.check_clock()
+    def hand_over_all(self) -> None:
+        """Queue every bed's waiting rows for the writer as one batch."""
+        self._handover = None
+        rows = CanonicalRows()
+        for rec in list(self.recorders.values()):
+            rows.extend(rec.pipeline.take_pending())
+        if rows:
+            try:
+                self.daemon.writer.add_samples(rows)
+            except CollectorError as exc:  # the writer stopped: status and the alerts say so; rows are kept
+                log.error("cannot hand %d samples to the writer: %s", len(rows), exc)
+                self._keep(rows)
+        if self.daemon.capture is not None:
+            self.daemon.capture.flush()  # raw frames are as durable as the samples
+
+    def _keep(self, rows: CanonicalRows) -> None:
+        """Rows the writer refused go back to their beds, in order, for the next hand-over."""
+        by_session: dict[int, CanonicalRows] = {}
+        for row in rows:
+            by_session.setdefault(row[0], CanonicalRows()).append(row)
+        for sid, kept in by_session.items():
+            rec = self.recorders.get(sid)
+            if rec is not None:
+                rec.pipeline.give_back(kept)
+
+    def _ensure_clock_watch(self) -> None:
+        """Check the host clock about once a second while nights record (real time, see check_clock)."""
+        if self._clock_task is None or self._clock_task.done():
+            self._clock_task = asyncio.create_task(self._clock_loop(), name="clock-watch")
+
+    async def _clock_loop(self) -> None:
+        while self.recorders:
+            await asyncio.sleep(CLOCK_CHECK_S)
+            self.daemon.check_clock()
 
     def _run(self, rec: NightRecorder) -> None:
         self.recorders[rec.session_id] = rec
         rec.start()
-        self._ensure_handover()
+        self._ensure_clock_watch()
         self.daemon.notify("night_started", {"session_id": rec.session_id, "subject_id": rec.subject_id})
 
     # -- commands --------------------------------------------------------------------------
@@ -159,7 +197,8 @@ class NightService:
             except BaseException:
                 self.slots.release(found.address)
                 raise
-            rec = NightRecorder(daemon, session, protocol=protocol, target=LinkTarget(found.address), slots=self.slots)
+            rec = NightRecorder(daemon, session, protocol=protocol, target=LinkTarget(found.address), slots=self.slots,
+                                silence=self.silence, on_pending=self._rows_waiting)
             self._run(rec)
         timeout = ble["connect_timeout_s"] + ble["scan_timeout_s"]
         try:
@@ -254,7 +293,8 @@ class NightService:
                 log.error("session %s (subject %s) not resumed: %s", row["id"], row["subject_id"], exc)
                 continue
             rec = NightRecorder(daemon, row, protocol=row["device_protocol"], target=LinkTarget(row["device_address"]),
-                                resume_from=min(since, now), open_gap_id=open_gaps[row["id"]], slots=self.slots)
+                                resume_from=min(since, now), open_gap_id=open_gaps[row["id"]], slots=self.slots,
+                                silence=self.silence, on_pending=self._rows_waiting)
             conn = daemon.open_reader()
             try:
                 stored = store.load_night(conn, row["id"])
@@ -288,8 +328,12 @@ class NightService:
                 if isinstance(res, BaseException):
                     log.error("session %s: the device's own night was not kept (%s)", sid, res)
             self.downloads.clear()
-        if self._handover_task is not None:
-            self._handover_task.cancel()
+        if self._handover is not None:
+            self._handover.cancel()
+            self.hand_over_all()
+        if self._clock_task is not None:
+            self._clock_task.cancel()
+        self.silence.close()
 
 
 def attach(daemon: Daemon) -> NightService:

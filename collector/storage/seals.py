@@ -14,7 +14,7 @@ import hashlib
 import marshal
 import sqlite3
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 from collector.clock import utc_iso
 
@@ -33,10 +33,16 @@ def _canonical(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
             for s, t, d, sp, pu, pa, v, pv, fl, st, ct in rows]
 
 
-def rows_digest(rows: Sequence[tuple[Any, ...]]) -> str:
+class CanonicalRows(list[tuple[Any, ...]]):
+    """Sample rows their producer built in stored form already (what ``_canonical`` would return, value
+    and type): their digest skips the per-row conversion.  The live pipeline builds its rows this way."""
+
+
+def rows_digest(rows: Sequence[tuple[Any, ...]], *, canonical: bool = False) -> str:
     """SHA-256 of rows in their stored form (marshal format 2: no back-references, so equal values give equal bytes
     whether or not they are the same objects; fixed for ints, floats, text, None)."""
-    return hashlib.sha256(marshal.dumps(_canonical(rows), 2)).hexdigest()
+    stored = _canonical(rows) if not canonical else rows if type(rows) is list else list(rows)  # marshal takes a plain list
+    return hashlib.sha256(marshal.dumps(cast(list[tuple[Any, ...]], stored), 2)).hexdigest()
 
 
 def seal_hash(prev: str, first_rowid: int, last_rowid: int, digest: str) -> str:
@@ -68,8 +74,11 @@ def _insert_seal(conn: sqlite3.Connection, prev: str, first: int, last: int, n: 
     return int(cur.lastrowid), h
 
 
-def seal_inserted(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]], *, at: float) -> tuple[int, str] | None:
-    """Seal the rows one ``executemany`` just inserted (the fast path: no re-read; same transaction)."""
+def seal_inserted(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]], *, at: float,
+                  canonical: bool = False) -> tuple[int, str] | None:
+    """Seal the rows one ``executemany`` just inserted (the fast path: no re-read; same transaction).
+
+    ``canonical``: every row is in stored form already (:class:`CanonicalRows`)."""
     if not rows:
         return None
     last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
@@ -77,7 +86,7 @@ def seal_inserted(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]], *, 
     after, prev = _last_seal(conn)
     if first != after + 1:  # rows outside the batch are unsealed (an older database): seal everything by re-reading
         return seal_new_rows(conn, at=at)
-    return _insert_seal(conn, prev, first, last, len(rows), rows_digest(rows), at)
+    return _insert_seal(conn, prev, first, last, len(rows), rows_digest(rows, canonical=canonical), at)
 
 
 def seal_new_rows(conn: sqlite3.Connection, *, at: float) -> tuple[int, str] | None:

@@ -97,6 +97,7 @@ class Writer:
         self.commits = 0
         self.failed: BaseException | None = None
         self._deferred: list[_Call] = []  # retryable records that met a transient error, oldest first
+        self._raw_rows = 0  # pending sample rows not handed over as seals.CanonicalRows (writer thread only)
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="db-writer", daemon=True)
         self._thread.start()
@@ -197,6 +198,8 @@ class Writer:
             if isinstance(item, (list, tuple)):
                 if deadline is None:
                     deadline = time.monotonic() + self.flush_interval_s
+                if type(item) is not seals.CanonicalRows:
+                    self._raw_rows += len(item)
                 pending.extend(item)
                 if len(pending) >= self.max_batch or self.backlog or time.monotonic() >= deadline:
                     pending = self._commit_samples(pending)
@@ -279,6 +282,8 @@ class Writer:
             return rows
         left = self._commit_rows(rows)
         self._count(len(left) - len(rows))  # written, journaled or refused: no longer waiting
+        if not left:
+            self._raw_rows = 0
         return left
 
     def _commit_rows(self, rows: list[SampleRow]) -> list[SampleRow]:
@@ -292,7 +297,8 @@ class Writer:
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             self._conn.executemany(INSERT_SAMPLE, rows)
-            seals.seal_inserted(self._conn, rows, at=time.time())  # the batch and its seal land together
+            # The batch and its seal land together; rows the pipeline built in stored form skip the conversion.
+            seals.seal_inserted(self._conn, rows, at=time.time(), canonical=self._raw_rows == 0)
             self._conn.execute("COMMIT")
         except sqlite3.IntegrityError as exc:
             self._rollback()

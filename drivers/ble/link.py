@@ -8,9 +8,9 @@ stack's current object for the address, or a new scan when the stack forgot
 it), stale connections a crash left behind closed once at start, and
 ``bleak-retry-connector``'s ``establish_connection`` (a new client per
 connection, retries by error kind, pairing when the profile asks for it), one
-connect at a time per adapter.  A data watchdog forces a reconnect when the
-link goes silent while the stack still says "connected", and every wait of our
-own uses the injected clock.  ``backend``/``scanner_backend`` are passed to
+connect at a time per adapter.  A data watchdog (one for all of a daemon's links)
+forces a reconnect when the link goes silent while the stack still says
+"connected", and every wait of our own uses the injected clock.  ``backend``/``scanner_backend`` are passed to
 bleak unchanged (None: the platform's own stack); that is how the simulator
 plugs in.  A polled device (the O2Ring answers only when asked) gets its
 profile's request written every period while connected; a failed write stops the
@@ -34,6 +34,7 @@ from bleak_retry_connector import close_stale_connections, establish_connection,
 
 from drivers.ble.adapters import AdapterSlots
 from drivers.ble.power import adapter_powered, says_adapter_off
+from drivers.ble.silence import MIN_LIMIT_S, SilenceWatch
 from drivers.clock import Clock
 from drivers.protocols.common import DeviceProfile
 
@@ -136,6 +137,7 @@ class OximeterLink:
         connect_attempts: int = 2,
         slots: AdapterSlots | None = None,
         on_setup: SetupProcedure | None = None,
+        watchdog: SilenceWatch | None = None,
     ) -> None:
         self.target = target
         self.profile = profile
@@ -147,12 +149,15 @@ class OximeterLink:
         self.scanner_backend = scanner_backend
         self.connect_timeout_s = max(10.0, connect_timeout_s)  # BlueZ resolves services on first connect
         self.scan_timeout_s = scan_timeout_s
-        self.silence_limit_s = max(watchdog_periods * profile.expected_period_s, 5.0)
+        self.silence_limit_s = max(watchdog_periods * profile.expected_period_s, MIN_LIMIT_S)
         self.backoff_s = backoff_s
         self.disconnect_timeout_s = disconnect_timeout_s
         self.connect_attempts = max(1, connect_attempts)
         self.slots = slots or AdapterSlots()
         self.on_setup = on_setup  # runs after the reads, before live notifications start
+        # The daemon shares one watchdog between its links (one timer for the ward); alone, a link has its own.
+        self.watchdog = watchdog if watchdog is not None else SilenceWatch(clock)
+        self._silent = False  # the watchdog ended the current connection
         self.stats = LinkStats()
         self.state = "searching"
         self.address: str | None = None
@@ -211,6 +216,7 @@ class OximeterLink:
             await close_stale_connections(device)
             self._stale_closed = True
         self._lost = asyncio.Event()
+        self._silent = False
         self.connection_frames = 0
         self.state = "connecting"
         # Parallel connects on one adapter abort each other; a connect takes radio (real) time.
@@ -329,7 +335,7 @@ class OximeterLink:
         if client is not self._client:
             return  # a late notification from a client we already replaced
         now = self.clock.now()
-        uuid = getattr(characteristic, "uuid", str(characteristic))
+        uuid = characteristic.uuid if hasattr(characteristic, "uuid") else str(characteristic)  # no str() per frame
         if self.on_data(now, uuid, bytes(data)) > 0:
             self.last_frame_t = now
             self.connection_frames += 1
@@ -341,31 +347,28 @@ class OximeterLink:
         self.stats.disconnects += 1
         self._lost.set()
 
+    def silenced(self, t: float) -> None:
+        """The watchdog's call: no frame for more than ``silence_limit_s`` (a disconnect seen first wins)."""
+        if not self._lost.is_set():
+            self._silent = True
+            self._lost.set()
+
     async def _watch(self) -> str:
         """Return why the connection ended: the stack said so, or the data stopped.
 
-        Wakes at the silence deadline (last frame + limit), not every second: frames only move
-        the deadline, and a disconnect wakes it at once.  With 24 beds this is one wake-up per
-        bed every few seconds instead of one a second.
+        The link waits on one event, set by the stack's disconnect callback or by the watchdog
+        (:class:`~drivers.ble.silence.SilenceWatch`, shared by the daemon's links), which wakes
+        at the earliest silence deadline of all links: frames only move the deadline.
         """
-        lost = asyncio.ensure_future(self._lost.wait())
+        self.watchdog.add(self)
         try:
-            while True:
-                if self._lost.is_set():
-                    return "device_disconnected"
-                now = self.clock.now()
-                last = self.last_frame_t if self.last_frame_t is not None else now
-                if now - last > self.silence_limit_s:
-                    self.stats.watchdog_resets += 1
-                    return "watchdog_silence"
-                # Just past the deadline (the limit is "more than"), never a busy loop.
-                sleeper = asyncio.ensure_future(self.clock.sleep(max(last + self.silence_limit_s - now, 0.0) + 0.01))
-                try:
-                    await asyncio.wait((sleeper, lost), return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    sleeper.cancel()
+            await self._lost.wait()
         finally:
-            lost.cancel()
+            self.watchdog.discard(self)
+        if self._silent:
+            self.stats.watchdog_resets += 1
+            return "watchdog_silence"
+        return "device_disconnected"
 
     async def _close(self) -> None:
         client, self._client = self._client, None

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol, Union
+from typing import Iterable, NamedTuple, Protocol, Union
 
 # Physiological plausibility limits (oximetry.md, "What counts as a valid sample").  Below SPO2_MIN_PCT a
 # device-valid reading still counts (as below 90 %) and is flagged DEEP_DESATURATION for review.
@@ -279,6 +279,22 @@ class OximeterParser(Protocol):
     def end_of_input(self) -> list[OximeterEvent]:
         """The link dropped or the recording ends: emit what is held back, drop partial frames."""
         ...
+
+
+def feed_many(parser: OximeterParser, characteristic: str,
+              stamped: Iterable[tuple[float, bytes]]) -> list[tuple[float, OximeterEvent]]:
+    """Decode many notifications of one characteristic: ``(t, event)`` pairs in order.
+
+    A codec with its own ``feed_many`` (PLX) decodes the batch in one call; any other is fed
+    frame by frame, which gives the same events by definition.
+    """
+    own = getattr(parser, "feed_many", None)
+    if own is not None:
+        return own(characteristic, stamped)  # type: ignore[no-any-return]
+    out: list[tuple[float, OximeterEvent]] = []
+    for t, data in stamped:
+        out.extend((t, ev) for ev in parser.feed(t, characteristic, data))
+    return out
 
 
 @dataclass(frozen=True, slots=True)

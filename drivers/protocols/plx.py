@@ -30,7 +30,7 @@ import datetime as _dt
 import enum
 import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 from drivers.protocols.common import (
     DeviceClock,
@@ -419,6 +419,38 @@ class PlxParser:
             self.stats.error(str(exc), len(data))
             return []
         self.stats.frames += 1
+        return out
+
+    def feed_many(self, characteristic: str, stamped: Iterable[tuple[float, bytes]]) -> list[tuple[float, OximeterEvent]]:
+        """Many notifications of one characteristic (e.g. a replayed capture): ``(t, event)`` pairs.
+
+        The same events, stats and state as :meth:`feed` called on each in turn; a continuous
+        frame seen before costs one dictionary look-up, with no list built per frame.
+        """
+        uuid = normalize_uuid(characteristic)
+        out: list[tuple[float, OximeterEvent]] = []
+        if uuid != PLX_CONTINUOUS_UUID:
+            for t, data in stamped:
+                out.extend((t, ev) for ev in self.feed(t, uuid, data))
+            return out
+        cache, add = self._continuous_cache, out.append
+        hits = 0
+        last_hit: PlxContinuous | None = None
+        for t, data in stamped:
+            if type(data) is not bytes:
+                data = bytes(data)
+            hit = cache.get(data)
+            if hit is not None:
+                hits += 1
+                last_hit = hit[0]
+                add((t, hit[1]))
+            else:
+                if last_hit is not None:
+                    self.last_continuous, last_hit = last_hit, None
+                out.extend((t, ev) for ev in self.feed(t, uuid, data))
+        if last_hit is not None:
+            self.last_continuous = last_hit
+        self.stats.frames += hits
         return out
 
     def end_of_input(self) -> list[OximeterEvent]:

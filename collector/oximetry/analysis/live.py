@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
+from typing import Sequence
+
+from drivers.protocols.common import SPO2_MAX_PCT
 
 from .report import (
     AnalysisConfig,
@@ -170,6 +173,83 @@ class LiveBurden:
             self._last_spo2 = None
             self._last_below = self._last_below_incl = False
         return self._check(t_s)
+
+    def add_many(
+        self, t_s: Sequence[float], spo2: Sequence[float | None], valid: Sequence[bool | int]
+    ) -> tuple[list[tuple[int, Event | DeepDesatEvent]], list[tuple[int, OutOfOrderError]]]:
+        """Account many samples in time order, as :meth:`add` one after another would.
+
+        Returns the alert events with the index of the sample that caused each, and the samples
+        refused as out of order (index, error): a refused sample changes nothing, as when
+        :meth:`add` raises.  One loop over local variables: the live figures cost well under a
+        microsecond per sample this way (the batched ingest path); a test holds it equal to :meth:`add`.
+        """
+        events: list[tuple[int, Event | DeepDesatEvent]] = []
+        rejected: list[tuple[int, OutOfOrderError]] = []
+        first, last = self._first, self._last
+        usable_prev, below, below_incl = self._last_usable, self._last_below, self._last_below_incl
+        num, num_incl, analysed = self._num, self._num_incl, self._analysed
+        nadir, n, last_spo2 = self._nadir, self._n, self._last_spo2
+        alerted, in_deep = self._alerted, self._in_deep
+        max_hold, cuts = self._max_hold, self._cuts
+        thr_scale, thr_num, alert_min = self._thr_scale, self._thr_num, self._alert_min_ms
+        for i, (ts, s, v) in enumerate(zip(t_s, spo2, valid)):
+            t = round(float(ts) * 1000.0)  # to_ms, inline
+            if last is None:
+                first = t
+            else:
+                if t < last:
+                    rejected.append((i, OutOfOrderError(
+                        f"sample at {ts} is earlier than the latest sample; feed samples in time order")))
+                    continue
+                if usable_prev:
+                    end = last + max_hold
+                    if t < end:
+                        end = t
+                    if cuts and cuts[0] < end:
+                        end = cuts[0]  # all pending cuts are >= last
+                    hold = end - last
+                    analysed += hold
+                    if below:
+                        num += hold
+                    if below_incl:
+                        num_incl += hold
+            while cuts and cuts[0] < t:  # amortised O(1): each break is dropped once
+                cuts.pop(0)
+            last = t
+            n += 1
+            # report.spo2_usable, inline: device-valid and 0 < spo2 <= 100
+            usable_prev = bool(v) and s is not None and 0 < s <= SPO2_MAX_PCT
+            if usable_prev:
+                x = float(s)  # type: ignore[arg-type]
+                last_spo2 = x
+                below = x < 90.0
+                below_incl = x <= 90.0
+                if nadir is None or x < nadir:
+                    nadir = x
+                if x < DEEP_DESAT_BELOW:
+                    if not in_deep:
+                        in_deep = True
+                        events.append((i, DeepDesatEvent(EVENT_DEEP_DESAT, float(ts), x)))
+                else:
+                    in_deep = False
+            else:
+                last_spo2 = None
+                below = below_incl = False
+            # The alert: same exact comparison as report.exceeds, with the threshold's integers unpacked once.
+            if analysed > 0:
+                if num * thr_scale <= thr_num * analysed:
+                    alerted = False
+                elif not alerted and analysed >= alert_min:
+                    alerted = True
+                    events.append((i, Event(EVENT_T90_EXCEEDED, float(ts), pct(num, analysed) or 0.0, analysed / 1000.0,
+                                            self._cfg.threshold_pct, alert_min / 1000.0)))
+        self._first, self._last = first, last
+        self._last_usable, self._last_below, self._last_below_incl = usable_prev, below, below_incl
+        self._num, self._num_incl, self._analysed = num, num_incl, analysed
+        self._nadir, self._n, self._last_spo2 = nadir, n, last_spo2
+        self._alerted, self._in_deep = alerted, in_deep
+        return events, rejected
 
     def _check(self, t_s: float) -> list[Event | DeepDesatEvent]:
         a = self._analysed
