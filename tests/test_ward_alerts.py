@@ -163,3 +163,56 @@ def test_report_lists_gaps_at_local_times_with_durations(night: dict[str, Any]) 
     lines = re.findall(r"^\s+\d\d:\d\d \+08:00 for (\d+ min(?: \d+ s)?|\d+ s) \((\w+)\)$", out.output, flags=re.M)
     assert len(lines) >= len(DROPS), out.output[-2000:]  # every drop (the list stops at 40)
     assert not re.search(r"\b1[67]\d{11}\b", out.output)  # no epoch milliseconds for people
+
+
+def test_a_day_of_uncleared_reconnect_alerts_keeps_the_check_flat(tmp_path: Path) -> None:
+    """A silent link that reconnects all day leaves thousands of cleared, unacknowledged alerts on the
+    screen; the 2-second check touches only the active ones (one per kind and session), so it costs
+    the same after the day as before it.  Alerts are raised and cleared by the real engine and stored
+    through the real writer; only the condition (link down / back) is driven by the test."""
+    import time as _time
+
+    from collector.clock import VirtualClock
+    from collector.features import build_daemon
+    from collector.ward.service import engine_of
+    from conftest import T0
+
+    async def main() -> tuple[float, float, int]:
+        clock = VirtualClock(start=T0)
+        daemon = build_daemon(tmp_path / "alerts.sqlite", clock=clock, config=fast_config())
+        try:
+            engine = engine_of(daemon)
+            down = {("device_disconnected", None): (None, "no link to the oximeter for 31 s")}
+            state = {"down": False}
+            engine._conditions = lambda now: (down if state["down"] else {})  # type: ignore[method-assign]
+
+            def best_check_s(reps: int = 300) -> float:
+                best = float("inf")
+                for _ in range(reps):
+                    t = _time.perf_counter()
+                    engine.check()
+                    best = min(best, _time.perf_counter() - t)
+                return best
+
+            engine.check()
+            before = best_check_s()
+            cycles = 43_200 // 8  # a reconnect alert every 16 s of a whole day, none acknowledged
+            for _ in range(cycles):
+                state["down"] = True
+                engine.check()  # raised
+                clock.jump_to(clock.now() + 8)
+                state["down"] = False
+                engine.check()  # cleared, still showing until acknowledged
+                clock.jump_to(clock.now() + 8)
+            daemon.writer.flush()
+            after = best_check_s()
+            return before, after, len(engine.alerts)
+        finally:
+            await daemon.shutdown()
+
+    before, after, held = asyncio.run(main())
+    assert held == 43_200 // 8
+    # The old check built a dict over every alert held: ~5 000 alerts made it about 100x slower.
+    assert after < max(3 * before, before + 20e-6), (before, after)
+    rows = _rows(tmp_path / "alerts.sqlite", "SELECT COUNT(*), COUNT(cleared_utc) FROM alerts")
+    assert rows == [(held, held)]

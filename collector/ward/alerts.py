@@ -104,6 +104,9 @@ class AlertEngine:
         self.settings = {k: float(settings.get(k, v)) for k, v in DEFAULTS.items()}
         self.tz = site_zone(daemon.config)  # people read local time; the rows stay UTC
         self.alerts: dict[int, Alert] = {}
+        # The active (not cleared) alert of each (kind, session) key: the check touches only these, so
+        # a day of cleared but unacknowledged alerts (a silent link's reconnects) never slows it.
+        self._active: dict[tuple[str, int | None], Alert] = {}
         self._next_id: int | None = None
         self._finger_since: dict[int, float] = {}
         self._down_seen: dict[int, float] = {}
@@ -120,6 +123,10 @@ class AlertEngine:
         finally:
             conn.close()
         self.alerts = {r["id"]: Alert.from_row(r) for r in rows}
+        self._active = {}
+        for alert in sorted(self.alerts.values(), key=lambda a: a.id):
+            if alert.active:
+                self._active[(alert.kind, alert.session_id)] = alert
 
     # -- conditions ---------------------------------------------------------------------------
     def _conditions(self, now: float) -> dict[tuple[str, int | None], tuple[str | None, str]]:
@@ -195,16 +202,14 @@ class AlertEngine:
         self._load()
         now = self.daemon.clock.now()
         holding = self._conditions(now)
-        current = {(a.kind, a.session_id): a for a in self.alerts.values() if a.active}
+        for key, alert in [(k, a) for k, a in self._active.items() if k not in holding]:
+            self._clear(alert, now)
         for key, (subject, message) in holding.items():
-            alert = current.get(key)
-            if alert is None:
+            current = self._active.get(key)
+            if current is None:
                 self._raise(key, subject, message, now)
-            elif alert.acknowledged_by is None:
-                alert.message = message
-        for key, alert in current.items():
-            if key not in holding:
-                self._clear(alert, now)
+            elif current.acknowledged_by is None:
+                current.message = message
 
     def visible(self) -> list[dict[str, Any]]:
         """Alerts not yet resolved, newest first (no evaluation: reading never changes anything)."""
@@ -221,6 +226,7 @@ class AlertEngine:
         alert = Alert(self._next_id, kind, sid, subject, message, now)
         self._next_id += 1
         self.alerts[alert.id] = alert
+        self._active[key] = alert
         detail = {"alert_id": alert.id, "alert": kind, "message": message}
         log.warning("alert %s raised: %s %s", alert.id, kind, f"session {sid}" if sid else "")
 
@@ -234,6 +240,8 @@ class AlertEngine:
 
     def _clear(self, alert: Alert, now: float) -> None:
         alert.cleared_t = now
+        if self._active.get((alert.kind, alert.session_id)) is alert:
+            del self._active[(alert.kind, alert.session_id)]
         alert_id = alert.id
         self._submit(lambda c: store.clear_alert(c, alert_id, at=now))
         if alert.acknowledged_by is not None:
@@ -250,6 +258,7 @@ class AlertEngine:
         alert.acknowledged_by, alert.acknowledged_t = by, now
         if alert.active:
             self.alerts[alert_id] = alert
+            self._active.setdefault((alert.kind, alert.session_id), alert)
         else:
             self.alerts.pop(alert_id, None)
         return alert.as_dict(self.tz)
