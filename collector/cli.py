@@ -318,6 +318,9 @@ def status(c: Ctx, as_json: bool) -> None:
         click.echo(f"STORAGE FAILED: {writer['failed']}")
     if writer.get("backlog"):
         click.echo(f"STORAGE BEHIND: {writer['unwritten_samples']} samples wait for the disk (none dropped); check the disk")
+    if writer.get("spill_file"):
+        click.echo(f"STORAGE SPILLING: {writer['spilled_samples']} samples wait in {writer['spill_file']} (memory full; "
+                   "written back in order when the database catches up); check the disk")
     if not st["beds"]:
         click.echo("no open sessions")
     for b in st["beds"]:

@@ -178,7 +178,12 @@ class AlertEngine:
         free_mb = self.disk_free_mb()
         if free_mb is not None and free_mb < s["disk_min_free_mb"]:
             out[("disk_almost_full", None)] = (None, f"only {free_mb:.0f} MB free next to the database; free space now or recording stops")
-        if getattr(self.daemon.writer, "backlog", False):
+        if getattr(self.daemon.writer, "spilling", False):
+            out[("storage_backlog", None)] = (None, f"the database writer is {self.daemon.writer.unwritten} samples behind; "
+                                                    f"new samples wait in {self.daemon.writer.spill.path.name} next to the "
+                                                    "database and are written back when it catches up: nothing is lost yet, "
+                                                    "check the disk")
+        elif getattr(self.daemon.writer, "backlog", False):
             out[("storage_backlog", None)] = (None, f"the database writer is {self.daemon.writer.unwritten} samples behind: "
                                                     "the disk is too slow or stalled; nothing is lost yet, check the disk")
         if getattr(self.daemon.writer, "failed", None):
