@@ -39,12 +39,14 @@ SUBJECTS = "SCR-{:04d}"
 
 # -- the daemon process ------------------------------------------------------------------------------
 def child(trace_file: str | None, cli_args: list[str]) -> None:
-    """``collector`` itself; with ``trace_file``, SIGUSR1 writes the top tracemalloc growth since SIGUSR2."""
+    """``collector`` itself; with ``trace_file``, SIGUSR2 starts tracemalloc and SIGUSR1 writes the top growth since."""
     if trace_file:
-        tracemalloc.start(8)
         base: list[tracemalloc.Snapshot] = []
 
         def mark(_sig: int, _frame: Any) -> None:
+            # Traced from the mark on (the imports at start are not slowed): what is still alive at a
+            # later dump was allocated since the mark, i.e. the growth.
+            tracemalloc.start(6)
             base[:] = [tracemalloc.take_snapshot()]
 
         def dump(_sig: int, _frame: Any) -> None:

@@ -122,3 +122,38 @@ def test_a_spill_file_left_by_a_crash_is_written_back_first_without_doubling_the
         assert [t for (t,) in stored] == [T0_MS + s * 1000 for s in range(3001)]
     finally:
         conn.close()
+
+
+def test_a_spilling_writer_raises_the_storage_alert_and_says_so_in_status(tmp_path: Path) -> None:
+    import asyncio
+
+    from collector.clock import VirtualClock
+    from collector.features import build_daemon
+    from collector.ward.service import engine_of
+    from conftest import T0, fast_config
+
+    async def main() -> tuple[list[dict], dict, list[dict]]:
+        cfg = fast_config()
+        cfg["storage"]["memory_samples"] = 1000
+        daemon = build_daemon(tmp_path / "c.sqlite", clock=VirtualClock(start=T0), config=cfg)
+        try:
+            (sid,) = _open_sessions(daemon.writer, 1)
+            release, busy = _stall(daemon.writer)
+            for s in range(3000):
+                daemon.writer.add_samples(_second([sid], s))
+            engine = engine_of(daemon)
+            engine.check()
+            showing, status = engine.visible(), daemon.status()["writer"]
+            release.set()  # type: ignore[attr-defined]
+            busy.result(30)  # type: ignore[attr-defined]
+            daemon.writer.flush(60)
+            engine.check()
+            return showing, status, [a for a in engine.visible() if a["active"]]
+        finally:
+            await daemon.shutdown()
+
+    showing, status, after = asyncio.run(main())
+    (alert,) = [a for a in showing if a["kind"] == "storage_backlog"]
+    assert "c.sqlite.spill.jsonl" in alert["message"] and "nothing is lost" in alert["message"]
+    assert status["spilled_samples"] == 2000 and status["spill_file"].endswith("c.sqlite.spill.jsonl")
+    assert not [a for a in after if a["kind"] == "storage_backlog"]  # cleared once written back
