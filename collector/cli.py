@@ -337,6 +337,8 @@ def status(c: Ctx, as_json: bool) -> None:
             click.echo(f"  event: {ev['kind']} at {local_time(ev['t_utc'], tz, seconds=True)}")
     alerts = st.get("alerts")
     if isinstance(alerts, list):
+        from collector.ward.alerts import raised_text
+
         waiting = [a for a in alerts if not a.get("acknowledged_by")]
         click.echo(f"alerts: {len(waiting)} to acknowledge" + (f", {len(alerts) - len(waiting)} acknowledged and still holding"
                                                                 if len(alerts) > len(waiting) else "")
@@ -345,7 +347,7 @@ def status(c: Ctx, as_json: bool) -> None:
             where = f"{a['subject_id']} session {a['session_id']}" if a.get("session_id") else "collector"
             state = {"active": "ACTIVE", "cleared": "cleared", "acknowledged": f"acknowledged by {a.get('acknowledged_by')}"}.get(
                 a.get("state", ""), a.get("state", ""))
-            click.echo(f"  alert {a['id']}  {state}  {a['title']}  {where}  raised {local_time(a['raised_utc'], tz)}: {a['message']}")
+            click.echo(f"  alert {a['id']}  {state}  {a['title']}  {where}  raised {raised_text(a, tz)}: {a['message']}")
     elif isinstance(alerts, dict) and alerts.get("error"):
         click.echo(f"alerts: unavailable ({alerts['error']})")
 

@@ -6,8 +6,10 @@ failed) and stays until an operator acknowledges it, even if the condition clear
 meanwhile: a tired technician must not miss a 2-minute disconnect because it fixed
 itself.  Each alert is a row of ``alerts`` (collector/ward/store.py) with the moments it
 was raised, cleared and acknowledged, each audited; an alert both cleared and
-acknowledged is resolved and leaves the screen.  If the condition comes back, a new
-alert is raised.  :class:`AlertService` evaluates every ``[web] alert_check_s`` on the
+acknowledged is resolved and leaves the screen.  If the condition comes back while the
+alert is still unacknowledged, the same alert is raised again and counts the repeat (one row
+per bed and kind: a silent link's hundred reconnects are "116 times since 03:00", not 116
+rows); once it was acknowledged, the next occurrence is a new alert.  :class:`AlertService` evaluates every ``[web] alert_check_s`` on the
 daemon's clock (virtual in simulations), so alerts exist with no page open.
 """
 
@@ -50,6 +52,16 @@ KIND_TITLES = {
 }
 
 
+def raised_text(a: dict[str, Any], tz: tzinfo) -> str:
+    """When an alert was raised, as a person reads it: "03:00 +08:00", or for a repeating one
+    "116 times since 03:00 +08:00, last 05:58 +08:00" (``a`` is an alert row or ``Alert.as_dict``)."""
+    first = local_time(a["raised_utc"], tz)
+    count = int(a.get("raise_count") or 1)
+    if count <= 1:
+        return first
+    return f"{count} times since {first}, last {local_time(a.get('last_raised_utc') or a['raised_utc'], tz)}"
+
+
 @dataclass
 class Alert:
     id: int
@@ -61,6 +73,8 @@ class Alert:
     cleared_t: float | None = None
     acknowledged_by: str | None = None
     acknowledged_t: float | None = None
+    count: int = 1                      # raises in this run (first raise + repeats before acknowledgement)
+    last_raised_t: float | None = None  # the latest raise; None: the first one
 
     @property
     def active(self) -> bool:
@@ -74,8 +88,10 @@ class Alert:
         def iso(t: float | None) -> str | None:
             return utc_iso(t) if t is not None else None
 
+        last = self.last_raised_t if self.last_raised_t is not None else self.raised_t
         local: dict[str, Any] = {} if tz is None else {
             "raised_local": local_time(self.raised_t, tz, seconds=True),
+            "last_raised_local": local_time(last, tz, seconds=True),
             "cleared_local": local_time(self.cleared_t, tz, seconds=True) or None,
             "acknowledged_local": local_time(self.acknowledged_t, tz, seconds=True) or None,
         }
@@ -84,7 +100,7 @@ class Alert:
             "session_id": self.session_id, "subject_id": self.subject_id, "message": self.message,
             "state": self.state, "active": self.active, "raised_utc": utc_iso(self.raised_t),
             "cleared_utc": iso(self.cleared_t), "acknowledged_by": self.acknowledged_by,
-            "acknowledged_utc": iso(self.acknowledged_t),
+            "acknowledged_utc": iso(self.acknowledged_t), "raise_count": self.count, "last_raised_utc": utc_iso(last),
         }
 
     @classmethod
@@ -93,7 +109,8 @@ class Alert:
             return parse_utc(s) if s else None
 
         return cls(r["id"], r["kind"], r["session_id"], r["subject_id"], r["message"], parse_utc(r["raised_utc"]),
-                   t(r["cleared_utc"]), r["acknowledged_by"], t(r["acknowledged_utc"]))
+                   t(r["cleared_utc"]), r["acknowledged_by"], t(r["acknowledged_utc"]), int(r.get("raise_count") or 1),
+                   t(r.get("last_raised_utc")))
 
 
 class AlertEngine:
@@ -107,6 +124,8 @@ class AlertEngine:
         # The active (not cleared) alert of each (kind, session) key: the check touches only these, so
         # a day of cleared but unacknowledged alerts (a silent link's reconnects) never slows it.
         self._active: dict[tuple[str, int | None], Alert] = {}
+        # The latest unacknowledged alert of each key (active or cleared): a repeat re-raises it.
+        self._open: dict[tuple[str, int | None], Alert] = {}
         self._next_id: int | None = None
         self._finger_since: dict[int, float] = {}
         self._down_seen: dict[int, float] = {}
@@ -123,10 +142,12 @@ class AlertEngine:
         finally:
             conn.close()
         self.alerts = {r["id"]: Alert.from_row(r) for r in rows}
-        self._active = {}
+        self._active, self._open = {}, {}
         for alert in sorted(self.alerts.values(), key=lambda a: a.id):
             if alert.active:
                 self._active[(alert.kind, alert.session_id)] = alert
+            if alert.acknowledged_by is None:
+                self._open[(alert.kind, alert.session_id)] = alert
 
     # -- conditions ---------------------------------------------------------------------------
     def _conditions(self, now: float) -> dict[tuple[str, int | None], tuple[str | None, str]]:
@@ -212,7 +233,11 @@ class AlertEngine:
         for key, (subject, message) in holding.items():
             current = self._active.get(key)
             if current is None:
-                self._raise(key, subject, message, now)
+                earlier = self._open.get(key)
+                if earlier is not None and earlier.acknowledged_by is None and not earlier.active:
+                    self._repeat(earlier, message, now)
+                else:
+                    self._raise(key, subject, message, now)
             elif current.acknowledged_by is None:
                 current.message = message
 
@@ -232,11 +257,31 @@ class AlertEngine:
         self._next_id += 1
         self.alerts[alert.id] = alert
         self._active[key] = alert
+        self._open[key] = alert
         detail = {"alert_id": alert.id, "alert": kind, "message": message}
         log.warning("alert %s raised: %s %s", alert.id, kind, f"session {sid}" if sid else "")
 
         def write(c: Any) -> None:
             store.raise_alert(c, alert_id=alert.id, kind=kind, session_id=sid, subject_id=subject, message=message, at=now)
+            if sid is not None:
+                repo.add_event(c, sid, t_ms=int(round(now * 1000)), kind="alert_raised", detail=detail)
+
+        self._submit(write)
+        self.daemon.notify("alert_raised", alert.as_dict(self.tz))
+
+    def _repeat(self, alert: Alert, message: str, now: float) -> None:
+        """The condition of a cleared, unacknowledged alert is back: the same alert again, counted and audited."""
+        key = (alert.kind, alert.session_id)
+        alert.cleared_t, alert.message, alert.last_raised_t = None, message, now
+        alert.count += 1
+        self._active[key] = alert
+        sid, alert_id = alert.session_id, alert.id
+        detail = {"alert_id": alert_id, "alert": alert.kind, "message": message, "raise_count": alert.count}
+        log.warning("alert %s raised again (%d times): %s %s", alert_id, alert.count, alert.kind,
+                    f"session {sid}" if sid else "")
+
+        def write(c: Any) -> None:
+            store.repeat_alert(c, alert_id, message=message, at=now)
             if sid is not None:
                 repo.add_event(c, sid, t_ms=int(round(now * 1000)), kind="alert_raised", detail=detail)
 
@@ -261,6 +306,8 @@ class AlertEngine:
             raise NotFound(f"no alert {alert_id}; list them with: collector alerts --all") from None
         alert = self.alerts.get(alert_id) or Alert.from_row(row)
         alert.acknowledged_by, alert.acknowledged_t = by, now
+        if self._open.get((alert.kind, alert.session_id)) is alert:
+            del self._open[(alert.kind, alert.session_id)]  # acknowledged: the next occurrence is a new alert
         if alert.active:
             self.alerts[alert_id] = alert
             self._active.setdefault((alert.kind, alert.session_id), alert)

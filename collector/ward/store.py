@@ -15,7 +15,7 @@ from collector.storage import audit
 
 NOTE_MAX_CHARS = 500
 _ALERT_COLUMNS = ("id, session_id, subject_id, kind, message, raised_utc, cleared_utc, acknowledged_utc, "
-                  "acknowledged_by, ack_note")
+                  "acknowledged_by, ack_note, raise_count, last_raised_utc")
 
 
 def _alert(row: tuple[Any, ...]) -> dict[str, Any]:
@@ -39,10 +39,25 @@ def next_alert_id(conn: sqlite3.Connection) -> int:
 
 def raise_alert(conn: sqlite3.Connection, *, alert_id: int, kind: str, session_id: int | None, subject_id: str | None,
                 message: str, at: float) -> None:
-    conn.execute("INSERT INTO alerts (id, session_id, subject_id, kind, message, raised_utc) VALUES (?, ?, ?, ?, ?, ?)",
-                 (alert_id, session_id, subject_id, kind, message, utc_iso(at)))
+    conn.execute("INSERT INTO alerts (id, session_id, subject_id, kind, message, raised_utc, last_raised_utc) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?)", (alert_id, session_id, subject_id, kind, message, utc_iso(at), utc_iso(at)))
     audit.append(conn, at=at, actor="collector", action="alert_raised", subject_id=subject_id, session_id=session_id,
                  new={"alert_id": alert_id, "alert": kind, "message": message})
+
+
+def repeat_alert(conn: sqlite3.Connection, alert_id: int, *, message: str, at: float) -> int:
+    """Raise a cleared, unacknowledged alert again (its condition came back): one row, count + 1, audited
+    as a raise.  Returns the new count; 0 when the alert is not cleared-and-unacknowledged (nothing written)."""
+    row = conn.execute("SELECT kind, session_id, subject_id, raise_count FROM alerts WHERE id = ? "
+                       "AND cleared_utc IS NOT NULL AND acknowledged_utc IS NULL", (alert_id,)).fetchone()
+    if row is None:
+        return 0
+    count = int(row[3]) + 1
+    conn.execute("UPDATE alerts SET cleared_utc = NULL, raise_count = ?, last_raised_utc = ?, message = ? WHERE id = ?",
+                 (count, utc_iso(at), message, alert_id))
+    audit.append(conn, at=at, actor="collector", action="alert_raised", subject_id=row[2], session_id=row[1],
+                 new={"alert_id": alert_id, "alert": row[0], "message": message, "raise_count": count})
+    return count
 
 
 def clear_alert(conn: sqlite3.Connection, alert_id: int, *, at: float) -> None:
@@ -63,7 +78,8 @@ def acknowledge(conn: sqlite3.Connection, alert_id: int, *, by: str, at: float, 
     conn.execute("UPDATE alerts SET acknowledged_utc = ?, acknowledged_by = ?, ack_note = ? WHERE id = ?",
                  (utc_iso(at), by, note, alert_id))
     audit.append(conn, at=at, actor=by, action="alert_acknowledged", subject_id=a["subject_id"], session_id=a["session_id"],
-                 new={"alert_id": alert_id, "alert": a["kind"], "message": a["message"], "raised_utc": a["raised_utc"]},
+                 new={"alert_id": alert_id, "alert": a["kind"], "message": a["message"], "raised_utc": a["raised_utc"],
+                      "raise_count": a["raise_count"]},
                  reason=note)
     return get_alert(conn, alert_id)
 
