@@ -336,6 +336,9 @@ def status(c: Ctx, as_json: bool) -> None:
         click.echo(f"STORAGE FAILED: {writer['failed']}")
     if writer.get("backlog"):
         click.echo(f"STORAGE BEHIND: {writer['unwritten_samples']} samples wait for the disk (none dropped); check the disk")
+    if writer.get("spill_file"):
+        click.echo(f"STORAGE SPILLING: {writer['spilled_samples']} samples wait in {writer['spill_file']} (memory full; "
+                   "written back in order when the database catches up); check the disk")
     if not st["beds"]:
         click.echo("no open sessions")
     for b in st["beds"]:
@@ -354,6 +357,8 @@ def status(c: Ctx, as_json: bool) -> None:
     if isinstance(alerts, list):
         lang, alerts = _localised_alerts(c, alerts)
         _ = translator(lang)
+        from collector.ward.alerts import raised_text
+
         waiting = [a for a in alerts if not a.get("acknowledged_by")]
         head = _("alerts: {n} to acknowledge").format(n=len(waiting))
         if len(alerts) > len(waiting):
@@ -366,7 +371,7 @@ def status(c: Ctx, as_json: bool) -> None:
                      "acknowledged": _("acknowledged by {name}").format(name=a.get("acknowledged_by"))}.get(
                 a.get("state", ""), a.get("state", ""))
             click.echo("  " + _("alert {id}  {state}  {title}  {where}  raised {time}: {message}").format(
-                id=a["id"], state=state, title=a["title"], where=where, time=local_time(a["raised_utc"], tz),
+                id=a["id"], state=state, title=a["title"], where=where, time=raised_text(a, tz, _),
                 message=a["message"]))
     elif isinstance(alerts, dict) and alerts.get("error"):
         click.echo(f"alerts: unavailable ({alerts['error']})")

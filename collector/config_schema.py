@@ -109,6 +109,7 @@ class Storage(Table):
     flush_interval_s: Positive
     synchronous: Literal["FULL", "NORMAL"]
     backlog_samples: int = Field(ge=1000, le=10_000_000, description="an integer from 1000 to 10000000")
+    memory_samples: int = Field(ge=1000, le=10_000_000, description="an integer from 1000 to 10000000")
 
 
 class Api(Table):

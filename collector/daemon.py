@@ -85,7 +85,8 @@ class Daemon:
         self.capture = CaptureWriter(capture_path) if capture_path else None
         self.writer = Writer(self.db_path, flush_interval_s=self.config["storage"]["flush_interval_s"],
                              synchronous=self.config["storage"].get("synchronous", "FULL"),
-                             backlog_samples=int(self.config["storage"]["backlog_samples"]))
+                             backlog_samples=int(self.config["storage"]["backlog_samples"]),
+                             memory_samples=int(self.config["storage"]["memory_samples"]))
         #: Serialises the commands that start and stop sessions (and shutdown).
         self.lock = asyncio.Lock()
         self.started_utc = utc_iso(self.clock.now())
@@ -246,7 +247,9 @@ class Daemon:
                        "failed": str(self.writer.failed) if self.writer.failed else None,
                        "recovery_journal": str(self.writer.journal) if self.writer.journal else None,
                        "samples_journaled": self.writer.samples_journaled,
-                       "unwritten_samples": self.writer.unwritten, "backlog": self.writer.backlog},
+                       "unwritten_samples": self.writer.unwritten, "backlog": self.writer.backlog,
+                       "spilled_samples": self.writer.spill.rows + len(self.writer.spill.tail),
+                       "spill_file": str(self.writer.spill.path) if self.writer.spilling else None},
             **{name: self._provide(name, provider) for name, provider in self.status_providers.items()},
         }
 

@@ -63,7 +63,7 @@ async def run_demo(
     config = {**config, "storage": {**config["storage"], "synchronous": "NORMAL"}}  # a demo file needs no power-loss fsyncs
     clock = VirtualClock(speed=speed)
     air = SimulatedAir(clock)
-    device = air.add(SimulatedOximeter(scenario, clock))
+    device = air.add(SimulatedOximeter(scenario, clock, keep_delivered=False))
     subject = next_demo_subject(db_path)
     pump = asyncio.create_task(clock.run(), name="virtual-clock")
     daemon = build_daemon(db_path, clock=clock, config=config, ble_backend=air.client_backend,

@@ -120,7 +120,7 @@ async def _serve_locked(db_path: Path, config: dict[str, Any], *, host: str, por
 
         air = SimulatedAir(clock)
         for path in scenarios:
-            devices.append(air.add(SimulatedOximeter(load_scenario(path), clock)))
+            devices.append(air.add(SimulatedOximeter(load_scenario(path), clock, keep_delivered=False)))
         backend, scanner = air.client_backend, air.scanner_backend
 
     daemon = build_daemon(db_path, clock=clock, config=config, ble_backend=backend, scanner_backend=scanner, capture_path=capture,

@@ -30,7 +30,7 @@ WAVE_2_MIGRATIONS = ["sample seals", "site identity", "site key and signed heads
                      "night reports append-only", "device memory back-fill", "review resolutions",
                      "spirometry observations and masked messages", "spirometry append-only", "spirometry files",
                      "operator_roles_tokens", "operator full names", "operator_language", "upload queue",
-                     "electronic signatures", "ward alerts", "night notes", "alert message ids"]
+                     "electronic signatures", "ward alerts", "night notes", "alert message ids", "ward alert repeats"]
 CORE_TABLES = {"subjects", "devices", "sessions", "spo2_samples", "sample_seals", "gaps", "events", "audit", "site_identity",
                "site_keys", "signed_heads", "session_sample_stats"}
 

@@ -18,6 +18,7 @@ is stored, so live and final T90 stay equal.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import datetime as _dt
 import logging
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from collector.daemon import Daemon
 
 log = logging.getLogger(__name__)
+RECENT_KEPT = 100  # events and back-fill summaries a bed keeps in memory (the status shows the last 20)
 
 
 class NightRecorder:
@@ -80,7 +82,8 @@ class NightRecorder:
         self.backfill_timeout_s = float(ble["backfill_timeout_s"])
         self.backfill_tolerance_ms = int(round(float(ble["backfill_grid_tolerance_s"]) * 1000))
         self.clock_offset_ms: int | None = None  # host UTC minus device wall time, measured at this connection
-        self.backfills: list[dict[str, Any]] = []
+        # The latest back-fill summaries (each is stored in gap_backfills): a bounded memory, not the night's list.
+        self.backfills: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT_KEPT)
         self._records: list[OximeterReading] | None = None  # collecting a RACP download
         self._racp_done = asyncio.Event()
         self._racp_reply: RacpReply | None = None
@@ -102,7 +105,8 @@ class NightRecorder:
             on_setup=self._setup if self.backfill_enabled else None,
             watchdog=silence,
         )
-        self.events: list[dict[str, Any]] = []
+        # The latest events for the status (every event is stored): a day of reconnects must not grow the daemon.
+        self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT_KEPT)
         # Connections in a row that ended without data: audited as one row with their count
         # (a silent device reconnects all night; a row and a disk sync per attempt grew without bound).
         self._fruitless: dict[str, Any] | None = None
@@ -362,7 +366,7 @@ class NightRecorder:
             "link": {"connects": self.link.stats.connects, "disconnects": self.link.stats.disconnects,
                      "watchdog_resets": self.link.stats.watchdog_resets, "last_error": self.link.stats.last_error},
             "live": snap,
-            "events": self.events[-20:],
+            "events": list(self.events)[-20:],
         }
 
 

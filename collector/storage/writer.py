@@ -5,11 +5,14 @@ event loop and committed in batches (at most ``flush_interval_s`` after they
 arrive, so a received sample is durable within about a second); control
 operations (sessions, gaps, audit rows) run as functions on the same thread and
 commit immediately, together with any pending samples, so ordering is kept.
+
+Memory is bounded: past ``memory_samples`` samples held in memory (queued, or kept for a
+retry), new samples go to the spill file next to the database (collector/storage/spill.py) and
+are written back in order once everything before them is committed; nothing is dropped.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
@@ -24,6 +27,7 @@ from typing import Any, Callable, Sequence, TypeVar
 from collector.errors import StorageError
 from collector.storage import seals
 from collector.storage.db import connect, open_db
+from collector.storage.spill import Spill, row_lines
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -71,7 +75,7 @@ class Writer:
     """Owns the writing connection; thread-safe entry points for everything else."""
 
     def __init__(self, path: Path | str, *, flush_interval_s: float = 0.5, max_batch: int = 20_000, synchronous: str = "FULL",
-                 backlog_samples: int = 200_000) -> None:
+                 backlog_samples: int = 200_000, memory_samples: int = 50_000) -> None:
         open_db(path).conn.close()  # create + migrate before the thread starts
         self.path = Path(path)
         # Samples handed over but not yet committed (queued, or kept for a retry).  Above
@@ -82,6 +86,13 @@ class Writer:
         self.max_unwritten = 0
         self.backlog = False
         self._count_lock = threading.Lock()
+        # Samples in memory (the queue and the thread's pending list); past memory_samples new ones spill.
+        self.memory_samples = memory_samples
+        self.in_memory = 0
+        self.max_in_memory = 0
+        self.spill = Spill(self.path)
+        if self.spill.rows:
+            self._count(self.spill.rows)
         self.flush_interval_s = flush_interval_s
         self.max_batch = max_batch
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -115,7 +126,22 @@ class Writer:
         if rows:
             self._check_open()
             self._count(len(rows))
-            self._queue.put(rows)
+            spill = self.spill
+            with spill.lock:
+                if spill.active or self.in_memory + len(rows) > self.memory_samples:
+                    if not spill.active:
+                        log.warning("the database writer holds %d samples in memory (limit %d): new samples wait in %s "
+                                    "until the database takes them", self.in_memory, self.memory_samples, spill.path)
+                    spill.append(rows)  # after everything in memory and in the file: order is kept
+                    return
+                self.in_memory += len(rows)
+                self.max_in_memory = max(self.max_in_memory, self.in_memory)
+                self._queue.put(rows)
+
+    @property
+    def spilling(self) -> bool:
+        """Samples wait in the spill file (memory is at its limit, the database is behind)."""
+        return self.spill.active
 
     def _count(self, delta: int) -> None:
         with self._count_lock:
@@ -156,6 +182,7 @@ class Writer:
             self._queue.put(_STOP)
             self._thread.join()
         self._closed = True
+        self.spill.close()
         self._conn.close()
         try:
             os.close(self._guard_fd)
@@ -185,15 +212,18 @@ class Writer:
                 item = None
             if item is None:  # flush interval elapsed
                 pending = self._commit_samples(pending)
+                drained = self._drain_spill(pending, chunks=4)  # a few chunks, then a look at the queue
                 self._retry_deferred(pending)
-                deadline = time.monotonic() + RETRY_S if pending or self._deferred else None
+                deadline = self._next_deadline(pending, drained)
                 continue
             if item is _STOP:
                 pending = self._commit_samples(pending)
+                self._drain_spill(pending)
                 self._retry_deferred(pending)
-                if pending or self._deferred:
-                    log.critical("stopping with %d samples and %d records not written (%s)", len(pending), len(self._deferred),
-                                 self.failed)
+                if pending or self._deferred or self.spill.active:
+                    log.critical("stopping with %d samples and %d records not written (%s)%s", len(pending), len(self._deferred),
+                                 self.failed, f"; {self.spill.rows} samples stay in {self.spill.path} for the next start"
+                                 if self.spill.rows else "")
                 return
             if isinstance(item, (list, tuple)):
                 if deadline is None:
@@ -203,24 +233,68 @@ class Writer:
                 pending.extend(item)
                 if len(pending) >= self.max_batch or self.backlog or time.monotonic() >= deadline:
                     pending = self._commit_samples(pending)
+                    drained = self._drain_spill(pending, chunks=4)
                     self._retry_deferred(pending)
-                    deadline = time.monotonic() + RETRY_S if pending or self._deferred else None
+                    deadline = self._next_deadline(pending, drained)
                 continue
-            # A control call or a flush marker: commit samples first to keep ordering.
+            # A control call or a flush marker: commit samples first (spilled ones too) to keep ordering.
             pending = self._commit_samples(pending)
+            drained = self._drain_spill(pending)
             self._retry_deferred(pending)
+            waiting = self.spill.rows + len(self.spill.tail)
             if isinstance(item, _Flush):
-                if pending or self._deferred:
+                if pending or self._deferred or waiting:
                     item.future.set_exception(StorageError(
-                        f"{len(pending)} samples and {len(self._deferred)} records are waiting for the database: {self.failed}"))
+                        f"{len(pending) + waiting} samples and {len(self._deferred)} records are waiting for the database: "
+                        f"{self.failed}"))
                 else:
                     item.future.set_result(None)
-            elif item.retry and (self._deferred or pending):
+            elif item.retry and (self._deferred or pending or waiting):
                 self._deferred.append(item)  # behind the samples and records that wait: stored order is kept
             elif not self._run_call(item):
                 log.error("cannot write a record (%s); keeping it and retrying with the samples", self.failed)
                 self._deferred.append(item)
-            deadline = time.monotonic() + RETRY_S if pending or self._deferred else None
+            deadline = self._next_deadline(pending, drained)
+
+    def _next_deadline(self, pending: list[SampleRow], drained: bool) -> float | None:
+        """When the loop must look again without a new item: now while the spill drains, later on a failure."""
+        if drained and self.spill.active and not pending and self.in_memory == 0:
+            return time.monotonic()  # more spilled rows to write back, the database takes them
+        if pending or self._deferred or self.spill.active:
+            return time.monotonic() + RETRY_S
+        return None
+
+    def _drain_spill(self, pending: list[SampleRow], chunks: int | None = None) -> bool:
+        """Write spilled rows back, oldest first, once nothing older waits in memory.
+
+        At most ``chunks`` chunks of ``max_batch`` rows (None: until the file is empty), so a long
+        spill never keeps control calls waiting long.  False when the database refused a chunk.
+        """
+        done = 0
+        while self.spill.active and not pending and self.in_memory == 0 and (chunks is None or done < chunks):
+            rows, lines, offset, from_tail = self.spill.read(self.max_batch)
+            if not lines and not rows:
+                return True  # a line being appended right now: the next look takes it
+            if self.spill.resumed and rows:
+                rows = self._not_stored(rows)  # left by a crash: the chunk committed just before it may be stored
+            left = self._commit_rows(list(rows), canonical=False) if rows else []  # read back from JSON: converted
+            if left:
+                return False
+            self._count(-(lines if not from_tail else len(rows)))
+            self.spill.done(lines if not from_tail else len(rows), offset, from_tail)
+            done += 1
+        return True
+
+    def _not_stored(self, rows: Sequence[SampleRow]) -> list[SampleRow]:
+        """Rows of a resumed spill file not in the database yet (same session and host time)."""
+        out = []
+        for row in rows:
+            if self._conn.execute("SELECT 1 FROM spo2_samples WHERE session_id = ? AND host_utc_ms = ? LIMIT 1",
+                                  (row[0], row[1])).fetchone() is None:
+                out.append(row)
+        if len(out) < len(rows):
+            log.warning("%d rows of the spill file were stored before the last stop; not stored twice", len(rows) - len(out))
+        return out
 
     def _seal_legacy_rows(self) -> None:
         """Samples stored before sealing existed (an older database) get one seal at start."""
@@ -270,8 +344,7 @@ class Writer:
         """Append rows (``SAMPLE_COLUMNS`` order) to the recovery journal and sync it."""
         assert self.journal is not None
         with open(self.journal, "a", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps({"spo2_samples": list(row)}) + "\n")
+            fh.write(row_lines(rows))
             fh.flush()
             os.fsync(fh.fileno())
         self.samples_journaled += len(rows)
@@ -280,13 +353,16 @@ class Writer:
         """Commit rows; returns the rows still to be written (kept for a retry on a transient error)."""
         if not rows:
             return rows
-        left = self._commit_rows(rows)
+        left = self._commit_rows(rows, canonical=self._raw_rows == 0)
         self._count(len(left) - len(rows))  # written, journaled or refused: no longer waiting
         if not left:
             self._raw_rows = 0
+        with self.spill.lock:
+            self.in_memory -= len(rows) - len(left)
         return left
 
-    def _commit_rows(self, rows: list[SampleRow]) -> list[SampleRow]:
+    def _commit_rows(self, rows: list[SampleRow], *, canonical: bool) -> list[SampleRow]:
+        """``canonical``: every row is in stored form already (seals.CanonicalRows), so its seal skips the conversion."""
         if not self._check_file():
             try:
                 self._journal(rows)
@@ -298,7 +374,7 @@ class Writer:
             self._conn.execute("BEGIN IMMEDIATE")
             self._conn.executemany(INSERT_SAMPLE, rows)
             # The batch and its seal land together; rows the pipeline built in stored form skip the conversion.
-            seals.seal_inserted(self._conn, rows, at=time.time(), canonical=self._raw_rows == 0)
+            seals.seal_inserted(self._conn, rows, at=time.time(), canonical=canonical)
             self._conn.execute("COMMIT")
         except sqlite3.IntegrityError as exc:
             self._rollback()

@@ -6,8 +6,10 @@ failed) and stays until an operator acknowledges it, even if the condition clear
 meanwhile: a tired technician must not miss a 2-minute disconnect because it fixed
 itself.  Each alert is a row of ``alerts`` (collector/ward/store.py) with the moments it
 was raised, cleared and acknowledged, each audited; an alert both cleared and
-acknowledged is resolved and leaves the screen.  If the condition comes back, a new
-alert is raised.  :class:`AlertService` evaluates every ``[web] alert_check_s`` on the
+acknowledged is resolved and leaves the screen.  If the condition comes back while the
+alert is still unacknowledged, the same alert is raised again and counts the repeat (one row
+per bed and kind: a silent link's hundred reconnects are "116 times since 03:00", not 116
+rows); once it was acknowledged, the next occurrence is a new alert.  :class:`AlertService` evaluates every ``[web] alert_check_s`` on the
 daemon's clock (virtual in simulations), so alerts exist with no page open.
 """
 
@@ -18,7 +20,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 from datetime import tzinfo
-from typing import Any
+from typing import Any, Callable
 
 from collector.clock import parse_utc, utc_iso
 from collector.errors import NotFound
@@ -45,6 +47,17 @@ KIND_TITLES = msg.KIND_TITLES
 Holding = tuple[str | None, str, dict[str, str]]
 
 
+def raised_text(a: dict[str, Any], tz: tzinfo, _: Callable[[str], str] = str) -> str:
+    """When an alert was raised, as a person reads it (``_``: the reader's translator): "03:00 +08:00", or
+    for a repeating one "116 times since 03:00 +08:00, last 05:58 +08:00" (``a``: a row or ``Alert.as_dict``)."""
+    first = local_time(a["raised_utc"], tz)
+    count = int(a.get("raise_count") or 1)
+    if count <= 1:
+        return first
+    return _(msg.RAISED_TIMES).format(count=count, first=first,
+                                      last=local_time(a.get("last_raised_utc") or a["raised_utc"], tz))
+
+
 @dataclass
 class Alert:
     id: int
@@ -58,6 +71,8 @@ class Alert:
     acknowledged_t: float | None = None
     message_id: str | None = None  # None: a row from before message ids (its English message is all there is)
     params: dict[str, str] | None = None
+    count: int = 1                      # raises in this run (first raise + repeats before acknowledgement)
+    last_raised_t: float | None = None  # the latest raise; None: the first one
 
     @property
     def active(self) -> bool:
@@ -71,8 +86,10 @@ class Alert:
         def iso(t: float | None) -> str | None:
             return utc_iso(t) if t is not None else None
 
+        last = self.last_raised_t if self.last_raised_t is not None else self.raised_t
         local: dict[str, Any] = {} if tz is None else {
             "raised_local": local_time(self.raised_t, tz, seconds=True),
+            "last_raised_local": local_time(last, tz, seconds=True),
             "cleared_local": local_time(self.cleared_t, tz, seconds=True) or None,
             "acknowledged_local": local_time(self.acknowledged_t, tz, seconds=True) or None,
         }
@@ -82,7 +99,7 @@ class Alert:
             "message_id": self.message_id, "params": self.params or {},
             "state": self.state, "active": self.active, "raised_utc": utc_iso(self.raised_t),
             "cleared_utc": iso(self.cleared_t), "acknowledged_by": self.acknowledged_by,
-            "acknowledged_utc": iso(self.acknowledged_t),
+            "acknowledged_utc": iso(self.acknowledged_t), "raise_count": self.count, "last_raised_utc": utc_iso(last),
         }
 
     @classmethod
@@ -92,7 +109,7 @@ class Alert:
 
         return cls(r["id"], r["kind"], r["session_id"], r["subject_id"], r["message"], parse_utc(r["raised_utc"]),
                    t(r["cleared_utc"]), r["acknowledged_by"], t(r["acknowledged_utc"]), r.get("message_id"),
-                   msg.params_of(r))
+                   msg.params_of(r), int(r.get("raise_count") or 1), t(r.get("last_raised_utc")))
 
 
 class AlertEngine:
@@ -103,6 +120,11 @@ class AlertEngine:
         self.settings = {k: float(settings.get(k, v)) for k, v in DEFAULTS.items()}
         self.tz = site_zone(daemon.config)  # people read local time; the rows stay UTC
         self.alerts: dict[int, Alert] = {}
+        # The active (not cleared) alert of each (kind, session) key: the check touches only these, so
+        # a day of cleared but unacknowledged alerts (a silent link's reconnects) never slows it.
+        self._active: dict[tuple[str, int | None], Alert] = {}
+        # The latest unacknowledged alert of each key (active or cleared): a repeat re-raises it.
+        self._open: dict[tuple[str, int | None], Alert] = {}
         self._next_id: int | None = None
         self._finger_since: dict[int, float] = {}
         self._down_seen: dict[int, float] = {}
@@ -119,6 +141,12 @@ class AlertEngine:
         finally:
             conn.close()
         self.alerts = {r["id"]: Alert.from_row(r) for r in rows}
+        self._active, self._open = {}, {}
+        for alert in sorted(self.alerts.values(), key=lambda a: a.id):
+            if alert.active:
+                self._active[(alert.kind, alert.session_id)] = alert
+            if alert.acknowledged_by is None:
+                self._open[(alert.kind, alert.session_id)] = alert
 
     # -- conditions ---------------------------------------------------------------------------
     def _conditions(self, now: float) -> dict[tuple[str, int | None], Holding]:
@@ -168,7 +196,10 @@ class AlertEngine:
         free_mb = self.disk_free_mb()
         if free_mb is not None and free_mb < s["disk_min_free_mb"]:
             out[("disk_almost_full", None)] = (None, msg.DISK_LOW, {"free_mb": f"{free_mb:.0f}"})
-        if getattr(self.daemon.writer, "backlog", False):
+        if getattr(self.daemon.writer, "spilling", False):
+            out[("storage_backlog", None)] = (None, msg.STORAGE_SPILLING, {"unwritten": str(self.daemon.writer.unwritten),
+                                                                          "file": self.daemon.writer.spill.path.name})
+        elif getattr(self.daemon.writer, "backlog", False):
             out[("storage_backlog", None)] = (None, msg.STORAGE_BEHIND, {"unwritten": str(self.daemon.writer.unwritten)})
         if getattr(self.daemon.writer, "failed", None):
             out[("storage_failed", None)] = (None, msg.STORAGE_FAILED, {"error": str(self.daemon.writer.failed)})
@@ -191,17 +222,19 @@ class AlertEngine:
         self._load()
         now = self.daemon.clock.now()
         holding = self._conditions(now)
-        current = {(a.kind, a.session_id): a for a in self.alerts.values() if a.active}
+        for key, alert in [(k, a) for k, a in self._active.items() if k not in holding]:
+            self._clear(alert, now)
         for key, (subject, message_id, params) in holding.items():
-            alert = current.get(key)
-            if alert is None:
-                self._raise(key, subject, message_id, params, now)
-            elif alert.acknowledged_by is None:
-                alert.message_id, alert.params = message_id, params
-                alert.message = msg.render(message_id, params, "", "en")
-        for key, alert in current.items():
-            if key not in holding:
-                self._clear(alert, now)
+            current = self._active.get(key)
+            if current is None:
+                earlier = self._open.get(key)
+                if earlier is not None and earlier.acknowledged_by is None and not earlier.active:
+                    self._repeat(earlier, message_id, params, now)
+                else:
+                    self._raise(key, subject, message_id, params, now)
+            elif current.acknowledged_by is None:
+                current.message_id, current.params = message_id, params
+                current.message = msg.render(message_id, params, "", "en")
 
     def visible(self) -> list[dict[str, Any]]:
         """Alerts not yet resolved, newest first (no evaluation: reading never changes anything)."""
@@ -220,6 +253,8 @@ class AlertEngine:
         alert = Alert(self._next_id, kind, sid, subject, message, now, message_id=message_id, params=params)
         self._next_id += 1
         self.alerts[alert.id] = alert
+        self._active[key] = alert
+        self._open[key] = alert
         detail = {"alert_id": alert.id, "alert": kind, "message": message, "message_id": message_id, "params": params}
         log.warning("alert %s raised: %s %s", alert.id, kind, f"session {sid}" if sid else "")
 
@@ -232,8 +267,32 @@ class AlertEngine:
         self._submit(write)
         self.daemon.notify("alert_raised", alert.as_dict(self.tz))
 
+    def _repeat(self, alert: Alert, message_id: str, params: dict[str, str], now: float) -> None:
+        """The condition of a cleared, unacknowledged alert is back: the same alert again, counted and audited."""
+        key = (alert.kind, alert.session_id)
+        message = msg.render(message_id, params, "", "en")
+        alert.cleared_t, alert.message, alert.last_raised_t = None, message, now
+        alert.message_id, alert.params = message_id, params
+        alert.count += 1
+        self._active[key] = alert
+        sid, alert_id = alert.session_id, alert.id
+        detail = {"alert_id": alert_id, "alert": alert.kind, "message": message, "message_id": message_id,
+                  "params": params, "raise_count": alert.count}
+        log.warning("alert %s raised again (%d times): %s %s", alert_id, alert.count, alert.kind,
+                    f"session {sid}" if sid else "")
+
+        def write(c: Any) -> None:
+            store.repeat_alert(c, alert_id, message=message, message_id=message_id, params=params, at=now)
+            if sid is not None:
+                repo.add_event(c, sid, t_ms=int(round(now * 1000)), kind="alert_raised", detail=detail)
+
+        self._submit(write)
+        self.daemon.notify("alert_raised", alert.as_dict(self.tz))
+
     def _clear(self, alert: Alert, now: float) -> None:
         alert.cleared_t = now
+        if self._active.get((alert.kind, alert.session_id)) is alert:
+            del self._active[(alert.kind, alert.session_id)]
         alert_id = alert.id
         self._submit(lambda c: store.clear_alert(c, alert_id, at=now))
         if alert.acknowledged_by is not None:
@@ -248,8 +307,11 @@ class AlertEngine:
             raise NotFound(f"no alert {alert_id}; list them with: collector alerts --all") from None
         alert = self.alerts.get(alert_id) or Alert.from_row(row)
         alert.acknowledged_by, alert.acknowledged_t = by, now
+        if self._open.get((alert.kind, alert.session_id)) is alert:
+            del self._open[(alert.kind, alert.session_id)]  # acknowledged: the next occurrence is a new alert
         if alert.active:
             self.alerts[alert_id] = alert
+            self._active.setdefault((alert.kind, alert.session_id), alert)
         else:
             self.alerts.pop(alert_id, None)
         return alert.as_dict(self.tz)

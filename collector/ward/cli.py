@@ -17,6 +17,7 @@ from collector.localtime import local_time, site_zone
 from collector.output import emit_json, table
 from collector.users.roles import INVESTIGATOR, TECHNICIAN
 from collector.ward import messages, store
+from collector.ward.alerts import raised_text
 
 __all__ = ["COMMANDS", "alerts", "note"]
 
@@ -54,7 +55,7 @@ def alerts(ctx: click.Context, show_all: bool, session_id: int | None, as_json: 
     table(({"id": a["id"], "state": _(STATE_TEXT[a["state"]]), "kind": a["kind"],
             "where": (_("{subject} session {session}").format(subject=a["subject_id"], session=a["session_id"])
                       if a["session_id"] else _("collector")),
-            "raised": local_time(a["raised_utc"], tz), "cleared": local_time(a["cleared_utc"], tz),
+            "raised": raised_text(a, tz, _), "cleared": local_time(a["cleared_utc"], tz),
             "acknowledged": f"{local_time(a['acknowledged_utc'], tz)} {a['acknowledged_by']}" if a["acknowledged_by"] else "",
             "message": a["message"]} for a in rows),
           ["id", "state", "kind", "where", "raised", "cleared", "acknowledged", "message"])

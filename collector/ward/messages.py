@@ -36,8 +36,14 @@ T90_ABOVE = N_("provisional T90 {t90_pct} % is above the {threshold_pct} % crite
 DISK_LOW = N_("only {free_mb} MB free next to the database; free space now or recording stops")
 STORAGE_BEHIND = N_("the database writer is {unwritten} samples behind: the disk is too slow or stalled; nothing is "
                     "lost yet, check the disk")
+STORAGE_SPILLING = N_("the database writer is {unwritten} samples behind; new samples wait in {file} next to the "
+                      "database and are written back when it catches up: nothing is lost yet, check the disk")
 STORAGE_FAILED = N_("the database writer failed ({error}); samples are not being saved")
-MESSAGE_IDS = (ADAPTER_OFF, NO_LINK, NO_SAMPLE, FINGER_OUT, T90_ABOVE, DISK_LOW, STORAGE_BEHIND, STORAGE_FAILED)
+MESSAGE_IDS = (ADAPTER_OFF, NO_LINK, NO_SAMPLE, FINGER_OUT, T90_ABOVE, DISK_LOW, STORAGE_BEHIND, STORAGE_SPILLING,
+               STORAGE_FAILED)
+
+#: A repeating alert's time: how often, since when, and the latest raise (the page shows the same words).
+RAISED_TIMES = N_("{count} times since {first}, last {last}")
 
 #: Link states as they fill ``{state_text}`` (the page shows the same words on the bed card).
 LINK_STATE_TEXT: dict[str, str] = {

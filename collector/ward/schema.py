@@ -2,7 +2,10 @@
 
 An alert row is written when the daemon raises it; it is changed only to set the moment
 its condition cleared and who acknowledged it, each once (triggers refuse anything else),
-so the row tells the whole story of one alert.  Notes are append-only: a wrong note is
+so the row tells the whole story of one alert.  A repeat of the same kind for the same session
+while the alert is still unacknowledged re-activates that row (``raise_count`` + 1,
+``last_raised_utc``, ``cleared_utc`` back to NULL until it clears again): a silent link's
+hundred reconnects are one row, not a hundred; acknowledging ends the run.  Notes are append-only: a wrong note is
 corrected by another note, never edited.
 """
 
@@ -56,5 +59,28 @@ ALTER TABLE alerts ADD COLUMN message_id TEXT;
 ALTER TABLE alerts ADD COLUMN params_json TEXT;
 """
 
+# raised_utc stays the first raise; last_raised_utc is the latest; cleared_utc is the latest clear
+# (NULL while the condition holds again).  The trigger allows a repeat only on an unacknowledged,
+# cleared alert and only one step at a time, so the count cannot be rewritten.
+ALERT_REPEATS_SQL = """
+ALTER TABLE alerts ADD COLUMN raise_count INTEGER NOT NULL DEFAULT 1 CHECK (raise_count >= 1);
+ALTER TABLE alerts ADD COLUMN last_raised_utc TEXT;
+DROP TRIGGER alerts_only_clear_or_ack;
+UPDATE alerts SET last_raised_utc = raised_utc;
+CREATE TRIGGER alerts_only_clear_ack_or_repeat BEFORE UPDATE ON alerts
+WHEN NEW.id IS NOT OLD.id OR NEW.session_id IS NOT OLD.session_id OR NEW.subject_id IS NOT OLD.subject_id
+  OR NEW.kind IS NOT OLD.kind OR NEW.raised_utc IS NOT OLD.raised_utc
+  OR NEW.raise_count NOT IN (OLD.raise_count, OLD.raise_count + 1)
+  OR (NEW.raise_count = OLD.raise_count AND (NEW.last_raised_utc IS NOT OLD.last_raised_utc
+      OR NEW.message IS NOT OLD.message OR NEW.message_id IS NOT OLD.message_id OR NEW.params_json IS NOT OLD.params_json
+      OR (OLD.cleared_utc IS NOT NULL AND NEW.cleared_utc IS NOT OLD.cleared_utc)))
+  OR (NEW.raise_count = OLD.raise_count + 1 AND (OLD.acknowledged_utc IS NOT NULL OR OLD.cleared_utc IS NULL
+      OR NEW.cleared_utc IS NOT NULL OR NEW.last_raised_utc IS NULL OR NEW.last_raised_utc < OLD.last_raised_utc))
+  OR (OLD.acknowledged_utc IS NOT NULL AND (NEW.acknowledged_utc IS NOT OLD.acknowledged_utc
+      OR NEW.acknowledged_by IS NOT OLD.acknowledged_by OR NEW.ack_note IS NOT OLD.ack_note))
+BEGIN SELECT RAISE(ABORT, 'an alert is only cleared and acknowledged, each once, or raised again before it is acknowledged'); END;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (Migration("ward alerts", ALERTS_SQL), Migration("night notes", NOTES_SQL),
-                                     Migration("alert message ids", ALERT_MESSAGE_IDS_SQL))
+                                     Migration("alert message ids", ALERT_MESSAGE_IDS_SQL),
+                                     Migration("ward alert repeats", ALERT_REPEATS_SQL))

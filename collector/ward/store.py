@@ -16,7 +16,7 @@ from collector.storage import audit
 
 NOTE_MAX_CHARS = 500
 _ALERT_COLUMNS = ("id, session_id, subject_id, kind, message, raised_utc, cleared_utc, acknowledged_utc, "
-                  "acknowledged_by, ack_note, message_id, params_json")
+                  "acknowledged_by, ack_note, message_id, params_json, raise_count, last_raised_utc")
 
 
 def _alert(row: tuple[Any, ...]) -> dict[str, Any]:
@@ -42,12 +42,30 @@ def raise_alert(conn: sqlite3.Connection, *, alert_id: int, kind: str, session_i
                 message: str, at: float, message_id: str | None = None, params: dict[str, str] | None = None) -> None:
     """``message`` is the English text; ``message_id`` and ``params`` let each reader see it in their language."""
     params_json = None if message_id is None else json.dumps(params or {}, ensure_ascii=False, sort_keys=True)
-    conn.execute("INSERT INTO alerts (id, session_id, subject_id, kind, message, raised_utc, message_id, params_json) "
-                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                 (alert_id, session_id, subject_id, kind, message, utc_iso(at), message_id, params_json))
+    conn.execute("INSERT INTO alerts (id, session_id, subject_id, kind, message, raised_utc, message_id, params_json, "
+                 "last_raised_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 (alert_id, session_id, subject_id, kind, message, utc_iso(at), message_id, params_json, utc_iso(at)))
     ids = {} if message_id is None else {"message_id": message_id, "params": params or {}}
     audit.append(conn, at=at, actor="collector", action="alert_raised", subject_id=subject_id, session_id=session_id,
                  new={"alert_id": alert_id, "alert": kind, "message": message, **ids})
+
+
+def repeat_alert(conn: sqlite3.Connection, alert_id: int, *, message: str, at: float, message_id: str | None = None,
+                 params: dict[str, str] | None = None) -> int:
+    """Raise a cleared, unacknowledged alert again (its condition came back): one row, count + 1, audited
+    as a raise.  Returns the new count; 0 when the alert is not cleared-and-unacknowledged (nothing written)."""
+    row = conn.execute("SELECT kind, session_id, subject_id, raise_count FROM alerts WHERE id = ? "
+                       "AND cleared_utc IS NOT NULL AND acknowledged_utc IS NULL", (alert_id,)).fetchone()
+    if row is None:
+        return 0
+    count = int(row[3]) + 1
+    params_json = None if message_id is None else json.dumps(params or {}, ensure_ascii=False, sort_keys=True)
+    conn.execute("UPDATE alerts SET cleared_utc = NULL, raise_count = ?, last_raised_utc = ?, message = ?, message_id = ?, "
+                 "params_json = ? WHERE id = ?", (count, utc_iso(at), message, message_id, params_json, alert_id))
+    ids = {} if message_id is None else {"message_id": message_id, "params": params or {}}
+    audit.append(conn, at=at, actor="collector", action="alert_raised", subject_id=row[2], session_id=row[1],
+                 new={"alert_id": alert_id, "alert": row[0], "message": message, **ids, "raise_count": count})
+    return count
 
 
 def clear_alert(conn: sqlite3.Connection, alert_id: int, *, at: float) -> None:
@@ -68,7 +86,8 @@ def acknowledge(conn: sqlite3.Connection, alert_id: int, *, by: str, at: float, 
     conn.execute("UPDATE alerts SET acknowledged_utc = ?, acknowledged_by = ?, ack_note = ? WHERE id = ?",
                  (utc_iso(at), by, note, alert_id))
     audit.append(conn, at=at, actor=by, action="alert_acknowledged", subject_id=a["subject_id"], session_id=a["session_id"],
-                 new={"alert_id": alert_id, "alert": a["kind"], "message": a["message"], "raised_utc": a["raised_utc"]},
+                 new={"alert_id": alert_id, "alert": a["kind"], "message": a["message"], "raised_utc": a["raised_utc"],
+                      "raise_count": a["raise_count"]},
                  reason=note)
     return get_alert(conn, alert_id)
 

@@ -508,7 +508,11 @@ function renderAlerts() {
     row.appendChild(el("strong", { class: "alert-title" }, st === "cleared" ? t("{title} — cleared", { title: t(a.title) }) : st === "acknowledged" ? t("{title} — still holds", { title: t(a.title) }) : t(a.title)));
     row.appendChild(el("span", { class: "alert-where" }, a.subject_id ? t("{subject} · night #{night}", { subject: a.subject_id, night: a.session_id }) : t("collector")));
     row.appendChild(el("span", { class: "alert-msg" }, alertText(a)));
-    const raised = a.raised_local || (a.raised_utc.slice(11, 19) + " UTC");
+    const first = a.raised_local || (a.raised_utc.slice(11, 19) + " UTC");
+    // A repeating alert is one row: "116 times since 03:00 +08:00, last 05:58 +08:00".
+    const raised = (a.raise_count || 1) > 1
+      ? t("{count} times since {first}, last {last}", { count: a.raise_count, first, last: a.last_raised_local || (a.last_raised_utc || a.raised_utc).slice(11, 19) + " UTC" })
+      : first;
     row.appendChild(el("span", { class: "alert-time muted" }, st === "cleared" && a.cleared_local ? t("{raised} → cleared {cleared}", { raised, cleared: a.cleared_local }) : raised));
     if (a.acknowledged_by) {
       row.appendChild(el("span", { class: "muted" }, a.acknowledged_local ? t("acknowledged by {name} at {time}", { name: a.acknowledged_by, time: a.acknowledged_local }) : t("acknowledged by {name}", { name: a.acknowledged_by })));
