@@ -91,7 +91,7 @@ def test_alerts_cli_lists_acknowledges_once_and_reads_local_time(night: dict[str
     showing = json.loads(listed.output)
     assert showing and {a["state"] for a in showing} <= {"active", "cleared"}
     # One row for the bed's drops, saying how often and since when (local time).
-    table_out = invoke(db, "alerts").output
+    table_out = invoke(db, "alerts", config=_english(db)).output
     assert [ln for ln in table_out.splitlines() if "device_disconnected" in ln and
             re.search(rf"{len(DROPS)} times since \d\d:\d\d \+08:00, last \d\d:\d\d \+08:00", ln)], table_out
     first = showing[-1]
@@ -288,7 +288,9 @@ def test_a_day_of_uncleared_reconnect_alerts_is_one_counted_alert_and_keeps_the_
         daemon = build_daemon(tmp_path / "alerts.sqlite", clock=clock, config=fast_config())
         try:
             engine = engine_of(daemon)
-            down = {("device_disconnected", None): (None, "no link to the oximeter for 31 s")}
+            from collector.ward import messages
+
+            down = {("device_disconnected", None): (None, messages.NO_LINK, {"seconds": "31", "state_text": "reconnecting"})}
             state = {"down": False}
             engine._conditions = lambda now: (down if state["down"] else {})  # type: ignore[method-assign]
 
