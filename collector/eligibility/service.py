@@ -28,8 +28,11 @@ from collector.eligibility.engine import (
     Thresholds,
     evaluate,
     summarise,
+    summary_messages,
     thresholds_from_config,
 )
+from collector.eligibility.messages import Node, join, msg
+from collector.i18n import N_
 from collector.eligibility.facts import FACTS, IDENTIFYING_FACTS, FactError, display_value
 from collector.eligibility.store import (
     CorrectionReasonRequiredError,
@@ -190,13 +193,17 @@ def _apply_live_alerts(criteria: list[Any], in_progress: list[dict[str, Any]], a
     crit = next(c for c in criteria if c.id == "nocturnal_spo2")
     if crit.state == "not_met":
         return
-    text = "; ".join(
-        f"night {sid} in progress: live T90 {a['t90_pct']:.2f} % above {th.t90_pct_max:g} % at {a['t_utc']} "
-        "(provisional until the night is stopped)" if isinstance(a.get("t90_pct"), (int, float)) else
-        f"night {sid} in progress: live T90 above {th.t90_pct_max:g} % at {a['t_utc']} (provisional)"
-        for sid, a in sorted(alerts.items()))
+    limit = f"{th.t90_pct_max:g}"
+    live: list[Node] = [
+        msg(N_("night {session} in progress: live T90 {t90} % above {limit} % at {time} (provisional until the night is stopped)"),
+            session=str(sid), t90=f"{a['t90_pct']:.2f}", limit=limit, time=str(a["t_utc"]))
+        if isinstance(a.get("t90_pct"), (int, float)) else
+        msg(N_("night {session} in progress: live T90 above {limit} % at {time} (provisional)"),
+            session=str(sid), limit=limit, time=str(a["t_utc"]))
+        for sid, a in sorted(alerts.items())]
     crit.state = "needs_review"
-    crit.reason = text + (f"; {crit.reason}" if crit.reason else "")
+    before = crit.message if crit.message is not None else crit.reason
+    crit.set_reason(join("; ", [*live, before] if crit.reason else live))
     crit.source, crit.recorded_by, crit.recorded_at = f"session:{min(alerts)}", "device", alerts[min(alerts)]["t_utc"]
 
 
@@ -208,8 +215,13 @@ def evaluate_subject(
     now: float,
     thresholds: Thresholds | Mapping[str, Any] | None = None,
     apply_reviews: bool = True,
+    messages: bool = False,
 ) -> dict[str, Any]:
     """The subject's decision exactly as ``collector eligibility --json`` prints it.
+
+    ``messages``: add ``messages`` (each criterion's reason and each summary line as a message tree,
+    collector/eligibility/messages.py) for a page or PDF in another language; it is not part of the
+    decision (not signed, not exported), so only a reader asks for it.
 
     ``apply_reviews``: resolved ``needs_review`` criteria take the investigator's decision (False: as the
     figures leave them, which is what a resolution is made on).
@@ -237,6 +249,9 @@ def evaluate_subject(
     out = decision.as_dict()
     out["subject_id"] = subject_id
     out["in_progress"] = sorted(in_progress, key=lambda p: p["session_id"])
+    if messages:
+        out["messages"] = {"criteria": {c.id: c.message if c.message is not None else c.reason for c in decision.criteria},
+                           "summary": summary_messages(decision.criteria)}
     return out
 
 
