@@ -739,8 +739,10 @@ def make_router(daemon: Any, auth: Any) -> Any:
 
     @router.get("/subjects/{subject_id}/eligibility")
     async def eligibility(subject_id: str) -> dict[str, Any]:
+        """The decision with its reasons' message trees (``messages``): the page shows them in the reader's language."""
         th = thresholds_for_config(daemon.config)
-        return await asyncio.to_thread(read, lambda c: evaluate_subject(c, subject_id, now=daemon.clock.now(), thresholds=th))
+        return await asyncio.to_thread(read, lambda c: evaluate_subject(c, subject_id, now=daemon.clock.now(), thresholds=th,
+                                                                         messages=True))
 
     @router.get("/subjects/{subject_id}/criteria")
     async def criteria(subject_id: str) -> dict[str, Any]:

@@ -785,15 +785,18 @@ function criterionLabel(id) {
 function renderDecision(box, subject, d) {
   const cls = d.decision === "eligible" ? "ok" : d.decision === "ineligible" ? "bad" : "warn";
   box.appendChild(el("h3", { class: "verdict decision-value " + cls }, t("{subject}: {decision}", { subject, decision: t(String(d.decision || "unknown").toUpperCase()) })));
+  const trees = d.messages || {};
   if (!Array.isArray(d.criteria) || !d.criteria.length) {
-    for (const line of d.summary || []) box.appendChild(el("p", { class: "small" }, line));
+    const lines = d.summary || [];
+    const summaryTrees = (trees.summary || []).length === lines.length ? trees.summary : [];
+    lines.forEach((line, i) => box.appendChild(el("p", { class: "small" }, reasonText(summaryTrees[i], line))));
   } else {
     const table = el("table", { class: "criteria" });
     for (const c of d.criteria) {
       const tr = el("tr", { class: "crit-" + c.state });
       tr.appendChild(el("td", { "data-criterion": c.id }, criterionLabel(c.id)));
       tr.appendChild(el("td", { class: "state" }, t(String(c.state).replace("_", " "))));
-      tr.appendChild(el("td", { class: "small" }, c.reason));
+      tr.appendChild(el("td", { class: "small reason" }, reasonText((trees.criteria || {})[c.id], c.reason)));
       table.appendChild(tr);
     }
     box.appendChild(table);
