@@ -272,6 +272,24 @@ def test_the_page_switches_between_chinese_and_english_in_chromium(tmp_path):
                                                           "params": {"seconds": "45", "state_text": "reconnecting"}})
             assert shown == "与血氧仪的连接已中断 45 秒（当前：重新连接中）：请检查设备是否开机、在有效距离内且电量充足"
             assert page.evaluate("(a) => alertText(a)", {"message_id": None, "message": "old English text"}) == "old English text"
+            # the decision table: each reason from its message tree, in Chinese
+            from conftest import operator_token
+
+            hi = {"Authorization": f"Bearer {operator_token(ward.db_path, 'dr.zh', 'investigator')}"}
+            for fact, value in (("consent_signed_on", "no"), ("height_cm", "175"), ("weight_kg", "50")):
+                httpx.post(ward.base_url + "/api/v1/subjects/SCR-0201/facts", json={"fact": fact, "value": value},
+                           headers=hi).raise_for_status()
+            page.locator("#panel-criteria summary").click()
+            page.select_option("#fact-subject", "SCR-0201")
+            page.click("#decision-button")
+            rows = page.locator("#decision table.criteria tr")
+            expect(rows.first).to_be_visible(timeout=10_000)
+            expect(page.locator("#decision td[data-criterion='consent'] + td + td")).to_have_text("未签署知情同意书")
+            expect(page.locator("#decision td[data-criterion='bmi'] + td + td")).to_have_text(
+                "BMI 16.33 kg/m2（50 kg，175 cm） < 18.5")
+            expect(page.locator("#decision td[data-criterion='fvc'] + td + td")).to_have_text("没有有效的 FVC 检测（尚无肺功能检测）")
+            page.locator("#decision").scroll_into_view_if_needed()
+            _screenshot(page, "i18n-zh-CN-decision.png")
 
             page.reload()  # the choice is the operator's, stored on the collector
             expect(page.locator(".topbar h1")).to_have_text("床位", timeout=10_000)
@@ -284,6 +302,15 @@ def test_the_page_switches_between_chinese_and_english_in_chromium(tmp_path):
             expect(page.locator("#stream-state")).to_have_text("live", timeout=10_000)
             expect(page.locator("#start-subject option").first).to_have_text("— choose —")
             _screenshot(page, "i18n-en.png")
+            if not page.locator("#panel-criteria").evaluate("d => d.open"):
+                page.locator("#panel-criteria summary").click()
+            page.select_option("#fact-subject", "SCR-0201")
+            page.click("#decision-button")
+            decided = httpx.get(ward.base_url + "/api/v1/subjects/SCR-0201/eligibility", headers=h).json()
+            stored = {c["id"]: c["reason"] for c in decided["criteria"]}
+            expect(page.locator("#decision td[data-criterion='consent'] + td + td")).to_have_text(stored["consent"], timeout=10_000)
+            expect(page.locator("#decision td[data-criterion='nocturnal_spo2'] + td + td")).to_have_text(stored["nocturnal_spo2"])
+            assert stored["consent"] == "ICF not signed"
             browser.close()
             assert not errors, errors
     finally:

@@ -26,6 +26,7 @@ Node = Union[str, dict[str, Any]]
 
 _PLACEHOLDER = re.compile(r"\{([a-z_0-9]+)\}")
 AND = N_(" and ")
+SEMICOLON = N_("; ")  # a Chinese list of reasons reads with the full-width semicolon
 
 
 def msg(msgid: str, **params: Node) -> dict[str, Any]:
