@@ -559,3 +559,23 @@ def test_report_pdf_reads_the_reasons_in_its_language_and_english_as_stored():
         assert phrase in zh, phrase
     en = text("en")
     assert "consent:ICFnotsigned" in en and "noscreeningnightrecordedyet" in en and not re.search(r"[\u4e00-\u9fff]", en)
+
+
+def test_reasons_the_service_adds_are_message_trees_too():
+    """A live T90 alert on a night in progress, a host clock step and a report made with another limit."""
+    from collector.eligibility import service
+    from collector.eligibility.engine import NightResult, Thresholds
+    from test_eligibility_engine import run
+
+    review = service._night_review({"clock_steps": [{"step_s": 14400.0, "t_utc": "2024-06-20T01:00:00.000Z"}]})
+    stale = service._night_stale({"definitions": {"threshold_pct": 3.0}, "session_id": 7}, 2.0)
+    assert review is not None and stale is not None
+    from collector.eligibility.messages import english
+
+    night = NightResult("n1", 1.0, True, review=english(review), stale=english(stale), review_message=review, stale_message=stale)
+    d = run(nights=[night])
+    alerts = {3: {"t_utc": "2024-06-20T01:00:00.000Z", "t90_pct": 2.345}, 5: {"t_utc": "2024-06-20T02:00:00.000Z"}}
+    service._apply_live_alerts(d.criteria, [{"session_id": 3}], alerts, Thresholds())
+    crit = d.criterion("nocturnal_spo2")
+    assert crit.state == "needs_review" and "host clock stepped" in crit.reason and "live T90 2.35 %" in crit.reason
+    _check_tree(crit.message, crit.reason)

@@ -206,6 +206,8 @@ class NightResult:
     note: str = ""  # why invalid / which variant is on the other side
     review: str = ""  # what a person must confirm before the night decides (e.g. a host clock step)
     stale: str = ""  # why the stored report cannot decide as it is (made with another limit): recompute it
+    review_message: Any = None  # ``review`` as a message tree (collector/eligibility/messages.py), when the caller has one
+    stale_message: Any = None  # ``stale`` as a message tree
 
 
 # --------------------------------------------------------------------------- output types
@@ -663,7 +665,8 @@ def _nocturnal(nights: Sequence[NightResult], th: Thresholds) -> CriterionResult
         reasons: list[Node] = []
         if flagged:
             reasons.append(join("; ", (msg(N_("night {session}: {why}"), session=n.session_id,
-                                           why=join("; ", [x for x in (n.stale, n.review) if x])) for n in flagged)))
+                                           why=join("; ", [t or x for x, t in ((n.stale, n.stale_message), (n.review, n.review_message)) if x]))
+                                       for n in flagged)))
         if border:
             template = (N_("borderline night(s) for review: {nights} (primary T90 above {limit} %, a reported variant on the other side)")
                         if any(n.t90_pct > limit for n in border) else  # type: ignore[operator]

@@ -31,7 +31,7 @@ from collector.eligibility.engine import (
     summary_messages,
     thresholds_from_config,
 )
-from collector.eligibility.messages import Node, join, msg
+from collector.eligibility.messages import Node, english, join, msg
 from collector.i18n import N_
 from collector.eligibility.facts import FACTS, IDENTIFYING_FACTS, FactError, display_value
 from collector.eligibility.store import (
@@ -92,22 +92,23 @@ def _night_note(report: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def _night_review(report: dict[str, Any]) -> str:
-    """What a person must confirm before a stored night decides ("" when nothing)."""
+def _night_review(report: dict[str, Any]) -> Node | None:
+    """What a person must confirm before a stored night decides (None when nothing), as a message tree."""
     steps = report.get("clock_steps") or []
     if not steps:
-        return ""
-    sizes = ", ".join(f"{st['step_s']:+.0f} s at {st['t_utc']}" for st in steps)
-    return f"the host clock stepped during the night ({sizes}); confirm the recording before it decides"
+        return None
+    sizes = join(", ", (msg(N_("{step} s at {time}"), step=f"{st['step_s']:+.0f}", time=str(st["t_utc"])) for st in steps))
+    return msg(N_("the host clock stepped during the night ({steps}); confirm the recording before it decides"), steps=sizes)
 
 
-def _night_stale(report: dict[str, Any], limit: float) -> str:
+def _night_stale(report: dict[str, Any], limit: float) -> Node | None:
     """A report made with another T90 limit: its borderline flag belongs to that limit, so it cannot decide now."""
     used = (report.get("definitions") or {}).get("threshold_pct")
     if used is None or float(used) == float(limit):
-        return ""
-    return (f"its stored report used a T90 limit of {float(used):g} %, the protocol's is now {float(limit):g} %; "
-            f"recompute it: collector report {report.get('session_id')} --recompute")
+        return None
+    return msg(N_("its stored report used a T90 limit of {used} %, the protocol's is now {limit} %; "
+                  "recompute it: collector report {session} --recompute"),
+               used=f"{float(used):g}", limit=f"{float(limit):g}", session=str(report.get("session_id")))
 
 
 def _nights(conn: sqlite3.Connection, subject_id: str, limit: float) -> tuple[list[NightResult], list[dict[str, Any]]]:
@@ -122,10 +123,12 @@ def _nights(conn: sqlite3.Connection, subject_id: str, limit: float) -> tuple[li
                             "status": "recording" if s["state"] != "stopped" else "stopped, report not computed yet"})
             continue
         report = rep["report"]
+        review, stale = _night_review(report), _night_stale(report, limit)
         results.append(NightResult(
             session_id=str(s["id"]), t90_pct=rep["t90_pct"], night_valid=bool(rep["night_valid"]),
             borderline=bool(rep["borderline"]), analysed_at=rep["computed_utc"], note=_night_note(report),
-            review=_night_review(report), stale=_night_stale(report, limit),
+            review=english(review) if review else "", stale=english(stale) if stale else "",
+            review_message=review, stale_message=stale,
         ))
     return results, pending
 
