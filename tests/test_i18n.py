@@ -579,3 +579,42 @@ def test_reasons_the_service_adds_are_message_trees_too():
     crit = d.criterion("nocturnal_spo2")
     assert crit.state == "needs_review" and "host clock stepped" in crit.reason and "live T90 2.35 %" in crit.reason
     _check_tree(crit.message, crit.reason)
+
+
+def test_review_items_and_resolved_reasons_carry_their_trees(tmp_path):
+    """The page's review list reads the reason that needed review in the reader's language, before and after a resolution."""
+    import sqlite3
+
+    from collector.eligibility.service import evaluate_subject, review_items
+    from test_review_signatures import PW
+
+    db = tmp_path / "r.sqlite"
+    assert invoke(db, "subject", "add", "SCR-0001", operator="dr.a").exit_code == 0
+    assert invoke(db, "user", "full-name", "dr.a", "Li Wei", operator="adm").exit_code == 0
+    for fact, value in (("height_cm", "170"), ("weight_kg", "53.45"), ("nutrition_good", "yes")):
+        assert invoke(db, "criteria", "set", "SCR-0001", fact, value, operator="dr.a").exit_code == 0
+
+    def bmi_item():
+        conn = sqlite3.connect(db)
+        try:
+            items = review_items(conn, "SCR-0001", now=1.8e9, messages=True)
+            return next(i for i in items if i["criterion"] == "bmi"), evaluate_subject(conn, "SCR-0001", now=1.8e9, messages=True)
+        finally:
+            conn.close()
+
+    item, _ = bmi_item()
+    assert item["status"] == "open"
+    _check_tree(item["reason_message"], item["reason"])
+    r = invoke(db, "review", "resolve", "SCR-0001", "bmi", "--decision", "not_met", "--reason", "18.495 is below 18.5",
+               "--password-stdin", operator="dr.a", input=PW)
+    assert r.exit_code == 0, r.output
+    item, decision = bmi_item()
+    assert item["status"] == "resolved"
+    _check_tree(item["reason_message"], item["reason"])
+    crit = next(c for c in decision["criteria"] if c["id"] == "bmi")
+    assert crit["reason"].startswith("resolved not_met by dr.a")
+    tree = decision["messages"]["criteria"]["bmi"]
+    from collector.eligibility import messages
+
+    assert messages.english(tree) == crit["reason"]
+    assert messages.render(tree, translator("zh-CN")).startswith("已由 dr.a 于")

@@ -225,6 +225,7 @@ class CriterionResult:
     inputs: list[dict[str, Any]] = field(default_factory=list)
     review: dict[str, Any] | None = None  # an investigator's resolution of needs_review (collector/eligibility/review.py)
     message: Node | None = None  # ``reason`` as a message tree (collector/eligibility/messages.py): read in any language
+    review_message: Node | None = None  # the reason that needed review, as a tree, once a resolution replaced it
 
     def set_reason(self, node: Node) -> None:
         """The reason and its message tree together (the English text is the tree's English)."""

@@ -60,6 +60,7 @@ def apply(conn: sqlite3.Connection, subject_id: str, criteria: Sequence[Criterio
         if now_hash == r["evidence_sha256"]:
             c.review = {"status": "resolved", **_summary(r), "needs_review_reason": c.reason}
             c.state = r["decision"]
+            c.review_message = _before(c)
             c.set_reason(msg(RESOLVED[r["decision"]], name=str(r["resolved_by"]), time=str(r["resolved_at"]),
                              reason=str(r["reason"]), was=_before(c)))
         else:

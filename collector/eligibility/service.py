@@ -254,7 +254,8 @@ def evaluate_subject(
     out["in_progress"] = sorted(in_progress, key=lambda p: p["session_id"])
     if messages:
         out["messages"] = {"criteria": {c.id: c.message if c.message is not None else c.reason for c in decision.criteria},
-                           "summary": summary_messages(decision.criteria)}
+                           "summary": summary_messages(decision.criteria),
+                           "needs_review": {c.id: c.review_message for c in decision.criteria if c.review_message is not None}}
     return out
 
 
@@ -408,13 +409,15 @@ def criteria_report(conn: sqlite3.Connection, subject_id: str) -> dict[str, Any]
 
 # --------------------------------------------------------------------------- reviews and signatures
 def review_items(conn: sqlite3.Connection, subject_id: str | None, *, now: float,
-                 thresholds: Thresholds | Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Every criterion that needs review, is resolved or was re-opened, with its evidence (one subject or all)."""
+                 thresholds: Thresholds | Mapping[str, Any] | None = None, messages: bool = False) -> list[dict[str, Any]]:
+    """Every criterion that needs review, is resolved or was re-opened, with its evidence (one subject or all).
+    ``messages``: each item's ``reason`` also as a message tree (``reason_message``), for the page's language."""
     th = _thresholds(thresholds)
     subjects = [subject_id] if subject_id is not None else [s["id"] for s in repo.list_subjects(conn)]
     out = []
     for sid in subjects:
-        result = evaluate_subject(conn, sid, now=now, thresholds=th)
+        result = evaluate_subject(conn, sid, now=now, thresholds=th, messages=messages)
+        trees = result.pop("messages", None) or {}
         for c in result["criteria"]:
             review = c.get("review") or {}
             status = review.get("status")
@@ -427,6 +430,9 @@ def review_items(conn: sqlite3.Connection, subject_id: str | None, *, now: float
                         "evidence": {"value": c["value"], "inputs": c["inputs"], "source": c["source"]},
                         "evidence_sha256": review.get("current_evidence_sha256") or review.get("evidence_sha256")
                         or _evidence_hash(c, th), "review": review or None})
+            if messages:
+                out[-1]["reason_message"] = ((trees.get("needs_review") or {}).get(c["id"]) if review.get("needs_review_reason")
+                                             else (trees.get("criteria") or {}).get(c["id"]))
     return out
 
 
@@ -770,7 +776,8 @@ def make_router(daemon: Any, auth: Any) -> Any:
     @router.get("/reviews")
     async def reviews(subject: str | None = None) -> list[dict[str, Any]]:
         th = thresholds_for_config(daemon.config)
-        return await asyncio.to_thread(read, lambda c: review_items(c, subject, now=daemon.clock.now(), thresholds=th))
+        return await asyncio.to_thread(read, lambda c: review_items(c, subject, now=daemon.clock.now(), thresholds=th,
+                                                                     messages=True))
 
     @router.get("/subjects/{subject_id}/signatures")
     async def signatures_of(subject_id: str) -> list[dict[str, Any]]:

@@ -852,7 +852,7 @@ async function showReviews() {
 function reviewItem(it) {
   const node = el("article", { class: "review-item review-" + it.status, "data-criterion": it.criterion });
   node.appendChild(el("h3", { class: "review-head" }, it.status === "resolved" ? t("{criterion}: {status} ({state})", { criterion: criterionLabel(it.criterion), status: t(it.status), state: t(String(it.state).replace("_", " ")) }) : t("{criterion}: {status}", { criterion: criterionLabel(it.criterion), status: t(it.status) })));
-  node.appendChild(el("p", { class: "small review-reason" }, it.reason));
+  node.appendChild(el("p", { class: "small review-reason" }, reasonText(it.reason_message, it.reason)));
   const r = it.review || {};
   if (it.status !== "open") node.appendChild(el("p", { class: "small review-by" },
     t("{decision} by {name} at {time}: {reason}", { decision: t(String(r.decision).replace("_", " ")), name: r.resolved_by, time: r.resolved_at, reason: r.reason }) + (r.note ? ` (${r.note})` : "")));
