@@ -18,7 +18,9 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
+from collector.i18n import N_
 from collector.limit_text import crf_round, crf_rounding_crosses, limit_text
+from collector.eligibility.messages import AND, Node, english, join, msg
 from collector.eligibility.facts import (
     WFN_CATEGORIES,
     ContraceptionAnswer,
@@ -204,6 +206,8 @@ class NightResult:
     note: str = ""  # why invalid / which variant is on the other side
     review: str = ""  # what a person must confirm before the night decides (e.g. a host clock step)
     stale: str = ""  # why the stored report cannot decide as it is (made with another limit): recompute it
+    review_message: Any = None  # ``review`` as a message tree (collector/eligibility/messages.py), when the caller has one
+    stale_message: Any = None  # ``stale`` as a message tree
 
 
 # --------------------------------------------------------------------------- output types
@@ -220,6 +224,12 @@ class CriterionResult:
     recorded_at: str | None = None
     inputs: list[dict[str, Any]] = field(default_factory=list)
     review: dict[str, Any] | None = None  # an investigator's resolution of needs_review (collector/eligibility/review.py)
+    message: Node | None = None  # ``reason`` as a message tree (collector/eligibility/messages.py): read in any language
+    review_message: Node | None = None  # the reason that needed review, as a tree, once a resolution replaced it
+
+    def set_reason(self, node: Node) -> None:
+        """The reason and its message tree together (the English text is the tree's English)."""
+        self.message, self.reason = node, english(node)
 
     def as_dict(self) -> dict[str, Any]:
         out = {
@@ -306,14 +316,16 @@ def _input(fact: str, rec: RecordedFact | None) -> dict[str, Any]:
     }
 
 
-def _result(cid: str, state: State, reason: str, value: Any, inputs: list[dict[str, Any]]) -> CriterionResult:
-    """Top-level provenance is the most recently recorded input: the one that last changed the state."""
+def _result(cid: str, state: State, reason: Node, value: Any, inputs: list[dict[str, Any]]) -> CriterionResult:
+    """Top-level provenance is the most recently recorded input: the one that last changed the state.
+    ``reason`` is a message tree; the stored reason is its English."""
     recorded = [i for i in inputs if i.get("recorded_at") or i.get("source")]
     latest = max(recorded, key=lambda i: i.get("recorded_at") or "", default=None)
     return CriterionResult(
         id=cid,
         state=state,
-        reason=reason,
+        reason=english(reason),
+        message=reason,
         value=value,
         source=latest["source"] if latest else None,
         recorded_by=latest["recorded_by"] if latest else None,
@@ -325,25 +337,26 @@ def _result(cid: str, state: State, reason: str, value: Any, inputs: list[dict[s
 _PRIORITY: dict[State, int] = {"not_met": 3, "needs_review": 2, "pending": 1, "met": 0}
 
 
-def _combine(parts: Sequence[tuple[State, str]]) -> tuple[State, str]:
+def _combine(parts: Sequence[tuple[State, Node]]) -> tuple[State, Node]:
     """Worst state wins; the reason lists every part that is not met (or all parts when met)."""
     worst = max((s for s, _ in parts), key=_PRIORITY.__getitem__)
     if worst == "met":
-        return "met", "; ".join(r for _, r in parts)
+        return "met", join("; ", (r for _, r in parts))
     if worst == "not_met":
-        return "not_met", "; ".join(r for s, r in parts if s == "not_met")
-    return worst, "; ".join(r for s, r in sorted(parts, key=lambda p: -_PRIORITY[p[0]]) if s != "met")
+        return "not_met", join("; ", (r for s, r in parts if s == "not_met"))
+    return worst, join("; ", (r for s, r in sorted(parts, key=lambda p: -_PRIORITY[p[0]]) if s != "met"))
 
 
 def _yes_no(
     cid: str, fact: str, facts: Mapping[str, RecordedFact], what: str
-) -> tuple[State, str, Any, dict[str, Any]]:
+) -> tuple[State, Node, Any, dict[str, Any]]:
+    """``what`` is a msgid (marked with N_ by the caller)."""
     rec = facts.get(fact)
     if rec is None or rec.value is None:
-        return "pending", f"{fact} not recorded ({what})", None, _input(fact, None)
+        return "pending", msg(N_("{fact} not recorded ({what})"), fact=fact, what=msg(what)), None, _input(fact, None)
     if rec.value == "yes":
-        return "met", f"{what}: yes", "yes", _input(fact, rec)
-    return "not_met", f"{what}: no", rec.value, _input(fact, rec)
+        return "met", msg(N_("{what}: yes"), what=msg(what)), "yes", _input(fact, rec)
+    return "not_met", msg(N_("{what}: no"), what=msg(what)), rec.value, _input(fact, rec)
 
 
 def _val(facts: Mapping[str, RecordedFact], name: str) -> Any:
@@ -356,10 +369,16 @@ def _fmt_pct(x: float, limit: float | None = None) -> str:
     return limit_text(x, limit, "le", 2) + " %"
 
 
-def _crf_note(what: str, value: Any, limit: Any, decimals: int, unit: str) -> str:
+def _crf_note(what: Node, value: Any, limit: Any, decimals: int, unit: str) -> Node:
     shown = crf_round(value, decimals)
-    return (f"{what} is written {shown}{unit} on the case report form ({decimals} decimal{'s' if decimals != 1 else ''}), "
-            f"on the other side of {limit:g}{unit}")
+    template = (N_("{what} is written {shown}{unit} on the case report form ({decimals} decimal), on the other side of {limit}{unit}")
+                if decimals == 1 else
+                N_("{what} is written {shown}{unit} on the case report form ({decimals} decimals), on the other side of {limit}{unit}"))
+    return msg(template, what=what, shown=str(shown), unit=unit, decimals=str(decimals), limit=f"{limit:g}")
+
+
+def _not_recorded(facts: Sequence[str]) -> Node:
+    return msg(N_("{facts} not recorded"), facts=join(AND, facts))
 
 
 # --------------------------------------------------------------------------- criteria
@@ -369,28 +388,31 @@ def _consent(facts: Mapping[str, RecordedFact], first_session_on: date | None) -
     rec = facts.get("consent_signed_on")
     inputs = [_input("consent_signed_on", rec)]
     if rec is None or rec.value is None:
-        return _result("consent", "pending", "consent_signed_on not recorded", None, inputs)
+        return _result("consent", "pending", _not_recorded(["consent_signed_on"]), None, inputs)
     if rec.value == "no":
-        return _result("consent", "not_met", "ICF not signed", "no", inputs)
+        return _result("consent", "not_met", msg(N_("ICF not signed")), "no", inputs)
     signed: date = rec.value
     planned = _val(facts, "screening_date")
     candidates = [d for d in (first_session_on, planned) if isinstance(d, date)]
     value = {"signed_on": signed.isoformat()}
     if not candidates:
-        return _result("consent", "met", f"ICF signed on {signed}; no screening measurement yet", value, inputs)
+        return _result("consent", "met", msg(N_("ICF signed on {signed}; no screening measurement yet"), signed=str(signed)),
+                       value, inputs)
     first = min(candidates)
     value["first_screening_on"] = first.isoformat()
     if signed < first:
-        return _result("consent", "met", f"ICF signed on {signed}, before screening on {first}", value, inputs)
+        return _result("consent", "met", msg(N_("ICF signed on {signed}, before screening on {first}"),
+                                             signed=str(signed), first=str(first)), value, inputs)
     if signed == first:
         return _result(
             "consent", "met",
-            f"ICF signed on {signed}, the day screening started (date only: counted as before)", value, inputs,
+            msg(N_("ICF signed on {signed}, the day screening started (date only: counted as before)"), signed=str(signed)),
+            value, inputs,
         )
     return _result(
         "consent", "not_met",
-        f"ICF signed on {signed}, after screening started on {first}: consent must precede any screening "
-        "measurement",
+        msg(N_("ICF signed on {signed}, after screening started on {first}: consent must precede any screening measurement"),
+            signed=str(signed), first=str(first)),
         value, inputs,
     )
 
@@ -412,11 +434,11 @@ def _age(facts: Mapping[str, RecordedFact], screening: date | None, s_input: dic
     inputs = [_input("birth_date", rec), s_input]
     missing = [n for n, v in (("birth_date", rec and rec.value), ("screening_date", screening)) if v is None]
     if missing:
-        return _result("age", "pending", f"{' and '.join(missing)} not recorded", None, inputs)
+        return _result("age", "pending", _not_recorded(missing), None, inputs)
     assert rec is not None and screening is not None
     birth: date = rec.value
     if birth >= screening:
-        return _result("age", "needs_review", "birth date is not before the screening date: check both", None, inputs)
+        return _result("age", "needs_review", msg(N_("birth date is not before the screening date: check both")), None, inputs)
     age = age_on(birth, screening, "mar1")
     ok = th.age_min <= age <= th.age_max
     value = {"age_years": age, "screening_date": screening.isoformat()}
@@ -427,13 +449,16 @@ def _age(facts: Mapping[str, RecordedFact], screening: date | None, s_input: dic
             value["age_years_feb28_rule"] = alt
             return _result(
                 "age", "needs_review",
-                f"29 February birthday: age {age} on {screening} (turns over on 1 March) but {alt} if it turns "
-                f"over on 28 February: the two rules disagree on the {limits} range, review",
+                msg(N_("29 February birthday: age {age} on {screening} (turns over on 1 March) but {alt} if it turns "
+                       "over on 28 February: the two rules disagree on the {limits} range, review"),
+                    age=str(age), screening=str(screening), alt=str(alt), limits=limits),
                 value, inputs,
             )
     if ok:
-        return _result("age", "met", f"age {age} on {screening}, within {limits}", value, inputs)
-    return _result("age", "not_met", f"age {age} on {screening}, outside {limits}", value, inputs)
+        return _result("age", "met", msg(N_("age {age} on {screening}, within {limits}"), age=str(age), screening=str(screening),
+                                         limits=limits), value, inputs)
+    return _result("age", "not_met", msg(N_("age {age} on {screening}, outside {limits}"), age=str(age), screening=str(screening),
+                                         limits=limits), value, inputs)
 
 
 def _window_primary(diag: date, s: date, lo: int, hi: int) -> bool:
@@ -453,25 +478,26 @@ def _diagnosis(
 ) -> CriterionResult:
     cat_rec, diag_rec = facts.get("wfn_category"), facts.get("diagnosis_date")
     inputs = [_input("wfn_category", cat_rec), _input("diagnosis_date", diag_rec), s_input]
-    parts: list[tuple[State, str]] = []
+    parts: list[tuple[State, Node]] = []
     value: dict[str, Any] = {"accepted_wfn_categories": list(th.accepted_wfn_categories)}
     category = cat_rec.value if cat_rec else None
     if category is None:
-        parts.append(("pending", "wfn_category not recorded"))
+        parts.append(("pending", _not_recorded(["wfn_category"])))
     else:
         value["wfn_category"] = category
         if category in th.accepted_wfn_categories:
-            parts.append(("met", f"WFN category {category} accepted"))
+            parts.append(("met", msg(N_("WFN category {category} accepted"), category=str(category))))
         else:
-            parts.append(("not_met", f"WFN category {category} not accepted "
-                                     f"(accepted: {', '.join(th.accepted_wfn_categories)})"))
+            parts.append(("not_met", msg(N_("WFN category {category} not accepted (accepted: {accepted})"),
+                                         category=str(category), accepted=", ".join(th.accepted_wfn_categories))))
     diag = diag_rec.value if diag_rec else None
     lo, hi = th.diagnosis_months_min, th.diagnosis_months_max
     if diag is None or screening is None:
         missing = [n for n, v in (("diagnosis_date", diag), ("screening_date", screening)) if v is None]
-        parts.append(("pending", f"{' and '.join(missing)} not recorded"))
+        parts.append(("pending", _not_recorded(missing)))
     elif diag > screening:
-        parts.append(("not_met", f"diagnosis date {diag} is after the screening date {screening}"))
+        parts.append(("not_met", msg(N_("diagnosis date {diagnosed} is after the screening date {screening}"),
+                                     diagnosed=str(diag), screening=str(screening))))
     else:
         months = completed_months(diag, screening)
         value.update(
@@ -480,34 +506,36 @@ def _diagnosis(
             window=[add_months(diag, lo).isoformat(), add_months(diag, hi).isoformat()],
         )
         ok = _window_primary(diag, screening, lo, hi)
-        window = f"screening between {add_months(diag, lo)} and {add_months(diag, hi)}"
+        window = msg(N_("screening between {start} and {end}"), start=str(add_months(diag, lo)), end=str(add_months(diag, hi)))
         alternatives = {
-            "counting back from the screening date": _window_backward(diag, screening, lo, hi),
-            "counting completed months": _window_completed(diag, screening, lo, hi),
+            N_("counting back from the screening date"): _window_backward(diag, screening, lo, hi),
+            N_("counting completed months"): _window_completed(diag, screening, lo, hi),
         }
         disagree = [name for name, alt_ok in alternatives.items() if alt_ok != ok]
-        head = f"diagnosed {diag}, {months} completed months before screening on {screening} ({window})"
+        head = msg(N_("diagnosed {diagnosed}, {months} completed months before screening on {screening} ({window})"),
+                   diagnosed=str(diag), months=str(months), screening=str(screening), window=window)
+        span = f"{lo}-{hi}"
         if disagree:
-            parts.append(("needs_review",
-                          f"{head}: {'passes' if ok else 'fails'} {lo}-{hi} months by calendar months from the "
-                          f"diagnosis but {'fails' if ok else 'passes'} {' and '.join(disagree)}"))
+            template = (N_("{head}: passes {span} months by calendar months from the diagnosis but fails {alternatives}") if ok
+                        else N_("{head}: fails {span} months by calendar months from the diagnosis but passes {alternatives}"))
+            parts.append(("needs_review", msg(template, head=head, span=span, alternatives=join(AND, [msg(d) for d in disagree]))))
         elif ok:
-            parts.append(("met", f"{head}, within {lo}-{hi} months"))
+            parts.append(("met", msg(N_("{head}, within {span} months"), head=head, span=span)))
         else:
-            parts.append(("not_met", f"{head}, outside {lo}-{hi} months"))
+            parts.append(("not_met", msg(N_("{head}, outside {span} months"), head=head, span=span)))
     state, reason = _combine(parts)
     return _result("als_diagnosis", state, reason, value, inputs)
 
 
 def _prior_treatment(facts: Mapping[str, RecordedFact]) -> CriterionResult:
     state, reason, value, inp = _yes_no(
-        "prior_treatment", "prior_treatment_failed", facts, "prior standard treatment failed or disease progressed"
+        "prior_treatment", "prior_treatment_failed", facts, N_("prior standard treatment failed or disease progressed")
     )
     text_rec = facts.get("prior_treatments")
     inputs = [inp, _input("prior_treatments", text_rec)]
     text = text_rec.value if text_rec else None
     if state == "met" and not text:
-        state, reason = "pending", "prior treatments not listed (record prior_treatments)"
+        state, reason = "pending", msg(N_("prior treatments not listed (record prior_treatments)"))
     return _result("prior_treatment", state, reason, {"failed": value, "treatments": text}, inputs)
 
 
@@ -518,18 +546,20 @@ def _session_input(session_id: str, analysed_at: str | None, value: Any) -> dict
 
 def _fvc(facts: Mapping[str, RecordedFact], sessions: Sequence[SpirometryResult], th: Thresholds) -> CriterionResult:
     eq = th.equation
-    listed: list[str] = []
+    listed: list[Node] = []
     usable: list[SpirometryResult] = []
     wrong_eq: list[SpirometryResult] = []
     for s in sessions:
         if s.manoeuvre.upper() != "FVC":
-            listed.append(f"session {s.session_id}: {s.manoeuvre} manoeuvre, the protocol asks for FVC")
+            listed.append(msg(N_("session {session}: {manoeuvre} manoeuvre, the protocol asks for FVC"),
+                              session=s.session_id, manoeuvre=s.manoeuvre))
         elif not s.valid:
-            listed.append(f"session {s.session_id}: not valid{(' (' + s.note + ')') if s.note else ''}")
+            listed.append(msg(N_("session {session}: not valid ({note})"), session=s.session_id, note=s.note) if s.note
+                          else msg(N_("session {session}: not valid"), session=s.session_id))
         elif s.pct_for(eq) is None:
             wrong_eq.append(s)
         elif not math.isfinite(s.pct_for(eq)):  # type: ignore[arg-type]
-            listed.append(f"session {s.session_id}: % predicted is not a number")
+            listed.append(msg(N_("session {session}: % predicted is not a number"), session=s.session_id))
         else:
             usable.append(s)
     inputs = [_session_input(s.session_id, s.analysed_at, {
@@ -540,10 +570,11 @@ def _fvc(facts: Mapping[str, RecordedFact], sessions: Sequence[SpirometryResult]
         if wrong_eq:
             ids = ", ".join(s.session_id for s in wrong_eq)
             return _result("fvc", "needs_review",
-                           f"valid session(s) {ids} have no % predicted by the configured equation {eq}: recompute",
+                           msg(N_("valid session(s) {sessions} have no % predicted by the configured equation {equation}: recompute"),
+                               sessions=ids, equation=eq),
                            {"equation": eq}, inputs)
-        why = "; ".join(listed) if listed else "no spirometry session yet"
-        return _result("fvc", "pending", f"no valid FVC session ({why})", {"equation": eq}, inputs)
+        why = join("; ", listed) if listed else msg(N_("no spirometry session yet"))
+        return _result("fvc", "pending", msg(N_("no valid FVC session ({why})"), why=why), {"equation": eq}, inputs)
     best = max(usable, key=lambda s: s.pct_for(eq))  # type: ignore[arg-type,return-value]
     pct = best.pct_for(eq)
     assert pct is not None
@@ -557,31 +588,37 @@ def _fvc(facts: Mapping[str, RecordedFact], sessions: Sequence[SpirometryResult]
              "lower_row_fvc_pct_predicted": best.lower_row_fvc_pct_predicted,
              "crf_fvc_pct_predicted": float(crf_round(pct, dec)), "crf_decimals": dec}
     inputs.sort(key=lambda i: i["source"] != f"session:{best.session_id}")  # deciding session first
-    grade = f", grade {best.grade}" if best.grade else ""
-    head = f"best FVC {limit_text(pct, lim, 'ge', dec)} % predicted ({eq}, session {best.session_id}{grade})"
-    review: list[str] = []
+    shown, limit = limit_text(pct, lim, "ge", dec), f"{lim:g}"
+    head = (msg(N_("best FVC {pct} % predicted ({equation}, session {session}, grade {grade})"), pct=shown, equation=eq,
+                session=best.session_id, grade=str(best.grade)) if best.grade else
+            msg(N_("best FVC {pct} % predicted ({equation}, session {session})"), pct=shown, equation=eq, session=best.session_id))
+    review: list[Node] = []
     if best.review:
         review.append(best.review)
     if other_pct is not None and (other_pct >= th.fvc_pct_min) != ok:
-        review.append(f"{other_eq} gives {limit_text(other_pct, lim, 'ge', dec)} %, on the other side of {lim:g} %")
+        review.append(msg(N_("{equation} gives {pct} %, on the other side of {limit} %"), equation=other_eq,
+                          pct=limit_text(other_pct, lim, "ge", dec), limit=limit))
     low = best.lower_row_fvc_pct_predicted
     if low is not None and math.isfinite(low) and (low >= lim) != ok:
-        review.append(f"the GLI splines read at the lower quarter-year row (as rspiro and spiref do) give "
-                      f"{limit_text(low, lim, 'ge', dec)} %, on the other side of {lim:g} % (interpolated: {limit_text(pct, lim, 'ge', dec)} %)")
+        review.append(msg(N_("the GLI splines read at the lower quarter-year row (as rspiro and spiref do) give {pct} %, "
+                             "on the other side of {limit} % (interpolated: {interpolated} %)"),
+                          pct=limit_text(low, lim, "ge", dec), limit=limit, interpolated=shown))
     if crf_rounding_crosses(pct, lim, "ge", dec):
-        review.append(_crf_note(f"FVC {limit_text(pct, lim, 'ge', dec)} % predicted", pct, lim, dec, " %"))
+        review.append(_crf_note(msg(N_("FVC {pct} % predicted"), pct=shown), pct, lim, dec, " %"))
     sex, height = _val(facts, "sex"), _val(facts, "height_cm")
     if best.sex is not None and sex is not None and best.sex != sex:
-        review.append(f"prediction used sex {best.sex} but sex is recorded as {sex}: recompute")
+        review.append(msg(N_("prediction used sex {used} but sex is recorded as {recorded}: recompute"),
+                          used=str(best.sex), recorded=str(sex)))
     if best.height_cm is not None and height is not None and abs(float(height) - best.height_cm) > 0.5:
-        review.append(f"prediction used height {best.height_cm:g} cm but height_cm is {float(height):g}: recompute")
+        review.append(msg(N_("prediction used height {used} cm but height_cm is {recorded}: recompute"),
+                          used=f"{best.height_cm:g}", recorded=f"{float(height):g}"))
     res_inputs = inputs + [_input("sex", facts.get("sex")), _input("height_cm", facts.get("height_cm"))]
     if review:
-        r = _result("fvc", "needs_review", f"{head}: " + "; ".join(review), value, res_inputs)
+        r = _result("fvc", "needs_review", msg(N_("{head}: {review}"), head=head, review=join("; ", review)), value, res_inputs)
     elif ok:
-        r = _result("fvc", "met", f"{head} >= {lim:g} %", value, res_inputs)
+        r = _result("fvc", "met", msg(N_("{head} >= {limit} %"), head=head, limit=limit), value, res_inputs)
     else:
-        r = _result("fvc", "not_met", f"{head} < {lim:g} %", value, res_inputs)
+        r = _result("fvc", "not_met", msg(N_("{head} < {limit} %"), head=head, limit=limit), value, res_inputs)
     # The deciding session is the provenance of a device criterion.
     r.source, r.recorded_by, r.recorded_at = f"session:{best.session_id}", "device", best.analysed_at
     return r
@@ -606,10 +643,13 @@ def _nocturnal(nights: Sequence[NightResult], th: Thresholds) -> CriterionResult
         "valid_nights": len(valid),
         "worst_valid_t90_pct": max((n.t90_pct for n in valid if n not in unknown), default=None),  # type: ignore
     }
-    inv = (f"; invalid night(s) not counted: {', '.join(n.session_id for n in invalid)}" if invalid else "")
+    inv: list[Node] = ([msg(N_("invalid night(s) not counted: {sessions}"), sessions=", ".join(n.session_id for n in invalid))]
+                       if invalid else [])
+    lim = f"{limit:g}"
 
-    def desc(ns: Iterable[NightResult]) -> str:
-        return ", ".join(f"{n.session_id} T90 {_fmt_pct(n.t90_pct, limit)}" for n in ns)  # type: ignore[arg-type]
+    def desc(ns: Iterable[NightResult]) -> Node:
+        return join(", ", (msg(N_("{session} T90 {t90}"), session=n.session_id, t90=_fmt_pct(n.t90_pct, limit))  # type: ignore[arg-type]
+                           for n in ns))
 
     def with_source(r: CriterionResult, deciding: Sequence[NightResult]) -> CriterionResult:
         if deciding:
@@ -619,26 +659,31 @@ def _nocturnal(nights: Sequence[NightResult], th: Thresholds) -> CriterionResult
 
     if clear_fail:
         return with_source(_result("nocturnal_spo2", "not_met",
-                                   f"T90 above {limit:g} % on valid night(s): {desc(clear_fail)}{inv}",
+                                   join("; ", [msg(N_("T90 above {limit} % on valid night(s): {nights}"), limit=lim,
+                                                   nights=desc(clear_fail)), *inv]),
                                    value, inputs), clear_fail)
     if unknown or border or flagged:
-        reasons = []
+        reasons: list[Node] = []
         if flagged:
-            reasons.append("; ".join(f"night {n.session_id}: {'; '.join(x for x in (n.stale, n.review) if x)}" for n in flagged))
+            reasons.append(join("; ", (msg(N_("night {session}: {why}"), session=n.session_id,
+                                           why=join("; ", [t or x for x, t in ((n.stale, n.stale_message), (n.review, n.review_message)) if x]))
+                                       for n in flagged)))
         if border:
-            reasons.append(f"borderline night(s) for review: {desc(border)} (primary T90 "
-                           f"{'above' if any(n.t90_pct > limit for n in border) else 'within'} {limit:g} %, "  # type: ignore
-                           "a reported variant on the other side)")
+            template = (N_("borderline night(s) for review: {nights} (primary T90 above {limit} %, a reported variant on the other side)")
+                        if any(n.t90_pct > limit for n in border) else  # type: ignore[operator]
+                        N_("borderline night(s) for review: {nights} (primary T90 within {limit} %, a reported variant on the other side)"))
+            reasons.append(msg(template, nights=desc(border), limit=lim))
         if unknown:
-            reasons.append(f"valid night(s) without a T90 figure: {', '.join(n.session_id for n in unknown)}")
-        return with_source(_result("nocturnal_spo2", "needs_review", "; ".join(reasons) + inv, value, inputs),
+            reasons.append(msg(N_("valid night(s) without a T90 figure: {sessions}"), sessions=", ".join(n.session_id for n in unknown)))
+        return with_source(_result("nocturnal_spo2", "needs_review", join("; ", reasons + inv), value, inputs),
                            border or unknown or flagged)
     if not valid:
-        why = f"no valid night yet{inv}" if invalid else "no screening night recorded yet"
+        why = join("; ", [msg(N_("no valid night yet")), *inv]) if invalid else msg(N_("no screening night recorded yet"))
         return _result("nocturnal_spo2", "pending", why, value, inputs)
     worst = max(valid, key=lambda n: n.t90_pct)  # type: ignore[arg-type,return-value]
     return with_source(_result("nocturnal_spo2", "met",
-                               f"every valid night T90 <= {limit:g} % ({desc(valid)}){inv}", value, inputs), [worst])
+                               join("; ", [msg(N_("every valid night T90 <= {limit} % ({nights})"), limit=lim, nights=desc(valid)),
+                                           *inv]), value, inputs), [worst])
 
 
 def bmi_exact(height_cm: Decimal, weight_kg: Decimal) -> Fraction:
@@ -649,29 +694,31 @@ def bmi_exact(height_cm: Decimal, weight_kg: Decimal) -> Fraction:
 
 def _bmi(facts: Mapping[str, RecordedFact], th: Thresholds) -> CriterionResult:
     h_rec, w_rec = facts.get("height_cm"), facts.get("weight_kg")
-    n_state, n_reason, n_value, n_input = _yes_no("bmi", "nutrition_good", facts, "investigator judges nutrition good")
+    n_state, n_reason, n_value, n_input = _yes_no("bmi", "nutrition_good", facts, N_("investigator judges nutrition good"))
     inputs = [_input("height_cm", h_rec), _input("weight_kg", w_rec), n_input]
-    parts: list[tuple[State, str]] = []
+    parts: list[tuple[State, Node]] = []
     value: dict[str, Any] = {"bmi": None, "nutrition_good": n_value}
     h = h_rec.value if h_rec else None
     w = w_rec.value if w_rec else None
     if h is None or w is None:
         missing = [n for n, v in (("height_cm", h), ("weight_kg", w)) if v is None]
-        parts.append(("pending", f"{' and '.join(missing)} not recorded"))
+        parts.append(("pending", _not_recorded(missing)))
     else:
         bmi = bmi_exact(Decimal(h), Decimal(w))
         dec = th.crf_decimals
         value.update(bmi=round(float(bmi), 4), height_cm=float(h), weight_kg=float(w),
                      crf_bmi=float(crf_round(bmi, dec)), crf_decimals=dec)
         shown = limit_text(bmi, th.bmi_min, "ge", 2)
-        text = f"BMI {shown} kg/m2 ({float(w):g} kg, {float(h):g} cm)"
+        text = msg(N_("BMI {bmi} kg/m2 ({weight} kg, {height} cm)"), bmi=shown, weight=f"{float(w):g}", height=f"{float(h):g}")
+        bmi_min = str(th.bmi_min)
         if crf_rounding_crosses(bmi, th.bmi_min, "ge", dec):
-            side = ">=" if bmi >= Fraction(th.bmi_min) else "<"
-            parts.append(("needs_review", f"{text} {side} {th.bmi_min}: " + _crf_note(f"BMI {shown}", bmi, th.bmi_min, dec, "")))
+            note = _crf_note(msg(N_("BMI {bmi}"), bmi=shown), bmi, th.bmi_min, dec, "")
+            template = N_("{text} >= {limit}: {note}") if bmi >= Fraction(th.bmi_min) else N_("{text} < {limit}: {note}")
+            parts.append(("needs_review", msg(template, text=text, limit=bmi_min, note=note)))
         elif bmi >= Fraction(th.bmi_min):
-            parts.append(("met", f"{text} >= {th.bmi_min}"))
+            parts.append(("met", msg(N_("{text} >= {limit}"), text=text, limit=bmi_min)))
         else:
-            parts.append(("not_met", f"{text} < {th.bmi_min}"))
+            parts.append(("not_met", msg(N_("{text} < {limit}"), text=text, limit=bmi_min)))
     parts.append((n_state, n_reason))
     state, reason = _combine(parts)
     return _result("bmi", state, reason, value, inputs)
@@ -682,16 +729,16 @@ def _contraception(facts: Mapping[str, RecordedFact]) -> CriterionResult:
     inputs = [_input("contraception", rec)]
     ans = rec.value if rec else None
     if ans is None:
-        return _result("contraception", "pending", "contraception not recorded", None, inputs)
+        return _result("contraception", "pending", _not_recorded(["contraception"]), None, inputs)
     assert isinstance(ans, ContraceptionAnswer)
     value = display_value("contraception", ans)
     if ans.answer == "yes":
-        return _result("contraception", "met", "contraception agreed", value, inputs)
+        return _result("contraception", "met", msg(N_("contraception agreed")), value, inputs)
     if ans.answer == "not_applicable":
         if ans.reason:
-            return _result("contraception", "met", f"not applicable: {ans.reason}", value, inputs)
-        return _result("contraception", "pending", "not_applicable recorded without a reason", value, inputs)
-    return _result("contraception", "not_met", "contraception not agreed", value, inputs)
+            return _result("contraception", "met", msg(N_("not applicable: {reason}"), reason=str(ans.reason)), value, inputs)
+        return _result("contraception", "pending", msg(N_("not_applicable recorded without a reason")), value, inputs)
+    return _result("contraception", "not_met", msg(N_("contraception not agreed")), value, inputs)
 
 
 def _simple(cid: str, fact: str, facts: Mapping[str, RecordedFact], what: str) -> CriterionResult:
@@ -729,7 +776,7 @@ def evaluate(
         _nocturnal(nights, th),
         _bmi(facts, th),
         _contraception(facts),
-        _simple("cooperation", "cooperation", facts, "able to cooperate with history collection and visits"),
+        _simple("cooperation", "cooperation", facts, N_("able to cooperate with history collection and visits")),
     ]
     decision, summary = summarise(criteria)
     return Decision(decision, criteria, th, evaluated_at, screening, summary)
@@ -744,3 +791,23 @@ def summarise(criteria: Sequence[CriterionResult]) -> tuple[DecisionValue, list[
     if open_:
         return "incomplete", [f"{c.id} ({c.state}): {c.reason}" for c in open_]
     return "eligible", ["all criteria met"]
+
+
+def summary_messages(criteria: Sequence[CriterionResult]) -> list[Node]:
+    """:func:`summarise`'s lines as message trees for the reader's language (the criterion named by its label).
+
+    Their English names the criterion by its label, not its id: in English the stored summary is shown
+    (collector.eligibility.messages.localise)."""
+    from collector.eligibility.labels import CRITERIA as LABELS, STATES
+
+    def reason(c: CriterionResult) -> Node:
+        return c.message if c.message is not None else c.reason
+
+    failed = [c for c in criteria if c.state == "not_met"]
+    open_ = [c for c in criteria if c.state in ("pending", "needs_review")]
+    if failed:
+        return [msg(N_("{criterion}: {reason}"), criterion=msg(LABELS.get(c.id, c.id)), reason=reason(c)) for c in failed]
+    if open_:
+        return [msg(N_("{criterion} ({state}): {reason}"), criterion=msg(LABELS.get(c.id, c.id)), state=msg(STATES[c.state]),
+                    reason=reason(c)) for c in open_]
+    return [msg(N_("all criteria met"))]

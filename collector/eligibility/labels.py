@@ -13,3 +13,6 @@ CRITERIA: dict[str, str] = {
     "nocturnal_spo2": N_("nocturnal SpO2 (T90)"), "bmi": N_("BMI"), "contraception": N_("contraception"),
     "cooperation": N_("cooperation"),
 }
+
+#: The states of a criterion as people read them.
+STATES: dict[str, str] = {"met": N_("met"), "not_met": N_("not met"), "pending": N_("pending"), "needs_review": N_("needs review")}

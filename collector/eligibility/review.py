@@ -13,10 +13,20 @@ import sqlite3
 from typing import Any, Mapping, Sequence
 
 from collector.eligibility.engine import CriterionResult, Thresholds
+from collector.eligibility.messages import Node, msg
+from collector.i18n import N_
 from collector.eligibility.store import latest_resolutions
 from collector.signatures.content import content_hash
 
 DECISIONS = ("met", "not_met")
+#: A resolved criterion's reason, by the investigator's decision (the investigator's own words stay as written).
+RESOLVED = {"met": N_("resolved met by {name} at {time}: {reason} (needs review was: {was})"),
+            "not_met": N_("resolved not_met by {name} at {time}: {reason} (needs review was: {was})")}
+
+
+def _before(c: CriterionResult) -> Node:
+    """The criterion's reason so far, as a tree when it has one."""
+    return c.message if c.message is not None else c.reason
 
 
 def evidence(c: CriterionResult | Mapping[str, Any], th: Thresholds) -> dict[str, Any]:
@@ -50,9 +60,11 @@ def apply(conn: sqlite3.Connection, subject_id: str, criteria: Sequence[Criterio
         if now_hash == r["evidence_sha256"]:
             c.review = {"status": "resolved", **_summary(r), "needs_review_reason": c.reason}
             c.state = r["decision"]
-            c.reason = (f"resolved {r['decision']} by {r['resolved_by']} at {r['resolved_at']}: {r['reason']} "
-                        f"(needs review was: {c.reason})")
+            c.review_message = _before(c)
+            c.set_reason(msg(RESOLVED[r["decision"]], name=str(r["resolved_by"]), time=str(r["resolved_at"]),
+                             reason=str(r["reason"]), was=_before(c)))
         else:
             c.review = {"status": "reopened", **_summary(r), "current_evidence_sha256": now_hash,
                         "note": f"its inputs changed after {r['resolved_by']} resolved it at {r['resolved_at']}: review it again"}
-            c.reason = f"{c.reason} [re-opened: the inputs changed after the resolution of {r['resolved_at']}]"
+            c.set_reason(msg(N_("{reason} [re-opened: the inputs changed after the resolution of {time}]"), reason=_before(c),
+                             time=str(r["resolved_at"])))

@@ -28,8 +28,11 @@ from collector.eligibility.engine import (
     Thresholds,
     evaluate,
     summarise,
+    summary_messages,
     thresholds_from_config,
 )
+from collector.eligibility.messages import Node, english, join, msg
+from collector.i18n import N_
 from collector.eligibility.facts import FACTS, IDENTIFYING_FACTS, FactError, display_value
 from collector.eligibility.store import (
     CorrectionReasonRequiredError,
@@ -89,22 +92,23 @@ def _night_note(report: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def _night_review(report: dict[str, Any]) -> str:
-    """What a person must confirm before a stored night decides ("" when nothing)."""
+def _night_review(report: dict[str, Any]) -> Node | None:
+    """What a person must confirm before a stored night decides (None when nothing), as a message tree."""
     steps = report.get("clock_steps") or []
     if not steps:
-        return ""
-    sizes = ", ".join(f"{st['step_s']:+.0f} s at {st['t_utc']}" for st in steps)
-    return f"the host clock stepped during the night ({sizes}); confirm the recording before it decides"
+        return None
+    sizes = join(", ", (msg(N_("{step} s at {time}"), step=f"{st['step_s']:+.0f}", time=str(st["t_utc"])) for st in steps))
+    return msg(N_("the host clock stepped during the night ({steps}); confirm the recording before it decides"), steps=sizes)
 
 
-def _night_stale(report: dict[str, Any], limit: float) -> str:
+def _night_stale(report: dict[str, Any], limit: float) -> Node | None:
     """A report made with another T90 limit: its borderline flag belongs to that limit, so it cannot decide now."""
     used = (report.get("definitions") or {}).get("threshold_pct")
     if used is None or float(used) == float(limit):
-        return ""
-    return (f"its stored report used a T90 limit of {float(used):g} %, the protocol's is now {float(limit):g} %; "
-            f"recompute it: collector report {report.get('session_id')} --recompute")
+        return None
+    return msg(N_("its stored report used a T90 limit of {used} %, the protocol's is now {limit} %; "
+                  "recompute it: collector report {session} --recompute"),
+               used=f"{float(used):g}", limit=f"{float(limit):g}", session=str(report.get("session_id")))
 
 
 def _nights(conn: sqlite3.Connection, subject_id: str, limit: float) -> tuple[list[NightResult], list[dict[str, Any]]]:
@@ -119,10 +123,12 @@ def _nights(conn: sqlite3.Connection, subject_id: str, limit: float) -> tuple[li
                             "status": "recording" if s["state"] != "stopped" else "stopped, report not computed yet"})
             continue
         report = rep["report"]
+        review, stale = _night_review(report), _night_stale(report, limit)
         results.append(NightResult(
             session_id=str(s["id"]), t90_pct=rep["t90_pct"], night_valid=bool(rep["night_valid"]),
             borderline=bool(rep["borderline"]), analysed_at=rep["computed_utc"], note=_night_note(report),
-            review=_night_review(report), stale=_night_stale(report, limit),
+            review=english(review) if review else "", stale=english(stale) if stale else "",
+            review_message=review, stale_message=stale,
         ))
     return results, pending
 
@@ -190,13 +196,17 @@ def _apply_live_alerts(criteria: list[Any], in_progress: list[dict[str, Any]], a
     crit = next(c for c in criteria if c.id == "nocturnal_spo2")
     if crit.state == "not_met":
         return
-    text = "; ".join(
-        f"night {sid} in progress: live T90 {a['t90_pct']:.2f} % above {th.t90_pct_max:g} % at {a['t_utc']} "
-        "(provisional until the night is stopped)" if isinstance(a.get("t90_pct"), (int, float)) else
-        f"night {sid} in progress: live T90 above {th.t90_pct_max:g} % at {a['t_utc']} (provisional)"
-        for sid, a in sorted(alerts.items()))
+    limit = f"{th.t90_pct_max:g}"
+    live: list[Node] = [
+        msg(N_("night {session} in progress: live T90 {t90} % above {limit} % at {time} (provisional until the night is stopped)"),
+            session=str(sid), t90=f"{a['t90_pct']:.2f}", limit=limit, time=str(a["t_utc"]))
+        if isinstance(a.get("t90_pct"), (int, float)) else
+        msg(N_("night {session} in progress: live T90 above {limit} % at {time} (provisional)"),
+            session=str(sid), limit=limit, time=str(a["t_utc"]))
+        for sid, a in sorted(alerts.items())]
     crit.state = "needs_review"
-    crit.reason = text + (f"; {crit.reason}" if crit.reason else "")
+    before = crit.message if crit.message is not None else crit.reason
+    crit.set_reason(join("; ", [*live, before] if crit.reason else live))
     crit.source, crit.recorded_by, crit.recorded_at = f"session:{min(alerts)}", "device", alerts[min(alerts)]["t_utc"]
 
 
@@ -208,8 +218,13 @@ def evaluate_subject(
     now: float,
     thresholds: Thresholds | Mapping[str, Any] | None = None,
     apply_reviews: bool = True,
+    messages: bool = False,
 ) -> dict[str, Any]:
     """The subject's decision exactly as ``collector eligibility --json`` prints it.
+
+    ``messages``: add ``messages`` (each criterion's reason and each summary line as a message tree,
+    collector/eligibility/messages.py) for a page or PDF in another language; it is not part of the
+    decision (not signed, not exported), so only a reader asks for it.
 
     ``apply_reviews``: resolved ``needs_review`` criteria take the investigator's decision (False: as the
     figures leave them, which is what a resolution is made on).
@@ -237,6 +252,10 @@ def evaluate_subject(
     out = decision.as_dict()
     out["subject_id"] = subject_id
     out["in_progress"] = sorted(in_progress, key=lambda p: p["session_id"])
+    if messages:
+        out["messages"] = {"criteria": {c.id: c.message if c.message is not None else c.reason for c in decision.criteria},
+                           "summary": summary_messages(decision.criteria),
+                           "needs_review": {c.id: c.review_message for c in decision.criteria if c.review_message is not None}}
     return out
 
 
@@ -390,13 +409,15 @@ def criteria_report(conn: sqlite3.Connection, subject_id: str) -> dict[str, Any]
 
 # --------------------------------------------------------------------------- reviews and signatures
 def review_items(conn: sqlite3.Connection, subject_id: str | None, *, now: float,
-                 thresholds: Thresholds | Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Every criterion that needs review, is resolved or was re-opened, with its evidence (one subject or all)."""
+                 thresholds: Thresholds | Mapping[str, Any] | None = None, messages: bool = False) -> list[dict[str, Any]]:
+    """Every criterion that needs review, is resolved or was re-opened, with its evidence (one subject or all).
+    ``messages``: each item's ``reason`` also as a message tree (``reason_message``), for the page's language."""
     th = _thresholds(thresholds)
     subjects = [subject_id] if subject_id is not None else [s["id"] for s in repo.list_subjects(conn)]
     out = []
     for sid in subjects:
-        result = evaluate_subject(conn, sid, now=now, thresholds=th)
+        result = evaluate_subject(conn, sid, now=now, thresholds=th, messages=messages)
+        trees = result.pop("messages", None) or {}
         for c in result["criteria"]:
             review = c.get("review") or {}
             status = review.get("status")
@@ -409,6 +430,9 @@ def review_items(conn: sqlite3.Connection, subject_id: str | None, *, now: float
                         "evidence": {"value": c["value"], "inputs": c["inputs"], "source": c["source"]},
                         "evidence_sha256": review.get("current_evidence_sha256") or review.get("evidence_sha256")
                         or _evidence_hash(c, th), "review": review or None})
+            if messages:
+                out[-1]["reason_message"] = ((trees.get("needs_review") or {}).get(c["id"]) if review.get("needs_review_reason")
+                                             else (trees.get("criteria") or {}).get(c["id"]))
     return out
 
 
@@ -724,8 +748,10 @@ def make_router(daemon: Any, auth: Any) -> Any:
 
     @router.get("/subjects/{subject_id}/eligibility")
     async def eligibility(subject_id: str) -> dict[str, Any]:
+        """The decision with its reasons' message trees (``messages``): the page shows them in the reader's language."""
         th = thresholds_for_config(daemon.config)
-        return await asyncio.to_thread(read, lambda c: evaluate_subject(c, subject_id, now=daemon.clock.now(), thresholds=th))
+        return await asyncio.to_thread(read, lambda c: evaluate_subject(c, subject_id, now=daemon.clock.now(), thresholds=th,
+                                                                         messages=True))
 
     @router.get("/subjects/{subject_id}/criteria")
     async def criteria(subject_id: str) -> dict[str, Any]:
@@ -750,7 +776,8 @@ def make_router(daemon: Any, auth: Any) -> Any:
     @router.get("/reviews")
     async def reviews(subject: str | None = None) -> list[dict[str, Any]]:
         th = thresholds_for_config(daemon.config)
-        return await asyncio.to_thread(read, lambda c: review_items(c, subject, now=daemon.clock.now(), thresholds=th))
+        return await asyncio.to_thread(read, lambda c: review_items(c, subject, now=daemon.clock.now(), thresholds=th,
+                                                                     messages=True))
 
     @router.get("/subjects/{subject_id}/signatures")
     async def signatures_of(subject_id: str) -> list[dict[str, Any]]:

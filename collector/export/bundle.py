@@ -262,7 +262,7 @@ def _eligibility(conn: sqlite3.Connection, subject_id: str, now: float, config: 
         from collector.eligibility.service import evaluate_subject, thresholds_for_config
     except (ImportError, AttributeError) as exc:
         return {"decision": "not_evaluated", "criteria": [], "summary": [f"eligibility service unavailable ({exc})"]}
-    return evaluate_subject(conn, subject_id, now=now, thresholds=thresholds_for_config(config))
+    return evaluate_subject(conn, subject_id, now=now, thresholds=thresholds_for_config(config), messages=True)
 
 
 def _age_at_screening(conn: sqlite3.Connection, subject_id: str, eligibility: dict[str, Any],
@@ -391,6 +391,8 @@ def _build_subject_bag(conn: sqlite3.Connection, subject_id: str, *, config: dic
                 spiro.append(spiro_result)
         payload.update(files)
     eligibility = _coarsener(config)(scrub.obj(_eligibility(conn, subject_id, now, config)))
+    # The reasons' message trees only serve report.pdf's language: eligibility.json keeps the decision as signed.
+    reason_trees = eligibility.pop("messages", None)
     first = min((s["started_utc"] for s in repo.list_sessions(conn, subject_id)), default=None)
     age, screening_date = _age_at_screening(conn, subject_id, eligibility, first)
     ids = [s["id"] for s in sessions]
@@ -414,7 +416,7 @@ def _build_subject_bag(conn: sqlite3.Connection, subject_id: str, *, config: dic
                                             export_utc=utc_iso(now), software=software, age_years=age, eligibility=eligibility,
                                             nights=nights, spirometry=spiro, payload_hash=payload_hash, signatures=record_sigs,
                                             export_signed=export_signer is not None,
-                                            lang=config["site"]["language"])
+                                            lang=config["site"]["language"], messages=reason_trees)
     name = f"{subject_id}_{_stamp(now)}"
     export_sig = None
     if export_signer is not None:

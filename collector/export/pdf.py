@@ -35,6 +35,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
 from collector.eligibility import labels  # noqa: E402
+from collector.eligibility import messages as reason_messages  # noqa: E402
 from collector.i18n import N_, fonts, translator  # noqa: E402
 
 A4_PORTRAIT_IN = (8.27, 11.69)
@@ -44,7 +45,7 @@ HASH_LABEL = "Payload-SHA256-Without-Report"
 
 DECISIONS = {"eligible": N_("ELIGIBLE"), "ineligible": N_("INELIGIBLE"), "incomplete": N_("INCOMPLETE"),
              "not evaluated": N_("NOT EVALUATED")}
-STATES = {"met": N_("met"), "not_met": N_("not met"), "pending": N_("pending"), "needs_review": N_("needs review")}
+STATES = labels.STATES
 CRITERIA = labels.CRITERIA
 NIGHTS = {"pass": N_("pass"), "fail": N_("fail"), "invalid": N_("invalid")}
 
@@ -162,9 +163,11 @@ def summary_pdf(
     lang: str = "en",
     signatures: list[dict[str, Any]] | None = None,
     export_signed: bool = False,
+    messages: dict[str, Any] | None = None,
 ) -> bytes:
     """``nights``: dicts with session_id, start_utc, report, data (NightData) and optionally ``figure`` (the night's
-    figure drawn in ``lang``, taken over and closed here); ``spirometry``: result rows (dicts)."""
+    figure drawn in ``lang``, taken over and closed here); ``spirometry``: result rows (dicts); ``messages``: the
+    reasons' message trees (``evaluate_subject(..., messages=True)["messages"]``) to read them in ``lang``."""
     from collector.oximetry.analysis.plot import night_figure
 
     from .verify import config_from_report
@@ -179,14 +182,20 @@ def summary_pdf(
     p.y -= 0.006
     decision = str(eligibility.get("decision", "not evaluated"))
     p.text(_("Decision: {decision}").format(decision=_(DECISIONS.get(decision, decision.upper()))), 13, fontweight="bold")
-    for reason in eligibility.get("summary") or eligibility.get("reasons") or []:
-        p.text(f"• {reason}", 8.5, gap=0.001)
+    # Reasons in the report's language from their message trees (messages.py); the English is the stored text.
+    trees = messages or {}
+    summary = [str(x) for x in eligibility.get("summary") or eligibility.get("reasons") or []]
+    summary_trees = trees.get("summary") or []
+    for i, reason in enumerate(summary):
+        p.text("• " + reason_messages.localise(summary_trees[i] if len(summary_trees) == len(summary) else None, reason, lang),
+               8.5, gap=0.001)
     crit = eligibility.get("criteria") or []
     if crit:
         p.y -= 0.006
+        crit_trees = trees.get("criteria") or {}
         p.table([_("criterion"), _("state"), _("reason")],
                 [[_(CRITERIA.get(str(c.get("id")), str(c.get("id")))), _(STATES.get(str(c.get("state")), str(c.get("state")))),
-                  str(c.get("reason"))] for c in crit],
+                  reason_messages.localise(crit_trees.get(str(c.get("id"))), str(c.get("reason")), lang)] for c in crit],
                 [0.17, 0.12, 0.57])
     limits = sorted({float(n["report"]["definitions"]["threshold_pct"]) for n in nights if n["report"].get("definitions")})
     p.text(_("Nights (T90 = time with SpO2 < 90 % as % of analysed time; criterion T90 <= {limit} %)").format(

@@ -789,15 +789,18 @@ function criterionLabel(id) {
 function renderDecision(box, subject, d) {
   const cls = d.decision === "eligible" ? "ok" : d.decision === "ineligible" ? "bad" : "warn";
   box.appendChild(el("h3", { class: "verdict decision-value " + cls }, t("{subject}: {decision}", { subject, decision: t(String(d.decision || "unknown").toUpperCase()) })));
+  const trees = d.messages || {};
   if (!Array.isArray(d.criteria) || !d.criteria.length) {
-    for (const line of d.summary || []) box.appendChild(el("p", { class: "small" }, line));
+    const lines = d.summary || [];
+    const summaryTrees = (trees.summary || []).length === lines.length ? trees.summary : [];
+    lines.forEach((line, i) => box.appendChild(el("p", { class: "small" }, reasonText(summaryTrees[i], line))));
   } else {
     const table = el("table", { class: "criteria" });
     for (const c of d.criteria) {
       const tr = el("tr", { class: "crit-" + c.state });
       tr.appendChild(el("td", { "data-criterion": c.id }, criterionLabel(c.id)));
       tr.appendChild(el("td", { class: "state" }, t(String(c.state).replace("_", " "))));
-      tr.appendChild(el("td", { class: "small" }, c.reason));
+      tr.appendChild(el("td", { class: "small reason" }, reasonText((trees.criteria || {})[c.id], c.reason)));
       table.appendChild(tr);
     }
     box.appendChild(table);
@@ -853,7 +856,7 @@ async function showReviews() {
 function reviewItem(it) {
   const node = el("article", { class: "review-item review-" + it.status, "data-criterion": it.criterion });
   node.appendChild(el("h3", { class: "review-head" }, it.status === "resolved" ? t("{criterion}: {status} ({state})", { criterion: criterionLabel(it.criterion), status: t(it.status), state: t(String(it.state).replace("_", " ")) }) : t("{criterion}: {status}", { criterion: criterionLabel(it.criterion), status: t(it.status) })));
-  node.appendChild(el("p", { class: "small review-reason" }, it.reason));
+  node.appendChild(el("p", { class: "small review-reason" }, reasonText(it.reason_message, it.reason)));
   const r = it.review || {};
   if (it.status !== "open") node.appendChild(el("p", { class: "small review-by" },
     t("{decision} by {name} at {time}: {reason}", { decision: t(String(r.decision).replace("_", " ")), name: r.resolved_by, time: r.resolved_at, reason: r.reason }) + (r.note ? ` (${r.note})` : "")));

@@ -20,6 +20,23 @@ function alertText(a) {
   return t(a.message_id, params);
 }
 
+// An eligibility reason in the reader's language, from its message tree (collector/eligibility/messages.py):
+// a string is shown as it is, {id, params} is a msgid filled with its rendered params, {join, parts} joins them.
+function messageText(node) {
+  if (node === null || node === undefined) return "";
+  if (typeof node === "string") return node;
+  if ("join" in node) return (node.parts || []).map(messageText).join(t(node.join));
+  const params = {};
+  for (const [k, v] of Object.entries(node.params || {})) params[k] = messageText(v);
+  return t(node.id, params);
+}
+
+// The stored English text in English (byte for byte what was signed and exported), else the tree translated.
+function reasonText(tree, english) {
+  if (!tree || String(I18N.language).startsWith("en")) return english;
+  return messageText(tree);
+}
+
 function applyI18n(root) {
   const scope = root || document;
   scope.querySelectorAll("[data-i18n]").forEach((el) => { el.textContent = t(el.dataset.i18n); });
