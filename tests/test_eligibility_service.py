@@ -422,3 +422,17 @@ def test_configuration_change_is_audited(db: Path) -> None:
     asyncio.run(start_stop(cfg))
     assert len(audit_rows(db, "configuration_changed")) == 1
     assert cli(db, "verify-audit").exit_code == 0
+
+
+def test_a_live_t90_just_above_its_limit_never_prints_as_the_limit() -> None:
+    """The live alert's T90 is shown with as many decimals as it takes to stay above the limit."""
+    from collector.eligibility.engine import CriterionResult
+    from collector.eligibility.service import _apply_live_alerts
+
+    class Th:
+        t90_pct_max = 2.0
+
+    crit = CriterionResult("nocturnal_spo2", "incomplete", "no finished night yet")
+    _apply_live_alerts([crit], [{"session_id": 7}], {7: {"t90_pct": 2.0004, "t_utc": "2026-12-01T19:00:00.000Z"}}, Th())  # type: ignore[arg-type]
+    assert crit.state == "needs_review"
+    assert "live T90 2.0004 % above 2 %" in crit.reason and "2.00 %" not in crit.reason

@@ -44,6 +44,7 @@ from collector.eligibility.store import (
 )
 from collector.oximetry import store as night_store
 from collector.errors import Conflict, InvalidInput, NotFound
+from collector.limit_text import limit_text
 from collector.spirometry import store as spirometry_store
 from collector.storage import audit, repo
 
@@ -199,7 +200,8 @@ def _apply_live_alerts(criteria: list[Any], in_progress: list[dict[str, Any]], a
     limit = f"{th.t90_pct_max:g}"
     live: list[Node] = [
         msg(N_("night {session} in progress: live T90 {t90} % above {limit} % at {time} (provisional until the night is stopped)"),
-            session=str(sid), t90=f"{a['t90_pct']:.2f}", limit=limit, time=str(a["t_utc"]))
+            session=str(sid), t90=limit_text(a["t90_pct"], th.t90_pct_max, "le", decimals=2), limit=limit,
+            time=str(a["t_utc"]))
         if isinstance(a.get("t90_pct"), (int, float)) else
         msg(N_("night {session} in progress: live T90 above {limit} % at {time} (provisional)"),
             session=str(sid), limit=limit, time=str(a["t_utc"]))
