@@ -357,7 +357,7 @@ def status(c: Ctx, as_json: bool) -> None:
     if isinstance(alerts, list):
         lang, alerts = _localised_alerts(c, alerts)
         _ = translator(lang)
-        from collector.ward.alerts import raised_text
+        from collector.ward.messages import raised_text
 
         waiting = [a for a in alerts if not a.get("acknowledged_by")]
         head = _("alerts: {n} to acknowledge").format(n=len(waiting))

@@ -101,7 +101,7 @@ def test_a_silent_day_gives_a_bounded_number_of_audit_rows_and_a_bounded_queue(d
     (showing,) = [a for a in seen["alerts"] if a["kind"] == "device_disconnected"]
     assert showing["id"] == after[0] and showing["raise_count"] == after[2]
     from collector.localtime import site_zone
-    from collector.ward.alerts import raised_text
+    from collector.ward.messages import raised_text
 
     text = raised_text(showing, site_zone({"site": {"timezone": "Asia/Shanghai"}}))
     assert text.startswith(f"{after[2]} times since ") and text.count("+08:00") == 2

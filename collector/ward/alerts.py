@@ -20,7 +20,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 from datetime import tzinfo
-from typing import Any, Callable
+from typing import Any
 
 from collector.clock import parse_utc, utc_iso
 from collector.errors import NotFound
@@ -45,17 +45,6 @@ DEFAULTS: dict[str, float] = {
 KIND_TITLES = msg.KIND_TITLES
 # One condition that holds: (subject_id, message id, parameters)
 Holding = tuple[str | None, str, dict[str, str]]
-
-
-def raised_text(a: dict[str, Any], tz: tzinfo, _: Callable[[str], str] = str) -> str:
-    """When an alert was raised, as a person reads it (``_``: the reader's translator): "03:00 +08:00", or
-    for a repeating one "116 times since 03:00 +08:00, last 05:58 +08:00" (``a``: a row or ``Alert.as_dict``)."""
-    first = local_time(a["raised_utc"], tz)
-    count = int(a.get("raise_count") or 1)
-    if count <= 1:
-        return first
-    return _(msg.RAISED_TIMES).format(count=count, first=first,
-                                      last=local_time(a.get("last_raised_utc") or a["raised_utc"], tz))
 
 
 @dataclass

@@ -17,7 +17,7 @@ from collector.localtime import local_time, site_zone
 from collector.output import emit_json, table
 from collector.users.roles import INVESTIGATOR, TECHNICIAN
 from collector.ward import messages, store
-from collector.ward.alerts import raised_text
+from collector.ward.messages import raised_text
 
 __all__ = ["COMMANDS", "alerts", "note"]
 

@@ -11,9 +11,11 @@ written before message ids existed have none: their stored English message is sh
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from datetime import tzinfo
+from typing import Any, Callable, Mapping
 
 from collector.i18n import N_, translator
+from collector.localtime import local_time
 
 #: The title of each kind of alert.
 KIND_TITLES: dict[str, str] = {
@@ -93,3 +95,14 @@ def localise(row: Mapping[str, Any], lang: str | None) -> dict[str, Any]:
     out.update(params=params, message_en=row["message"], title=title(row["kind"], lang),
                message=render(row.get("message_id"), params, row["message"], lang))
     return out
+
+
+def raised_text(a: dict[str, Any], tz: tzinfo, _: Callable[[str], str] = str) -> str:
+    """When an alert was raised, as a person reads it (``_``: the reader's translator): "03:00 +08:00", or
+    for a repeating one "116 times since 03:00 +08:00, last 05:58 +08:00" (``a``: a row or ``Alert.as_dict``)."""
+    first = local_time(a["raised_utc"], tz)
+    count = int(a.get("raise_count") or 1)
+    if count <= 1:
+        return first
+    return _(RAISED_TIMES).format(count=count, first=first,
+                                      last=local_time(a.get("last_raised_utc") or a["raised_utc"], tz))
